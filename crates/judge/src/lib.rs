@@ -1,0 +1,84 @@
+//! Judges turn (conversation, response, criteria) into verdicts.
+//!
+//! Every verdict says where it came from, and a judge that cannot decide says so
+//! ([`JudgeFailure`]) instead of guessing: the trainer excludes failures from rewards.
+
+use async_trait::async_trait;
+use rubric::Example;
+
+/// One response to grade against some criteria of one example.
+#[derive(Debug, Clone, Copy)]
+pub struct GradeTask<'a> {
+    pub example: &'a Example,
+    pub response: &'a str,
+    /// Indices into `example.criteria`; `None` grades all of them.
+    pub criteria: Option<&'a [usize]>,
+}
+
+impl GradeTask<'_> {
+    /// The criterion indices this task asks for.
+    pub fn criterion_indices(&self) -> Vec<usize> {
+        match self.criteria {
+            Some(c) => c.to_vec(),
+            None => (0..self.example.criteria.len()).collect(),
+        }
+    }
+}
+
+/// Why a criterion got no verdict.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JudgeFailure {
+    /// This judge cannot grade this criterion (e.g. the rule judge and a criterion without `check`).
+    #[error("not gradable by this judge: {0}")]
+    NotGradable(String),
+    /// Retries were exhausted; the last error is kept.
+    #[error("gave up after {attempts} attempts: {last_error}")]
+    Exhausted { attempts: u32, last_error: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The verdict on one criterion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CriterionGrade {
+    /// Index into `example.criteria`.
+    pub criterion: usize,
+    /// Met = 1.0, not met = 0.0, graded data in between; or an explicit failure.
+    pub outcome: Result<f64, JudgeFailure>,
+    pub explanation: String,
+    /// Id of the judge that produced it (model name, "rules", ...).
+    pub judge: String,
+    pub cached: bool,
+    /// Requests made for this verdict (0 for a cache hit or a rule).
+    pub attempts: u32,
+}
+
+/// Counters a judge keeps over its lifetime; the trainer logs their deltas per step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JudgeStats {
+    /// Criterion verdicts asked for.
+    pub verdicts: u64,
+    /// Verdicts that ended in a failure.
+    pub failures: u64,
+    /// Requests sent to a backend (HTTP calls, model evaluations).
+    pub calls: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub retries: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[async_trait]
+pub trait Judge: Send + Sync {
+    /// Stable id; part of the cache key, so change it when verdicts would change.
+    fn id(&self) -> String;
+
+    /// Grades a batch. The result has one entry per task, each with one grade per requested
+    /// criterion, in the task's criterion order.
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>>;
+
+    fn stats(&self) -> JudgeStats {
+        JudgeStats::default()
+    }
+}

@@ -1,0 +1,22 @@
+//! Rubric data: examples whose responses are graded criterion by criterion, the meta-classes
+//! those criteria are grouped into, and HealthBench's scoring rules, reproduced exactly.
+//!
+//! Everything downstream (judges, the trainer, the reward service) speaks these types, so this
+//! crate stays dependency-light: serde and a seeded RNG for the bootstrap.
+
+pub mod assets;
+pub mod classes;
+pub mod error;
+pub mod grades;
+pub mod load;
+pub mod model;
+pub mod score;
+pub mod stats;
+
+pub use classes::{ClassScheme, ClassSpec, MetaClasses, HEALTHBENCH_AXES};
+pub use error::DataError;
+pub use grades::{read_grades, GradeLine};
+pub use load::{load, load_as, Format};
+pub use model::{Check, Criterion, Dataset, Example, ListStyle, Message};
+pub use score::{example_score, summarize, RewardVector, ScoreTable, Summary};
+pub use stats::DataStats;

@@ -1,0 +1,250 @@
+//! HealthBench scoring, reproduced exactly: an example's score is the points of its met items
+//! over the sum of its positive points (negative totals allowed, undefined without positive
+//! points); tag scores use the same formula on the tagged items; a dataset figure is the mean of
+//! the defined scores clipped to [0,1], with the std of 1000 clipped bootstrap means.
+
+use crate::grades::GradeLine;
+use crate::model::{Criterion, Dataset, Example};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Score of the items selected by `include`; `None` when they hold no positive points.
+pub fn subset_score(
+    criteria: &[Criterion],
+    verdicts: &[f64],
+    mut include: impl FnMut(usize) -> bool,
+) -> Option<f64> {
+    debug_assert_eq!(criteria.len(), verdicts.len());
+    let mut achieved = 0.0;
+    let mut possible = 0.0;
+    for (i, (c, m)) in criteria.iter().zip(verdicts).enumerate() {
+        if include(i) {
+            achieved += c.points * m;
+            if c.points > 0.0 {
+                possible += c.points;
+            }
+        }
+    }
+    (possible > 0.0).then(|| achieved / possible)
+}
+
+/// HealthBench's per-example score.
+pub fn example_score(criteria: &[Criterion], verdicts: &[f64]) -> Option<f64> {
+    subset_score(criteria, verdicts, |_| true)
+}
+
+/// One response's rewards: overall and per meta-class. `None` means "no signal" (the class
+/// has no positive-point item in this example), not zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardVector {
+    pub overall: Option<f64>,
+    pub classes: Vec<Option<f64>>,
+}
+
+/// Rewards of one response given its verdicts and the class of each criterion
+/// (from [`crate::MetaClasses::assign`]).
+pub fn reward_vector(
+    example: &Example,
+    class_of: &[usize],
+    n_classes: usize,
+    verdicts: &[f64],
+) -> RewardVector {
+    let mut achieved = vec![0.0; n_classes];
+    let mut possible = vec![0.0; n_classes];
+    for ((c, &k), m) in example.criteria.iter().zip(class_of).zip(verdicts) {
+        achieved[k] += c.points * m;
+        if c.points > 0.0 {
+            possible[k] += c.points;
+        }
+    }
+    let classes = achieved
+        .iter()
+        .zip(&possible)
+        .map(|(a, p)| (*p > 0.0).then(|| a / p))
+        .collect();
+    RewardVector {
+        overall: example_score(&example.criteria, verdicts),
+        classes,
+    }
+}
+
+/// A dataset-level figure.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Mean of the defined values, clipped to [0,1].
+    pub score: f64,
+    /// Population std of the clipped means of bootstrap resamples.
+    pub std: f64,
+    pub n: usize,
+}
+
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+
+fn clipped_mean(values: &[f64]) -> f64 {
+    (values.iter().sum::<f64>() / values.len() as f64).clamp(0.0, 1.0)
+}
+
+/// Clipped mean and bootstrap std, as HealthBench computes them. NaN score for no values.
+pub fn summarize(values: &[f64], resamples: usize, seed: u64) -> Summary {
+    let n = values.len();
+    if n == 0 {
+        return Summary {
+            score: f64::NAN,
+            std: f64::NAN,
+            n,
+        };
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let means: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let s: f64 = (0..n).map(|_| values[rng.gen_range(0..n)]).sum();
+            (s / n as f64).clamp(0.0, 1.0)
+        })
+        .collect();
+    let mu = means.iter().sum::<f64>() / resamples.max(1) as f64;
+    let var = means.iter().map(|m| (m - mu).powi(2)).sum::<f64>() / resamples.max(1) as f64;
+    Summary {
+        score: clipped_mean(values),
+        std: var.sqrt(),
+        n,
+    }
+}
+
+/// The score table `arlrr score` prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreTable {
+    /// Distinct examples graded.
+    pub n_examples: usize,
+    /// Graded responses (rows) that entered the figures.
+    pub n_responses: usize,
+    /// Responses left out because a verdict failed; never scored as 0 or 1.
+    pub n_failed: usize,
+    /// Responses whose rubric has no positive points (score undefined).
+    pub n_undefined: usize,
+    pub overall: f64,
+    pub overall_std: f64,
+    pub axes: BTreeMap<String, Summary>,
+    pub themes: BTreeMap<String, Summary>,
+}
+
+/// Scores graded responses: each grades line is one row, as in HealthBench.
+/// Lines must already be validated against `dataset` ([`crate::read_grades`]).
+pub fn score_table(dataset: &Dataset, grades: &[GradeLine], seed: u64) -> ScoreTable {
+    let mut overall = Vec::with_capacity(grades.len());
+    let mut axes: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut themes: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut examples = std::collections::HashSet::new();
+    let (mut n_failed, mut n_undefined) = (0, 0);
+    for g in grades {
+        let ex = dataset
+            .get(&g.prompt_id)
+            .expect("grades are validated against the dataset");
+        let Some(verdicts) = g.values() else {
+            n_failed += 1;
+            continue;
+        };
+        examples.insert(ex.id.as_str());
+        let mut row_axes: Vec<&str> = ex
+            .criteria
+            .iter()
+            .filter_map(|c| c.tag_value("axis"))
+            .collect();
+        row_axes.sort_unstable();
+        row_axes.dedup();
+        for axis in row_axes {
+            let s = subset_score(&ex.criteria, &verdicts, |i| {
+                ex.criteria[i].tag_value("axis") == Some(axis)
+            });
+            if let Some(s) = s {
+                axes.entry(axis.to_string()).or_default().push(s);
+            }
+        }
+        match example_score(&ex.criteria, &verdicts) {
+            Some(s) => {
+                overall.push(s);
+                for t in ex.tags.iter().filter_map(|t| t.strip_prefix("theme:")) {
+                    themes.entry(t.to_string()).or_default().push(s);
+                }
+            }
+            None => n_undefined += 1,
+        }
+    }
+    let total = summarize(&overall, BOOTSTRAP_RESAMPLES, seed);
+    let by = |m: BTreeMap<String, Vec<f64>>| {
+        m.into_iter()
+            .map(|(k, v)| {
+                let s = summarize(&v, BOOTSTRAP_RESAMPLES, seed);
+                (k, s)
+            })
+            .collect()
+    };
+    ScoreTable {
+        n_examples: examples.len(),
+        n_responses: overall.len(),
+        n_failed,
+        n_undefined,
+        overall: total.score,
+        overall_std: total.std,
+        axes: by(axes),
+        themes: by(themes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crit(points: f64, axis: &str) -> Criterion {
+        Criterion {
+            text: "c".into(),
+            points,
+            tags: vec![format!("axis:{axis}")],
+            check: None,
+        }
+    }
+
+    #[test]
+    fn example_score_follows_healthbench() {
+        let cs = [crit(5.0, "a"), crit(3.0, "a"), crit(-4.0, "b")];
+        assert_eq!(example_score(&cs, &[1.0, 0.0, 0.0]), Some(5.0 / 8.0));
+        // a met negative item subtracts; totals may go below zero
+        assert_eq!(example_score(&cs, &[0.0, 0.0, 1.0]), Some(-4.0 / 8.0));
+        // graded verdicts weight the points
+        assert_eq!(example_score(&cs, &[0.5, 1.0, 0.25]), Some((2.5 + 3.0 - 1.0) / 8.0));
+        // no positive points: undefined, not zero
+        assert_eq!(example_score(&cs[2..], &[1.0]), None);
+        assert_eq!(example_score(&[], &[]), None);
+    }
+
+    #[test]
+    fn reward_vector_per_class() {
+        let ex = Example {
+            id: "x".into(),
+            prompt: vec![],
+            criteria: vec![crit(5.0, "a"), crit(3.0, "a"), crit(-4.0, "b")],
+            tags: vec![],
+            ideal_completion: None,
+            canary: None,
+            line: 1,
+        };
+        let r = reward_vector(&ex, &[0, 0, 1], 3, &[1.0, 1.0, 1.0]);
+        assert_eq!(r.overall, Some(0.5));
+        assert_eq!(r.classes, vec![Some(1.0), None, None]);
+    }
+
+    #[test]
+    fn summary_clips_and_bootstraps() {
+        let s = summarize(&[-0.5, -0.2], 1000, 0);
+        assert_eq!(s.score, 0.0);
+        assert_eq!(s.std, 0.0, "every resample mean clips to 0");
+        let s = summarize(&[1.5, 0.9], 1000, 0);
+        assert_eq!(s.score, 1.0);
+        let s = summarize(&[0.0, 1.0], 1000, 7);
+        assert_eq!(s.score, 0.5);
+        // std of a mean of 2 Bernoulli(0.5) draws is 0.3536
+        assert!((s.std - 0.3536).abs() < 0.03, "{}", s.std);
+        assert_eq!(summarize(&[0.0, 1.0], 1000, 7), s, "seeded");
+        assert!(summarize(&[], 1000, 0).score.is_nan());
+    }
+}
