@@ -1,1 +1,40 @@
-fn main() {}
+//! The `arlrr` binary: parses arguments and calls the library crates. One module per command.
+
+mod cmd_data;
+mod cmd_fetch;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "arlrr", version, about = "Alternating RL with rubric rewards")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download, verify (sha256) and unpack the real assets into the cache folder.
+    Fetch(cmd_fetch::Args),
+    /// Inspect rubric data files.
+    Data(cmd_data::DataArgs),
+    /// Score graded responses exactly as HealthBench does.
+    Score(cmd_data::ScoreArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fetch(a) => cmd_fetch::run(a),
+        Command::Data(a) => cmd_data::run_data(a),
+        Command::Score(a) => cmd_data::run_score(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

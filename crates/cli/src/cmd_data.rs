@@ -1,0 +1,93 @@
+//! `arlrr data stats` and `arlrr score`.
+
+use anyhow::Result;
+use rubric::{score::score_table, DataStats, Format};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum DataCommand {
+    /// Counts: examples, criteria (positive/negative), per axis, per theme, turns.
+    Stats {
+        file: PathBuf,
+        /// healthbench, native or writingbench (default: recognised from the first record).
+        #[arg(long)]
+        format: Option<Format>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ScoreArgs {
+    /// The rubric data the grades refer to.
+    #[arg(long)]
+    data: PathBuf,
+    /// Grades JSONL: `{"prompt_id", "met": [...]}` per graded response.
+    #[arg(long)]
+    grades: PathBuf,
+    #[arg(long)]
+    format: Option<Format>,
+    /// Seed of the bootstrap resampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn load(file: &PathBuf, format: Option<Format>) -> Result<rubric::Dataset> {
+    Ok(match format {
+        Some(f) => rubric::load_as(file, f)?,
+        None => rubric::load(file)?,
+    })
+}
+
+pub fn run_data(args: DataArgs) -> Result<()> {
+    match args.command {
+        DataCommand::Stats { file, format, json } => {
+            let stats = DataStats::of(&load(&file, format)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{stats}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn run_score(args: ScoreArgs) -> Result<()> {
+    let data = load(&args.data, args.format)?;
+    let grades = rubric::read_grades(&args.grades, &data)?;
+    let table = score_table(&data, &grades, args.seed);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+        return Ok(());
+    }
+    println!(
+        "{} responses over {} examples ({} left out for failed verdicts, {} undefined)",
+        table.n_responses, table.n_examples, table.n_failed, table.n_undefined
+    );
+    println!("{:<30} {:>8} {:>8} {:>6}", "", "score", "std", "n");
+    println!(
+        "{:<30} {:>8.4} {:>8.4} {:>6}",
+        "overall", table.overall, table.overall_std, table.n_responses
+    );
+    for (title, group) in [("axis", &table.axes), ("theme", &table.themes)] {
+        for (name, s) in group {
+            println!(
+                "{:<30} {:>8.4} {:>8.4} {:>6}",
+                format!("{title}:{name}"),
+                s.score,
+                s.std,
+                s.n
+            );
+        }
+    }
+    Ok(())
+}
