@@ -3,6 +3,11 @@
 //! Every verdict says where it came from, and a judge that cannot decide says so
 //! ([`JudgeFailure`]) instead of guessing: the trainer excludes failures from rewards.
 
+pub mod rules;
+mod text;
+
+pub use rules::RuleJudge;
+
 use async_trait::async_trait;
 use rubric::Example;
 

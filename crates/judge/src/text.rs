@@ -1,0 +1,193 @@
+//! Text features the rule judge checks. Each is a cheap scan over the response, written so
+//! that a rubric author can predict the result by reading the doc comment.
+
+/// Number of whitespace-separated words.
+pub fn word_count(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+/// Case-insensitive containment. `haystack_lower` must already be lowercased (the judge does it
+/// once per response, not once per check).
+pub fn contains_ci(haystack_lower: &str, needle: &str) -> bool {
+    if needle.chars().any(char::is_uppercase) {
+        haystack_lower.contains(&needle.to_lowercase())
+    } else {
+        haystack_lower.contains(needle)
+    }
+}
+
+/// Case-insensitive prefix test after trimming leading whitespace of the response.
+pub fn starts_with_ci(text_lower: &str, prefix: &str) -> bool {
+    let t = text_lower.trim_start();
+    if prefix.chars().any(char::is_uppercase) {
+        t.starts_with(&prefix.to_lowercase())
+    } else {
+        t.starts_with(prefix)
+    }
+}
+
+/// Case-insensitive suffix test after trimming trailing whitespace of the response (and of the
+/// expected text: a rubric's `"Thank you. "` and `"Thank you."` mean the same).
+pub fn ends_with_ci(text_lower: &str, suffix: &str) -> bool {
+    let t = text_lower.trim_end();
+    let s = suffix.trim_end();
+    if s.chars().any(char::is_uppercase) {
+        t.ends_with(&s.to_lowercase())
+    } else {
+        t.ends_with(s)
+    }
+}
+
+/// Marker style of one line, if it is a list item: `- `, `* `, `+ `, `• ` make a bullet;
+/// digits followed by `.` or `)` and a space (`1. `, `12) `) make a numbered item.
+/// Leading indentation is allowed.
+fn list_item_style(line: &str) -> Option<rubric::ListStyle> {
+    let l = line.trim_start();
+    let mut chars = l.chars();
+    match chars.next()? {
+        '-' | '*' | '+' | '•' => {
+            matches!(chars.next(), Some(' ' | '\t')).then_some(rubric::ListStyle::Bullet)
+        }
+        c if c.is_ascii_digit() => {
+            let rest = l.trim_start_matches(|c: char| c.is_ascii_digit());
+            let mut r = rest.chars();
+            (matches!(r.next(), Some('.' | ')')) && matches!(r.next(), Some(' ' | '\t')))
+                .then_some(rubric::ListStyle::Numbered)
+        }
+        _ => None,
+    }
+}
+
+/// Whether the text holds a list of the given style: at least two item lines of that style
+/// (one dash at the start of a line is punctuation, not a list). `Any` accepts either style,
+/// counted separately.
+pub fn has_list(text: &str, style: rubric::ListStyle) -> bool {
+    use rubric::ListStyle;
+    let (mut bullets, mut numbered) = (0usize, 0usize);
+    for line in text.lines() {
+        match list_item_style(line) {
+            Some(ListStyle::Bullet) => bullets += 1,
+            Some(ListStyle::Numbered) => numbered += 1,
+            _ => {}
+        }
+    }
+    match style {
+        ListStyle::Bullet => bullets >= 2,
+        ListStyle::Numbered => numbered >= 2,
+        ListStyle::Any => bullets >= 2 || numbered >= 2,
+    }
+}
+
+/// Whether the text asks a question: a `?` that ends a sentence, i.e. is followed by the end of
+/// the text, whitespace, or closing quotes/brackets. A `?` inside a URL query does not count.
+pub fn asks_question(text: &str) -> bool {
+    text.char_indices().any(|(i, c)| {
+        c == '?'
+            && text[i + 1..].chars().next().is_none_or(|n| {
+                n.is_whitespace()
+                    || matches!(
+                        n,
+                        '"' | '\'' | ')' | ']' | '*' | '_' | '\u{201d}' | '\u{2019}'
+                    )
+            })
+    })
+}
+
+/// Spelled-out numbers that count as "mentions a number" besides digits.
+const NUMBER_WORDS: &[&str] = &[
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+    "thirty",
+    "forty",
+    "fifty",
+    "sixty",
+    "seventy",
+    "eighty",
+    "ninety",
+    "hundred",
+    "thousand",
+    "million",
+    "billion",
+    "dozen",
+    "half",
+];
+
+/// Whether the text mentions a number: any ASCII digit, or a spelled-out number word
+/// (`NUMBER_WORDS`, whole words only, so "someone" does not count as "one").
+/// `text_lower` must be lowercased.
+pub fn mentions_number(text_lower: &str) -> bool {
+    if text_lower.bytes().any(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    text_lower
+        .split(|c: char| !c.is_alphabetic())
+        .any(|w| !w.is_empty() && NUMBER_WORDS.contains(&w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rubric::ListStyle;
+
+    #[test]
+    fn words_are_whitespace_separated() {
+        assert_eq!(word_count("  one two\tthree\nfour  "), 4);
+        assert_eq!(word_count(""), 0);
+    }
+
+    #[test]
+    fn lists_need_two_items_of_the_style() {
+        assert!(has_list("Intro:\n- a\n- b\n", ListStyle::Bullet));
+        assert!(!has_list("Intro:\n- a\n", ListStyle::Bullet));
+        assert!(has_list("1. a\n  2) b", ListStyle::Numbered));
+        assert!(!has_list("1. a\n  2) b", ListStyle::Bullet));
+        assert!(has_list("* a\n• b", ListStyle::Any));
+        assert!(!has_list("-5 degrees\n-3 degrees", ListStyle::Any));
+        assert!(!has_list("2024.\n1999.", ListStyle::Numbered));
+    }
+
+    #[test]
+    fn questions_end_sentences() {
+        assert!(asks_question("How old are you?"));
+        assert!(asks_question("Are you sure? Tell me."));
+        assert!(asks_question("He asked \"why?\""));
+        assert!(!asks_question("See https://x.org/a?b=c for details."));
+        assert!(!asks_question("No question here."));
+    }
+
+    #[test]
+    fn numbers_are_digits_or_whole_number_words() {
+        assert!(mentions_number("take 2 tablets"));
+        assert!(mentions_number("take two tablets"));
+        assert!(!mentions_number("someone is alone"));
+        assert!(!mentions_number("no numbers"));
+    }
+
+    #[test]
+    fn affixes_ignore_case_and_outer_whitespace() {
+        assert!(starts_with_ci("  hello there", "Hello"));
+        assert!(ends_with_ci("bye now.\n", "Now. "));
+        assert!(!ends_with_ci("bye now", "now."));
+        assert!(contains_ci("call 911 now", "911"));
+        assert!(contains_ci("call your doctor", "Doctor"));
+    }
+}
