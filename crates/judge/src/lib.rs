@@ -3,9 +3,11 @@
 //! Every verdict says where it came from, and a judge that cannot decide says so
 //! ([`JudgeFailure`]) instead of guessing: the trainer excludes failures from rewards.
 
+pub mod cache;
 pub mod rules;
 mod text;
 
+pub use cache::{CachedJudge, VerdictCache};
 pub use rules::RuleJudge;
 
 use async_trait::async_trait;
@@ -81,9 +83,49 @@ pub trait Judge: Send + Sync {
 
     /// Grades a batch. The result has one entry per task, each with one grade per requested
     /// criterion, in the task's criterion order.
+    /// Version of the prompt text this judge sends (empty for judges without one). Part of
+    /// the cache key next to [`Judge::id`], so rewording the prompt invalidates old verdicts.
+    fn prompt_version(&self) -> String {
+        String::new()
+    }
+
     async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>>;
 
     fn stats(&self) -> JudgeStats {
         JudgeStats::default()
+    }
+}
+
+/// Boxed and shared judges are judges too, so wrappers such as [`CachedJudge`] take the
+/// `Box<dyn Judge>` that `from_config` builds.
+#[async_trait]
+impl<J: Judge + ?Sized> Judge for Box<J> {
+    fn id(&self) -> String {
+        (**self).id()
+    }
+    fn prompt_version(&self) -> String {
+        (**self).prompt_version()
+    }
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        (**self).grade(tasks).await
+    }
+    fn stats(&self) -> JudgeStats {
+        (**self).stats()
+    }
+}
+
+#[async_trait]
+impl<J: Judge + ?Sized> Judge for std::sync::Arc<J> {
+    fn id(&self) -> String {
+        (**self).id()
+    }
+    fn prompt_version(&self) -> String {
+        (**self).prompt_version()
+    }
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        (**self).grade(tasks).await
+    }
+    fn stats(&self) -> JudgeStats {
+        (**self).stats()
     }
 }

@@ -1,0 +1,413 @@
+//! A persistent verdict cache in one SQLite file, and [`CachedJudge`], which puts it in front
+//! of any judge.
+//!
+//! Judge calls dominate training cost, and the same (prompt, response, criterion) comes back
+//! across runs, seeds and restarts. The file is shared: WAL mode lets several processes read
+//! while one writes, a busy timeout makes concurrent writers wait instead of failing, and a
+//! crash loses at most the batch being written. Only verdicts are cached, never failures: a
+//! timeout today says nothing about tomorrow.
+
+use crate::{CriterionGrade, GradeTask, Judge, JudgeStats};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Schema version of the cache file; a file with another version is refused, not misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a writer waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors opening or using the cache file; they name the file.
+#[derive(Debug, thiserror::Error)]
+#[error("judge cache {}: {message}", path.display())]
+pub struct CacheError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// A cached verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedVerdict {
+    pub value: f64,
+    pub explanation: String,
+    pub judge: String,
+}
+
+/// The cache key of one verdict: sha256 over the judge id, its prompt version, the
+/// conversation, the response and the criterion (text and points). Every field is
+/// length-prefixed, so no two different inputs share a byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey(pub [u8; 32]);
+
+/// Hashes the parts shared by all criteria of one task once; [`TaskHasher::key`] finishes a
+/// copy per criterion.
+pub struct TaskHasher(Sha256);
+
+fn put(h: &mut Sha256, field: &[u8]) {
+    h.update((field.len() as u64).to_le_bytes());
+    h.update(field);
+}
+
+impl TaskHasher {
+    pub fn new(judge_id: &str, prompt_version: &str, task: &GradeTask<'_>) -> Self {
+        let mut h = Sha256::new();
+        put(&mut h, b"arlrr-judge-cache-v1");
+        put(&mut h, judge_id.as_bytes());
+        put(&mut h, prompt_version.as_bytes());
+        put(&mut h, &(task.example.prompt.len() as u64).to_le_bytes());
+        for m in &task.example.prompt {
+            put(&mut h, m.role.as_bytes());
+            put(&mut h, m.content.as_bytes());
+        }
+        put(&mut h, task.response.as_bytes());
+        TaskHasher(h)
+    }
+
+    pub fn key(&self, criterion: &rubric::Criterion) -> CacheKey {
+        let mut h = self.0.clone();
+        put(&mut h, criterion.text.as_bytes());
+        put(&mut h, &criterion.points.to_le_bytes());
+        CacheKey(h.finalize().into())
+    }
+}
+
+/// The SQLite file. One connection per cache, behind a mutex: SQLite serialises writers anyway
+/// and a lookup is microseconds, so batches go through one transaction each.
+pub struct VerdictCache {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl VerdictCache {
+    /// Opens (creating if needed) the cache file, in WAL mode.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, CacheError> {
+        let path = path.as_ref().to_path_buf();
+        let err = |message: String| CacheError {
+            path: path.clone(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(format!("cannot create folder {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(&path).map_err(|e| err(format!("cannot open: {e}")))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| err(e.to_string()))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| err(format!("cannot switch to WAL (is it a SQLite file?): {e}")))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(err(format!("journal mode is {mode}, WAL unavailable")));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS verdicts (
+                 key BLOB PRIMARY KEY,
+                 judge TEXT NOT NULL,
+                 value REAL NOT NULL,
+                 explanation TEXT NOT NULL,
+                 created_unix INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        )
+        .map_err(|e| err(format!("cannot create tables: {e}")))?;
+        let version: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE name='schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| err(e.to_string()))?;
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', ?1)",
+                    [SCHEMA_VERSION],
+                )
+                .map_err(|e| err(e.to_string()))?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(err(format!(
+                "schema version {v}, this build reads version {SCHEMA_VERSION}; use another file"
+            )))
+            }
+        }
+        Ok(VerdictCache {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, e: rusqlite::Error) -> CacheError {
+        CacheError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Looks up many keys in one transaction; `None` where absent.
+    pub fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<CachedVerdict>>, CacheError> {
+        let conn = self.conn.lock().expect("cache connection lock");
+        let mut stmt = conn
+            .prepare_cached("SELECT value, explanation, judge FROM verdicts WHERE key = ?1")
+            .map_err(|e| self.error(e))?;
+        keys.iter()
+            .map(|k| {
+                stmt.query_row([&k.0[..]], |r| {
+                    Ok(CachedVerdict {
+                        value: r.get(0)?,
+                        explanation: r.get(1)?,
+                        judge: r.get(2)?,
+                    })
+                })
+                .optional()
+                .map_err(|e| self.error(e))
+            })
+            .collect()
+    }
+
+    /// Stores many verdicts in one transaction (replacing equal keys).
+    pub fn put_many(&self, entries: &[(CacheKey, CachedVerdict)]) -> Result<(), CacheError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut conn = self.conn.lock().expect("cache connection lock");
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO verdicts (key, judge, value, explanation, created_unix)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(|e| self.error(e))?;
+            for (k, v) in entries {
+                stmt.execute(params![&k.0[..], v.judge, v.value, v.explanation, now])
+                    .map_err(|e| self.error(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.error(e))
+    }
+
+    /// Number of stored verdicts.
+    pub fn len(&self) -> Result<u64, CacheError> {
+        let conn = self.conn.lock().expect("cache connection lock");
+        conn.query_row("SELECT COUNT(*) FROM verdicts", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.error(e))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, CacheError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Any judge with the cache in front: hits are answered from the file (`cached: true`,
+/// `attempts: 0`), misses go to the inner judge in one batch, and its successful verdicts are
+/// stored. A cache read or write error is logged to stderr once per batch and the batch is
+/// graded without the cache: the cache saves money, it must not stop a run.
+pub struct CachedJudge<J> {
+    inner: J,
+    cache: VerdictCache,
+    verdicts: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    cache_errors: AtomicU64,
+}
+
+impl<J: Judge> CachedJudge<J> {
+    pub fn new(inner: J, cache: VerdictCache) -> Self {
+        CachedJudge {
+            inner,
+            cache,
+            verdicts: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            cache_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens the cache file at `path` and wraps `inner`.
+    pub fn open(inner: J, path: impl AsRef<Path>) -> Result<Self, CacheError> {
+        Ok(Self::new(inner, VerdictCache::open(path)?))
+    }
+
+    pub fn inner(&self) -> &J {
+        &self.inner
+    }
+
+    pub fn cache(&self) -> &VerdictCache {
+        &self.cache
+    }
+
+    /// Cache reads or writes that failed (the batch was graded without the cache).
+    pub fn cache_errors(&self) -> u64 {
+        self.cache_errors.load(Ordering::Relaxed)
+    }
+
+    fn note_cache_error(&self, e: &CacheError) {
+        self.cache_errors.fetch_add(1, Ordering::Relaxed);
+        eprintln!("warning: {e}; grading without the cache");
+    }
+}
+
+#[async_trait]
+impl<J: Judge> Judge for CachedJudge<J> {
+    fn id(&self) -> String {
+        self.inner.id()
+    }
+
+    fn prompt_version(&self) -> String {
+        self.inner.prompt_version()
+    }
+
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        let (judge_id, version) = (self.inner.id(), self.inner.prompt_version());
+        // Keys per task and criterion; `None` for an index the example lacks (the inner judge
+        // reports it).
+        let indices: Vec<Vec<usize>> = tasks.iter().map(|t| t.criterion_indices()).collect();
+        let keys: Vec<Vec<Option<CacheKey>>> = tasks
+            .iter()
+            .zip(&indices)
+            .map(|(t, idx)| {
+                let hasher = TaskHasher::new(&judge_id, &version, t);
+                idx.iter()
+                    .map(|&i| t.example.criteria.get(i).map(|c| hasher.key(c)))
+                    .collect()
+            })
+            .collect();
+        let flat: Vec<CacheKey> = keys.iter().flatten().flatten().copied().collect();
+        let found = match self.cache.get_many(&flat) {
+            Ok(f) => f,
+            Err(e) => {
+                self.note_cache_error(&e);
+                vec![None; flat.len()]
+            }
+        };
+        let mut found = found.into_iter();
+
+        let mut out: Vec<Vec<Option<CriterionGrade>>> = Vec::with_capacity(tasks.len());
+        let mut miss_indices: Vec<Vec<usize>> = Vec::with_capacity(tasks.len());
+        for (idx, ks) in indices.iter().zip(&keys) {
+            let mut row = Vec::with_capacity(idx.len());
+            let mut misses = Vec::new();
+            for (&i, k) in idx.iter().zip(ks) {
+                let hit = k.and_then(|_| found.next().flatten());
+                match hit {
+                    Some(v) => row.push(Some(CriterionGrade {
+                        criterion: i,
+                        outcome: Ok(v.value),
+                        explanation: v.explanation,
+                        judge: v.judge,
+                        cached: true,
+                        attempts: 0,
+                    })),
+                    None => {
+                        row.push(None);
+                        misses.push(i);
+                    }
+                }
+            }
+            out.push(row);
+            miss_indices.push(misses);
+        }
+        let n_miss: usize = miss_indices.iter().map(Vec::len).sum();
+        let n_total: usize = indices.iter().map(Vec::len).sum();
+        self.verdicts.fetch_add(n_total as u64, Ordering::Relaxed);
+        self.hits
+            .fetch_add((n_total - n_miss) as u64, Ordering::Relaxed);
+        self.misses.fetch_add(n_miss as u64, Ordering::Relaxed);
+        if n_miss == 0 {
+            return out
+                .into_iter()
+                .map(|r| r.into_iter().map(|g| g.expect("all hits")).collect())
+                .collect();
+        }
+
+        let pending: Vec<(usize, GradeTask<'_>)> = tasks
+            .iter()
+            .zip(&miss_indices)
+            .enumerate()
+            .filter(|(_, (_, m))| !m.is_empty())
+            .map(|(ti, (t, m))| {
+                (
+                    ti,
+                    GradeTask {
+                        example: t.example,
+                        response: t.response,
+                        criteria: Some(m.as_slice()),
+                    },
+                )
+            })
+            .collect();
+        let sub_tasks: Vec<GradeTask<'_>> = pending.iter().map(|(_, t)| *t).collect();
+        let graded = self.inner.grade(&sub_tasks).await;
+
+        let mut to_store = Vec::new();
+        for ((ti, _), grades) in pending.iter().zip(graded) {
+            let row = &mut out[*ti];
+            let mut slots = row.iter_mut().zip(&keys[*ti]).filter(|(g, _)| g.is_none());
+            for g in grades {
+                let Some((slot, key)) = slots.next() else {
+                    break;
+                };
+                if let (Ok(value), Some(key)) = (&g.outcome, key) {
+                    to_store.push((
+                        *key,
+                        CachedVerdict {
+                            value: *value,
+                            explanation: g.explanation.clone(),
+                            judge: g.judge.clone(),
+                        },
+                    ));
+                }
+                *slot = Some(g);
+            }
+        }
+        if let Err(e) = self.cache.put_many(&to_store) {
+            self.note_cache_error(&e);
+        }
+        out.into_iter()
+            .zip(&indices)
+            .map(|(row, idx)| {
+                row.into_iter()
+                    .zip(idx)
+                    .map(|(g, &i)| {
+                        g.unwrap_or_else(|| CriterionGrade {
+                            criterion: i,
+                            outcome: Err(crate::JudgeFailure::Other(
+                                "inner judge returned fewer grades than asked for".into(),
+                            )),
+                            explanation: String::new(),
+                            judge: judge_id.clone(),
+                            cached: false,
+                            attempts: 0,
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> JudgeStats {
+        let inner = self.inner.stats();
+        JudgeStats {
+            verdicts: self.verdicts.load(Ordering::Relaxed),
+            cache_hits: self.hits.load(Ordering::Relaxed),
+            cache_misses: self.misses.load(Ordering::Relaxed),
+            ..inner
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The SQLite verdict cache in front of the real rule judge: hits cost no inner calls, survive
+//! reopening the file, are keyed on everything that changes a verdict, and failures are never
+//! stored.
+
+use async_trait::async_trait;
+use judge::cache::{CachedVerdict, TaskHasher};
+use judge::{CachedJudge, CriterionGrade, GradeTask, Judge, JudgeStats, RuleJudge, VerdictCache};
+use rubric::{Criterion, Example, Message};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The rule judge, counting the criteria it is asked to grade: the cache's savings are
+/// measured on a real judge, not a stand-in.
+#[derive(Default)]
+struct CountingRules {
+    rules: RuleJudge,
+    criteria_asked: AtomicU64,
+}
+
+#[async_trait]
+impl Judge for CountingRules {
+    fn id(&self) -> String {
+        self.rules.id()
+    }
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        let n: usize = tasks.iter().map(|t| t.criterion_indices().len()).sum();
+        self.criteria_asked.fetch_add(n as u64, Ordering::Relaxed);
+        self.rules.grade(tasks).await
+    }
+    fn stats(&self) -> JudgeStats {
+        self.rules.stats()
+    }
+}
+
+fn example() -> Example {
+    let crit = |text: &str, check: Option<&str>| Criterion {
+        text: text.into(),
+        points: 2.0,
+        tags: vec![],
+        check: check.map(|c| serde_json::from_str(c).unwrap()),
+    };
+    Example {
+        id: "e".into(),
+        prompt: vec![Message {
+            role: "user".into(),
+            content: "My knee hurts".into(),
+        }],
+        criteria: vec![
+            crit("Asks a question", Some(r#"{"kind":"asks_question"}"#)),
+            crit(
+                "Mentions ice",
+                Some(r#"{"kind":"contains_any","phrases":["ice"]}"#),
+            ),
+            crit("Is kind (no check)", None),
+        ],
+        tags: vec![],
+        ideal_completion: None,
+        canary: None,
+        line: 1,
+    }
+}
+
+fn values(grades: &[Vec<CriterionGrade>]) -> Vec<Vec<Option<f64>>> {
+    grades
+        .iter()
+        .map(|t| t.iter().map(|g| g.outcome.clone().ok()).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn second_grading_is_served_from_the_file_even_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/cache.sqlite");
+    let ex = example();
+    let tasks = [
+        GradeTask {
+            example: &ex,
+            response: "Put ice on it. Does it swell?",
+            criteria: None,
+        },
+        GradeTask {
+            example: &ex,
+            response: "Rest.",
+            criteria: Some(&[1, 0]),
+        },
+    ];
+
+    let judge = CachedJudge::open(CountingRules::default(), &path).unwrap();
+    let first = judge.grade(&tasks).await;
+    assert_eq!(judge.inner().criteria_asked.load(Ordering::Relaxed), 5);
+    assert!(first.iter().flatten().all(|g| !g.cached));
+    let s = judge.stats();
+    assert_eq!(
+        (s.verdicts, s.cache_hits, s.cache_misses, s.failures),
+        (5, 0, 5, 1)
+    );
+    // Four verdicts stored; the not-gradable failure is not.
+    assert_eq!(judge.cache().len().unwrap(), 4);
+
+    let second = judge.grade(&tasks).await;
+    assert_eq!(
+        judge.inner().criteria_asked.load(Ordering::Relaxed),
+        6,
+        "only the failure is re-asked"
+    );
+    assert_eq!(values(&first), values(&second));
+    assert_eq!(judge.stats().cache_hits, 4);
+    drop(judge);
+
+    let reopened = CachedJudge::open(CountingRules::default(), &path).unwrap();
+    let third = reopened.grade(&tasks[..1]).await;
+    assert_eq!(reopened.inner().criteria_asked.load(Ordering::Relaxed), 1);
+    assert_eq!(values(&third), values(&first[..1]));
+    let hit = &third[0][0];
+    assert!(hit.cached && hit.attempts == 0 && hit.judge == "rules-v1");
+    assert_eq!(hit.explanation, first[0][0].explanation);
+    assert!(third[0][2].outcome.is_err() && !third[0][2].cached);
+}
+
+#[test]
+fn key_covers_judge_version_conversation_response_and_criterion() {
+    let ex = example();
+    let task = GradeTask {
+        example: &ex,
+        response: "r",
+        criteria: None,
+    };
+    let base = TaskHasher::new("j", "v1", &task).key(&ex.criteria[0]);
+    assert_eq!(base, TaskHasher::new("j", "v1", &task).key(&ex.criteria[0]));
+    assert_ne!(base, TaskHasher::new("k", "v1", &task).key(&ex.criteria[0]));
+    assert_ne!(base, TaskHasher::new("j", "v2", &task).key(&ex.criteria[0]));
+    let other_response = GradeTask {
+        response: "r2",
+        ..task
+    };
+    assert_ne!(
+        base,
+        TaskHasher::new("j", "v1", &other_response).key(&ex.criteria[0])
+    );
+    let mut ex2 = ex.clone();
+    ex2.prompt[0].content.push('!');
+    let other_conv = GradeTask {
+        example: &ex2,
+        ..task
+    };
+    assert_ne!(
+        base,
+        TaskHasher::new("j", "v1", &other_conv).key(&ex.criteria[0])
+    );
+    let mut c = ex.criteria[0].clone();
+    c.points = -2.0;
+    assert_ne!(base, TaskHasher::new("j", "v1", &task).key(&c));
+    // Field boundaries matter: ("ab","c") and ("a","bc") differ.
+    assert_ne!(
+        TaskHasher::new("ab", "c", &task).key(&ex.criteria[0]),
+        TaskHasher::new("a", "bc", &task).key(&ex.criteria[0])
+    );
+}
+
+#[test]
+fn two_handles_on_one_file_share_verdicts_under_concurrent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.sqlite");
+    let ex = example();
+    let task = GradeTask {
+        example: &ex,
+        response: "r",
+        criteria: None,
+    };
+    let writers: Vec<_> = (0..4u8)
+        .map(|w| {
+            let path = path.clone();
+            let ex = ex.clone();
+            std::thread::spawn(move || {
+                let cache = VerdictCache::open(&path).unwrap();
+                for n in 0..50u32 {
+                    let task = GradeTask {
+                        example: &ex,
+                        response: &format!("{w}-{n}"),
+                        criteria: None,
+                    };
+                    let key = TaskHasher::new("j", "", &task).key(&ex.criteria[0]);
+                    let v = CachedVerdict {
+                        value: 1.0,
+                        explanation: format!("{w}-{n}"),
+                        judge: "j".into(),
+                    };
+                    cache.put_many(&[(key, v)]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let reader = VerdictCache::open(&path).unwrap();
+    assert_eq!(reader.len().unwrap(), 200);
+    let probe = GradeTask {
+        response: "3-49",
+        ..task
+    };
+    let got = reader
+        .get_many(&[TaskHasher::new("j", "", &probe).key(&ex.criteria[0])])
+        .unwrap();
+    assert_eq!(
+        got[0].as_ref().map(|v| v.explanation.as_str()),
+        Some("3-49")
+    );
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(
+        &path,
+        "this is not a database, just some text that is long enough",
+    )
+    .unwrap();
+    let err = VerdictCache::open(&path)
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(err.contains("notes.txt"), "{err}");
+}
