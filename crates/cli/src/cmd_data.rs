@@ -38,6 +38,9 @@ pub struct ScoreArgs {
     seed: u64,
     #[arg(long)]
     json: bool,
+    /// Write the table to this file instead of stdout (atomically: no partial file on error).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 pub fn load(file: &PathBuf, format: Option<Format>) -> Result<rubric::Dataset> {
@@ -65,29 +68,61 @@ pub fn run_score(args: ScoreArgs) -> Result<()> {
     let data = load(&args.data, args.format)?;
     let grades = rubric::read_grades(&args.grades, &data)?;
     let table = score_table(&data, &grades, args.seed);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&table)?);
-        return Ok(());
+    let text = if args.json {
+        serde_json::to_string_pretty(&table)? + "\n"
+    } else {
+        render_table(&table)
+    };
+    match args.out {
+        Some(path) => write_atomic(&path, text.as_bytes()),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
     }
-    println!(
+}
+
+fn render_table(table: &rubric::ScoreTable) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
         "{} responses over {} examples ({} left out for failed verdicts, {} undefined)",
         table.n_responses, table.n_examples, table.n_failed, table.n_undefined
     );
-    println!("{:<30} {:>8} {:>8} {:>6}", "", "score", "std", "n");
-    println!(
+    let _ = writeln!(s, "{:<30} {:>8} {:>8} {:>6}", "", "score", "std", "n");
+    let _ = writeln!(
+        s,
         "{:<30} {:>8.4} {:>8.4} {:>6}",
         "overall", table.overall, table.overall_std, table.n_responses
     );
     for (title, group) in [("axis", &table.axes), ("theme", &table.themes)] {
-        for (name, s) in group {
-            println!(
+        for (name, x) in group {
+            let _ = writeln!(
+                s,
                 "{:<30} {:>8.4} {:>8.4} {:>6}",
                 format!("{title}:{name}"),
-                s.score,
-                s.std,
-                s.n
+                x.score,
+                x.std,
+                x.n
             );
         }
     }
+    s
+}
+
+/// Writes through a temporary file in the same folder and renames it into place, so a reader
+/// never sees half a file and a failed run leaves none.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use anyhow::Context;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

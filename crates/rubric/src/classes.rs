@@ -100,7 +100,11 @@ impl MetaClasses {
                     .flat_map(|d| d.examples.iter())
                     .filter_map(|e| e.tag_value("theme").map(str::to_string))
                     .collect();
-                (themes.into_iter().collect(), Rule::ExampleTag("theme"), None)
+                (
+                    themes.into_iter().collect(),
+                    Rule::ExampleTag("theme"),
+                    None,
+                )
             }
             ClassScheme::Mapping(path) => {
                 let m = read_mapping(path)?;

@@ -31,7 +31,13 @@ impl DataError {
 impl fmt::Display for DataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
-            write!(f, "{}: field `{}`: {}", self.file.display(), self.field, self.message)
+            write!(
+                f,
+                "{}: field `{}`: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
         } else {
             write!(
                 f,

@@ -70,7 +70,12 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 
 fn detect(path: &Path, text: &str) -> Result<Format, DataError> {
     let Some((line_no, first)) = lines(text).next() else {
-        return Err(DataError::new(path, 0, "(file)", "the file holds no records"));
+        return Err(DataError::new(
+            path,
+            0,
+            "(file)",
+            "the file holds no records",
+        ));
     };
     let value: serde_json::Value = parse_line(path, line_no, first)?;
     if value.get("checklist").is_some() {
@@ -227,7 +232,12 @@ fn parse_writingbench(path: &Path, text: &str) -> Result<Dataset, DataError> {
             ));
         }
         if raw.checklist.is_empty() {
-            return Err(DataError::new(path, line_no, "checklist", "empty checklist"));
+            return Err(DataError::new(
+                path,
+                line_no,
+                "checklist",
+                "empty checklist",
+            ));
         }
         let criteria = raw
             .checklist
@@ -322,13 +332,13 @@ mod tests {
                 hb_line("b", r#"[{"criterion":"c","points":"many","tags":[]}]"#),
                 "rubrics[0].points",
             ),
-            (
-                r#"{"prompt":[],"prompt_id":"b"}"#.to_string(),
-                "rubrics",
-            ),
+            (r#"{"prompt":[],"prompt_id":"b"}"#.to_string(), "rubrics"),
             (good[..good.len() - 10].to_string(), "(json)"),
             (
-                hb_line("b", r#"[{"criterion":"c","points":1,"tags":[],"check":{"kind":"nope"}}]"#),
+                hb_line(
+                    "b",
+                    r#"[{"criterion":"c","points":1,"tags":[],"check":{"kind":"nope"}}]"#,
+                ),
                 "rubrics[0].check.kind",
             ),
             (good.clone(), "prompt_id"),
@@ -359,10 +369,7 @@ mod tests {
     #[test]
     fn detects_format() {
         let p = Path::new("d.jsonl");
-        assert_eq!(
-            detect(p, &hb_line("a", "[]")).unwrap(),
-            Format::HealthBench
-        );
+        assert_eq!(detect(p, &hb_line("a", "[]")).unwrap(), Format::HealthBench);
         assert_eq!(
             detect(p, r#"{"index":1,"query":"q","checklist":[]}"#).unwrap(),
             Format::WritingBench

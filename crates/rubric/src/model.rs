@@ -15,27 +15,45 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Check {
-    ContainsAny { phrases: Vec<String> },
-    ContainsAll { phrases: Vec<String> },
-    ContainsNone { phrases: Vec<String> },
-    Regex { pattern: String },
+    ContainsAny {
+        phrases: Vec<String>,
+    },
+    ContainsAll {
+        phrases: Vec<String>,
+    },
+    ContainsNone {
+        phrases: Vec<String>,
+    },
+    Regex {
+        pattern: String,
+    },
     WordCount {
         #[serde(default)]
         min: Option<usize>,
         #[serde(default)]
         max: Option<usize>,
     },
-    StartsWith { text: String },
-    EndsWith { text: String },
+    StartsWith {
+        text: String,
+    },
+    EndsWith {
+        text: String,
+    },
     HasList {
         #[serde(default)]
         style: ListStyle,
     },
     AsksQuestion {},
     MentionsNumber {},
-    Not { check: Box<Check> },
-    All { checks: Vec<Check> },
-    Any { checks: Vec<Check> },
+    Not {
+        check: Box<Check>,
+    },
+    All {
+        checks: Vec<Check>,
+    },
+    Any {
+        checks: Vec<Check>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -211,7 +211,10 @@ mod tests {
         // a met negative item subtracts; totals may go below zero
         assert_eq!(example_score(&cs, &[0.0, 0.0, 1.0]), Some(-4.0 / 8.0));
         // graded verdicts weight the points
-        assert_eq!(example_score(&cs, &[0.5, 1.0, 0.25]), Some((2.5 + 3.0 - 1.0) / 8.0));
+        assert_eq!(
+            example_score(&cs, &[0.5, 1.0, 0.25]),
+            Some((2.5 + 3.0 - 1.0) / 8.0)
+        );
         // no positive points: undefined, not zero
         assert_eq!(example_score(&cs[2..], &[1.0]), None);
         assert_eq!(example_score(&[], &[]), None);

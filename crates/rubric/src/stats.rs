@@ -92,7 +92,10 @@ impl fmt::Display for DataStats {
             self.checkable
         )?;
         writeln!(f, "ideal completions  {}", self.with_ideal_completion)?;
-        writeln!(f, "\naxis                         criteria  positive  negative  examples")?;
+        writeln!(
+            f,
+            "\naxis                         criteria  positive  negative  examples"
+        )?;
         for (name, a) in &self.axes {
             writeln!(
                 f,

@@ -1,0 +1,233 @@
+//! `arlrr data stats` and `arlrr score` on the real HealthBench sample, through the binary.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn arlrr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(args)
+        .output()
+        .expect("run arlrr")
+}
+
+fn sample() -> PathBuf {
+    rubric::assets::healthbench_sample().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "arlrr failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+#[test]
+fn stats_of_the_real_sample() {
+    let s = json_of(&arlrr(&[
+        "data",
+        "stats",
+        "--json",
+        sample().to_str().unwrap(),
+    ]));
+    assert_eq!(s["examples"], 500);
+    assert_eq!(s["criteria"], 5965);
+    assert_eq!(s["positive"], 4106);
+    assert_eq!(s["negative"], 1859);
+    let axes = s["axes"].as_object().unwrap();
+    assert_eq!(axes.len(), 5, "{axes:?}");
+    let sum = |f: &str| axes.values().map(|a| a[f].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("criteria"), 5965);
+    assert_eq!(sum("positive"), 4106);
+    assert_eq!(sum("negative"), 1859);
+    let themes: u64 = s["themes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(themes, 500, "every example has exactly one theme");
+}
+
+/// Deterministic pseudo-random bits, so the test needs no RNG crate.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn random_grades(data: &Path, out: &Path, per_example: usize, seed: u64) {
+    let mut rng = XorShift(seed);
+    let mut text = String::new();
+    for line in std::fs::read_to_string(data).unwrap().lines() {
+        let ex: Value = serde_json::from_str(line).unwrap();
+        let n = ex["rubrics"].as_array().unwrap().len();
+        for r in 0..per_example {
+            // vary the met rate per response so scores spread, some below zero
+            let rate = rng.next() % 100;
+            let met: Vec<bool> = (0..n).map(|_| rng.next() % 100 < rate).collect();
+            let line = serde_json::json!({
+                "prompt_id": ex["prompt_id"],
+                "response_id": format!("r{r}"),
+                "met": met,
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+    }
+    std::fs::write(out, text).unwrap();
+}
+
+#[test]
+fn score_agrees_with_an_independent_implementation() {
+    let dir = tempfile::tempdir().unwrap();
+    let grades = dir.path().join("grades.jsonl");
+    random_grades(&sample(), &grades, 2, 0x5eed);
+    let ours = json_of(&arlrr(&[
+        "score",
+        "--json",
+        "--data",
+        sample().to_str().unwrap(),
+        "--grades",
+        grades.to_str().unwrap(),
+    ]));
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/healthbench_reference.py");
+    let reference = Command::new("python3")
+        .arg(script)
+        .arg(sample())
+        .arg(&grades)
+        .output()
+        .expect("python3");
+    let reference = json_of(&reference);
+    assert_eq!(ours["n_examples"], 500);
+    assert_eq!(ours["n_responses"], reference["n"]);
+    let close = |a: &Value, b: &Value, what: &str| {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "{what}: ours {a}, reference {b}");
+    };
+    close(&ours["overall"], &reference["overall"], "overall");
+    let ref_axes = reference["axes"].as_object().unwrap();
+    assert_eq!(ref_axes.len(), 5);
+    for (axis, score) in ref_axes {
+        close(&ours["axes"][axis]["score"], score, axis);
+        assert!(ours["axes"][axis]["std"].as_f64().unwrap() > 0.0);
+    }
+    assert!(ours["overall_std"].as_f64().unwrap() > 0.0);
+    assert!(!ours["themes"].as_object().unwrap().is_empty());
+}
+
+/// One bad input: a clear error naming file, line and field, non-zero exit, no panic,
+/// no output file.
+fn assert_clean_failure(args: &[&str], out_file: &Path, expect: &str) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--out", out_file.to_str().unwrap()]);
+    let out = arlrr(&all);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure for {expect}");
+    assert!(err.contains(expect), "stderr {err:?} lacks {expect:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out_file.exists(), "partial output left behind");
+    assert_eq!(err.lines().count(), 1, "one error line: {err}");
+}
+
+#[test]
+fn bad_input_gives_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("table.json");
+    let lines: Vec<String> = std::fs::read_to_string(sample())
+        .unwrap()
+        .lines()
+        .take(3)
+        .map(str::to_string)
+        .collect();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let grades = dir.path().join("grades.jsonl");
+    random_grades(&data, &grades, 1, 1);
+    let good_grades = std::fs::read_to_string(&grades).unwrap();
+
+    let bad_data = |name: &str, line2: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{}\n{}\n{}\n", lines[0], line2, lines[2])).unwrap();
+        p
+    };
+    let mut ex: Value = serde_json::from_str(&lines[1]).unwrap();
+    let truncated = bad_data(
+        "truncated.jsonl",
+        lines[1][..lines[1].len() / 2].to_string(),
+    );
+    ex.as_object_mut().unwrap().remove("rubrics");
+    let no_rubrics = bad_data("no_rubrics.jsonl", ex.to_string());
+    let mut ex: Value = serde_json::from_str(&lines[1]).unwrap();
+    ex["rubrics"][2]["points"] = Value::String("five".into());
+    let bad_points = bad_data("bad_points.jsonl", ex.to_string());
+
+    for (file, field) in [
+        (&truncated, "truncated.jsonl:2: field `(json)`"),
+        (&no_rubrics, "no_rubrics.jsonl:2: field `rubrics`"),
+        (&bad_points, "bad_points.jsonl:2: field `rubrics[2].points`"),
+    ] {
+        let f = file.to_str().unwrap();
+        assert_clean_failure(
+            &["score", "--data", f, "--grades", grades.to_str().unwrap()],
+            &out_file,
+            field,
+        );
+        let out = arlrr(&["data", "stats", f]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(field));
+    }
+
+    let grade_lines: Vec<&str> = good_grades.lines().collect();
+    let mut g: Value = serde_json::from_str(grade_lines[1]).unwrap();
+    g["met"].as_array_mut().unwrap().pop();
+    let short = dir.path().join("short.jsonl");
+    std::fs::write(&short, format!("{}\n{}\n", grade_lines[0], g)).unwrap();
+    let mut g: Value = serde_json::from_str(grade_lines[1]).unwrap();
+    g["prompt_id"] = Value::String("no-such-prompt".into());
+    let unknown = dir.path().join("unknown.jsonl");
+    std::fs::write(&unknown, format!("{}\n{}\n", grade_lines[0], g)).unwrap();
+    let mut g: Value = serde_json::from_str(grade_lines[1]).unwrap();
+    g["met"][0] = serde_json::json!(1.5);
+    let range = dir.path().join("range.jsonl");
+    std::fs::write(&range, format!("{}\n{}\n", grade_lines[0], g)).unwrap();
+    for (file, field) in [
+        (&short, "short.jsonl:2: field `met`"),
+        (&unknown, "unknown.jsonl:2: field `prompt_id`"),
+        (&range, "range.jsonl:2: field `met[0]`"),
+    ] {
+        assert_clean_failure(
+            &[
+                "score",
+                "--data",
+                data.to_str().unwrap(),
+                "--grades",
+                file.to_str().unwrap(),
+            ],
+            &out_file,
+            field,
+        );
+    }
+
+    // and the good pair writes the file
+    let out = arlrr(&[
+        "score",
+        "--json",
+        "--data",
+        data.to_str().unwrap(),
+        "--grades",
+        grades.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let table: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert_eq!(table["n_examples"], 3);
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Independent HealthBench scoring, written after simple-evals' healthbench_eval.py
+(calculate_score + per-tag scores + clipped mean), standard library only.
+
+usage: healthbench_reference.py DATA.jsonl GRADES.jsonl  -> JSON {overall, axes: {name: score}}
+Used by the test suite to cross-check `arlrr score`.
+"""
+import json
+import sys
+from collections import defaultdict
+
+
+def calculate_score(rubric_items, met):
+    total_possible = sum(r["points"] for r in rubric_items if r["points"] > 0)
+    if total_possible == 0:
+        return None
+    achieved = sum(r["points"] * float(m) for r, m in zip(rubric_items, met))
+    return achieved / total_possible
+
+
+def clipped_mean(values):
+    return min(1.0, max(0.0, sum(values) / len(values)))
+
+
+def main(data_path, grades_path):
+    examples = {}
+    with open(data_path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                examples[row["prompt_id"]] = row
+    overall = []
+    axes = defaultdict(list)
+    with open(grades_path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            g = json.loads(line)
+            rubrics = examples[g["prompt_id"]]["rubrics"]
+            met = g["met"]
+            s = calculate_score(rubrics, met)
+            if s is not None:
+                overall.append(s)
+            tags = sorted({t for r in rubrics for t in r["tags"] if t.startswith("axis:")})
+            for tag in tags:
+                items = [(r, m) for r, m in zip(rubrics, met) if tag in r["tags"]]
+                s = calculate_score([r for r, _ in items], [m for _, m in items])
+                if s is not None:
+                    axes[tag[len("axis:"):]].append(s)
+    print(json.dumps({
+        "overall": clipped_mean(overall),
+        "n": len(overall),
+        "axes": {k: clipped_mean(v) for k, v in axes.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
