@@ -4,10 +4,13 @@
 //! ([`JudgeFailure`]) instead of guessing: the trainer excludes failures from rewards.
 
 pub mod cache;
+pub mod http;
+pub mod prompt;
 pub mod rules;
 mod text;
 
 pub use cache::{CachedJudge, VerdictCache};
+pub use http::{HttpJudge, HttpJudgeConfig};
 pub use rules::RuleJudge;
 
 use async_trait::async_trait;

@@ -1,0 +1,482 @@
+//! The HTTP judge: grades each criterion with one request to an OpenAI-compatible
+//! `/v1/chat/completions` endpoint (vLLM, llama.cpp's server, OpenAI, `arlrr serve-judge`).
+//!
+//! Remote graders fail in every way a network can: timeouts, resets, 429s, 5xx, answers that
+//! are not the JSON asked for. Each of those is retried a bounded number of times with
+//! exponential backoff and jitter (honouring `Retry-After`), and what still fails becomes an
+//! explicit [`JudgeFailure`], never a guessed verdict. A semaphore bounds the requests in
+//! flight across all concurrent `grade` calls.
+
+use crate::prompt::{extract_verdict, grading_prompt, ParsedVerdict, PROMPT_VERSION};
+use crate::{CriterionGrade, GradeTask, Judge, JudgeFailure, JudgeStats};
+use async_trait::async_trait;
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Settings of the HTTP judge (the `[http]` table of a judge config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpJudgeConfig {
+    /// API root up to and including the version, e.g. `https://api.openai.com/v1` or
+    /// `http://127.0.0.1:8080/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// Model name sent in each request; also the judge id (`http:<model>`), hence the cache key.
+    pub model: String,
+    /// Sampling temperature; 0 makes graders as repeatable as the server allows.
+    #[serde(default)]
+    pub temperature: f32,
+    /// Cap on the grader's answer length in tokens; the verdict JSON needs about 100.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Requests in flight at once, over all batches this judge is grading.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Per-request timeout in seconds (connect to last byte of the body).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: f64,
+    /// Retries after the first attempt; a criterion costs at most `1 + retries` requests.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First backoff delay in seconds; doubles per retry, with jitter in [50%, 100%].
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_secs: f64,
+    /// Ceiling of one backoff delay, in seconds.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_secs: f64,
+    /// Longest `Retry-After` honoured, in seconds; a longer one is cut to this.
+    #[serde(default = "default_retry_after_max")]
+    pub retry_after_max_secs: f64,
+    /// Name of the environment variable holding the API key (sent as a bearer token). The
+    /// key itself never appears in config files, logs or `Debug` output.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+fn default_max_tokens() -> u32 {
+    512
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_timeout() -> f64 {
+    60.0
+}
+fn default_retries() -> u32 {
+    4
+}
+fn default_backoff_initial() -> f64 {
+    0.5
+}
+fn default_backoff_max() -> f64 {
+    30.0
+}
+fn default_retry_after_max() -> f64 {
+    120.0
+}
+
+impl HttpJudgeConfig {
+    /// A config with defaults for everything but the endpoint and the model.
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        HttpJudgeConfig {
+            base_url: base_url.into(),
+            model: model.into(),
+            temperature: 0.0,
+            max_tokens: default_max_tokens(),
+            concurrency: default_concurrency(),
+            timeout_secs: default_timeout(),
+            retries: default_retries(),
+            backoff_initial_secs: default_backoff_initial(),
+            backoff_max_secs: default_backoff_max(),
+            retry_after_max_secs: default_retry_after_max(),
+            api_key_env: None,
+        }
+    }
+
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{name}` must be a positive number of seconds, got {v}"
+                ))
+            }
+        };
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            return Err(format!(
+                "`base_url` must start with http:// or https://, got `{}`",
+                self.base_url
+            ));
+        }
+        if self.model.trim().is_empty() {
+            return Err("`model` is empty".into());
+        }
+        if self.concurrency == 0 {
+            return Err("`concurrency` must be at least 1".into());
+        }
+        if self.max_tokens == 0 {
+            return Err("`max_tokens` must be at least 1".into());
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(format!(
+                "`temperature` must be in [0, 2], got {}",
+                self.temperature
+            ));
+        }
+        positive("timeout_secs", self.timeout_secs)?;
+        positive("backoff_initial_secs", self.backoff_initial_secs)?;
+        positive("backoff_max_secs", self.backoff_max_secs)?;
+        positive("retry_after_max_secs", self.retry_after_max_secs)?;
+        Ok(())
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
+    }
+}
+
+/// Why the HTTP judge could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpJudgeError {
+    #[error("http judge config: {0}")]
+    Config(String),
+    #[error("http judge: environment variable `{0}` (named by `api_key_env`) is not set")]
+    MissingApiKey(String),
+    #[error("http judge: cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+#[derive(Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: [ChatMessage<'a>; 1],
+    temperature: f32,
+    max_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: AnswerMessage,
+}
+
+#[derive(Deserialize)]
+struct AnswerMessage {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+/// What one request ended in, short of a verdict.
+enum AttemptError {
+    /// Worth another try; `retry_after` is the server's own wish, if it said one.
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help (bad key, unknown model, malformed request).
+    Fatal(String),
+}
+
+/// The judge. Cheap to share behind an `Arc`; the client pools connections.
+pub struct HttpJudge {
+    config: HttpJudgeConfig,
+    endpoint: String,
+    client: reqwest::Client,
+    permits: Semaphore,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    verdicts: AtomicU64,
+    failures: AtomicU64,
+    calls: AtomicU64,
+    retries: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+}
+
+impl std::fmt::Debug for HttpJudge {
+    /// Shows the config (which holds only the key's variable name), never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpJudge")
+            .field("endpoint", &self.endpoint)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest body excerpt kept in an error message.
+const EXCERPT: usize = 200;
+
+fn excerpt(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(EXCERPT) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// `Retry-After` as delta-seconds (the form APIs send); an HTTP date is ignored and the normal
+/// backoff applies.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: f64 = v.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+impl HttpJudge {
+    /// Builds the judge, reading the API key from the environment variable the config names.
+    pub fn new(config: HttpJudgeConfig) -> Result<Self, HttpJudgeError> {
+        config.validate().map_err(HttpJudgeError::Config)?;
+        let mut headers = HeaderMap::new();
+        if let Some(var) = &config.api_key_env {
+            let key = std::env::var(var).map_err(|_| HttpJudgeError::MissingApiKey(var.clone()))?;
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+                    HttpJudgeError::Config(format!(
+                        "the value of `{var}` is not a valid header value (control characters?)"
+                    ))
+                })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(Duration::from_secs_f64(config.timeout_secs))
+            .pool_max_idle_per_host(config.concurrency.max(1))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| HttpJudgeError::Client(e.to_string()))?;
+        Ok(HttpJudge {
+            endpoint: config.endpoint(),
+            permits: Semaphore::new(config.concurrency),
+            config,
+            client,
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn config(&self) -> &HttpJudgeConfig {
+        &self.config
+    }
+
+    /// One request; the permit bounds concurrency and is released before any backoff sleep.
+    async fn attempt(&self, prompt: &str) -> Result<ParsedVerdict, AttemptError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let request = ChatRequest {
+            model: &self.config.model,
+            messages: [ChatMessage {
+                role: "user",
+                content: prompt,
+            }],
+            temperature: self.config.temperature,
+            max_tokens: self.config.max_tokens,
+        };
+        let transport = |e: reqwest::Error| AttemptError::Retryable {
+            message: if e.is_timeout() {
+                format!("timed out after {}s", self.config.timeout_secs)
+            } else {
+                format!("transport error: {}", error_chain(&e))
+            },
+            retry_after: None,
+        };
+        let resp = self
+            .client
+            .post(&self.endpoint)
+            .json(&request)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let wait = retry_after(resp.headers());
+        let body = resp.text().await.map_err(transport)?;
+        if !status.is_success() {
+            let message = format!("HTTP {status}: {}", excerpt(&body));
+            return Err(
+                if status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::REQUEST_TIMEOUT
+                    || status.is_server_error()
+                {
+                    AttemptError::Retryable {
+                        message,
+                        retry_after: wait,
+                    }
+                } else {
+                    AttemptError::Fatal(message)
+                },
+            );
+        }
+        let parsed: ChatResponse =
+            serde_json::from_str(&body).map_err(|e| AttemptError::Retryable {
+                message: format!(
+                    "response is not a chat completion ({e}): {}",
+                    excerpt(&body)
+                ),
+                retry_after: None,
+            })?;
+        if let Some(u) = parsed.usage {
+            self.counters
+                .prompt_tokens
+                .fetch_add(u.prompt_tokens, Ordering::Relaxed);
+            self.counters
+                .completion_tokens
+                .fetch_add(u.completion_tokens, Ordering::Relaxed);
+        }
+        let answer = parsed
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .unwrap_or_default();
+        extract_verdict(&answer).ok_or_else(|| AttemptError::Retryable {
+            message: format!("no verdict JSON in the answer: {:?}", excerpt(&answer)),
+            retry_after: None,
+        })
+    }
+
+    /// Backoff before retry number `retry` (1-based): `initial * 2^(retry-1)`, capped, scaled
+    /// by a random factor in [0.5, 1]; a server's `Retry-After` (capped) wins when longer.
+    fn backoff(&self, retry: u32, server_wish: Option<Duration>) -> Duration {
+        let exp =
+            self.config.backoff_initial_secs * 2f64.powi(retry.saturating_sub(1).min(30) as i32);
+        let base = exp.min(self.config.backoff_max_secs);
+        let jittered = base * rand::thread_rng().gen_range(0.5..=1.0);
+        let wish = server_wish
+            .map(|d| d.as_secs_f64().min(self.config.retry_after_max_secs))
+            .unwrap_or(0.0);
+        Duration::from_secs_f64(jittered.max(wish))
+    }
+
+    /// Grades one criterion with retries.
+    async fn grade_one(&self, task: &GradeTask<'_>, index: usize) -> CriterionGrade {
+        let Some(criterion) = task.example.criteria.get(index) else {
+            return crate::rules::out_of_range(task, index);
+        };
+        let prompt = grading_prompt(&task.example.prompt, task.response, criterion);
+        let max_attempts = 1 + self.config.retries;
+        let mut attempts = 0;
+        let outcome = loop {
+            attempts += 1;
+            match self.attempt(&prompt).await {
+                Ok(v) => break Ok(v),
+                Err(AttemptError::Fatal(message)) => break Err(JudgeFailure::Other(message)),
+                Err(AttemptError::Retryable {
+                    message,
+                    retry_after,
+                }) => {
+                    if attempts >= max_attempts {
+                        break Err(JudgeFailure::Exhausted {
+                            attempts,
+                            last_error: message,
+                        });
+                    }
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(self.backoff(attempts, retry_after)).await;
+                }
+            }
+        };
+        self.counters.verdicts.fetch_add(1, Ordering::Relaxed);
+        let (outcome, explanation) = match outcome {
+            Ok(v) => (Ok(if v.met { 1.0 } else { 0.0 }), v.explanation),
+            Err(e) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                (Err(e), String::new())
+            }
+        };
+        CriterionGrade {
+            criterion: index,
+            outcome,
+            explanation,
+            judge: self.id(),
+            cached: false,
+            attempts,
+        }
+    }
+}
+
+/// An error with its sources ("error sending request: connection reset by peer"), since
+/// reqwest's top-level message alone rarely says what happened.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let _ = std::fmt::Write::write_fmt(&mut s, format_args!(": {inner}"));
+        source = inner.source();
+    }
+    s
+}
+
+#[async_trait]
+impl Judge for HttpJudge {
+    fn id(&self) -> String {
+        format!("http:{}", self.config.model)
+    }
+
+    fn prompt_version(&self) -> String {
+        PROMPT_VERSION.to_string()
+    }
+
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        let jobs = tasks.iter().enumerate().flat_map(|(ti, t)| {
+            t.criterion_indices()
+                .into_iter()
+                .map(move |ci| async move { (ti, self.grade_one(t, ci).await) })
+        });
+        let mut out: Vec<Vec<CriterionGrade>> = tasks
+            .iter()
+            .map(|t| {
+                Vec::with_capacity(t.criteria.map_or(t.example.criteria.len(), <[usize]>::len))
+            })
+            .collect();
+        // join_all keeps input order, so each task's grades come back in its criterion order.
+        for (ti, g) in futures_util::future::join_all(jobs).await {
+            out[ti].push(g);
+        }
+        out
+    }
+
+    fn stats(&self) -> JudgeStats {
+        let c = &self.counters;
+        JudgeStats {
+            verdicts: c.verdicts.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            calls: c.calls.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: c.completion_tokens.load(Ordering::Relaxed),
+            ..JudgeStats::default()
+        }
+    }
+}
