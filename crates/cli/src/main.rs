@@ -1,7 +1,9 @@
 //! The `arlrr` binary: parses arguments and calls the library crates. One module per command.
 
 mod cmd_data;
+mod cmd_eval;
 mod cmd_fetch;
+mod cmd_train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,6 +23,10 @@ enum Command {
     Data(cmd_data::DataArgs),
     /// Score graded responses exactly as HealthBench does.
     Score(cmd_data::ScoreArgs),
+    /// Train a policy with GRPO on rubric rewards (ARL-RR or a baseline objective).
+    Train(cmd_train::Args),
+    /// Score a trained policy on a data file, overall and per meta-class.
+    Eval(cmd_eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +35,8 @@ fn main() -> ExitCode {
         Command::Fetch(a) => cmd_fetch::run(a),
         Command::Data(a) => cmd_data::run_data(a),
         Command::Score(a) => cmd_data::run_score(a),
+        Command::Train(a) => cmd_train::run(a),
+        Command::Eval(a) => cmd_eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,218 @@
+//! Run files. Everything is written to a temporary name and renamed into place, so a crash
+//! never leaves a half-written checkpoint: a checkpoint folder either exists complete or not
+//! at all. `metrics.jsonl` and `schedule.jsonl` are cut back to the checkpoint's line counts on
+//! resume, so a resumed run writes exactly the lines an uninterrupted one would.
+
+use crate::optim::AdamW;
+use crate::policy::{set_vars, ParamSnapshot, Policy};
+use crate::selector::PhaseState;
+use anyhow::{Context, Result};
+use candle_core::{Tensor, Var};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Everything besides weights and moments needed to continue exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Steps completed.
+    pub step: u64,
+    /// Position in the learning-rate schedule (optimizer steps attempted).
+    pub optimizer_steps: u64,
+    /// AdamW's bias-correction step count (updates applied).
+    pub optimizer_t: u64,
+    pub phase: PhaseState,
+    pub rng: RngState,
+    pub metrics_lines: u64,
+    pub schedule_lines: u64,
+}
+
+/// A ChaCha8 stream position: seed, stream and word position (as a decimal string, u128).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RngState {
+    pub seed: Vec<u8>,
+    pub stream: u64,
+    pub word_pos: String,
+}
+
+impl RngState {
+    pub fn of(rng: &ChaCha8Rng) -> RngState {
+        RngState {
+            seed: rng.get_seed().to_vec(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
+    }
+
+    pub fn restore(&self) -> ChaCha8Rng {
+        use rand::SeedableRng;
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(&self.seed);
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(self.word_pos.parse().expect("a decimal word position"));
+        rng
+    }
+}
+
+/// Writes `bytes` to `path` via a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
+}
+
+fn step_dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// Writes `run_dir/checkpoints/step-N/{policy,optimizer}.safetensors + state.json`.
+pub fn write(
+    run_dir: &Path,
+    policy: &dyn Policy,
+    optimizer: &AdamW,
+    state: &RunState,
+) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&root)?;
+    let name = step_dir_name(state.step);
+    let tmp = root.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    policy.save(&tmp.join("policy.safetensors"))?;
+    optimizer.save(&tmp.join("optimizer.safetensors"))?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    for f in std::fs::read_dir(&tmp)? {
+        File::open(f?.path())?.sync_all()?;
+    }
+    let dst = root.join(&name);
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst)?;
+    }
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("cannot move checkpoint into {}", dst.display()))?;
+    Ok(dst)
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let root = run_dir.join("checkpoints");
+    if !root.exists() {
+        return Ok(vec![]);
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&root)? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse().ok()) {
+            out.push((step, p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The newest checkpoint and its state.
+pub fn latest(run_dir: &Path) -> Result<Option<(PathBuf, RunState)>> {
+    let Some((_, dir)) = list(run_dir)?.pop() else {
+        return Ok(None);
+    };
+    let state = read_state(&dir)?;
+    Ok(Some((dir, state)))
+}
+
+pub fn read_state(dir: &Path) -> Result<RunState> {
+    let p = dir.join("state.json");
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a run state", p.display()))
+}
+
+/// Removes all but the newest `keep` checkpoints (0 keeps all).
+pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    let all = list(run_dir)?;
+    if keep == 0 || all.len() <= keep {
+        return Ok(());
+    }
+    for (_, p) in &all[..all.len() - keep] {
+        std::fs::remove_dir_all(p)?;
+    }
+    Ok(())
+}
+
+pub fn save_snapshot(vars: &[(String, Var)], snap: &ParamSnapshot, path: &Path) -> Result<()> {
+    let t: HashMap<String, Tensor> = vars
+        .iter()
+        .zip(&snap.0)
+        .map(|((n, _), t)| (n.clone(), t.clone()))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&t, &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn load_snapshot(vars: &[(String, Var)], path: &Path) -> Result<ParamSnapshot> {
+    let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let current = ParamSnapshot::take(vars)?;
+    set_vars(vars, &tensors, path)?;
+    let snap = ParamSnapshot::take(vars)?;
+    current.restore(vars)?;
+    Ok(snap)
+}
+
+/// An append-only JSON-lines file that knows its line count.
+pub struct Jsonl {
+    path: PathBuf,
+    file: File,
+    pub lines: u64,
+}
+
+impl Jsonl {
+    pub fn open(path: &Path) -> Result<Jsonl> {
+        let lines = match std::fs::read_to_string(path) {
+            Ok(t) => t.lines().count() as u64,
+            Err(_) => 0,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Jsonl {
+            path: path.to_path_buf(),
+            file,
+            lines,
+        })
+    }
+
+    pub fn append(&mut self, value: &impl Serialize) -> Result<()> {
+        let mut line = serde_json::to_string(value)?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes())?;
+        self.file.flush()?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Keeps the first `n` lines (drops what was written after the checkpoint).
+    pub fn truncate(&mut self, n: u64) -> Result<()> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .take(n as usize)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomic(&self.path, kept.as_bytes())?;
+        *self = Jsonl::open(&self.path)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! The run configuration: one TOML file, every field documented here and in
+//! `configs/example.toml`. Unknown fields are errors naming the field and line; every section
+//! except `[data]` and `[policy]` has defaults that work.
+
+use crate::categorical::CategoricalConfig;
+use crate::grpo::GrpoConfig;
+use crate::objective::ObjectiveConfig;
+use crate::optim::OptimConfig;
+use crate::selector::PhaseConfig;
+use anyhow::{bail, Context, Result};
+use rubric::ClassSpec;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default)]
+    pub run: RunConfig,
+    pub data: DataConfig,
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub judge: JudgeConfig,
+    #[serde(default)]
+    pub grpo: GrpoConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub objective: ObjectiveConfig,
+    #[serde(default)]
+    pub phases: PhaseConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run directory (created; must not already hold a run unless resuming). Like every
+    /// relative path in the file, resolved against the config file's folder.
+    pub dir: PathBuf,
+    /// Seeds prompt sampling, generation and the bootstrap; the same seed gives the same run.
+    pub seed: u64,
+    /// Rollout steps (each: one batch of prompts, `grpo.ppo_epochs` optimizer steps).
+    pub steps: u64,
+    /// Write a checkpoint every this many steps (and at the end); 0 = only at the end.
+    pub checkpoint_every: u64,
+    /// Checkpoints kept on disk (oldest removed first); 0 keeps all.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            dir: PathBuf::from("runs/arlrr"),
+            seed: 0,
+            steps: 100,
+            checkpoint_every: 10,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training prompts (HealthBench or native JSONL).
+    pub train: PathBuf,
+    /// Validation prompts: periodic evaluation and the selectors' fixed batch.
+    pub val: PathBuf,
+    /// How criteria are grouped into meta-classes: `scheme = "axis"` (default), `"cluster"`,
+    /// `"theme"` or `{ mapping = "classes.toml" }`, and an optional `catch_all` class name.
+    #[serde(default)]
+    pub classes: ClassSpec,
+}
+
+/// `[policy]`: `kind = "categorical"` (a phrase-table policy; see [`CategoricalConfig`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PolicyConfig {
+    Categorical(CategoricalConfig),
+}
+
+/// `[judge]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// `"rules"`: grades each criterion's machine-checkable `check` (criteria without one
+    /// fail and their responses are excluded).
+    pub kind: JudgeKind,
+    /// Times a failed verdict is asked again before its response is excluded.
+    pub retries: u32,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        JudgeConfig {
+            kind: JudgeKind::Rules,
+            retries: 2,
+        }
+    }
+}
+
+impl JudgeConfig {
+    /// A `--judge` argument: a judge kind (`rules`) or a TOML file holding these fields.
+    pub fn parse_arg(arg: &str) -> Result<JudgeConfig> {
+        let path = Path::new(arg);
+        if path.exists() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read judge config {arg}"))?;
+            return toml::from_str(&text).map_err(|e| anyhow::anyhow!("{arg}: {e}"));
+        }
+        let kind = toml::Value::String(arg.to_string())
+            .try_into()
+            .map_err(|_| {
+                anyhow::anyhow!("--judge `{arg}`: neither a file nor a judge kind (rules)")
+            })?;
+        Ok(JudgeConfig {
+            kind,
+            ..JudgeConfig::default()
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeKind {
+    Rules,
+}
+
+/// `[eval]`: periodic validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Validate every this many steps (and after the last); 0 = only after the last.
+    pub every: u64,
+    /// Validation examples used (the first ones of the file); 0 = all.
+    pub size: usize,
+    /// Responses sampled per validation example.
+    pub samples: usize,
+    /// Bootstrap resamples for the std of the validation scores.
+    pub bootstrap: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            every: 10,
+            size: 0,
+            samples: 4,
+            bootstrap: rubric::score::BOOTSTRAP_RESAMPLES,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a config file; relative paths inside it are resolved against its folder.
+    pub fn from_file(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut cfg =
+            Self::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; the error names the offending field and its line.
+    pub fn from_toml(text: &str) -> Result<TrainConfig> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| format!("line {}: ", text[..s.start].matches('\n').count() + 1))
+                .unwrap_or_default();
+            anyhow::anyhow!("{line}field `{path}`: {}", inner.message())
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.run.dir);
+        fix(&mut self.data.train);
+        fix(&mut self.data.val);
+        if let rubric::ClassScheme::Mapping(p) = &mut self.data.classes.scheme {
+            fix(p);
+        }
+    }
+
+    /// Checks the values serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        let g = &self.grpo;
+        if g.prompts_per_step == 0 {
+            bail!("field `grpo.prompts_per_step`: must be at least 1");
+        }
+        if g.group_size < 2 {
+            bail!("field `grpo.group_size`: must be at least 2 (advantages compare samples of a prompt)");
+        }
+        if g.ppo_epochs == 0 {
+            bail!("field `grpo.ppo_epochs`: must be at least 1");
+        }
+        if !(g.clip_eps > 0.0) {
+            bail!("field `grpo.clip_eps`: must be positive");
+        }
+        if !(self.optim.lr > 0.0) {
+            bail!("field `optim.lr`: must be positive");
+        }
+        if self.phases.length == 0 {
+            bail!("field `phases.length`: must be at least 1");
+        }
+        if self.eval.samples == 0 {
+            bail!("field `eval.samples`: must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}

@@ -1,0 +1,175 @@
+//! Validation: sample responses on a data split, grade every criterion, and summarize overall
+//! and per-class HealthBench scores with bootstrap std.
+
+use crate::grading::{grade, ToGrade};
+use crate::policy::Policy;
+use anyhow::Result;
+use judge::Judge;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rubric::{summarize, Example, Summary};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Scores of a policy on a split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub overall: Summary,
+    /// Per meta-class, over the responses whose example has a positive item of that class.
+    pub classes: BTreeMap<String, Summary>,
+    /// Responses graded and scored.
+    pub responses: usize,
+    /// Responses left out because a verdict failed after the retries.
+    pub excluded: usize,
+    pub failed_verdicts: usize,
+}
+
+impl EvalReport {
+    /// Class scores in class-index order (NaN where a class has no data).
+    pub fn class_scores(&self, names: &[String]) -> Vec<f64> {
+        names
+            .iter()
+            .map(|n| self.classes.get(n).map_or(f64::NAN, |s| s.score))
+            .collect()
+    }
+}
+
+/// What to evaluate on and how.
+pub struct EvalSet<'a> {
+    pub examples: Vec<&'a Example>,
+    /// Class of each criterion, per example.
+    pub class_of: Vec<&'a [usize]>,
+    pub class_names: &'a [String],
+}
+
+/// Samples `samples` responses per example with a fixed `seed` (so repeated evaluations, and
+/// the candidates of a lookahead, see the same sampling noise) and scores them.
+/// `resamples` = bootstrap resamples for the std (0 = mean only).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    policy: &mut dyn Policy,
+    judge: &dyn Judge,
+    rt: &tokio::runtime::Runtime,
+    set: &EvalSet<'_>,
+    samples: usize,
+    seed: u64,
+    resamples: usize,
+    retries: u32,
+) -> Result<EvalReport> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let completions = policy.generate(&set.examples, samples, &mut rng)?;
+    let mut items = Vec::new();
+    for ((ex, class_of), group) in set.examples.iter().zip(&set.class_of).zip(&completions) {
+        for c in group {
+            items.push(ToGrade {
+                example: ex,
+                class_of,
+                response: &c.text,
+            });
+        }
+    }
+    let k = set.class_names.len();
+    let graded = grade(rt, judge, &items, None, k, retries)?;
+    let mut overall = Vec::new();
+    let mut per_class = vec![Vec::new(); k];
+    let mut excluded = 0;
+    for r in &graded.rewards {
+        let Some(r) = r else {
+            excluded += 1;
+            continue;
+        };
+        overall.extend(r.overall);
+        for (v, rk) in per_class.iter_mut().zip(&r.classes) {
+            v.extend(*rk);
+        }
+    }
+    let classes = set
+        .class_names
+        .iter()
+        .zip(&per_class)
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, v)| (n.clone(), summarize(v, resamples, seed)))
+        .collect();
+    Ok(EvalReport {
+        overall: summarize(&overall, resamples, seed),
+        classes,
+        responses: graded.rewards.len() - excluded,
+        excluded,
+        failed_verdicts: graded.failed_verdicts,
+    })
+}
+
+impl EvalReport {
+    /// The report as a plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "responses {} (excluded for judge failures: {}, failed verdicts: {})\n\n{:<28} {:>7} {:>7} {:>6}\n",
+            self.responses, self.excluded, self.failed_verdicts, "", "score", "std", "n"
+        );
+        let row = |name: &str, x: &Summary| {
+            format!("{name:<28} {:>7.4} {:>7.4} {:>6}\n", x.score, x.std, x.n)
+        };
+        s += &row("overall", &self.overall);
+        for (name, x) in &self.classes {
+            s += &row(name, x);
+        }
+        s
+    }
+}
+
+/// The checkpoint folder and run config behind a `--model` path: a run directory (its latest
+/// checkpoint) or a checkpoint folder inside one.
+pub fn resolve_model(model: &std::path::Path) -> Result<(std::path::PathBuf, crate::TrainConfig)> {
+    let (run_dir, ckpt) = if model.join("state.json").exists() {
+        let run = model
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.to_path_buf());
+        (run.unwrap_or_default(), model.to_path_buf())
+    } else {
+        let (ckpt, _) = crate::checkpoint::latest(model)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: neither a checkpoint folder (with state.json) nor a run directory with checkpoints",
+                model.display()
+            )
+        })?;
+        (model.to_path_buf(), ckpt)
+    };
+    let cfg = crate::TrainConfig::from_file(&run_dir.join("config.toml"))?;
+    Ok((ckpt, cfg))
+}
+
+/// `arlrr eval`: loads a trained policy, samples on `data`, grades every criterion.
+pub fn evaluate_model(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    judge: &crate::JudgeConfig,
+    samples: usize,
+    seed: u64,
+) -> Result<EvalReport> {
+    let (ckpt, cfg) = resolve_model(model)?;
+    let mut policy = crate::build_policy(&cfg.policy)?;
+    policy.load(&ckpt.join("policy.safetensors"))?;
+    let dataset = rubric::load(data)?;
+    let classes = rubric::MetaClasses::new(&cfg.data.classes, &[&dataset])?;
+    let assignment = classes.assign(&dataset)?;
+    let set = EvalSet {
+        examples: dataset.examples.iter().collect(),
+        class_of: assignment.iter().map(Vec::as_slice).collect(),
+        class_names: &classes.names,
+    };
+    let judge_impl = crate::build_judge(judge)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    evaluate(
+        &mut *policy,
+        &*judge_impl,
+        &rt,
+        &set,
+        samples.max(1),
+        seed,
+        rubric::score::BOOTSTRAP_RESAMPLES,
+        judge.retries,
+    )
+}

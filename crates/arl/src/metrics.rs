@@ -1,0 +1,156 @@
+//! One `metrics.jsonl` line per step: what the step optimized, what it saw (rewards and their
+//! spread within groups, the "variance contraction" diagnostics), what the update did, what the
+//! judge cost, and where the time went. Wall-clock times sit in `time_s` only, so everything
+//! else is reproducible from the seed.
+
+use crate::eval::EvalReport;
+use crate::grpo::mean_std;
+use crate::objective::BatchAdvantages;
+use judge::JudgeStats;
+use rubric::RewardVector;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Steps completed (1-based).
+    pub step: u64,
+    /// Phase number (alternating; 0 otherwise).
+    pub phase: u64,
+    /// The class that drove the advantages (alternating only).
+    pub active_class: Option<String>,
+    /// Learning rate of the step's first optimizer update.
+    pub lr: f64,
+    /// HealthBench overall score of the training samples (the points-scalarized reward).
+    pub overall: RewardStats,
+    /// Within-group std of the reward that drove the advantages, averaged over groups.
+    pub objective_group_std: f64,
+    /// Per class (only classes with data in this batch).
+    pub classes: BTreeMap<String, RewardStats>,
+    pub groups: usize,
+    /// Groups whose target reward had zero spread (no signal), as a share of `groups`.
+    pub zero_spread_share: f64,
+    pub samples: usize,
+    /// Samples left out of the update because a judge verdict failed after retries.
+    pub excluded_samples: usize,
+    pub failed_verdicts: usize,
+    pub retried_verdicts: usize,
+    pub judge: JudgeDelta,
+    pub update: UpdateStats,
+    /// Periodic validation, when due at this step.
+    pub val: Option<EvalReport>,
+    pub time_s: Timing,
+}
+
+/// Mean and std over samples, and the mean within-group std.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RewardStats {
+    pub mean: Option<f64>,
+    pub std: Option<f64>,
+    pub group_std: Option<f64>,
+    /// Samples with a defined reward.
+    pub n: usize,
+}
+
+impl RewardStats {
+    /// From `groups[prompt][sample]` rewards.
+    pub fn of(groups: &[Vec<Option<f64>>]) -> RewardStats {
+        let all = mean_std(groups.iter().flatten().flatten().copied());
+        let within: Vec<f64> = groups
+            .iter()
+            .filter_map(|g| {
+                let d: Vec<f64> = g.iter().flatten().copied().collect();
+                (d.len() >= 2)
+                    .then(|| mean_std(d).map(|(_, s)| s))
+                    .flatten()
+            })
+            .collect();
+        RewardStats {
+            mean: all.map(|a| a.0),
+            std: all.map(|a| a.1),
+            group_std: mean_std(within).map(|a| a.0),
+            n: groups.iter().flatten().flatten().count(),
+        }
+    }
+}
+
+/// Per-class and overall reward statistics of a rollout batch.
+pub fn reward_stats(
+    groups: &[Vec<Option<RewardVector>>],
+    names: &[String],
+) -> (RewardStats, BTreeMap<String, RewardStats>) {
+    let pick = |f: &dyn Fn(&RewardVector) -> Option<f64>| -> Vec<Vec<Option<f64>>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|r| r.as_ref().and_then(f)).collect())
+            .collect()
+    };
+    let overall = RewardStats::of(&pick(&|r| r.overall));
+    let classes = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| (n.clone(), RewardStats::of(&pick(&|r| r.classes[k]))))
+        .filter(|(_, s)| s.n > 0)
+        .collect();
+    (overall, classes)
+}
+
+pub fn zero_spread_share(adv: &BatchAdvantages) -> f64 {
+    let n = adv.zero_spread.len().max(1);
+    adv.zero_spread.iter().filter(|z| **z).count() as f64 / n as f64
+}
+
+/// What the optimizer steps of one rollout batch did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateStats {
+    /// Completions in the update (defined advantage, not in a zero-spread group).
+    pub rows: usize,
+    /// Completion tokens in the update.
+    pub tokens: usize,
+    /// Optimizer steps applied.
+    pub applied: usize,
+    /// Optimizer steps skipped because the loss or a gradient was NaN/inf.
+    pub nonfinite_skips: usize,
+    pub loss: Option<f64>,
+    /// Mean k3 KL to the reference per token (when `kl_beta > 0`).
+    pub kl: Option<f64>,
+    /// Mean next-token entropy over update tokens.
+    pub entropy: Option<f64>,
+    /// Pre-clipping global gradient norm (mean over applied steps).
+    pub grad_norm: Option<f64>,
+    /// Share of tokens whose ratio fell outside the clip range.
+    pub clip_frac: Option<f64>,
+}
+
+/// Judge counters accrued during the step (selection and validation included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct JudgeDelta {
+    pub verdicts: u64,
+    pub calls: u64,
+    pub cache_hits: u64,
+    pub failures: u64,
+    pub retries: u64,
+}
+
+impl JudgeDelta {
+    pub fn between(a: &JudgeStats, b: &JudgeStats) -> JudgeDelta {
+        JudgeDelta {
+            verdicts: b.verdicts - a.verdicts,
+            calls: b.calls - a.calls,
+            cache_hits: b.cache_hits - a.cache_hits,
+            failures: b.failures - a.failures,
+            retries: b.retries - a.retries,
+        }
+    }
+}
+
+/// Wall-clock seconds by activity (not reproducible; excluded from resume comparisons).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub generate: f64,
+    pub judge: f64,
+    pub train: f64,
+    /// Selector work at a phase boundary (probes included).
+    pub select: f64,
+    pub eval: f64,
+}

@@ -1,0 +1,201 @@
+//! What drives the advantages: one fixed scalarization, decoupled per-class normalization
+//! (GDPO), or one meta-class at a time (ARL-RR).
+
+use crate::grpo::{group_advantages, mean_std};
+use rubric::RewardVector;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `[objective]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    /// `"alternating"` (ARL-RR), `"scalarized"` or `"gdpo"`.
+    pub kind: ObjectiveKind,
+    /// Weights of `scalarized`: `"points"` (the HealthBench overall score itself), `"equal"`,
+    /// or a table `{ accuracy = 2.0, completeness = 1.0 }` (missing classes weigh 0).
+    pub weights: Weights,
+    /// `alternating` only: grade just the active class's criteria during training (fewer
+    /// judge calls); validation always grades everything.
+    pub grade_active_class_only: bool,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig {
+            kind: ObjectiveKind::Alternating,
+            weights: Weights::Points,
+            grade_active_class_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectiveKind {
+    Alternating,
+    Scalarized,
+    Gdpo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", untagged)]
+pub enum Weights {
+    Named(NamedWeights),
+    Custom(BTreeMap<String, f64>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamedWeights {
+    Points,
+    Equal,
+}
+
+#[allow(non_upper_case_globals)]
+impl Weights {
+    pub const Points: Weights = Weights::Named(NamedWeights::Points);
+    pub const Equal: Weights = Weights::Named(NamedWeights::Equal);
+}
+
+/// The reward signal an update optimizes, resolved against the class list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// The HealthBench overall score (points-weighted).
+    Overall,
+    /// `Σ_k w_k r_k / Σ_k w_k` over the classes defined for the example.
+    Weighted(Vec<f64>),
+    /// GDPO: `Σ_k (r_k - mean_G) / (std_G + eps)`, then normalized over the batch.
+    Decoupled,
+    /// One class (ARL-RR's active class, a lookahead probe, a gradient-selector query).
+    Class(usize),
+}
+
+impl Target {
+    /// The scalar reward of one response (`None` = no signal or excluded).
+    pub fn reward(&self, r: &RewardVector) -> Option<f64> {
+        match self {
+            Target::Overall => r.overall,
+            Target::Class(k) => r.classes[*k],
+            Target::Weighted(w) => {
+                let (mut num, mut den) = (0.0, 0.0);
+                for (rk, wk) in r.classes.iter().zip(w) {
+                    if let (Some(rk), true) = (rk, *wk != 0.0) {
+                        num += wk * rk;
+                        den += wk;
+                    }
+                }
+                (den > 0.0).then(|| num / den)
+            }
+            Target::Decoupled => {
+                let defined: Vec<f64> = r.classes.iter().flatten().copied().collect();
+                (!defined.is_empty()).then(|| defined.iter().sum())
+            }
+        }
+    }
+
+    /// Advantages of every sample of a rollout batch (`groups[prompt][sample]`, `None` =
+    /// response excluded), the within-group std of the target reward per group, and which
+    /// groups had zero spread.
+    pub fn advantages(
+        &self,
+        groups: &[Vec<Option<RewardVector>>],
+        n_classes: usize,
+        eps: f64,
+    ) -> BatchAdvantages {
+        let mut out = BatchAdvantages::default();
+        for group in groups {
+            let rewards: Vec<Option<f64>> = group
+                .iter()
+                .map(|r| r.as_ref().and_then(|r| self.reward(r)))
+                .collect();
+            let plain = group_advantages(&rewards, eps);
+            out.group_std.push(plain.std);
+            if let Target::Decoupled = self {
+                let mut sum = vec![None::<f64>; group.len()];
+                for k in 0..n_classes {
+                    let rk: Vec<Option<f64>> = group
+                        .iter()
+                        .map(|r| r.as_ref().and_then(|r| r.classes[k]))
+                        .collect();
+                    let a = group_advantages(&rk, eps);
+                    for (s, a) in sum.iter_mut().zip(a.advantages) {
+                        if let Some(a) = a {
+                            *s = Some(s.unwrap_or(0.0) + a);
+                        }
+                    }
+                }
+                out.zero_spread.push(sum.iter().all(Option::is_none));
+                out.advantages.push(sum);
+            } else {
+                out.zero_spread.push(plain.zero_spread);
+                out.advantages.push(plain.advantages);
+            }
+        }
+        if let Target::Decoupled = self {
+            let all = out.advantages.iter().flatten().flatten().copied();
+            if let Some((mean, std)) = mean_std(all) {
+                for a in out.advantages.iter_mut().flatten().flatten() {
+                    *a = (*a - mean) / (std + eps);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchAdvantages {
+    /// `[prompt][sample]`; `None` = not in the update.
+    pub advantages: Vec<Vec<Option<f64>>>,
+    pub group_std: Vec<f64>,
+    pub zero_spread: Vec<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rv(overall: f64, classes: &[Option<f64>]) -> Option<RewardVector> {
+        Some(RewardVector {
+            overall: Some(overall),
+            classes: classes.to_vec(),
+        })
+    }
+
+    #[test]
+    fn targets_pick_their_reward() {
+        let r = rv(0.5, &[Some(1.0), None, Some(0.0)]).unwrap();
+        assert_eq!(Target::Overall.reward(&r), Some(0.5));
+        assert_eq!(Target::Class(1).reward(&r), None);
+        assert_eq!(Target::Weighted(vec![1.0, 1.0, 3.0]).reward(&r), Some(0.25));
+        assert_eq!(Target::Decoupled.reward(&r), Some(1.0));
+    }
+
+    #[test]
+    fn gdpo_normalizes_each_class_before_summing() {
+        // class 0 spans 0..1, class 1 spans 0..0.01: after decoupled normalization both
+        // contribute equally, so samples 1 and 2 tie.
+        let g = vec![vec![
+            rv(0.0, &[Some(0.0), Some(0.0)]),
+            rv(0.0, &[Some(1.0), Some(0.0)]),
+            rv(0.0, &[Some(0.0), Some(0.01)]),
+        ]];
+        let a = Target::Decoupled.advantages(&g, 2, 1e-9);
+        let a = &a.advantages[0];
+        assert!((a[1].unwrap() - a[2].unwrap()).abs() < 1e-6, "{a:?}");
+        assert!(a[0].unwrap() < a[1].unwrap());
+    }
+
+    #[test]
+    fn weights_parse_from_toml() {
+        #[derive(Deserialize)]
+        struct W {
+            w: Weights,
+        }
+        let p: W = toml::from_str("w = \"points\"").unwrap();
+        assert_eq!(p.w, Weights::Points);
+        let c: W = toml::from_str("w = { accuracy = 2.0 }").unwrap();
+        assert_eq!(c.w, Weights::Custom([("accuracy".to_string(), 2.0)].into()));
+    }
+}

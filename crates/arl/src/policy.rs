@@ -1,0 +1,115 @@
+//! The policy seen by the trainer. Two implementations: [`crate::CategoricalPolicy`] (a logit
+//! table, for tests and quick experiments) and the transformer adapter. Everything trainable is
+//! a candle [`Var`], so one optimizer, one snapshot mechanism and one checkpoint format serve
+//! both.
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
+use rubric::Example;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// One sampled response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// Generated token ids, end-of-text token included when the policy emitted it.
+    pub tokens: Vec<u32>,
+    /// The decoded response the judge grades.
+    pub text: String,
+    /// Log-probability of each token under the sampling distribution.
+    pub log_probs: Vec<f32>,
+}
+
+/// Teacher-forced per-token log-probabilities of a batch of (prompt, completion) pairs.
+/// All tensors are `[B, T]`, `T` = the longest completion; padding has mask 0.
+pub struct TokenLogProbs {
+    /// Differentiable with respect to the policy's vars.
+    pub log_probs: Tensor,
+    /// 1.0 on real completion tokens, 0.0 on padding (f32).
+    pub mask: Tensor,
+    /// Entropy of the next-token distribution at each position (detached; diagnostics only).
+    pub entropy: Tensor,
+}
+
+/// What the trainer needs from a policy. Sampling randomness comes from the caller's seeded
+/// RNG, so a run resumed from a checkpoint draws the same samples.
+pub trait Policy {
+    /// `n` completions for each prompt: result `[prompt][sample]`.
+    fn generate(
+        &mut self,
+        prompts: &[&Example],
+        n: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<Vec<Completion>>>;
+
+    /// Differentiable log-probabilities of `completions[i]` given `prompts[i]`.
+    fn log_probs(&self, prompts: &[&Example], completions: &[&[u32]]) -> Result<TokenLogProbs>;
+
+    /// The trainable parameters with stable names, in a fixed order (the optimizer's moments
+    /// and the checkpoints are indexed by it).
+    fn vars(&self) -> Vec<(String, Var)>;
+
+    fn device(&self) -> Device;
+
+    /// Writes the trainable parameters (safetensors).
+    fn save(&self, path: &Path) -> Result<()> {
+        let tensors: HashMap<String, Tensor> = self
+            .vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        candle_core::safetensors::save(&tensors, path)
+            .with_context(|| format!("writing policy weights {}", path.display()))
+    }
+
+    /// Reads parameters written by [`Policy::save`]; every var must be present with its shape.
+    fn load(&mut self, path: &Path) -> Result<()> {
+        let tensors = candle_core::safetensors::load(path, &self.device())
+            .with_context(|| format!("reading policy weights {}", path.display()))?;
+        set_vars(&self.vars(), &tensors, path)
+    }
+}
+
+/// Sets each var from the tensor of the same name, checking shapes.
+pub fn set_vars(
+    vars: &[(String, Var)],
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    for (name, var) in vars {
+        let t = tensors
+            .get(name)
+            .with_context(|| format!("{}: tensor `{name}` missing", path.display()))?;
+        anyhow::ensure!(
+            t.dims() == var.dims(),
+            "{}: tensor `{name}` has shape {:?}, the policy expects {:?}",
+            path.display(),
+            t.dims(),
+            var.dims()
+        );
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// A copy of parameter values, for lookahead probes and the frozen KL reference.
+#[derive(Clone)]
+pub struct ParamSnapshot(pub Vec<Tensor>);
+
+impl ParamSnapshot {
+    pub fn take(vars: &[(String, Var)]) -> Result<Self> {
+        Ok(ParamSnapshot(
+            vars.iter()
+                .map(|(_, v)| v.as_tensor().copy())
+                .collect::<candle_core::Result<_>>()?,
+        ))
+    }
+
+    pub fn restore(&self, vars: &[(String, Var)]) -> Result<()> {
+        for ((_, v), t) in vars.iter().zip(&self.0) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+}

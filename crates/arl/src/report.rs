@@ -1,0 +1,128 @@
+//! `report.md`: what the run did, read back from its own `metrics.jsonl` and `schedule.jsonl`.
+
+use crate::checkpoint::write_atomic;
+use crate::metrics::StepMetrics;
+use crate::selector::Decision;
+use crate::trainer::Trainer;
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+pub fn write(t: &Trainer) -> Result<()> {
+    let metrics: Vec<StepMetrics> = read_jsonl(&t.run_dir.join("metrics.jsonl"))?;
+    let schedule: Vec<Decision> = read_jsonl(&t.run_dir.join("schedule.jsonl"))?;
+    let c = &t.config;
+    let mut r = String::new();
+    writeln!(r, "# arlrr run report\n")?;
+    writeln!(
+        r,
+        "objective `{:?}`, selector `{:?}` (phase length {}), {} steps, {} prompts × {} samples per step, seed {}\n",
+        c.objective.kind, c.phases.selector, c.phases.length, c.run.steps,
+        c.grpo.prompts_per_step, c.grpo.group_size, c.run.seed
+    )?;
+    let vals: Vec<(u64, &crate::eval::EvalReport)> = metrics
+        .iter()
+        .filter_map(|m| m.val.as_ref().map(|v| (m.step, v)))
+        .collect();
+    if let (Some((s0, first)), Some((s1, last))) = (vals.first(), vals.last()) {
+        writeln!(r, "## Validation (mean ± bootstrap std)\n")?;
+        writeln!(r, "| | step {s0} | step {s1} |\n|---|---|---|")?;
+        let fmt = |s: &rubric::Summary| format!("{:.3} ± {:.3} (n={})", s.score, s.std, s.n);
+        writeln!(
+            r,
+            "| overall | {} | {} |",
+            fmt(&first.overall),
+            fmt(&last.overall)
+        )?;
+        for name in t.class_names() {
+            if let (Some(a), Some(b)) = (first.classes.get(name), last.classes.get(name)) {
+                writeln!(r, "| {name} | {} | {} |", fmt(a), fmt(b))?;
+            }
+        }
+        writeln!(r)?;
+    }
+    if !schedule.is_empty() {
+        writeln!(r, "## Schedule\n")?;
+        let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
+        for d in &schedule {
+            *phases.entry(d.chosen.as_str()).or_default() += 1;
+        }
+        for (k, n) in &phases {
+            writeln!(r, "- {k}: {n} phase(s)")?;
+        }
+        let seq: Vec<&str> = schedule.iter().map(|d| d.chosen.as_str()).collect();
+        writeln!(r, "\nsequence: {}\n", seq.join(" → "))?;
+    }
+    if !metrics.is_empty() {
+        let n = metrics.len() as f64;
+        let mean = |f: &dyn Fn(&StepMetrics) -> f64| metrics.iter().map(f).sum::<f64>() / n;
+        writeln!(r, "## Diagnostics (means over steps)\n")?;
+        writeln!(
+            r,
+            "- share of zero-spread groups: {:.3}",
+            mean(&|m| m.zero_spread_share)
+        )?;
+        writeln!(
+            r,
+            "- within-group std, overall (points-scalarized) reward: {:.4}",
+            mean(&|m| m.overall.group_std.unwrap_or(0.0))
+        )?;
+        writeln!(
+            r,
+            "- within-group std, reward driving the advantages: {:.4}",
+            mean(&|m| m.objective_group_std)
+        )?;
+        for name in t.class_names() {
+            let v: Vec<f64> = metrics
+                .iter()
+                .filter_map(|m| m.classes.get(name)?.group_std)
+                .collect();
+            if !v.is_empty() {
+                writeln!(
+                    r,
+                    "- within-group std, {name}: {:.4}",
+                    v.iter().sum::<f64>() / v.len() as f64
+                )?;
+            }
+        }
+        let sum = |f: &dyn Fn(&StepMetrics) -> f64| metrics.iter().map(f).sum::<f64>();
+        writeln!(
+            r,
+            "- non-finite updates skipped: {}",
+            sum(&|m| m.update.nonfinite_skips as f64)
+        )?;
+        writeln!(
+            r,
+            "- samples excluded for judge failures: {}",
+            sum(&|m| m.excluded_samples as f64)
+        )?;
+        writeln!(
+            r,
+            "- judge verdicts: {}, calls: {}, cache hits: {}",
+            sum(&|m| m.judge.verdicts as f64),
+            sum(&|m| m.judge.calls as f64),
+            sum(&|m| m.judge.cache_hits as f64)
+        )?;
+        writeln!(
+            r,
+            "- time (s): generate {:.1}, judge {:.1}, train {:.1}, select {:.1}, eval {:.1}",
+            sum(&|m| m.time_s.generate),
+            sum(&|m| m.time_s.judge),
+            sum(&|m| m.time_s.train),
+            sum(&|m| m.time_s.select),
+            sum(&|m| m.time_s.eval)
+        )?;
+    }
+    write_atomic(&t.run_dir.join("report.md"), r.as_bytes())
+}

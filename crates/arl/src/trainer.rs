@@ -1,0 +1,709 @@
+//! The training loop. One step: sample prompts → generate `G` responses each → grade →
+//! reward vectors → objective/phase → group-normalized advantages → clipped token-level loss →
+//! AdamW. `run` reads top to bottom; the pieces are the methods below it.
+
+use crate::checkpoint::{self, Jsonl, RunState};
+use crate::config::TrainConfig;
+use crate::eval::{evaluate, EvalReport, EvalSet};
+use crate::grading::{grade, ToGrade};
+use crate::grpo::{grpo_loss, scalar};
+use crate::metrics::{reward_stats, zero_spread_share, JudgeDelta, StepMetrics, UpdateStats};
+use crate::objective::{ObjectiveKind, Target, Weights};
+use crate::optim::{clip_grads, global_norm, AdamW};
+use crate::policy::{Completion, ParamSnapshot, Policy};
+use crate::selector::Decision;
+use anyhow::{bail, Context, Result};
+use candle_core::{Tensor, Var};
+use judge::Judge;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rubric::classes::Assignment;
+use rubric::{Dataset, Example, MetaClasses, RewardVector};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use crate::metrics::Timing;
+
+/// Training and validation data with their meta-class assignment.
+pub struct TaskData {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub classes: MetaClasses,
+    pub train_classes: Assignment,
+    pub val_classes: Assignment,
+    /// Classes with a positive-point criterion in the training data (the others give no
+    /// signal and are never selected).
+    pub trainable: Vec<usize>,
+    /// Each class's share of the positive points of the selectors' fixed batch (`deficit`).
+    pub select_weights: Vec<f64>,
+}
+
+impl TaskData {
+    pub fn new(
+        train: Dataset,
+        val: Dataset,
+        spec: &rubric::ClassSpec,
+        select_size: usize,
+    ) -> Result<TaskData> {
+        anyhow::ensure!(
+            !train.is_empty(),
+            "{}: no training examples",
+            train.source.display()
+        );
+        anyhow::ensure!(
+            !val.is_empty(),
+            "{}: no validation examples",
+            val.source.display()
+        );
+        let classes = MetaClasses::new(spec, &[&train, &val])?;
+        let train_classes = classes.assign(&train)?;
+        let val_classes = classes.assign(&val)?;
+        let k = classes.len();
+        let positive_points = |d: &Dataset, a: &Assignment, n: usize| {
+            let mut w = vec![0.0; k];
+            for (ex, cl) in d.examples.iter().zip(a).take(n) {
+                for (c, &ci) in ex.criteria.iter().zip(cl) {
+                    if c.points > 0.0 {
+                        w[ci] += c.points;
+                    }
+                }
+            }
+            w
+        };
+        let trainable = positive_points(&train, &train_classes, usize::MAX)
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p > 0.0)
+            .map(|(i, _)| i)
+            .collect();
+        let mut select_weights = positive_points(&val, &val_classes, select_size.max(1));
+        let total: f64 = select_weights.iter().sum::<f64>().max(1e-12);
+        select_weights.iter_mut().for_each(|w| *w /= total);
+        Ok(TaskData {
+            train,
+            val,
+            classes,
+            train_classes,
+            val_classes,
+            trainable,
+            select_weights,
+        })
+    }
+
+    /// Loads the files named in the config.
+    pub fn from_config(cfg: &TrainConfig) -> Result<TaskData> {
+        let train = rubric::load(&cfg.data.train)?;
+        let val = rubric::load(&cfg.data.val)?;
+        TaskData::new(train, val, &cfg.data.classes, cfg.phases.select_size)
+    }
+}
+
+/// The replaceable parts of a run. `Parts::from_config` builds what the config names; tests
+/// and embedders pass their own policy or judge.
+pub struct Parts {
+    pub policy: Box<dyn Policy>,
+    pub judge: Arc<dyn Judge>,
+    pub data: TaskData,
+}
+
+impl Parts {
+    pub fn from_config(cfg: &TrainConfig) -> Result<Parts> {
+        Ok(Parts {
+            policy: crate::build_policy(&cfg.policy)?,
+            judge: crate::build_judge(&cfg.judge)?,
+            data: TaskData::from_config(cfg)?,
+        })
+    }
+}
+
+/// Responses sampled for a batch of training prompts, with their rewards.
+pub(crate) struct Rollout {
+    /// Training-set index of each prompt.
+    pub prompts: Vec<usize>,
+    /// `[prompt][sample]`.
+    pub completions: Vec<Vec<Completion>>,
+    /// `[prompt][sample]`; `None` = excluded (judge failure).
+    pub rewards: Vec<Vec<Option<RewardVector>>>,
+    pub failed_verdicts: usize,
+    pub retried_verdicts: usize,
+}
+
+/// One completion in an update.
+struct Row {
+    example: usize,
+    tokens: Vec<u32>,
+    advantage: f64,
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub run_dir: PathBuf,
+    pub state: RunState,
+    pub(crate) policy: Box<dyn Policy>,
+    pub(crate) vars: Vec<(String, Var)>,
+    pub(crate) optimizer: AdamW,
+    pub(crate) judge: Arc<dyn Judge>,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) data: TaskData,
+    /// Frozen starting parameters for the KL penalty (`grpo.kl_beta > 0`).
+    reference: Option<ParamSnapshot>,
+    pub(crate) rng: ChaCha8Rng,
+    metrics: Jsonl,
+    schedule: Jsonl,
+}
+
+impl Trainer {
+    /// Starts a new run in `config.run.dir` (which must not hold one yet).
+    pub fn new(config: TrainConfig, parts: Parts) -> Result<Trainer> {
+        config.validate()?;
+        let run_dir = config.run.dir.clone();
+        if run_dir.join("metrics.jsonl").exists() {
+            bail!(
+                "{} already holds a run; continue it with `arlrr train --resume {0}` or set run.dir",
+                run_dir.display()
+            );
+        }
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+        checkpoint::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
+        let mut t = Trainer::assemble(config, run_dir, parts, RunState::default())?;
+        t.rng = ChaCha8Rng::seed_from_u64(t.config.run.seed);
+        if let Some(r) = &t.reference {
+            checkpoint::save_snapshot(&t.vars, r, &t.run_dir.join("reference.safetensors"))?;
+        }
+        Ok(t)
+    }
+
+    /// Continues the run in `run_dir` from its latest checkpoint, with parts built from the
+    /// run's resolved `config.toml`.
+    pub fn resume(run_dir: &Path) -> Result<Trainer> {
+        let config = TrainConfig::from_file(&run_dir.join("config.toml"))?;
+        let parts = Parts::from_config(&config)?;
+        Trainer::resume_with(run_dir, config, parts)
+    }
+
+    pub fn resume_with(run_dir: &Path, mut config: TrainConfig, parts: Parts) -> Result<Trainer> {
+        config.run.dir = run_dir.to_path_buf();
+        let (ckpt, state) = checkpoint::latest(run_dir)?
+            .with_context(|| format!("{} holds no checkpoint to resume from", run_dir.display()))?;
+        let mut t = Trainer::assemble(config, run_dir.to_path_buf(), parts, state)?;
+        t.policy.load(&ckpt.join("policy.safetensors"))?;
+        t.optimizer
+            .load(&ckpt.join("optimizer.safetensors"), t.state.optimizer_t)?;
+        t.rng = t.state.rng.restore();
+        if t.reference.is_some() {
+            let r = checkpoint::load_snapshot(&t.vars, &run_dir.join("reference.safetensors"))?;
+            t.reference = Some(r);
+        }
+        t.metrics.truncate(t.state.metrics_lines)?;
+        t.schedule.truncate(t.state.schedule_lines)?;
+        Ok(t)
+    }
+
+    fn assemble(
+        config: TrainConfig,
+        run_dir: PathBuf,
+        parts: Parts,
+        state: RunState,
+    ) -> Result<Trainer> {
+        let vars = parts.policy.vars();
+        let optimizer = AdamW::new(&vars, config.optim.clone())?;
+        let reference = if config.grpo.kl_beta > 0.0 {
+            Some(ParamSnapshot::take(&vars)?)
+        } else {
+            None
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Trainer {
+            metrics: Jsonl::open(&run_dir.join("metrics.jsonl"))?,
+            schedule: Jsonl::open(&run_dir.join("schedule.jsonl"))?,
+            rng: ChaCha8Rng::seed_from_u64(config.run.seed),
+            config,
+            run_dir,
+            state,
+            policy: parts.policy,
+            vars,
+            optimizer,
+            judge: parts.judge,
+            rt,
+            data: parts.data,
+            reference,
+        })
+    }
+
+    pub fn policy(&mut self) -> &mut dyn Policy {
+        &mut *self.policy
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        &self.data.classes.names
+    }
+
+    /// Runs the remaining steps, calling `on_step` after each; writes a checkpoint at the end
+    /// and `report.md`.
+    pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> Result<()> {
+        let total = self.config.run.steps;
+        while self.state.step < total {
+            let mut time = Timing::default();
+            let judge_before = self.judge.stats();
+
+            // 1. at a phase boundary the selector picks the class the next S steps optimize
+            if self.alternating() && self.state.step % self.config.phases.length == 0 {
+                let t = Instant::now();
+                let decision = self.select_class(&mut Timing::default())?;
+                self.log_decision(&decision)?;
+                time.select = t.elapsed().as_secs_f64();
+            }
+
+            // 2. one GRPO step toward the objective
+            let target = self.target()?;
+            let only = self.graded_class();
+            let lr = self
+                .config
+                .optim
+                .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
+            let (rollout, adv, update) = self.grpo_step(&target, only, &mut time)?;
+            self.state.step += 1;
+
+            // 3. validation, metrics, checkpoint
+            let due = self.config.eval.every > 0 && self.state.step % self.config.eval.every == 0;
+            let val = if due || self.state.step == total {
+                let t = Instant::now();
+                let v = self.validate()?;
+                time.eval = t.elapsed().as_secs_f64();
+                Some(v)
+            } else {
+                None
+            };
+            let (overall, classes) = reward_stats(&rollout.rewards, &self.data.classes.names);
+            let m = StepMetrics {
+                step: self.state.step,
+                phase: self.state.phase.index,
+                active_class: self.active_class_name(),
+                lr,
+                overall,
+                objective_group_std: crate::grpo::mean_std(adv.group_std.iter().copied())
+                    .map_or(0.0, |a| a.0),
+                classes,
+                groups: adv.zero_spread.len(),
+                zero_spread_share: zero_spread_share(&adv),
+                samples: rollout.rewards.iter().map(Vec::len).sum(),
+                excluded_samples: rollout
+                    .rewards
+                    .iter()
+                    .flatten()
+                    .filter(|r| r.is_none())
+                    .count(),
+                failed_verdicts: rollout.failed_verdicts,
+                retried_verdicts: rollout.retried_verdicts,
+                judge: JudgeDelta::between(&judge_before, &self.judge.stats()),
+                update,
+                val,
+                time_s: time,
+            };
+            self.metrics.append(&m)?;
+            self.state.metrics_lines += 1;
+            on_step(&m);
+            let every = self.config.run.checkpoint_every;
+            if (every > 0 && self.state.step % every == 0) || self.state.step == total {
+                self.checkpoint()?;
+            }
+        }
+        crate::report::write(self)
+    }
+
+    /// One GRPO step on a fresh rollout batch (also the lookahead's probe step).
+    pub(crate) fn grpo_step(
+        &mut self,
+        target: &Target,
+        only_class: Option<usize>,
+        time: &mut Timing,
+    ) -> Result<(Rollout, crate::objective::BatchAdvantages, UpdateStats)> {
+        let rollout = self.rollout(only_class, time)?;
+        let adv = target.advantages(
+            &rollout.rewards,
+            self.data.classes.len(),
+            self.config.grpo.adv_eps,
+        );
+        let rows = rows(&rollout, &adv.advantages);
+        let t = Instant::now();
+        let update = self.update(&rows)?;
+        time.train += t.elapsed().as_secs_f64();
+        Ok((rollout, adv, update))
+    }
+
+    /// Samples prompts, generates `G` completions each, grades them.
+    pub(crate) fn rollout(
+        &mut self,
+        only_class: Option<usize>,
+        time: &mut Timing,
+    ) -> Result<Rollout> {
+        let g = &self.config.grpo;
+        let prompts: Vec<usize> = (0..g.prompts_per_step)
+            .map(|_| self.rng.gen_range(0..self.data.train.len()))
+            .collect();
+        let examples: Vec<&Example> = prompts
+            .iter()
+            .map(|&i| &self.data.train.examples[i])
+            .collect();
+        let t = Instant::now();
+        let completions = self
+            .policy
+            .generate(&examples, g.group_size, &mut self.rng)?;
+        time.generate += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let items: Vec<ToGrade<'_>> = prompts
+            .iter()
+            .zip(&completions)
+            .flat_map(|(&i, group)| group.iter().map(move |c| (i, c)))
+            .map(|(i, c)| ToGrade {
+                example: &self.data.train.examples[i],
+                class_of: &self.data.train_classes[i],
+                response: &c.text,
+            })
+            .collect();
+        let k = self.data.classes.len();
+        let graded = grade(
+            &self.rt,
+            &*self.judge,
+            &items,
+            only_class,
+            k,
+            self.config.judge.retries,
+        )?;
+        time.judge += t.elapsed().as_secs_f64();
+        let rewards = graded
+            .rewards
+            .chunks(g.group_size)
+            .map(<[_]>::to_vec)
+            .collect();
+        Ok(Rollout {
+            prompts,
+            completions,
+            rewards,
+            failed_verdicts: graded.failed_verdicts,
+            retried_verdicts: graded.retried_verdicts,
+        })
+    }
+
+    /// `ppo_epochs` AdamW steps on the rows, each over the whole batch (micro-batches
+    /// accumulate gradients). A step whose loss or gradient is NaN/inf is skipped and counted.
+    fn update(&mut self, rows: &[Row]) -> Result<UpdateStats> {
+        let mut s = UpdateStats {
+            rows: rows.len(),
+            tokens: rows.iter().map(|r| r.tokens.len()).sum(),
+            ..Default::default()
+        };
+        if rows.is_empty() {
+            self.state.optimizer_steps += self.config.grpo.ppo_epochs as u64;
+            return Ok(s); // every group had zero spread or was excluded: no signal
+        }
+        let reference = self.reference_log_probs(rows)?;
+        let mut old: Vec<Option<Tensor>> = vec![None; reference.len()];
+        let (mut loss_sum, mut kl, mut ent, mut clipped, mut toks, mut norms) =
+            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        for _epoch in 0..self.config.grpo.ppo_epochs {
+            let lr = self
+                .config
+                .optim
+                .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
+            self.state.optimizer_steps += 1;
+            let Some((mut grads, d)) = self.batch_gradient(rows, &mut old, &reference)? else {
+                s.nonfinite_skips += 1;
+                continue;
+            };
+            let norm = global_norm(&grads)?;
+            if !norm.is_finite() {
+                s.nonfinite_skips += 1;
+                continue;
+            }
+            clip_grads(&mut grads, norm, self.config.optim.grad_clip)?;
+            self.optimizer.step(&self.vars, &grads, lr)?;
+            s.applied += 1;
+            (loss_sum, kl, ent, clipped, toks, norms) = (
+                loss_sum + d.loss,
+                kl + d.kl,
+                ent + d.entropy,
+                clipped + d.clipped,
+                toks + d.tokens,
+                norms + norm,
+            );
+        }
+        if s.applied > 0 {
+            let n = s.applied as f64;
+            s.loss = Some(loss_sum / n);
+            s.kl = self.reference.is_some().then(|| kl / toks);
+            s.entropy = Some(ent / toks);
+            s.clip_frac = Some(clipped / toks);
+            s.grad_norm = Some(norms / n);
+        }
+        Ok(s)
+    }
+
+    /// Gradient of the GRPO loss over all rows (micro-batches accumulated), or `None` when the
+    /// loss is not finite. `old[i]` holds micro-batch `i`'s log-probs from the first epoch.
+    fn batch_gradient(
+        &self,
+        rows: &[Row],
+        old: &mut [Option<Tensor>],
+        reference: &[Option<Tensor>],
+    ) -> Result<Option<(Vec<Tensor>, Diag)>> {
+        let g = &self.config.grpo;
+        let total_tokens = rows.iter().map(|r| r.tokens.len()).sum::<usize>().max(1) as f64;
+        let mut grads: Vec<Tensor> = self
+            .vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<_>>()?;
+        let mut d = Diag::default();
+        for (i, chunk) in rows.chunks(self.micro_batch(rows.len())).enumerate() {
+            let examples: Vec<&Example> = chunk
+                .iter()
+                .map(|r| &self.data.train.examples[r.example])
+                .collect();
+            let tokens: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
+            let lp = self.policy.log_probs(&examples, &tokens)?;
+            let old_lp = old[i].get_or_insert_with(|| lp.log_probs.detach()).clone();
+            let adv: Vec<f32> = chunk.iter().map(|r| r.advantage as f32).collect();
+            let adv = Tensor::from_vec(adv, chunk.len(), &self.policy.device())?;
+            let l = grpo_loss(
+                &lp,
+                &old_lp,
+                reference[i].as_ref(),
+                &adv,
+                g.clip_eps,
+                g.kl_beta,
+                total_tokens,
+            )?;
+            let loss = scalar(&l.loss)?;
+            if !loss.is_finite() {
+                return Ok(None);
+            }
+            let store = l.loss.backward()?;
+            for (acc, (_, var)) in grads.iter_mut().zip(&self.vars) {
+                if let Some(gv) = store.get(var.as_tensor()) {
+                    *acc = (&*acc + gv)?;
+                }
+            }
+            d.loss += loss;
+            d.kl += l.kl_sum;
+            d.entropy += l.entropy_sum;
+            d.clipped += l.clipped_tokens;
+            d.tokens += l.tokens;
+        }
+        Ok(Some((grads, d)))
+    }
+
+    /// The policy gradient of `target`'s GRPO loss on a rollout (gradient selector).
+    pub(crate) fn policy_gradient(
+        &self,
+        rollout: &Rollout,
+        target: &Target,
+    ) -> Result<Option<Vec<Tensor>>> {
+        let adv = target.advantages(
+            &rollout.rewards,
+            self.data.classes.len(),
+            self.config.grpo.adv_eps,
+        );
+        let rows = rows(rollout, &adv.advantages);
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let n = rows.chunks(self.micro_batch(rows.len())).count();
+        let (mut old, reference) = (vec![None; n], vec![None; n]);
+        Ok(self
+            .batch_gradient(&rows, &mut old, &reference)?
+            .map(|(g, _)| g))
+    }
+
+    /// Log-probs of the rows under the frozen reference, per micro-batch (`None` without KL).
+    fn reference_log_probs(&self, rows: &[Row]) -> Result<Vec<Option<Tensor>>> {
+        let chunks: Vec<&[Row]> = rows.chunks(self.micro_batch(rows.len())).collect();
+        let Some(reference) = &self.reference else {
+            return Ok(vec![None; chunks.len()]);
+        };
+        let current = ParamSnapshot::take(&self.vars)?;
+        reference.restore(&self.vars)?;
+        let out = chunks
+            .iter()
+            .map(|chunk| {
+                let examples: Vec<&Example> = chunk
+                    .iter()
+                    .map(|r| &self.data.train.examples[r.example])
+                    .collect();
+                let tokens: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
+                Ok(Some(
+                    self.policy
+                        .log_probs(&examples, &tokens)?
+                        .log_probs
+                        .detach(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>();
+        current.restore(&self.vars)?;
+        out
+    }
+
+    /// Full validation (`[eval]`): overall and per-class scores with bootstrap std.
+    pub fn validate(&mut self) -> Result<EvalReport> {
+        let e = self.config.eval.clone();
+        let n = if e.size == 0 {
+            self.data.val.len()
+        } else {
+            e.size.min(self.data.val.len())
+        };
+        let seed = self.config.run.seed ^ 0x5eed_e7a1;
+        self.evaluate_first(n, e.samples, seed, e.bootstrap)
+    }
+
+    /// The selectors' fixed validation batch (mean scores only).
+    pub(crate) fn select_eval(&mut self, time: &mut Timing) -> Result<EvalReport> {
+        let t = Instant::now();
+        let p = &self.config.phases;
+        let n = p.select_size.clamp(1, self.data.val.len());
+        let seed = self.config.run.seed ^ 0x5e1e_c7ed;
+        let r = self.evaluate_first(n, p.select_samples.max(1), seed, 0);
+        time.eval += t.elapsed().as_secs_f64();
+        r
+    }
+
+    fn evaluate_first(
+        &mut self,
+        n: usize,
+        samples: usize,
+        seed: u64,
+        resamples: usize,
+    ) -> Result<EvalReport> {
+        let set = EvalSet {
+            examples: self.data.val.examples.iter().take(n).collect(),
+            class_of: self
+                .data
+                .val_classes
+                .iter()
+                .take(n)
+                .map(Vec::as_slice)
+                .collect(),
+            class_names: &self.data.classes.names,
+        };
+        evaluate(
+            &mut *self.policy,
+            &*self.judge,
+            &self.rt,
+            &set,
+            samples,
+            seed,
+            resamples,
+            self.config.judge.retries,
+        )
+    }
+
+    /// Writes `checkpoints/step-N` (weights, optimizer moments, run state) atomically.
+    pub fn checkpoint(&mut self) -> Result<PathBuf> {
+        self.state.optimizer_t = self.optimizer.t;
+        self.state.rng = checkpoint::RngState::of(&self.rng);
+        self.state.schedule_lines = self.schedule.lines;
+        let dir = checkpoint::write(&self.run_dir, &*self.policy, &self.optimizer, &self.state)?;
+        checkpoint::prune(&self.run_dir, self.config.run.keep_checkpoints)?;
+        Ok(dir)
+    }
+
+    fn log_decision(&mut self, d: &Decision) -> Result<()> {
+        self.schedule.append(d)?;
+        self.state.schedule_lines = self.schedule.lines;
+        Ok(())
+    }
+
+    pub(crate) fn alternating(&self) -> bool {
+        self.config.objective.kind == ObjectiveKind::Alternating
+    }
+
+    fn active_class_name(&self) -> Option<String> {
+        let k = self.state.phase.active.filter(|_| self.alternating())?;
+        Some(self.data.classes.names[k].clone())
+    }
+
+    /// The reward the next step optimizes.
+    fn target(&self) -> Result<Target> {
+        let o = &self.config.objective;
+        Ok(match o.kind {
+            ObjectiveKind::Alternating => {
+                Target::Class(self.state.phase.active.context("no active class")?)
+            }
+            ObjectiveKind::Gdpo => Target::Decoupled,
+            ObjectiveKind::Scalarized => match &o.weights {
+                w if *w == Weights::Points => Target::Overall,
+                w if *w == Weights::Equal => Target::Weighted(vec![1.0; self.data.classes.len()]),
+                Weights::Custom(map) => {
+                    for name in map.keys() {
+                        if self.data.classes.index(name).is_none() {
+                            bail!(
+                                "field `objective.weights.{name}`: not a meta-class (classes: {})",
+                                self.data.classes.names.join(", ")
+                            );
+                        }
+                    }
+                    let names = &self.data.classes.names;
+                    Target::Weighted(
+                        names
+                            .iter()
+                            .map(|n| map.get(n).copied().unwrap_or(0.0))
+                            .collect(),
+                    )
+                }
+                Weights::Named(_) => unreachable!("named weights handled above"),
+            },
+        })
+    }
+
+    /// The class whose criteria alone are graded during training, when that switch is on.
+    fn graded_class(&self) -> Option<usize> {
+        (self.alternating() && self.config.objective.grade_active_class_only)
+            .then_some(self.state.phase.active)
+            .flatten()
+    }
+
+    fn total_optimizer_steps(&self) -> u64 {
+        self.config.run.steps * self.config.grpo.ppo_epochs as u64
+    }
+
+    fn micro_batch(&self, rows: usize) -> usize {
+        match self.config.grpo.micro_batch {
+            0 => rows.max(1),
+            m => m,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Diag {
+    loss: f64,
+    kl: f64,
+    entropy: f64,
+    clipped: f64,
+    tokens: f64,
+}
+
+/// The completions with a defined advantage (zero-spread groups and excluded samples drop out).
+fn rows(rollout: &Rollout, advantages: &[Vec<Option<f64>>]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for ((&ex, group), adv) in rollout
+        .prompts
+        .iter()
+        .zip(&rollout.completions)
+        .zip(advantages)
+    {
+        for (c, a) in group.iter().zip(adv) {
+            if let Some(a) = a {
+                out.push(Row {
+                    example: ex,
+                    tokens: c.tokens.clone(),
+                    advantage: *a,
+                });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,481 @@
+//! The trainer end to end on the categorical policy and the rule judge.
+
+mod common;
+
+use anyhow::Result;
+use arl::{EvalReport, Parts, StepMetrics, TaskData, Trainer};
+use async_trait::async_trait;
+use common::*;
+use judge::rules::RuleJudge;
+use judge::{CriterionGrade, GradeTask, Judge, JudgeFailure, JudgeStats};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+fn train(extra: &str) -> (EvalReport, EvalReport, Vec<StepMetrics>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), RUBRIC, VOCAB, extra);
+    let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+    let before = t.validate().unwrap();
+    let mut steps = Vec::new();
+    t.run(|m| steps.push(m.clone())).unwrap();
+    let after = t.validate().unwrap();
+    (before, after, steps, dir)
+}
+
+fn class(r: &EvalReport, name: &str) -> f64 {
+    r.classes[name].score
+}
+
+#[test]
+fn scalarized_points_raises_the_overall_score() {
+    let (before, after, steps, _d) =
+        train("[objective]\nkind = \"scalarized\"\nweights = \"points\"");
+    assert_eq!(steps.len(), 30);
+    assert!(
+        after.overall.score > before.overall.score + 0.2,
+        "{} -> {}",
+        before.overall.score,
+        after.overall.score
+    );
+    assert!(steps.iter().all(|m| m.active_class.is_none()));
+}
+
+#[test]
+fn scalarized_equal_raises_the_mean_class_score() {
+    let (before, after, _, _d) = train("[objective]\nkind = \"scalarized\"\nweights = \"equal\"");
+    let mean =
+        |r: &EvalReport| r.classes.values().map(|s| s.score).sum::<f64>() / r.classes.len() as f64;
+    assert!(
+        mean(&after) > mean(&before) + 0.15,
+        "{} -> {}",
+        mean(&before),
+        mean(&after)
+    );
+}
+
+#[test]
+fn custom_weights_raise_the_weighted_class() {
+    let (before, after, _, _d) =
+        train("[objective]\nkind = \"scalarized\"\nweights = { instruction_following = 1.0 }");
+    let (b, a) = (
+        class(&before, "instruction_following"),
+        class(&after, "instruction_following"),
+    );
+    assert!(a > 0.9 && a > b + 0.4, "{b} -> {a}");
+}
+
+#[test]
+fn gdpo_raises_the_sum_of_class_scores() {
+    let (before, after, steps, _d) = train("[objective]\nkind = \"gdpo\"");
+    let sum = |r: &EvalReport| r.classes.values().map(|s| s.score).sum::<f64>();
+    assert!(
+        sum(&after) > sum(&before) + 0.5,
+        "{} -> {}",
+        sum(&before),
+        sum(&after)
+    );
+    assert!(steps.iter().all(|m| m.update.applied <= 1));
+}
+
+#[test]
+fn alternating_fixed_raises_the_fixed_class() {
+    for k in ["instruction_following", "context_awareness"] {
+        let (before, after, steps, dir) = train(&format!(
+            "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"fixed\"\nfixed_class = \"{k}\"\nlength = 10"
+        ));
+        let (b, a) = (class(&before, k), class(&after, k));
+        assert!(a > 0.9 && a > b + 0.4, "{k}: {b} -> {a}");
+        assert!(steps.iter().all(|m| m.active_class.as_deref() == Some(k)));
+        let schedule = std::fs::read_to_string(dir.path().join("run/schedule.jsonl")).unwrap();
+        assert_eq!(schedule.lines().count(), 3, "30 steps / length 10");
+    }
+}
+
+#[test]
+fn grading_only_the_active_class_grades_fewer_criteria() {
+    let (_, after, steps, _d) = train(
+        "[objective]\nkind = \"alternating\"\ngrade_active_class_only = true\n[phases]\nselector = \"fixed\"\nfixed_class = \"instruction_following\"\nlength = 30",
+    );
+    assert!(class(&after, "instruction_following") > 0.9);
+    let m = &steps[0];
+    assert_eq!(
+        m.judge.verdicts, 32,
+        "4 prompts × 8 samples × the class's single criterion"
+    );
+    assert_eq!(
+        m.classes.len(),
+        1,
+        "other classes are not graded: no signal, not zero"
+    );
+}
+
+#[test]
+fn lookahead_picks_the_class_that_lifts_the_overall_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        LOOKAHEAD_RUBRIC,
+        LOOKAHEAD_VOCAB,
+        "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"lookahead\"\nprobe_steps = 4\nlength = 5\nselect_samples = 16",
+    );
+    let mut cfg = cfg;
+    cfg.run.steps = 5;
+    let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+    t.run(|_| {}).unwrap();
+    let line = std::fs::read_to_string(dir.path().join("run/schedule.jsonl")).unwrap();
+    let d: arl::Decision = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(d.chosen, "accuracy", "{d:?}");
+    let score = |n: &str| d.candidates.iter().find(|c| c.class == n).unwrap().score;
+    let base = d.base_score.unwrap();
+    assert!(score("accuracy") > base, "{d:?}");
+    assert!(
+        score("completeness") < base,
+        "training completeness lowers the overall score: {d:?}"
+    );
+    assert_eq!(
+        d.candidates.len(),
+        2,
+        "classes without positive points are not candidates"
+    );
+}
+
+#[test]
+fn every_selector_runs_and_logs_its_numbers() {
+    for sel in ["gradient", "deficit", "ucb", "round_robin", "lookahead"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(
+            dir.path(),
+            RUBRIC,
+            VOCAB,
+            &format!("[objective]\nkind = \"alternating\"\n[phases]\nselector = \"{sel}\"\nlength = 2\nprobe_steps = 1\ntop_m = 2\nselect_samples = 2"),
+        );
+        cfg.run.steps = 8;
+        let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+        t.run(|_| {}).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("run/schedule.jsonl")).unwrap();
+        let ds: Vec<arl::Decision> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(ds.len(), 4, "{sel}");
+        for d in &ds {
+            let expected = match sel {
+                "round_robin" => 1,
+                "lookahead" => 2,
+                _ => 5,
+            };
+            assert_eq!(d.candidates.len(), expected, "{sel}: {d:?}");
+            if sel != "round_robin" {
+                assert!(d.base_score.is_some(), "{sel}");
+            }
+        }
+        if sel == "round_robin" {
+            let order: Vec<&str> = ds.iter().map(|d| d.chosen.as_str()).collect();
+            assert_eq!(
+                order,
+                [
+                    "accuracy",
+                    "completeness",
+                    "communication_quality",
+                    "context_awareness"
+                ]
+            );
+        }
+        if sel == "ucb" {
+            // untried arms first: four phases, four different classes
+            let mut c: Vec<&str> = ds.iter().map(|d| d.chosen.as_str()).collect();
+            c.dedup();
+            assert_eq!(c.len(), 4);
+        }
+        assert!(dir.path().join("run/report.md").exists());
+    }
+}
+
+#[test]
+fn resume_from_a_checkpoint_reproduces_the_metrics() {
+    let strip = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("time_s");
+                v
+            })
+            .collect()
+    };
+    let extra = "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"lookahead\"\nlength = 3\nprobe_steps = 1\nselect_samples = 2";
+    let base = |dir: &std::path::Path, steps: u64, every: u64| {
+        let mut cfg = config(dir, RUBRIC, VOCAB, extra);
+        cfg.grpo.kl_beta = 0.05;
+        cfg.grpo.ppo_epochs = 2;
+        cfg.grpo.micro_batch = 5;
+        cfg.run.steps = steps;
+        cfg.run.checkpoint_every = every;
+        cfg.eval.every = 4;
+        cfg
+    };
+    let a = tempfile::tempdir().unwrap();
+    let cfg = base(a.path(), 10, 0);
+    Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap())
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let full = std::fs::read_to_string(a.path().join("run/metrics.jsonl")).unwrap();
+
+    // the interrupted run: 7 steps with a checkpoint at 4 (and 7), then back to step 4
+    let b = tempfile::tempdir().unwrap();
+    let mut cfg = base(b.path(), 7, 4);
+    cfg.run.keep_checkpoints = 0;
+    Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap())
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let run = b.path().join("run");
+    std::fs::remove_dir_all(run.join("checkpoints/step-00000007")).unwrap();
+    // resume with the full step count
+    let mut cfg = base(b.path(), 10, 4);
+    cfg.run.dir = run.clone();
+    let parts = Parts::from_config(&cfg).unwrap();
+    let mut t = Trainer::resume_with(&run, cfg, parts).unwrap();
+    assert_eq!(t.state.step, 4);
+    t.run(|_| {}).unwrap();
+    let resumed = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(strip(&full), strip(&resumed));
+    let s_full = std::fs::read_to_string(a.path().join("run/schedule.jsonl")).unwrap();
+    let s_res = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
+    assert_eq!(s_full, s_res);
+}
+
+/// Makes every log-prob NaN on the chosen calls.
+struct NanPolicy {
+    inner: arl::CategoricalPolicy,
+    calls: std::cell::Cell<usize>,
+    poison: Vec<usize>,
+}
+
+impl arl::Policy for NanPolicy {
+    fn generate(
+        &mut self,
+        p: &[&rubric::Example],
+        n: usize,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<Vec<Vec<arl::Completion>>> {
+        self.inner.generate(p, n, rng)
+    }
+    fn log_probs(&self, p: &[&rubric::Example], c: &[&[u32]]) -> Result<arl::TokenLogProbs> {
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        let mut lp = self.inner.log_probs(p, c)?;
+        if self.poison.contains(&call) {
+            lp.log_probs = (lp.log_probs * f64::NAN)?;
+        }
+        Ok(lp)
+    }
+    fn vars(&self) -> Vec<(String, candle_core::Var)> {
+        self.inner.vars()
+    }
+    fn device(&self) -> candle_core::Device {
+        self.inner.device()
+    }
+}
+
+#[test]
+fn nonfinite_loss_skips_the_update_and_training_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        RUBRIC,
+        VOCAB,
+        "[objective]\nkind = \"scalarized\"",
+    );
+    cfg.run.steps = 6;
+    let arl::PolicyConfig::Categorical(pc) = cfg.policy.clone();
+    let policy = NanPolicy {
+        inner: arl::CategoricalPolicy::new(pc).unwrap(),
+        calls: Default::default(),
+        poison: vec![1],
+    };
+    let data = TaskData::from_config(&cfg).unwrap();
+    let parts = Parts {
+        policy: Box::new(policy),
+        judge: Arc::new(RuleJudge::new()),
+        data,
+    };
+    let mut t = Trainer::new(cfg.clone(), parts).unwrap();
+    let mut steps = Vec::new();
+    let mut weights = Vec::new();
+    t.run(|m| steps.push(m.clone())).unwrap();
+    for m in &steps {
+        weights.push(m.update.applied);
+    }
+    assert_eq!(steps[1].update.nonfinite_skips, 1, "{:?}", steps[1].update);
+    assert_eq!(steps[1].update.applied, 0);
+    assert_eq!(steps[1].update.loss, None);
+    assert!(
+        steps
+            .iter()
+            .enumerate()
+            .all(|(i, m)| i == 1 || m.update.applied == 1),
+        "{weights:?}"
+    );
+    let v = t.policy().vars()[0]
+        .1
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(v.iter().all(|x| x.is_finite()));
+}
+
+/// Fails every verdict on responses containing "okay", and (optionally) the first attempt of
+/// every other verdict.
+struct FlakyJudge {
+    rules: RuleJudge,
+    fail_first_attempt: bool,
+    attempts: AtomicU64,
+}
+
+#[async_trait]
+impl Judge for FlakyJudge {
+    fn id(&self) -> String {
+        "flaky".into()
+    }
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        let first = self.attempts.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+        let mut out = self.rules.grade(tasks).await;
+        for (t, grades) in tasks.iter().zip(out.iter_mut()) {
+            for g in grades {
+                if t.response.contains("okay") || (self.fail_first_attempt && first) {
+                    g.outcome = Err(JudgeFailure::Exhausted {
+                        attempts: 1,
+                        last_error: "timeout".into(),
+                    });
+                }
+            }
+        }
+        out
+    }
+    fn stats(&self) -> JudgeStats {
+        self.rules.stats()
+    }
+}
+
+#[test]
+fn judge_failures_are_retried_then_counted_and_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        RUBRIC,
+        VOCAB,
+        "[objective]\nkind = \"scalarized\"\n[judge]\nretries = 1",
+    );
+    cfg.run.steps = 4;
+    let data = TaskData::from_config(&cfg).unwrap();
+    let judge = FlakyJudge {
+        rules: RuleJudge::new(),
+        fail_first_attempt: false,
+        attempts: AtomicU64::new(0),
+    };
+    let parts = Parts {
+        policy: arl::build_policy(&cfg.policy).unwrap(),
+        judge: Arc::new(judge),
+        data,
+    };
+    let mut t = Trainer::new(cfg.clone(), parts).unwrap();
+    let mut steps = Vec::new();
+    t.run(|m| steps.push(m.clone())).unwrap();
+    let excluded: usize = steps.iter().map(|m| m.excluded_samples).sum();
+    assert!(excluded > 0, "the uniform policy says \"okay\" often");
+    for m in &steps {
+        assert_eq!(
+            m.overall.n + m.excluded_samples,
+            m.samples,
+            "excluded, never scored"
+        );
+        assert!(m.failed_verdicts >= 6 * m.excluded_samples);
+        assert!(
+            m.retried_verdicts >= m.failed_verdicts,
+            "each failed verdict was asked again"
+        );
+    }
+    let val = steps.last().unwrap().val.as_ref().unwrap();
+    assert!(val.excluded > 0 && val.responses + val.excluded == 4 * 16);
+
+    // transient failures: the retry recovers every verdict, nothing is excluded
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        RUBRIC,
+        r#"["Answer:", "Rest at home."]"#,
+        "[objective]\nkind = \"scalarized\"\n[judge]\nretries = 1",
+    );
+    cfg.run.steps = 2;
+    let data = TaskData::from_config(&cfg).unwrap();
+    let judge = FlakyJudge {
+        rules: RuleJudge::new(),
+        fail_first_attempt: true,
+        attempts: AtomicU64::new(0),
+    };
+    let parts = Parts {
+        policy: arl::build_policy(&cfg.policy).unwrap(),
+        judge: Arc::new(judge),
+        data,
+    };
+    let mut t = Trainer::new(cfg.clone(), parts).unwrap();
+    let mut steps = Vec::new();
+    t.run(|m| steps.push(m.clone())).unwrap();
+    for m in &steps {
+        assert_eq!(m.excluded_samples, 0);
+        assert_eq!(m.retried_verdicts, 32 * 6);
+    }
+}
+
+#[test]
+fn diagnostics_are_logged_per_step() {
+    let (_, _, steps, dir) = train(
+        "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"round_robin\"\nlength = 5",
+    );
+    let m = &steps[0];
+    assert_eq!(m.groups, 4);
+    assert_eq!(m.samples, 32);
+    assert_eq!(m.classes.len(), 5);
+    assert!(m.overall.group_std.unwrap() > 0.0);
+    assert!(m.update.entropy.unwrap() > 0.0);
+    assert!(m.update.grad_norm.unwrap() > 0.0);
+    assert!(m.judge.verdicts >= 32 * 6);
+    // once a class is learned its groups stop varying: the zero-spread share rises
+    assert!(steps.iter().any(|m| m.zero_spread_share > 0.0));
+    assert!(
+        steps.last().unwrap().val.is_some(),
+        "validation after the last step"
+    );
+    let lines = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 30);
+    assert!(dir
+        .path()
+        .join("run/checkpoints/step-00000030/policy.safetensors")
+        .exists());
+    assert!(dir.path().join("run/config.toml").exists());
+    let report = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(report.contains("| overall |"), "{report}");
+}
+
+#[test]
+fn a_run_directory_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        RUBRIC,
+        VOCAB,
+        "[objective]\nkind = \"scalarized\"",
+    );
+    cfg.run.steps = 1;
+    Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap())
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let err = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("--resume"), "{err}");
+}
