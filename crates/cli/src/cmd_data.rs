@@ -21,6 +21,20 @@ enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the built-in patient-message task (train/validation/test, native format).
+    Builtin {
+        /// Folder to write train.jsonl, validation.jsonl and test.jsonl into.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 240)]
+        train: usize,
+        #[arg(long, default_value_t = 48)]
+        validation: usize,
+        #[arg(long, default_value_t = 96)]
+        test: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -58,6 +72,23 @@ pub fn run_data(args: DataArgs) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 print!("{stats}");
+            }
+        }
+        DataCommand::Builtin {
+            out,
+            seed,
+            train,
+            validation,
+            test,
+        } => {
+            let spec = rubric::builtin::BuiltinSpec {
+                seed,
+                train,
+                validation,
+                test,
+            };
+            for (name, path) in rubric::builtin::write_splits(spec, &out)? {
+                println!("{name:<11} {}", path.display());
             }
         }
     }

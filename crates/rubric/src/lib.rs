@@ -5,6 +5,7 @@
 //! crate stays dependency-light: serde and a seeded RNG for the bootstrap.
 
 pub mod assets;
+pub mod builtin;
 pub mod classes;
 pub mod error;
 pub mod grades;
@@ -16,7 +17,7 @@ pub mod stats;
 pub use classes::{ClassScheme, ClassSpec, MetaClasses, HEALTHBENCH_AXES};
 pub use error::DataError;
 pub use grades::{read_grades, GradeLine};
-pub use load::{load, load_as, Format};
+pub use load::{load, load_as, write_jsonl, Format};
 pub use model::{Check, Criterion, Dataset, Example, ListStyle, Message};
 pub use score::{example_score, summarize, RewardVector, ScoreTable, Summary};
 pub use stats::DataStats;

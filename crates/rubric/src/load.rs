@@ -293,6 +293,51 @@ fn parse_writingbench(path: &Path, text: &str) -> Result<Dataset, DataError> {
     ))
 }
 
+/// One example as a native-format record (the HealthBench schema plus `check`).
+pub fn to_record(ex: &Example) -> serde_json::Value {
+    let rubrics: Vec<serde_json::Value> = ex
+        .criteria
+        .iter()
+        .map(|c| {
+            let mut r = serde_json::json!({
+                "criterion": c.text,
+                "points": c.points,
+                "tags": c.tags,
+            });
+            if let Some(check) = &c.check {
+                r["check"] = serde_json::to_value(check).expect("checks serialize");
+            }
+            r
+        })
+        .collect();
+    let mut rec = serde_json::json!({
+        "prompt": ex.prompt,
+        "rubrics": rubrics,
+        "example_tags": ex.tags,
+        "prompt_id": ex.id,
+        "ideal_completions_data": ex
+            .ideal_completion
+            .as_ref()
+            .map(|c| serde_json::json!({ "ideal_completion": c })),
+    });
+    if let Some(canary) = &ex.canary {
+        rec["canary"] = serde_json::Value::String(canary.clone());
+    }
+    rec
+}
+
+/// Writes examples as native-format JSONL (through a temporary file, renamed into place).
+pub fn write_jsonl(examples: &[Example], path: &Path) -> std::io::Result<()> {
+    let mut text = String::new();
+    for ex in examples {
+        text.push_str(&to_record(ex).to_string());
+        text.push('\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +409,19 @@ mod tests {
         assert!(ex.criteria[0].text.contains("9-10: good"));
         assert_eq!(ex.tag_value("theme"), Some("academic_engineering"));
         assert_eq!(ds.get("wb-7").unwrap().prompt[0].content, "Write.");
+    }
+
+    #[test]
+    fn native_records_round_trip() {
+        let splits = crate::builtin::generate(crate::builtin::BuiltinSpec::default());
+        let dir = std::env::temp_dir().join(format!("arlrr-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("train.jsonl");
+        write_jsonl(&splits.train, &p).unwrap();
+        let ds = load(&p).unwrap();
+        assert_eq!(ds.format, Format::Native);
+        assert_eq!(ds.examples, splits.train);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
