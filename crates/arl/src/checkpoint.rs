@@ -28,6 +28,7 @@ pub struct RunState {
     pub rng: RngState,
     pub metrics_lines: u64,
     pub schedule_lines: u64,
+    pub eval_lines: u64,
 }
 
 /// A ChaCha8 stream position: seed, stream and word position (as a decimal string, u128).

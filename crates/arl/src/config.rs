@@ -209,10 +209,10 @@ impl TrainConfig {
         if g.ppo_epochs == 0 {
             bail!("field `grpo.ppo_epochs`: must be at least 1");
         }
-        if !(g.clip_eps > 0.0) {
+        if g.clip_eps.is_nan() || g.clip_eps <= 0.0 {
             bail!("field `grpo.clip_eps`: must be positive");
         }
-        if !(self.optim.lr > 0.0) {
+        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
             bail!("field `optim.lr`: must be positive");
         }
         if self.phases.length == 0 {

@@ -38,7 +38,7 @@ pub fn grade(
         .iter()
         .map(|it| {
             (0..it.example.criteria.len())
-                .filter(|&i| only_class.map_or(true, |k| it.class_of[i] == k))
+                .filter(|&i| only_class.is_none() || only_class == Some(it.class_of[i]))
                 .collect()
         })
         .collect();

@@ -3,7 +3,7 @@
 use crate::checkpoint::write_atomic;
 use crate::metrics::StepMetrics;
 use crate::selector::Decision;
-use crate::trainer::Trainer;
+use crate::trainer::{EvalLine, Trainer};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -22,6 +22,7 @@ fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<
 pub fn write(t: &Trainer) -> Result<()> {
     let metrics: Vec<StepMetrics> = read_jsonl(&t.run_dir.join("metrics.jsonl"))?;
     let schedule: Vec<Decision> = read_jsonl(&t.run_dir.join("schedule.jsonl"))?;
+    let evals: Vec<EvalLine> = read_jsonl(&t.run_dir.join("eval.jsonl"))?;
     let c = &t.config;
     let mut r = String::new();
     writeln!(r, "# arlrr run report\n")?;
@@ -31,10 +32,8 @@ pub fn write(t: &Trainer) -> Result<()> {
         c.objective.kind, c.phases.selector, c.phases.length, c.run.steps,
         c.grpo.prompts_per_step, c.grpo.group_size, c.run.seed
     )?;
-    let vals: Vec<(u64, &crate::eval::EvalReport)> = metrics
-        .iter()
-        .filter_map(|m| m.val.as_ref().map(|v| (m.step, v)))
-        .collect();
+    let vals: Vec<(u64, &crate::eval::EvalReport)> =
+        evals.iter().map(|e| (e.step, &e.report)).collect();
     if let (Some((s0, first)), Some((s1, last))) = (vals.first(), vals.last()) {
         writeln!(r, "## Validation (mean ± bootstrap std)\n")?;
         writeln!(r, "| | step {s0} | step {s1} |\n|---|---|---|")?;

@@ -151,6 +151,15 @@ pub struct Trainer {
     pub(crate) rng: ChaCha8Rng,
     metrics: Jsonl,
     schedule: Jsonl,
+    evals: Jsonl,
+}
+
+/// One line of `eval.jsonl`: a validation of the policy after `step` steps (0 = the start).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalLine {
+    pub step: u64,
+    #[serde(flatten)]
+    pub report: EvalReport,
 }
 
 impl Trainer {
@@ -198,6 +207,7 @@ impl Trainer {
         }
         t.metrics.truncate(t.state.metrics_lines)?;
         t.schedule.truncate(t.state.schedule_lines)?;
+        t.evals.truncate(t.state.eval_lines)?;
         Ok(t)
     }
 
@@ -220,6 +230,7 @@ impl Trainer {
         Ok(Trainer {
             metrics: Jsonl::open(&run_dir.join("metrics.jsonl"))?,
             schedule: Jsonl::open(&run_dir.join("schedule.jsonl"))?,
+            evals: Jsonl::open(&run_dir.join("eval.jsonl"))?,
             rng: ChaCha8Rng::seed_from_u64(config.run.seed),
             config,
             run_dir,
@@ -246,6 +257,10 @@ impl Trainer {
     /// and `report.md`.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> Result<()> {
         let total = self.config.run.steps;
+        if self.state.step == 0 && self.evals.lines == 0 {
+            let v = self.validate()?; // the starting policy, for the report's comparison
+            self.evals.append(&EvalLine { step: 0, report: v })?;
+        }
         while self.state.step < total {
             let mut time = Timing::default();
             let judge_before = self.judge.stats();
@@ -274,6 +289,10 @@ impl Trainer {
                 let t = Instant::now();
                 let v = self.validate()?;
                 time.eval = t.elapsed().as_secs_f64();
+                self.evals.append(&EvalLine {
+                    step: self.state.step,
+                    report: v.clone(),
+                })?;
                 Some(v)
             } else {
                 None
@@ -605,6 +624,7 @@ impl Trainer {
         self.state.optimizer_t = self.optimizer.t;
         self.state.rng = checkpoint::RngState::of(&self.rng);
         self.state.schedule_lines = self.schedule.lines;
+        self.state.eval_lines = self.evals.lines;
         let dir = checkpoint::write(&self.run_dir, &*self.policy, &self.optimizer, &self.state)?;
         checkpoint::prune(&self.run_dir, self.config.run.keep_checkpoints)?;
         Ok(dir)

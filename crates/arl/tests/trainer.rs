@@ -12,13 +12,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 fn train(extra: &str) -> (EvalReport, EvalReport, Vec<StepMetrics>, tempfile::TempDir) {
+    train_with(extra, |_| {})
+}
+
+fn train_with(
+    extra: &str,
+    edit: impl FnOnce(&mut arl::TrainConfig),
+) -> (EvalReport, EvalReport, Vec<StepMetrics>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), RUBRIC, VOCAB, extra);
+    let mut cfg = config(dir.path(), RUBRIC, VOCAB, extra);
+    edit(&mut cfg);
     let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
     let before = t.validate().unwrap();
     let mut steps = Vec::new();
     t.run(|m| steps.push(m.clone())).unwrap();
     let after = t.validate().unwrap();
+    eprintln!(
+        "{extra}\nbefore {}\nafter  {}",
+        before.table(),
+        after.table()
+    );
     (before, after, steps, dir)
 }
 
@@ -478,4 +491,56 @@ fn a_run_directory_is_not_overwritten() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("--resume"), "{err}");
+}
+
+#[test]
+fn micro_batches_accumulate_to_the_full_batch_loss_and_gradient() {
+    let run = |micro_batch: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(
+            dir.path(),
+            RUBRIC,
+            VOCAB,
+            "[objective]\nkind = \"scalarized\"",
+        );
+        cfg.run.steps = 3;
+        cfg.grpo.micro_batch = micro_batch;
+        cfg.grpo.ppo_epochs = 2;
+        let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+        let mut steps = Vec::new();
+        t.run(|m| steps.push(m.update.clone())).unwrap();
+        steps
+    };
+    let (whole, micro) = (run(0), run(3));
+    for (a, b) in whole.iter().zip(&micro) {
+        assert_eq!((a.rows, a.tokens, a.applied), (b.rows, b.tokens, b.applied));
+        let close = |x: Option<f64>, y: Option<f64>| (x.unwrap() - y.unwrap()).abs() < 1e-5;
+        assert!(close(a.loss, b.loss), "{a:?} vs {b:?}");
+        assert!(close(a.grad_norm, b.grad_norm), "{a:?} vs {b:?}");
+        assert!(close(a.entropy, b.entropy));
+    }
+    // the second epoch's ratio moves away from 1: clipping becomes possible
+    assert!(whole.iter().all(|u| u.clip_frac.is_some()));
+}
+
+#[test]
+fn validation_is_logged_from_the_start() {
+    let (before, _, _, dir) =
+        train_with("[objective]\nkind = \"scalarized\"", |c| c.eval.every = 10);
+    let text = std::fs::read_to_string(dir.path().join("run/eval.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 10, 20, 30]);
+    // the step-0 line is the untrained policy, with the same seed as `validate`
+    assert_eq!(
+        lines[0]["overall"]["score"].as_f64().unwrap(),
+        before.overall.score
+    );
+    assert!(
+        lines[0]["overall"]["std"].as_f64().unwrap() > 0.0,
+        "bootstrap std"
+    );
 }
