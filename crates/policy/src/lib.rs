@@ -1,1 +1,39 @@
-//! placeholder, filled by its issue
+//! The policy: a trainable decoder-only transformer (Llama/SmolLM2, Qwen2, Qwen3) in candle,
+//! with GGUF and HF safetensors loading, HF saving, tokenizer and ChatML template, batched
+//! KV-cached generation, differentiable teacher-forced log-probs and LoRA adapters.
+//!
+//! ```no_run
+//! # fn main() -> policy::Result<()> {
+//! let model = policy::Model::load("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let msgs = [rubric::Message { role: "user".into(), content: "Hi!".into() }];
+//! println!("{}", model.chat(&msgs, 64, 0.7, 42)?);
+//! # Ok(()) }
+//! ```
+
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod logprobs;
+pub mod lora;
+pub mod model;
+pub mod tokenizer;
+pub mod transformer;
+
+pub use config::{Arch, Config};
+pub use error::{Error, Result};
+pub use generate::{generate, generate_with, Generation, GenerationConfig};
+pub use logprobs::{completion_log_probs, LogProbs};
+pub use lora::{load_lora, save_lora, LoraConfig, LoraTarget};
+pub use model::{load_hf, save_hf, Model};
+pub use tokenizer::Tokenizer;
+pub use transformer::{KvCache, Transformer};
+
+/// The RNG type used for seeded sampling, so callers need not depend on `rand` themselves.
+pub type Rng = rand::rngs::StdRng;
+
+/// A seeded RNG for `generate` (same seed, same samples).
+pub fn seeded_rng(seed: u64) -> Rng {
+    <Rng as rand::SeedableRng>::seed_from_u64(seed)
+}
