@@ -4,12 +4,17 @@
 //! ([`JudgeFailure`]) instead of guessing: the trainer excludes failures from rewards.
 
 pub mod cache;
+pub mod config;
+pub mod embedding;
 pub mod http;
 pub mod prompt;
 pub mod rules;
+pub mod serve;
 mod text;
 
 pub use cache::{CachedJudge, VerdictCache};
+pub use config::{from_config, ConfigError, JudgeConfig, JudgeKind};
+pub use embedding::{EmbeddingJudge, EmbeddingJudgeConfig, SentenceEmbedder};
 pub use http::{HttpJudge, HttpJudgeConfig};
 pub use rules::RuleJudge;
 
@@ -100,7 +105,7 @@ pub trait Judge: Send + Sync {
 }
 
 /// Boxed and shared judges are judges too, so wrappers such as [`CachedJudge`] take the
-/// `Box<dyn Judge>` that `from_config` builds.
+/// `Box<dyn Judge>` that [`from_config`] builds.
 #[async_trait]
 impl<J: Judge + ?Sized> Judge for Box<J> {
     fn id(&self) -> String {

@@ -143,10 +143,70 @@ pub fn mentions_number(text_lower: &str) -> bool {
         .any(|w| !w.is_empty() && NUMBER_WORDS.contains(&w))
 }
 
+/// Splits a response into sentences for the embedding judge: at line breaks and after `.`,
+/// `!` or `?` followed by whitespace. List markers are stripped, and fragments without a
+/// letter or digit (rules, stray punctuation) are dropped.
+pub fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = strip_list_marker(line.trim());
+        let mut start = 0;
+        let mut chars = line.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            let ends = matches!(c, '.' | '!' | '?')
+                && chars.peek().is_some_and(|(_, n)| n.is_whitespace());
+            if ends {
+                push_sentence(&mut out, &line[start..i + c.len_utf8()]);
+                start = i + c.len_utf8();
+            }
+        }
+        push_sentence(&mut out, &line[start..]);
+    }
+    out
+}
+
+fn push_sentence<'a>(out: &mut Vec<&'a str>, s: &'a str) {
+    let s = s.trim();
+    if s.chars().any(char::is_alphanumeric) {
+        out.push(s);
+    }
+}
+
+fn strip_list_marker(line: &str) -> &str {
+    match list_item_style(line) {
+        Some(rubric::ListStyle::Bullet) => {
+            let mut rest = line.trim_start().chars();
+            rest.next();
+            rest.as_str().trim_start()
+        }
+        Some(_) => line
+            .trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit())[1..]
+            .trim_start(),
+        None => line.trim_start_matches('#').trim_start(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rubric::ListStyle;
+
+    #[test]
+    fn sentences_split_at_ends_and_lines_without_markers() {
+        let text = "## Advice\nRest well. Drink water!\n• See a doctor if it lasts 3.5 days?\n1. Ice it\n---\n";
+        assert_eq!(
+            sentences(text),
+            vec![
+                "Advice",
+                "Rest well.",
+                "Drink water!",
+                "See a doctor if it lasts 3.5 days?",
+                "Ice it"
+            ]
+        );
+        assert!(sentences("  \n ").is_empty());
+    }
 
     #[test]
     fn words_are_whitespace_separated() {

@@ -1,0 +1,188 @@
+//! The OpenAI-compatible server (`judge::serve`) end to end over real loopback HTTP, with the
+//! HTTP judge and with raw requests. The model here is a deterministic grader (it answers from
+//! the reply's length) so the protocol is checked exactly; the test with the real SmolLM2
+//! model lives with the `arlrr serve-judge` command.
+
+use judge::serve::{router, ChatModel, ChatOutput, ServeOptions};
+use judge::{GradeTask, HttpJudge, HttpJudgeConfig, Judge, JudgeFailure};
+use rubric::{Criterion, Example, Message};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Says "met" when the reply inside `<reply>` is longer than 20 characters; fails on demand
+/// when the criterion says `explode`. Token counts are words, so usage is checkable.
+struct LengthGrader;
+
+impl ChatModel for LengthGrader {
+    fn id(&self) -> String {
+        "length-grader".into()
+    }
+
+    fn chat(
+        &self,
+        messages: &[Message],
+        max_tokens: usize,
+        _temperature: f64,
+    ) -> Result<ChatOutput, String> {
+        let prompt = &messages.last().ok_or("no messages")?.content;
+        if prompt.contains("explode") {
+            return Err("the model exploded".into());
+        }
+        let reply = prompt
+            .split("<reply>")
+            .nth(1)
+            .and_then(|r| r.split("</reply>").next())
+            .unwrap_or(prompt);
+        let met = reply.trim().len() > 20;
+        let text = format!(
+            "```json\n{{\"explanation\": \"reply length {}\", \"criteria_met\": {met}}}\n```",
+            reply.trim().len()
+        );
+        let words = text.split_whitespace().count();
+        Ok(ChatOutput {
+            completion_tokens: words.min(max_tokens),
+            prompt_tokens: messages
+                .iter()
+                .map(|m| m.content.split_whitespace().count())
+                .sum(),
+            text,
+            truncated: false,
+        })
+    }
+}
+
+async fn spawn() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(Arc::new(LengthGrader), ServeOptions::default());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn example() -> Example {
+    let crit = |t: &str| Criterion {
+        text: t.into(),
+        points: 1.0,
+        tags: vec![],
+        check: None,
+    };
+    Example {
+        id: "e".into(),
+        prompt: vec![Message {
+            role: "user".into(),
+            content: "Hello".into(),
+        }],
+        criteria: vec![crit("Is detailed"), crit("explode")],
+        tags: vec![],
+        ideal_completion: None,
+        canary: None,
+        line: 1,
+    }
+}
+
+#[tokio::test]
+async fn http_judge_gets_verdicts_and_usage_from_the_server() {
+    let addr = spawn().await;
+    let judge = HttpJudge::new(HttpJudgeConfig {
+        retries: 1,
+        backoff_initial_secs: 0.01,
+        timeout_secs: 5.0,
+        ..HttpJudgeConfig::new(format!("http://{addr}/v1/"), "length-grader")
+    })
+    .unwrap();
+    let ex = example();
+    let grades = judge
+        .grade(&[
+            GradeTask {
+                example: &ex,
+                response: "A long and detailed answer.",
+                criteria: None,
+            },
+            GradeTask {
+                example: &ex,
+                response: "Short.",
+                criteria: Some(&[0]),
+            },
+        ])
+        .await;
+    assert_eq!(grades[0][0].outcome, Ok(1.0));
+    assert_eq!(grades[0][0].explanation, "reply length 27");
+    assert_eq!(grades[1][0].outcome, Ok(0.0));
+    // A model error is a 500: retried, then an explicit failure naming it.
+    match &grades[0][1].outcome {
+        Err(JudgeFailure::Exhausted {
+            attempts: 2,
+            last_error,
+        }) => {
+            assert!(
+                last_error.contains("500") && last_error.contains("exploded"),
+                "{last_error}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let s = judge.stats();
+    assert_eq!((s.calls, s.verdicts, s.failures), (4, 3, 1));
+    assert!(s.prompt_tokens > 100 && s.completion_tokens > 0, "{s:?}");
+}
+
+async fn post(addr: SocketAddr, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn responses_follow_the_openai_shape() {
+    let addr = spawn().await;
+    let (status, body) = post(
+        addr,
+        json!({"model": "x", "messages": [{"role": "user", "content": [{"type": "text", "text": "<reply>tiny</reply>"}]}], "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "length-grader");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(body["usage"]["prompt_tokens"], 1);
+    assert_eq!(body["usage"]["total_tokens"], 4);
+
+    let models: Value = reqwest::get(format!("http://{addr}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "length-grader");
+    assert_eq!(models["object"], "list");
+}
+
+#[tokio::test]
+async fn unsupported_or_malformed_requests_get_openai_errors() {
+    let addr = spawn().await;
+    let user = json!([{"role": "user", "content": "hi"}]);
+    for (body, param) in [
+        (json!({"messages": user, "stream": true}), "stream"),
+        (json!({"messages": []}), "messages"),
+        (json!({"messages": user, "max_tokens": 0}), "max_tokens"),
+        (json!({"messages": user, "n": 2}), "n"),
+        (json!({"messages": user, "temperature": 7.5}), "temperature"),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            "messages[0].content",
+        ),
+        (json!({"messages": "not a list"}), "body"),
+    ] {
+        let (status, resp) = post(addr, body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {resp}");
+        assert_eq!(resp["error"]["param"], param, "{body} -> {resp}");
+        assert_eq!(resp["error"]["type"], "invalid_request_error");
+    }
+}
