@@ -87,7 +87,7 @@ async fn from_config_builds_a_cached_rule_judge() {
         criteria: None,
     };
     assert_eq!(judge.grade(&[task]).await[0][0].outcome, Ok(1.0));
-    assert_eq!(judge.grade(&[task]).await[0][0].cached, true);
+    assert!(judge.grade(&[task]).await[0][0].cached);
     assert_eq!(
         (judge.stats().cache_hits, judge.stats().cache_misses),
         (1, 1)
