@@ -86,14 +86,16 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return Err(Error::Invalid(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::Invalid(format!(
                 "head_dim must be even for RoPE, got {}",
                 self.head_dim
@@ -129,9 +131,7 @@ impl Config {
             rope_theta: raw.rope_theta.unwrap_or(10000.0),
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            attention_bias: raw
-                .attention_bias
-                .unwrap_or(arch == Arch::Qwen2),
+            attention_bias: raw.attention_bias.unwrap_or(arch == Arch::Qwen2),
             qk_norm: arch == Arch::Qwen3,
             bos_token_id: raw.bos_token_id.as_ref().and_then(first_id),
             eos_token_id: raw.eos_token_id.as_ref().and_then(first_id),

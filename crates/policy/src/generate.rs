@@ -64,7 +64,7 @@ pub fn generate_with(
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(Error::Invalid(format!("prompt {i} is empty")));
     }
-    if !(cfg.top_p > 0.0) || cfg.temperature < 0.0 {
+    if cfg.top_p.is_nan() || cfg.top_p <= 0.0 || cfg.temperature.is_nan() || cfg.temperature < 0.0 {
         return Err(Error::Invalid(format!(
             "need top_p > 0 and temperature >= 0, got top_p {} temperature {}",
             cfg.top_p, cfg.temperature
@@ -85,11 +85,10 @@ pub fn generate_with(
     let mut positions = Vec::with_capacity(b);
     for p in prompts {
         let pad = plen - p.len();
-        ids.extend(std::iter::repeat(0u32).take(pad).chain(p.iter().copied()));
+        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
         key_mask.push(
-            std::iter::repeat(0u8)
-                .take(pad)
-                .chain(std::iter::repeat(1).take(p.len()))
+            std::iter::repeat_n(0u8, pad)
+                .chain(std::iter::repeat_n(1, p.len()))
                 .collect(),
         );
         positions.push((0..pad).map(|_| 0u32).chain(0..p.len() as u32).collect());
@@ -110,10 +109,7 @@ pub fn generate_with(
     let h = model.forward_with(&input, &positions, &key_mask, Some(&mut cache))?;
     let mut logits = model.logits(&h.narrow(1, plen - 1, 1)?)?;
     for step in 0..cfg.max_new_tokens {
-        let rows = logits
-            .squeeze(1)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let rows = logits.squeeze(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
         let mut next = Vec::with_capacity(b);
         let mut produced = vec![false; b];
         for (i, row) in rows.iter().enumerate() {
@@ -163,19 +159,19 @@ pub fn generate(
 
 /// Picks one token from a logits row; returns it with its log-probability under the full
 /// tempered distribution.
-fn sample(row: &[f32], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32) {
+fn sample(row: &[f64], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32) {
     let t = if cfg.temperature > 0.0 {
         cfg.temperature
     } else {
         1.0
     };
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
     let mut z = 0.0f64;
     for &x in row {
-        z += ((x as f64 - max) / t).exp();
+        z += ((x - max) / t).exp();
     }
     let logz = z.ln();
-    let lp = |i: usize| ((row[i] as f64 - max) / t - logz) as f32;
+    let lp = |i: usize| ((row[i] - max) / t - logz) as f32;
     if cfg.temperature == 0.0 {
         let i = argmax(row);
         return (i as u32, lp(i));
@@ -186,7 +182,7 @@ fn sample(row: &[f32], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32)
         let u: f64 = rng.gen::<f64>() * z;
         let mut acc = 0.0;
         for (i, &x) in row.iter().enumerate() {
-            acc += ((x as f64 - max) / t).exp();
+            acc += ((x - max) / t).exp();
             if acc >= u {
                 return (i as u32, lp(i));
             }
@@ -197,7 +193,7 @@ fn sample(row: &[f32], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32)
     cand = row
         .iter()
         .enumerate()
-        .map(|(i, &x)| (((x as f64 - max) / t).exp() / z, i))
+        .map(|(i, &x)| (((x - max) / t).exp() / z, i))
         .collect();
     if cfg.top_k > 0 && cfg.top_k < cand.len() {
         cand.select_nth_unstable_by(cfg.top_k - 1, |a, b| b.0.total_cmp(&a.0));
@@ -235,7 +231,7 @@ fn sample(row: &[f32], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32)
     (last as u32, lp(last))
 }
 
-fn argmax(row: &[f32]) -> usize {
+fn argmax(row: &[f64]) -> usize {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
         if x > row[best] {

@@ -216,7 +216,9 @@ fn config_from_metadata(content: &Content) -> Result<Config> {
         max_position_embeddings: md_u32(m, &a("context_length")).unwrap_or(4096),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         attention_bias: has_q_bias,
-        qk_norm: content.tensor_infos.contains_key("blk.0.attn_q_norm.weight"),
+        qk_norm: content
+            .tensor_infos
+            .contains_key("blk.0.attn_q_norm.weight"),
         bos_token_id: md_u32(m, "tokenizer.ggml.bos_token_id")
             .ok()
             .map(|x| x as u32),

@@ -18,6 +18,7 @@ pub mod gguf;
 pub mod logprobs;
 pub mod lora;
 pub mod model;
+mod ops;
 pub mod tokenizer;
 pub mod transformer;
 

@@ -36,7 +36,7 @@ pub fn completion_log_probs(
             "prompt {i} is empty (the first completion token needs a context)"
         )));
     }
-    if !(temperature > 0.0) {
+    if temperature.is_nan() || temperature <= 0.0 {
         return Err(Error::Invalid(format!(
             "temperature must be > 0, got {temperature}"
         )));
@@ -51,17 +51,17 @@ pub fn completion_log_probs(
     let mut cmask = Vec::with_capacity(b * c);
     for (prompt, comp) in pairs {
         let pad = p - prompt.len();
-        ids.extend(std::iter::repeat(0).take(pad));
+        ids.extend(std::iter::repeat_n(0, pad));
         ids.extend_from_slice(prompt);
         ids.extend_from_slice(comp);
-        ids.extend(std::iter::repeat(0).take(c - comp.len()));
-        mask.extend(std::iter::repeat(0u8).take(pad));
-        mask.extend(std::iter::repeat(1u8).take(prompt.len() + comp.len()));
-        mask.extend(std::iter::repeat(0u8).take(c - comp.len()));
+        ids.extend(std::iter::repeat_n(0, c - comp.len()));
+        mask.extend(std::iter::repeat_n(0u8, pad));
+        mask.extend(std::iter::repeat_n(1u8, prompt.len() + comp.len()));
+        mask.extend(std::iter::repeat_n(0u8, c - comp.len()));
         targets.extend_from_slice(comp);
-        targets.extend(std::iter::repeat(0).take(c - comp.len()));
-        cmask.extend(std::iter::repeat(1f32).take(comp.len()));
-        cmask.extend(std::iter::repeat(0f32).take(c - comp.len()));
+        targets.extend(std::iter::repeat_n(0, c - comp.len()));
+        cmask.extend(std::iter::repeat_n(1f32, comp.len()));
+        cmask.extend(std::iter::repeat_n(0f32, c - comp.len()));
     }
     let dev = model.device();
     let dtype = model.dtype();

@@ -150,11 +150,9 @@ impl Tokenizer {
         let pre_tok: PreTokenizerWrapper = match pre.as_str() {
             "default" | "gpt2" | "gpt-2" => byte_level.into(),
             // SmolLM2 / StarCoder: every digit is its own pre-token, then GPT-2 splitting.
-            "smollm" | "starcoder" | "refact" => Sequence::new(vec![
-                Digits::new(true).into(),
-                byte_level.into(),
-            ])
-            .into(),
+            "smollm" | "starcoder" | "refact" => {
+                Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+            }
             "qwen2" => Sequence::new(vec![
                 Split::new(
                     SplitPattern::Regex(QWEN2_REGEX.into()),
@@ -182,8 +180,11 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&specials);
         let id = |k: &str| {
-            m.get(k)
-                .and_then(|v| v.to_u32().ok().or_else(|| v.to_i32().ok().map(|x| x as u32)))
+            m.get(k).and_then(|v| {
+                v.to_u32()
+                    .ok()
+                    .or_else(|| v.to_i32().ok().map(|x| x as u32))
+            })
         };
         let template = m
             .get("tokenizer.chat_template")
@@ -228,7 +229,10 @@ impl Tokenizer {
             }
         }
         for m in messages {
-            s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+            s.push_str(&format!(
+                "<|im_start|>{}\n{}<|im_end|>\n",
+                m.role, m.content
+            ));
         }
         if add_generation_prompt {
             s.push_str("<|im_start|>assistant\n");

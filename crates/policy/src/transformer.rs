@@ -12,6 +12,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
+use crate::ops::SoftmaxLast;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -53,9 +54,26 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
 }
 
+/// Softmax over the last dim with a backward pass: a memory-lean custom op on the CPU
+/// (`ops.rs`), the primitive composition elsewhere.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Ok(x.contiguous()?.apply_op1(SoftmaxLast { log: false })?);
+    }
+    softmax_last_primitive(x)
+}
+
+/// Log-softmax over the last dim; same dispatch as `softmax_last`.
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Ok(x.contiguous()?.apply_op1(SoftmaxLast { log: true })?);
+    }
+    log_softmax_last_primitive(x)
+}
+
 /// Softmax over the last dim from primitives. The max is detached: softmax does not depend on
 /// it, so the gradient stays exact while `exp` cannot overflow.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+pub fn softmax_last_primitive(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&m)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
@@ -63,7 +81,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Log-softmax over the last dim from primitives (same detached-max trick).
-pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+pub fn log_softmax_last_primitive(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&m)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -146,7 +164,7 @@ impl Attention {
         // are stacked along the row dim, so one batched matmul per kv head does the work.
         let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?.reshape((b, kvh, g, t, s))?;
+        let att = (q * scale)?.matmul(&k.t()?)?.reshape((b, kvh, g, t, s))?;
         let att = softmax_last(&att.broadcast_add(bias)?)?.reshape((b, kvh, g * t, s))?;
         let y = att.matmul(&v)?.reshape((b, h, t, d))?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
@@ -412,10 +430,8 @@ impl Transformer {
         for (i, l) in self.layers.iter().enumerate() {
             for (target, lin) in self.layer_linears(l) {
                 if let Some(ad) = &lin.lora {
-                    let base = format!(
-                        "base_model.model.model.layers.{i}.{}",
-                        target.module_path()
-                    );
+                    let base =
+                        format!("base_model.model.model.layers.{i}.{}", target.module_path());
                     out.push((format!("{base}.lora_A.weight"), ad.a.clone()));
                     out.push((format!("{base}.lora_B.weight"), ad.b.clone()));
                 }
@@ -599,16 +615,20 @@ impl Transformer {
             for qi in 0..t {
                 let limit = s - t + qi;
                 for (ki, &m) in row.iter().enumerate() {
-                    bias.push(if ki <= limit && m != 0 { 0.0 } else { MASK_VALUE });
+                    bias.push(if ki <= limit && m != 0 {
+                        0.0
+                    } else {
+                        MASK_VALUE
+                    });
                 }
             }
         }
         let bias = Tensor::from_vec(bias, (b, 1, 1, t, s), &self.device)?.to_dtype(self.dtype)?;
 
         let emb = param(&self.embed_tokens, self.base_frozen);
-        let mut x = emb
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
+        let mut x =
+            emb.index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, self.cfg.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_mut().map(|c| &mut c.layers[i]);
             let h = layer.input_layernorm.forward(&x)?;

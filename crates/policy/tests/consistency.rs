@@ -24,7 +24,10 @@ fn model(arch: Arch, seed: u64) -> Transformer {
 }
 
 fn logits_of(m: &Transformer, ids: &[u32]) -> Tensor {
-    let t = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let t = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mask = Tensor::ones_like(&t).unwrap();
     m.forward(&t, &mask).unwrap().squeeze(0).unwrap()
 }
@@ -37,10 +40,16 @@ fn padding_left_or_right_does_not_change_logits() {
         let b = [4u32, 30];
         let la = logits_of(&m, &a);
         let lb = logits_of(&m, &b);
-        let ids = Tensor::new(&[[5u32, 9, 3, 17, 8], [0, 0, 0, 4, 30], [4, 30, 0, 0, 0]], &Device::Cpu)
-            .unwrap();
-        let mask = Tensor::new(&[[1u8, 1, 1, 1, 1], [0, 0, 0, 1, 1], [1, 1, 0, 0, 0]], &Device::Cpu)
-            .unwrap();
+        let ids = Tensor::new(
+            &[[5u32, 9, 3, 17, 8], [0, 0, 0, 4, 30], [4, 30, 0, 0, 0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mask = Tensor::new(
+            &[[1u8, 1, 1, 1, 1], [0, 0, 0, 1, 1], [1, 1, 0, 0, 0]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let out = m.forward(&ids, &mask).unwrap();
         assert!(max_abs_diff(&out.get(0).unwrap(), &la) < 1e-5);
         let left = out.get(1).unwrap().narrow(0, 3, 2).unwrap();
@@ -151,7 +160,10 @@ fn save_load_round_trip_identical_logits() {
         let back = policy::load_hf(&path, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(back.cfg, m.cfg);
         let ids = [1u32, 5, 9, 13, 20];
-        assert_eq!(max_abs_diff(&logits_of(&m, &ids), &logits_of(&back, &ids)), 0.0);
+        assert_eq!(
+            max_abs_diff(&logits_of(&m, &ids), &logits_of(&back, &ids)),
+            0.0
+        );
     }
 }
 
@@ -195,7 +207,8 @@ fn gguf_layout_round_trip_gives_same_model() {
         let mut expect = m.cfg.clone();
         expect.bos_token_id = None;
         assert_eq!(g.config, expect);
-        let back = Transformer::from_tensors(&g.config, g.tensors, DType::F32, &Device::Cpu).unwrap();
+        let back =
+            Transformer::from_tensors(&g.config, g.tensors, DType::F32, &Device::Cpu).unwrap();
         let ids = [1u32, 5, 9, 13, 20];
         assert!(max_abs_diff(&logits_of(&m, &ids), &logits_of(&back, &ids)) < 1e-6);
     }
@@ -208,8 +221,10 @@ fn hf_config_json_round_trip() {
         let back = Config::from_hf_json(&cfg.to_hf_json()).unwrap();
         assert_eq!(back, cfg);
     }
-    let err = Config::from_hf_json(r#"{"model_type":"gpt2","vocab_size":1,"hidden_size":1,
-        "intermediate_size":1,"num_hidden_layers":1,"num_attention_heads":1}"#)
+    let err = Config::from_hf_json(
+        r#"{"model_type":"gpt2","vocab_size":1,"hidden_size":1,
+        "intermediate_size":1,"num_hidden_layers":1,"num_attention_heads":1}"#,
+    )
     .unwrap_err();
     assert!(err.to_string().contains("gpt2"));
 }
@@ -222,6 +237,35 @@ fn clear_errors_on_bad_input() {
     assert!(e.to_string().contains("empty"), "{e}");
     let e = completion_log_probs(&m, &[(vec![], vec![1])], 1.0).unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
-    let e = policy::Model::load("/nonexistent/model.gguf").err().unwrap();
+    let e = policy::Model::load("/nonexistent/model.gguf")
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("/nonexistent/model.gguf"), "{e}");
+}
+
+#[test]
+fn custom_softmax_ops_match_primitives_in_value_and_gradient() {
+    use policy::transformer::{
+        log_softmax_last, log_softmax_last_primitive, softmax_last, softmax_last_primitive,
+    };
+    let x = candle_core::Var::from_tensor(
+        &(Tensor::randn(0f64, 3.0, (3, 4, 7), &Device::Cpu).unwrap()),
+    )
+    .unwrap();
+    let w = Tensor::randn(0f64, 1.0, (3, 4, 7), &Device::Cpu).unwrap();
+    type F = fn(&Tensor) -> policy::Result<Tensor>;
+    let pairs: [(F, F); 2] = [
+        (softmax_last, softmax_last_primitive),
+        (log_softmax_last, log_softmax_last_primitive),
+    ];
+    for (fast, slow) in pairs {
+        let a = fast(x.as_tensor()).unwrap();
+        let b = slow(x.as_tensor()).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-12);
+        let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        assert!(max_abs_diff(ga, gb) < 1e-12);
+        assert!(common::max_abs(ga) > 1e-3);
+    }
 }

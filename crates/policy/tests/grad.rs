@@ -28,7 +28,11 @@ fn loss_t(model: &Transformer, weights: &Tensor) -> Tensor {
 }
 
 fn get(v: &Var) -> Vec<f64> {
-    v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    v.as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
 }
 
 fn set(v: &Var, data: Vec<f64>) {
@@ -110,7 +114,9 @@ fn grad_qwen3_qk_norm_untied_head() {
     let vars: Vec<_> = m
         .named_vars()
         .into_iter()
-        .filter(|(n, _)| n.contains("layers.0") || n.contains("lm_head") || n.contains("model.norm"))
+        .filter(|(n, _)| {
+            n.contains("layers.0") || n.contains("lm_head") || n.contains("model.norm")
+        })
         .collect();
     assert!(vars.iter().any(|(n, _)| n.ends_with("q_norm.weight")));
     assert!(vars.iter().any(|(n, _)| n == "lm_head.weight"));
@@ -130,7 +136,9 @@ fn grad_lora_adapters_and_frozen_base() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     for (n, v) in m.lora_vars() {
         if n.ends_with("lora_B.weight") {
-            let d: Vec<f64> = (0..v.elem_count()).map(|_| rng.gen_range(-0.1..0.1)).collect();
+            let d: Vec<f64> = (0..v.elem_count())
+                .map(|_| rng.gen_range(-0.1..0.1))
+                .collect();
             set(&v, d);
         }
     }
@@ -141,7 +149,10 @@ fn grad_lora_adapters_and_frozen_base() {
     let weights = Tensor::ones((3, 4), DType::F64, &Device::Cpu).unwrap();
     let grads = loss_t(&m, &weights).backward().unwrap();
     for (n, v) in m.named_vars() {
-        assert!(grads.get(v.as_tensor()).is_none(), "frozen {n} got a gradient");
+        assert!(
+            grads.get(v.as_tensor()).is_none(),
+            "frozen {n} got a gradient"
+        );
     }
     assert_eq!(m.trainable_vars().len(), lvars.len());
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use common::{max_abs, max_abs_diff, to_gguf_bytes};
 use policy::{completion_log_probs, generate, GenerationConfig, Model};
@@ -50,7 +50,10 @@ fn parity_with_candle_quantized_llama_and_greedy_tokens() {
     let mut reference = ModelWeights::from_gguf(c, &mut cur, &Device::Cpu).unwrap();
 
     let prompt = model.tokenizer.chat_prompt(&msgs()).unwrap();
-    let ids = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let ref_logits = reference.forward(&ids, 0).unwrap().squeeze(0).unwrap();
     let ours = tr
         .forward(&ids, &ids.ones_like().unwrap())
@@ -64,13 +67,14 @@ fn parity_with_candle_quantized_llama_and_greedy_tokens() {
     // 32 greedy tokens from the reference (its own KV cache) vs ours (batched generation).
     let mut ref_tokens = Vec::new();
     let mut next = ref_logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
-    let mut pos = prompt.len();
-    for _ in 0..32 {
+    for pos in prompt.len()..prompt.len() + 32 {
         ref_tokens.push(next);
-        let x = Tensor::new(&[next], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let x = Tensor::new(&[next], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let l = reference.forward(&x, pos).unwrap().squeeze(0).unwrap();
         next = l.argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        pos += 1;
     }
     let cfg = GenerationConfig {
         max_new_tokens: 32,
@@ -78,7 +82,7 @@ fn parity_with_candle_quantized_llama_and_greedy_tokens() {
         ..Default::default()
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let gens = generate(tr, &[prompt.clone()], &cfg, &mut rng).unwrap();
+    let gens = generate(tr, std::slice::from_ref(&prompt), &cfg, &mut rng).unwrap();
     println!(
         "greedy: {:?}",
         model.tokenizer.decode(&gens[0].tokens, false).unwrap()
@@ -97,7 +101,9 @@ fn gguf_tokenizer_and_chat_template() {
     assert!(tok.stop_ids.contains(&im_end));
     let text = tok.chat_text(&msgs(), true);
     assert!(text.starts_with("<|im_start|>system\n"), "{text}");
-    assert!(text.ends_with("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"));
+    assert!(text.ends_with(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    ));
     let ids = tok.chat_prompt(&msgs()).unwrap();
     assert_eq!(ids[0], im_start);
     assert_eq!(ids.iter().filter(|&&i| i == im_start).count(), 3);
@@ -112,9 +118,8 @@ fn gguf_tokenizer_and_chat_template() {
     assert_eq!(tok.encode(" the").unwrap().len(), 1);
 }
 
-#[test]
-fn real_model_generation_logprobs_match_teacher_forced() {
-    let (model, _) = load();
+/// Max |generation log-prob - teacher-forced log-prob| over a padded batch of two chats.
+fn logprob_gap(model: &Model) -> (f64, f64) {
     let t = &model.tokenizer;
     let prompts = vec![
         t.chat_prompt(&msgs()).unwrap(),
@@ -140,13 +145,36 @@ fn real_model_generation_logprobs_match_teacher_forced() {
         .zip(gens.iter().map(|g| g.tokens.clone()))
         .collect();
     let lp = completion_log_probs(&model.transformer, &pairs, 1.0).unwrap();
-    let tf = lp.logp.to_vec2::<f32>().unwrap();
-    let mut worst = 0f32;
+    let tf = lp
+        .logp
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let (mut worst, mut sum, mut n) = (0f64, 0f64, 0usize);
     for (i, g) in gens.iter().enumerate() {
         for (j, &l) in g.logprobs.iter().enumerate() {
-            worst = worst.max((tf[i][j] - l).abs());
+            let d = (tf[i][j] - l as f64).abs();
+            worst = worst.max(d);
+            sum += d;
+            n += 1;
         }
     }
-    println!("max |generation - teacher-forced| log-prob: {worst:.3e}");
-    assert!(worst < 1e-4);
+    (worst, sum / n as f64)
+}
+
+/// In f64 the two paths (KV-cached decoding vs one teacher-forced pass) must agree to far
+/// below 1e-4; in f32 they differ by the accumulation-order noise of 30 layers of matmuls
+/// with different shapes (~1e-4 on this model), which is printed and bounded loosely.
+#[test]
+fn real_model_generation_logprobs_match_teacher_forced() {
+    let path = gguf_path();
+    let m64 = Model::load_with(&path, DType::F64, &Device::Cpu).unwrap();
+    let (worst64, mean64) = logprob_gap(&m64);
+    println!("f64: max |generation - teacher-forced| log-prob {worst64:.3e} (mean {mean64:.3e})");
+    assert!(worst64 < 1e-4, "f64 gap {worst64}");
+    drop(m64);
+    let (worst32, mean32) = logprob_gap(&Model::load(&path).unwrap());
+    println!("f32: max |generation - teacher-forced| log-prob {worst32:.3e} (mean {mean32:.3e})");
+    assert!(worst32 < 1e-3, "f32 gap {worst32}");
 }

@@ -42,16 +42,34 @@ pub fn llama_metadata(cfg: &policy::Config) -> Vec<(String, Value)> {
     vec![
         ("general.architecture".into(), Value::String(arch.into())),
         (a("embedding_length"), Value::U32(cfg.hidden_size as u32)),
-        (a("feed_forward_length"), Value::U32(cfg.intermediate_size as u32)),
+        (
+            a("feed_forward_length"),
+            Value::U32(cfg.intermediate_size as u32),
+        ),
         (a("block_count"), Value::U32(cfg.num_hidden_layers as u32)),
-        (a("attention.head_count"), Value::U32(cfg.num_attention_heads as u32)),
-        (a("attention.head_count_kv"), Value::U32(cfg.num_key_value_heads as u32)),
+        (
+            a("attention.head_count"),
+            Value::U32(cfg.num_attention_heads as u32),
+        ),
+        (
+            a("attention.head_count_kv"),
+            Value::U32(cfg.num_key_value_heads as u32),
+        ),
         (a("attention.key_length"), Value::U32(cfg.head_dim as u32)),
         (a("rope.dimension_count"), Value::U32(cfg.head_dim as u32)),
-        (a("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
+        (
+            a("attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
         (a("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (a("context_length"), Value::U32(cfg.max_position_embeddings as u32)),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(cfg.eos_token_id.unwrap_or(0))),
+        (
+            a("context_length"),
+            Value::U32(cfg.max_position_embeddings as u32),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Value::U32(cfg.eos_token_id.unwrap_or(0)),
+        ),
     ]
 }
 
