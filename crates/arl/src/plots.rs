@@ -76,6 +76,7 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 fn fmt_tick(v: f64) -> String {
+    let v = if v.abs() < 1e-12 { 0.0 } else { v };
     if v.abs() >= 100.0 || v.fract().abs() < 1e-9 {
         format!("{v:.0}")
     } else {
@@ -279,11 +280,11 @@ pub fn timeline_svg(title: &str, steps: &[(u64, Option<String>)], classes: &[Str
     let _ = writeln!(
         s,
         r#"<text x="{}" y="{}" text-anchor="middle">training step</text>
-<text x="{}" y="{}" text-anchor="end">active class</text>"#,
+<text x="{}" y="{}" text-anchor="start">active class (colour)</text>"#,
         LEFT + width / 2.0,
         y + h + 40.0,
-        LEFT - 6.0,
-        y + h / 2.0
+        LEFT,
+        y - 8.0
     );
     for (k, c) in classes.iter().enumerate() {
         legend_entry(&mut s, k, c, PALETTE[k % PALETTE.len()], false);
@@ -391,7 +392,7 @@ pub fn write_run_plots(
         dashed: true,
         ..Series::new(
             "zero-spread share",
-            "#D55E00",
+            "#999999",
             pick(&|m| Some(m.zero_spread_share)),
         )
     });

@@ -123,5 +123,13 @@ pub fn write(t: &Trainer) -> Result<()> {
             sum(&|m| m.time_s.eval)
         )?;
     }
+    if !metrics.is_empty() {
+        let plots = crate::plots::write_run_plots(&t.run_dir, &metrics, t.class_names())?;
+        writeln!(r, "\n## Plots\n")?;
+        for p in plots {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            writeln!(r, "![{name}]({name})")?;
+        }
+    }
     write_atomic(&t.run_dir.join("report.md"), r.as_bytes())
 }

@@ -21,6 +21,34 @@ pub struct Args {
     pub quiet: bool,
 }
 
+/// The default run: the built-in task's splits written into a fresh run directory and
+/// `configs/builtin.toml` (compiled in) pointed at them.
+fn builtin_config(out: Option<PathBuf>) -> Result<TrainConfig> {
+    let mut cfg: TrainConfig = toml::from_str(include_str!("../../../configs/builtin.toml"))?;
+    let dir = match out {
+        Some(d) => d,
+        None => {
+            // never overwrite an earlier run: runs/builtin, runs/builtin-2, ...
+            let base = cfg.run.dir.clone();
+            let mut d = base.clone();
+            let mut n = 1;
+            while d.exists() {
+                n += 1;
+                d = PathBuf::from(format!("{}-{n}", base.display()));
+            }
+            d
+        }
+    };
+    // absolute, so the run's resolved config.toml still points at the data on --resume
+    let dir = std::path::absolute(&dir)?;
+    let data = dir.join("data");
+    rubric::builtin::write_splits(rubric::builtin::BuiltinSpec::default(), &data)?;
+    cfg.data.train = data.join("train.jsonl");
+    cfg.data.val = data.join("validation.jsonl");
+    cfg.run.dir = dir;
+    Ok(cfg)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let mut trainer = match (&a.config, &a.resume) {
         (Some(path), None) => {
@@ -31,6 +59,11 @@ pub fn run(a: Args) -> Result<()> {
             Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?
         }
         (None, Some(dir)) => Trainer::resume(dir)?,
+        (None, None) => {
+            let cfg = builtin_config(a.out.clone())?;
+            eprintln!("built-in task, config configs/builtin.toml, run {}", cfg.run.dir.display());
+            Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?
+        }
         _ => bail!("give --config FILE.toml (a new run) or --resume RUN_DIR"),
     };
     let total = trainer.config.run.steps;

@@ -1,0 +1,56 @@
+//! The default run: `arlrr train` with no config trains on the built-in task, writes its data,
+//! report and plots, and lifts the validation score.
+
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn default_train_runs_end_to_end_and_improves() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(["train", "--quiet", "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "data/train.jsonl",
+        "data/validation.jsonl",
+        "data/test.jsonl",
+        "report.md",
+        "metrics.jsonl",
+        "schedule.jsonl",
+        "validation.svg",
+        "schedule.svg",
+        "variance.svg",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let evals: Vec<Value> = std::fs::read_to_string(run.join("eval.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = evals.first().unwrap()["overall"]["score"].as_f64().unwrap();
+    let last = evals.last().unwrap()["overall"]["score"].as_f64().unwrap();
+    assert!(last - first >= 0.10, "validation {first:.3} -> {last:.3}");
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("![schedule.svg](schedule.svg)"));
+    let svg = std::fs::read_to_string(run.join("schedule.svg")).unwrap();
+    for class in rubric::HEALTHBENCH_AXES {
+        assert!(svg.contains(class), "{class} missing from the schedule legend");
+    }
+    // the built-in data is valid native format
+    let stats = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(["data", "stats", "--json"])
+        .arg(run.join("data/test.jsonl"))
+        .output()
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["examples"], 96);
+    assert_eq!(stats["checkable"], stats["criteria"]);
+}
