@@ -23,7 +23,7 @@ pub struct Args {
 
 /// The default run: the built-in task's splits written into a fresh run directory and
 /// `configs/builtin.toml` (compiled in) pointed at them.
-fn builtin_config(out: Option<PathBuf>) -> Result<TrainConfig> {
+pub(crate) fn builtin_config(out: Option<PathBuf>) -> Result<TrainConfig> {
     let mut cfg: TrainConfig = toml::from_str(include_str!("../../../configs/builtin.toml"))?;
     let dir = match out {
         Some(d) => d,

@@ -1,5 +1,6 @@
 //! The `arlrr` binary: parses arguments and calls the library crates. One module per command.
 
+mod cmd_compare;
 mod cmd_data;
 mod cmd_eval;
 mod cmd_fetch;
@@ -25,6 +26,8 @@ enum Command {
     Score(cmd_data::ScoreArgs),
     /// Train a policy with GRPO on rubric rewards (ARL-RR or a baseline objective).
     Train(cmd_train::Args),
+    /// Train ARL-RR and the baselines over several seeds and compare them on a test split.
+    Compare(cmd_compare::Args),
     /// Score a trained policy on a data file, overall and per meta-class.
     Eval(cmd_eval::Args),
 }
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Data(a) => cmd_data::run_data(a),
         Command::Score(a) => cmd_data::run_score(a),
         Command::Train(a) => cmd_train::run(a),
+        Command::Compare(a) => cmd_compare::run(a),
         Command::Eval(a) => cmd_eval::run(a),
     };
     match result {

@@ -54,3 +54,42 @@ fn default_train_runs_end_to_end_and_improves() {
     assert_eq!(stats["examples"], 96);
     assert_eq!(stats["checkable"], stats["criteria"]);
 }
+
+#[test]
+fn compare_writes_every_section_with_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let res = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args([
+            "compare",
+            "--seeds",
+            "2",
+            "--steps",
+            "30",
+            "--methods",
+            "alternating:lookahead,scalarized,gdpo",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let report = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    for section in [
+        "**Verdict:**",
+        "## Final test score (mean over seeds, 95% CI)",
+        "## Training efficiency",
+        "## Variance contraction",
+        "![curves.svg](curves.svg)",
+    ] {
+        assert!(report.contains(section), "{section} missing:\n{report}");
+    }
+    assert!(report.contains(" won with a mean test score of "));
+    assert!(report.contains("permutation test"));
+    for m in ["| alternating:lookahead |", "| scalarized |", "| gdpo |"] {
+        assert!(report.matches(m).count() >= 3, "{m} rows missing");
+    }
+    assert!(!report.contains("NaN"), "{report}");
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    assert!(svg.contains("gdpo") && svg.contains("<polygon"), "bands drawn");
+}

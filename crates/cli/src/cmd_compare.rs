@@ -1,0 +1,85 @@
+//! `arlrr compare`: ARL-RR against the baselines over several seeds with the same budget.
+
+use anyhow::{Context, Result};
+use arl::compare::{CompareSpec, Method};
+use arl::TrainConfig;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Base run config; without it, the built-in task and configs/builtin.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Test split (required with --config; the built-in test split otherwise).
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Comma-separated methods: `alternating:<selector>` (lookahead, gradient, deficit, ucb,
+    /// round_robin, fixed), `scalarized`, `gdpo`.
+    #[arg(long, default_value = "alternating:lookahead,scalarized,gdpo")]
+    methods: String,
+    /// Seeds per method (0, 1, ..., N-1).
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    /// Training steps per run (the budget); default: the config's.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Responses per test example.
+    #[arg(long, default_value_t = 4)]
+    test_samples: usize,
+    /// Output folder (default: runs/compare, runs/compare-2, ...).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let out = match a.out {
+        Some(o) => o,
+        None => {
+            let mut d = PathBuf::from("runs/compare");
+            let mut n = 1;
+            while d.exists() {
+                n += 1;
+                d = PathBuf::from(format!("runs/compare-{n}"));
+            }
+            d
+        }
+    };
+    let (mut base, test) = match a.config {
+        Some(path) => {
+            let cfg = TrainConfig::from_file(&path)?;
+            let test = a
+                .test
+                .context("--test TEST.jsonl is required with --config")?;
+            (cfg, test)
+        }
+        None => {
+            let cfg = crate::cmd_train::builtin_config(Some(out.clone()))?;
+            let test = a.test.unwrap_or_else(|| cfg.run.dir.join("data/test.jsonl"));
+            (cfg, test)
+        }
+    };
+    if let Some(s) = a.steps {
+        base.run.steps = s;
+        base.eval.every = base.eval.every.min(s.div_ceil(5).max(1));
+        base.phases.length = base.phases.length.min(s.div_ceil(6).max(1));
+    }
+    let methods = a
+        .methods
+        .split(',')
+        .map(|m| Method::parse(m.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    let spec = CompareSpec {
+        base,
+        test,
+        methods,
+        seeds: (0..a.seeds).collect(),
+        out: out.clone(),
+        test_samples: a.test_samples,
+    };
+    std::fs::create_dir_all(&out)?;
+    let results = arl::compare::run(&spec, |m, s| eprintln!("training {m} seed {s}"))?;
+    let classes = arl::TaskData::from_config(&spec.base)?.classes.names;
+    let verdict = arl::compare::write_report(&out, &spec, &results, &classes)?;
+    println!("{verdict}\nreport {}", out.join("compare.md").display());
+    Ok(())
+}
