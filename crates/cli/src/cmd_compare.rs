@@ -54,7 +54,9 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => {
             let cfg = crate::cmd_train::builtin_config(Some(out.clone()))?;
-            let test = a.test.unwrap_or_else(|| cfg.run.dir.join("data/test.jsonl"));
+            let test = a
+                .test
+                .unwrap_or_else(|| cfg.run.dir.join("data/test.jsonl"));
             (cfg, test)
         }
     };

@@ -61,7 +61,10 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(dir)) => Trainer::resume(dir)?,
         (None, None) => {
             let cfg = builtin_config(a.out.clone())?;
-            eprintln!("built-in task, config configs/builtin.toml, run {}", cfg.run.dir.display());
+            eprintln!(
+                "built-in task, config configs/builtin.toml, run {}",
+                cfg.run.dir.display()
+            );
             Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?
         }
         _ => bail!("give --config FILE.toml (a new run) or --resume RUN_DIR"),

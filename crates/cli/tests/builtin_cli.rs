@@ -42,7 +42,10 @@ fn default_train_runs_end_to_end_and_improves() {
     assert!(report.contains("![schedule.svg](schedule.svg)"));
     let svg = std::fs::read_to_string(run.join("schedule.svg")).unwrap();
     for class in rubric::HEALTHBENCH_AXES {
-        assert!(svg.contains(class), "{class} missing from the schedule legend");
+        assert!(
+            svg.contains(class),
+            "{class} missing from the schedule legend"
+        );
     }
     // the built-in data is valid native format
     let stats = Command::new(env!("CARGO_BIN_EXE_arlrr"))
@@ -73,7 +76,11 @@ fn compare_writes_every_section_with_numbers() {
         ])
         .output()
         .unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let report = std::fs::read_to_string(out.join("compare.md")).unwrap();
     for section in [
         "**Verdict:**",
@@ -91,5 +98,8 @@ fn compare_writes_every_section_with_numbers() {
     }
     assert!(!report.contains("NaN"), "{report}");
     let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
-    assert!(svg.contains("gdpo") && svg.contains("<polygon"), "bands drawn");
+    assert!(
+        svg.contains("gdpo") && svg.contains("<polygon"),
+        "bands drawn"
+    );
 }
