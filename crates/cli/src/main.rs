@@ -4,6 +4,8 @@ mod cmd_compare;
 mod cmd_data;
 mod cmd_eval;
 mod cmd_fetch;
+mod cmd_grade;
+mod cmd_serve_judge;
 mod cmd_train;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,10 @@ enum Command {
     Data(cmd_data::DataArgs),
     /// Score graded responses exactly as HealthBench does.
     Score(cmd_data::ScoreArgs),
+    /// Grade responses criterion by criterion with a judge (rules, HTTP LLM, embeddings).
+    Grade(cmd_grade::GradeArgs),
+    /// Serve the OpenAI chat completions protocol from a local GGUF model (a local judge).
+    ServeJudge(cmd_serve_judge::ServeJudgeArgs),
     /// Train a policy with GRPO on rubric rewards (ARL-RR or a baseline objective).
     Train(cmd_train::Args),
     /// Train ARL-RR and the baselines over several seeds and compare them on a test split.
@@ -38,6 +44,8 @@ fn main() -> ExitCode {
         Command::Fetch(a) => cmd_fetch::run(a),
         Command::Data(a) => cmd_data::run_data(a),
         Command::Score(a) => cmd_data::run_score(a),
+        Command::Grade(a) => cmd_grade::run(a),
+        Command::ServeJudge(a) => cmd_serve_judge::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Compare(a) => cmd_compare::run(a),
         Command::Eval(a) => cmd_eval::run(a),

@@ -1,0 +1,112 @@
+//! `arlrr serve-judge`: serves the OpenAI chat completions protocol from a local model (the
+//! fetched SmolLM2 GGUF, or any model the `policy` crate loads), so the HTTP judge works with
+//! no outside service. Slow on CPU; the protocol is the point.
+
+use anyhow::{Context, Result};
+use judge::serve::{ChatModel, ChatOutput, ServeOptions};
+use rubric::Message;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct ServeJudgeArgs {
+    /// Model: a `.gguf` file or an HF folder (default: the fetched SmolLM2-135M-Instruct).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Address to listen on; loopback by default, since the server has no authentication.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Model name reported by /v1/models (default: the file name without extension).
+    #[arg(long)]
+    name: Option<String>,
+    /// `max_tokens` for requests that give none.
+    #[arg(long, default_value_t = 256)]
+    default_max_tokens: usize,
+    /// Base seed of sampling; request n uses seed + n.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// The policy crate's model behind the server's [`ChatModel`] trait.
+struct PolicyChat {
+    model: policy::Model,
+    name: String,
+    seed: u64,
+    requests: AtomicU64,
+}
+
+impl ChatModel for PolicyChat {
+    fn id(&self) -> String {
+        self.name.clone()
+    }
+
+    fn chat(
+        &self,
+        messages: &[Message],
+        max_tokens: usize,
+        temperature: f64,
+    ) -> Result<ChatOutput, String> {
+        let prompt_tokens = self
+            .model
+            .tokenizer
+            .chat_prompt(messages)
+            .map_err(|e| e.to_string())?
+            .len();
+        let seed = self.seed + self.requests.fetch_add(1, Ordering::Relaxed);
+        let (text, generation) = self
+            .model
+            .chat_batch(&[messages.to_vec()], max_tokens, temperature, seed)
+            .map_err(|e| e.to_string())?
+            .pop()
+            .ok_or("the model returned no answer")?;
+        Ok(ChatOutput {
+            text,
+            prompt_tokens,
+            completion_tokens: generation.tokens.len(),
+            truncated: !generation.finished,
+        })
+    }
+}
+
+pub fn run(args: ServeJudgeArgs) -> Result<()> {
+    let path = match args.model {
+        Some(p) => p,
+        None => rubric::assets::smollm2_gguf().map_err(anyhow::Error::msg)?,
+    };
+    let model =
+        policy::Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let name = args.name.unwrap_or_else(|| {
+        path.file_stem()
+            .map_or_else(|| "local".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let chat = Arc::new(PolicyChat {
+        model,
+        name: name.clone(),
+        seed: args.seed,
+        requests: AtomicU64::new(0),
+    });
+    let options = ServeOptions {
+        default_max_tokens: args.default_max_tokens,
+        ..ServeOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        // One line on stdout that scripts (and tests) can wait for.
+        println!("serving {name} on http://{addr}/v1");
+        std::io::stdout().flush()?;
+        judge::serve::serve(listener, chat, options).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,304 @@
+//! `arlrr grade` through the binary: the rule judge end to end into `arlrr score`, precise
+//! errors on bad responses files, and the verdict cache shared across processes with the HTTP
+//! judge (a second run makes zero HTTP requests).
+
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn arlrr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(args)
+        .output()
+        .expect("run arlrr")
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "arlrr failed: {stderr}");
+    stderr
+}
+
+/// Two examples in the native format: checkable criteria plus one without a check.
+fn write_data(dir: &Path) -> String {
+    let item = |id: &str, rubrics: Value| {
+        json!({"prompt_id": id, "prompt": [{"role": "user", "content": "My head hurts."}], "rubrics": rubrics, "example_tags": []})
+            .to_string()
+    };
+    let rubric = |text: &str, points: i32, axis: &str, check: Option<Value>| {
+        let mut r = json!({"criterion": text, "points": points, "tags": [format!("axis:{axis}")]});
+        if let Some(c) = check {
+            r["check"] = c;
+        }
+        r
+    };
+    let a = item(
+        "p1",
+        json!([
+            rubric(
+                "Advises seeing a doctor",
+                5,
+                "accuracy",
+                Some(json!({"kind": "contains_any", "phrases": ["doctor"]}))
+            ),
+            rubric(
+                "Asks a follow-up question",
+                3,
+                "completeness",
+                Some(json!({"kind": "asks_question"}))
+            ),
+            rubric("Is empathetic", 2, "communication_quality", None),
+        ]),
+    );
+    let b = item(
+        "p2",
+        json!([rubric(
+            "Uses a list",
+            4,
+            "communication_quality",
+            Some(json!({"kind": "has_list"}))
+        )]),
+    );
+    let path = dir.join("data.jsonl");
+    std::fs::write(&path, format!("{a}\n{b}\n")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn read_lines(path: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path());
+    let responses = write(
+        dir.path(),
+        "responses.jsonl",
+        "{\"prompt_id\":\"p1\",\"completion\":\"See a doctor. Any fever?\",\"response_id\":\"r1\"}\n\
+         {\"prompt_id\":\"p1\",\"completion\":\"Rest.\"}\n\n\
+         {\"prompt_id\":\"p2\",\"completion\":\"- rest\\n- water\"}\n",
+    );
+    let judge = write(
+        dir.path(),
+        "judge.toml",
+        "kind = \"rules\"\ncache = \"cache.sqlite\"\n",
+    );
+    let out = dir.path().join("grades.jsonl");
+    let out = out.to_str().unwrap();
+    let stderr = ok(&arlrr(&[
+        "grade",
+        "--data",
+        &data,
+        "--responses",
+        &responses,
+        "--judge",
+        &judge,
+        "--out",
+        out,
+    ]));
+    assert!(
+        stderr.contains("graded 3 responses, 7 verdicts"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("failed verdicts (written as null): 2 (2 not gradable"),
+        "{stderr}"
+    );
+    assert!(
+        dir.path().join("cache.sqlite").exists(),
+        "cache path is relative to the config"
+    );
+
+    let lines = read_lines(out);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["met"], json!([true, true, null]));
+    assert_eq!(lines[0]["response_id"], "r1");
+    assert_eq!(lines[0]["judge"], "rules-v1");
+    assert!(lines[0]["explanations"][2]
+        .as_str()
+        .unwrap()
+        .contains("not gradable"));
+    assert_eq!(lines[1]["met"], json!([false, false, null]));
+    assert_eq!(lines[2]["met"], json!([true]));
+
+    // `arlrr score` reads what `grade` wrote.
+    let scored = arlrr(&["score", "--data", &data, "--grades", out, "--json"]);
+    ok(&scored);
+    let table: Value = serde_json::from_slice(&scored.stdout).unwrap();
+    assert!(table.is_object(), "{table}");
+}
+
+#[test]
+fn bad_responses_lines_are_named_and_leave_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path());
+    let judge = write(dir.path(), "judge.toml", "kind = \"rules\"\n");
+    let out = dir.path().join("grades.jsonl");
+    for (text, needle) in [
+        (
+            "{\"prompt_id\":\"p1\",\"completion\":\"ok\"}\n{\"prompt_id\":\"p1\"}\n",
+            ":2: field `completion`: missing",
+        ),
+        (
+            "{\"prompt_id\":\"p9\",\"completion\":\"x\"}\n",
+            ":1: field `prompt_id`: unknown prompt_id `p9`",
+        ),
+        (
+            "{\"prompt_id\":\"p1\",\"completion\":7}\n",
+            ":1: field `completion`: expected a string",
+        ),
+        ("\n\n{\"prompt_id\":\"p1\",\n", ":3: field `(json)`"),
+    ] {
+        let responses = write(dir.path(), "bad.jsonl", text);
+        let o = arlrr(&[
+            "grade",
+            "--data",
+            &data,
+            "--responses",
+            &responses,
+            "--judge",
+            &judge,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            stderr.contains(&format!("bad.jsonl{needle}")),
+            "expected {needle:?} in {stderr}"
+        );
+        assert!(!out.exists(), "no partial output");
+    }
+    // A bad judge config names its file and the offending key.
+    let responses = write(
+        dir.path(),
+        "r.jsonl",
+        "{\"prompt_id\":\"p1\",\"completion\":\"ok\"}\n",
+    );
+    let judge = write(dir.path(), "bad.toml", "kind = \"http\"\n");
+    let o = arlrr(&[
+        "grade",
+        "--data",
+        &data,
+        "--responses",
+        &responses,
+        "--judge",
+        &judge,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("[http]"),
+        "{stderr}"
+    );
+}
+
+/// A loopback OpenAI-compatible server that counts requests and says "met" when the reply
+/// mentions a doctor.
+fn spawn_counting_server() -> (String, Arc<AtomicUsize>, std::thread::JoinHandle<()>) {
+    use axum::{routing::post, Json, Router};
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = Router::new().route(
+                "/v1/chat/completions",
+                post(move |Json(req): Json<Value>| {
+                    let counter = counter.clone();
+                    async move {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let prompt = req["messages"][0]["content"].as_str().unwrap_or("").to_string();
+                        let reply = prompt.split("<reply>").nth(1).unwrap_or("");
+                        let met = reply.contains("doctor");
+                        Json(json!({"choices": [{"message": {"role": "assistant",
+                            "content": format!("{{\"explanation\": \"checked\", \"criteria_met\": {met}}}")}}],
+                            "usage": {"prompt_tokens": 100, "completion_tokens": 10}}))
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    (format!("http://{addr}/v1"), count, handle)
+}
+
+#[test]
+fn second_run_in_a_new_process_is_served_from_the_cache_with_zero_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path());
+    let responses = write(
+        dir.path(),
+        "responses.jsonl",
+        "{\"prompt_id\":\"p1\",\"completion\":\"See a doctor.\"}\n{\"prompt_id\":\"p2\",\"completion\":\"Rest.\"}\n",
+    );
+    let (url, count, _server) = spawn_counting_server();
+    let judge = write(
+        dir.path(),
+        "judge.toml",
+        &format!("kind = \"http\"\ncache = \"cache.sqlite\"\n[http]\nbase_url = \"{url}\"\nmodel = \"counter\"\ntimeout_secs = 10\nretries = 1\n"),
+    );
+    let first = dir.path().join("first.jsonl");
+    let second = dir.path().join("second.jsonl");
+    let run = |out: &Path| {
+        ok(&arlrr(&[
+            "grade",
+            "--data",
+            &data,
+            "--responses",
+            &responses,
+            "--judge",
+            &judge,
+            "--out",
+            out.to_str().unwrap(),
+        ]))
+    };
+    let s1 = run(&first);
+    assert_eq!(count.load(Ordering::SeqCst), 4, "one request per criterion");
+    assert!(
+        s1.contains("cache: 0 hits, 4 misses; backend calls: 4"),
+        "{s1}"
+    );
+    let s2 = run(&second);
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        4,
+        "the second process made no requests"
+    );
+    assert!(
+        s2.contains("cache: 4 hits, 0 misses; backend calls: 0"),
+        "{s2}"
+    );
+    let (a, b) = (
+        read_lines(first.to_str().unwrap()),
+        read_lines(second.to_str().unwrap()),
+    );
+    assert_eq!(a[0]["met"], json!([true, true, true]));
+    assert_eq!(a[1]["met"], json!([false]));
+    assert_eq!(
+        a.iter().map(|l| &l["met"]).collect::<Vec<_>>(),
+        b.iter().map(|l| &l["met"]).collect::<Vec<_>>()
+    );
+    assert_eq!(a[0]["judge"], "http:counter");
+}
