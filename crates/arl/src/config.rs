@@ -76,20 +76,32 @@ pub struct DataConfig {
     pub classes: ClassSpec,
 }
 
-/// `[policy]`: `kind = "categorical"` (a phrase-table policy; see [`CategoricalConfig`]).
+/// `[policy]`: `kind = "categorical"` (a phrase-table policy; see [`CategoricalConfig`]) or
+/// `kind = "transformer"` (a GGUF/HF language model; see
+/// `arl::transformer::TransformerConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PolicyConfig {
     Categorical(CategoricalConfig),
+    #[cfg(feature = "transformer")]
+    Transformer(crate::transformer::TransformerConfig),
 }
 
-/// `[judge]`.
+/// `[judge]`: the judge crate's config (`kind = "rules" | "http" | "embedding"`, `cache`,
+/// `[judge.http]`, `[judge.embedding]`; see `judge::JudgeConfig`) plus the trainer's retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JudgeConfig {
-    /// `"rules"`: grades each criterion's machine-checkable `check` (criteria without one
-    /// fail and their responses are excluded).
-    pub kind: JudgeKind,
+    /// `"rules"` grades each criterion's machine-checkable `check` (criteria without one fail
+    /// and their responses are excluded); `"http"` asks an OpenAI-compatible endpoint;
+    /// `"embedding"` grades by sentence similarity (approximate, local).
+    pub kind: judge::JudgeKind,
+    /// SQLite verdict cache shared across runs; none when absent.
+    pub cache: Option<PathBuf>,
+    /// `kind = "http"`: `base_url`, `model`, `concurrency`, ... (required for http).
+    pub http: Option<judge::HttpJudgeConfig>,
+    /// `kind = "embedding"`: `threshold`, ... (defaults when absent).
+    pub embedding: Option<judge::EmbeddingJudgeConfig>,
     /// Times a failed verdict is asked again before its response is excluded.
     pub retries: u32,
 }
@@ -97,37 +109,63 @@ pub struct JudgeConfig {
 impl Default for JudgeConfig {
     fn default() -> Self {
         JudgeConfig {
-            kind: JudgeKind::Rules,
+            kind: judge::JudgeKind::Rules,
+            cache: None,
+            http: None,
+            embedding: None,
             retries: 2,
         }
     }
 }
 
 impl JudgeConfig {
-    /// A `--judge` argument: a judge kind (`rules`) or a TOML file holding these fields.
+    /// The judge crate's view of this section.
+    pub fn judge_config(&self) -> judge::JudgeConfig {
+        judge::JudgeConfig {
+            kind: self.kind,
+            cache: self.cache.clone(),
+            http: self.http.clone(),
+            embedding: self.embedding.clone(),
+        }
+    }
+
+    /// A `--judge` argument: a judge kind (`rules`, `embedding`) or a judge config file
+    /// (the judge crate's format, plus an optional `retries`).
     pub fn parse_arg(arg: &str) -> Result<JudgeConfig> {
         let path = Path::new(arg);
         if path.exists() {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read judge config {arg}"))?;
-            return toml::from_str(&text).map_err(|e| anyhow::anyhow!("{arg}: {e}"));
+            let mut table: toml::Table =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{arg}: {e}"))?;
+            let retries = match table.remove("retries") {
+                Some(v) => v
+                    .as_integer()
+                    .and_then(|r| u32::try_from(r).ok())
+                    .with_context(|| format!("{arg}: field `retries`: a non-negative integer"))?,
+                None => JudgeConfig::default().retries,
+            };
+            let j = judge::JudgeConfig::parse(&toml::to_string(&table)?, path)?;
+            return Ok(JudgeConfig {
+                kind: j.kind,
+                cache: j.cache,
+                http: j.http,
+                embedding: j.embedding,
+                retries,
+            });
         }
         let kind = toml::Value::String(arg.to_string())
             .try_into()
             .map_err(|_| {
-                anyhow::anyhow!("--judge `{arg}`: neither a file nor a judge kind (rules)")
+                anyhow::anyhow!(
+                    "--judge `{arg}`: neither a file nor a judge kind (rules, embedding)"
+                )
             })?;
         Ok(JudgeConfig {
             kind,
             ..JudgeConfig::default()
         })
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JudgeKind {
-    Rules,
 }
 
 /// `[eval]`: periodic validation.
@@ -193,6 +231,9 @@ impl TrainConfig {
         fix(&mut self.data.train);
         fix(&mut self.data.val);
         if let rubric::ClassScheme::Mapping(p) = &mut self.data.classes.scheme {
+            fix(p);
+        }
+        if let Some(p) = &mut self.judge.cache {
             fix(p);
         }
     }

@@ -139,19 +139,54 @@ pub fn resolve_model(model: &std::path::Path) -> Result<(std::path::PathBuf, cra
     Ok((ckpt, cfg))
 }
 
-/// `arlrr eval`: loads a trained policy, samples on `data`, grades every criterion.
+/// Generation settings for `arlrr eval` on a plain model file (a trained run brings its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelOptions {
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+}
+
+/// The policy behind `--model`: a run directory or checkpoint folder (policy config from the
+/// run's `config.toml`, weights from the checkpoint), or with the `transformer` feature a
+/// `.gguf` file / HF folder as it is. Returns the policy and the run's class spec.
+pub fn load_model(
+    model: &std::path::Path,
+    opts: &ModelOptions,
+) -> Result<(Box<dyn Policy>, rubric::ClassSpec)> {
+    let is_run = model.join("state.json").exists() || model.join("config.toml").exists();
+    if !is_run {
+        #[cfg(feature = "transformer")]
+        {
+            let cfg = crate::transformer::TransformerConfig {
+                model: model.to_path_buf(),
+                max_new_tokens: opts.max_new_tokens,
+                temperature: opts.temperature,
+                lora: None,
+                init_seed: 0,
+            };
+            let policy = crate::transformer::TransformerPolicy::new(cfg)?;
+            return Ok((Box::new(policy), rubric::ClassSpec::default()));
+        }
+    }
+    let _ = opts;
+    let (ckpt, cfg) = resolve_model(model)?;
+    let mut policy = crate::build_policy(&cfg.policy)?;
+    policy.load(&ckpt.join("policy.safetensors"))?;
+    Ok((policy, cfg.data.classes))
+}
+
+/// `arlrr eval`: loads a policy, samples on `data`, grades every criterion.
 pub fn evaluate_model(
     model: &std::path::Path,
+    opts: &ModelOptions,
     data: &std::path::Path,
     judge: &crate::JudgeConfig,
     samples: usize,
     seed: u64,
 ) -> Result<EvalReport> {
-    let (ckpt, cfg) = resolve_model(model)?;
-    let mut policy = crate::build_policy(&cfg.policy)?;
-    policy.load(&ckpt.join("policy.safetensors"))?;
+    let (mut policy, class_spec) = load_model(model, opts)?;
     let dataset = rubric::load(data)?;
-    let classes = rubric::MetaClasses::new(&cfg.data.classes, &[&dataset])?;
+    let classes = rubric::MetaClasses::new(&class_spec, &[&dataset])?;
     let assignment = classes.assign(&dataset)?;
     let set = EvalSet {
         examples: dataset.examples.iter().collect(),

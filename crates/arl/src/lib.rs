@@ -7,7 +7,6 @@
 
 pub mod categorical;
 pub mod checkpoint;
-pub mod compare;
 pub mod config;
 pub mod eval;
 pub mod grading;
@@ -20,9 +19,11 @@ pub mod policy;
 pub mod report;
 pub mod selector;
 pub mod trainer;
+#[cfg(feature = "transformer")]
+pub mod transformer;
 
 pub use categorical::{CategoricalConfig, CategoricalPolicy};
-pub use config::{JudgeConfig, JudgeKind, PolicyConfig, TrainConfig};
+pub use config::{JudgeConfig, PolicyConfig, TrainConfig};
 pub use eval::{evaluate, EvalReport, EvalSet};
 pub use metrics::StepMetrics;
 pub use objective::{ObjectiveKind, Target, Weights};
@@ -37,12 +38,13 @@ use std::sync::Arc;
 pub fn build_policy(cfg: &PolicyConfig) -> Result<Box<dyn Policy>> {
     Ok(match cfg {
         PolicyConfig::Categorical(c) => Box::new(CategoricalPolicy::new(c.clone())?),
+        #[cfg(feature = "transformer")]
+        PolicyConfig::Transformer(c) => Box::new(transformer::TransformerPolicy::new(c.clone())?),
     })
 }
 
 /// The judge a `[judge]` section names.
 pub fn build_judge(cfg: &JudgeConfig) -> Result<Arc<dyn judge::Judge>> {
-    Ok(match cfg.kind {
-        JudgeKind::Rules => Arc::new(judge::rules::RuleJudge::new()),
-    })
+    let built = judge::from_config(&cfg.judge_config())?;
+    Ok(Arc::from(built))
 }

@@ -38,11 +38,32 @@ pub enum ObjectiveKind {
     Gdpo,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", untagged)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Weights {
     Named(NamedWeights),
     Custom(BTreeMap<String, f64>),
+}
+
+impl<'de> Deserialize<'de> for Weights {
+    /// `"points"`, `"equal"` or a table of class weights; any other string is an error that
+    /// lists the choices (an untagged enum would only say "did not match any variant").
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Table(BTreeMap<String, f64>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Name(n) if n == "points" => Ok(Weights::Points),
+            Raw::Name(n) if n == "equal" => Ok(Weights::Equal),
+            Raw::Name(n) => Err(serde::de::Error::custom(format!(
+                "unknown weights `{n}`: use \"points\", \"equal\" or a table such as {{ accuracy = 2.0 }}"
+            ))),
+            Raw::Table(t) => Ok(Weights::Custom(t)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,5 +218,10 @@ mod tests {
         assert_eq!(p.w, Weights::Points);
         let c: W = toml::from_str("w = { accuracy = 2.0 }").unwrap();
         assert_eq!(c.w, Weights::Custom([("accuracy".to_string(), 2.0)].into()));
+        let e = toml::from_str::<W>("w = \"pointz\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("pointz") && e.contains("equal"), "{e}");
     }
 }

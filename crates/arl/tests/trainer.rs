@@ -301,7 +301,13 @@ fn nonfinite_loss_skips_the_update_and_training_goes_on() {
         "[objective]\nkind = \"scalarized\"",
     );
     cfg.run.steps = 6;
-    let arl::PolicyConfig::Categorical(pc) = cfg.policy.clone();
+    let pc = arl::CategoricalConfig {
+        vocab: serde_json::from_str(VOCAB).unwrap(),
+        max_tokens: 6,
+        condition_on_tag: None,
+        buckets: 1,
+        temperature: 1.0,
+    };
     let policy = NanPolicy {
         inner: arl::CategoricalPolicy::new(pc).unwrap(),
         calls: Default::default(),

@@ -5,13 +5,21 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run directory (its latest checkpoint) or one checkpoint folder.
+    /// A run directory (its latest checkpoint), one checkpoint folder, or a model as it is
+    /// (`.gguf` file or HF folder).
     #[arg(long)]
     pub model: PathBuf,
+    /// Longest response in tokens (plain model files only; a run uses its own config).
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature (plain model files only).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
     /// Data file (HealthBench or native JSONL).
     #[arg(long)]
     pub data: PathBuf,
-    /// Judge: `rules` or a TOML file with a `[judge]`-style table (kind, retries).
+    /// Judge: a kind (`rules`, `embedding`) or a judge config file (kind, cache, [http], ...,
+    /// and optionally `retries`).
     #[arg(long, default_value = "rules")]
     pub judge: String,
     /// Responses sampled per example.
@@ -26,7 +34,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let judge = arl::config::JudgeConfig::parse_arg(&a.judge)?;
-    let report = arl::eval::evaluate_model(&a.model, &a.data, &judge, a.samples, a.seed)?;
+    let opts = arl::eval::ModelOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+    };
+    let report = arl::eval::evaluate_model(&a.model, &opts, &a.data, &judge, a.samples, a.seed)?;
     print!("{}", report.table());
     if let Some(out) = &a.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)?;

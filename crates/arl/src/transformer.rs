@@ -1,0 +1,148 @@
+//! The transformer of the `policy` crate behind the trainer's [`Policy`] trait: ChatML prompts,
+//! batched sampling, teacher-forced log-probs with gradients, full or LoRA fine-tuning.
+
+use crate::policy::{Completion, Policy, TokenLogProbs};
+use anyhow::{Context, Result};
+use candle_core::{Device, Var};
+use rand_chacha::ChaCha8Rng;
+use rubric::Example;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `[policy]` with `kind = "transformer"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerConfig {
+    /// A `.gguf` file or an HF folder (config.json, *.safetensors, tokenizer.json);
+    /// `"smollm2"` names the fetched SmolLM2-135M-Instruct asset.
+    pub model: PathBuf,
+    /// Longest response, in tokens.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Sampling temperature (the log-probs use the same one).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// LoRA adapters (base frozen); absent = full fine-tuning.
+    #[serde(default)]
+    pub lora: Option<LoraSection>,
+    /// Seeds the LoRA `A` matrices.
+    #[serde(default)]
+    pub init_seed: u64,
+}
+
+fn default_max_new_tokens() -> usize {
+    64
+}
+fn default_temperature() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Projections to adapt: any of q, k, v, o, gate, up, down.
+    pub targets: Vec<String>,
+}
+
+pub struct TransformerPolicy {
+    pub config: TransformerConfig,
+    pub model: policy::Model,
+}
+
+impl TransformerPolicy {
+    pub fn new(config: TransformerConfig) -> Result<Self> {
+        let path = if config.model.as_os_str() == "smollm2" {
+            rubric::assets::smollm2_gguf().map_err(anyhow::Error::msg)?
+        } else {
+            config.model.clone()
+        };
+        let mut model = policy::Model::load(&path)
+            .with_context(|| format!("[policy] model: loading {}", path.display()))?;
+        if let Some(l) = &config.lora {
+            let targets = l
+                .targets
+                .iter()
+                .map(|t| policy::LoraTarget::parse(t))
+                .collect::<policy::Result<Vec<_>>>()
+                .context("[policy] lora.targets")?;
+            let lcfg = policy::LoraConfig {
+                rank: l.rank,
+                alpha: l.alpha,
+                targets,
+            };
+            lcfg.validate().context("[policy] lora")?;
+            model.transformer.add_lora(&lcfg, config.init_seed)?;
+        }
+        Ok(TransformerPolicy { config, model })
+    }
+
+    fn prompt_ids(&self, ex: &Example) -> Result<Vec<u32>> {
+        self.model
+            .tokenizer
+            .chat_prompt(&ex.prompt)
+            .with_context(|| format!("tokenizing the prompt of `{}`", ex.id))
+    }
+}
+
+impl Policy for TransformerPolicy {
+    fn generate(
+        &mut self,
+        prompts: &[&Example],
+        n: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<Vec<Completion>>> {
+        let mut batch = Vec::with_capacity(prompts.len() * n);
+        for ex in prompts {
+            let ids = self.prompt_ids(ex)?;
+            batch.extend(std::iter::repeat(ids).take(n));
+        }
+        let cfg = self
+            .model
+            .generation_config(self.config.max_new_tokens, self.config.temperature);
+        let gens = policy::generate(&self.model.transformer, &batch, &cfg, rng)?;
+        let mut out: Vec<Vec<Completion>> = Vec::with_capacity(prompts.len());
+        for chunk in gens.chunks(n) {
+            let group = chunk
+                .iter()
+                .map(|g| {
+                    Ok(Completion {
+                        text: self.model.tokenizer.decode(&g.tokens, true)?,
+                        tokens: g.tokens.clone(),
+                        log_probs: g.logprobs.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push(group);
+        }
+        Ok(out)
+    }
+
+    fn log_probs(&self, prompts: &[&Example], completions: &[&[u32]]) -> Result<TokenLogProbs> {
+        let pairs = prompts
+            .iter()
+            .zip(completions)
+            .map(|(ex, c)| Ok((self.prompt_ids(ex)?, c.to_vec())))
+            .collect::<Result<Vec<_>>>()?;
+        let lp =
+            policy::completion_log_probs(&self.model.transformer, &pairs, self.config.temperature)?;
+        Ok(TokenLogProbs {
+            log_probs: lp.logp,
+            mask: lp.mask,
+            entropy: lp.entropy,
+        })
+    }
+
+    fn vars(&self) -> Vec<(String, Var)> {
+        if self.config.lora.is_some() {
+            self.model.transformer.lora_vars()
+        } else {
+            self.model.transformer.named_vars()
+        }
+    }
+
+    fn device(&self) -> Device {
+        self.model.transformer.device().clone()
+    }
+}
