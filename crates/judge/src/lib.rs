@@ -2,6 +2,14 @@
 //!
 //! Every verdict says where it came from, and a judge that cannot decide says so
 //! ([`JudgeFailure`]) instead of guessing: the trainer excludes failures from rewards.
+//!
+//! - [`RuleJudge`]: machine-checkable criteria (`check`), deterministic and free.
+//! - [`HttpJudge`]: any OpenAI-compatible chat completions endpoint, one request per
+//!   criterion, bounded retries and concurrency.
+//! - [`EmbeddingJudge`]: approximate local grading by sentence similarity (MiniLM).
+//! - [`CachedJudge`]: a SQLite verdict cache in front of any of them.
+//! - [`from_config`]: builds one of the above from a TOML [`JudgeConfig`].
+//! - [`serve`]: an OpenAI-compatible server over a local model (`arlrr serve-judge`).
 
 pub mod cache;
 pub mod config;
