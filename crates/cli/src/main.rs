@@ -4,6 +4,7 @@ mod cmd_compare;
 mod cmd_data;
 mod cmd_eval;
 mod cmd_fetch;
+mod cmd_generate;
 mod cmd_grade;
 mod cmd_serve_judge;
 mod cmd_train;
@@ -26,6 +27,8 @@ enum Command {
     Data(cmd_data::DataArgs),
     /// Score graded responses exactly as HealthBench does.
     Score(cmd_data::ScoreArgs),
+    /// Sample a reply from a model (.gguf or HF folder), streaming tokens to stdout.
+    Generate(cmd_generate::Args),
     /// Grade responses criterion by criterion with a judge (rules, HTTP LLM, embeddings).
     Grade(cmd_grade::GradeArgs),
     /// Serve the OpenAI chat completions protocol from a local GGUF model (a local judge).
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Fetch(a) => cmd_fetch::run(a),
         Command::Data(a) => cmd_data::run_data(a),
         Command::Score(a) => cmd_data::run_score(a),
+        Command::Generate(a) => cmd_generate::run(a),
         Command::Grade(a) => cmd_grade::run(a),
         Command::ServeJudge(a) => cmd_serve_judge::run(a),
         Command::Train(a) => cmd_train::run(a),

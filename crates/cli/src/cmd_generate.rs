@@ -1,0 +1,101 @@
+//! `arlrr generate`: a quick look at a model. Loads a `.gguf` file or HF folder, wraps the
+//! prompt in the chat template (unless `--raw`) and streams the sampled tokens to stdout.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A `.gguf` file or an HF folder (config.json, *.safetensors, tokenizer.json); default:
+    /// the fetched SmolLM2-135M-Instruct GGUF.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The user message (or the raw text with `--raw`).
+    #[arg(long)]
+    prompt: String,
+    /// Optional system message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed the prompt as plain text, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Optional LoRA adapter folder (saved by the trainer) applied on top of the model.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let path = match a.model {
+        Some(p) => p,
+        None => rubric::assets::smollm2_gguf()
+            .map_err(anyhow::Error::msg)
+            .context(
+                "no --model given and the default SmolLM2 asset is missing (run `arlrr fetch`)",
+            )?,
+    };
+    let mut model =
+        policy::Model::load(&path).with_context(|| format!("loading model {}", path.display()))?;
+    if let Some(dir) = &a.lora {
+        policy::load_lora(&mut model.transformer, dir)
+            .with_context(|| format!("loading LoRA adapters from {}", dir.display()))?;
+    }
+    let tok = &model.tokenizer;
+    let prompt = if a.raw {
+        tok.encode(&a.prompt)?
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = a.system {
+            msgs.push(rubric::Message {
+                role: "system".into(),
+                content: s,
+            });
+        }
+        msgs.push(rubric::Message {
+            role: "user".into(),
+            content: a.prompt,
+        });
+        tok.chat_prompt(&msgs)?
+    };
+    let mut cfg = model.generation_config(a.max_tokens, a.temperature);
+    cfg.top_p = a.top_p;
+    cfg.top_k = a.top_k;
+    let mut rng = policy::seeded_rng(a.seed);
+    // Decode the whole completion each time and print the new suffix: a token can end in the
+    // middle of a UTF-8 character, which only a later token completes.
+    let mut tokens = Vec::new();
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout();
+    let start = std::time::Instant::now();
+    policy::generate_with(&model.transformer, &[prompt], &cfg, &mut rng, |_, t| {
+        tokens.push(t);
+        if let Ok(text) = tok.decode(&tokens, true) {
+            if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{FFFD}')
+            {
+                let _ = stdout.write_all(text[printed..].as_bytes());
+                let _ = stdout.flush();
+                printed = text.len();
+            }
+        }
+    })?;
+    println!();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} tokens in {secs:.2}s, {:.1} tokens/s]",
+        tokens.len(),
+        tokens.len() as f64 / secs
+    );
+    Ok(())
+}
