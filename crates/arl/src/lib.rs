@@ -7,6 +7,7 @@
 
 pub mod categorical;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod eval;
 pub mod grading;
