@@ -84,7 +84,7 @@ pub fn run(a: Args) -> Result<()> {
         if let Ok(text) = tok.decode(&tokens, true) {
             if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{FFFD}')
             {
-                let _ = stdout.write_all(text[printed..].as_bytes());
+                let _ = stdout.write_all(&text.as_bytes()[printed..]);
                 let _ = stdout.flush();
                 printed = text.len();
             }
