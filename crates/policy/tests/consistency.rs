@@ -264,7 +264,10 @@ fn custom_softmax_ops_match_primitives_in_value_and_gradient() {
         assert!(max_abs_diff(&a, &b) < 1e-12);
         let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        let (ga, gb) = (
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+        );
         assert!(max_abs_diff(ga, gb) < 1e-12);
         assert!(common::max_abs(ga) > 1e-3);
     }
