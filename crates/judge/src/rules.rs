@@ -133,7 +133,7 @@ impl RuleJudge {
             Some(check) => match self.evaluate(check, response) {
                 Ok(met) => (
                     Ok(if met { 1.0 } else { 0.0 }),
-                    format!("rule {} {}", check_kind(check), if met { "holds" } else { "does not hold" }),
+                    explain(check, met),
                 ),
                 Err(e) => (Err(JudgeFailure::Other(e)), String::new()),
             },
@@ -193,6 +193,18 @@ fn non_empty<T>(items: &[T], kind: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// "rule <kind> holds" / "does not hold", built without the formatting machinery: this runs
+/// once per verdict on the rule judge's hot path.
+fn explain(check: &Check, met: bool) -> String {
+    let kind = check_kind(check);
+    let verdict = if met { " holds" } else { " does not hold" };
+    let mut s = String::with_capacity(5 + kind.len() + verdict.len());
+    s.push_str("rule ");
+    s.push_str(kind);
+    s.push_str(verdict);
+    s
 }
 
 /// The `kind` tag of a check as written in the data, for explanations.
