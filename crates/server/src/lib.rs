@@ -1,1 +1,320 @@
-//! placeholder, filled by its issue
+//! The reward service: ARL-RR rewards and scheduling for distributed RL engines (OpenRLHF,
+//! verl, TRL) that keep their own policy and rollouts and ask arlrr for rewards over HTTP.
+//!
+//! One process holds the rubric data, the judge (with its SQLite verdict cache) and the phase
+//! schedule, so every rollout worker sees the same active class and no verdict is paid twice.
+//! Endpoints (all JSON; errors are `{"error": {"message", "type", "field", "items"}}` with 4xx
+//! for bad input and the service keeps serving):
+//!
+//! - `POST /openrlhf/reward` (alias `/get_reward`): OpenRLHF's remote reward protocol
+//!   (`--remote_rm_url`), see [`api::openrlhf_reward`].
+//! - `POST /v1/rewards`: the native endpoint for any client, see [`api::native_rewards`].
+//! - `GET /v1/schedule`, `POST /v1/schedule/report`: the phase schedule ([`schedule`]).
+//! - `GET /healthz` (never needs the token), `GET /metrics` (Prometheus text).
+//!
+//! Prompts are matched to rubric examples by id or by normalized prompt text ([`prompts`]).
+//! A group, for GDPO's per-group normalization, is the completions of one item of a native
+//! request, or the completions of one prompt within one OpenRLHF request.
+
+pub mod api;
+pub mod metrics;
+pub mod prompts;
+pub mod schedule;
+
+use anyhow::Result;
+use arl::{ObjectiveKind, Target, Weights};
+use judge::{GradeTask, Judge, JudgeFailure};
+use rubric::{ClassSpec, Dataset, RewardVector};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use api::router;
+pub use schedule::{Report, ScheduleSettings, Scheduler, Status, ValidationScores};
+
+/// `eps` in GDPO's `(r - mean) / (std + eps)`, as the trainer's GRPO default.
+pub const GDPO_EPS: f64 = 1e-6;
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// Time a request may take before it is answered 503 (grading is abandoned).
+    pub request_timeout: Duration,
+    /// Most completions graded in one request (413 above).
+    pub max_completions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 32 << 20,
+            // under OpenRLHF's 180 s client timeout, so it gets an answer it can retry on
+            request_timeout: Duration::from_secs(170),
+            max_completions: 8192,
+        }
+    }
+}
+
+/// What a service is built from.
+pub struct ServiceConfig {
+    pub data: Dataset,
+    pub classes: ClassSpec,
+    pub judge: Arc<dyn Judge>,
+    /// Whether `judge` has a verdict cache in front (then judge calls = cache misses).
+    pub judge_cached: bool,
+    pub objective: ObjectiveKind,
+    /// `scalarized` weights.
+    pub weights: Weights,
+    pub schedule: ScheduleSettings,
+    /// Folder of `schedule_state.json` and `schedule.jsonl`.
+    pub state_dir: PathBuf,
+    /// Bearer token every endpoint but `/healthz` requires; none = open.
+    pub token: Option<String>,
+    pub limits: Limits,
+}
+
+/// The objective resolved against the class list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Objective {
+    /// ARL-RR: the active class's reward.
+    Alternating,
+    /// A fixed scalarization (`Target::Overall` or `Target::Weighted`).
+    Scalarized(Target),
+    /// GDPO: per-class group normalization, summed, normalized over the request.
+    Gdpo,
+}
+
+/// The running service's shared state.
+pub struct Service {
+    pub(crate) data: Dataset,
+    /// Class of each criterion of each example.
+    pub(crate) class_of: Vec<Vec<usize>>,
+    pub(crate) class_names: Vec<String>,
+    pub(crate) index: prompts::PromptIndex,
+    pub(crate) judge: Arc<dyn Judge>,
+    pub(crate) judge_cached: bool,
+    pub(crate) objective: Objective,
+    pub(crate) scheduler: Mutex<Scheduler>,
+    pub(crate) metrics: metrics::Metrics,
+    pub(crate) token: Option<String>,
+    pub(crate) limits: Limits,
+}
+
+/// Why a completion got no reward.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GradeFailure {
+    /// The judge failed after its own retries (timeouts, 5xx, unparseable answers); asking
+    /// again may work.
+    Transient(String),
+    /// The judge cannot grade a criterion at all (e.g. the rule judge and a criterion without
+    /// `check`): a data/judge mismatch no retry fixes.
+    NotGradable(String),
+}
+
+impl GradeFailure {
+    pub fn message(&self) -> &str {
+        match self {
+            GradeFailure::Transient(m) | GradeFailure::NotGradable(m) => m,
+        }
+    }
+}
+
+/// Resolves `scalarized` weights as the trainer does: `points` = the HealthBench overall
+/// score, `equal`, or a table of class weights (missing classes weigh 0).
+pub fn scalarized_target(weights: &Weights, classes: &[String]) -> Result<Target> {
+    Ok(match weights {
+        w if *w == Weights::Points => Target::Overall,
+        w if *w == Weights::Equal => Target::Weighted(vec![1.0; classes.len()]),
+        Weights::Custom(map) => {
+            for name in map.keys() {
+                anyhow::ensure!(
+                    classes.contains(name),
+                    "weight for `{name}`: not a meta-class (classes: {})",
+                    classes.join(", ")
+                );
+            }
+            Target::Weighted(
+                classes
+                    .iter()
+                    .map(|n| map.get(n).copied().unwrap_or(0.0))
+                    .collect(),
+            )
+        }
+        Weights::Named(_) => anyhow::bail!("unknown named weights"),
+    })
+}
+
+impl Service {
+    /// Assigns classes, resolves the objective and opens (or resumes) the schedule.
+    pub fn new(config: ServiceConfig) -> Result<Arc<Service>> {
+        anyhow::ensure!(
+            !config.data.is_empty(),
+            "{}: no examples",
+            config.data.source.display()
+        );
+        // arl's task data gives the class assignment, the classes with a signal and the
+        // points shares the deficit selector weighs by, exactly as a training run has them.
+        let task = arl::TaskData::new(
+            config.data.clone(),
+            config.data,
+            &config.classes,
+            usize::MAX,
+        )?;
+        let objective = match config.objective {
+            ObjectiveKind::Alternating => Objective::Alternating,
+            ObjectiveKind::Gdpo => Objective::Gdpo,
+            ObjectiveKind::Scalarized => {
+                Objective::Scalarized(scalarized_target(&config.weights, &task.classes.names)?)
+            }
+        };
+        let settings = ScheduleSettings {
+            objective: config.objective,
+            ..config.schedule
+        };
+        let scheduler = Scheduler::open(
+            &config.state_dir,
+            settings,
+            &task.classes.names,
+            task.trainable.clone(),
+            task.select_weights.clone(),
+        )?;
+        Ok(Arc::new(Service {
+            index: prompts::PromptIndex::new(&task.train),
+            class_of: task.train_classes,
+            class_names: task.classes.names,
+            data: task.train,
+            judge: config.judge,
+            judge_cached: config.judge_cached,
+            objective,
+            scheduler: Mutex::new(scheduler),
+            metrics: metrics::Metrics::default(),
+            token: config.token,
+            limits: config.limits,
+        }))
+    }
+
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The schedule's status now.
+    pub fn status(&self) -> Status {
+        self.scheduler.lock().expect("scheduler lock").status()
+    }
+
+    /// Grades completions (`(example position, text)`) against their full rubrics in one
+    /// judge batch; one reward vector or failure each, in order.
+    pub async fn grade(&self, items: &[(usize, &str)]) -> Vec<Result<RewardVector, GradeFailure>> {
+        let tasks: Vec<GradeTask<'_>> = items
+            .iter()
+            .map(|&(i, response)| GradeTask {
+                example: &self.data.examples[i],
+                response,
+                criteria: None,
+            })
+            .collect();
+        let results = self.judge.grade(&tasks).await;
+        let mut out = Vec::with_capacity(items.len());
+        for (n, &(i, _)) in items.iter().enumerate() {
+            let example = &self.data.examples[i];
+            let Some(grades) = results.get(n) else {
+                out.push(Err(GradeFailure::Transient(
+                    "the judge returned fewer results than asked for".into(),
+                )));
+                continue;
+            };
+            let mut verdicts = vec![f64::NAN; example.criteria.len()];
+            let mut failure = None;
+            for g in grades {
+                match (&g.outcome, verdicts.get_mut(g.criterion)) {
+                    (Ok(v), Some(slot)) => *slot = *v,
+                    (Err(e), _) => {
+                        let message = format!("criterion {}: {e}", g.criterion);
+                        failure.get_or_insert(match e {
+                            JudgeFailure::NotGradable(_) => GradeFailure::NotGradable(message),
+                            _ => GradeFailure::Transient(message),
+                        });
+                    }
+                    (Ok(_), None) => {
+                        failure.get_or_insert(GradeFailure::Transient(format!(
+                            "the judge graded criterion {} of an example with {}",
+                            g.criterion,
+                            example.criteria.len()
+                        )));
+                    }
+                }
+            }
+            if failure.is_none() && verdicts.iter().any(|v| v.is_nan()) {
+                failure = Some(GradeFailure::Transient(
+                    "the judge left criteria without a verdict".into(),
+                ));
+            }
+            out.push(match failure {
+                Some(f) => Err(f),
+                None => Ok(rubric::score::reward_vector(
+                    example,
+                    &self.class_of[i],
+                    self.class_names.len(),
+                    &verdicts,
+                )),
+            });
+        }
+        self.metrics.add_completions(items.len() as u64);
+        out
+    }
+
+    /// The scalar reward of every completion under the objective (`groups[group][completion]`,
+    /// `None` in = failed grading). `None` out = no signal: the active class (or every class)
+    /// has no positive-point criterion for that prompt, or, for GDPO, the group has no spread.
+    pub fn scalar_rewards(
+        &self,
+        groups: &[Vec<Option<RewardVector>>],
+        active: Option<usize>,
+    ) -> Vec<Vec<Option<f64>>> {
+        let per_completion = |target: &Target| {
+            groups
+                .iter()
+                .map(|g| {
+                    g.iter()
+                        .map(|r| r.as_ref().and_then(|r| target.reward(r)))
+                        .collect()
+                })
+                .collect()
+        };
+        match &self.objective {
+            Objective::Alternating => match active {
+                Some(k) => per_completion(&Target::Class(k)),
+                None => groups.iter().map(|g| vec![None; g.len()]).collect(),
+            },
+            Objective::Scalarized(target) => per_completion(target),
+            Objective::Gdpo => {
+                Target::Decoupled
+                    .advantages(groups, self.class_names.len(), GDPO_EPS)
+                    .advantages
+            }
+        }
+    }
+
+    /// Counts graded completions toward steps and logs a decision they trigger.
+    pub(crate) fn count_completions(&self, n: u64) {
+        let decided = self
+            .scheduler
+            .lock()
+            .expect("scheduler lock")
+            .count_completions(n);
+        match decided {
+            Ok(Some(d)) => eprintln!(
+                "arlrr serve: step {}: phase {} trains `{}`",
+                d.step, d.phase, d.chosen
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("arlrr serve: warning: schedule state not saved: {e:#}"),
+        }
+    }
+}

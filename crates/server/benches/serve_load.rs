@@ -1,0 +1,136 @@
+//! Loopback load benchmark of the reward service: 500 concurrent OpenRLHF-shaped requests
+//! (8 completions of one built-in prompt each) against an in-process service with the rule
+//! judge and its SQLite cache; prints answered / lost and the latency median and p99.
+//!
+//! `cargo bench -p server --bench serve_load` (`ARLRR_BENCH_REQUESTS` and
+//! `ARLRR_BENCH_COMPLETIONS` change the load).
+
+use rand::SeedableRng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let requests = env_or("ARLRR_BENCH_REQUESTS", 500);
+    let per_request = env_or("ARLRR_BENCH_COMPLETIONS", 8);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = rubric::builtin::write_splits(rubric::builtin::BuiltinSpec::default(), dir.path())
+        .expect("write the built-in task");
+    let data = rubric::load(&files[0].1).expect("load the built-in train split");
+    let judge = judge::CachedJudge::open(judge::RuleJudge::new(), dir.path().join("cache.sqlite"))
+        .expect("open the cache");
+    let service = server::Service::new(server::ServiceConfig {
+        data,
+        classes: rubric::ClassSpec::default(),
+        judge: Arc::new(judge),
+        judge_cached: true,
+        objective: arl::ObjectiveKind::Alternating,
+        weights: arl::Weights::Points,
+        schedule: server::ScheduleSettings {
+            objective: arl::ObjectiveKind::Alternating,
+            phases: arl::selector::PhaseConfig {
+                selector: arl::SelectorKind::RoundRobin,
+                ..Default::default()
+            },
+            completions_per_step: 0,
+        },
+        state_dir: dir.path().join("state"),
+        token: None,
+        limits: server::Limits::default(),
+    })
+    .expect("build the service");
+
+    // requests: one prompt each, 8 sampled responses of mixed quality
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let bodies: Vec<String> = (0..requests)
+        .map(|i| {
+            let ex = &service.data().examples[i % service.data().len()];
+            let prompt = server::prompts::conversation_text(&ex.prompt);
+            let query: Vec<String> = (0..per_request)
+                .map(|j| {
+                    let q = j as f64 / per_request.max(1) as f64;
+                    format!(
+                        "{prompt}{}",
+                        rubric::builtin::sample_response(ex, q, &mut rng)
+                    )
+                })
+                .collect();
+            serde_json::json!({
+                "query": query,
+                "prompts": vec![prompt; per_request],
+                "labels": vec![ex.id.clone(); per_request],
+            })
+            .to_string()
+        })
+        .collect();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/openrlhf/reward", listener.local_addr().unwrap());
+        tokio::spawn(server::api::serve(listener, service));
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(requests)
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let tasks: Vec<_> = bodies
+            .into_iter()
+            .map(|body| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    let ok = match r {
+                        Ok(r) if r.status().is_success() => r
+                            .json::<serde_json::Value>()
+                            .await
+                            .map(|v| v["rewards"].as_array().map(Vec::len) == Some(per_request))
+                            .unwrap_or(false),
+                        _ => false,
+                    };
+                    (ok, t.elapsed())
+                })
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(requests);
+        let mut answered = 0;
+        for t in tasks {
+            if let Ok((ok, d)) = t.await {
+                answered += usize::from(ok);
+                latencies.push(d.as_secs_f64() * 1e3);
+            }
+        }
+        let wall = start.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "serve_load: {requests} concurrent requests x {per_request} completions over loopback \
+             (rule judge + SQLite cache, first grading)"
+        );
+        println!(
+            "  answered {answered}, lost {}; latency median {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+             {:.0} completions/s",
+            requests - answered,
+            pct(0.5),
+            pct(0.99),
+            pct(1.0),
+            (answered * per_request) as f64 / wall
+        );
+    });
+}

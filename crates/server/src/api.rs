@@ -1,0 +1,757 @@
+//! HTTP handlers, the auth/timeout/metrics middleware and the router.
+
+use crate::prompts::{id_of, response_from_query, MatchError};
+use crate::schedule::{Report, ValidationScores};
+use crate::{GradeFailure, Service};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rubric::{Message, RewardVector};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// An error answer: `{"error": {"message", "type", "field", "items"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    field: Option<String>,
+    items: Vec<ItemError>,
+}
+
+/// What is wrong with one item of a batch request.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemError {
+    pub index: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            field: None,
+            items: Vec::new(),
+        }
+    }
+
+    fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            field: Some(field.into()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        }
+    }
+
+    /// A batch with bad items: 422 naming every one (up to 100).
+    fn items(status: StatusCode, kind: &'static str, items: Vec<ItemError>) -> Self {
+        let first = &items[0];
+        let message = format!(
+            "{} item(s) rejected; first: item {} (`{}`): {}",
+            items.len(),
+            first.index,
+            first.field,
+            first.message
+        );
+        ApiError {
+            items: items.into_iter().take(100).collect(),
+            ..ApiError::new(status, kind, message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "field": self.field,
+            "items": self.items,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Parses a JSON body into `T`, naming the offending field (`items[2].completions`).
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        let status = e.status();
+        let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request_too_large"
+        } else {
+            "invalid_request"
+        };
+        ApiError::new(status, kind, format!("cannot read the request body: {e}"))
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = if inner.is_syntax() || inner.is_eof() {
+            "request body is not valid JSON"
+        } else {
+            "request body has the wrong shape"
+        };
+        ApiError::bad_request(
+            if path == "." { "(body)".into() } else { path },
+            format!("{what}: {inner}"),
+        )
+    })
+}
+
+fn check_count(service: &Service, n: usize) -> Result<(), ApiError> {
+    let max = service.limits.max_completions;
+    if n > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("{n} completions in one request; the limit is {max} (--max-completions)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Per-completion failures as an error answer: 500 for a data/judge mismatch (no retry helps),
+/// 503 otherwise (retrying, as OpenRLHF's client does, may succeed; verdicts already obtained
+/// are cached).
+fn grading_failed(failures: Vec<(usize, &str, GradeFailure)>) -> ApiError {
+    let permanent = failures
+        .iter()
+        .any(|(_, _, f)| matches!(f, GradeFailure::NotGradable(_)));
+    let items = failures
+        .into_iter()
+        .map(|(index, field, f)| ItemError {
+            index,
+            field: format!("{field}[{index}]"),
+            message: format!("judge failed: {}", f.message()),
+        })
+        .collect();
+    if permanent {
+        ApiError::items(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "judge_cannot_grade",
+            items,
+        )
+    } else {
+        ApiError::items(StatusCode::SERVICE_UNAVAILABLE, "judge_unavailable", items)
+    }
+}
+
+/// The reward vector as JSON: per-class values by name, `null` = no signal.
+fn class_map(service: &Service, r: &RewardVector) -> Map<String, Value> {
+    service
+        .class_names
+        .iter()
+        .zip(&r.classes)
+        .map(|(n, v)| (n.clone(), json!(v)))
+        .collect()
+}
+
+/// Groups item indices by a key, in order of first appearance.
+fn group_by<K: Eq + std::hash::Hash + Copy>(keys: &[K]) -> Vec<Vec<usize>> {
+    let mut order: Vec<Vec<usize>> = Vec::new();
+    let mut at: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        let g = *at.entry(*k).or_insert_with(|| {
+            order.push(Vec::new());
+            order.len() - 1
+        });
+        order[g].push(i);
+    }
+    order
+}
+
+/// OpenRLHF's remote reward request, as its `remote_rm_fn_ray` sends it (OpenRLHF
+/// v0.6–v0.9, `openrlhf/utils/remote_rm_utils.py`): `query` = prompt + response as the engine
+/// decoded them, `prompts` = the prompt texts, `labels` = the `--label_key` column. Other
+/// fields that forks add are ignored.
+#[derive(Debug, Deserialize)]
+pub struct OpenRlhfRequest {
+    pub query: Vec<String>,
+    #[serde(default)]
+    pub prompts: Option<Vec<String>>,
+    #[serde(default)]
+    pub labels: Option<Vec<Value>>,
+}
+
+/// `POST /openrlhf/reward` (and `/get_reward`, the path of OpenRLHF's own `serve_rm`).
+///
+/// Each query is matched by its label (the example id: set `--label_key` to the id column)
+/// or, when the label is null or empty, by its prompt text; the response is the query after
+/// the prompt, without trailing special tokens. Answer, read by OpenRLHF's
+/// `request_api_wrapper` + `update_samples_with_rewards` (v0.8/0.9), one value per query in
+/// order:
+/// - `rewards`: the scalar under the objective (no signal = 0.0, which GRPO-style group
+///   normalization turns into a zero advantage since it is the same for the whole group);
+/// - `scores`: the overall rubric score clipped to [0, 1] (dynamic filtering);
+/// - `extra_logs`: `arlrr/overall` and `arlrr/<class>` (0.0 where undefined) with
+///   `arlrr/<class>_defined` (1.0 / 0.0), and `arlrr/active_class` (the class index, -1 for
+///   the baselines): the same keys in every answer, as OpenRLHF concatenates them.
+///
+/// A judge failure fails the whole request (503), so OpenRLHF retries it; a reward is never
+/// made up for an ungraded completion.
+pub async fn openrlhf_reward(
+    State(service): State<Arc<Service>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: OpenRlhfRequest = parse(body)?;
+    let n = req.query.len();
+    check_count(&service, n)?;
+    let Some(prompts) = &req.prompts else {
+        return Err(ApiError::bad_request(
+            "prompts",
+            "missing: the prompt texts are needed to cut each response out of its query",
+        ));
+    };
+    if prompts.len() != n {
+        return Err(ApiError::bad_request(
+            "prompts",
+            format!("{} entries, but `query` has {n}", prompts.len()),
+        ));
+    }
+    if let Some(labels) = &req.labels {
+        if labels.len() != n {
+            return Err(ApiError::bad_request(
+                "labels",
+                format!("{} entries, but `query` has {n}", labels.len()),
+            ));
+        }
+    }
+    let mut errors = Vec::new();
+    let mut matched: Vec<(usize, &str)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let label = req.labels.as_ref().map(|l| &l[i]);
+        let id = label.and_then(id_of);
+        if let Some(l) = label.filter(|l| !l.is_null() && id.is_none()) {
+            errors.push(ItemError {
+                index: i,
+                field: format!("labels[{i}]"),
+                message: format!("expected the example id (a string or number) or null, got {l}"),
+            });
+            continue;
+        }
+        let example = match service
+            .index
+            .find(&service.data, id.as_deref(), Some(&prompts[i]))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                let field = if matches!(e, MatchError::UnknownId(_)) {
+                    format!("labels[{i}]")
+                } else {
+                    format!("prompts[{i}]")
+                };
+                errors.push(ItemError {
+                    index: i,
+                    field,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        match response_from_query(&req.query[i], &prompts[i]) {
+            Some(r) => matched.push((example, r)),
+            None => errors.push(ItemError {
+                index: i,
+                field: format!("query[{i}]"),
+                message: "the query does not contain its prompt (`prompts[i]`)".into(),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::items(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_items",
+            errors,
+        ));
+    }
+
+    let graded = service.grade(&matched).await;
+    let failures: Vec<(usize, &str, GradeFailure)> = graded
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| g.as_ref().err().map(|f| (i, "query", f.clone())))
+        .collect();
+    if !failures.is_empty() {
+        return Err(grading_failed(failures));
+    }
+    let rewards: Vec<RewardVector> = graded.into_iter().map(|g| g.expect("checked")).collect();
+    let examples: Vec<usize> = matched.iter().map(|m| m.0).collect();
+    let groups = group_by(&examples);
+    let grouped: Vec<Vec<Option<RewardVector>>> = groups
+        .iter()
+        .map(|g| g.iter().map(|&i| Some(rewards[i].clone())).collect())
+        .collect();
+    let active = service
+        .scheduler
+        .lock()
+        .expect("scheduler lock")
+        .active_class();
+    let scalars = service.scalar_rewards(&grouped, active);
+    let mut reward = vec![0.0; n];
+    for (g, values) in groups.iter().zip(scalars) {
+        for (&i, v) in g.iter().zip(values) {
+            reward[i] = v.unwrap_or(0.0);
+        }
+    }
+    let scores: Vec<f64> = rewards
+        .iter()
+        .map(|r| r.overall.unwrap_or(0.0).clamp(0.0, 1.0))
+        .collect();
+    let mut logs = Map::new();
+    logs.insert(
+        "arlrr/overall".into(),
+        json!(rewards
+            .iter()
+            .map(|r| r.overall.unwrap_or(0.0))
+            .collect::<Vec<_>>()),
+    );
+    for (k, name) in service.class_names.iter().enumerate() {
+        let values: Vec<f64> = rewards
+            .iter()
+            .map(|r| r.classes[k].unwrap_or(0.0))
+            .collect();
+        let defined: Vec<f64> = rewards
+            .iter()
+            .map(|r| f64::from(u8::from(r.classes[k].is_some())))
+            .collect();
+        logs.insert(format!("arlrr/{name}"), json!(values));
+        logs.insert(format!("arlrr/{name}_defined"), json!(defined));
+    }
+    let active_index = active.map_or(-1.0, |k| k as f64);
+    logs.insert("arlrr/active_class".into(), json!(vec![active_index; n]));
+    service.count_completions(n as u64);
+    Ok(Json(json!({
+        "rewards": reward,
+        "scores": scores,
+        "extra_logs": logs,
+    })))
+}
+
+/// A prompt as a client may send it: plain text or chat messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptText {
+    Text(String),
+    Messages(Vec<Message>),
+}
+
+/// One prompt and its completions (a GDPO group).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeItem {
+    /// The example id (string or number); wins over `prompt` when both are given.
+    #[serde(default)]
+    pub prompt_id: Option<Value>,
+    #[serde(default)]
+    pub prompt: Option<PromptText>,
+    pub completions: Vec<String>,
+}
+
+/// `{"items": [...]}`, or one item's fields at the top level.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NativeRequest {
+    Batch { items: Vec<NativeItem> },
+    Single(NativeItem),
+}
+
+fn item_example(service: &Service, item: &NativeItem, index: usize) -> Result<usize, ItemError> {
+    let err = |field: &str, message: String| ItemError {
+        index,
+        field: format!("items[{index}].{field}"),
+        message,
+    };
+    let id = match &item.prompt_id {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(id_of(v).ok_or_else(|| {
+            err(
+                "prompt_id",
+                format!("expected a string or a number, got {v}"),
+            )
+        })?),
+    };
+    let text = match &item.prompt {
+        None => None,
+        Some(PromptText::Text(t)) => Some(t.clone()),
+        Some(PromptText::Messages(m)) => Some(crate::prompts::conversation_text(m)),
+    };
+    service
+        .index
+        .find(&service.data, id.as_deref(), text.as_deref())
+        .map_err(|e| {
+            let field = match e {
+                MatchError::UnknownId(_) => "prompt_id",
+                _ => "prompt",
+            };
+            err(field, e.to_string())
+        })
+}
+
+/// `POST /v1/rewards`: the native endpoint.
+///
+/// Request: `{"items": [{"prompt_id": "...", "completions": ["...", ...]}, ...]}` (or one
+/// item's fields at the top level); `prompt` (text or `[{role, content}]`) may replace
+/// `prompt_id`. An item's completions form one GDPO group.
+///
+/// Answer: `objective`, `active_class`, `phase`, `step`, `classes`, and per item
+/// `{"prompt_id", "completions": [{"reward", "overall", "classes": {name: value}, "error"}]}`
+/// where `reward` is the scalar under the objective and `null` means no signal (or a failed
+/// grading, with `error` saying why; the other completions are still answered).
+pub async fn native_rewards(
+    State(service): State<Arc<Service>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let items = match parse::<NativeRequest>(body)? {
+        NativeRequest::Batch { items } => items,
+        NativeRequest::Single(item) => vec![item],
+    };
+    let total: usize = items.iter().map(|i| i.completions.len()).sum();
+    check_count(&service, total)?;
+    let mut errors = Vec::new();
+    let mut examples = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item_example(&service, item, i) {
+            Ok(e) => examples.push(e),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::items(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_items",
+            errors,
+        ));
+    }
+    let flat: Vec<(usize, &str)> = items
+        .iter()
+        .zip(&examples)
+        .flat_map(|(item, &e)| item.completions.iter().map(move |c| (e, c.as_str())))
+        .collect();
+    let mut graded = service.grade(&flat).await.into_iter();
+    let graded: Vec<Vec<Result<RewardVector, GradeFailure>>> = items
+        .iter()
+        .map(|item| graded.by_ref().take(item.completions.len()).collect())
+        .collect();
+    let groups: Vec<Vec<Option<RewardVector>>> = graded
+        .iter()
+        .map(|g| g.iter().map(|r| r.as_ref().ok().cloned()).collect())
+        .collect();
+    let (active, status) = {
+        let s = service.scheduler.lock().expect("scheduler lock");
+        (s.active_class(), s.status())
+    };
+    let scalars = service.scalar_rewards(&groups, active);
+    let out_items: Vec<Value> = graded
+        .iter()
+        .zip(&scalars)
+        .zip(&examples)
+        .map(|((g, s), &e)| {
+            let completions: Vec<Value> = g
+                .iter()
+                .zip(s)
+                .map(|(r, scalar)| match r {
+                    Ok(r) => json!({
+                        "reward": scalar,
+                        "overall": r.overall,
+                        "classes": class_map(&service, r),
+                    }),
+                    Err(f) => json!({
+                        "reward": null,
+                        "overall": null,
+                        "classes": null,
+                        "error": format!("judge failed: {}", f.message()),
+                    }),
+                })
+                .collect();
+            json!({"prompt_id": service.data.examples[e].id, "completions": completions})
+        })
+        .collect();
+    service.count_completions(total as u64);
+    Ok(Json(json!({
+        "objective": status.objective,
+        "active_class": active.map(|k| service.class_names[k].clone()),
+        "phase": status.phase,
+        "step": status.step,
+        "classes": service.class_names,
+        "items": out_items,
+    })))
+}
+
+/// `GET /v1/schedule`.
+pub async fn schedule_status(State(service): State<Arc<Service>>) -> Json<Value> {
+    Json(json!(service.status()))
+}
+
+/// One validation completion the service grades itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationCompletion {
+    #[serde(default)]
+    pub prompt_id: Option<Value>,
+    #[serde(default)]
+    pub prompt: Option<PromptText>,
+    pub completion: String,
+}
+
+/// The body of `POST /v1/schedule/report`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// The trainer's global step.
+    #[serde(default)]
+    pub step: Option<u64>,
+    /// Steps since the last report.
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Validation scores the trainer measured.
+    #[serde(default)]
+    pub validation: Option<ValidationScores>,
+    /// Validation completions for the service to grade and score (instead of `validation`).
+    #[serde(default)]
+    pub validation_completions: Option<Vec<ValidationCompletion>>,
+    /// Lookahead: the candidate whose probe the validation measures.
+    #[serde(default)]
+    pub probe_class: Option<String>,
+}
+
+/// Mean clipped to [0, 1], as HealthBench reports a dataset figure; `None` for no values.
+fn clipped_mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| (values.iter().sum::<f64>() / values.len() as f64).clamp(0.0, 1.0))
+}
+
+/// Grades validation completions and scores them as `arlrr eval` does: overall and per class,
+/// the clipped mean of the defined values. Failed gradings are left out and counted.
+async fn score_validation(
+    service: &Service,
+    completions: &[ValidationCompletion],
+) -> Result<(ValidationScores, usize), ApiError> {
+    check_count(service, completions.len())?;
+    let mut errors = Vec::new();
+    let mut flat = Vec::with_capacity(completions.len());
+    for (i, c) in completions.iter().enumerate() {
+        let item = NativeItem {
+            prompt_id: c.prompt_id.clone(),
+            prompt: c.prompt.clone(),
+            completions: Vec::new(),
+        };
+        match item_example(service, &item, i) {
+            Ok(e) => flat.push((e, c.completion.as_str())),
+            Err(mut e) => {
+                e.field = e.field.replacen("items", "validation_completions", 1);
+                errors.push(e);
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::items(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_items",
+            errors,
+        ));
+    }
+    let graded = service.grade(&flat).await;
+    let ok: Vec<&RewardVector> = graded.iter().filter_map(|g| g.as_ref().ok()).collect();
+    let failed = graded.len() - ok.len();
+    let overall: Vec<f64> = ok.iter().filter_map(|r| r.overall).collect();
+    let mut classes = BTreeMap::new();
+    for (k, name) in service.class_names.iter().enumerate() {
+        let v: Vec<f64> = ok.iter().filter_map(|r| r.classes[k]).collect();
+        if let Some(m) = clipped_mean(&v) {
+            classes.insert(name.clone(), m);
+        }
+    }
+    Ok((
+        ValidationScores {
+            overall: clipped_mean(&overall),
+            classes,
+        },
+        failed,
+    ))
+}
+
+/// `POST /v1/schedule/report`: training steps, validation and probe results from the trainer.
+/// Answers `{"decision": ... | null, "validation": ... | null, "schedule": status}`.
+pub async fn schedule_report(
+    State(service): State<Arc<Service>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: ReportRequest = parse(body)?;
+    let mut failed_validation = 0;
+    let validation = match (req.validation, &req.validation_completions) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "validation_completions",
+                "give either `validation` (scores) or `validation_completions`, not both",
+            ))
+        }
+        (v, None) => v,
+        (None, Some(c)) => {
+            let (v, failed) = score_validation(&service, c).await?;
+            failed_validation = failed;
+            Some(v)
+        }
+    };
+    let report = Report {
+        step: req.step,
+        steps: req.steps,
+        validation: validation.clone(),
+        probe_class: req.probe_class,
+    };
+    let (decision, status) = {
+        let mut s = service.scheduler.lock().expect("scheduler lock");
+        let d = s.report(report).map_err(|e| {
+            let status = if e.conflict {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            ApiError {
+                field: Some(e.field),
+                ..ApiError::new(status, "schedule_conflict", e.message)
+            }
+        })?;
+        (d, s.status())
+    };
+    if let Some(d) = &decision {
+        eprintln!(
+            "arlrr serve: step {}: phase {} trains `{}`",
+            d.step, d.phase, d.chosen
+        );
+    }
+    Ok(Json(json!({
+        "decision": decision,
+        "validation": validation,
+        "validation_failed_completions": failed_validation,
+        "schedule": status,
+    })))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(service): State<Arc<Service>>) -> Response {
+    let (active, step, phase) = {
+        let s = service.scheduler.lock().expect("scheduler lock");
+        (s.active_class(), s.state().step, s.state().phase.index)
+    };
+    let text = service.metrics.render(&crate::metrics::Snapshot {
+        judge: service.judge.stats(),
+        cached: service.judge_cached,
+        classes: &service.class_names,
+        active_class: active,
+        step,
+        phase,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Compares in time independent of where the strings differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Authentication (bearer token, all but `/healthz`), the per-request timeout and the
+/// metrics of every routed request.
+async fn guard(State(service): State<Arc<Service>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let authorized = match &service.token {
+        None => true,
+        Some(_) if endpoint == "/healthz" => true,
+        Some(token) => req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes())),
+    };
+    let response = if !authorized {
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token (header `Authorization: Bearer <token>`)",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("valid header"),
+        );
+        r
+    } else {
+        let limit = service.limits.request_timeout;
+        match tokio::time::timeout(limit, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request took longer than {:.0} s (--request-timeout-secs) and was abandoned",
+                    limit.as_secs_f64()
+                ),
+            )
+            .into_response(),
+        }
+    };
+    service
+        .metrics
+        .observe(&endpoint, response.status().as_u16(), start.elapsed());
+    response
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no endpoint {} {}; endpoints: POST /openrlhf/reward, POST /get_reward, \
+             POST /v1/rewards, GET /v1/schedule, POST /v1/schedule/report, GET /healthz, GET /metrics",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+/// The service's router; serve it with `axum::serve`.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/openrlhf/reward", post(openrlhf_reward))
+        .route("/get_reward", post(openrlhf_reward))
+        .route("/v1/rewards", post(native_rewards))
+        .route("/v1/schedule", get(schedule_status))
+        .route("/v1/schedule/report", post(schedule_report))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route_layer(axum::middleware::from_fn_with_state(service.clone(), guard))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(service.limits.max_body_bytes))
+        .with_state(service)
+}
+
+/// Serves until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service)).await
+}

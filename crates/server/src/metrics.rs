@@ -1,0 +1,205 @@
+//! Prometheus metrics in the text exposition format (version 0.0.4), kept by hand: a few
+//! counters and one latency histogram need no metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram: from a cached rule verdict (sub-ms) to a
+/// slow LLM judge (tens of seconds).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Count per bucket of `LATENCY_BUCKETS` (not cumulative; summed when rendered).
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (endpoint, status code) -> requests.
+    requests: BTreeMap<(String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    completions: u64,
+}
+
+/// The service's counters.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// Judge and schedule figures read at scrape time.
+pub struct Snapshot<'a> {
+    pub judge: judge::JudgeStats,
+    /// Whether a verdict cache is in front of the judge (judge calls = cache misses).
+    pub cached: bool,
+    pub classes: &'a [String],
+    pub active_class: Option<usize>,
+    pub step: u64,
+    pub phase: u64,
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Records one answered request.
+    pub fn observe(&self, endpoint: &str, status: u16, elapsed: Duration) {
+        let mut m = self.inner.lock().expect("metrics lock");
+        *m.requests
+            .entry((endpoint.to_string(), status))
+            .or_default() += 1;
+        let h = m.latency.entry(endpoint.to_string()).or_default();
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            h.buckets[i] += 1;
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// Records completions graded.
+    pub fn add_completions(&self, n: u64) {
+        self.inner.lock().expect("metrics lock").completions += n;
+    }
+
+    /// The `/metrics` page.
+    pub fn render(&self, s: &Snapshot<'_>) -> String {
+        let m = self.inner.lock().expect("metrics lock");
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(
+            w,
+            "# HELP arlrr_requests_total HTTP requests answered, by endpoint and status code."
+        );
+        let _ = writeln!(w, "# TYPE arlrr_requests_total counter");
+        for ((endpoint, status), n) in &m.requests {
+            let _ = writeln!(
+                w,
+                "arlrr_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+                escape(endpoint)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP arlrr_request_duration_seconds Time from request to answer, by endpoint."
+        );
+        let _ = writeln!(w, "# TYPE arlrr_request_duration_seconds histogram");
+        for (endpoint, h) in &m.latency {
+            let e = escape(endpoint);
+            let mut cumulative = 0;
+            for (b, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    w,
+                    "arlrr_request_duration_seconds_bucket{{endpoint=\"{e}\",le=\"{b}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                w,
+                "arlrr_request_duration_seconds_bucket{{endpoint=\"{e}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                w,
+                "arlrr_request_duration_seconds_sum{{endpoint=\"{e}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                w,
+                "arlrr_request_duration_seconds_count{{endpoint=\"{e}\"}} {}",
+                h.count
+            );
+        }
+        let j = &s.judge;
+        let judge_calls = if s.cached { j.cache_misses } else { j.verdicts };
+        let hit_rate = if j.cache_hits + j.cache_misses == 0 {
+            0.0
+        } else {
+            j.cache_hits as f64 / (j.cache_hits + j.cache_misses) as f64
+        };
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "arlrr_completions_graded_total",
+                "Completions graded through the reward endpoints.",
+                m.completions,
+            ),
+            (
+                "arlrr_judge_verdicts_total",
+                "Criterion verdicts asked for (cache hits included).",
+                j.verdicts,
+            ),
+            (
+                "arlrr_judge_calls_total",
+                "Criterion verdicts sent to the judge itself (cache misses).",
+                judge_calls,
+            ),
+            (
+                "arlrr_judge_backend_requests_total",
+                "Requests the judge sent to its backend (HTTP judges).",
+                j.calls,
+            ),
+            (
+                "arlrr_judge_failures_total",
+                "Verdicts that ended in an explicit failure.",
+                j.failures,
+            ),
+            (
+                "arlrr_judge_cache_hits_total",
+                "Verdicts answered from the SQLite cache.",
+                j.cache_hits,
+            ),
+            (
+                "arlrr_judge_cache_misses_total",
+                "Verdicts not in the cache.",
+                j.cache_misses,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                w,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let _ = writeln!(w, "# HELP arlrr_judge_cache_hit_rate Share of verdicts answered from the cache since start.");
+        let _ = writeln!(
+            w,
+            "# TYPE arlrr_judge_cache_hit_rate gauge\narlrr_judge_cache_hit_rate {hit_rate}"
+        );
+        let _ = writeln!(
+            w,
+            "# HELP arlrr_active_class 1 for the meta-class the scalar reward follows now."
+        );
+        let _ = writeln!(w, "# TYPE arlrr_active_class gauge");
+        for (k, name) in s.classes.iter().enumerate() {
+            let on = u8::from(s.active_class == Some(k));
+            let _ = writeln!(w, "arlrr_active_class{{class=\"{}\"}} {on}", escape(name));
+        }
+        let _ = writeln!(
+            w,
+            "# HELP arlrr_schedule_step Latest training step reported."
+        );
+        let _ = writeln!(
+            w,
+            "# TYPE arlrr_schedule_step gauge\narlrr_schedule_step {}",
+            s.step
+        );
+        let _ = writeln!(w, "# HELP arlrr_schedule_phase Phases begun so far.");
+        let _ = writeln!(
+            w,
+            "# TYPE arlrr_schedule_phase gauge\narlrr_schedule_phase {}",
+            s.phase
+        );
+        out
+    }
+}

@@ -1,0 +1,892 @@
+//! ARL-RR's phase schedule run inside the service, driven by what the trainer reports.
+//!
+//! In `arlrr train` the trainer owns the policy and measures validation itself; a remote
+//! engine owns the policy here, so the schedule advances on reports: training steps (or
+//! graded completions, `completions_per_step`), validation scores, and, for lookahead, the
+//! score of each probe. The decision rules and the decision record are arl's
+//! ([`arl::selector::PhaseConfig`], [`PhaseState`], [`Decision`], [`Candidate`]), so a service
+//! run's `schedule.jsonl` reads like a trainer run's.
+//!
+//! Selectors in service mode:
+//! - `fixed`, `round_robin`: need only step counts.
+//! - `deficit`, `ucb`: at a phase end they wait for a validation report made at or after that
+//!   step (the active class stays until it arrives); `ucb` scores a phase by the change of the
+//!   overall validation score across it.
+//! - `lookahead`: at a phase end the service names the candidate classes (`probe`); the
+//!   trainer snapshots its policy and optimizer, trains `probe_steps` steps on each candidate
+//!   (the service's active class is the candidate being probed), reports the overall
+//!   validation score with `probe_class`, restores, and after the last candidate the service
+//!   commits the best one.
+//! - `gradient` is refused: it needs per-class policy gradients, which only the trainer has.
+//!
+//! The state is written to `schedule_state.json` atomically (temporary file, fsync, rename)
+//! after every change, so a killed service resumes exactly; decisions are appended to
+//! `schedule.jsonl`.
+
+use arl::selector::{Arm, Candidate, Decision, PhaseConfig, PhaseState};
+use arl::{ObjectiveKind, SelectorKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Version of `schedule_state.json`; another version is refused, not misread.
+const STATE_FORMAT: u32 = 1;
+pub const STATE_FILE: &str = "schedule_state.json";
+pub const DECISIONS_FILE: &str = "schedule.jsonl";
+
+/// How the schedule is run.
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    pub objective: ObjectiveKind,
+    /// `length` (steps per phase), `selector`, `fixed_class`, `top_m`, `ucb_c` apply;
+    /// `probe_steps` is the trainer's business and only reported back in the status.
+    pub phases: PhaseConfig,
+    /// Completions graded per training step; when non-zero, every that many completions
+    /// graded through the reward endpoints count as one step (for engines that cannot report
+    /// steps, such as OpenRLHF: `rollout_batch_size × n_samples_per_prompt`). 0 = steps
+    /// come only from reports.
+    pub completions_per_step: u64,
+}
+
+/// Scores measured on the trainer's validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    /// The training step they were measured at.
+    pub step: u64,
+    pub overall: Option<f64>,
+    /// In class order; `None` = not reported.
+    pub classes: Vec<Option<f64>>,
+}
+
+/// A lookahead search in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// Validation before probing (gains are measured against its overall score).
+    pub base: Option<Measured>,
+    /// Class indices to probe, in order.
+    pub candidates: Vec<usize>,
+    /// Overall validation score after each candidate's probe; `None` = not reported yet.
+    pub results: Vec<Option<f64>>,
+}
+
+/// Everything the schedule needs to resume (`schedule_state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    pub format: u32,
+    pub objective: ObjectiveKind,
+    pub selector: SelectorKind,
+    pub classes: Vec<String>,
+    /// Latest training step reported (or counted from completions).
+    pub step: u64,
+    /// Step at which the active phase began.
+    pub phase_start_step: u64,
+    /// Completions graded since the last counted step (`completions_per_step`).
+    pub pending_completions: u64,
+    pub phase: PhaseState,
+    /// Latest validation report.
+    pub validation: Option<Measured>,
+    pub probe: Option<Probe>,
+    pub last_decision: Option<Decision>,
+}
+
+/// A report from the trainer (`POST /v1/schedule/report`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// The trainer's global step (absolute).
+    #[serde(default)]
+    pub step: Option<u64>,
+    /// Steps done since the last report (when the trainer does not count globally).
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Validation scores measured now.
+    #[serde(default)]
+    pub validation: Option<ValidationScores>,
+    /// Lookahead: the class whose probe `validation` measures.
+    #[serde(default)]
+    pub probe_class: Option<String>,
+}
+
+/// Validation scores as reported: overall and per class name (missing classes unknown).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationScores {
+    #[serde(default)]
+    pub overall: Option<f64>,
+    #[serde(default)]
+    pub classes: BTreeMap<String, f64>,
+}
+
+/// A report the schedule cannot take; `field` names the offending part of the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportError {
+    pub field: String,
+    pub message: String,
+    /// 409 (conflict with the schedule's state) rather than 400/422.
+    pub conflict: bool,
+}
+
+impl ReportError {
+    fn bad(field: &str, message: String) -> Self {
+        ReportError {
+            field: field.into(),
+            message,
+            conflict: false,
+        }
+    }
+    fn conflict(field: &str, message: String) -> Self {
+        ReportError {
+            field: field.into(),
+            message,
+            conflict: true,
+        }
+    }
+}
+
+/// Where the schedule stands, as `GET /v1/schedule` answers it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub objective: ObjectiveKind,
+    pub selector: Option<SelectorKind>,
+    pub classes: Vec<String>,
+    pub step: u64,
+    /// Phases begun so far (0 for the baselines, which have none).
+    pub phase: u64,
+    /// The class the scalar reward follows now (the probed class during a lookahead).
+    pub active_class: Option<String>,
+    pub phase_length: Option<u64>,
+    pub phase_start_step: Option<u64>,
+    /// Steps left before the phase ends and the selector decides.
+    pub steps_left_in_phase: Option<u64>,
+    /// `"validation"` when a phase has ended and the selector waits for a validation report;
+    /// `"probe"` while a lookahead waits for probe results.
+    pub waiting_for: Option<&'static str>,
+    pub probe: Option<ProbeStatus>,
+    pub last_decision: Option<Decision>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    /// The candidate to probe now (the active class).
+    pub current: String,
+    /// Candidates not yet reported, in order.
+    pub pending: Vec<String>,
+    /// Reported overall validation score per probed candidate.
+    pub results: BTreeMap<String, f64>,
+    /// Probe steps per candidate the trainer should run (`--probe-steps`).
+    pub probe_steps: u64,
+}
+
+/// The schedule and its state folder.
+pub struct Scheduler {
+    settings: ScheduleSettings,
+    /// Classes with positive points in the data (the others give no signal, never chosen).
+    trainable: Vec<usize>,
+    /// Each class's share of the positive points (`deficit` weights).
+    select_weights: Vec<f64>,
+    state: ScheduleState,
+    dir: PathBuf,
+}
+
+fn io_error(path: &Path, what: &str, e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!("{what} {}: {e}", path.display())
+}
+
+impl Scheduler {
+    /// Resumes the schedule saved in `dir`, or starts one (deciding the first class at once
+    /// for `alternating`). A saved schedule of another objective, selector or class list is
+    /// refused: silently mixing two runs' schedules would corrupt both.
+    pub fn open(
+        dir: &Path,
+        settings: ScheduleSettings,
+        classes: &[String],
+        trainable: Vec<usize>,
+        select_weights: Vec<f64>,
+    ) -> anyhow::Result<Scheduler> {
+        let alternating = settings.objective == ObjectiveKind::Alternating;
+        if alternating {
+            anyhow::ensure!(
+                !trainable.is_empty(),
+                "no meta-class has a positive-point criterion in the data"
+            );
+            anyhow::ensure!(
+                settings.phases.length > 0,
+                "--phase-steps must be at least 1"
+            );
+            match settings.phases.selector {
+                SelectorKind::Gradient => anyhow::bail!(
+                    "selector `gradient` needs per-class policy gradients, which only the \
+                     trainer has; in service mode use lookahead, deficit, ucb, round_robin or fixed"
+                ),
+                SelectorKind::Fixed => {
+                    let name = settings.phases.fixed_class.as_deref().unwrap_or_default();
+                    anyhow::ensure!(
+                        classes.iter().any(|c| c == name),
+                        "selector `fixed` needs --fixed-class naming a meta-class (classes: {}); got `{name}`",
+                        classes.join(", ")
+                    );
+                }
+                _ => {}
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "cannot create", e))?;
+        let path = dir.join(STATE_FILE);
+        let state = if path.exists() {
+            let text = std::fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
+            let state: ScheduleState = serde_json::from_slice(&text)
+                .map_err(|e| anyhow::anyhow!("{}: not a schedule state: {e}", path.display()))?;
+            anyhow::ensure!(
+                state.format == STATE_FORMAT,
+                "{}: state format {}, this build reads {STATE_FORMAT}",
+                path.display(),
+                state.format
+            );
+            anyhow::ensure!(
+                state.objective == settings.objective
+                    && (!alternating || state.selector == settings.phases.selector)
+                    && state.classes == classes,
+                "{} holds the schedule of objective {:?}, selector {:?}, classes [{}]; this \
+                 service runs objective {:?}, selector {:?}, classes [{}]. Use another \
+                 --state-dir (or remove that one) to start a new schedule",
+                path.display(),
+                state.objective,
+                state.selector,
+                state.classes.join(", "),
+                settings.objective,
+                settings.phases.selector,
+                classes.join(", ")
+            );
+            state
+        } else {
+            ScheduleState {
+                format: STATE_FORMAT,
+                objective: settings.objective,
+                selector: settings.phases.selector,
+                classes: classes.to_vec(),
+                step: 0,
+                phase_start_step: 0,
+                pending_completions: 0,
+                phase: PhaseState::default(),
+                validation: None,
+                probe: None,
+                last_decision: None,
+            }
+        };
+        let mut s = Scheduler {
+            settings,
+            trainable,
+            select_weights,
+            state,
+            dir: dir.to_path_buf(),
+        };
+        let fresh = !path.exists();
+        let decided = s.advance()?;
+        if fresh || decided.is_some() {
+            s.save()?;
+        }
+        Ok(s)
+    }
+
+    pub fn state(&self) -> &ScheduleState {
+        &self.state
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.state.classes
+    }
+
+    fn alternating(&self) -> bool {
+        self.settings.objective == ObjectiveKind::Alternating
+    }
+
+    /// The class the scalar reward follows now: the probed candidate during a lookahead, the
+    /// phase's class otherwise; `None` for the baselines.
+    pub fn active_class(&self) -> Option<usize> {
+        if !self.alternating() {
+            return None;
+        }
+        if let Some(p) = &self.state.probe {
+            if let Some(i) = p.results.iter().position(Option::is_none) {
+                return Some(p.candidates[i]);
+            }
+        }
+        self.state.phase.active
+    }
+
+    fn phase_end_step(&self) -> u64 {
+        self.state.phase_start_step + self.settings.phases.length
+    }
+
+    fn phase_over(&self) -> bool {
+        self.state.phase.active.is_none() || self.state.step >= self.phase_end_step()
+    }
+
+    /// Whether the selector needs a validation report made at or after the phase end.
+    fn needs_validation(&self) -> bool {
+        match self.settings.phases.selector {
+            SelectorKind::Deficit | SelectorKind::Ucb => true,
+            SelectorKind::Lookahead => self.settings.phases.top_m > 0,
+            _ => false,
+        }
+    }
+
+    /// The validation report the next decision may use: for the first phase whatever was
+    /// reported (possibly nothing), later only one made at or after the phase end.
+    fn fresh_validation(&self) -> Option<&Measured> {
+        let first = self.state.phase.active.is_none();
+        let end = self.phase_end_step();
+        self.state
+            .validation
+            .as_ref()
+            .filter(|v| first || v.step >= end)
+    }
+
+    fn waiting_for(&self) -> Option<&'static str> {
+        if !self.alternating() {
+            return None;
+        }
+        if self.state.probe.is_some() {
+            return Some("probe");
+        }
+        let first = self.state.phase.active.is_none();
+        (!first
+            && self.phase_over()
+            && self.needs_validation()
+            && self.fresh_validation().is_none())
+        .then_some("validation")
+    }
+
+    pub fn status(&self) -> Status {
+        let names = &self.state.classes;
+        let alternating = self.alternating();
+        let probe = self.state.probe.as_ref().and_then(|p| {
+            let pending: Vec<String> = p
+                .candidates
+                .iter()
+                .zip(&p.results)
+                .filter(|(_, r)| r.is_none())
+                .map(|(&k, _)| names[k].clone())
+                .collect();
+            Some(ProbeStatus {
+                current: pending.first()?.clone(),
+                pending,
+                results: p
+                    .candidates
+                    .iter()
+                    .zip(&p.results)
+                    .filter_map(|(&k, r)| r.map(|r| (names[k].clone(), r)))
+                    .collect(),
+                probe_steps: self.settings.phases.probe_steps,
+            })
+        });
+        Status {
+            objective: self.settings.objective,
+            selector: alternating.then_some(self.settings.phases.selector),
+            classes: names.clone(),
+            step: self.state.step,
+            phase: self.state.phase.index,
+            active_class: self.active_class().map(|k| names[k].clone()),
+            phase_length: alternating.then_some(self.settings.phases.length),
+            phase_start_step: alternating.then_some(self.state.phase_start_step),
+            steps_left_in_phase: (alternating && self.state.probe.is_none())
+                .then(|| self.phase_end_step().saturating_sub(self.state.step)),
+            waiting_for: self.waiting_for(),
+            probe,
+            last_decision: self.state.last_decision.clone(),
+        }
+    }
+
+    /// Takes a trainer report; returns the decision it triggered, if any. The state is saved
+    /// before this returns.
+    pub fn report(&mut self, report: Report) -> Result<Option<Decision>, ReportError> {
+        if report.step.is_some() && report.steps.is_some() {
+            return Err(ReportError::bad(
+                "steps",
+                "give either `step` (absolute) or `steps` (increment), not both".into(),
+            ));
+        }
+        let measured = match &report.validation {
+            None => None,
+            Some(v) => Some(self.measured(v)?),
+        };
+        if let Some(class) = &report.probe_class {
+            self.take_probe_result(class, measured.as_ref())?;
+        }
+        if let Some(step) = report.step {
+            self.state.step = step;
+            // A trainer resumed from an earlier checkpoint: the phase restarts there.
+            self.state.phase_start_step = self.state.phase_start_step.min(step);
+        }
+        if let Some(n) = report.steps {
+            self.state.step += n;
+        }
+        if let (Some(m), None) = (measured, &report.probe_class) {
+            self.state.validation = Some(Measured {
+                step: self.state.step,
+                ..m
+            });
+        }
+        let decision = self.advance().map_err(|e| ReportError {
+            field: "(schedule)".into(),
+            message: e.to_string(),
+            conflict: true,
+        })?;
+        self.save().map_err(|e| ReportError {
+            field: "(state)".into(),
+            message: e.to_string(),
+            conflict: false,
+        })?;
+        Ok(decision)
+    }
+
+    /// Counts graded completions toward steps (`completions_per_step`); saves and may decide
+    /// when a step completes.
+    pub fn count_completions(&mut self, n: u64) -> anyhow::Result<Option<Decision>> {
+        let per_step = self.settings.completions_per_step;
+        if per_step == 0 || n == 0 {
+            return Ok(None);
+        }
+        self.state.pending_completions += n;
+        let steps = self.state.pending_completions / per_step;
+        if steps == 0 {
+            return Ok(None);
+        }
+        self.state.pending_completions %= per_step;
+        self.state.step += steps;
+        let decision = self.advance()?;
+        self.save()?;
+        Ok(decision)
+    }
+
+    fn measured(&self, v: &ValidationScores) -> Result<Measured, ReportError> {
+        let names = &self.state.classes;
+        let finite = |field: String, x: f64| {
+            if x.is_finite() {
+                Ok(x)
+            } else {
+                Err(ReportError::bad(
+                    &field,
+                    format!("must be a finite number, got {x}"),
+                ))
+            }
+        };
+        let overall = v
+            .overall
+            .map(|x| finite("validation.overall".into(), x))
+            .transpose()?;
+        let mut classes = vec![None; names.len()];
+        for (name, &x) in &v.classes {
+            let field = format!("validation.classes.{name}");
+            let k = names.iter().position(|n| n == name).ok_or_else(|| {
+                ReportError::bad(
+                    &field,
+                    format!(
+                        "`{name}` is not a meta-class (classes: {})",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            classes[k] = Some(finite(field, x)?);
+        }
+        Ok(Measured {
+            step: self.state.step,
+            overall,
+            classes,
+        })
+    }
+
+    fn take_probe_result(
+        &mut self,
+        class: &str,
+        measured: Option<&Measured>,
+    ) -> Result<(), ReportError> {
+        let names = self.state.classes.clone();
+        let Some(probe) = self.state.probe.as_mut() else {
+            return Err(ReportError::conflict(
+                "probe_class",
+                "no lookahead probe is in progress (see GET /v1/schedule)".into(),
+            ));
+        };
+        let Some(i) = probe.candidates.iter().position(|&k| names[k] == class) else {
+            return Err(ReportError::conflict(
+                "probe_class",
+                format!(
+                    "`{class}` is not a candidate of this probe (candidates: {})",
+                    probe
+                        .candidates
+                        .iter()
+                        .map(|&k| names[k].as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        let Some(score) = measured.and_then(|m| m.overall) else {
+            return Err(ReportError::bad(
+                "validation.overall",
+                "a probe report needs the overall validation score after the probe".into(),
+            ));
+        };
+        probe.results[i] = Some(score);
+        Ok(())
+    }
+
+    /// Decides the next class when the schedule allows it: the phase is over and the
+    /// selector has what it needs (a fresh validation report, all probe results).
+    fn advance(&mut self) -> anyhow::Result<Option<Decision>> {
+        if !self.alternating() {
+            return Ok(None);
+        }
+        let names = self.state.classes.clone();
+        if let Some(probe) = &self.state.probe {
+            if probe.results.iter().any(Option::is_none) {
+                return Ok(None);
+            }
+            let probe = self.state.probe.take().expect("checked above");
+            let base_overall = probe.base.as_ref().and_then(|b| b.overall);
+            let candidates = probe
+                .candidates
+                .iter()
+                .zip(&probe.results)
+                .map(|(&k, r)| {
+                    let score = r.expect("all reported");
+                    Candidate {
+                        class: names[k].clone(),
+                        score,
+                        detail: base_overall.map_or(f64::NAN, |b| score - b),
+                    }
+                })
+                .collect();
+            return Ok(Some(self.commit(candidates, probe.base)?));
+        }
+        if !self.phase_over() {
+            return Ok(None);
+        }
+        let first = self.state.phase.active.is_none();
+        let base = self.fresh_validation().cloned();
+        if !first && self.needs_validation() && base.is_none() {
+            return Ok(None);
+        }
+        let p = &self.settings.phases;
+        let class_score = |k: usize| base.as_ref().and_then(|b| b.classes[k]).unwrap_or(f64::NAN);
+        let deficit = |k: usize| self.select_weights[k] * (1.0 - class_score(k));
+        let one = |k: usize| {
+            vec![Candidate {
+                class: names[k].clone(),
+                score: 1.0,
+                detail: 0.0,
+            }]
+        };
+        let candidates = match p.selector {
+            SelectorKind::Fixed => {
+                let name = p.fixed_class.as_deref().unwrap_or_default();
+                one(names
+                    .iter()
+                    .position(|n| n == name)
+                    .expect("checked at open"))
+            }
+            SelectorKind::RoundRobin => {
+                let next = match self.state.phase.active {
+                    None => self.trainable[0],
+                    Some(a) => *self
+                        .trainable
+                        .iter()
+                        .find(|&&k| k > a)
+                        .unwrap_or(&self.trainable[0]),
+                };
+                one(next)
+            }
+            SelectorKind::Deficit => self
+                .trainable
+                .iter()
+                .map(|&k| Candidate {
+                    class: names[k].clone(),
+                    score: deficit(k),
+                    detail: class_score(k),
+                })
+                .collect(),
+            SelectorKind::Ucb => {
+                let st = &mut self.state.phase;
+                st.arms.resize(names.len(), Arm::default());
+                if let (Some(prev), Some(start), Some(now)) = (
+                    st.active,
+                    st.start_score,
+                    base.as_ref().and_then(|b| b.overall),
+                ) {
+                    st.arms[prev].pulls += 1;
+                    st.arms[prev].total_gain += now - start;
+                }
+                let total: u64 = st.arms.iter().map(|a| a.pulls).sum();
+                self.trainable
+                    .iter()
+                    .map(|&k| {
+                        let a = &st.arms[k];
+                        let mean = if a.pulls == 0 {
+                            0.0
+                        } else {
+                            a.total_gain / a.pulls as f64
+                        };
+                        let bound = if a.pulls == 0 {
+                            f64::INFINITY
+                        } else {
+                            mean + p.ucb_c
+                                * (2.0 * (total.max(1) as f64).ln() / a.pulls as f64).sqrt()
+                        };
+                        Candidate {
+                            class: names[k].clone(),
+                            score: bound,
+                            detail: mean,
+                        }
+                    })
+                    .collect()
+            }
+            SelectorKind::Lookahead => {
+                let mut probed = self.trainable.clone();
+                if p.top_m > 0 && p.top_m < probed.len() {
+                    probed.sort_by(|&a, &b| deficit(b).total_cmp(&deficit(a)).then(a.cmp(&b)));
+                    probed.truncate(p.top_m);
+                    probed.sort_unstable();
+                }
+                if probed.len() > 1 {
+                    let n = probed.len();
+                    self.state.probe = Some(Probe {
+                        base,
+                        candidates: probed,
+                        results: vec![None; n],
+                    });
+                    return Ok(None);
+                }
+                one(probed[0])
+            }
+            SelectorKind::Gradient => anyhow::bail!("selector `gradient` is refused at start"),
+        };
+        Ok(Some(self.commit(candidates, base)?))
+    }
+
+    /// Starts the phase of the best candidate (argmax; NaN last, ties to the earlier class,
+    /// as in arl) and records the decision.
+    fn commit(
+        &mut self,
+        candidates: Vec<Candidate>,
+        base: Option<Measured>,
+    ) -> anyhow::Result<Decision> {
+        let key = |c: &Candidate| {
+            if c.score.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                c.score
+            }
+        };
+        let best = candidates
+            .iter()
+            .enumerate()
+            .max_by(|(i, a), (j, b)| key(a).total_cmp(&key(b)).then(j.cmp(i)))
+            .map(|(i, _)| i)
+            .ok_or_else(|| anyhow::anyhow!("the selector produced no candidate"))?;
+        let chosen = self
+            .state
+            .classes
+            .iter()
+            .position(|n| *n == candidates[best].class)
+            .expect("candidates are classes");
+        let base_score = base.as_ref().and_then(|b| b.overall);
+        let st = &mut self.state.phase;
+        st.index += 1;
+        st.active = Some(chosen);
+        st.start_score = base_score;
+        self.state.phase_start_step = self.state.step;
+        let decision = Decision {
+            step: self.state.step,
+            phase: st.index,
+            selector: self.settings.phases.selector,
+            chosen: self.state.classes[chosen].clone(),
+            base_score,
+            base_class_scores: base
+                .map(|b| b.classes)
+                .unwrap_or_else(|| vec![None; self.state.classes.len()]),
+            candidates,
+        };
+        let path = self.dir.join(DECISIONS_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, "cannot open", e))?;
+        let mut line = serde_json::to_vec(&decision)?;
+        line.push(b'\n');
+        file.write_all(&line)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_error(&path, "cannot write", e))?;
+        self.state.last_decision = Some(decision.clone());
+        Ok(decision)
+    }
+
+    /// Writes `schedule_state.json` atomically: a temporary file in the same folder, fsync,
+    /// rename over the old one, so a kill at any moment leaves the old or the new state.
+    fn save(&self) -> anyhow::Result<()> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(&self.state)?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            // make the rename itself durable
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| io_error(&path, "cannot write", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
+    }
+
+    fn open(dir: &Path, selector: SelectorKind, length: u64) -> Scheduler {
+        let settings = ScheduleSettings {
+            objective: ObjectiveKind::Alternating,
+            phases: PhaseConfig {
+                length,
+                selector,
+                ..PhaseConfig::default()
+            },
+            completions_per_step: 0,
+        };
+        Scheduler::open(
+            dir,
+            settings,
+            &classes(),
+            vec![0, 1, 2],
+            vec![0.5, 0.3, 0.2],
+        )
+        .unwrap()
+    }
+
+    fn step(s: &mut Scheduler, step: u64) -> Option<Decision> {
+        s.report(Report {
+            step: Some(step),
+            ..Report::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn round_robin_switches_after_the_phase_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), SelectorKind::RoundRobin, 3);
+        assert_eq!(s.active_class(), Some(0));
+        assert!(step(&mut s, 2).is_none());
+        assert_eq!(step(&mut s, 3).unwrap().chosen, "b");
+        drop(s);
+        let mut s = open(dir.path(), SelectorKind::RoundRobin, 3);
+        assert_eq!((s.active_class(), s.state().step), (Some(1), 3));
+        assert_eq!(step(&mut s, 6).unwrap().chosen, "c");
+        assert_eq!(step(&mut s, 9).unwrap().chosen, "a");
+        let log = std::fs::read_to_string(dir.path().join(DECISIONS_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 4);
+    }
+
+    #[test]
+    fn deficit_waits_for_validation_after_the_phase_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), SelectorKind::Deficit, 2);
+        assert_eq!(s.active_class(), Some(0), "no scores yet: first class");
+        assert!(step(&mut s, 2).is_none());
+        assert_eq!(s.status().waiting_for, Some("validation"));
+        let d = s
+            .report(Report {
+                validation: Some(ValidationScores {
+                    overall: Some(0.5),
+                    classes: [("a".into(), 0.9), ("b".into(), 0.1), ("c".into(), 0.5)].into(),
+                }),
+                ..Report::default()
+            })
+            .unwrap()
+            .unwrap();
+        // deficits: a 0.05, b 0.27, c 0.1
+        assert_eq!(d.chosen, "b");
+        assert_eq!(s.status().waiting_for, None);
+    }
+
+    #[test]
+    fn lookahead_probes_each_candidate_then_commits_the_best() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), SelectorKind::Lookahead, 2);
+        assert_eq!(s.status().waiting_for, Some("probe"));
+        let probe = |s: &mut Scheduler, class: &str, score: f64| {
+            s.report(Report {
+                probe_class: Some(class.into()),
+                validation: Some(ValidationScores {
+                    overall: Some(score),
+                    ..Default::default()
+                }),
+                ..Report::default()
+            })
+        };
+        assert_eq!(s.active_class(), Some(0));
+        assert!(probe(&mut s, "a", 0.3).unwrap().is_none());
+        assert_eq!(s.active_class(), Some(1));
+        assert!(probe(&mut s, "zzz", 0.3).unwrap_err().conflict);
+        assert!(probe(&mut s, "b", 0.6).unwrap().is_none());
+        let d = probe(&mut s, "c", 0.4).unwrap().unwrap();
+        assert_eq!(d.chosen, "b");
+        assert_eq!(s.active_class(), Some(1));
+        assert!(s.state().probe.is_none());
+    }
+
+    #[test]
+    fn completions_count_as_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ScheduleSettings {
+            objective: ObjectiveKind::Alternating,
+            phases: PhaseConfig {
+                length: 1,
+                selector: SelectorKind::RoundRobin,
+                ..PhaseConfig::default()
+            },
+            completions_per_step: 4,
+        };
+        let mut s = Scheduler::open(
+            dir.path(),
+            settings,
+            &classes(),
+            vec![0, 2],
+            vec![0.5, 0.0, 0.5],
+        )
+        .unwrap();
+        assert!(s.count_completions(3).unwrap().is_none());
+        assert_eq!(s.count_completions(1).unwrap().unwrap().chosen, "c");
+        assert_eq!(s.state().step, 1);
+    }
+
+    #[test]
+    fn a_state_of_another_run_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), SelectorKind::RoundRobin, 3));
+        let settings = ScheduleSettings {
+            objective: ObjectiveKind::Alternating,
+            phases: PhaseConfig {
+                selector: SelectorKind::Deficit,
+                ..PhaseConfig::default()
+            },
+            completions_per_step: 0,
+        };
+        let e = Scheduler::open(
+            dir.path(),
+            settings,
+            &classes(),
+            vec![0],
+            vec![1.0, 0.0, 0.0],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("--state-dir"), "{e}");
+    }
+}
