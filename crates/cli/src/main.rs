@@ -6,6 +6,7 @@ mod cmd_eval;
 mod cmd_fetch;
 mod cmd_generate;
 mod cmd_grade;
+mod cmd_serve;
 mod cmd_serve_judge;
 mod cmd_train;
 
@@ -33,6 +34,8 @@ enum Command {
     Grade(cmd_grade::GradeArgs),
     /// Serve the OpenAI chat completions protocol from a local GGUF model (a local judge).
     ServeJudge(cmd_serve_judge::ServeJudgeArgs),
+    /// Serve ARL-RR rewards and the phase schedule to distributed RL engines over HTTP.
+    Serve(cmd_serve::Args),
     /// Train a policy with GRPO on rubric rewards (ARL-RR or a baseline objective).
     Train(cmd_train::Args),
     /// Train ARL-RR and the baselines over several seeds and compare them on a test split.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd_generate::run(a),
         Command::Grade(a) => cmd_grade::run(a),
         Command::ServeJudge(a) => cmd_serve_judge::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Compare(a) => cmd_compare::run(a),
         Command::Eval(a) => cmd_eval::run(a),

@@ -1,0 +1,202 @@
+//! `arlrr serve`: the reward service for distributed RL engines (OpenRLHF, verl, TRL). Parses
+//! the flags, builds the judge and the data, and hands them to the `server` crate.
+
+use anyhow::{Context, Result};
+use arl::selector::PhaseConfig;
+use arl::{ObjectiveKind, SelectorKind, Weights};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rubric data whose prompts the trainer samples (HealthBench, native or WritingBench JSONL).
+    #[arg(long)]
+    data: PathBuf,
+    /// Judge config (TOML); without a `cache` in it, the verdict cache is
+    /// `<state-dir>/judge-cache.sqlite`, so a restarted service never pays a verdict twice.
+    #[arg(long)]
+    judge: PathBuf,
+    /// What the scalar reward is: `alternating` (ARL-RR: the active class), `scalarized`
+    /// (fixed weights) or `gdpo` (per-class group normalization, summed).
+    #[arg(long, value_parser = parse_objective, default_value = "alternating")]
+    objective: ObjectiveKind,
+    /// `scalarized` weights: `points` (the HealthBench overall score), `equal`, or
+    /// `class=weight,...` (missing classes weigh 0).
+    #[arg(long, value_parser = parse_weights, default_value = "points")]
+    weights: Weights,
+    /// Selector of the next class (alternating): round_robin, fixed, deficit, ucb, lookahead.
+    #[arg(long, value_parser = parse_selector, default_value = "round_robin")]
+    selector: SelectorKind,
+    /// Training steps per phase.
+    #[arg(long, default_value_t = 5)]
+    phase_steps: u64,
+    /// `fixed`: the class trained throughout.
+    #[arg(long)]
+    fixed_class: Option<String>,
+    /// `lookahead`: probe steps per candidate the trainer should run (reported in the status).
+    #[arg(long, default_value_t = 2)]
+    probe_steps: u64,
+    /// `lookahead`: probe only the top-m classes by deficit (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_m: usize,
+    /// `ucb`: exploration constant.
+    #[arg(long, default_value_t = 0.5)]
+    ucb_c: f64,
+    /// Count every N completions graded as one training step (for engines that cannot report
+    /// steps; OpenRLHF: rollout_batch_size x n_samples_per_prompt). 0 = steps only from
+    /// `POST /v1/schedule/report`.
+    #[arg(long, default_value_t = 0)]
+    completions_per_step: u64,
+    /// Meta-classes: `axis` (default), `cluster`, `theme`, or a TOML mapping file.
+    #[arg(long, default_value = "axis")]
+    classes: String,
+    /// Class for criteria no rule claims.
+    #[arg(long)]
+    catch_all: Option<String>,
+    /// Folder of the schedule state (and the default judge cache); a restart resumes from it.
+    #[arg(long, default_value = "arlrr-serve")]
+    state_dir: PathBuf,
+    /// Address to listen on; loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Environment variable holding a bearer token every endpoint but /healthz requires
+    /// (the token is never taken on the command line, where `ps` shows it).
+    #[arg(long)]
+    token_env: Option<String>,
+    /// Largest request body, MiB.
+    #[arg(long, default_value_t = 32)]
+    max_body_mib: usize,
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, default_value_t = 170.0)]
+    request_timeout_secs: f64,
+    /// Most completions in one request.
+    #[arg(long, default_value_t = 8192)]
+    max_completions: usize,
+}
+
+fn parse_objective(s: &str) -> Result<ObjectiveKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("`{s}`: use alternating, scalarized or gdpo"))
+}
+
+fn parse_selector(s: &str) -> Result<SelectorKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+        format!("`{s}`: use round_robin, fixed, deficit, ucb or lookahead (gradient needs the trainer)")
+    })
+}
+
+fn parse_weights(s: &str) -> Result<Weights, String> {
+    match s {
+        "points" => Ok(Weights::Points),
+        "equal" => Ok(Weights::Equal),
+        table => table
+            .split(',')
+            .map(|pair| {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("`{pair}`: expected class=weight"))?;
+                let w: f64 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{pair}`: the weight is not a number"))?;
+                Ok((k.trim().to_string(), w))
+            })
+            .collect::<Result<_, String>>()
+            .map(Weights::Custom),
+    }
+}
+
+fn class_spec(scheme: &str, catch_all: Option<String>) -> rubric::ClassSpec {
+    use rubric::ClassScheme;
+    let scheme = match scheme {
+        "axis" => ClassScheme::Axis,
+        "cluster" => ClassScheme::Cluster,
+        "theme" => ClassScheme::Theme,
+        file => ClassScheme::Mapping(PathBuf::from(file)),
+    };
+    rubric::ClassSpec { scheme, catch_all }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let data = rubric::load(&args.data)?;
+    let mut judge_config = judge::JudgeConfig::load(&args.judge)?;
+    if judge_config.cache.is_none() {
+        judge_config.cache = Some(args.state_dir.join("judge-cache.sqlite"));
+    }
+    let judge = judge::from_config(&judge_config)?;
+    let token = match &args.token_env {
+        None => None,
+        Some(var) => Some(
+            std::env::var(var)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .with_context(|| format!("--token-env {var}: the variable is unset or empty"))?,
+        ),
+    };
+    anyhow::ensure!(
+        args.request_timeout_secs > 0.0,
+        "--request-timeout-secs must be positive"
+    );
+    let service = server::Service::new(server::ServiceConfig {
+        data,
+        classes: class_spec(&args.classes, args.catch_all),
+        judge: Arc::from(judge),
+        judge_cached: true,
+        objective: args.objective,
+        weights: args.weights,
+        schedule: server::ScheduleSettings {
+            objective: args.objective,
+            phases: PhaseConfig {
+                length: args.phase_steps,
+                selector: args.selector,
+                fixed_class: args.fixed_class,
+                probe_steps: args.probe_steps,
+                top_m: args.top_m,
+                ucb_c: args.ucb_c,
+                ..PhaseConfig::default()
+            },
+            completions_per_step: args.completions_per_step,
+        },
+        state_dir: args.state_dir.clone(),
+        token,
+        limits: server::Limits {
+            max_body_bytes: args.max_body_mib << 20,
+            request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
+            max_completions: args.max_completions,
+        },
+    })?;
+    let status = service.status();
+    eprintln!(
+        "arlrr serve: {} examples, classes [{}], objective {:?}{}; state in {}; auth {}",
+        service.data().len(),
+        service.class_names().join(", "),
+        status.objective,
+        status
+            .active_class
+            .as_deref()
+            .map(|c| format!(", step {}, active class `{c}`", status.step))
+            .unwrap_or_default(),
+        args.state_dir.display(),
+        if args.token_env.is_some() { "bearer token" } else { "none" },
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        // One line on stdout that scripts (and tests) can wait for.
+        println!("arlrr serve: listening on http://{addr}");
+        std::io::stdout().flush()?;
+        server::api::serve(listener, service).await?;
+        Ok(())
+    })
+}
