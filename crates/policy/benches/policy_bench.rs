@@ -1,6 +1,7 @@
 //! `cargo bench -p policy`: prints speed and memory figures for SmolLM2-135M (the fetched GGUF
 //! when present, else random weights of the same shape). Set POLICY_BENCH_QUICK=1 for a
-//! smaller run.
+//! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (e.g. `8x32+480`, `0` skips
+//! training), POLICY_BENCH_GEN=B,SMALL,NEW (e.g. `32,1,64`, `0,0,0` skips generation).
 
 fn main() -> anyhow::Result<()> {
     let model = match rubric::assets::smollm2_gguf() {
@@ -24,6 +25,32 @@ fn main() -> anyhow::Result<()> {
         opts.completion_len = 192;
         opts.train_iters = 1;
         opts.gen_new_tokens = 16;
+    }
+    if let Ok(s) = std::env::var("POLICY_BENCH_TRAIN") {
+        if s.trim() == "0" {
+            opts.train_iters = 0;
+        } else {
+            let (b, rest) = s
+                .split_once('x')
+                .ok_or_else(|| anyhow::anyhow!("want BxP+C"))?;
+            let (p, c) = rest
+                .split_once('+')
+                .ok_or_else(|| anyhow::anyhow!("want BxP+C"))?;
+            opts.train_batch = b.trim().parse()?;
+            opts.prompt_len = p.trim().parse()?;
+            opts.completion_len = c.trim().parse()?;
+        }
+    }
+    if let Ok(s) = std::env::var("POLICY_BENCH_ITERS") {
+        opts.train_iters = s.trim().parse()?;
+    }
+    if let Ok(s) = std::env::var("POLICY_BENCH_GEN") {
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(v.len() == 3, "want B,SMALL,NEW");
+        (opts.gen_batch, opts.gen_small_batch, opts.gen_new_tokens) = (v[0], v[1], v[2]);
     }
     policy::bench::run(&model, &opts)?;
     Ok(())

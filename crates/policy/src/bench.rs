@@ -18,6 +18,8 @@ pub struct BenchOptions {
     pub completion_len: usize,
     pub train_iters: usize,
     pub gen_batch: usize,
+    /// A second, small generation batch (latency-bound decoding); 0 skips it.
+    pub gen_small_batch: usize,
     pub gen_prompt_len: usize,
     pub gen_new_tokens: usize,
 }
@@ -32,6 +34,7 @@ impl Default for BenchOptions {
             completion_len: 224,
             train_iters: 2,
             gen_batch: 32,
+            gen_small_batch: 1,
             gen_prompt_len: 32,
             gen_new_tokens: 64,
         }
@@ -82,6 +85,94 @@ pub fn forward_flops(cfg: &Config, b: usize, t: usize, c: usize) -> f64 {
     per_layer * cfg.num_hidden_layers as f64 + 2.0 * (b * c) as f64 * h * cfg.vocab_size as f64
 }
 
+/// Forward+backward figures for one training-step shape: seconds of the best iteration
+/// (whole step, forward only) and the achieved matmul GFLOP/s.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainFigures {
+    pub tokens: usize,
+    pub secs: f64,
+    pub forward_secs: f64,
+    pub gflops: f64,
+}
+
+/// Times `iters` training steps (teacher-forced log-probs of `completion_len` tokens after
+/// `prompt_len` prompt tokens, for `batch` rows, then backward) and keeps the best.
+pub fn train_step(
+    model: &Transformer,
+    batch: usize,
+    prompt_len: usize,
+    completion_len: usize,
+    iters: usize,
+) -> Result<TrainFigures> {
+    let cfg = &model.cfg;
+    let (b, p, c) = (batch, prompt_len, completion_len);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..b)
+        .map(|r| {
+            let tok = |k: usize| ((r * 7919 + k * 104729) % (cfg.vocab_size - 10) + 5) as u32;
+            ((0..p).map(tok).collect(), (p..p + c).map(tok).collect())
+        })
+        .collect();
+    let mut best = f64::MAX;
+    let mut fwd_best = f64::MAX;
+    for _ in 0..iters.max(1) {
+        let t0 = Instant::now();
+        let loss = {
+            let lp = completion_log_probs(model, &pairs, 1.0)?;
+            (lp.logp.sum_all()? / (b * c) as f64)?
+        };
+        let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let tf = t0.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        best = best.min(t0.elapsed().as_secs_f64());
+        fwd_best = fwd_best.min(tf);
+        drop(grads);
+    }
+    let flops = 3.0 * forward_flops(cfg, b, p + c, c);
+    Ok(TrainFigures {
+        tokens: b * (p + c),
+        secs: best,
+        forward_secs: fwd_best,
+        gflops: flops / best / 1e9,
+    })
+}
+
+/// Times one batched generation of `new_tokens` tokens (top-p 0.95 sampling) per prompt;
+/// returns (generated tokens, seconds).
+pub fn generation(
+    model: &Transformer,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<(usize, f64)> {
+    let cfg = &model.cfg;
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|r| {
+            (0..prompt_len)
+                .map(|k| ((r * 31 + k * 17) % (cfg.vocab_size - 10) + 5) as u32)
+                .collect()
+        })
+        .collect();
+    let gcfg = GenerationConfig {
+        max_new_tokens: new_tokens,
+        temperature: 1.0,
+        top_p: 0.95,
+        ..Default::default()
+    };
+    let mut rng = crate::seeded_rng(0);
+    let t0 = Instant::now();
+    let gens = generate(model, &prompts, &gcfg, &mut rng)?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok((gens.iter().map(|g| g.tokens.len()).sum(), secs))
+}
+
+/// Matmul FLOPs of generating one token per row at batch `b` with `s` cached keys: every
+/// projection, the attention over the cache and the output projection for that one position.
+pub fn decode_flops_per_token(cfg: &Config, s: usize) -> f64 {
+    forward_flops(cfg, 1, 1, 1)
+        - 2.0 * 2.0 * (cfg.num_attention_heads * cfg.head_dim) as f64 * cfg.num_hidden_layers as f64
+        + 2.0 * 2.0 * (cfg.num_attention_heads * cfg.head_dim * s * cfg.num_hidden_layers) as f64
+}
+
 /// Runs every figure on `model` and prints them; returns nothing to assert on by design.
 pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
     let threads = std::thread::available_parallelism()
@@ -93,76 +184,45 @@ pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
     let cfg = &model.cfg;
     let rss0 = peak_rss_mib().unwrap_or(0.0);
 
-    // Training step: teacher-forced log-probs of the completions + backward.
-    let (b, p, c) = (opts.train_batch, opts.prompt_len, opts.completion_len);
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..b)
-        .map(|r| {
-            let tok = |k: usize| ((r * 7919 + k * 104729) % (cfg.vocab_size - 10) + 5) as u32;
-            ((0..p).map(tok).collect(), (p..p + c).map(tok).collect())
-        })
-        .collect();
-    let mut best = f64::MAX;
-    let mut fwd_best = f64::MAX;
-    for _ in 0..opts.train_iters {
-        let t0 = Instant::now();
-        let loss = {
-            let lp = completion_log_probs(model, &pairs, 1.0)?;
-            (lp.logp.sum_all()? / (b * c) as f64)?
-        };
-        let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let tf = t0.elapsed().as_secs_f64();
-        let grads = loss.backward()?;
-        let n_grads = model
-            .trainable_vars()
-            .iter()
-            .filter(|v| grads.get(v.as_tensor()).is_some())
-            .count();
-        let total = t0.elapsed().as_secs_f64();
-        best = best.min(total);
-        fwd_best = fwd_best.min(tf);
-        drop(grads);
-        let _ = n_grads;
-    }
-    let tokens = (b * (p + c)) as f64;
-    let flops = 3.0 * forward_flops(cfg, b, p + c, c);
-    println!(
-        "forward+backward: batch {b} x {} tokens = {tokens} tokens in {best:.2}s (forward {fwd_best:.2}s): {:.0} tokens/s, {:.1} GFLOP/s = {:.0}% of matmul peak",
-        p + c,
-        tokens / best,
-        flops / best / 1e9,
-        100.0 * flops / best / 1e9 / peak
-    );
-    if let Some(hwm) = peak_rss_mib() {
+    if opts.train_iters > 0 {
+        let (b, p, c) = (opts.train_batch, opts.prompt_len, opts.completion_len);
+        let f = train_step(model, b, p, c, opts.train_iters)?;
         println!(
-            "peak memory (VmHWM) after the training step: {hwm:.0} MiB (was {rss0:.0} MiB with the model loaded)"
+            "forward+backward: batch {b} x {} tokens = {} tokens in {:.2}s (forward {:.2}s): {:.0} tokens/s, {:.1} GFLOP/s = {:.0}% of matmul peak",
+            p + c,
+            f.tokens,
+            f.secs,
+            f.forward_secs,
+            f.tokens as f64 / f.secs,
+            f.gflops,
+            100.0 * f.gflops / peak
         );
+        if let Some(hwm) = peak_rss_mib() {
+            println!(
+                "peak memory (VmHWM) after the training step: {hwm:.0} MiB (was {rss0:.0} MiB with the model loaded)"
+            );
+        }
     }
 
-    // Batched generation.
-    let prompts: Vec<Vec<u32>> = (0..opts.gen_batch)
-        .map(|r| {
-            (0..opts.gen_prompt_len)
-                .map(|k| ((r * 31 + k * 17) % (cfg.vocab_size - 10) + 5) as u32)
-                .collect()
-        })
-        .collect();
-    let gcfg = GenerationConfig {
-        max_new_tokens: opts.gen_new_tokens,
-        temperature: 1.0,
-        top_p: 0.95,
-        ..Default::default()
-    };
-    let mut rng = crate::seeded_rng(0);
-    let t0 = Instant::now();
-    let gens = generate(model, &prompts, &gcfg, &mut rng)?;
-    let secs = t0.elapsed().as_secs_f64();
-    let n: usize = gens.iter().map(|g| g.tokens.len()).sum();
-    println!(
-        "generation: batch {} x {} new tokens (prompt {}) in {secs:.2}s: {:.0} tokens/s aggregate",
-        opts.gen_batch,
-        opts.gen_new_tokens,
-        opts.gen_prompt_len,
-        n as f64 / secs
-    );
+    for batch in [opts.gen_batch, opts.gen_small_batch] {
+        if batch == 0 || opts.gen_new_tokens == 0 {
+            continue;
+        }
+        let (plen, new) = (opts.gen_prompt_len, opts.gen_new_tokens);
+        let (n, secs) = generation(model, batch, plen, new)?;
+        let rate = n as f64 / secs;
+        // The work actually done: the prompt pass (output projection at the last position
+        // only), then one decoding step per new token after the first.
+        let flops = forward_flops(cfg, batch, plen, 1)
+            + (plen + 1..plen + new)
+                .map(|s| batch as f64 * decode_flops_per_token(cfg, s))
+                .sum::<f64>();
+        let decode_bound = peak * 1e9 / decode_flops_per_token(cfg, plen + new / 2);
+        println!(
+            "generation: batch {batch} x {new} new tokens (prompt {plen}) in {secs:.2}s: {rate:.0} tokens/s aggregate, {:.1} GFLOP/s = {:.0}% of matmul peak (decoding alone at 100% of peak: {decode_bound:.0} tokens/s)",
+            flops / secs / 1e9,
+            100.0 * flops / secs / 1e9 / peak,
+        );
+    }
     Ok(())
 }

@@ -106,18 +106,19 @@ pub fn generate_with(
     let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     let mut cache = KvCache::new(&model.cfg, total);
     let input = Tensor::from_vec(ids, (b, plen), device)?;
-    let h = model.forward_with(&input, &positions, &key_mask, Some(&mut cache))?;
-    let mut logits = model.logits(&h.narrow(1, plen - 1, 1)?)?;
+    let h = model.forward_infer(&input, &positions, &key_mask, Some(&mut cache))?;
+    let mut logits = model.logits_infer(&h.narrow(1, plen - 1, 1)?)?;
     for step in 0..cfg.max_new_tokens {
         let rows = logits.squeeze(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
         let mut next = Vec::with_capacity(b);
         let mut produced = vec![false; b];
-        for (i, row) in rows.iter().enumerate() {
-            if out[i].finished {
+        let active: Vec<bool> = out.iter().map(|g| !g.finished).collect();
+        let picks = sample_rows(&rows, &active, cfg, rng);
+        for (i, pick) in picks.into_iter().enumerate() {
+            let Some((tok, lp)) = pick else {
                 next.push(0u32);
                 continue;
-            }
-            let (tok, lp) = sample(row, cfg, rng);
+            };
             out[i].tokens.push(tok);
             out[i].logprobs.push(lp);
             produced[i] = true;
@@ -141,8 +142,8 @@ pub fn generate_with(
             }
         }
         let input = Tensor::from_vec(next, (b, 1), device)?;
-        let h = model.forward_with(&input, &pos, &key_mask, Some(&mut cache))?;
-        logits = model.logits(&h)?;
+        let h = model.forward_infer(&input, &pos, &key_mask, Some(&mut cache))?;
+        logits = model.logits_infer(&h)?;
     }
     Ok(out)
 }
@@ -157,32 +158,33 @@ pub fn generate(
     generate_with(model, prompts, cfg, rng, |_, _| {})
 }
 
-/// Picks one token from a logits row; returns it with its log-probability under the full
-/// tempered distribution.
-fn sample(row: &[f64], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32) {
+/// Picks one token from a logits row given a uniform draw `u` in [0, 1); returns it with its
+/// log-probability under the full tempered distribution.
+fn sample(row: &[f64], cfg: &GenerationConfig, u: f64) -> (u32, f32) {
     let t = if cfg.temperature > 0.0 {
         cfg.temperature
     } else {
         1.0
     };
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
-    let mut z = 0.0f64;
-    for &x in row {
-        z += ((x - max) / t).exp();
+    if cfg.temperature == 0.0 {
+        let mut z = 0.0f64;
+        for &x in row {
+            z += ((x - max) / t).exp();
+        }
+        let i = argmax(row);
+        return (i as u32, ((row[i] - max) / t - z.ln()) as f32);
     }
+    // One exp per vocabulary entry: the unnormalised weights are kept for the draw.
+    let w: Vec<f64> = row.iter().map(|&x| ((x - max) / t).exp()).collect();
+    let z: f64 = w.iter().sum();
     let logz = z.ln();
     let lp = |i: usize| ((row[i] - max) / t - logz) as f32;
-    if cfg.temperature == 0.0 {
-        let i = argmax(row);
-        return (i as u32, lp(i));
-    }
-    // Candidates: every token unless top-k / top-p restrict them.
-    let mut cand: Vec<(f64, usize)>;
     if cfg.top_k == 0 && cfg.top_p >= 1.0 {
-        let u: f64 = rng.gen::<f64>() * z;
+        let u = u * z;
         let mut acc = 0.0;
-        for (i, &x) in row.iter().enumerate() {
-            acc += ((x - max) / t).exp();
+        for (i, &x) in w.iter().enumerate() {
+            acc += x;
             if acc >= u {
                 return (i as u32, lp(i));
             }
@@ -190,23 +192,29 @@ fn sample(row: &[f64], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32)
         let i = row.len() - 1;
         return (i as u32, lp(i));
     }
-    cand = row
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| (((x - max) / t).exp() / z, i))
-        .collect();
+    let desc = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0);
+    let mut cand: Vec<(f64, usize)> = w.iter().enumerate().map(|(i, &x)| (x / z, i)).collect();
     if cfg.top_k > 0 && cfg.top_k < cand.len() {
-        cand.select_nth_unstable_by(cfg.top_k - 1, |a, b| b.0.total_cmp(&a.0));
+        cand.select_nth_unstable_by(cfg.top_k - 1, desc);
         cand.truncate(cfg.top_k);
     }
     if cfg.top_p < 1.0 {
-        // Tokens below 1e-9 cannot change the nucleus unless top_p is within ~5e-5 of 1;
-        // dropping them first keeps the sort short.
-        let small: Vec<(f64, usize)> = cand.iter().copied().filter(|c| c.0 >= 1e-9).collect();
-        if small.iter().map(|c| c.0).sum::<f64>() >= cfg.top_p {
-            cand = small;
+        // The nucleus is a prefix of the candidates sorted by probability. Rather than sorting
+        // the whole vocabulary, partition out the k most likely (k = 64, 256, ...) until their
+        // mass reaches top_p; only those are sorted. Same nucleus as a full sort.
+        let mut k = 64.min(cand.len());
+        loop {
+            if k < cand.len() {
+                cand.select_nth_unstable_by(k - 1, desc);
+            }
+            let mass: f64 = cand[..k].iter().map(|c| c.0).sum();
+            if mass >= cfg.top_p || k == cand.len() {
+                break;
+            }
+            k = (k * 4).min(cand.len());
         }
-        cand.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        cand.truncate(k);
+        cand.sort_unstable_by(desc);
         let mut acc = 0.0;
         let mut keep = cand.len();
         for (j, c) in cand.iter().enumerate() {
@@ -219,7 +227,7 @@ fn sample(row: &[f64], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32)
         cand.truncate(keep);
     }
     let total: f64 = cand.iter().map(|c| c.0).sum();
-    let u = rng.gen::<f64>() * total;
+    let u = u * total;
     let mut acc = 0.0;
     for c in &cand {
         acc += c.0;
@@ -229,6 +237,47 @@ fn sample(row: &[f64], cfg: &GenerationConfig, rng: &mut impl Rng) -> (u32, f32)
     }
     let last = cand.last().expect("at least one candidate").1;
     (last as u32, lp(last))
+}
+
+/// Samples every row that is still generating; rows are split across threads (the draws are
+/// taken from `rng` in row order first, so results do not depend on the thread count).
+fn sample_rows(
+    rows: &[Vec<f64>],
+    active: &[bool],
+    cfg: &GenerationConfig,
+    rng: &mut impl Rng,
+) -> Vec<Option<(u32, f32)>> {
+    let draws: Vec<f64> = active
+        .iter()
+        .map(|&a| {
+            if a && cfg.temperature > 0.0 {
+                rng.gen::<f64>()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let one = |i: usize| active[i].then(|| sample(&rows[i], cfg, draws[i]));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(rows.len());
+    if threads <= 1 {
+        return (0..rows.len()).map(one).collect();
+    }
+    let chunk = rows.len().div_ceil(threads);
+    let mut out = vec![None; rows.len()];
+    std::thread::scope(|s| {
+        for (c, slot) in out.chunks_mut(chunk).enumerate() {
+            let one = &one;
+            s.spawn(move || {
+                for (j, o) in slot.iter_mut().enumerate() {
+                    *o = one(c * chunk + j);
+                }
+            });
+        }
+    });
+    out
 }
 
 fn argmax(row: &[f64]) -> usize {

@@ -2,7 +2,7 @@
 //! and only the small A/B matrices are trained and saved.
 
 use crate::error::{Error, Result};
-use crate::transformer::{lin_param, linear_fwd, normal};
+use crate::transformer::{lin_param, linear_fwd, linear_fwd_infer, normal};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,21 @@ impl LoraLinear {
             Some(ad) => {
                 let h = linear_fwd(x, ad.a.as_tensor(), None)?;
                 let d = linear_fwd(&h, ad.b.as_tensor(), None)?;
+                Ok((y + (d * ad.scale)?)?)
+            }
+        }
+    }
+
+    /// `forward` for inference: weights detached (no autograd graph), small-batch matmul form.
+    pub(crate) fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.as_tensor().detach();
+        let b = self.bias.as_ref().map(|b| b.as_tensor().detach());
+        let y = linear_fwd_infer(x, &w, b.as_ref())?;
+        match &self.lora {
+            None => Ok(y),
+            Some(ad) => {
+                let h = linear_fwd_infer(x, &ad.a.as_tensor().detach(), None)?;
+                let d = linear_fwd_infer(&h, &ad.b.as_tensor().detach(), None)?;
                 Ok((y + (d * ad.scale)?)?)
             }
         }

@@ -12,7 +12,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
-use crate::ops::SoftmaxLast;
+use crate::ops::{RmsNormOp, SoftmaxLast};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -47,8 +47,45 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(y.reshape(out)?)
 }
 
-/// RMSNorm from primitives: `x / sqrt(mean(x²) + eps) * w`.
+/// `linear` for inference (no autograd graph). With few rows (decoding) the product is
+/// computed as `W @ x^T`: gemm then streams the contiguous weight as its left operand instead
+/// of packing the whole weight matrix for every step, which measured up to 2x faster at batch
+/// 32 on SmolLM2's shapes; the small [out, rows] result is transposed back.
+fn linear_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let in_dim = *dims.last().expect("rank >= 1");
+    let rows = x.elem_count() / in_dim;
+    let x2 = x.reshape((rows, in_dim))?;
+    let y = if rows <= SMALL_ROWS {
+        w.matmul(&x2.t()?)?.t()?.contiguous()?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    *out.last_mut().unwrap() = w.dim(0)?;
+    Ok(y.reshape(out)?)
+}
+
+/// Up to this many rows `linear_infer` uses the `W @ x^T` form.
+const SMALL_ROWS: usize = 64;
+
+/// RMSNorm, `x / sqrt(mean(x²) + eps) * w`, with a backward pass: a memory-lean custom op on
+/// the CPU (`ops.rs`), the primitive composition elsewhere.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Ok(x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, RmsNormOp { eps })?);
+    }
+    rms_norm_primitive(x, w, eps)
+}
+
+/// RMSNorm from primitives (each with a backward in candle).
+pub fn rms_norm_primitive(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
@@ -109,6 +146,11 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         rms_norm(x, &param(&self.weight, self.frozen), self.eps)
     }
+
+    /// Inference: the same kernel on the detached weight (no autograd graph).
+    fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm(x, &self.weight.as_tensor().detach(), self.eps)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +175,7 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         bias: &Tensor,
-        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv, self.head_dim);
@@ -153,10 +195,7 @@ impl Attention {
         let k = apply_rope(&k.transpose(1, 2)?, cos, sin)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
-            Some(c) => {
-                let (k, v) = c.append(&k, &v)?;
-                (k.contiguous()?, v.contiguous()?)
-            }
+            Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
         let s = k.dim(2)?;
@@ -169,6 +208,54 @@ impl Attention {
         let y = att.matmul(&v)?.reshape((b, h, t, d))?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
+    }
+
+    /// The same computation for inference: no autograd graph, candle's fused RMSNorm, rotary
+    /// and softmax kernels, and the cached keys/values used in place (strided views into the
+    /// preallocated cache, no copy per step). `cos`/`sin`: [B,T,D/2] (one half of the table).
+    fn forward_infer(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        use candle_nn::rotary_emb::rope;
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.n_head, self.n_kv, self.head_dim);
+        let g = h / kvh;
+        let q = self.q_proj.forward_infer(x)?.reshape((b, t, h, d))?;
+        let k = self.k_proj.forward_infer(x)?.reshape((b, t, kvh, d))?;
+        let v = self.v_proj.forward_infer(x)?.reshape((b, t, kvh, d))?;
+        let q = match &self.q_norm {
+            Some(n) => n.forward_infer(&q)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward_infer(&k)?,
+            None => k,
+        };
+        let q = rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match cache {
+            Some((c, layer)) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let s = k.dim(2)?;
+        let q = q.reshape((b, kvh, g * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let att = (q * scale)?.matmul(&k.t()?)?.reshape((b, kvh, g, t, s))?;
+        let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(bias)?)?.reshape((
+            b,
+            kvh,
+            g * t,
+            s,
+        ))?;
+        let y = att.matmul(&v)?.reshape((b, h, t, d))?;
+        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
+        self.o_proj.forward_infer(&y)
     }
 }
 
@@ -185,6 +272,12 @@ impl Mlp {
         let u = self.up_proj.forward(x)?;
         self.down_proj.forward(&(g * u)?)
     }
+
+    fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward_infer(x)?.silu()?;
+        let u = self.up_proj.forward_infer(x)?;
+        self.down_proj.forward_infer(&(g * u)?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -195,18 +288,20 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
-/// Per-layer key/value cache for incremental decoding (preallocated, written in place).
+/// Per-layer key/value cache for incremental decoding: one [B, kv_heads, max_len, head_dim]
+/// buffer per layer for keys and one for values, allocated on first use and written in place,
+/// so a decoding step neither concatenates nor copies what is already cached.
 pub struct KvCache {
-    layers: Vec<candle_nn::kv_cache::KvCache>,
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    max_len: usize,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(cfg: &Config, max_len: usize) -> Self {
         KvCache {
-            layers: (0..cfg.num_hidden_layers)
-                .map(|_| candle_nn::kv_cache::KvCache::new(2, max_len))
-                .collect(),
+            layers: (0..cfg.num_hidden_layers).map(|_| None).collect(),
+            max_len,
             len: 0,
         }
     }
@@ -216,6 +311,32 @@ impl KvCache {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Writes `k`/`v` ([B, kv_heads, T, D]) of `layer` after the cached positions; returns
+    /// views of everything cached for that layer, new positions included.
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, kvh, t, d) = k.dims4()?;
+        let end = self.len + t;
+        if end > self.max_len {
+            return Err(Error::Invalid(format!(
+                "KV cache holds {} positions, {end} needed",
+                self.max_len
+            )));
+        }
+        let (kc, vc) = match &self.layers[layer] {
+            Some(kv) => kv.clone(),
+            None => {
+                let shape = (b, kvh, self.max_len, d);
+                let kc = Tensor::zeros(shape, k.dtype(), k.device())?;
+                let vc = Tensor::zeros(shape, v.dtype(), v.device())?;
+                self.layers[layer] = Some((kc.clone(), vc.clone()));
+                (kc, vc)
+            }
+        };
+        kc.slice_set(&k.contiguous()?, 2, self.len)?;
+        vc.slice_set(&v.contiguous()?, 2, self.len)?;
+        Ok((kc.narrow(2, 0, end)?, vc.narrow(2, 0, end)?))
     }
 }
 
@@ -574,7 +695,38 @@ impl Transformer {
         ids: &Tensor,
         positions: &[Vec<u32>],
         key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.forward_impl(ids, positions, key_mask, cache, false)
+    }
+
+    /// `forward_with` for inference: the same function (equal within float rounding), but no
+    /// autograd graph is built (nothing is kept alive for a backward pass) and candle's fused
+    /// kernels, which have no backward, replace the differentiable compositions. Generation
+    /// uses it.
+    pub fn forward_infer(
+        &self,
+        ids: &Tensor,
+        positions: &[Vec<u32>],
+        key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.forward_impl(ids, positions, key_mask, cache, true)
+    }
+
+    /// `logits` for inference (no autograd graph).
+    pub fn logits_infer(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        linear_infer(hidden, &w.as_tensor().detach(), None)
+    }
+
+    fn forward_impl(
+        &self,
+        ids: &Tensor,
+        positions: &[Vec<u32>],
+        key_mask: &[Vec<u8>],
         mut cache: Option<&mut KvCache>,
+        infer: bool,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if positions.len() != b || key_mask.len() != b {
@@ -625,23 +777,43 @@ impl Transformer {
         }
         let bias = Tensor::from_vec(bias, (b, 1, 1, t, s), &self.device)?.to_dtype(self.dtype)?;
 
-        let emb = param(&self.embed_tokens, self.base_frozen);
+        let emb = param(&self.embed_tokens, self.base_frozen || infer);
         let mut x =
             emb.index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, self.cfg.hidden_size))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let c = cache.as_mut().map(|c| &mut c.layers[i]);
-            let h = layer.input_layernorm.forward(&x)?;
-            let h = layer.self_attn.forward(&h, &cos, &sin, &bias, c)?;
-            x = (x + h)?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            let h = layer.mlp.forward(&h)?;
-            x = (x + h)?;
+        if infer {
+            // The fused rotary kernel takes one half of the (duplicated-halves) table.
+            let cos = cos.narrow(D::Minus1, 0, hd / 2)?.reshape((b, t, hd / 2))?;
+            let sin = sin.narrow(D::Minus1, 0, hd / 2)?.reshape((b, t, hd / 2))?;
+            let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+            for (i, layer) in self.layers.iter().enumerate() {
+                let c = cache.as_deref_mut().map(|c| (c, i));
+                let h = layer.input_layernorm.forward_infer(&x)?;
+                let h = layer.self_attn.forward_infer(&h, &cos, &sin, &bias, c)?;
+                x = (x + h)?;
+                let h = layer.post_attention_layernorm.forward_infer(&x)?;
+                let h = layer.mlp.forward_infer(&h)?;
+                x = (x + h)?;
+            }
+        } else {
+            for (i, layer) in self.layers.iter().enumerate() {
+                let c = cache.as_deref_mut().map(|c| (c, i));
+                let h = layer.input_layernorm.forward(&x)?;
+                let h = layer.self_attn.forward(&h, &cos, &sin, &bias, c)?;
+                x = (x + h)?;
+                let h = layer.post_attention_layernorm.forward(&x)?;
+                let h = layer.mlp.forward(&h)?;
+                x = (x + h)?;
+            }
         }
         if let Some(c) = cache {
             c.len += t;
         }
-        self.norm.forward(&x)
+        if infer {
+            self.norm.forward_infer(&x)
+        } else {
+            self.norm.forward(&x)
+        }
     }
 }
 
@@ -744,4 +916,8 @@ pub(crate) fn lin_param(v: &Var, frozen: bool) -> Tensor {
 
 pub(crate) fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     linear(x, w, b)
+}
+
+pub(crate) fn linear_fwd_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_infer(x, w, b)
 }

@@ -244,6 +244,31 @@ fn clear_errors_on_bad_input() {
 }
 
 #[test]
+fn custom_rms_norm_matches_primitives_in_value_and_gradient() {
+    use policy::transformer::{rms_norm, rms_norm_primitive};
+    let x = candle_core::Var::from_tensor(
+        &(Tensor::randn(0f64, 3.0, (3, 4, 7), &Device::Cpu).unwrap()),
+    )
+    .unwrap();
+    let w = candle_core::Var::from_tensor(&(Tensor::randn(1f64, 0.3, 7, &Device::Cpu).unwrap()))
+        .unwrap();
+    let c = Tensor::randn(0f64, 1.0, (3, 4, 7), &Device::Cpu).unwrap();
+    let a = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+    let b = rms_norm_primitive(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-12);
+    let ga = (a * &c).unwrap().sum_all().unwrap().backward().unwrap();
+    let gb = (b * &c).unwrap().sum_all().unwrap().backward().unwrap();
+    for v in [&x, &w] {
+        let (da, db) = (
+            ga.get(v.as_tensor()).unwrap(),
+            gb.get(v.as_tensor()).unwrap(),
+        );
+        assert!(max_abs_diff(da, db) < 1e-12);
+        assert!(common::max_abs(da) > 1e-3);
+    }
+}
+
+#[test]
 fn custom_softmax_ops_match_primitives_in_value_and_gradient() {
     use policy::transformer::{
         log_softmax_last, log_softmax_last_primitive, softmax_last, softmax_last_primitive,
