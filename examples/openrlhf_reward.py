@@ -1,0 +1,39 @@
+"""What OpenRLHF sends to `--remote_rm_url` and reads back, in the standard library only: a
+check of the service before a long run (OpenRLHF itself needs no code, only flags):
+
+    arlrr serve --data train.jsonl --judge rules.toml --objective alternating \
+        --completions-per-step 1024 --port 8000          # rollout_batch_size x n_samples_per_prompt
+    python -m openrlhf.cli.train_ppo_ray ... --advantage_estimator group_norm \
+        --remote_rm_url http://127.0.0.1:8000/openrlhf/reward \
+        --input_key prompt --label_key prompt_id --apply_chat_template
+
+Usage: python3 openrlhf_reward.py PROMPT_ID PROMPT_TEXT COMPLETION... prints the rewards.
+Environment: ARLRR_URL (default http://127.0.0.1:8000), ARLRR_TOKEN (bearer token, optional).
+"""
+import json
+import os
+import sys
+import urllib.request
+
+URL = os.environ.get("ARLRR_URL", "http://127.0.0.1:8000")
+
+
+def remote_rm(queries, prompts, labels):
+    # OpenRLHF's remote_rm_fn_ray: {"query", "prompts", "labels"} in, the whole JSON out
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("ARLRR_TOKEN"):
+        headers["Authorization"] = "Bearer " + os.environ["ARLRR_TOKEN"]
+    body = json.dumps({"query": queries, "prompts": prompts, "labels": labels}).encode()
+    req = urllib.request.Request(URL + "/openrlhf/reward", body, headers)
+    with urllib.request.urlopen(req, timeout=180) as resp:
+        return json.load(resp)
+
+
+if __name__ == "__main__":
+    prompt_id, prompt, completions = sys.argv[1], sys.argv[2], sys.argv[3:]
+    chat = "<|im_start|>user\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n"
+    n = len(completions)
+    info = remote_rm([chat + c + "<|im_end|>" for c in completions], [chat] * n, [prompt_id] * n)
+    assert len(info["rewards"]) == len(info["scores"]) == n
+    assert all(len(v) == n for v in info["extra_logs"].values())
+    print(json.dumps(info["rewards"]))

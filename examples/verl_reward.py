@@ -1,0 +1,51 @@
+"""ARL-RR rewards for verl from a running `arlrr serve` (standard library only).
+
+Put the rubric example id in each row's `reward_model.ground_truth`, then either
+    custom_reward_function.path=examples/verl_reward.py custom_reward_function.name=compute_score
+(verl's default naive reward manager: one call per response), or, so that the completions of
+one prompt reach the service together as one GRPO group (needed by --objective gdpo),
+    reward_model.reward_manager=batch custom_reward_function.name=compute_score_batch
+
+Environment: ARLRR_URL (default http://127.0.0.1:8000), ARLRR_TOKEN (bearer token, optional).
+"""
+import json
+import os
+import urllib.request
+
+URL = os.environ.get("ARLRR_URL", "http://127.0.0.1:8000")
+
+
+def _post(path, body):
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("ARLRR_TOKEN"):
+        headers["Authorization"] = "Bearer " + os.environ["ARLRR_TOKEN"]
+    req = urllib.request.Request(URL + path, json.dumps(body).encode(), headers)
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        return json.load(resp)
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info])[0]
+
+
+def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, **kwargs):
+    items = []
+    for i, gt in enumerate(ground_truths):
+        if not items or ground_truths[i - 1] != gt:
+            items.append({"prompt_id": str(gt), "completions": []})
+        items[-1]["completions"].append(solution_strs[i])
+    answer = _post("/v1/rewards", {"items": items})
+    # a dict gives verl the per-class rewards to log next to the score
+    return [
+        dict({"score": c["reward"] or 0.0}, **{k: v or 0.0 for k, v in c["classes"].items()})
+        for it in answer["items"]
+        for c in it["completions"]
+    ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python3 verl_reward.py PROMPT_ID COMPLETION... : prints the scores as JSON
+    texts = sys.argv[2:]
+    print(json.dumps([compute_score("arlrr", t, sys.argv[1]) for t in texts]))
