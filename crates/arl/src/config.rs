@@ -12,6 +12,14 @@ use rubric::ClassSpec;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// What [`TrainConfig::prepare`] reports while it builds a warm start.
+#[cfg(feature = "transformer")]
+pub type WarmStartProgress = crate::sft::Progress;
+/// What [`TrainConfig::prepare`] reports while it builds a warm start (none without the
+/// transformer feature).
+#[cfg(not(feature = "transformer"))]
+pub type WarmStartProgress = std::convert::Infallible;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -31,6 +39,12 @@ pub struct TrainConfig {
     pub phases: PhaseConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// `[warm_start]`: the tiny transformer built by supervised fine-tuning on the built-in
+    /// task before RL (`[policy] model = "warm-start"` names it); see
+    /// [`crate::sft::WarmStartConfig`].
+    #[cfg(feature = "transformer")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<crate::sft::WarmStartConfig>,
 }
 
 /// `[run]`.
@@ -67,9 +81,20 @@ impl Default for RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// Training prompts (HealthBench or native JSONL).
+    #[serde(default)]
     pub train: PathBuf,
     /// Validation prompts: periodic evaluation and the selectors' fixed batch.
+    #[serde(default)]
     pub val: PathBuf,
+    /// Held-out test prompts, optional: the starting and the final policy are scored on them
+    /// (never used for selection), and `report.md` shows the difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<PathBuf>,
+    /// `true`: a new run writes the built-in task's splits (`arlrr data builtin`) into
+    /// `<run.dir>/data/` and uses them as `train`, `val` and `test` (which may then be left
+    /// out). The run's resolved config.toml names the written files.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub builtin: bool,
     /// How criteria are grouped into meta-classes: `scheme = "axis"` (default), `"cluster"`,
     /// `"theme"` or `{ mapping = "classes.toml" }`, and an optional `catch_all` class name.
     #[serde(default)]
@@ -180,6 +205,8 @@ pub struct EvalConfig {
     pub samples: usize,
     /// Bootstrap resamples for the std of the validation scores.
     pub bootstrap: usize,
+    /// Test examples scored at the start and the end (the first ones of `data.test`); 0 = all.
+    pub test_size: usize,
 }
 
 impl Default for EvalConfig {
@@ -189,6 +216,7 @@ impl Default for EvalConfig {
             size: 0,
             samples: 4,
             bootstrap: rubric::score::BOOTSTRAP_RESAMPLES,
+            test_size: 0,
         }
     }
 }
@@ -228,8 +256,25 @@ impl TrainConfig {
             }
         };
         fix(&mut self.run.dir);
-        fix(&mut self.data.train);
-        fix(&mut self.data.val);
+        for p in [&mut self.data.train, &mut self.data.val] {
+            if !p.as_os_str().is_empty() {
+                fix(p);
+            }
+        }
+        if let Some(p) = &mut self.data.test {
+            fix(p);
+        }
+        #[cfg(feature = "transformer")]
+        if let Some(p) = self.warm_start.as_mut().and_then(|w| w.cache.as_mut()) {
+            fix(p);
+        }
+        #[cfg(feature = "transformer")]
+        if let PolicyConfig::Transformer(t) = &mut self.policy {
+            let named = ["smollm2", crate::transformer::WARM_START_MODEL];
+            if !named.iter().any(|n| t.model.as_os_str() == *n) {
+                fix(&mut t.model);
+            }
+        }
         if let rubric::ClassScheme::Mapping(p) = &mut self.data.classes.scheme {
             fix(p);
         }
@@ -240,6 +285,30 @@ impl TrainConfig {
 
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<()> {
+        if !self.data.builtin {
+            if self.data.train.as_os_str().is_empty() {
+                bail!("field `data.train`: required (or `data.builtin = true`)");
+            }
+            if self.data.val.as_os_str().is_empty() {
+                bail!("field `data.val`: required (or `data.builtin = true`)");
+            }
+        }
+        #[cfg(feature = "transformer")]
+        {
+            if let Some(w) = &self.warm_start {
+                w.validate()?;
+            }
+            if let PolicyConfig::Transformer(t) = &self.policy {
+                if t.model.as_os_str() == crate::transformer::WARM_START_MODEL
+                    && self.warm_start.is_none()
+                {
+                    bail!(
+                        "field `policy.model`: `{}` needs a `[warm_start]` section",
+                        crate::transformer::WARM_START_MODEL
+                    );
+                }
+            }
+        }
         let g = &self.grpo;
         if g.prompts_per_step == 0 {
             bail!("field `grpo.prompts_per_step`: must be at least 1");
@@ -262,6 +331,33 @@ impl TrainConfig {
         if self.eval.samples == 0 {
             bail!("field `eval.samples`: must be at least 1");
         }
+        Ok(())
+    }
+
+    /// Makes a new run's config concrete: writes the built-in splits when `data.builtin`
+    /// (into `<run.dir>/data/`, absolute paths, so `--resume` finds them), and builds or
+    /// reuses the cached warm start when `[policy] model = "warm-start"`. `on_warm_start`
+    /// sees the warm start's progress (never called when it is cached).
+    pub fn prepare(&mut self, on_warm_start: impl FnMut(WarmStartProgress)) -> Result<()> {
+        if self.data.builtin {
+            self.run.dir = std::path::absolute(&self.run.dir)?;
+            let data = self.run.dir.join("data");
+            rubric::builtin::write_splits(rubric::builtin::BuiltinSpec::default(), &data)
+                .with_context(|| format!("writing the built-in task to {}", data.display()))?;
+            self.data.train = data.join("train.jsonl");
+            self.data.val = data.join("validation.jsonl");
+            self.data.test = Some(data.join("test.jsonl"));
+            self.data.builtin = false;
+        }
+        #[cfg(feature = "transformer")]
+        if let (PolicyConfig::Transformer(t), Some(w)) = (&mut self.policy, &self.warm_start) {
+            if t.model.as_os_str() == crate::transformer::WARM_START_MODEL {
+                let (dir, _reused) = crate::sft::cached(w, on_warm_start)?;
+                t.model = dir;
+            }
+        }
+        #[cfg(not(feature = "transformer"))]
+        let _ = on_warm_start;
         Ok(())
     }
 

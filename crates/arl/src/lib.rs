@@ -19,6 +19,8 @@ pub mod plots;
 pub mod policy;
 pub mod report;
 pub mod selector;
+#[cfg(feature = "transformer")]
+pub mod sft;
 pub mod trainer;
 #[cfg(feature = "transformer")]
 pub mod transformer;

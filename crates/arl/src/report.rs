@@ -23,6 +23,7 @@ pub fn write(t: &Trainer) -> Result<()> {
     let metrics: Vec<StepMetrics> = read_jsonl(&t.run_dir.join("metrics.jsonl"))?;
     let schedule: Vec<Decision> = read_jsonl(&t.run_dir.join("schedule.jsonl"))?;
     let evals: Vec<EvalLine> = read_jsonl(&t.run_dir.join("eval.jsonl"))?;
+    let tests: Vec<EvalLine> = read_jsonl(&t.run_dir.join("test.jsonl"))?;
     let c = &t.config;
     let mut r = String::new();
     writeln!(r, "# arlrr run report\n")?;
@@ -50,6 +51,39 @@ pub fn write(t: &Trainer) -> Result<()> {
             }
         }
         writeln!(r)?;
+    }
+    if let (Some(first), Some(last)) = (tests.first(), tests.last()) {
+        if last.step > first.step {
+            let (a, b) = (&first.report.overall, &last.report.overall);
+            let test = c.data.test.as_deref().map(|p| p.display().to_string());
+            writeln!(r, "## Test split (held out; mean ± bootstrap std)\n")?;
+            writeln!(
+                r,
+                "`{}`, {} responses per example, scored once at the start and once at the end.\n",
+                test.unwrap_or_default(),
+                c.eval.samples
+            )?;
+            writeln!(
+                r,
+                "**Test score: {:.3} ± {:.3} at the start (step {}) → {:.3} ± {:.3} after step {} ({:+.3}).**\n",
+                a.score, a.std, first.step, b.score, b.std, last.step, b.score - a.score
+            )?;
+            writeln!(
+                r,
+                "| | start | end | change |\n|---|---|---|---|"
+            )?;
+            let fmt = |s: &rubric::Summary| format!("{:.3} ± {:.3}", s.score, s.std);
+            writeln!(r, "| overall | {} | {} | {:+.3} |", fmt(a), fmt(b), b.score - a.score)?;
+            for name in t.class_names() {
+                if let (Some(x), Some(y)) = (
+                    first.report.classes.get(name),
+                    last.report.classes.get(name),
+                ) {
+                    writeln!(r, "| {name} | {} | {} | {:+.3} |", fmt(x), fmt(y), y.score - x.score)?;
+                }
+            }
+            writeln!(r)?;
+        }
     }
     if !schedule.is_empty() {
         writeln!(r, "## Schedule\n")?;

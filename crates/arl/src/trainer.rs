@@ -29,6 +29,9 @@ pub use crate::metrics::Timing;
 pub struct TaskData {
     pub train: Dataset,
     pub val: Dataset,
+    /// Held-out split scored at the start and the end of a run (`data.test`), never used for
+    /// selection.
+    pub test: Option<Dataset>,
     pub classes: MetaClasses,
     pub train_classes: Assignment,
     pub val_classes: Assignment,
@@ -83,6 +86,7 @@ impl TaskData {
         Ok(TaskData {
             train,
             val,
+            test: None,
             classes,
             train_classes,
             val_classes,
@@ -95,7 +99,9 @@ impl TaskData {
     pub fn from_config(cfg: &TrainConfig) -> Result<TaskData> {
         let train = rubric::load(&cfg.data.train)?;
         let val = rubric::load(&cfg.data.val)?;
-        TaskData::new(train, val, &cfg.data.classes, cfg.phases.select_size)
+        let mut data = TaskData::new(train, val, &cfg.data.classes, cfg.phases.select_size)?;
+        data.test = cfg.data.test.as_deref().map(rubric::load).transpose()?;
+        Ok(data)
     }
 }
 
@@ -152,6 +158,7 @@ pub struct Trainer {
     metrics: Jsonl,
     schedule: Jsonl,
     evals: Jsonl,
+    tests: Jsonl,
 }
 
 /// One line of `eval.jsonl`: a validation of the policy after `step` steps (0 = the start).
@@ -231,6 +238,7 @@ impl Trainer {
             metrics: Jsonl::open(&run_dir.join("metrics.jsonl"))?,
             schedule: Jsonl::open(&run_dir.join("schedule.jsonl"))?,
             evals: Jsonl::open(&run_dir.join("eval.jsonl"))?,
+            tests: Jsonl::open(&run_dir.join("test.jsonl"))?,
             rng: ChaCha8Rng::seed_from_u64(config.run.seed),
             config,
             run_dir,
@@ -260,6 +268,7 @@ impl Trainer {
         if self.state.step == 0 && self.evals.lines == 0 {
             let v = self.validate()?; // the starting policy, for the report's comparison
             self.evals.append(&EvalLine { step: 0, report: v })?;
+            self.test_split(0)?;
         }
         while self.state.step < total {
             let mut time = Timing::default();
@@ -331,7 +340,31 @@ impl Trainer {
                 self.checkpoint()?;
             }
         }
+        self.test_split(total)?;
         crate::report::write(self)
+    }
+
+    /// Scores the policy on the held-out test split (when the config names one) into
+    /// `test.jsonl`, once per step count: the start and the end of the run.
+    fn test_split(&mut self, step: u64) -> Result<()> {
+        let Some(mut test) = self.data.test.clone() else {
+            return Ok(());
+        };
+        if self.config.eval.test_size > 0 {
+            test.examples.truncate(self.config.eval.test_size);
+        }
+        let path = self.run_dir.join("test.jsonl");
+        let done = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<EvalLine>(l).ok())
+            .any(|e| e.step == step);
+        if done {
+            return Ok(());
+        }
+        let seed = self.config.run.seed ^ 0x7e57_5eed;
+        let report = self.evaluate_on(&test, self.config.eval.samples, seed)?;
+        self.tests.append(&EvalLine { step, report })
     }
 
     /// One GRPO step on a fresh rollout batch (also the lookahead's probe step).

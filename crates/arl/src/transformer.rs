@@ -9,12 +9,17 @@ use rubric::Example;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// `[policy] model` value naming the tiny model the run's `[warm_start]` section builds (see
+/// [`crate::sft`]); `TrainConfig::prepare` replaces it with the cached folder.
+pub const WARM_START_MODEL: &str = "warm-start";
+
 /// `[policy]` with `kind = "transformer"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformerConfig {
     /// A `.gguf` file or an HF folder (config.json, *.safetensors, tokenizer.json);
-    /// `"smollm2"` names the fetched SmolLM2-135M-Instruct asset.
+    /// `"smollm2"` names the fetched SmolLM2-135M-Instruct asset, `"warm-start"` the tiny model
+    /// built from the `[warm_start]` section.
     pub model: PathBuf,
     /// Longest response, in tokens.
     #[serde(default = "default_max_new_tokens")]

@@ -42,3 +42,36 @@ fn the_example_config_parses_and_round_trips() {
     let again = TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap();
     assert_eq!(cfg, again);
 }
+
+#[test]
+fn every_shipped_run_config_parses_and_round_trips() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg = TrainConfig::from_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            let again = TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap();
+            assert_eq!(cfg, again, "{}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} configs");
+}
+
+#[test]
+fn the_documented_warm_start_fields_are_the_real_ones() {
+    // example.toml documents [warm_start] in comments; uncommented, they must parse as is
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find("# [warm_start]").unwrap();
+    let section: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| !l.starts_with("#  ") && !l.contains("cache ="))
+        .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+        .collect();
+    let table: toml::Table = toml::from_str(&section).unwrap_or_else(|e| panic!("{e}"));
+    let w: arl::sft::WarmStartConfig = table["warm_start"].clone().try_into().unwrap();
+    assert_eq!(w, arl::sft::WarmStartConfig::default(), "{section}");
+}

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Base run config; without it, the built-in task and configs/builtin.toml.
+    /// Base run config; without it, the built-in task with the categorical phrase policy
+    /// (configs/builtin-categorical.toml: seconds per run). A config with
+    /// `[policy] model = "warm-start"` (configs/builtin.toml) compares on the tiny transformer.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Test split (required with --config; the built-in test split otherwise).
+    /// Test split (required with --config unless it sets `data.builtin`; the built-in test
+    /// split otherwise).
     #[arg(long)]
     test: Option<PathBuf>,
     /// Comma-separated methods: `alternating:<selector>` (lookahead, gradient, deficit, ucb,
@@ -44,22 +47,24 @@ pub fn run(a: Args) -> Result<()> {
             d
         }
     };
-    let (mut base, test) = match a.config {
+    let mut base = match a.config {
         Some(path) => {
-            let cfg = TrainConfig::from_file(&path)?;
-            let test = a
-                .test
-                .context("--test TEST.jsonl is required with --config")?;
-            (cfg, test)
+            let mut cfg = TrainConfig::from_file(&path)?;
+            cfg.run.dir = out.clone();
+            cfg
         }
-        None => {
-            let cfg = crate::cmd_train::builtin_config(Some(out.clone()))?;
-            let test = a
-                .test
-                .unwrap_or_else(|| cfg.run.dir.join("data/test.jsonl"));
-            (cfg, test)
-        }
+        None => crate::cmd_train::builtin_config(
+            crate::cmd_train::BUILTIN_CATEGORICAL,
+            Some(out.clone()),
+        )?,
     };
+    crate::cmd_train::prepare(&mut base, false)?;
+    let test = a
+        .test
+        .or_else(|| base.data.test.clone())
+        .context("--test TEST.jsonl is required with a config that names no test split")?;
+    // each run is scored on the test split once, at its end, by the comparison itself
+    base.data.test = None;
     if let Some(s) = a.steps {
         base.run.steps = s;
         base.eval.every = base.eval.every.min(s.div_ceil(5).max(1));

@@ -19,12 +19,27 @@ pub struct Args {
     /// No progress bar (one line per validation instead).
     #[arg(long)]
     pub quiet: bool,
+    /// Override `run.steps` (e.g. a quick smoke run of a config).
+    #[arg(long, conflicts_with = "resume")]
+    pub steps: Option<u64>,
+    /// Override `warm_start.steps`, the supervised fine-tuning steps of the warm start.
+    #[arg(long, conflicts_with = "resume")]
+    pub sft_steps: Option<u64>,
 }
 
-/// The default run: the built-in task's splits written into a fresh run directory and
-/// `configs/builtin.toml` (compiled in) pointed at them.
-pub(crate) fn builtin_config(out: Option<PathBuf>) -> Result<TrainConfig> {
-    let mut cfg: TrainConfig = toml::from_str(include_str!("../../../configs/builtin.toml"))?;
+/// The compiled-in default config (`configs/builtin.toml`): the tiny transformer, warm-started
+/// by supervised fine-tuning, on the built-in task.
+pub(crate) const BUILTIN: &str = include_str!("../../../configs/builtin.toml");
+/// The categorical phrase policy on the built-in task (`configs/builtin-categorical.toml`):
+/// seconds instead of minutes; `arlrr compare`'s default.
+pub(crate) const BUILTIN_CATEGORICAL: &str =
+    include_str!("../../../configs/builtin-categorical.toml");
+
+/// A compiled-in built-in config (`data.builtin = true`) with its run directory: `out`, or
+/// the config's `run.dir` numbered so an earlier run is never overwritten. The splits are
+/// written by [`TrainConfig::prepare`].
+pub(crate) fn builtin_config(text: &str, out: Option<PathBuf>) -> Result<TrainConfig> {
+    let mut cfg = TrainConfig::from_toml(text)?;
     let dir = match out {
         Some(d) => d,
         None => {
@@ -39,35 +54,74 @@ pub(crate) fn builtin_config(out: Option<PathBuf>) -> Result<TrainConfig> {
             d
         }
     };
-    // absolute, so the run's resolved config.toml still points at the data on --resume
-    let dir = std::path::absolute(&dir)?;
-    let data = dir.join("data");
-    rubric::builtin::write_splits(rubric::builtin::BuiltinSpec::default(), &data)?;
-    cfg.data.train = data.join("train.jsonl");
-    cfg.data.val = data.join("validation.jsonl");
     cfg.run.dir = dir;
     Ok(cfg)
 }
 
+/// Writes the built-in data and builds (or reuses) the warm start, with a progress bar.
+pub(crate) fn prepare(cfg: &mut TrainConfig, quiet: bool) -> Result<()> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("warm start {bar:30} {pos}/{len} {elapsed_precise} {msg}")
+            .expect("a valid template"),
+    );
+    let mut built = false;
+    cfg.prepare(|p| {
+        built = true;
+        match p {
+            arl::sft::Progress::Tokenizer => bar.set_message("training the tokenizer"),
+            arl::sft::Progress::Step { step, total, loss } => {
+                bar.set_length(total);
+                bar.set_position(step);
+                bar.set_message(format!("supervised fine-tuning, loss {loss:.3}"));
+            }
+        }
+    })?;
+    bar.finish_and_clear();
+    if let (Some(_), arl::PolicyConfig::Transformer(t)) = (&cfg.warm_start, &cfg.policy) {
+        let how = if built { "built" } else { "cached" };
+        eprintln!("warm start ({how}): {}", t.model.display());
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
-    let mut trainer = match (&a.config, &a.resume) {
+    let mut cfg = match (&a.config, &a.resume) {
         (Some(path), None) => {
             let mut cfg = TrainConfig::from_file(path)?;
             if let Some(out) = &a.out {
                 cfg.run.dir = out.clone();
             }
-            Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?
+            Some(cfg)
         }
-        (None, Some(dir)) => Trainer::resume(dir)?,
+        (None, Some(_)) => None,
         (None, None) => {
-            let cfg = builtin_config(a.out.clone())?;
+            let cfg = builtin_config(BUILTIN, a.out.clone())?;
             eprintln!(
                 "built-in task, config configs/builtin.toml, run {}",
                 cfg.run.dir.display()
             );
-            Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?
+            Some(cfg)
         }
         _ => bail!("give --config FILE.toml (a new run) or --resume RUN_DIR"),
+    };
+    let mut trainer = match (&mut cfg, &a.resume) {
+        (Some(cfg), _) => {
+            if let Some(s) = a.steps {
+                cfg.run.steps = s;
+            }
+            if let (Some(s), Some(w)) = (a.sft_steps, &mut cfg.warm_start) {
+                w.steps = s;
+            }
+            prepare(cfg, a.quiet)?;
+            Trainer::new(cfg.clone(), Parts::from_config(cfg)?)?
+        }
+        (None, Some(dir)) => Trainer::resume(dir)?,
+        (None, None) => unreachable!("a config or a run to resume"),
     };
     let total = trainer.config.run.steps;
     let bar = if a.quiet {

@@ -8,6 +8,7 @@ mod cmd_generate;
 mod cmd_grade;
 mod cmd_serve;
 mod cmd_serve_judge;
+mod cmd_sft;
 mod cmd_train;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
     Serve(cmd_serve::Args),
     /// Train a policy with GRPO on rubric rewards (ARL-RR or a baseline objective).
     Train(cmd_train::Args),
+    /// Build a warm start: BPE tokenizer + tiny transformer + supervised fine-tuning.
+    Sft(cmd_sft::Args),
     /// Train ARL-RR and the baselines over several seeds and compare them on a test split.
     Compare(cmd_compare::Args),
     /// Score a trained policy on a data file, overall and per meta-class.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::ServeJudge(a) => cmd_serve_judge::run(a),
         Command::Serve(a) => cmd_serve::run(a),
         Command::Train(a) => cmd_train::run(a),
+        Command::Sft(a) => cmd_sft::run(a),
         Command::Compare(a) => cmd_compare::run(a),
         Command::Eval(a) => cmd_eval::run(a),
     };

@@ -1,15 +1,98 @@
-//! The default run: `arlrr train` with no config trains on the built-in task, writes its data,
-//! report and plots, and lifts the validation score.
+//! The built-in task: `arlrr train` with no config (the tiny transformer, warm start built and
+//! cached, a small budget here; the full default run is not a test) and the categorical config,
+//! which must lift the validation score; each writes its data, report and plots.
 
 use serde_json::Value;
+use std::path::Path;
 use std::process::Command;
 
+fn configs() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
-fn default_train_runs_end_to_end_and_improves() {
+fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let train = |run: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+            .args(["train", "--quiet", "--steps", "2", "--sft-steps", "3", "--out"])
+            .arg(run)
+            .env("ARLRR_CACHE", &cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let first = train(&dir.path().join("a"));
+    assert!(first.contains("warm start (built)"), "{first}");
+    let warm: Vec<_> = std::fs::read_dir(cache.join("warm-start"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    for f in ["model.safetensors", "config.json", "tokenizer.json", "sft.jsonl"] {
+        assert!(warm[0].join(f).exists(), "{f} missing from the warm start");
+    }
+    assert_eq!(lines(&warm[0].join("sft.jsonl")).len(), 3);
+    // the second run reuses it
+    let run = dir.path().join("b");
+    let second = train(&run);
+    assert!(second.contains("warm start (cached)"), "{second}");
+    for f in [
+        "data/test.jsonl",
+        "report.md",
+        "metrics.jsonl",
+        "schedule.jsonl",
+        "test.jsonl",
+        "validation.svg",
+        "checkpoints/step-00000002/policy.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let tests = lines(&run.join("test.jsonl"));
+    assert_eq!(tests.len(), 2);
+    assert_eq!(tests[0]["step"], 0);
+    assert_eq!(tests[1]["step"], 2);
+    assert_eq!(tests[1]["overall"]["n"], 96 * 4);
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("## Test split"), "{report}");
+    assert!(report.contains("**Test score: "), "{report}");
+    // the trained policy loads as a plain model for `arlrr eval`
+    let eval = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(["eval", "--samples", "1", "--model"])
+        .arg(&run)
+        .arg("--data")
+        .arg(run.join("data/validation.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    assert!(String::from_utf8_lossy(&eval.stdout).contains("overall"));
+}
+
+#[test]
+fn categorical_builtin_runs_end_to_end_and_improves() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .args(["train", "--quiet", "--out", run.to_str().unwrap()])
+        .args(["train", "--quiet", "--out", run.to_str().unwrap(), "--config"])
+        .arg(configs().join("builtin-categorical.toml"))
         .output()
         .unwrap();
     assert!(
@@ -30,11 +113,7 @@ fn default_train_runs_end_to_end_and_improves() {
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let evals: Vec<Value> = std::fs::read_to_string(run.join("eval.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let evals = lines(&run.join("eval.jsonl"));
     let first = evals.first().unwrap()["overall"]["score"].as_f64().unwrap();
     let last = evals.last().unwrap()["overall"]["score"].as_f64().unwrap();
     assert!(last - first >= 0.10, "validation {first:.3} -> {last:.3}");

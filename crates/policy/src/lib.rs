@@ -11,6 +11,7 @@
 //! ```
 
 pub mod bench;
+pub mod bpe;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -22,6 +23,7 @@ mod ops;
 pub mod tokenizer;
 pub mod transformer;
 
+pub use bpe::train_bpe;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_with, Generation, GenerationConfig};
