@@ -86,7 +86,9 @@ fn parse_objective(s: &str) -> Result<ObjectiveKind, String> {
 
 fn parse_selector(s: &str) -> Result<SelectorKind, String> {
     serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
-        format!("`{s}`: use round_robin, fixed, deficit, ucb or lookahead (gradient needs the trainer)")
+        format!(
+            "`{s}`: use round_robin, fixed, deficit, ucb or lookahead (gradient needs the trainer)"
+        )
     })
 }
 
@@ -182,7 +184,11 @@ pub fn run(args: Args) -> Result<()> {
             .map(|c| format!(", step {}, active class `{c}`", status.step))
             .unwrap_or_default(),
         args.state_dir.display(),
-        if args.token_env.is_some() { "bearer token" } else { "none" },
+        if args.token_env.is_some() {
+            "bearer token"
+        } else {
+            "none"
+        },
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

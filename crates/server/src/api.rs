@@ -84,8 +84,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses a JSON body into `T`, naming the offending field (`items[2].completions`).
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+/// Reads a request body as JSON.
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body.map_err(|e| {
         let status = e.status();
         let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -95,20 +95,25 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, 
         };
         ApiError::new(status, kind, format!("cannot read the request body: {e}"))
     })?;
-    let de = &mut serde_json::Deserializer::from_slice(&body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("(body)", format!("request body is not valid JSON: {e}"))
+    })
+}
+
+/// Deserializes `T` from JSON, naming the offending field (`items[2].completions`).
+fn shape<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let what = if inner.is_syntax() || inner.is_eof() {
-            "request body is not valid JSON"
-        } else {
-            "request body has the wrong shape"
-        };
         ApiError::bad_request(
             if path == "." { "(body)".into() } else { path },
-            format!("{what}: {inner}"),
+            format!("request body has the wrong shape: {}", e.into_inner()),
         )
     })
+}
+
+/// Parses a JSON body into `T`, naming the offending field.
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    shape(json_body(body)?)
 }
 
 fn check_count(service: &Service, n: usize) -> Result<(), ApiError> {
@@ -360,12 +365,11 @@ pub struct NativeItem {
     pub completions: Vec<String>,
 }
 
-/// `{"items": [...]}`, or one item's fields at the top level.
+/// `{"items": [...]}`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum NativeRequest {
-    Batch { items: Vec<NativeItem> },
-    Single(NativeItem),
+#[serde(deny_unknown_fields)]
+struct NativeBatch {
+    items: Vec<NativeItem>,
 }
 
 fn item_example(service: &Service, item: &NativeItem, index: usize) -> Result<usize, ItemError> {
@@ -414,9 +418,12 @@ pub async fn native_rewards(
     State(service): State<Arc<Service>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let items = match parse::<NativeRequest>(body)? {
-        NativeRequest::Batch { items } => items,
-        NativeRequest::Single(item) => vec![item],
+    // a batch, or one item's fields at the top level
+    let value = json_body(body)?;
+    let items = if value.get("items").is_some() {
+        shape::<NativeBatch>(value)?.items
+    } else {
+        vec![shape::<NativeItem>(value)?]
     };
     let total: usize = items.iter().map(|i| i.completions.len()).sum();
     check_count(&service, total)?;

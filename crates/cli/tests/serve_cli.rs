@@ -1,0 +1,830 @@
+//! `arlrr serve` through the real binary over real HTTP, with the rule judge on the built-in
+//! task: OpenRLHF-shaped requests get the rewards `arlrr grade` verdicts imply; the alternating
+//! schedule switches classes after the configured steps; bad input gets 4xx and the service
+//! keeps serving; 500 concurrent requests are all answered; a SIGKILLed service restarts with
+//! its cache and schedule; the Python examples run against it; token, limits, timeout and the
+//! judge's API key are handled.
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const RULES: &str = "kind = \"rules\"\n";
+
+/// A running `arlrr serve`; killed (SIGKILL) when dropped.
+struct Serve {
+    child: Child,
+    url: String,
+    stderr: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Serve {
+        let stderr = dir.join(format!("serve-{}.stderr", std::process::id()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+            .arg("serve")
+            .args(["--port", "0"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start arlrr serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .map(str::to_string);
+        let Some(url) = url else {
+            let _ = child.kill();
+            panic!(
+                "arlrr serve did not start: {line:?}\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        };
+        Serve { child, url, stderr }
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// The built-in task's files and a rule judge config in `dir`.
+struct Task {
+    train: PathBuf,
+    judge: PathBuf,
+    examples: Vec<Value>,
+}
+
+fn task(dir: &Path) -> Task {
+    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(["data", "builtin", "--out"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let train = dir.join("data/train.jsonl");
+    let judge = dir.join("rules.toml");
+    std::fs::write(&judge, RULES).unwrap();
+    let examples = std::fs::read_to_string(&train)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    Task {
+        train,
+        judge,
+        examples,
+    }
+}
+
+fn base_args<'a>(t: &'a Task, state: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--data",
+        t.train.to_str().unwrap(),
+        "--judge",
+        t.judge.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]
+}
+
+fn user_text(example: &Value) -> String {
+    example["prompt"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn chatml(text: &str) -> String {
+    format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// Responses of mixed quality built from each example's own ideal completion and rubric
+/// phrases, so that classes score differently.
+fn completions(example: &Value) -> Vec<String> {
+    let ideal = example["ideal_completions_data"]["ideal_completion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    vec![
+        ideal.clone(),
+        "I am not sure. Maybe start antibiotics right away.".into(),
+        format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
+        String::new(),
+    ]
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = client.post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Class rewards from `arlrr grade` verdicts, with HealthBench's formula written out:
+/// Σ points × met / Σ positive points over the criteria tagged `axis:<class>`.
+fn expected_class_rewards(
+    dir: &Path,
+    t: &Task,
+    items: &[(&Value, &str)],
+) -> Vec<HashMap<String, Option<f64>>> {
+    let responses: String = items
+        .iter()
+        .map(|(ex, c)| json!({"prompt_id": ex["prompt_id"], "completion": c}).to_string() + "\n")
+        .collect();
+    let (resp, grades) = (dir.join("responses.jsonl"), dir.join("grades.jsonl"));
+    std::fs::write(&resp, responses).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(["grade", "--data", t.train.to_str().unwrap(), "--judge"])
+        .arg(&t.judge)
+        .arg("--responses")
+        .arg(&resp)
+        .arg("--out")
+        .arg(&grades)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(&grades)
+        .unwrap()
+        .lines()
+        .zip(items)
+        .map(|(line, (ex, _))| {
+            let g: Value = serde_json::from_str(line).unwrap();
+            let mut sums: HashMap<String, (f64, f64)> = HashMap::new();
+            for (c, met) in ex["rubrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(g["met"].as_array().unwrap())
+            {
+                let axis = c["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find_map(|t| t.as_str().unwrap().strip_prefix("axis:"))
+                    .unwrap()
+                    .to_string();
+                let p = c["points"].as_f64().unwrap();
+                let m = if met.as_bool().unwrap() { 1.0 } else { 0.0 };
+                let e = sums.entry(axis).or_default();
+                e.0 += p * m;
+                e.1 += p.max(0.0);
+            }
+            rubric::HEALTHBENCH_AXES
+                .iter()
+                .map(|a| {
+                    let v = sums
+                        .get(*a)
+                        .and_then(|(got, max)| (*max > 0.0).then(|| got / max));
+                    (a.to_string(), v)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openrlhf_requests_get_graded_rewards_and_bad_input_gets_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(dir.path(), &base_args(&t, &state), &[]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/openrlhf/reward", serve.url);
+
+    // three prompts x four completions, shuffled into one OpenRLHF batch; ids in the labels
+    let picked = [&t.examples[0], &t.examples[1], &t.examples[2]];
+    let mut items: Vec<(&Value, String)> = Vec::new();
+    for ex in picked {
+        for c in completions(ex) {
+            items.push((ex, c));
+        }
+    }
+    items.swap(0, 5);
+    let body = json!({
+        "query": items.iter().map(|(ex, c)| format!("{}{c}<|im_end|><|endoftext|>", chatml(&user_text(ex)))).collect::<Vec<_>>(),
+        "prompts": items.iter().map(|(ex, _)| chatml(&user_text(ex))).collect::<Vec<_>>(),
+        "labels": items.iter().map(|(ex, _)| ex["prompt_id"].clone()).collect::<Vec<_>>(),
+    });
+    let (status, answer) = post(&client, &url, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let refs: Vec<(&Value, &str)> = items.iter().map(|(e, c)| (*e, c.as_str())).collect();
+    let expected = expected_class_rewards(dir.path(), &t, &refs);
+    let schedule = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    let active = schedule["active_class"].as_str().unwrap().to_string();
+    assert_eq!(
+        active, "accuracy",
+        "round robin starts with the first class"
+    );
+    let rewards = answer["rewards"].as_array().unwrap();
+    assert_eq!(rewards.len(), items.len());
+    let mut spread = false;
+    for (i, exp) in expected.iter().enumerate() {
+        let want = exp[&active].unwrap_or(0.0);
+        assert!(
+            close(rewards[i].as_f64().unwrap(), want),
+            "item {i}: {} vs {want}",
+            rewards[i]
+        );
+        for (class, v) in exp {
+            let got = answer["extra_logs"][format!("arlrr/{class}")][i]
+                .as_f64()
+                .unwrap();
+            let defined = answer["extra_logs"][format!("arlrr/{class}_defined")][i]
+                .as_f64()
+                .unwrap();
+            assert!(
+                close(got, v.unwrap_or(0.0)),
+                "item {i} {class}: {got} vs {v:?}"
+            );
+            assert_eq!(defined, if v.is_some() { 1.0 } else { 0.0 });
+        }
+        let score = answer["scores"][i].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        spread |= !close(want, rewards[0].as_f64().unwrap());
+    }
+    assert!(spread, "the completions should not all score alike");
+
+    // the same prompt matched by its text alone (an example whose text is unique)
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for ex in &t.examples {
+        *counts.entry(user_text(ex)).or_default() += 1;
+    }
+    let unique = t
+        .examples
+        .iter()
+        .find(|e| counts[&user_text(e)] == 1)
+        .unwrap();
+    let c = &completions(unique)[0];
+    let by_text = json!({"query": [format!("{}{c}", chatml(&user_text(unique)))], "prompts": [chatml(&user_text(unique))], "labels": [null]});
+    let by_id = json!({"query": [format!("{}{c}", chatml(&user_text(unique)))], "prompts": [chatml(&user_text(unique))], "labels": [unique["prompt_id"]]});
+    let (s1, a1) = post(&client, &url, &by_text).await;
+    let (s2, a2) = post(&client, &url, &by_id).await;
+    assert_eq!((s1, s2), (200, 200), "{a1} {a2}");
+    assert_eq!(a1["rewards"], a2["rewards"]);
+
+    // bad input: 4xx naming the field and item, and the service keeps serving
+    let raw = |body: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let r = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, e) = raw("{\"query\": [\"a\", ").await;
+    assert_eq!(s, 400);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{e}"
+    );
+    let (s, e) =
+        raw("{\"query\": [\"a\", \"b\"], \"prompts\": [\"a\"], \"labels\": [null, null]}").await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["field"], "prompts", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`query` has 2"),
+        "{e}"
+    );
+    let (s, e) = raw("{\"query\": [\"a\"], \"prompts\": [\"a\"], \"labels\": [1, 2]}").await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (400, Some("labels")),
+        "{e}"
+    );
+    let (s, e) = raw("{\"query\": 5}").await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (400, Some("query")),
+        "{e}"
+    );
+    let unknown = json!({"query": ["xa", "yb"], "prompts": ["x", "y"], "labels": [t.examples[0]["prompt_id"], "no-such-id"]});
+    let (s, e) = post(&client, &url, &unknown).await;
+    assert_eq!(s, 422, "{e}");
+    assert_eq!(e["error"]["items"][0]["index"], 1);
+    assert_eq!(e["error"]["items"][0]["field"], "labels[1]");
+    assert!(e["error"]["items"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-id"));
+    let unknown_text = json!({"query": ["hello there"], "prompts": ["hello"], "labels": [null]});
+    let (s, e) = post(&client, &url, &unknown_text).await;
+    assert_eq!(s, 422);
+    assert_eq!(e["error"]["items"][0]["field"], "prompts[0]", "{e}");
+    let native = format!("{}/v1/rewards", serve.url);
+    let (s, e) = post(
+        &client,
+        &native,
+        &json!({"items": [{"prompt_id": "x", "completion": ["a"]}]}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["field"], "items[0].completion", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field"),
+        "{e}"
+    );
+    let (s, _) = post(&client, &format!("{}/nope", serve.url), &json!({})).await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        get(&client, &format!("{}/healthz", serve.url)).await["status"],
+        "ok"
+    );
+    let (s, again) = post(&client, &url, &body).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        again["rewards"], answer["rewards"],
+        "still serving, same answers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alternating_schedule_switches_classes_after_the_configured_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(dir.path());
+    let state = dir.path().join("state");
+    let mut args = base_args(&t, &state);
+    args.extend(["--selector", "round_robin", "--phase-steps", "3"]);
+    let serve = Serve::start(dir.path(), &args, &[]);
+    let client = reqwest::Client::new();
+    let ex = &t.examples[3];
+    let native = json!({"prompt_id": ex["prompt_id"], "completions": completions(ex)});
+    let report = format!("{}/v1/schedule/report", serve.url);
+    let mut seen = Vec::new();
+    for step in 1..=9u64 {
+        let (s, a) = post(&client, &format!("{}/v1/rewards", serve.url), &native).await;
+        assert_eq!(s, 200, "{a}");
+        let active = a["active_class"].as_str().unwrap().to_string();
+        // the scalar is the active class's reward
+        for c in a["items"][0]["completions"].as_array().unwrap() {
+            assert_eq!(c["reward"], c["classes"][&active]);
+        }
+        seen.push(active);
+        let (s, r) = post(&client, &report, &json!({"step": step})).await;
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["decision"].is_null(), step % 3 != 0, "step {step}: {r}");
+    }
+    let want: Vec<&str> = ["accuracy", "completeness", "communication_quality"]
+        .iter()
+        .flat_map(|c| [*c; 3])
+        .collect();
+    assert_eq!(seen, want);
+    let status = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(status["active_class"], "context_awareness");
+    assert_eq!(
+        (status["step"].as_u64(), status["phase"].as_u64()),
+        (Some(9), Some(4))
+    );
+    assert_eq!(
+        metric(&client, &serve.url, "arlrr_schedule_phase").await,
+        4.0
+    );
+    let log = std::fs::read_to_string(state.join("schedule.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 4, "one decision per phase");
+
+    // deficit in service mode: waits for the trainer's validation, graded by the service
+    drop(serve);
+    let state = dir.path().join("state-deficit");
+    let mut args = base_args(&t, &state);
+    args.extend(["--selector", "deficit", "--phase-steps", "1"]);
+    let serve = Serve::start(dir.path(), &args, &[]);
+    let report = format!("{}/v1/schedule/report", serve.url);
+    let (_, r) = post(&client, &report, &json!({"step": 1})).await;
+    assert_eq!(r["schedule"]["waiting_for"], "validation", "{r}");
+    let validation: Vec<Value> = t.examples[..12]
+        .iter()
+        .map(|e| json!({"prompt_id": e["prompt_id"], "completion": completions(e)[1]}))
+        .collect();
+    let (s, r) = post(
+        &client,
+        &report,
+        &json!({"validation_completions": validation}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let decision = &r["decision"];
+    assert_eq!(decision["selector"], "deficit", "{r}");
+    // the chosen class has the largest points-weighted deficit among the candidates
+    let best = decision["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by(|a, b| {
+            a["score"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["score"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(decision["chosen"], best["class"]);
+    let (s, e) = post(
+        &client,
+        &report,
+        &json!({"probe_class": "accuracy", "validation": {"overall": 0.5}}),
+    )
+    .await;
+    assert_eq!(s, 409, "{e}");
+    let (s, e) = post(
+        &client,
+        &report,
+        &json!({"validation": {"classes": {"nope": 0.5}}}),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (400, Some("validation.classes.nope")),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_requests_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(dir.path(), &base_args(&t, &state), &[]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let url = format!("{}/openrlhf/reward", serve.url);
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let ex = &t.examples[i % t.examples.len()];
+            let prompt = chatml(&user_text(ex));
+            let cs = completions(ex);
+            let body = json!({
+                "query": cs.iter().map(|c| format!("{prompt}{c}")).collect::<Vec<_>>(),
+                "prompts": vec![prompt; cs.len()],
+                "labels": vec![ex["prompt_id"].clone(); cs.len()],
+            });
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let (s, a) = post(&client, &url, &body).await;
+                s == 200 && a["rewards"].as_array().map(Vec::len) == Some(4)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        answered += usize::from(task.await.unwrap());
+    }
+    assert_eq!(answered, 500, "every request answered, none lost");
+    assert_eq!(
+        get(&client, &format!("{}/healthz", serve.url)).await["status"],
+        "ok"
+    );
+    assert_eq!(
+        metric(&client, &serve.url, "arlrr_completions_graded_total").await,
+        2000.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_service_restarts_with_its_cache_and_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(dir.path());
+    let state = dir.path().join("state");
+    let mut args = base_args(&t, &state);
+    args.extend(["--selector", "round_robin", "--phase-steps", "2"]);
+    let client = reqwest::Client::new();
+    let batch = json!({"items": t.examples[..6].iter().map(|e| json!({"prompt_id": e["prompt_id"], "completions": completions(e)})).collect::<Vec<_>>()});
+
+    let serve = Serve::start(dir.path(), &args, &[]);
+    let (s, first) = post(&client, &format!("{}/v1/rewards", serve.url), &batch).await;
+    assert_eq!(s, 200, "{first}");
+    let fresh_calls = metric(&client, &serve.url, "arlrr_judge_calls_total").await;
+    assert!(fresh_calls > 0.0);
+    for step in 1..=5 {
+        post(
+            &client,
+            &format!("{}/v1/schedule/report", serve.url),
+            &json!({"step": step}),
+        )
+        .await;
+    }
+    let before = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(before["active_class"], "communication_quality");
+    serve.kill();
+
+    let serve = Serve::start(dir.path(), &args, &[]);
+    let after = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    for key in [
+        "step",
+        "phase",
+        "active_class",
+        "phase_start_step",
+        "last_decision",
+    ] {
+        assert_eq!(after[key], before[key], "{key} after the restart");
+    }
+    let (s, again) = post(&client, &format!("{}/v1/rewards", serve.url), &batch).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        metric(&client, &serve.url, "arlrr_judge_calls_total").await,
+        0.0,
+        "all from the cache"
+    );
+    assert_eq!(
+        metric(&client, &serve.url, "arlrr_judge_cache_hits_total").await,
+        fresh_calls
+    );
+    assert_eq!(
+        metric(&client, &serve.url, "arlrr_judge_cache_hit_rate").await,
+        1.0
+    );
+    for (a, b) in first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(again["items"].as_array().unwrap())
+    {
+        for (x, y) in a["completions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["completions"].as_array().unwrap())
+        {
+            assert_eq!(x["classes"], y["classes"]);
+        }
+    }
+    // the schedule goes on from where it was
+    let (_, r) = post(
+        &client,
+        &format!("{}/v1/schedule/report", serve.url),
+        &json!({"step": 6}),
+    )
+    .await;
+    assert_eq!(r["decision"]["chosen"], "context_awareness", "{r}");
+
+    // a state folder of another run is refused with a clear message
+    drop(serve);
+    let mut other = base_args(&t, &state);
+    other.extend(["--objective", "gdpo"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .arg("serve")
+        .args(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--state-dir"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_examples_run_against_a_live_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(dir.path());
+    let state = dir.path().join("state");
+    let mut args = base_args(&t, &state);
+    args.extend(["--token-env", "ARLRR_TEST_SERVE_TOKEN"]);
+    let serve = Serve::start(
+        dir.path(),
+        &args,
+        &[("ARLRR_TEST_SERVE_TOKEN", "s3cret-token")],
+    );
+    let client = reqwest::Client::new();
+    let ex = &t.examples[5];
+    let cs = completions(ex);
+    let r = client
+        .post(format!("{}/v1/rewards", serve.url))
+        .bearer_auth("s3cret-token")
+        .json(&json!({"prompt_id": ex["prompt_id"], "completions": cs}))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    let want: Vec<f64> = answer["items"][0]["completions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reward"].as_f64().unwrap_or(0.0))
+        .collect();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let id = ex["prompt_id"].as_str().unwrap();
+    let run = |script: &str, extra: &[&str]| {
+        let out = Command::new("python3")
+            .arg(examples.join(script))
+            .args(extra)
+            .args(&cs)
+            .env("ARLRR_URL", &serve.url)
+            .env("ARLRR_TOKEN", "s3cret-token")
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let trl = run("trl_reward.py", &[id]);
+    assert_eq!(trl, json!(want), "TRL reward function");
+    let verl = run("verl_reward.py", &[id]);
+    let verl_scores: Vec<f64> = verl
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(verl_scores, want, "verl compute_score");
+    let openrlhf = run("openrlhf_reward.py", &[id, &user_text(ex)]);
+    assert_eq!(openrlhf, json!(want), "OpenRLHF protocol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_limits_timeout_and_the_api_key_never_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(dir.path());
+    let client = reqwest::Client::new();
+
+    // bearer token and body limit
+    let state = dir.path().join("state");
+    let mut args = base_args(&t, &state);
+    args.extend([
+        "--token-env",
+        "ARLRR_TEST_SERVE_TOKEN",
+        "--max-body-mib",
+        "1",
+    ]);
+    let serve = Serve::start(dir.path(), &args, &[("ARLRR_TEST_SERVE_TOKEN", "tok")]);
+    assert!(
+        serve.url.starts_with("http://127.0.0.1:"),
+        "loopback by default"
+    );
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let schedule = format!("{}/v1/schedule", serve.url);
+    assert_eq!(status(client.get(&schedule).send().await.unwrap()), 401);
+    assert_eq!(
+        status(
+            client
+                .get(&schedule)
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            client
+                .get(&schedule)
+                .bearer_auth("tok")
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            client
+                .get(format!("{}/healthz", serve.url))
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    let big =
+        json!({"prompt_id": t.examples[0]["prompt_id"], "completions": ["x".repeat(1_200_000)]});
+    let r = client
+        .post(format!("{}/v1/rewards", serve.url))
+        .bearer_auth("tok")
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    drop(serve);
+
+    // an HTTP judge whose backend never answers: the request times out with a message; one
+    // that refuses connections fails with 503; the API key appears nowhere
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let secret = "sk-test-DO-NOT-LEAK-4242";
+    for (port, timeout, want) in [
+        (silent.local_addr().unwrap().port(), "1", "timeout"),
+        (1u16, "30", "judge_unavailable"),
+    ] {
+        let judge = dir.path().join(format!("http-{port}.toml"));
+        std::fs::write(
+            &judge,
+            format!(
+                "kind = \"http\"\n[http]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"m\"\n\
+                 api_key_env = \"ARLRR_TEST_JUDGE_KEY\"\nretries = 0\ntimeout_secs = 20\n"
+            ),
+        )
+        .unwrap();
+        let state = dir.path().join(format!("state-{port}"));
+        let args = [
+            "--data",
+            t.train.to_str().unwrap(),
+            "--judge",
+            judge.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--request-timeout-secs",
+            timeout,
+        ];
+        let serve = Serve::start(dir.path(), &args, &[("ARLRR_TEST_JUDGE_KEY", secret)]);
+        let ex = &t.examples[0];
+        let body = json!({"query": [format!("{}hi", chatml(&user_text(ex)))], "prompts": [chatml(&user_text(ex))], "labels": [ex["prompt_id"]]});
+        let r = client
+            .post(format!("{}/openrlhf/reward", serve.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        let text = r.text().await.unwrap();
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(e["error"]["type"], want, "{e}");
+        let metrics = client
+            .get(format!("{}/metrics", serve.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            get(&client, &format!("{}/healthz", serve.url)).await["status"],
+            "ok"
+        );
+        let log_path = serve.stderr.clone();
+        drop(serve);
+        let log = std::fs::read_to_string(log_path).unwrap();
+        for (what, s) in [("answer", &text), ("metrics", &metrics), ("log", &log)] {
+            assert!(!s.contains(secret), "the API key leaked into the {what}");
+        }
+    }
+}
