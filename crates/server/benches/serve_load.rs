@@ -83,47 +83,49 @@ fn main() {
             .timeout(Duration::from_secs(120))
             .build()
             .unwrap();
-        let start = Instant::now();
-        let tasks: Vec<_> = bodies
-            .into_iter()
-            .map(|body| {
-                let (client, url) = (client.clone(), url.clone());
-                tokio::spawn(async move {
-                    let t = Instant::now();
-                    let r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await;
-                    let ok = match r {
-                        Ok(r) if r.status().is_success() => r
-                            .json::<serde_json::Value>()
-                            .await
-                            .map(|v| v["rewards"].as_array().map(Vec::len) == Some(per_request))
-                            .unwrap_or(false),
-                        _ => false,
-                    };
-                    (ok, t.elapsed())
+        for round in ["first grading", "all verdicts cached"] {
+            let start = Instant::now();
+            let tasks: Vec<_> = bodies
+                .iter()
+                .cloned()
+                .map(|body| {
+                    let (client, url) = (client.clone(), url.clone());
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        let r = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await;
+                        let ok = match r {
+                            Ok(r) if r.status().is_success() => r
+                                .json::<serde_json::Value>()
+                                .await
+                                .map(|v| v["rewards"].as_array().map(Vec::len) == Some(per_request))
+                                .unwrap_or(false),
+                            _ => false,
+                        };
+                        (ok, t.elapsed())
+                    })
                 })
-            })
-            .collect();
-        let mut latencies = Vec::with_capacity(requests);
-        let mut answered = 0;
-        for t in tasks {
-            if let Ok((ok, d)) = t.await {
-                answered += usize::from(ok);
-                latencies.push(d.as_secs_f64() * 1e3);
+                .collect();
+            let mut latencies = Vec::with_capacity(requests);
+            let mut answered = 0;
+            for t in tasks {
+                if let Ok((ok, d)) = t.await {
+                    answered += usize::from(ok);
+                    latencies.push(d.as_secs_f64() * 1e3);
+                }
             }
-        }
-        let wall = start.elapsed().as_secs_f64();
-        latencies.sort_by(f64::total_cmp);
-        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
-        println!(
+            let wall = start.elapsed().as_secs_f64();
+            latencies.sort_by(f64::total_cmp);
+            let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+            println!(
             "serve_load: {requests} concurrent requests x {per_request} completions over loopback \
-             (rule judge + SQLite cache, first grading)"
+             (rule judge + SQLite cache, {round})"
         );
-        println!(
+            println!(
             "  answered {answered}, lost {}; latency median {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
              {:.0} completions/s",
             requests - answered,
@@ -132,5 +134,6 @@ fn main() {
             pct(1.0),
             (answered * per_request) as f64 / wall
         );
+        }
     });
 }
