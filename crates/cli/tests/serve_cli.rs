@@ -828,3 +828,76 @@ async fn token_limits_timeout_and_the_api_key_never_leak() {
         }
     }
 }
+
+/// The real HealthBench sample (run `arlrr fetch` once): all 500 multi-turn conversations are
+/// matched by their text alone, as chat messages and as ChatML-templated OpenRLHF prompts, and
+/// a judge that cannot grade physician criteria (the rule judge: they have no `check`) is an
+/// explicit error, never a made-up reward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthbench_conversations_match_by_text_and_ungradable_criteria_are_errors() {
+    let sample = rubric::assets::healthbench_sample().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let judge = dir.path().join("rules.toml");
+    std::fs::write(&judge, RULES).unwrap();
+    let state = dir.path().join("state");
+    let args = [
+        "--data",
+        sample.to_str().unwrap(),
+        "--judge",
+        judge.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let serve = Serve::start(dir.path(), &args, &[]);
+    let client = reqwest::Client::new();
+    let examples: Vec<Value> = std::fs::read_to_string(&sample)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(examples.len(), 500);
+    let items: Vec<Value> = examples
+        .iter()
+        .map(|e| json!({"prompt": e["prompt"], "completions": ["Please see a doctor."]}))
+        .collect();
+    let (s, a) = post(
+        &client,
+        &format!("{}/v1/rewards", serve.url),
+        &json!({"items": items}),
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    for (e, item) in examples.iter().zip(a["items"].as_array().unwrap()) {
+        assert_eq!(item["prompt_id"], e["prompt_id"]);
+        let c = &item["completions"][0];
+        assert!(c["reward"].is_null());
+        assert!(c["error"].as_str().unwrap().contains("not gradable"), "{c}");
+    }
+
+    let ex = examples
+        .iter()
+        .find(|e| e["prompt"].as_array().unwrap().len() > 2)
+        .unwrap();
+    let mut chat: String = ex["prompt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "<|im_start|>{}\n{}<|im_end|>\n",
+                m["role"].as_str().unwrap(),
+                m["content"].as_str().unwrap()
+            )
+        })
+        .collect();
+    chat.push_str("<|im_start|>assistant\n");
+    let body = json!({"query": [format!("{chat}Please see a doctor.<|im_end|>")], "prompts": [chat], "labels": [null]});
+    let (s, e) = post(&client, &format!("{}/openrlhf/reward", serve.url), &body).await;
+    assert_eq!(s, 500, "{e}");
+    assert_eq!(e["error"]["type"], "judge_cannot_grade");
+    assert_eq!(e["error"]["items"][0]["field"], "query[0]");
+    assert_eq!(
+        get(&client, &format!("{}/healthz", serve.url)).await["status"],
+        "ok"
+    );
+}
