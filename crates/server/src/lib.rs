@@ -318,3 +318,112 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arl::selector::PhaseConfig;
+
+    fn service(objective: ObjectiveKind, weights: Weights, dir: &std::path::Path) -> Arc<Service> {
+        let files =
+            rubric::builtin::write_splits(rubric::builtin::BuiltinSpec::default(), dir).unwrap();
+        Service::new(ServiceConfig {
+            data: rubric::load(&files[0].1).unwrap(),
+            classes: ClassSpec::default(),
+            judge: Arc::new(judge::RuleJudge::new()),
+            judge_cached: false,
+            objective,
+            weights,
+            schedule: ScheduleSettings {
+                objective,
+                phases: PhaseConfig::default(),
+                completions_per_step: 0,
+            },
+            state_dir: dir.join("state"),
+            token: None,
+            limits: Limits::default(),
+        })
+        .unwrap()
+    }
+
+    /// Two prompts' groups of sampled responses, graded.
+    async fn groups(s: &Service) -> Vec<Vec<Option<RewardVector>>> {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut out = Vec::new();
+        for e in [0, 1] {
+            let ex = &s.data.examples[e];
+            let texts: Vec<String> = (0..6)
+                .map(|j| rubric::builtin::sample_response(ex, j as f64 / 5.0, &mut rng))
+                .collect();
+            let items: Vec<(usize, &str)> = texts.iter().map(|t| (e, t.as_str())).collect();
+            out.push(s.grade(&items).await.into_iter().map(Result::ok).collect());
+        }
+        out
+    }
+
+    fn mean_std(v: &[f64]) -> (f64, f64) {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
+        (m, var.sqrt())
+    }
+
+    #[tokio::test]
+    async fn scalarized_weights_average_the_defined_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Weights::Custom([("accuracy".into(), 3.0), ("completeness".into(), 1.0)].into());
+        let s = service(ObjectiveKind::Scalarized, w, dir.path());
+        let g = groups(&s).await;
+        let scalars = s.scalar_rewards(&g, None);
+        for (group, values) in g.iter().zip(&scalars) {
+            for (r, v) in group.iter().zip(values) {
+                let r = r.as_ref().unwrap();
+                let (a, c) = (r.classes[0].unwrap(), r.classes[1].unwrap());
+                assert!((v.unwrap() - (3.0 * a + c) / 4.0).abs() < 1e-12);
+            }
+        }
+        let points = service(
+            ObjectiveKind::Scalarized,
+            Weights::Points,
+            &dir.path().join("p"),
+        );
+        let scalars = points.scalar_rewards(&g, None);
+        assert_eq!(scalars[0][0], g[0][0].as_ref().unwrap().overall);
+    }
+
+    #[tokio::test]
+    async fn gdpo_normalizes_each_class_within_its_group_then_over_the_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(ObjectiveKind::Gdpo, Weights::Points, dir.path());
+        let g = groups(&s).await;
+        // by hand: z-score each class within its group, sum, z-score over all completions
+        let mut summed: Vec<f64> = Vec::new();
+        for group in &g {
+            let mut sum = vec![0.0; group.len()];
+            for k in 0..s.class_names.len() {
+                let v: Vec<f64> = group
+                    .iter()
+                    .map(|r| r.as_ref().unwrap().classes[k].unwrap_or(0.0))
+                    .collect();
+                let (m, sd) = mean_std(&v);
+                if sd > 1e-12 {
+                    for (x, y) in sum.iter_mut().zip(&v) {
+                        *x += (y - m) / (sd + GDPO_EPS);
+                    }
+                }
+            }
+            summed.extend(sum);
+        }
+        let (m, sd) = mean_std(&summed);
+        let want: Vec<f64> = summed.iter().map(|x| (x - m) / (sd + GDPO_EPS)).collect();
+        let got: Vec<f64> = s
+            .scalar_rewards(&g, None)
+            .into_iter()
+            .flatten()
+            .map(|v| v.expect("every group has spread"))
+            .collect();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-9, "{got:?} vs {want:?}");
+        }
+    }
+}

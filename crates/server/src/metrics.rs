@@ -131,7 +131,7 @@ impl Metrics {
         let counters: [(&str, &str, u64); 7] = [
             (
                 "arlrr_completions_graded_total",
-                "Completions graded through the reward endpoints.",
+                "Completions graded (rewards and validation reports).",
                 m.completions,
             ),
             (
