@@ -504,6 +504,56 @@ async fn the_alternating_schedule_switches_classes_after_the_configured_steps() 
         (400, Some("validation.classes.nope")),
         "{e}"
     );
+
+    // lookahead in service mode: the service names the candidates, the reward follows the
+    // probed class, and after the last probe report it commits to the best
+    drop(serve);
+    let state = dir.path().join("state-lookahead");
+    let mut args = base_args(&t, &state);
+    args.extend([
+        "--selector",
+        "lookahead",
+        "--phase-steps",
+        "2",
+        "--probe-steps",
+        "3",
+    ]);
+    let serve = Serve::start(dir.path(), &args, &[]);
+    let report = format!("{}/v1/schedule/report", serve.url);
+    let status = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(status["waiting_for"], "probe", "{status}");
+    assert_eq!(status["probe"]["probe_steps"], 3);
+    let candidates: Vec<String> = status["probe"]["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(candidates.len(), 5);
+    let mut last = Value::Null;
+    for (i, class) in candidates.iter().enumerate() {
+        let (_, a) = post(&client, &format!("{}/v1/rewards", serve.url), &native).await;
+        assert_eq!(
+            a["active_class"],
+            class.as_str(),
+            "the reward follows the probed class"
+        );
+        let score = if class == "context_awareness" {
+            0.9
+        } else {
+            0.1 * i as f64
+        };
+        let (s, r) = post(
+            &client,
+            &report,
+            &json!({"probe_class": class, "validation": {"overall": score}}),
+        )
+        .await;
+        assert_eq!(s, 200, "{r}");
+        last = r;
+    }
+    assert_eq!(last["decision"]["chosen"], "context_awareness", "{last}");
+    assert_eq!(last["schedule"]["waiting_for"], Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
