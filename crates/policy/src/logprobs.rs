@@ -2,8 +2,9 @@
 //! GRPO's loss is built from.
 
 use crate::error::{Error, Result};
+use crate::ops::{RowStat, TargetLogSoftmax};
 use crate::transformer::{log_softmax_last, Transformer};
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 /// Per-token results for a batch, all [B, C] with C the longest completion; entries past a
 /// row's completion are 0 and masked out.
@@ -71,17 +72,38 @@ pub fn completion_log_probs(
     // Hidden state at column j predicts token j+1: columns p-1 .. p+c-2 predict completions.
     let h = hidden.narrow(1, p - 1, c)?;
     let logits = model.logits(&h)?;
-    let logits = if temperature != 1.0 {
-        (logits / temperature)?
-    } else {
-        logits
-    };
-    let lsm = log_softmax_last(&logits)?;
-    let targets = Tensor::from_vec(targets, (b, c, 1), dev)?;
     let cmask = Tensor::from_vec(cmask, (b, c), dev)?.to_dtype(dtype)?;
-    let logp = (lsm.gather(&targets, 2)?.squeeze(2)? * &cmask)?;
-    let lsm_d = lsm.detach();
-    let entropy = (lsm_d.exp()?.mul(&lsm_d)?.sum(D::Minus1)?.neg()? * &cmask)?;
+    let (logp, entropy) = if dev.is_cpu() && matches!(dtype, DType::F32 | DType::F64) {
+        // One fused pass per row for the target log-probs (with backward) and one for the
+        // entropy: no [B, C, vocab] intermediates besides the logits themselves.
+        let v = logits.dim(D::Minus1)?;
+        let flat = logits.reshape((b * c, v))?;
+        let targets = Tensor::from_vec(targets, b * c, dev)?;
+        let op = |stat| TargetLogSoftmax {
+            inv_t: 1.0 / temperature,
+            stat,
+        };
+        let logp = flat.apply_op2(&targets, op(RowStat::TargetLogProb))?;
+        let ent = flat
+            .detach()
+            .apply_op2_no_bwd(&targets, &op(RowStat::Entropy))?;
+        (
+            (logp.reshape((b, c))? * &cmask)?,
+            (ent.reshape((b, c))? * &cmask)?,
+        )
+    } else {
+        let logits = if temperature != 1.0 {
+            (logits / temperature)?
+        } else {
+            logits
+        };
+        let lsm = log_softmax_last(&logits)?;
+        let targets = Tensor::from_vec(targets, (b, c, 1), dev)?;
+        let logp = (lsm.gather(&targets, 2)?.squeeze(2)? * &cmask)?;
+        let lsm_d = lsm.detach();
+        let entropy = (lsm_d.exp()?.mul(&lsm_d)?.sum(D::Minus1)?.neg()? * &cmask)?;
+        (logp, entropy)
+    };
     Ok(LogProbs {
         logp,
         mask: cmask,

@@ -18,6 +18,30 @@ fn n_threads() -> usize {
         .unwrap_or(1)
 }
 
+/// Fills `out`, made of rows of width `d`, by calling `f(first_row, rows)` on contiguous runs
+/// of whole rows, split across threads when the tensor is large.
+/// `work` estimates the elements touched (the output size for element-wise kernels).
+pub(crate) fn par_out<T: Send>(
+    out: &mut [T],
+    d: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let rows = out.len() / d.max(1);
+    let threads = n_threads().min(rows.max(1));
+    if threads <= 1 || work < PAR_MIN {
+        f(0, out);
+        return;
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (c, o) in out.chunks_mut(per * d).enumerate() {
+            let f = &f;
+            s.spawn(move || f(c * per, o));
+        }
+    });
+}
+
 /// Applies `f(input_rows, output_rows)` to whole rows of width `d`, splitting the rows across
 /// the machine's threads when the tensor is large. candle's own CPU element-wise ops run on
 /// one thread, which on a 2-core machine leaves half of it idle outside matmuls.
@@ -109,8 +133,7 @@ impl CustomOp1 for SoftmaxLast {
             (grad - p.broadcast_mul(&s)?)?
         } else {
             // y = softmax(x): dx = y * (g - sum(g * y))
-            let s = (grad * res)?.sum_keepdim(D::Minus1)?;
-            (res * grad.broadcast_sub(&s)?)?
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: 1.0 })?
         };
         Ok(Some(g))
     }
@@ -201,6 +224,591 @@ impl CustomOp2 for RmsNormOp {
         let d = w.dim(0)?;
         let dw = (g * xh)?.reshape(((), d))?.sum(0)?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
+    Ok(&s[a..b])
+}
+
+/// `y * (g - Σ y g) * scale` per row: the backward of a softmax whose input was scaled by
+/// `scale`, in one pass over `y` (the softmax output) and `g` (its gradient).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SoftmaxBwd {
+    pub scale: f64,
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "policy-softmax-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn go<T: Copy + Send + Sync + num_like::Float>(
+            y: &[T],
+            g: &[T],
+            d: usize,
+            scale: f64,
+        ) -> Vec<T> {
+            let mut out = vec![T::zero(); y.len()];
+            let scale = T::from_f64(scale);
+            let out_len = out.len();
+            par_out(&mut out, d, out_len, |r0, out| {
+                for (j, o) in out.chunks_exact_mut(d).enumerate() {
+                    let base = (r0 + j) * d;
+                    let (y, g) = (&y[base..base + d], &g[base..base + d]);
+                    let mut dot = T::zero();
+                    for (&a, &b) in y.iter().zip(g) {
+                        dot = dot + a * b;
+                    }
+                    for ((o, &a), &b) in o.iter_mut().zip(y).zip(g) {
+                        *o = a * (b - dot) * scale;
+                    }
+                }
+            });
+            out
+        }
+        let d = *l1.dims().last().expect("rank >= 1");
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(go(
+                contiguous(y, l1, "softmax output")?,
+                contiguous(g, l2, "softmax grad")?,
+                d,
+                self.scale,
+            )),
+            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(go(
+                contiguous(y, l1, "softmax output")?,
+                contiguous(g, l2, "softmax grad")?,
+                d,
+                self.scale,
+            )),
+            _ => candle_core::bail!("softmax backward supports f32 and f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Attention probabilities `softmax(scale * scores + bias)` over the last dim, for scores
+/// [B, KVH, G, T, S] and an additive mask bias [B, 1, 1, T, S], as one custom op with a
+/// backward: neither the scaled queries nor the biased scores (each as large as the scores)
+/// are materialized, and only the output is kept for backward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MaskedSoftmax {
+    pub scale: f64,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "policy-masked-softmax"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = l1.dims();
+        if dims.len() != 5 || l2.dims() != [dims[0], 1, 1, dims[3], dims[4]] {
+            candle_core::bail!("masked softmax: scores {dims:?}, bias {:?}", l2.dims());
+        }
+        let (t, s) = (dims[3], dims[4]);
+        let heads = dims[1] * dims[2];
+        fn go<T: Copy + Send + Sync + num_like::Float>(
+            x: &[T],
+            bias: &[T],
+            t: usize,
+            s: usize,
+            heads: usize,
+            scale: f64,
+        ) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            let scale = T::from_f64(scale);
+            let out_len = out.len();
+            par_out(&mut out, s, out_len, |r0, out| {
+                for (j, o) in out.chunks_exact_mut(s).enumerate() {
+                    let r = r0 + j;
+                    let (bi, ti) = (r / (heads * t), r % t);
+                    let x = &x[r * s..(r + 1) * s];
+                    let bias = &bias[(bi * t + ti) * s..(bi * t + ti + 1) * s];
+                    let mut m = x[0] * scale + bias[0];
+                    for ((o, &v), &bv) in o.iter_mut().zip(x).zip(bias) {
+                        *o = v * scale + bv;
+                        if *o > m {
+                            m = *o;
+                        }
+                    }
+                    let mut sum = T::zero();
+                    for o in o.iter_mut() {
+                        *o = (*o - m).exp();
+                        sum = sum + *o;
+                    }
+                    let inv = T::one() / sum;
+                    for o in o.iter_mut() {
+                        *o = *o * inv;
+                    }
+                }
+            });
+            out
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(b)) => CpuStorage::F32(go(
+                contiguous(x, l1, "scores")?,
+                contiguous(b, l2, "bias")?,
+                t,
+                s,
+                heads,
+                self.scale,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(b)) => CpuStorage::F64(go(
+                contiguous(x, l1, "scores")?,
+                contiguous(b, l2, "bias")?,
+                t,
+                s,
+                heads,
+                self.scale,
+            )),
+            _ => candle_core::bail!("masked softmax supports f32 and f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// HF ("rotate half") rotary embedding fused with the [B,T,H,D] -> [B,H,T,D] transpose that
+/// attention needs next (`to_heads`), or, with `to_heads` false, the reverse direction
+/// [B,H,T,D] -> [B,T,H,D]. `cos`/`sin`: [B,T,D/2] (one half of the duplicated table). Being
+/// linear, its backward is the same op in the other direction with `-sin`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rope {
+    pub to_heads: bool,
+}
+
+impl candle_core::CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "policy-rope"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, d1, d2, d) = l1.shape().dims4()?;
+        let (t, h) = if self.to_heads { (d1, d2) } else { (d2, d1) };
+        if l2.dims() != [b, t, d / 2] || l3.dims() != [b, t, d / 2] {
+            candle_core::bail!("rope: x {:?}, cos {:?}", l1.dims(), l2.dims());
+        }
+        let to_heads = self.to_heads;
+        fn go<T: Copy + Send + Sync + num_like::Float>(
+            x: &[T],
+            cos: &[T],
+            sin: &[T],
+            (b, t, h, d): (usize, usize, usize, usize),
+            to_heads: bool,
+        ) -> Vec<T> {
+            let mut out = vec![T::zero(); b * t * h * d];
+            let half = d / 2;
+            // Output rows of width d, in output order.
+            let out_len = out.len();
+            par_out(&mut out, d, out_len, |r0, out| {
+                for (j, o) in out.chunks_exact_mut(d).enumerate() {
+                    let r = r0 + j;
+                    // Output index -> (bi, ti, hi).
+                    let (bi, ti, hi) = if to_heads {
+                        (r / (h * t), r % t, (r / t) % h)
+                    } else {
+                        (r / (t * h), (r / h) % t, r % h)
+                    };
+                    let src = if to_heads {
+                        ((bi * t + ti) * h + hi) * d
+                    } else {
+                        ((bi * h + hi) * t + ti) * d
+                    };
+                    let x = &x[src..src + d];
+                    let cs = (bi * t + ti) * half;
+                    let (c, sn) = (&cos[cs..cs + half], &sin[cs..cs + half]);
+                    for i in 0..half {
+                        let (x1, x2) = (x[i], x[i + half]);
+                        o[i] = x1 * c[i] - x2 * sn[i];
+                        o[i + half] = x2 * c[i] + x1 * sn[i];
+                    }
+                }
+            });
+            out
+        }
+        let shape = if to_heads { (b, h, t, d) } else { (b, t, h, d) };
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => CpuStorage::F32(go(
+                contiguous(x, l1, "rope input")?,
+                contiguous(c, l2, "rope cos")?,
+                contiguous(s, l3, "rope sin")?,
+                (b, t, h, d),
+                to_heads,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(c), CpuStorage::F64(s)) => CpuStorage::F64(go(
+                contiguous(x, l1, "rope input")?,
+                contiguous(c, l2, "rope cos")?,
+                contiguous(s, l3, "rope sin")?,
+                (b, t, h, d),
+                to_heads,
+            )),
+            _ => candle_core::bail!("rope supports f32 and f64"),
+        };
+        Ok((out, shape.into()))
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let back = Rope {
+            to_heads: !self.to_heads,
+        };
+        let dx = grad
+            .contiguous()?
+            .apply_op3_no_bwd(cos, &sin.neg()?, &back)?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// SwiGLU, `silu(gate) * up`, with a backward that recomputes `silu` instead of keeping it:
+/// one [tokens, intermediate] tensor less per layer, and both cores busy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SwiGlu;
+
+/// Which backward product `SwiGluBwd` computes: d/dgate (`true`) or d/dup.
+#[derive(Debug, Clone, Copy)]
+struct SwiGluBwd {
+    gate: bool,
+}
+
+fn swiglu_map<T: Copy + Send + Sync + num_like::Float>(
+    a: &[T],
+    b: &[T],
+    c: Option<&[T]>,
+    f: impl Fn(T, T, T) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    let d = 256.min(a.len().max(1));
+    let out_len = out.len();
+    par_out(&mut out, d, out_len, |r0, out| {
+        let base = r0 * d;
+        for (i, o) in out.iter_mut().enumerate() {
+            let k = base + i;
+            *o = f(a[k], b[k], c.map_or(T::zero(), |c| c[k]));
+        }
+    });
+    out
+}
+
+fn sigmoid<T: num_like::Float + Copy>(x: T) -> T {
+    T::one() / (T::one() + (T::zero() - x).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "policy-swiglu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("swiglu: gate {:?} vs up {:?}", l1.dims(), l2.dims());
+        }
+        fn go<T: Copy + Send + Sync + num_like::Float>(g: &[T], u: &[T]) -> Vec<T> {
+            swiglu_map(g, u, None, |g, u, _| g * sigmoid(g) * u)
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(g), CpuStorage::F32(u)) => {
+                CpuStorage::F32(go(contiguous(g, l1, "gate")?, contiguous(u, l2, "up")?))
+            }
+            (CpuStorage::F64(g), CpuStorage::F64(u)) => {
+                CpuStorage::F64(go(contiguous(g, l1, "gate")?, contiguous(u, l2, "up")?))
+            }
+            _ => candle_core::bail!("swiglu supports f32 and f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dg = gate.apply_op3_no_bwd(up, &grad, &SwiGluBwd { gate: true })?;
+        let du = gate.apply_op3_no_bwd(up, &grad, &SwiGluBwd { gate: false })?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+impl candle_core::CustomOp3 for SwiGluBwd {
+    fn name(&self) -> &'static str {
+        "policy-swiglu-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn go<T: Copy + Send + Sync + num_like::Float>(
+            g: &[T],
+            u: &[T],
+            dy: &[T],
+            gate: bool,
+        ) -> Vec<T> {
+            if gate {
+                // d silu(x)/dx = s(x) * (1 + x * (1 - s(x)))
+                swiglu_map(g, u, Some(dy), |g, u, dy| {
+                    let s = sigmoid(g);
+                    dy * u * s * (T::one() + g * (T::one() - s))
+                })
+            } else {
+                swiglu_map(g, u, Some(dy), |g, _u, dy| dy * g * sigmoid(g))
+            }
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(g), CpuStorage::F32(u), CpuStorage::F32(dy)) => CpuStorage::F32(go(
+                contiguous(g, l1, "gate")?,
+                contiguous(u, l2, "up")?,
+                contiguous(dy, l3, "grad")?,
+                self.gate,
+            )),
+            (CpuStorage::F64(g), CpuStorage::F64(u), CpuStorage::F64(dy)) => CpuStorage::F64(go(
+                contiguous(g, l1, "gate")?,
+                contiguous(u, l2, "up")?,
+                contiguous(dy, l3, "grad")?,
+                self.gate,
+            )),
+            _ => candle_core::bail!("swiglu supports f32 and f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Per row of logits [N, V]: max and log-sum-exp of `logits * inv_t`.
+fn row_lse<T: Copy + num_like::Float>(row: &[T], inv_t: T) -> (T, T) {
+    let mut m = row[0];
+    for &v in row {
+        if v > m {
+            m = v;
+        }
+    }
+    let m = m * inv_t;
+    let mut s = T::zero();
+    for &v in row {
+        s = s + (v * inv_t - m).exp();
+    }
+    (m, m + s.ln())
+}
+
+/// What `TargetLogSoftmax`-family ops compute per row of tempered logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum RowStat {
+    /// `log softmax(logits / T)[target]`: [N], with a backward.
+    TargetLogProb,
+    /// Entropy of `softmax(logits / T)`: [N], no backward (monitoring only).
+    Entropy,
+}
+
+/// Log-probabilities of the target tokens, `log softmax(logits / T)[target]`, from logits
+/// [N, V] and targets [N] (u32), or the tempered entropy, in one pass per row. The
+/// log-softmax → gather chain materializes several [N, V] tensors (tempered logits,
+/// log-softmax, its exp, the scattered gradient...), each 805 MB at 4,096 tokens with a 49,152
+/// vocabulary; this keeps only the logits, and its backward writes the [N, V] gradient once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TargetLogSoftmax {
+    pub inv_t: f64,
+    pub stat: RowStat,
+}
+
+fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
+    match s {
+        CpuStorage::U32(t) => contiguous(t, l, "targets"),
+        _ => candle_core::bail!("targets must be u32"),
+    }
+}
+
+impl CustomOp2 for TargetLogSoftmax {
+    fn name(&self) -> &'static str {
+        "policy-target-log-softmax"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let tg = targets_of(s2, l2)?;
+        if tg.len() != n || tg.iter().any(|&t| t as usize >= v) {
+            candle_core::bail!("targets: need {n} ids below {v}");
+        }
+        fn go<T: Copy + Send + Sync + num_like::Float>(
+            x: &[T],
+            tg: &[u32],
+            v: usize,
+            inv_t: f64,
+            stat: RowStat,
+        ) -> Vec<T> {
+            let mut out = vec![T::zero(); tg.len()];
+            let inv_t = T::from_f64(inv_t);
+            par_out(&mut out, 1, x.len(), |r0, out| {
+                for (j, o) in out.iter_mut().enumerate() {
+                    let r = r0 + j;
+                    let row = &x[r * v..(r + 1) * v];
+                    let (_, lse) = row_lse(row, inv_t);
+                    *o = match stat {
+                        RowStat::TargetLogProb => row[tg[r] as usize] * inv_t - lse,
+                        RowStat::Entropy => {
+                            let mut e = T::zero();
+                            for &x in row {
+                                let lp = x * inv_t - lse;
+                                e = e - lp.exp() * lp;
+                            }
+                            e
+                        }
+                    };
+                }
+            });
+            out
+        }
+        let out = match s1 {
+            CpuStorage::F32(x) => CpuStorage::F32(go(
+                contiguous(x, l1, "logits")?,
+                tg,
+                v,
+                self.inv_t,
+                self.stat,
+            )),
+            CpuStorage::F64(x) => CpuStorage::F64(go(
+                contiguous(x, l1, "logits")?,
+                tg,
+                v,
+                self.inv_t,
+                self.stat,
+            )),
+            _ => candle_core::bail!("target log-softmax supports f32 and f64"),
+        };
+        Ok((out, Shape::from(n)))
+    }
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.stat != RowStat::TargetLogProb {
+            candle_core::bail!("the tempered entropy has no backward");
+        }
+        let d = logits.apply_op3_no_bwd(
+            targets,
+            &grad.contiguous()?,
+            &TargetLogSoftmaxBwd { inv_t: self.inv_t },
+        )?;
+        Ok((Some(d), None))
+    }
+}
+
+/// d logits = g · (onehot(target) − softmax(logits / T)) / T, written once per row.
+#[derive(Debug, Clone, Copy)]
+struct TargetLogSoftmaxBwd {
+    inv_t: f64,
+}
+
+impl candle_core::CustomOp3 for TargetLogSoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "policy-target-log-softmax-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, v) = l1.shape().dims2()?;
+        let tg = targets_of(s2, l2)?;
+        fn go<T: Copy + Send + Sync + num_like::Float>(
+            x: &[T],
+            tg: &[u32],
+            g: &[T],
+            v: usize,
+            inv_t: f64,
+        ) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            let inv_t = T::from_f64(inv_t);
+            let out_len = out.len();
+            par_out(&mut out, v, out_len, |r0, out| {
+                for (j, o) in out.chunks_exact_mut(v).enumerate() {
+                    let r = r0 + j;
+                    let row = &x[r * v..(r + 1) * v];
+                    let gi = g[r] * inv_t;
+                    let (_, lse) = row_lse(row, inv_t);
+                    for (o, &x) in o.iter_mut().zip(row) {
+                        *o = T::zero() - gi * (x * inv_t - lse).exp();
+                    }
+                    let t = tg[r] as usize;
+                    o[t] = o[t] + gi;
+                }
+            });
+            out
+        }
+        let out = match (s1, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(go(
+                contiguous(x, l1, "logits")?,
+                tg,
+                contiguous(g, l3, "grad")?,
+                v,
+                self.inv_t,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(go(
+                contiguous(x, l1, "logits")?,
+                tg,
+                contiguous(g, l3, "grad")?,
+                v,
+                self.inv_t,
+            )),
+            _ => candle_core::bail!("target log-softmax supports f32 and f64"),
+        };
+        Ok((out, l1.shape().clone()))
     }
 }
 

@@ -12,7 +12,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
-use crate::ops::{RmsNormOp, SoftmaxLast};
+use crate::ops::{MaskedSoftmax, RmsNormOp, Rope, SoftmaxLast, SwiGlu};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -135,6 +135,43 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
 }
 
+/// True where the custom CPU kernels of `ops.rs` apply (they are written for f32 and f64).
+fn fused_ok(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Rotary embedding of `x` [B,T,H,D] returned as [B,H,T,D] (the layout attention needs);
+/// `cos`/`sin` [B,T,D/2] hold one half of the table.
+fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused_ok(x) {
+        return Ok(x
+            .contiguous()?
+            .apply_op3(cos, sin, Rope { to_heads: true })?);
+    }
+    let full =
+        |c: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[c, c], D::Minus1)?.unsqueeze(1)?) };
+    apply_rope(&x.transpose(1, 2)?, &full(cos)?, &full(sin)?)
+}
+
+/// Attention probabilities `softmax(scale * scores + bias)` for scores [B,KVH,G,T,S] and bias
+/// [B,1,1,T,S].
+fn attention_probs(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused_ok(scores) {
+        return Ok(scores
+            .contiguous()?
+            .apply_op2(&bias.contiguous()?, MaskedSoftmax { scale })?);
+    }
+    softmax_last(&(scores * scale)?.broadcast_add(bias)?)
+}
+
+/// `silu(gate) * up`.
+fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused_ok(gate) {
+        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?);
+    }
+    Ok((gate.silu()? * up)?)
+}
+
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     pub weight: Var,
@@ -167,8 +204,8 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x`: [B,T,H]; `cos`/`sin`: [B,1,T,D]; `bias`: [B,1,1,T,S] additive mask over all
-    /// S = cached + T keys.
+    /// `x`: [B,T,H]; `cos`/`sin`: [B,T,D/2]; `bias`: [B,1,1,T,S] additive mask over all
+    /// S = cached + T keys. `infer` drops the autograd graph (generation).
     fn forward(
         &self,
         x: &Tensor,
@@ -176,24 +213,41 @@ impl Attention {
         sin: &Tensor,
         bias: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
+        infer: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv, self.head_dim);
         let g = h / kvh;
-        let q = self.q_proj.forward(x)?.reshape((b, t, h, d))?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, kvh, d))?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, kvh, d))?;
+        let proj = |l: &LoraLinear| {
+            if infer {
+                l.forward_infer(x)
+            } else {
+                l.forward(x)
+            }
+        };
+        let norm = |n: &RmsNorm, y: &Tensor| {
+            if infer {
+                n.forward_infer(y)
+            } else {
+                n.forward(y)
+            }
+        };
+        let q = proj(&self.q_proj)?.reshape((b, t, h, d))?;
+        let k = proj(&self.k_proj)?.reshape((b, t, kvh, d))?;
+        let v = proj(&self.v_proj)?.reshape((b, t, kvh, d))?;
         let q = match &self.q_norm {
-            Some(n) => n.forward(&q)?,
+            Some(n) => norm(n, &q)?,
             None => q,
         };
         let k = match &self.k_norm {
-            Some(n) => n.forward(&k)?,
+            Some(n) => norm(n, &k)?,
             None => k,
         };
-        let q = apply_rope(&q.transpose(1, 2)?, cos, sin)?;
-        let k = apply_rope(&k.transpose(1, 2)?, cos, sin)?.contiguous()?;
+        let q = rope_to_heads(&q, cos, sin)?;
+        let k = rope_to_heads(&k, cos, sin)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
+        // With a cache, k/v are strided views into its preallocated buffers: matmul reads
+        // them in place.
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
@@ -203,59 +257,15 @@ impl Attention {
         // are stacked along the row dim, so one batched matmul per kv head does the work.
         let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let att = (q * scale)?.matmul(&k.t()?)?.reshape((b, kvh, g, t, s))?;
-        let att = softmax_last(&att.broadcast_add(bias)?)?.reshape((b, kvh, g * t, s))?;
+        let att = q.matmul(&k.t()?)?.reshape((b, kvh, g, t, s))?;
+        let att = attention_probs(&att, bias, scale)?.reshape((b, kvh, g * t, s))?;
         let y = att.matmul(&v)?.reshape((b, h, t, d))?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
-        self.o_proj.forward(&y)
-    }
-
-    /// The same computation for inference: no autograd graph, candle's fused RMSNorm, rotary
-    /// and softmax kernels, and the cached keys/values used in place (strided views into the
-    /// preallocated cache, no copy per step). `cos`/`sin`: [B,T,D/2] (one half of the table).
-    fn forward_infer(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        bias: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Result<Tensor> {
-        use candle_nn::rotary_emb::rope;
-        let (b, t, _) = x.dims3()?;
-        let (h, kvh, d) = (self.n_head, self.n_kv, self.head_dim);
-        let g = h / kvh;
-        let q = self.q_proj.forward_infer(x)?.reshape((b, t, h, d))?;
-        let k = self.k_proj.forward_infer(x)?.reshape((b, t, kvh, d))?;
-        let v = self.v_proj.forward_infer(x)?.reshape((b, t, kvh, d))?;
-        let q = match &self.q_norm {
-            Some(n) => n.forward_infer(&q)?,
-            None => q,
-        };
-        let k = match &self.k_norm {
-            Some(n) => n.forward_infer(&k)?,
-            None => k,
-        };
-        let q = rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
-        let k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let (k, v) = match cache {
-            Some((c, layer)) => c.append(layer, &k, &v)?,
-            None => (k, v),
-        };
-        let s = k.dim(2)?;
-        let q = q.reshape((b, kvh, g * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let att = (q * scale)?.matmul(&k.t()?)?.reshape((b, kvh, g, t, s))?;
-        let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(bias)?)?.reshape((
-            b,
-            kvh,
-            g * t,
-            s,
-        ))?;
-        let y = att.matmul(&v)?.reshape((b, h, t, d))?;
-        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
-        self.o_proj.forward_infer(&y)
+        if infer {
+            self.o_proj.forward_infer(&y)
+        } else {
+            self.o_proj.forward(&y)
+        }
     }
 }
 
@@ -268,15 +278,15 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?.silu()?;
+        let g = self.gate_proj.forward(x)?;
         let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(g * u)?)
+        self.down_proj.forward(&swiglu(&g, &u)?)
     }
 
     fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward_infer(x)?.silu()?;
+        let g = self.gate_proj.forward_infer(x)?;
         let u = self.up_proj.forward_infer(x)?;
-        self.down_proj.forward_infer(&(g * u)?)
+        self.down_proj.forward_infer(&swiglu(&g, &u)?)
     }
 }
 
@@ -760,8 +770,15 @@ impl Transformer {
         }
         let pos = Tensor::from_vec(pos_flat, b * t, &self.device)?;
         let hd = self.cfg.head_dim;
-        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, hd))?;
-        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, hd))?;
+        // Rotary tables for these positions, one half (the table repeats it for both halves).
+        let half = |tab: &Tensor| -> Result<Tensor> {
+            Ok(tab
+                .index_select(&pos, 0)?
+                .narrow(1, 0, hd / 2)?
+                .contiguous()?
+                .reshape((b, t, hd / 2))?)
+        };
+        let (cos, sin) = (half(&self.cos)?, half(&self.sin)?);
         let mut bias = Vec::with_capacity(b * t * s);
         for row in key_mask {
             for qi in 0..t {
@@ -781,30 +798,23 @@ impl Transformer {
         let mut x =
             emb.index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, self.cfg.hidden_size))?;
-        if infer {
-            // The fused rotary kernel takes one half of the (duplicated-halves) table.
-            let cos = cos.narrow(D::Minus1, 0, hd / 2)?.reshape((b, t, hd / 2))?;
-            let sin = sin.narrow(D::Minus1, 0, hd / 2)?.reshape((b, t, hd / 2))?;
-            let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-            for (i, layer) in self.layers.iter().enumerate() {
-                let c = cache.as_deref_mut().map(|c| (c, i));
-                let h = layer.input_layernorm.forward_infer(&x)?;
-                let h = layer.self_attn.forward_infer(&h, &cos, &sin, &bias, c)?;
-                x = (x + h)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let c = cache.as_deref_mut().map(|c| (c, i));
+            let h = if infer {
+                layer.input_layernorm.forward_infer(&x)?
+            } else {
+                layer.input_layernorm.forward(&x)?
+            };
+            let h = layer.self_attn.forward(&h, &cos, &sin, &bias, c, infer)?;
+            x = (x + h)?;
+            let h = if infer {
                 let h = layer.post_attention_layernorm.forward_infer(&x)?;
-                let h = layer.mlp.forward_infer(&h)?;
-                x = (x + h)?;
-            }
-        } else {
-            for (i, layer) in self.layers.iter().enumerate() {
-                let c = cache.as_deref_mut().map(|c| (c, i));
-                let h = layer.input_layernorm.forward(&x)?;
-                let h = layer.self_attn.forward(&h, &cos, &sin, &bias, c)?;
-                x = (x + h)?;
+                layer.mlp.forward_infer(&h)?
+            } else {
                 let h = layer.post_attention_layernorm.forward(&x)?;
-                let h = layer.mlp.forward(&h)?;
-                x = (x + h)?;
-            }
+                layer.mlp.forward(&h)?
+            };
+            x = (x + h)?;
         }
         if let Some(c) = cache {
             c.len += t;
