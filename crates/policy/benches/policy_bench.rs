@@ -1,7 +1,8 @@
 //! `cargo bench -p policy`: prints speed and memory figures for SmolLM2-135M (the fetched GGUF
 //! when present, else random weights of the same shape). Set POLICY_BENCH_QUICK=1 for a
-//! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (e.g. `8x32+480`, `0` skips
-//! training), POLICY_BENCH_GEN=B,SMALL,NEW (e.g. `32,1,64`, `0,0,0` skips generation).
+//! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (one training shape, e.g.
+//! `8x32+480`; `0` skips training), POLICY_BENCH_ITERS=N, POLICY_BENCH_GEN=B,SMALL,NEW (e.g.
+//! `32,1,64`; `0,0,0` skips generation).
 
 fn main() -> anyhow::Result<()> {
     let model = match rubric::assets::smollm2_gguf() {
@@ -24,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         opts.train_batch = 2;
         opts.completion_len = 192;
         opts.train_iters = 1;
+        opts.long_train = None;
         opts.gen_new_tokens = 16;
     }
     if let Ok(s) = std::env::var("POLICY_BENCH_TRAIN") {
@@ -39,6 +41,7 @@ fn main() -> anyhow::Result<()> {
             opts.train_batch = b.trim().parse()?;
             opts.prompt_len = p.trim().parse()?;
             opts.completion_len = c.trim().parse()?;
+            opts.long_train = None;
         }
     }
     if let Ok(s) = std::env::var("POLICY_BENCH_ITERS") {
