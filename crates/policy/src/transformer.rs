@@ -1,10 +1,14 @@
 //! The decoder-only transformer (Llama/SmolLM2, Qwen2, Qwen3), built only from differentiable
-//! candle primitives.
+//! ops.
 //!
 //! candle's fused `rms_norm`, `softmax_last_dim` and rotary kernels have no backward pass, so a
-//! model built from them trains silently wrong (DESIGN.md §5). Every op here (matmul, index
-//! select, add/mul/div, exp, sqrt, narrow, cat) has a backward in candle; the finite-difference
-//! test in `tests/grad.rs` guards that.
+//! model built from them trains silently wrong (DESIGN.md §5). Every op here either has a
+//! backward in candle (matmul, index select, add/mul/div, exp, sqrt, narrow, cat) or is one of
+//! our CPU custom ops with its own backward (`ops.rs`: RMSNorm, rotary embedding, masked
+//! softmax, SwiGLU, target log-softmax), which keep far fewer intermediates alive than the
+//! primitive compositions (used on other devices); the finite-difference test in
+//! `tests/grad.rs` guards them all. Generation runs the same ops through `forward_infer`,
+//! without an autograd graph.
 //!
 //! Parameters are `candle_core::Var`s named with HF tensor names, so a trainer can hand
 //! `trainable_vars()` to an optimizer and `save` writes HF-compatible safetensors.
