@@ -105,14 +105,17 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for (i, ((_, var), g)) in vars.iter().zip(grads).enumerate() {
+            // A gradient can carry the op graph it was computed from (and with it the forward
+            // pass); the moments outlive the step, so they must not hold on to it.
+            let g = &g.detach();
             let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
             let p = var.as_tensor();
             let next = ((p * (1.0 - lr * c.weight_decay))? - (update * lr)?)?;
             var.set(&next)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }

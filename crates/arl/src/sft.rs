@@ -224,7 +224,7 @@ pub fn sft(
         let mut grads = vars
             .iter()
             .map(|(_, v)| match grads_store.get(v.as_tensor()) {
-                Some(g) => Ok(g.clone()),
+                Some(g) => Ok(g.detach()),
                 None => v.as_tensor().zeros_like(),
             })
             .collect::<candle_core::Result<Vec<Tensor>>>()?;

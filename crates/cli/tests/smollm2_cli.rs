@@ -1,0 +1,43 @@
+//! The real-model config `configs/builtin-smollm2.toml`: two GRPO steps of SmolLM2-135M-Instruct
+//! (the fetched GGUF, f32 on the CPU, LoRA) on the built-in task with the rule judge, through the
+//! real binary: selection, rollouts, update, validation, test split, checkpoint and report.
+//! Needs the fetched asset (`arlrr fetch`).
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn builtin_smollm2_config_runs_two_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/builtin-smollm2.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(["train", "--quiet", "--steps", "2", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 2);
+    for m in &metrics {
+        assert_eq!(m["samples"], 2 * 4, "{m}");
+        assert_eq!(m["excluded_samples"], 0, "{m}");
+    }
+    let tests = std::fs::read_to_string(run.join("test.jsonl")).unwrap();
+    assert_eq!(tests.lines().count(), 2, "start and end scored on the test split");
+    assert!(run
+        .join("checkpoints/step-00000002/policy.safetensors")
+        .exists());
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("**Test score: "), "{report}");
+}
