@@ -68,18 +68,27 @@ pub fn write(t: &Trainer) -> Result<()> {
                 "**Test score: {:.3} ± {:.3} at the start (step {}) → {:.3} ± {:.3} after step {} ({:+.3}).**\n",
                 a.score, a.std, first.step, b.score, b.std, last.step, b.score - a.score
             )?;
+            writeln!(r, "| | start | end | change |\n|---|---|---|---|")?;
+            let fmt = |s: &rubric::Summary| format!("{:.3} ± {:.3}", s.score, s.std);
             writeln!(
                 r,
-                "| | start | end | change |\n|---|---|---|---|"
+                "| overall | {} | {} | {:+.3} |",
+                fmt(a),
+                fmt(b),
+                b.score - a.score
             )?;
-            let fmt = |s: &rubric::Summary| format!("{:.3} ± {:.3}", s.score, s.std);
-            writeln!(r, "| overall | {} | {} | {:+.3} |", fmt(a), fmt(b), b.score - a.score)?;
             for name in t.class_names() {
                 if let (Some(x), Some(y)) = (
                     first.report.classes.get(name),
                     last.report.classes.get(name),
                 ) {
-                    writeln!(r, "| {name} | {} | {} | {:+.3} |", fmt(x), fmt(y), y.score - x.score)?;
+                    writeln!(
+                        r,
+                        "| {name} | {} | {} | {:+.3} |",
+                        fmt(x),
+                        fmt(y),
+                        y.score - x.score
+                    )?;
                 }
             }
             writeln!(r)?;

@@ -100,11 +100,7 @@ impl WarmStartConfig {
             (0.0..=1.0).contains(&self.quality_min) && self.quality_min <= self.quality_max,
             "must be in [0, quality_max]",
         )?;
-        f(
-            "quality_max",
-            self.quality_max <= 1.0,
-            "must be at most 1",
-        )?;
+        f("quality_max", self.quality_max <= 1.0, "must be at most 1")?;
         f(
             "responses_per_prompt",
             self.responses_per_prompt > 0,
@@ -113,11 +109,17 @@ impl WarmStartConfig {
         f("batch_size", self.batch_size > 0, "must be at least 1")?;
         f(
             "heads",
-            self.heads > 0 && self.hidden_size % self.heads == 0 && (self.hidden_size / self.heads) % 2 == 0,
+            self.heads > 0
+                && self.hidden_size % self.heads == 0
+                && (self.hidden_size / self.heads) % 2 == 0,
             "must divide hidden_size into an even head size",
         )?;
         f("lr", self.lr > 0.0, "must be positive")?;
-        f("vocab_size", self.vocab_size >= 259, "must be at least 259 (bytes + specials)")
+        f(
+            "vocab_size",
+            self.vocab_size >= 259,
+            "must be at least 259 (bytes + specials)",
+        )
     }
 
     /// Hex key of everything that determines the result (not the cache location).
@@ -208,7 +210,10 @@ pub fn sft(
     seed: u64,
     mut on_step: impl FnMut(&SftLine),
 ) -> Result<Vec<SftLine>> {
-    anyhow::ensure!(!pairs.is_empty(), "no (prompt, response) pairs to fine-tune on");
+    anyhow::ensure!(
+        !pairs.is_empty(),
+        "no (prompt, response) pairs to fine-tune on"
+    );
     let vars = model.named_vars();
     let mut opt = AdamW::new(&vars, optim.clone())?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

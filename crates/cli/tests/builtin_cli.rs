@@ -24,7 +24,15 @@ fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
     let cache = dir.path().join("cache");
     let train = |run: &Path| {
         let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-            .args(["train", "--quiet", "--steps", "2", "--sft-steps", "3", "--out"])
+            .args([
+                "train",
+                "--quiet",
+                "--steps",
+                "2",
+                "--sft-steps",
+                "3",
+                "--out",
+            ])
             .arg(run)
             .env("ARLRR_CACHE", &cache)
             .output()
@@ -43,7 +51,12 @@ fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(warm.len(), 1, "{warm:?}");
-    for f in ["model.safetensors", "config.json", "tokenizer.json", "sft.jsonl"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "sft.jsonl",
+    ] {
         assert!(warm[0].join(f).exists(), "{f} missing from the warm start");
     }
     assert_eq!(lines(&warm[0].join("sft.jsonl")).len(), 3);
@@ -91,7 +104,13 @@ fn categorical_builtin_runs_end_to_end_and_improves() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .args(["train", "--quiet", "--out", run.to_str().unwrap(), "--config"])
+        .args([
+            "train",
+            "--quiet",
+            "--out",
+            run.to_str().unwrap(),
+            "--config",
+        ])
         .arg(configs().join("builtin-categorical.toml"))
         .output()
         .unwrap();

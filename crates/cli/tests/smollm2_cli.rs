@@ -34,7 +34,11 @@ fn builtin_smollm2_config_runs_two_steps() {
         assert_eq!(m["excluded_samples"], 0, "{m}");
     }
     let tests = std::fs::read_to_string(run.join("test.jsonl")).unwrap();
-    assert_eq!(tests.lines().count(), 2, "start and end scored on the test split");
+    assert_eq!(
+        tests.lines().count(),
+        2,
+        "start and end scored on the test split"
+    );
     assert!(run
         .join("checkpoints/step-00000002/policy.safetensors")
         .exists());
