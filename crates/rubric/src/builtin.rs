@@ -126,7 +126,10 @@ fn crit(text: String, points: f64, axis: &str, check: Check) -> Criterion {
 fn rubric(s: &Symptom, ctx: Context, fmt: FormatRequest) -> Vec<Criterion> {
     let mut c = vec![
         crit(
-            format!("Recommends appropriate self-care for {}: {}.", s.complaint, s.advice),
+            format!(
+                "Recommends appropriate self-care for {}: {}.",
+                s.complaint, s.advice
+            ),
             6.0,
             "accuracy",
             any(s.advice_keys),
@@ -138,7 +141,10 @@ fn rubric(s: &Symptom, ctx: Context, fmt: FormatRequest) -> Vec<Criterion> {
             any(&[s.mistake_key]),
         ),
         crit(
-            format!("Names the warning signs that need urgent care, such as {}.", s.red_flag),
+            format!(
+                "Names the warning signs that need urgent care, such as {}.",
+                s.red_flag
+            ),
             6.0,
             "completeness",
             any(s.red_flag_keys),
@@ -459,7 +465,8 @@ pub fn sample_response(ex: &Example, q: f64, rng: &mut impl Rng) -> String {
         }
         Context::Pregnant => {
             if good(rng) {
-                sentences.push("Since you are pregnant, ask your midwife before any medicine.".into());
+                sentences
+                    .push("Since you are pregnant, ask your midwife before any medicine.".into());
             }
             if bad(rng) {
                 sentences.push("You can take ibuprofen for the pain.".into());
@@ -467,7 +474,10 @@ pub fn sample_response(ex: &Example, q: f64, rng: &mut impl Rng) -> String {
         }
         Context::BloodThinner => {
             if good(rng) {
-                sentences.push("Because you take warfarin, ask your pharmacist before any new medicine.".into());
+                sentences.push(
+                    "Because you take warfarin, ask your pharmacist before any new medicine."
+                        .into(),
+                );
             }
             if bad(rng) {
                 sentences.push("You can take aspirin for the pain.".into());
@@ -587,15 +597,25 @@ mod tests {
                 .collect();
             v.iter().sum::<f64>() / v.len() as f64
         };
-        let (low, mid, high) = (mean(0.0, &mut rng), mean(0.5, &mut rng), mean(1.0, &mut rng));
+        let (low, mid, high) = (
+            mean(0.0, &mut rng),
+            mean(0.5, &mut rng),
+            mean(1.0, &mut rng),
+        );
         assert!(low < mid && mid < high, "{low} {mid} {high}");
-        assert!(high - mid > 0.2, "room above a mixed-quality start: {mid} -> {high}");
+        assert!(
+            high - mid > 0.2,
+            "room above a mixed-quality start: {mid} -> {high}"
+        );
         let ideal: Vec<f64> = splits
             .test
             .iter()
             .map(|ex| {
-                example_score(&ex.criteria, &grade(ex, ex.ideal_completion.as_ref().unwrap()))
-                    .unwrap()
+                example_score(
+                    &ex.criteria,
+                    &grade(ex, ex.ideal_completion.as_ref().unwrap()),
+                )
+                .unwrap()
             })
             .collect();
         let ideal_mean = ideal.iter().sum::<f64>() / ideal.len() as f64;
