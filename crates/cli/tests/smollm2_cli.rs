@@ -2,6 +2,10 @@
 //! (the fetched GGUF, f32 on the CPU, LoRA) on the built-in task with the rule judge, through the
 //! real binary: selection, rollouts, update, validation, test split, checkpoint and report.
 //! Needs the fetched asset (`arlrr fetch`).
+//!
+//! The shipped config is run with only its sample counts shrunk (validation, test and lookahead
+//! batches, new tokens), so the test stays within CI minutes on 2 cores: every 135M-parameter
+//! sample costs about a second here. Model, LoRA, judge, GRPO, objective and selector are as shipped.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +14,24 @@ use std::process::Command;
 fn builtin_smollm2_config_runs_two_steps() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/builtin-smollm2.toml");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/builtin-smollm2.toml");
+    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(shipped).unwrap()).unwrap();
+    let mut set = |section: &str, key: &str, value: i64| {
+        let table = cfg[section].as_table_mut().unwrap();
+        assert!(
+            table.contains_key(key),
+            "[{section}] {key} is in the shipped config"
+        );
+        table.insert(key.into(), toml::Value::Integer(value));
+    };
+    set("policy", "max_new_tokens", 24);
+    set("eval", "size", 4);
+    set("eval", "samples", 1);
+    set("eval", "test_size", 4);
+    set("phases", "select_size", 2);
+    set("phases", "select_samples", 1);
+    let config = dir.path().join("builtin-smollm2.toml");
+    std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
         .args(["train", "--quiet", "--steps", "2", "--config"])
         .arg(&config)
