@@ -76,6 +76,45 @@ pub struct Arm {
     pub total_gain: f64,
 }
 
+impl PhaseState {
+    /// At a phase boundary: credits the phase that just ended with the overall gain it made
+    /// (`ucb`'s reward), given the overall score measured now.
+    pub fn credit_ended_phase(&mut self, classes: usize, now: Option<f64>) {
+        self.arms.resize(classes, Arm::default());
+        if let (Some(prev), Some(start), Some(now)) = (self.active, self.start_score, now) {
+            self.arms[prev].pulls += 1;
+            self.arms[prev].total_gain += now - start;
+        }
+    }
+
+    /// `ucb` candidates: mean overall gain per phase of each class plus
+    /// `c * sqrt(2 ln(total phases) / phases of that class)`; untried classes come first.
+    pub fn ucb_candidates(&self, trainable: &[usize], names: &[String], c: f64) -> Vec<Candidate> {
+        let total: u64 = self.arms.iter().map(|a| a.pulls).sum();
+        trainable
+            .iter()
+            .map(|&k| {
+                let a = &self.arms[k];
+                let mean = if a.pulls == 0 {
+                    0.0
+                } else {
+                    a.total_gain / a.pulls as f64
+                };
+                let bound = if a.pulls == 0 {
+                    f64::INFINITY
+                } else {
+                    mean + c * (2.0 * (total.max(1) as f64).ln() / a.pulls as f64).sqrt()
+                };
+                Candidate {
+                    class: names[k].clone(),
+                    score: bound,
+                    detail: mean,
+                }
+            })
+            .collect()
+    }
+}
+
 /// One line of `schedule.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -146,11 +185,7 @@ impl Trainer {
             .map(|b| b.class_scores(&names))
             .unwrap_or_else(|| vec![f64::NAN; names.len()]);
         let st = &mut self.state.phase;
-        st.arms.resize(names.len(), Arm::default());
-        if let (Some(prev), Some(start), Some(now)) = (st.active, st.start_score, base_score) {
-            st.arms[prev].pulls += 1;
-            st.arms[prev].total_gain += now - start;
-        }
+        st.credit_ended_phase(names.len(), base_score);
         let deficit = |k: usize| self.data.select_weights[k] * (1.0 - class_scores[k]);
         let candidates: Vec<Candidate> = match p.selector {
             SelectorKind::Fixed => {
@@ -186,31 +221,7 @@ impl Trainer {
                     detail: class_scores[k],
                 })
                 .collect(),
-            SelectorKind::Ucb => {
-                let total: u64 = st.arms.iter().map(|a| a.pulls).sum();
-                trainable
-                    .iter()
-                    .map(|&k| {
-                        let a = &st.arms[k];
-                        let mean = if a.pulls == 0 {
-                            0.0
-                        } else {
-                            a.total_gain / a.pulls as f64
-                        };
-                        let bound = if a.pulls == 0 {
-                            f64::INFINITY
-                        } else {
-                            mean + p.ucb_c
-                                * (2.0 * (total.max(1) as f64).ln() / a.pulls as f64).sqrt()
-                        };
-                        Candidate {
-                            class: names[k].clone(),
-                            score: bound,
-                            detail: mean,
-                        }
-                    })
-                    .collect()
-            }
+            SelectorKind::Ucb => st.ucb_candidates(&trainable, &names, p.ucb_c),
             SelectorKind::Gradient => self.gradient_candidates(&trainable, time)?,
             SelectorKind::Lookahead => {
                 let mut probed = trainable.clone();
@@ -325,5 +336,41 @@ impl Trainer {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ucb_credits_the_ended_phase_and_tries_every_class_first() {
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut st = PhaseState {
+            active: Some(0),
+            start_score: Some(0.4),
+            ..PhaseState::default()
+        };
+        st.credit_ended_phase(3, Some(0.5));
+        assert_eq!(st.arms[0].pulls, 1);
+        assert!((st.arms[0].total_gain - 0.1).abs() < 1e-12);
+        let c = st.ucb_candidates(&[0, 1, 2], &names, 1.0);
+        assert!((c[0].detail - 0.1).abs() < 1e-12);
+        // one phase in total: ln(1) = 0, so the bound is the mean
+        assert!((c[0].score - 0.1).abs() < 1e-12);
+        assert_eq!(c[1].score, f64::INFINITY);
+        assert_eq!(c[2].score, f64::INFINITY);
+
+        // no score measured now: nothing is credited
+        st.credit_ended_phase(3, None);
+        assert_eq!(st.arms[0].pulls, 1);
+        st.active = Some(1);
+        st.start_score = Some(0.5);
+        st.credit_ended_phase(3, Some(0.3));
+        let c = st.ucb_candidates(&[0, 1], &names, 1.0);
+        let bonus = (2.0 * 2f64.ln()).sqrt();
+        assert!((c[0].score - (0.1 + bonus)).abs() < 1e-12);
+        assert!((c[1].score - (-0.2 + bonus)).abs() < 1e-12);
+        assert_eq!(c.len(), 2);
     }
 }

@@ -23,7 +23,7 @@
 //! after every change, so a killed service resumes exactly; decisions are appended to
 //! `schedule.jsonl`.
 
-use arl::selector::{Arm, Candidate, Decision, PhaseConfig, PhaseState};
+use arl::selector::{Candidate, Decision, PhaseConfig, PhaseState};
 use arl::{ObjectiveKind, SelectorKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -608,38 +608,8 @@ impl Scheduler {
                 .collect(),
             SelectorKind::Ucb => {
                 let st = &mut self.state.phase;
-                st.arms.resize(names.len(), Arm::default());
-                if let (Some(prev), Some(start), Some(now)) = (
-                    st.active,
-                    st.start_score,
-                    base.as_ref().and_then(|b| b.overall),
-                ) {
-                    st.arms[prev].pulls += 1;
-                    st.arms[prev].total_gain += now - start;
-                }
-                let total: u64 = st.arms.iter().map(|a| a.pulls).sum();
-                self.trainable
-                    .iter()
-                    .map(|&k| {
-                        let a = &st.arms[k];
-                        let mean = if a.pulls == 0 {
-                            0.0
-                        } else {
-                            a.total_gain / a.pulls as f64
-                        };
-                        let bound = if a.pulls == 0 {
-                            f64::INFINITY
-                        } else {
-                            mean + p.ucb_c
-                                * (2.0 * (total.max(1) as f64).ln() / a.pulls as f64).sqrt()
-                        };
-                        Candidate {
-                            class: names[k].clone(),
-                            score: bound,
-                            detail: mean,
-                        }
-                    })
-                    .collect()
+                st.credit_ended_phase(names.len(), base.as_ref().and_then(|b| b.overall));
+                st.ucb_candidates(&self.trainable, &names, p.ucb_c)
             }
             SelectorKind::Lookahead => {
                 let mut probed = self.trainable.clone();
