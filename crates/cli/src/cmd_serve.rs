@@ -4,7 +4,6 @@
 use anyhow::{Context, Result};
 use arl::selector::PhaseConfig;
 use arl::{ObjectiveKind, SelectorKind, Weights};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,19 +189,10 @@ pub fn run(args: Args) -> Result<()> {
             "none"
         },
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
-        let addr = listener.local_addr()?;
-        // One line on stdout that scripts (and tests) can wait for.
-        println!("arlrr serve: listening on http://{addr}");
-        std::io::stdout().flush()?;
-        server::api::serve(listener, service).await?;
-        Ok(())
-    })
+    crate::serve_http(
+        &args.host,
+        args.port,
+        |addr| format!("arlrr serve: listening on http://{addr}"),
+        |listener| async move { Ok(server::api::serve(listener, service).await?) },
+    )
 }

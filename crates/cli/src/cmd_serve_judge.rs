@@ -5,7 +5,6 @@
 use anyhow::{Context, Result};
 use judge::serve::{ChatModel, ChatOutput, ServeOptions};
 use rubric::Message;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,19 +93,10 @@ pub fn run(args: ServeJudgeArgs) -> Result<()> {
         default_max_tokens: args.default_max_tokens,
         ..ServeOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
-        let addr = listener.local_addr()?;
-        // One line on stdout that scripts (and tests) can wait for.
-        println!("serving {name} on http://{addr}/v1");
-        std::io::stdout().flush()?;
-        judge::serve::serve(listener, chat, options).await?;
-        Ok(())
-    })
+    crate::serve_http(
+        &args.host,
+        args.port,
+        |addr| format!("serving {name} on http://{addr}/v1"),
+        |listener| async move { Ok(judge::serve::serve(listener, chat, options).await?) },
+    )
 }

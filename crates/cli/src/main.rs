@@ -70,3 +70,31 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Binds `host:port` on a multi-threaded runtime, prints one line with the bound address (port 0
+/// picks a free one, and scripts and tests wait for that line), then serves until shutdown.
+fn serve_http<F, Fut>(
+    host: &str,
+    port: u16,
+    banner: impl FnOnce(std::net::SocketAddr) -> String,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use anyhow::Context;
+    use std::io::Write;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((host, port))
+            .await
+            .with_context(|| format!("binding {host}:{port}"))?;
+        println!("{}", banner(listener.local_addr()?));
+        std::io::stdout().flush()?;
+        serve(listener).await
+    })
+}
