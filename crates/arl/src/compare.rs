@@ -120,6 +120,35 @@ pub fn ci95(v: &[f64]) -> f64 {
     t975(v.len().saturating_sub(1)) * sd(v) / (v.len() as f64).sqrt()
 }
 
+/// The smallest p-value `permutation_p` can give for groups of `n1` and `n2` distinct values:
+/// only the two most extreme relabelings reach the observed difference, so it is
+/// 2 / C(n1 + n2, n1). With 3 seeds per method that is 0.1: no difference can be significant.
+pub fn min_permutation_p(n1: usize, n2: usize) -> f64 {
+    let mut c = 1.0f64;
+    for i in 0..n1 {
+        c = c * (n2 + n1 - i) as f64 / (i + 1) as f64;
+    }
+    (2.0 / c).min(1.0)
+}
+
+/// Mean difference `mean(a) - mean(b)` with the half-width of its 95% confidence interval
+/// (Welch: unequal variances, Welch-Satterthwaite degrees of freedom).
+pub fn diff_ci95(a: &[f64], b: &[f64]) -> (f64, f64) {
+    let (va, vb) = (
+        sd(a).powi(2) / a.len() as f64,
+        sd(b).powi(2) / b.len() as f64,
+    );
+    let se = (va + vb).sqrt();
+    let df = if se == 0.0 {
+        a.len() + b.len() - 2
+    } else {
+        let den =
+            va * va / (a.len() as f64 - 1.0).max(1.0) + vb * vb / (b.len() as f64 - 1.0).max(1.0);
+        ((va + vb).powi(2) / den).floor().max(1.0) as usize
+    };
+    (mean(a) - mean(b), t975(df) * se)
+}
+
 /// Exact two-sided permutation test of a difference in means: the share of all relabelings
 /// of the pooled values whose |difference| is at least the observed one.
 pub fn permutation_p(a: &[f64], b: &[f64]) -> f64 {
@@ -280,6 +309,48 @@ pub fn write_report(
     };
     writeln!(r, "**Verdict:** {verdict}\n")?;
 
+    // the question the comparison exists for: what each method bought over scalarization
+    if methods.iter().any(|m| m == "scalarized") && methods.len() >= 2 {
+        let base = test_scores("scalarized");
+        writeln!(r, "## Against scalarization\n")?;
+        writeln!(
+            r,
+            "Test score minus the scalarized method's, mean over seeds with a 95% confidence interval (Welch), and the exact permutation test over seeds.\n"
+        )?;
+        writeln!(
+            r,
+            "| method | difference | 95% CI | p | |\n|---|---|---|---|---|"
+        )?;
+        let mut floor = 0.0f64;
+        for m in methods.iter().filter(|m| *m != "scalarized") {
+            let s = test_scores(m);
+            let (d, half) = diff_ci95(&s, &base);
+            let p = permutation_p(&s, &base);
+            floor = floor.max(min_permutation_p(s.len(), base.len()));
+            let word = match (p < 0.05, d > 0.0) {
+                (true, true) => "significantly better",
+                (true, false) => "significantly worse",
+                (false, true) => "better, not significant",
+                (false, false) => "worse, not significant",
+            };
+            writeln!(
+                r,
+                "| {m} | {d:+.3} | [{:+.3}, {:+.3}] | {p:.3} | {word} |",
+                d - half,
+                d + half
+            )?;
+        }
+        if floor >= 0.05 {
+            writeln!(
+                r,
+                "\nWith {} seeds per method the smallest p the permutation test can give is {floor:.3}: no difference can reach p < 0.05 here; run more seeds (5 per method allow p = {:.3}).",
+                spec.seeds.len(),
+                min_permutation_p(5, 5)
+            )?;
+        }
+        writeln!(r)?;
+    }
+
     writeln!(r, "## Final test score (mean over seeds, 95% CI)\n")?;
     writeln!(r, "| method | overall | {} |", classes.join(" | "))?;
     writeln!(r, "|---|---|{}", "---|".repeat(classes.len()))?;
@@ -431,6 +502,14 @@ mod tests {
         // fully separated groups of 3: 2 of the 20 relabelings are as extreme
         assert!((permutation_p(&[1.0, 1.1, 1.2], &[0.0, 0.1, 0.2]) - 0.1).abs() < 1e-12);
         assert_eq!(permutation_p(&[1.0, 0.0], &[1.0, 0.0]), 1.0);
+        assert!((min_permutation_p(3, 3) - 0.1).abs() < 1e-12);
+        assert!((min_permutation_p(5, 5) - 2.0 / 252.0).abs() < 1e-12);
+        assert!((min_permutation_p(2, 3) - 0.2).abs() < 1e-12);
+        // equal spreads: Welch reduces to the pooled t with n1 + n2 - 2 = 4 df
+        let (d, half) = diff_ci95(&[1.0, 2.0, 3.0], &[0.0, 1.0, 2.0]);
+        assert!((d - 1.0).abs() < 1e-12);
+        let se = (2.0f64 / 3.0).sqrt();
+        assert!((half - 2.776 * se).abs() < 1e-9, "{half}");
     }
 
     #[test]

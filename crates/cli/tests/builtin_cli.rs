@@ -182,6 +182,7 @@ fn compare_writes_every_section_with_numbers() {
     let report = std::fs::read_to_string(out.join("compare.md")).unwrap();
     for section in [
         "**Verdict:**",
+        "## Against scalarization",
         "## Final test score (mean over seeds, 95% CI)",
         "## Training efficiency",
         "## Variance contraction",
@@ -195,6 +196,19 @@ fn compare_writes_every_section_with_numbers() {
         assert!(report.matches(m).count() >= 3, "{m} rows missing");
     }
     assert!(!report.contains("NaN"), "{report}");
+    // each method against scalarization: difference, its CI and p, and with 2 seeds the
+    // note that no difference can be significant (smallest p = 2/C(4,2) = 0.333)
+    let against = report
+        .split("## Against scalarization")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    for m in ["| alternating:lookahead | ", "| gdpo | "] {
+        let row = against.lines().find(|l| l.starts_with(m)).unwrap();
+        assert!(row.contains("not significant"), "{row}");
+        assert_eq!(row.matches('[').count(), 1, "{row}");
+    }
+    assert!(against.contains("smallest p the permutation test can give is 0.333"));
     let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
     assert!(
         svg.contains("gdpo") && svg.contains("<polygon"),
