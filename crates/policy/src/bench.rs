@@ -177,6 +177,52 @@ pub fn decode_flops_per_token(cfg: &Config, s: usize) -> f64 {
         + 2.0 * 2.0 * (cfg.num_attention_heads * cfg.head_dim * s * cfg.num_hidden_layers) as f64
 }
 
+/// Seconds (best of `reps`) of the projection matmuls of one decoding step at batch `b`: every
+/// layer's q, k, v, o, gate, up and down and the output projection, in the form generation
+/// uses, on random weights of the model's shapes (all layers, so the weights stream from
+/// memory as in a real step). No decoding step can be faster on this machine: it bounds the
+/// generation rate whatever the rest of the step costs.
+pub fn decode_matmul_secs(cfg: &Config, b: usize, reps: usize) -> Result<(f64, f64)> {
+    let dev = Device::Cpu;
+    let h = cfg.hidden_size;
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let i = cfg.intermediate_size;
+    // (output, input) of each projection, in the order a layer applies them
+    let shapes = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)];
+    let mut weights = Vec::new();
+    for _ in 0..cfg.num_hidden_layers {
+        for &(o, k) in &shapes {
+            weights.push(Tensor::randn(0f32, 1.0, (o, k), &dev)?);
+        }
+    }
+    weights.push(Tensor::randn(0f32, 1.0, (cfg.vocab_size, h), &dev)?);
+    let inputs: Vec<Tensor> = [h, q, i]
+        .iter()
+        .map(|&k| Tensor::randn(0f32, 1.0, (b, k), &dev))
+        .collect::<candle_core::Result<_>>()?;
+    let input_for = |k: usize| {
+        inputs
+            .iter()
+            .find(|x| x.dim(1).ok() == Some(k))
+            .expect("an input per width")
+    };
+    let flops: f64 = weights
+        .iter()
+        .map(|w| 2.0 * (b * w.elem_count()) as f64)
+        .sum();
+    let mut best = f64::MAX;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        for w in &weights {
+            let y = crate::transformer::linear_infer(input_for(w.dim(1)?), w, None)?;
+            let _ = y.dims();
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((best, flops))
+}
+
 /// Runs every figure on `model` and prints them; returns nothing to assert on by design.
 pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
     let threads = std::thread::available_parallelism()
@@ -228,6 +274,14 @@ pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
             "generation: batch {batch} x {new} new tokens (prompt {plen}) in {secs:.2}s: {rate:.0} tokens/s aggregate, {:.1} GFLOP/s = {:.0}% of matmul peak (decoding alone at 100% of peak: {decode_bound:.0} tokens/s)",
             flops / secs / 1e9,
             100.0 * flops / secs / 1e9 / peak,
+        );
+        let (mm_secs, mm_flops) = decode_matmul_secs(cfg, batch, 5)?;
+        println!(
+            "  bound: the projection matmuls of one decoding step at batch {batch} alone take {:.1} ms ({:.1} GFLOP/s on these shapes): at most {:.0} tokens/s here; the measured step is {:.1} ms",
+            1e3 * mm_secs,
+            mm_flops / mm_secs / 1e9,
+            batch as f64 / mm_secs,
+            1e3 * secs / new as f64,
         );
     }
     Ok(())

@@ -258,10 +258,7 @@ fn sample_rows(
         })
         .collect();
     let one = |i: usize| active[i].then(|| sample(&rows[i], cfg, draws[i]));
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(rows.len());
+    let threads = crate::ops::n_threads().min(rows.len());
     if threads <= 1 {
         return (0..rows.len()).map(one).collect();
     }

@@ -14,10 +14,15 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 /// Below this many elements a kernel runs on the calling thread: spawning costs more.
 const PAR_MIN: usize = 1 << 15;
 
-fn n_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+/// Worker threads for the row kernels and sampling: asked once, since
+/// `available_parallelism` reads cgroup files on Linux (it showed up in decoding profiles).
+pub(crate) fn n_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// Fills `out`, made of rows of width `d`, by calling `f(first_row, rows)` on contiguous runs

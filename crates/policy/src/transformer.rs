@@ -55,12 +55,12 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// computed as `W @ x^T`: gemm then streams the contiguous weight as its left operand instead
 /// of packing the whole weight matrix for every step, which measured up to 2x faster at batch
 /// 32 on SmolLM2's shapes; the small [out, rows] result is transposed back.
-fn linear_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn linear_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_dim = *dims.last().expect("rank >= 1");
     let rows = x.elem_count() / in_dim;
     let x2 = x.reshape((rows, in_dim))?;
-    let y = if rows <= SMALL_ROWS {
+    let y = if rows <= SMALL_ROWS && w.dim(0)? <= SMALL_ROWS_MAX_OUT {
         w.matmul(&x2.t()?)?.t()?.contiguous()?
     } else {
         x2.matmul(&w.t()?)?
@@ -74,8 +74,11 @@ fn linear_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(y.reshape(out)?)
 }
 
-/// Up to this many rows `linear_infer` uses the `W @ x^T` form.
+/// Up to this many rows `linear_infer` uses the `W @ x^T` form...
 const SMALL_ROWS: usize = 64;
+/// ...unless the output is this wide: for a vocabulary-sized output projection the plain form
+/// measured 10-30% faster at batch 32 (and needs no transposed copy of the wide result).
+const SMALL_ROWS_MAX_OUT: usize = 16_384;
 
 /// RMSNorm, `x / sqrt(mean(x²) + eps) * w`, with a backward pass: a memory-lean custom op on
 /// the CPU (`ops.rs`), the primitive composition elsewhere.
