@@ -48,6 +48,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    policy::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Fetch(a) => cmd_fetch::run(a),

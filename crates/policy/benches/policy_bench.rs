@@ -5,6 +5,7 @@
 //! `32,1,64`; `0,0,0` skips generation).
 
 fn main() -> anyhow::Result<()> {
+    policy::keep_freed_memory();
     let model = match rubric::assets::smollm2_gguf() {
         Ok(p) => {
             println!("model: {}", p.display());
