@@ -327,11 +327,12 @@ pub fn write_report(
             let (d, half) = diff_ci95(&s, &base);
             let p = permutation_p(&s, &base);
             floor = floor.max(min_permutation_p(s.len(), base.len()));
-            let word = match (p < 0.05, d > 0.0) {
-                (true, true) => "significantly better",
-                (true, false) => "significantly worse",
-                (false, true) => "better, not significant",
-                (false, false) => "worse, not significant",
+            let word = match (p < 0.05, d.partial_cmp(&0.0)) {
+                (_, Some(std::cmp::Ordering::Equal)) => "no difference",
+                (true, Some(std::cmp::Ordering::Greater)) => "significantly better",
+                (true, _) => "significantly worse",
+                (false, Some(std::cmp::Ordering::Greater)) => "better, not significant",
+                (false, _) => "worse, not significant",
             };
             writeln!(
                 r,
