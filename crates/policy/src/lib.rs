@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+mod linear;
 pub mod logprobs;
 pub mod lora;
 pub mod model;

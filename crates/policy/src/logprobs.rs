@@ -2,7 +2,7 @@
 //! GRPO's loss is built from.
 
 use crate::error::{Error, Result};
-use crate::ops::{RowStat, TargetLogSoftmax};
+use crate::linear::OutputLogProbs;
 use crate::transformer::{log_softmax_last, Transformer};
 use candle_core::{DType, Tensor, D};
 
@@ -71,27 +71,25 @@ pub fn completion_log_probs(
     let hidden = model.forward_hidden(&ids, &mask_t)?;
     // Hidden state at column j predicts token j+1: columns p-1 .. p+c-2 predict completions.
     let h = hidden.narrow(1, p - 1, c)?;
-    let logits = model.logits(&h)?;
     let cmask = Tensor::from_vec(cmask, (b, c), dev)?.to_dtype(dtype)?;
     let (logp, entropy) = if dev.is_cpu() && matches!(dtype, DType::F32 | DType::F64) {
-        // One fused pass per row for the target log-probs (with backward) and one for the
-        // entropy: no [B, C, vocab] intermediates besides the logits themselves.
-        let v = logits.dim(D::Minus1)?;
-        let flat = logits.reshape((b * c, v))?;
+        // Output projection, target log-softmax and entropy in one op: the [B·C, vocab]
+        // logits are written once and become their own gradient in the backward.
+        let w = model.output_weight();
+        let h = h.contiguous()?.reshape((b * c, model.cfg.hidden_size))?;
         let targets = Tensor::from_vec(targets, b * c, dev)?;
-        let op = |stat| TargetLogSoftmax {
-            inv_t: 1.0 / temperature,
-            stat,
+        let keep = h.track_op() || w.track_op();
+        let op = OutputLogProbs::new(temperature, keep);
+        let both = if keep {
+            h.apply_op3(&w, &targets, op)?
+        } else {
+            h.apply_op3_no_bwd(&w, &targets, &op)?
         };
-        let logp = flat.apply_op2(&targets, op(RowStat::TargetLogProb))?;
-        let ent = flat
-            .detach()
-            .apply_op2_no_bwd(&targets, &op(RowStat::Entropy))?;
-        (
-            (logp.reshape((b, c))? * &cmask)?,
-            (ent.reshape((b, c))? * &cmask)?,
-        )
+        let logp = both.narrow(1, 0, 1)?.reshape((b, c))?;
+        let ent = both.detach().narrow(1, 1, 1)?.reshape((b, c))?;
+        ((logp * &cmask)?, (ent * &cmask)?)
     } else {
+        let logits = model.logits(&h)?;
         let logits = if temperature != 1.0 {
             (logits / temperature)?
         } else {

@@ -1,5 +1,5 @@
 //! CPU custom ops *with* a backward pass: softmax/log-softmax over the last dim, RMSNorm,
-//! rotary embedding, masked attention softmax, SwiGLU, and the log-probability of target tokens.
+//! rotary embedding, masked attention softmax and SwiGLU (the matmul ops are in `linear.rs`).
 //!
 //! Built from primitives (max, sub, exp, sum, div, ...) they are exact but keep several
 //! full-size intermediates per layer alive for backward; at SmolLM2 scale with 4,096-token
@@ -234,7 +234,7 @@ impl CustomOp2 for RmsNormOp {
     }
 }
 
-fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
@@ -626,203 +626,11 @@ impl candle_core::CustomOp3 for SwiGluBwd {
     }
 }
 
-/// Per row of logits [N, V]: max and log-sum-exp of `logits * inv_t`.
-fn row_lse<T: Copy + num_like::Float>(row: &[T], inv_t: T) -> (T, T) {
-    let mut m = row[0];
-    for &v in row {
-        if v > m {
-            m = v;
-        }
-    }
-    let m = m * inv_t;
-    let mut s = T::zero();
-    for &v in row {
-        s = s + (v * inv_t - m).exp();
-    }
-    (m, m + s.ln())
-}
-
-/// What `TargetLogSoftmax`-family ops compute per row of tempered logits.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum RowStat {
-    /// `log softmax(logits / T)[target]`: [N], with a backward.
-    TargetLogProb,
-    /// Entropy of `softmax(logits / T)`: [N], no backward (monitoring only).
-    Entropy,
-}
-
-/// Log-probabilities of the target tokens, `log softmax(logits / T)[target]`, from logits
-/// [N, V] and targets [N] (u32), or the tempered entropy, in one pass per row. The
-/// log-softmax → gather chain materializes several [N, V] tensors (tempered logits,
-/// log-softmax, its exp, the scattered gradient...), each 805 MB at 4,096 tokens with a 49,152
-/// vocabulary; this keeps only the logits, and its backward writes the [N, V] gradient once.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TargetLogSoftmax {
-    pub inv_t: f64,
-    pub stat: RowStat,
-}
-
-fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
-    match s {
-        CpuStorage::U32(t) => contiguous(t, l, "targets"),
-        _ => candle_core::bail!("targets must be u32"),
-    }
-}
-
-impl CustomOp2 for TargetLogSoftmax {
-    fn name(&self) -> &'static str {
-        "policy-target-log-softmax"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, v) = l1.shape().dims2()?;
-        let tg = targets_of(s2, l2)?;
-        if tg.len() != n || tg.iter().any(|&t| t as usize >= v) {
-            candle_core::bail!("targets: need {n} ids below {v}");
-        }
-        fn go<T: Copy + Send + Sync + num_like::Float>(
-            x: &[T],
-            tg: &[u32],
-            v: usize,
-            inv_t: f64,
-            stat: RowStat,
-        ) -> Vec<T> {
-            let mut out = vec![T::zero(); tg.len()];
-            let inv_t = T::from_f64(inv_t);
-            par_out(&mut out, 1, x.len(), |r0, out| {
-                for (j, o) in out.iter_mut().enumerate() {
-                    let r = r0 + j;
-                    let row = &x[r * v..(r + 1) * v];
-                    let (_, lse) = row_lse(row, inv_t);
-                    *o = match stat {
-                        RowStat::TargetLogProb => row[tg[r] as usize] * inv_t - lse,
-                        RowStat::Entropy => {
-                            let mut e = T::zero();
-                            for &x in row {
-                                let lp = x * inv_t - lse;
-                                e = e - lp.exp() * lp;
-                            }
-                            e
-                        }
-                    };
-                }
-            });
-            out
-        }
-        let out = match s1 {
-            CpuStorage::F32(x) => CpuStorage::F32(go(
-                contiguous(x, l1, "logits")?,
-                tg,
-                v,
-                self.inv_t,
-                self.stat,
-            )),
-            CpuStorage::F64(x) => CpuStorage::F64(go(
-                contiguous(x, l1, "logits")?,
-                tg,
-                v,
-                self.inv_t,
-                self.stat,
-            )),
-            _ => candle_core::bail!("target log-softmax supports f32 and f64"),
-        };
-        Ok((out, Shape::from(n)))
-    }
-    fn bwd(
-        &self,
-        logits: &Tensor,
-        targets: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        if self.stat != RowStat::TargetLogProb {
-            candle_core::bail!("the tempered entropy has no backward");
-        }
-        let d = logits.apply_op3_no_bwd(
-            targets,
-            &grad.contiguous()?,
-            &TargetLogSoftmaxBwd { inv_t: self.inv_t },
-        )?;
-        Ok((Some(d), None))
-    }
-}
-
-/// d logits = g · (onehot(target) − softmax(logits / T)) / T, written once per row.
-#[derive(Debug, Clone, Copy)]
-struct TargetLogSoftmaxBwd {
-    inv_t: f64,
-}
-
-impl candle_core::CustomOp3 for TargetLogSoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "policy-target-log-softmax-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (_, v) = l1.shape().dims2()?;
-        let tg = targets_of(s2, l2)?;
-        fn go<T: Copy + Send + Sync + num_like::Float>(
-            x: &[T],
-            tg: &[u32],
-            g: &[T],
-            v: usize,
-            inv_t: f64,
-        ) -> Vec<T> {
-            let mut out = vec![T::zero(); x.len()];
-            let inv_t = T::from_f64(inv_t);
-            let out_len = out.len();
-            par_out(&mut out, v, out_len, |r0, out| {
-                for (j, o) in out.chunks_exact_mut(v).enumerate() {
-                    let r = r0 + j;
-                    let row = &x[r * v..(r + 1) * v];
-                    let gi = g[r] * inv_t;
-                    let (_, lse) = row_lse(row, inv_t);
-                    for (o, &x) in o.iter_mut().zip(row) {
-                        *o = T::zero() - gi * (x * inv_t - lse).exp();
-                    }
-                    let t = tg[r] as usize;
-                    o[t] = o[t] + gi;
-                }
-            });
-            out
-        }
-        let out = match (s1, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(go(
-                contiguous(x, l1, "logits")?,
-                tg,
-                contiguous(g, l3, "grad")?,
-                v,
-                self.inv_t,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(go(
-                contiguous(x, l1, "logits")?,
-                tg,
-                contiguous(g, l3, "grad")?,
-                v,
-                self.inv_t,
-            )),
-            _ => candle_core::bail!("target log-softmax supports f32 and f64"),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-}
-
 /// The little float arithmetic the kernels need, for f32 and f64.
-mod num_like {
+pub(crate) mod num_like {
     pub trait Float:
-        PartialOrd
+        Copy
+        + PartialOrd
         + std::ops::Add<Output = Self>
         + std::ops::Sub<Output = Self>
         + std::ops::Mul<Output = Self>

@@ -15,6 +15,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::linear::Linear;
 use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
 use crate::ops::{MaskedSoftmax, RmsNormOp, Rope, SoftmaxLast, SwiGlu};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -36,19 +37,24 @@ fn param(v: &Var, frozen: bool) -> Tensor {
     }
 }
 
-/// `x @ w^T (+ b)` for `x` of any rank, by flattening the leading dims into one matmul.
+/// `x @ w^T (+ b)` for `x` of any rank: one custom op with a gemm backward on the CPU
+/// (`linear.rs`), the flattened matmul elsewhere.
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let in_dim = *dims.last().expect("rank >= 1");
-    let rows = x.elem_count() / in_dim;
-    let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
-    let y = match b {
+    let y = if fused_ok(x) {
+        x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?
+    } else {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("rank >= 1");
+        let rows = x.elem_count() / in_dim;
+        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = w.dim(0)?;
+        y.reshape(out)?
+    };
+    Ok(match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
-    };
-    let mut out = dims;
-    *out.last_mut().unwrap() = w.dim(0)?;
-    Ok(y.reshape(out)?)
+    })
 }
 
 /// `linear` for inference (no autograd graph). With few rows (decoding) the product is
@@ -697,11 +703,16 @@ impl Transformer {
 
     /// Hidden states → logits via the (possibly tied) output projection.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = match &self.lm_head {
-            Some(h) => param(h, self.base_frozen),
-            None => param(&self.embed_tokens, self.base_frozen),
-        };
-        linear(hidden, &w, None)
+        linear(hidden, &self.output_weight(), None)
+    }
+
+    /// The output projection [vocab, hidden]: `lm_head`, or the embedding when tied
+    /// (detached when the base is frozen).
+    pub(crate) fn output_weight(&self) -> Tensor {
+        param(
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            self.base_frozen,
+        )
     }
 
     /// The general forward: `ids` [B,T] are new tokens at `positions` (B×T); `key_mask` (B×S)

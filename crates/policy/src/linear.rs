@@ -1,0 +1,689 @@
+//! CPU matmul ops with their own backward: the linear projection `x · Wᵀ`, and the output
+//! projection fused with the log-softmax of the target tokens.
+//!
+//! Built from candle primitives, one linear is four graph nodes (reshape, transpose, matmul,
+//! reshape), and candle's backprop allocates a zeroed gradient and adds into it for every
+//! node; zeroing, adding and faulting in those buffers was about a fifth of a SmolLM2 training
+//! step in `perf`. Here a linear is one node whose backward calls gemm (the kernels candle's
+//! matmul uses) into fresh buffers, with no zeroing pass. The output projection goes further:
+//! its forward writes the logits once and keeps them for the backward, which turns them into
+//! their own gradient in place, so no other [tokens, vocab] buffer is ever allocated.
+
+use crate::ops::{contiguous, num_like::Float, par_out};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use std::sync::Mutex;
+
+/// A matrix view: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// Contiguous `data` as `rows` rows of `cols` (its width).
+    fn rows(data: &'a [T], cols: usize) -> Self {
+        Mat {
+            data,
+            rows: data.len() / cols.max(1),
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// A buffer gemm will overwrite completely, so it skips the zeroing pass `vec![0; n]` costs.
+#[allow(clippy::uninit_vec)]
+fn for_gemm<T: Copy>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32/f64 have no invalid bit patterns and every caller hands the buffer to
+    // `gemm_into` without `accumulate`, which writes each element before anything reads it.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// `dst` (row-major [a.rows, b.cols]) `= a · b`, or `+= a · b` with `accumulate`.
+fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && dst.len() == m * n && a.in_bounds() && b.in_bounds());
+    if k == 0 {
+        if !accumulate {
+            dst.fill(T::zero());
+        }
+        return;
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: both views were checked to lie inside their slices and `dst` has exactly m·n
+    // elements; `dst` is borrowed mutably, so it overlaps neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Applies `f` to the two storages as slices of one float type.
+fn with_floats<R>(
+    s1: &CpuStorage,
+    s2: &CpuStorage,
+    what: &str,
+    f32_: impl FnOnce(&[f32], &[f32]) -> Result<R>,
+    f64_: impl FnOnce(&[f64], &[f64]) -> Result<R>,
+) -> Result<R> {
+    match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => f32_(a, b),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => f64_(a, b),
+        _ => candle_core::bail!("{what} supports f32 and f64 (both arguments the same)"),
+    }
+}
+
+/// The last dim of a layout (the matrix width every op here reads rows of).
+fn width(l: &Layout) -> Result<usize> {
+    l.dims()
+        .last()
+        .copied()
+        .ok_or_else(|| candle_core::Error::Msg("a matrix op needs rank >= 1".into()))
+}
+
+/// `x · Wᵀ` for `x` [..., in] and `W` [out, in], as one graph node with a gemm backward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "policy-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out, inp) = l2.shape().dims2()?;
+        if width(l1)? != inp {
+            candle_core::bail!("linear: input width {} but weight {out}x{inp}", width(l1)?);
+        }
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().unwrap() = out;
+        fn go<T: Float + 'static>(x: &[T], w: &[T], inp: usize, out: usize) -> Vec<T> {
+            let x = Mat::rows(x, inp);
+            let mut y = for_gemm(x.rows * out);
+            gemm_into(&mut y, x, Mat::rows(w, inp).t(), false);
+            y
+        }
+        let y = with_floats(
+            s1,
+            s2,
+            "linear",
+            |x, w| {
+                Ok(CpuStorage::F32(go(
+                    contiguous(x, l1, "x")?,
+                    contiguous(w, l2, "weight")?,
+                    inp,
+                    out,
+                )))
+            },
+            |x, w| {
+                Ok(CpuStorage::F64(go(
+                    contiguous(x, l1, "x")?,
+                    contiguous(w, l2, "weight")?,
+                    inp,
+                    out,
+                )))
+            },
+        )?;
+        Ok((y, Shape::from(dims)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        // A frozen (detached) argument gets no gradient: no gemm is spent on it.
+        let dx = if x.track_op() {
+            Some(
+                g.apply_op2_no_bwd(w, &Product { ta: false })?
+                    .reshape(x.shape())?,
+            )
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(g.apply_op2_no_bwd(x, &Product { ta: true })?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// `A · B` (or `Aᵀ · B` with `ta`) with `A` and `B` contiguous and viewed as matrices of
+/// their last-dim width: the two products of the linear backward, `dx = g · W` and
+/// `dW = gᵀ · x`. No backward of its own.
+#[derive(Debug, Clone, Copy)]
+struct Product {
+    ta: bool,
+}
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "policy-product"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (wa, wb) = (width(l1)?, width(l2)?);
+        let ta = self.ta;
+        fn go<T: Float + 'static>(
+            a: &[T],
+            b: &[T],
+            wa: usize,
+            wb: usize,
+            ta: bool,
+        ) -> Result<(Vec<T>, (usize, usize))> {
+            let a = if ta {
+                Mat::rows(a, wa).t()
+            } else {
+                Mat::rows(a, wa)
+            };
+            let b = Mat::rows(b, wb);
+            if a.cols != b.rows {
+                candle_core::bail!("product: {}x{} times {}x{}", a.rows, a.cols, b.rows, b.cols);
+            }
+            let mut c = for_gemm(a.rows * b.cols);
+            gemm_into(&mut c, a, b, false);
+            Ok((c, (a.rows, b.cols)))
+        }
+        let (c, shape) = with_floats(
+            s1,
+            s2,
+            "product",
+            |a, b| {
+                let (c, s) = go(contiguous(a, l1, "a")?, contiguous(b, l2, "b")?, wa, wb, ta)?;
+                Ok((CpuStorage::F32(c), s))
+            },
+            |a, b| {
+                let (c, s) = go(contiguous(a, l1, "a")?, contiguous(b, l2, "b")?, wa, wb, ta)?;
+                Ok((CpuStorage::F64(c), s))
+            },
+        )?;
+        Ok((c, Shape::from(shape)))
+    }
+}
+
+/// Output projection fused with the target log-softmax: from hidden states `h` [N, H], the
+/// output weight `W` [V, H] and targets [N] (u32), gives [N, 2] = (log softmax(h·Wᵀ / T)
+/// [target], entropy of softmax(h·Wᵀ / T)) per row. Only the log-prob column has a gradient:
+/// the entropy is for monitoring, and a gradient reaching it is an error, not a silent zero.
+///
+/// With `keep_logits` the forward keeps its [N, V] logits for the backward (which overwrites
+/// them with their gradient); without it the backward recomputes them (one more gemm).
+#[derive(Debug)]
+pub(crate) struct OutputLogProbs {
+    pub inv_t: f64,
+    pub keep_logits: bool,
+    logits: Mutex<Option<CpuStorage>>,
+}
+
+impl OutputLogProbs {
+    pub fn new(temperature: f64, keep_logits: bool) -> Self {
+        OutputLogProbs {
+            inv_t: 1.0 / temperature,
+            keep_logits,
+            logits: Mutex::new(None),
+        }
+    }
+}
+
+fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, n: usize, v: usize) -> Result<&'a [u32]> {
+    let tg = match s {
+        CpuStorage::U32(t) => contiguous(t, l, "targets")?,
+        _ => candle_core::bail!("targets must be u32"),
+    };
+    targets_of_slice(tg, n, v)?;
+    Ok(tg)
+}
+
+fn targets_of_slice(tg: &[u32], n: usize, v: usize) -> Result<()> {
+    if tg.len() != n || tg.iter().any(|&t| t as usize >= v) {
+        candle_core::bail!("targets: need {n} ids below {v}");
+    }
+    Ok(())
+}
+
+/// Logits `h · Wᵀ` [N, V].
+fn logits_of<T: Float + 'static>(h: &[T], w: &[T], hid: usize) -> Vec<T> {
+    let (h, w) = (Mat::rows(h, hid), Mat::rows(w, hid));
+    let mut z = for_gemm(h.rows * w.rows);
+    gemm_into(&mut z, h, w.t(), false);
+    z
+}
+
+/// Max and log-sum-exp of `row * inv_t`, and the entropy of its softmax, in two passes.
+fn row_stats<T: Float>(row: &[T], inv_t: T) -> (T, T) {
+    let mut m = row[0];
+    for &v in row {
+        if v > m {
+            m = v;
+        }
+    }
+    let m = m * inv_t;
+    // With z = x / T and e = exp(z - m): lse = m + ln Σe, entropy = lse - Σ e·z / Σ e.
+    let (mut s, mut sz) = (T::zero(), T::zero());
+    for &v in row {
+        let z = v * inv_t;
+        let e = (z - m).exp();
+        s = s + e;
+        sz = sz + e * z;
+    }
+    let lse = m + s.ln();
+    (lse, lse - sz / s)
+}
+
+impl CustomOp3 for OutputLogProbs {
+    fn name(&self) -> &'static str {
+        "policy-output-log-probs"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, hid) = l1.shape().dims2()?;
+        let (v, hid2) = l2.shape().dims2()?;
+        if hid != hid2 {
+            candle_core::bail!("output projection: hidden {hid} but weight {v}x{hid2}");
+        }
+        let tg = targets_of(s3, l3, n, v)?;
+        fn go<T: Float + Send + Sync + 'static>(
+            z: &[T],
+            tg: &[u32],
+            v: usize,
+            inv_t: f64,
+        ) -> Vec<T> {
+            let inv_t = T::from_f64(inv_t);
+            let mut out = vec![T::zero(); 2 * tg.len()];
+            par_out(&mut out, 2, z.len(), |r0, out| {
+                for (j, o) in out.chunks_exact_mut(2).enumerate() {
+                    let r = r0 + j;
+                    let row = &z[r * v..(r + 1) * v];
+                    let (lse, ent) = row_stats(row, inv_t);
+                    o[0] = row[tg[r] as usize] * inv_t - lse;
+                    o[1] = ent;
+                }
+            });
+            out
+        }
+        let (out, logits) = with_floats(
+            s1,
+            s2,
+            "output projection",
+            |h, w| {
+                let z = logits_of(
+                    contiguous(h, l1, "hidden")?,
+                    contiguous(w, l2, "weight")?,
+                    hid,
+                );
+                Ok((
+                    CpuStorage::F32(go(&z, tg, v, self.inv_t)),
+                    CpuStorage::F32(z),
+                ))
+            },
+            |h, w| {
+                let z = logits_of(
+                    contiguous(h, l1, "hidden")?,
+                    contiguous(w, l2, "weight")?,
+                    hid,
+                );
+                Ok((
+                    CpuStorage::F64(go(&z, tg, v, self.inv_t)),
+                    CpuStorage::F64(z),
+                ))
+            },
+        )?;
+        if self.keep_logits {
+            *self.logits.lock().unwrap() = Some(logits);
+        }
+        Ok((out, Shape::from((n, 2))))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, hid) = h.dims2()?;
+        let v = w.dim(0)?;
+        let (need_dh, need_dw) = (h.track_op(), w.track_op());
+        let d = h.apply_op3_no_bwd(
+            w,
+            &grad.contiguous()?,
+            &OutputLogProbsBwd {
+                inv_t: self.inv_t,
+                targets: targets.to_vec1::<u32>()?,
+                logits: Mutex::new(self.logits.lock().unwrap().take()),
+                need_dh,
+                need_dw,
+            },
+        )?;
+        // `d` packs [dh (N·H) | dW (V·H)], each only when wanted, in one buffer.
+        let dh_len = if need_dh { n * hid } else { 0 };
+        let dh = need_dh
+            .then(|| d.narrow(0, 0, dh_len)?.reshape((n, hid)))
+            .transpose()?;
+        let dw = need_dw
+            .then(|| d.narrow(0, dh_len, v * hid)?.reshape((v, hid)))
+            .transpose()?;
+        Ok((dh, dw, None))
+    }
+}
+
+/// The backward of `OutputLogProbs` on (h, W, grad [N, 2]): d logits = g · (onehot(target) −
+/// softmax(z / T)) / T, written over the logits, then dh = d · W and dW = dᵀ · h, packed
+/// into one flat output (a custom op has one).
+struct OutputLogProbsBwd {
+    inv_t: f64,
+    targets: Vec<u32>,
+    logits: Mutex<Option<CpuStorage>>,
+    need_dh: bool,
+    need_dw: bool,
+}
+
+impl OutputLogProbsBwd {
+    fn go<T: Float + Send + Sync + 'static>(
+        &self,
+        h: &[T],
+        w: &[T],
+        g: &[T],
+        z: Option<Vec<T>>,
+        hid: usize,
+    ) -> Result<Vec<T>> {
+        let tg = &self.targets;
+        let n = tg.len();
+        let v = w.len() / hid;
+        if g.len() != 2 * n {
+            candle_core::bail!("output projection grad: want {n}x2, got {} values", g.len());
+        }
+        if g.chunks_exact(2).any(|r| r[1] != T::zero()) {
+            candle_core::bail!("the entropy from the output projection has no gradient: detach it");
+        }
+        let mut d = match z {
+            Some(z) if z.len() == n * v => z,
+            _ => logits_of(h, w, hid),
+        };
+        let inv_t = T::from_f64(self.inv_t);
+        let work = d.len();
+        par_out(&mut d, v, work, |r0, rows| {
+            for (j, row) in rows.chunks_exact_mut(v).enumerate() {
+                let r = r0 + j;
+                let gi = g[2 * r] * inv_t;
+                let (lse, _) = row_stats(row, inv_t);
+                for x in row.iter_mut() {
+                    *x = T::zero() - gi * (*x * inv_t - lse).exp();
+                }
+                let t = tg[r] as usize;
+                row[t] = row[t] + gi;
+            }
+        });
+        let dh_len = if self.need_dh { n * hid } else { 0 };
+        let dw_len = if self.need_dw { v * hid } else { 0 };
+        let mut out = for_gemm(dh_len + dw_len);
+        let (dh, dw) = out.split_at_mut(dh_len);
+        let dm = Mat::rows(&d[..], v);
+        if self.need_dh {
+            gemm_into(dh, dm, Mat::rows(w, hid), false);
+        }
+        if self.need_dw {
+            gemm_into(dw, dm.t(), Mat::rows(h, hid), false);
+        }
+        Ok(out)
+    }
+}
+
+impl CustomOp3 for OutputLogProbsBwd {
+    fn name(&self) -> &'static str {
+        "policy-output-log-probs-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, hid) = l1.shape().dims2()?;
+        let v = l2.shape().dims2()?.0;
+        targets_of_slice(&self.targets, n, v)?;
+        let kept = self.logits.lock().unwrap().take();
+        let out = match (s1, s2, s3, kept) {
+            (CpuStorage::F32(h), CpuStorage::F32(w), CpuStorage::F32(g), z) => {
+                let z = match z {
+                    Some(CpuStorage::F32(z)) => Some(z),
+                    _ => None,
+                };
+                let (h, w) = (contiguous(h, l1, "hidden")?, contiguous(w, l2, "weight")?);
+                CpuStorage::F32(self.go(h, w, contiguous(g, l3, "grad")?, z, hid)?)
+            }
+            (CpuStorage::F64(h), CpuStorage::F64(w), CpuStorage::F64(g), z) => {
+                let z = match z {
+                    Some(CpuStorage::F64(z)) => Some(z),
+                    _ => None,
+                };
+                let (h, w) = (contiguous(h, l1, "hidden")?, contiguous(w, l2, "weight")?);
+                CpuStorage::F64(self.go(h, w, contiguous(g, l3, "grad")?, z, hid)?)
+            }
+            _ => candle_core::bail!("output projection supports f32 and f64"),
+        };
+        let len = usize::from(self.need_dh) * n * hid + usize::from(self.need_dw) * v * hid;
+        Ok((out, Shape::from(len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var, D};
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn linear_matches_matmul_in_value_and_gradient() {
+        let x = Var::from_tensor(&randn(&[2, 3, 5], 1)).unwrap();
+        let w = Var::from_tensor(&randn(&[7, 5], 2)).unwrap();
+        let probe = randn(&[2, 3, 7], 3);
+        let y = x.as_tensor().apply_op2(w.as_tensor(), Linear).unwrap();
+        let reference = x
+            .as_tensor()
+            .reshape((6, 5))
+            .unwrap()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .reshape((2, 3, 7))
+            .unwrap();
+        assert_eq!(y.dims(), &[2, 3, 7]);
+        assert!(max_abs_diff(&y, &reference) < 1e-12);
+        let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w] {
+            let (a, b) = (g.get(v).unwrap(), gr.get(v).unwrap());
+            assert_eq!(a.dims(), v.dims());
+            assert!(max_abs_diff(a, b) < 1e-12);
+        }
+        // A detached weight gets no gradient (and costs no gemm).
+        let y = x
+            .as_tensor()
+            .apply_op2(&w.as_tensor().detach(), Linear)
+            .unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&w).is_none() && g.get(&x).is_some());
+    }
+
+    #[test]
+    fn linear_rejects_mismatched_widths_and_dtypes() {
+        let x = randn(&[3, 4], 1);
+        let e = x.apply_op2(&randn(&[2, 5], 2), Linear).unwrap_err();
+        assert!(e.to_string().contains("input width 4"), "{e}");
+        let w = randn(&[2, 4], 2).to_dtype(DType::F32).unwrap();
+        let e = x.apply_op2(&w, Linear).unwrap_err();
+        assert!(e.to_string().contains("f32 and f64"), "{e}");
+    }
+
+    /// log softmax(h·Wᵀ / T)[target] and the entropy, from primitives.
+    fn reference(h: &Tensor, w: &Tensor, tg: &[u32], t: f64) -> (Tensor, Tensor) {
+        let z = (h.matmul(&w.t().unwrap()).unwrap() / t).unwrap();
+        let m = z.max_keepdim(D::Minus1).unwrap().detach();
+        let s = z.broadcast_sub(&m).unwrap();
+        let lsm = s
+            .broadcast_sub(
+                &s.exp()
+                    .unwrap()
+                    .sum_keepdim(D::Minus1)
+                    .unwrap()
+                    .log()
+                    .unwrap(),
+            )
+            .unwrap();
+        let idx = Tensor::from_vec(tg.to_vec(), (tg.len(), 1), &Device::Cpu).unwrap();
+        let logp = lsm.gather(&idx, 1).unwrap().squeeze(1).unwrap();
+        let ent = (lsm.exp().unwrap() * &lsm)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .neg()
+            .unwrap();
+        (logp, ent)
+    }
+
+    #[test]
+    fn output_log_probs_match_primitives_kept_or_recomputed() {
+        let tg = vec![3u32, 0, 10, 7];
+        let targets = Tensor::new(tg.as_slice(), &Device::Cpu).unwrap();
+        let probe = randn(&[4], 9);
+        for keep in [true, false] {
+            let h = Var::from_tensor(&randn(&[4, 6], 4)).unwrap();
+            let w = Var::from_tensor(&randn(&[11, 6], 5)).unwrap();
+            let op = OutputLogProbs::new(0.7, keep);
+            let both = h
+                .as_tensor()
+                .apply_op3(w.as_tensor(), &targets, op)
+                .unwrap();
+            let (lp, ent) = reference(h.as_tensor(), w.as_tensor(), &tg, 0.7);
+            assert!(max_abs_diff(&both.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), &lp) < 1e-12);
+            let our_ent = both.narrow(1, 1, 1).unwrap().squeeze(1).unwrap();
+            assert!(max_abs_diff(&our_ent, &ent) < 1e-12);
+            let loss = (both.narrow(1, 0, 1).unwrap().squeeze(1).unwrap() * &probe).unwrap();
+            let g = loss.sum_all().unwrap().backward().unwrap();
+            let gr = (lp * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&h, &w] {
+                assert!(max_abs_diff(g.get(v).unwrap(), gr.get(v).unwrap()) < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn output_log_probs_refuse_a_gradient_through_the_entropy() {
+        let h = Var::from_tensor(&randn(&[2, 3], 1)).unwrap();
+        let w = randn(&[5, 3], 2);
+        let targets = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
+        let both = h
+            .as_tensor()
+            .apply_op3(&w, &targets, OutputLogProbs::new(1.0, true))
+            .unwrap();
+        let e = both.sum_all().unwrap().backward().unwrap_err();
+        assert!(e.to_string().contains("entropy"), "{e}");
+        let bad = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
+        let e = h
+            .as_tensor()
+            .apply_op3(&w, &bad, OutputLogProbs::new(1.0, true))
+            .unwrap_err();
+        assert!(e.to_string().contains("below 5"), "{e}");
+    }
+}
