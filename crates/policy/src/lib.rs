@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+mod attention;
 pub mod bench;
 pub mod bpe;
 pub mod config;

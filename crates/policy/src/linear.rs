@@ -16,17 +16,17 @@ use std::sync::Mutex;
 
 /// A matrix view: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct Mat<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
 }
 
 impl<'a, T> Mat<'a, T> {
     /// Contiguous `data` as `rows` rows of `cols` (its width).
-    fn rows(data: &'a [T], cols: usize) -> Self {
+    pub fn rows(data: &'a [T], cols: usize) -> Self {
         Mat {
             data,
             rows: data.len() / cols.max(1),
@@ -35,7 +35,7 @@ impl<'a, T> Mat<'a, T> {
             cs: 1,
         }
     }
-    fn t(self) -> Self {
+    pub fn t(self) -> Self {
         Mat {
             rows: self.cols,
             cols: self.rows,
@@ -53,16 +53,38 @@ impl<'a, T> Mat<'a, T> {
 
 /// A buffer gemm will overwrite completely, so it skips the zeroing pass `vec![0; n]` costs.
 #[allow(clippy::uninit_vec)]
-fn for_gemm<T: Copy>(n: usize) -> Vec<T> {
+pub(crate) fn for_gemm<T: Copy>(n: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
-    // SAFETY: f32/f64 have no invalid bit patterns and every caller hands the buffer to
-    // `gemm_into` without `accumulate`, which writes each element before anything reads it.
+    // SAFETY: f32/f64 have no invalid bit patterns, and every caller overwrites the whole
+    // buffer (gemm without `accumulate`, or a loop over every element) before reading it.
     unsafe { v.set_len(n) };
     v
 }
 
-/// `dst` (row-major [a.rows, b.cols]) `= a · b`, or `+= a · b` with `accumulate`.
-fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool) {
+/// `dst` (row-major [a.rows, b.cols]) `= a · b`, or `+= a · b` with `accumulate`, on all
+/// threads.
+pub(crate) fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool) {
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    gemm_with(dst, a, b, accumulate, par)
+}
+
+/// `gemm_into` on the calling thread, for callers that already split work across threads.
+pub(crate) fn gemm_seq<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool) {
+    gemm_with(dst, a, b, accumulate, Parallelism::None)
+}
+
+fn gemm_with<T: Float + 'static>(
+    dst: &mut [T],
+    a: Mat<T>,
+    b: Mat<T>,
+    accumulate: bool,
+    par: Parallelism,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && dst.len() == m * n && a.in_bounds() && b.in_bounds());
     if k == 0 {
@@ -71,12 +93,6 @@ fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate
         }
         return;
     }
-    let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
     // SAFETY: both views were checked to lie inside their slices and `dst` has exactly m·n
     // elements; `dst` is borrowed mutably, so it overlaps neither input.
     unsafe {

@@ -13,6 +13,7 @@
 //! Parameters are `candle_core::Var`s named with HF tensor names, so a trainer can hand
 //! `trainable_vars()` to an optimizer and `save` writes HF-compatible safetensors.
 
+use crate::attention::attention;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
@@ -21,6 +22,7 @@ use crate::ops::{MaskedSoftmax, RmsNormOp, Rope, SoftmaxLast, SwiGlu};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Added to attention scores of masked keys. Finite (not -inf) so that a query row whose keys
 /// are all masked (a padding position) gives a harmless uniform softmax instead of NaN, which
@@ -203,6 +205,13 @@ impl RmsNorm {
     }
 }
 
+/// Which keys each query may see: the key mask itself (for the fused attention op), or an
+/// additive [B,1,1,T,S] bias of 0 / `MASK_VALUE` (for the op-by-op path).
+enum AttentionMask {
+    Keys(Arc<Vec<Vec<u8>>>),
+    Bias(Tensor),
+}
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     pub q_proj: LoraLinear,
@@ -217,14 +226,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x`: [B,T,H]; `cos`/`sin`: [B,T,D/2]; `bias`: [B,1,1,T,S] additive mask over all
-    /// S = cached + T keys. `infer` drops the autograd graph (generation).
+    /// `x`: [B,T,H]; `cos`/`sin`: [B,T,D/2]; `mask` covers all S = cached + T keys.
+    /// `infer` drops the autograd graph (generation).
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        bias: &Tensor,
+        mask: &AttentionMask,
         cache: Option<(&mut KvCache, usize)>,
         infer: bool,
     ) -> Result<Tensor> {
@@ -256,6 +265,15 @@ impl Attention {
             Some(n) => norm(n, &k)?,
             None => k,
         };
+        let scale = 1.0 / (d as f64).sqrt();
+        let bias = match mask {
+            AttentionMask::Keys(keys) => {
+                let (q, k) = (rope_to_heads(&q, cos, sin)?, rope_to_heads(&k, cos, sin)?);
+                let y = attention(&q, &k, &v, keys, scale, MASK_VALUE)?;
+                return self.o_proj.forward(&y);
+            }
+            AttentionMask::Bias(bias) => bias,
+        };
         let q = rope_to_heads(&q, cos, sin)?;
         let k = rope_to_heads(&k, cos, sin)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -269,7 +287,6 @@ impl Attention {
         // Grouped-query attention without repeating k/v: the G query heads sharing one kv head
         // are stacked along the row dim, so one batched matmul per kv head does the work.
         let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
         let att = q.matmul(&k.t()?)?.reshape((b, kvh, g, t, s))?;
         let att = attention_probs(&att, bias, scale)?.reshape((b, kvh, g * t, s))?;
         let y = att.matmul(&v)?.reshape((b, h, t, d))?;
@@ -797,20 +814,27 @@ impl Transformer {
                 .reshape((b, t, hd / 2))?)
         };
         let (cos, sin) = (half(&self.cos)?, half(&self.sin)?);
-        let mut bias = Vec::with_capacity(b * t * s);
-        for row in key_mask {
-            for qi in 0..t {
-                let limit = s - t + qi;
-                for (ki, &m) in row.iter().enumerate() {
-                    bias.push(if ki <= limit && m != 0 {
-                        0.0
-                    } else {
-                        MASK_VALUE
-                    });
+        // Training without a cache on the CPU runs the fused attention op, which takes the
+        // key mask itself; everything else adds a [B,1,1,T,S] bias to the scores.
+        let mask = if !infer && cache.is_none() && fused_ok(&self.cos) {
+            AttentionMask::Keys(Arc::new(key_mask.to_vec()))
+        } else {
+            let mut bias = Vec::with_capacity(b * t * s);
+            for row in key_mask {
+                for qi in 0..t {
+                    let limit = s - t + qi;
+                    for (ki, &m) in row.iter().enumerate() {
+                        bias.push(if ki <= limit && m != 0 {
+                            0.0
+                        } else {
+                            MASK_VALUE
+                        });
+                    }
                 }
             }
-        }
-        let bias = Tensor::from_vec(bias, (b, 1, 1, t, s), &self.device)?.to_dtype(self.dtype)?;
+            let bias = Tensor::from_vec(bias, (b, 1, 1, t, s), &self.device)?;
+            AttentionMask::Bias(bias.to_dtype(self.dtype)?)
+        };
 
         let emb = param(&self.embed_tokens, self.base_frozen || infer);
         let mut x =
@@ -823,7 +847,7 @@ impl Transformer {
             } else {
                 layer.input_layernorm.forward(&x)?
             };
-            let h = layer.self_attn.forward(&h, &cos, &sin, &bias, c, infer)?;
+            let h = layer.self_attn.forward(&h, &cos, &sin, &mask, c, infer)?;
             x = (x + h)?;
             let h = if infer {
                 let h = layer.post_attention_layernorm.forward_infer(&x)?;

@@ -1,0 +1,515 @@
+//! Training-time attention as one CPU op with its own backward:
+//! `y = softmax(q·kᵀ·scale + mask) · v` for all heads, with grouped-query heads.
+//!
+//! As a chain of candle ops (matmul, reshape, masked softmax, reshape, matmul, transpose,
+//! copy) every score-sized intermediate of every layer got a zeroed gradient buffer and an
+//! add in candle's backprop, and each small per-head matmul was split across threads inside
+//! gemm. Here each (sequence, kv head) block runs on one thread with gemm, only the
+//! probabilities are kept for the backward, and `v`, `y` and their gradients stay in the
+//! projections' [B, T, heads, D] layout, so no transposed copies are made.
+
+use crate::linear::{for_gemm, gemm_seq, Mat};
+use crate::ops::{contiguous, n_threads, num_like::Float};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, Mutex};
+
+/// Queries q [B, H, T, D], keys k [B, KVH, S, D] (both after the rotary embedding) and
+/// values v [B, S, KVH, D] give y [B, T, H·D]. Query head `h` reads kv head `h / (H / KVH)`.
+/// A key is visible to query `t` when it is a real token (`key_mask`) and not in the future
+/// (key index ≤ S − T + t); hidden keys get `mask_value` added, as the unfused path does.
+#[derive(Debug)]
+pub(crate) struct AttentionOp {
+    scale: f64,
+    mask_value: f64,
+    key_mask: Arc<Vec<Vec<u8>>>,
+    probs: Mutex<Option<CpuStorage>>,
+    keep_probs: bool,
+}
+
+impl AttentionOp {
+    pub fn new(scale: f64, mask_value: f64, key_mask: Arc<Vec<Vec<u8>>>, keep_probs: bool) -> Self {
+        AttentionOp {
+            scale,
+            mask_value,
+            key_mask,
+            probs: Mutex::new(None),
+            keep_probs,
+        }
+    }
+}
+
+/// Attention with a backward (through `AttentionOp`); `keep` decides whether the
+/// probabilities are kept for it (they are recomputed otherwise).
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: &Arc<Vec<Vec<u8>>>,
+    scale: f64,
+    mask_value: f64,
+) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let keep = q.track_op() || k.track_op() || v.track_op();
+    let op = AttentionOp::new(scale, mask_value, key_mask.clone(), keep);
+    if keep {
+        q.apply_op3(&k, &v, op)
+    } else {
+        q.apply_op3_no_bwd(&k, &v, &op)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    kvh: usize,
+    g: usize,
+    t: usize,
+    s: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(q: &Layout, k: &Layout, v: &Layout, key_mask: &[Vec<u8>]) -> Result<Self> {
+        let (b, h, t, d) = q.shape().dims4()?;
+        let (kb, kvh, s, kd) = k.shape().dims4()?;
+        if kb != b || kd != d || kvh == 0 || h % kvh != 0 || v.dims() != [b, s, kvh, d] {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit [B,H,T,D], [B,KVH,S,D], [B,S,KVH,D]",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        if s < t || key_mask.len() != b || key_mask.iter().any(|r| r.len() != s) {
+            candle_core::bail!("attention: key mask must be {b} rows of {s} (and S >= T = {t})");
+        }
+        Ok(Dims {
+            b,
+            h,
+            kvh,
+            g: h / kvh,
+            t,
+            s,
+            d,
+        })
+    }
+    fn tasks(&self) -> usize {
+        self.b * self.kvh
+    }
+    /// Rows (G·T) × width of one block.
+    fn gt(&self) -> usize {
+        self.g * self.t
+    }
+}
+
+/// Calls `f(task, a_block, b_block)` for tasks 0..n, task i owning `a[i·a_per..][..a_per]`
+/// and `b[i·b_per..][..b_per]`, with the tasks split across threads in contiguous runs.
+fn par_tasks<T: Send>(
+    n: usize,
+    a: &mut [T],
+    a_per: usize,
+    b: &mut [T],
+    b_per: usize,
+    f: impl Fn(usize, &mut [T], &mut [T]) + Sync,
+) {
+    let per = n.div_ceil(n_threads().clamp(1, n.max(1)));
+    std::thread::scope(|sc| {
+        for (c, (ac, bc)) in a
+            .chunks_mut(per * a_per)
+            .zip(b.chunks_mut(per * b_per))
+            .enumerate()
+        {
+            let f = &f;
+            sc.spawn(move || {
+                for (j, (ai, bi)) in ac.chunks_mut(a_per).zip(bc.chunks_mut(b_per)).enumerate() {
+                    f(c * per + j, ai, bi);
+                }
+            });
+        }
+    });
+}
+
+impl AttentionOp {
+    /// Probabilities of one block [G·T, S]: scores by gemm, then the masked softmax per row.
+    fn probs_into<T: Float + 'static>(&self, p: &mut [T], q: &[T], k: &[T], dm: Dims, task: usize) {
+        let Dims { t, s, d, .. } = dm;
+        let bi = task / dm.kvh;
+        let qb = Mat::rows(&q[task * dm.gt() * d..][..dm.gt() * d], d);
+        let kb = Mat::rows(&k[task * s * d..][..s * d], d);
+        gemm_seq(p, qb, kb.t(), false);
+        let (scale, hidden) = (T::from_f64(self.scale), T::from_f64(self.mask_value));
+        let keys = &self.key_mask[bi];
+        for (r, row) in p.chunks_exact_mut(s).enumerate() {
+            let last = s - t + r % t;
+            let mut m = T::zero();
+            for (ki, z) in row.iter_mut().enumerate() {
+                *z = *z * scale;
+                if ki > last || keys[ki] == 0 {
+                    *z = *z + hidden;
+                }
+                if ki == 0 || *z > m {
+                    m = *z;
+                }
+            }
+            let mut sum = T::zero();
+            for z in row.iter_mut() {
+                *z = (*z - m).exp();
+                sum = sum + *z;
+            }
+            let inv = T::one() / sum;
+            for z in row.iter_mut() {
+                *z = *z * inv;
+            }
+        }
+    }
+
+    /// Values of one block as a strided [S, D] view of v [B, S, KVH, D].
+    fn v_block<'a, T>(v: &'a [T], dm: Dims, task: usize) -> Mat<'a, T> {
+        let (bi, kv) = (task / dm.kvh, task % dm.kvh);
+        Mat {
+            data: &v[bi * dm.s * dm.kvh * dm.d + kv * dm.d..],
+            rows: dm.s,
+            cols: dm.d,
+            rs: dm.kvh * dm.d,
+            cs: 1,
+        }
+    }
+
+    fn forward<T: Float + Send + Sync + 'static>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        dm: Dims,
+    ) -> (Vec<T>, Vec<T>) {
+        let Dims { s, d, .. } = dm;
+        let (gts, gtd) = (dm.gt() * s, dm.gt() * d);
+        let mut p = for_gemm(dm.tasks() * gts);
+        let mut yt = for_gemm(dm.tasks() * gtd);
+        par_tasks(dm.tasks(), &mut p, gts, &mut yt, gtd, |task, pb, yb| {
+            self.probs_into(pb, q, k, dm, task);
+            gemm_seq(yb, Mat::rows(pb, s), Self::v_block(v, dm, task), false);
+        });
+        let mut y = for_gemm(yt.len());
+        reorder_heads(&mut y, &yt, dm, true);
+        (y, p)
+    }
+
+    fn backward<T: Float + Send + Sync + 'static>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        dy: &[T],
+        kept: Option<&[T]>,
+        dm: Dims,
+    ) -> Vec<T> {
+        let Dims { s, d, .. } = dm;
+        let (gts, gtd, sd) = (dm.gt() * s, dm.gt() * d, s * d);
+        let mut dyt = for_gemm(dy.len());
+        reorder_heads(&mut dyt, dy, dm, false);
+        let nq = dm.tasks() * gtd;
+        let mut out = for_gemm(nq + 2 * dm.tasks() * sd);
+        let (dq, dkv) = out.split_at_mut(nq);
+        let mut kv_blocks = for_gemm(dm.tasks() * 2 * sd);
+        let scale = T::from_f64(self.scale);
+        par_tasks(
+            dm.tasks(),
+            dq,
+            gtd,
+            &mut kv_blocks,
+            2 * sd,
+            |task, dqb, kvb| {
+                let mut scratch;
+                let p = match kept {
+                    Some(p) => &p[task * gts..][..gts],
+                    None => {
+                        scratch = for_gemm(gts);
+                        self.probs_into(&mut scratch, q, k, dm, task);
+                        &scratch[..]
+                    }
+                };
+                let dyb = Mat::rows(&dyt[task * gtd..][..gtd], d);
+                let (dkb, dvb) = kvb.split_at_mut(sd);
+                gemm_seq(dvb, Mat::rows(p, s).t(), dyb, false);
+                // dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale, with dP = dy · vᵀ
+                let mut ds = for_gemm(gts);
+                gemm_seq(&mut ds, dyb, Self::v_block(v, dm, task).t(), false);
+                for (dr, pr) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+                    let mut c = T::zero();
+                    for (&x, &y) in dr.iter().zip(pr) {
+                        c = c + x * y;
+                    }
+                    for (x, &y) in dr.iter_mut().zip(pr) {
+                        *x = y * (*x - c) * scale;
+                    }
+                }
+                let dsm = Mat::rows(&ds[..], s);
+                gemm_seq(dqb, dsm, Mat::rows(&k[task * sd..][..sd], d), false);
+                gemm_seq(dkb, dsm.t(), Mat::rows(&q[task * gtd..][..gtd], d), false);
+            },
+        );
+        // dk is already in k's [B, KVH, S, D] order; dv goes back to v's [B, S, KVH, D].
+        let (dk, dv) = dkv.split_at_mut(dm.tasks() * sd);
+        for task in 0..dm.tasks() {
+            let (bi, kv) = (task / dm.kvh, task % dm.kvh);
+            let blk = &kv_blocks[task * 2 * sd..][..2 * sd];
+            dk[task * sd..][..sd].copy_from_slice(&blk[..sd]);
+            for si in 0..s {
+                let at = (bi * s + si) * dm.kvh * d + kv * d;
+                dv[at..at + d].copy_from_slice(&blk[sd + si * d..][..d]);
+            }
+        }
+        out
+    }
+}
+
+/// Moves rows between block order [B, KVH, G, T, D] and projection order [B, T, H·D]
+/// (`to_tokens`), or back.
+fn reorder_heads<T: Copy>(dst: &mut [T], src: &[T], dm: Dims, to_tokens: bool) {
+    let Dims {
+        b, kvh, g, t, d, h, ..
+    } = dm;
+    for bi in 0..b {
+        for kv in 0..kvh {
+            for gi in 0..g {
+                for ti in 0..t {
+                    let blocked = (((bi * kvh + kv) * g + gi) * t + ti) * d;
+                    let tokens = (bi * t + ti) * h * d + (kv * g + gi) * d;
+                    let (from, to) = if to_tokens {
+                        (blocked, tokens)
+                    } else {
+                        (tokens, blocked)
+                    };
+                    dst[to..to + d].copy_from_slice(&src[from..from + d]);
+                }
+            }
+        }
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "policy-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(l1, l2, l3, &self.key_mask)?;
+        let (y, p) = match (s1, s2, s3) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                let (q, k, v) = (
+                    contiguous(q, l1, "q")?,
+                    contiguous(k, l2, "k")?,
+                    contiguous(v, l3, "v")?,
+                );
+                let (y, p) = self.forward(q, k, v, dm);
+                (CpuStorage::F32(y), CpuStorage::F32(p))
+            }
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
+                let (q, k, v) = (
+                    contiguous(q, l1, "q")?,
+                    contiguous(k, l2, "k")?,
+                    contiguous(v, l3, "v")?,
+                );
+                let (y, p) = self.forward(q, k, v, dm);
+                (CpuStorage::F64(y), CpuStorage::F64(p))
+            }
+            _ => candle_core::bail!("attention supports f32 and f64 (q, k, v the same)"),
+        };
+        if self.keep_probs {
+            *self.probs.lock().unwrap() = Some(p);
+        }
+        Ok((y, Shape::from((dm.b, dm.t, dm.h * dm.d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = grad.flatten_all()?;
+        let dy = match grad.dtype() {
+            DType::F32 => CpuStorage::F32(dy.to_vec1()?),
+            DType::F64 => CpuStorage::F64(dy.to_vec1()?),
+            dt => candle_core::bail!("attention supports f32 and f64, got {dt:?}"),
+        };
+        let op = AttentionBwd {
+            fwd: self,
+            dy,
+            kept: self.probs.lock().unwrap().take(),
+        };
+        let d = q.apply_op3_no_bwd(k, v, &op)?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let part = |t: &Tensor, at: usize, n: usize| -> Result<Option<Tensor>> {
+            if !t.track_op() {
+                return Ok(None);
+            }
+            Ok(Some(d.narrow(0, at, n)?.reshape(t.shape())?))
+        };
+        Ok((part(q, 0, nq)?, part(k, nq, nk)?, part(v, nq + nk, nk)?))
+    }
+}
+
+/// The backward of `AttentionOp` on (q, k, v): [dq | dk | dv] flattened, each in its
+/// argument's layout.
+struct AttentionBwd<'a> {
+    fwd: &'a AttentionOp,
+    dy: CpuStorage,
+    kept: Option<CpuStorage>,
+}
+
+impl CustomOp3 for AttentionBwd<'_> {
+    fn name(&self) -> &'static str {
+        "policy-attention-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(l1, l2, l3, &self.fwd.key_mask)?;
+        let out = match (s1, s2, s3, &self.dy) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), CpuStorage::F32(dy)) => {
+                let kept = match &self.kept {
+                    Some(CpuStorage::F32(p)) => Some(&p[..]),
+                    _ => None,
+                };
+                let (q, k, v) = (
+                    contiguous(q, l1, "q")?,
+                    contiguous(k, l2, "k")?,
+                    contiguous(v, l3, "v")?,
+                );
+                CpuStorage::F32(self.fwd.backward(q, k, v, dy, kept, dm))
+            }
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), CpuStorage::F64(dy)) => {
+                let kept = match &self.kept {
+                    Some(CpuStorage::F64(p)) => Some(&p[..]),
+                    _ => None,
+                };
+                let (q, k, v) = (
+                    contiguous(q, l1, "q")?,
+                    contiguous(k, l2, "k")?,
+                    contiguous(v, l3, "v")?,
+                );
+                CpuStorage::F64(self.fwd.backward(q, k, v, dy, kept, dm))
+            }
+            _ => candle_core::bail!("attention supports f32 and f64"),
+        };
+        let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
+        Ok((out, Shape::from(n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn randn(shape: &[usize], seed: u64) -> Var {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// The same attention from candle primitives: repeat kv heads, scores + bias, softmax.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, keys: &[Vec<u8>], scale: f64) -> Tensor {
+        let (b, h, t, d) = q.dims4().unwrap();
+        let (kvh, s) = (k.dim(1).unwrap(), k.dim(2).unwrap());
+        let rep = |x: &Tensor| {
+            let x = x
+                .unsqueeze(2)
+                .unwrap()
+                .repeat((1, 1, h / kvh, 1, 1))
+                .unwrap();
+            x.reshape((b, h, s, d)).unwrap()
+        };
+        let (k, v) = (rep(k), rep(&v.transpose(1, 2).unwrap()));
+        let mut bias = Vec::new();
+        for row in keys {
+            for ti in 0..t {
+                for (ki, &m) in row.iter().enumerate() {
+                    let seen = ki <= s - t + ti && m != 0;
+                    bias.push(if seen { 0.0 } else { -1e9 });
+                }
+            }
+        }
+        let bias = Tensor::from_vec(bias, (b, 1, t, s), &Device::Cpu).unwrap();
+        let z = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let z = z.broadcast_add(&bias).unwrap();
+        let m = z.max_keepdim(D::Minus1).unwrap().detach();
+        let e = z.broadcast_sub(&m).unwrap().exp().unwrap();
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        let y = p.matmul(&v).unwrap(); // [B, H, T, D]
+        y.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
+    }
+
+    #[test]
+    fn fused_attention_matches_primitives_in_value_and_gradient() {
+        let (b, h, kvh, t, d) = (2, 6, 2, 5, 3);
+        // Row 0 left-padded by two; row 1 has a padded key in the middle.
+        let keys = Arc::new(vec![vec![0, 0, 1, 1, 1], vec![1, 1, 0, 1, 1]]);
+        let (q, k, v) = (
+            randn(&[b, h, t, d], 1),
+            randn(&[b, kvh, t, d], 2),
+            randn(&[b, t, kvh, d], 3),
+        );
+        let probe = randn(&[b, t, h * d], 4).as_tensor().detach();
+        let scale = 0.7;
+        let want = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), &keys, scale);
+        let gw = (&want * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for keep in [true, false] {
+            let op = AttentionOp::new(scale, -1e9, keys.clone(), keep);
+            let y = q
+                .as_tensor()
+                .apply_op3(k.as_tensor(), v.as_tensor(), op)
+                .unwrap();
+            let diff = (&y - &want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for x in [&q, &k, &v] {
+                let (a, r) = (g.get(x).unwrap(), gw.get(x).unwrap());
+                assert_eq!(a.dims(), x.dims());
+                let diff = (a - r).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f64>().unwrap() < 1e-12, "keep {keep}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_attention_rejects_bad_shapes() {
+        let keys = Arc::new(vec![vec![1u8; 4]]);
+        let (q, k) = (randn(&[1, 4, 4, 2], 1), randn(&[1, 3, 4, 2], 2));
+        let v = randn(&[1, 4, 3, 2], 3);
+        let e = attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            &keys,
+            1.0,
+            -1e9,
+        );
+        assert!(e.unwrap_err().to_string().contains("do not fit"));
+    }
+}
