@@ -5,8 +5,9 @@
 //! model built from them trains silently wrong (DESIGN.md §5). Every op here either has a
 //! backward in candle (matmul, index select, add/mul/div, exp, sqrt, narrow, cat) or is one of
 //! our CPU custom ops with its own backward (`ops.rs`: RMSNorm, rotary embedding, masked
-//! softmax, SwiGLU, target log-softmax), which keep far fewer intermediates alive than the
-//! primitive compositions (used on other devices); the finite-difference test in
+//! softmax, SwiGLU; `linear.rs`: the linear layer and the output projection with the target
+//! log-softmax; `attention.rs`: training attention), which keep far fewer intermediates alive
+//! than the primitive compositions (used on other devices); the finite-difference test in
 //! `tests/grad.rs` guards them all. Generation runs the same ops through `forward_infer`,
 //! without an autograd graph.
 //!
