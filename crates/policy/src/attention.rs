@@ -9,7 +9,7 @@
 //! projections' [B, T, heads, D] layout, so no transposed copies are made.
 
 use crate::linear::{for_gemm, gemm_seq, Mat};
-use crate::ops::{contiguous, n_threads, num_like::Float};
+use crate::ops::{contiguous, exp_normalize, n_threads, num_like::Float};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -152,15 +152,7 @@ impl AttentionOp {
                     m = *z;
                 }
             }
-            let mut sum = T::zero();
-            for z in row.iter_mut() {
-                *z = (*z - m).exp();
-                sum = sum + *z;
-            }
-            let inv = T::one() / sum;
-            for z in row.iter_mut() {
-                *z = *z * inv;
-            }
+            exp_normalize(row, m);
         }
     }
 
@@ -420,12 +412,8 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
 
-    fn randn(shape: &[usize], seed: u64) -> Var {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let n = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    fn uniform(shape: &[usize], seed: u64) -> Var {
+        Var::from_tensor(&crate::linear::tests::uniform(shape, seed)).unwrap()
     }
 
     /// The same attention from candle primitives: repeat kv heads, scores + bias, softmax.
@@ -466,11 +454,11 @@ mod tests {
         // Row 0 left-padded by two; row 1 has a padded key in the middle.
         let keys = Arc::new(vec![vec![0, 0, 1, 1, 1], vec![1, 1, 0, 1, 1]]);
         let (q, k, v) = (
-            randn(&[b, h, t, d], 1),
-            randn(&[b, kvh, t, d], 2),
-            randn(&[b, t, kvh, d], 3),
+            uniform(&[b, h, t, d], 1),
+            uniform(&[b, kvh, t, d], 2),
+            uniform(&[b, t, kvh, d], 3),
         );
-        let probe = randn(&[b, t, h * d], 4).as_tensor().detach();
+        let probe = uniform(&[b, t, h * d], 4).as_tensor().detach();
         let scale = 0.7;
         let want = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), &keys, scale);
         let gw = (&want * &probe)
@@ -500,8 +488,8 @@ mod tests {
     #[test]
     fn fused_attention_rejects_bad_shapes() {
         let keys = Arc::new(vec![vec![1u8; 4]]);
-        let (q, k) = (randn(&[1, 4, 4, 2], 1), randn(&[1, 3, 4, 2], 2));
-        let v = randn(&[1, 4, 3, 2], 3);
+        let (q, k) = (uniform(&[1, 4, 4, 2], 1), uniform(&[1, 3, 4, 2], 2));
+        let v = uniform(&[1, 4, 3, 2], 3);
         let e = attention(
             q.as_tensor(),
             k.as_tensor(),

@@ -555,11 +555,12 @@ impl CustomOp3 for OutputLogProbsBwd {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{DType, Device, Var, D};
 
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
+    /// A seeded f64 tensor with entries uniform in [-1, 1).
+    pub(crate) fn uniform(shape: &[usize], seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let n = shape.iter().product();
@@ -582,9 +583,9 @@ mod tests {
 
     #[test]
     fn linear_matches_matmul_in_value_and_gradient() {
-        let x = Var::from_tensor(&randn(&[2, 3, 5], 1)).unwrap();
-        let w = Var::from_tensor(&randn(&[7, 5], 2)).unwrap();
-        let probe = randn(&[2, 3, 7], 3);
+        let x = Var::from_tensor(&uniform(&[2, 3, 5], 1)).unwrap();
+        let w = Var::from_tensor(&uniform(&[7, 5], 2)).unwrap();
+        let probe = uniform(&[2, 3, 7], 3);
         let y = x.as_tensor().apply_op2(w.as_tensor(), Linear).unwrap();
         let reference = x
             .as_tensor()
@@ -619,10 +620,10 @@ mod tests {
 
     #[test]
     fn linear_rejects_mismatched_widths_and_dtypes() {
-        let x = randn(&[3, 4], 1);
-        let e = x.apply_op2(&randn(&[2, 5], 2), Linear).unwrap_err();
+        let x = uniform(&[3, 4], 1);
+        let e = x.apply_op2(&uniform(&[2, 5], 2), Linear).unwrap_err();
         assert!(e.to_string().contains("input width 4"), "{e}");
-        let w = randn(&[2, 4], 2).to_dtype(DType::F32).unwrap();
+        let w = uniform(&[2, 4], 2).to_dtype(DType::F32).unwrap();
         let e = x.apply_op2(&w, Linear).unwrap_err();
         assert!(e.to_string().contains("f32 and f64"), "{e}");
     }
@@ -657,10 +658,10 @@ mod tests {
     fn output_log_probs_match_primitives_kept_or_recomputed() {
         let tg = vec![3u32, 0, 10, 7];
         let targets = Tensor::new(tg.as_slice(), &Device::Cpu).unwrap();
-        let probe = randn(&[4], 9);
+        let probe = uniform(&[4], 9);
         for keep in [true, false] {
-            let h = Var::from_tensor(&randn(&[4, 6], 4)).unwrap();
-            let w = Var::from_tensor(&randn(&[11, 6], 5)).unwrap();
+            let h = Var::from_tensor(&uniform(&[4, 6], 4)).unwrap();
+            let w = Var::from_tensor(&uniform(&[11, 6], 5)).unwrap();
             let op = OutputLogProbs::new(0.7, keep);
             let both = h
                 .as_tensor()
@@ -686,8 +687,8 @@ mod tests {
 
     #[test]
     fn output_log_probs_refuse_a_gradient_through_the_entropy() {
-        let h = Var::from_tensor(&randn(&[2, 3], 1)).unwrap();
-        let w = randn(&[5, 3], 2);
+        let h = Var::from_tensor(&uniform(&[2, 3], 1)).unwrap();
+        let w = uniform(&[5, 3], 2);
         let targets = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
         let both = h
             .as_tensor()

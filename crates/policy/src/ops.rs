@@ -73,6 +73,19 @@ pub(crate) fn par_rows<T: Copy + Send + Sync>(
     });
 }
 
+/// Softmax of a row in place, given its maximum: `exp(x - max)`, then divided by the sum.
+pub(crate) fn exp_normalize<T: num_like::Float>(row: &mut [T], max: T) {
+    let mut sum = T::zero();
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum = sum + *x;
+    }
+    let inv = T::one() / sum;
+    for x in row.iter_mut() {
+        *x = *x * inv;
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SoftmaxLast {
     pub log: bool,
@@ -353,15 +366,7 @@ impl CustomOp2 for MaskedSoftmax {
                             m = *o;
                         }
                     }
-                    let mut sum = T::zero();
-                    for o in o.iter_mut() {
-                        *o = (*o - m).exp();
-                        sum = sum + *o;
-                    }
-                    let inv = T::one() / sum;
-                    for o in o.iter_mut() {
-                        *o = *o * inv;
-                    }
+                    exp_normalize(o, m);
                 }
             });
             out
