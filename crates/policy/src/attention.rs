@@ -113,6 +113,9 @@ fn par_tasks<T: Send>(
     b_per: usize,
     f: impl Fn(usize, &mut [T], &mut [T]) + Sync,
 ) {
+    if n == 0 {
+        return;
+    }
     let per = n.div_ceil(n_threads().clamp(1, n.max(1)));
     std::thread::scope(|sc| {
         for (c, (ac, bc)) in a
@@ -137,7 +140,7 @@ impl AttentionOp {
         let bi = task / dm.kvh;
         let qb = Mat::rows(&q[task * dm.gt() * d..][..dm.gt() * d], d);
         let kb = Mat::rows(&k[task * s * d..][..s * d], d);
-        gemm_seq(p, qb, kb.t(), false);
+        gemm_seq(p, qb, kb.t());
         let (scale, hidden) = (T::from_f64(self.scale), T::from_f64(self.mask_value));
         let keys = &self.key_mask[bi];
         for (r, row) in p.chunks_exact_mut(s).enumerate() {
@@ -181,7 +184,7 @@ impl AttentionOp {
         let mut yt = for_gemm(dm.tasks() * gtd);
         par_tasks(dm.tasks(), &mut p, gts, &mut yt, gtd, |task, pb, yb| {
             self.probs_into(pb, q, k, dm, task);
-            gemm_seq(yb, Mat::rows(pb, s), Self::v_block(v, dm, task), false);
+            gemm_seq(yb, Mat::rows(pb, s), Self::v_block(v, dm, task));
         });
         let mut y = for_gemm(yt.len());
         reorder_heads(&mut y, &yt, dm, true);
@@ -224,10 +227,10 @@ impl AttentionOp {
                 };
                 let dyb = Mat::rows(&dyt[task * gtd..][..gtd], d);
                 let (dkb, dvb) = kvb.split_at_mut(sd);
-                gemm_seq(dvb, Mat::rows(p, s).t(), dyb, false);
+                gemm_seq(dvb, Mat::rows(p, s).t(), dyb);
                 // dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale, with dP = dy · vᵀ
                 let mut ds = for_gemm(gts);
-                gemm_seq(&mut ds, dyb, Self::v_block(v, dm, task).t(), false);
+                gemm_seq(&mut ds, dyb, Self::v_block(v, dm, task).t());
                 for (dr, pr) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
                     let mut c = T::zero();
                     for (&x, &y) in dr.iter().zip(pr) {
@@ -238,8 +241,8 @@ impl AttentionOp {
                     }
                 }
                 let dsm = Mat::rows(&ds[..], s);
-                gemm_seq(dqb, dsm, Mat::rows(&k[task * sd..][..sd], d), false);
-                gemm_seq(dkb, dsm.t(), Mat::rows(&q[task * gtd..][..gtd], d), false);
+                gemm_seq(dqb, dsm, Mat::rows(&k[task * sd..][..sd], d));
+                gemm_seq(dkb, dsm.t(), Mat::rows(&q[task * gtd..][..gtd], d));
             },
         );
         // dk is already in k's [B, KVH, S, D] order; dv goes back to v's [B, S, KVH, D].

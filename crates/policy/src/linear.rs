@@ -53,44 +53,35 @@ impl<'a, T> Mat<'a, T> {
 
 /// A buffer gemm will overwrite completely, so it skips the zeroing pass `vec![0; n]` costs.
 #[allow(clippy::uninit_vec)]
-pub(crate) fn for_gemm<T: Copy>(n: usize) -> Vec<T> {
+pub(crate) fn for_gemm<T: Float>(n: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
-    // SAFETY: f32/f64 have no invalid bit patterns, and every caller overwrites the whole
-    // buffer (gemm without `accumulate`, or a loop over every element) before reading it.
+    // SAFETY: `Float` is only f32/f64, which have no invalid bit patterns, and every caller
+    // overwrites the whole buffer (gemm, or a loop over every element) before reading it.
     unsafe { v.set_len(n) };
     v
 }
 
-/// `dst` (row-major [a.rows, b.cols]) `= a · b`, or `+= a · b` with `accumulate`, on all
-/// threads.
-pub(crate) fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool) {
+/// `dst` (row-major [a.rows, b.cols]) `= a · b`, on all threads.
+pub(crate) fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>) {
     let threads = candle_core::utils::get_num_threads();
     let par = if threads > 1 {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
-    gemm_with(dst, a, b, accumulate, par)
+    gemm_with(dst, a, b, par)
 }
 
 /// `gemm_into` on the calling thread, for callers that already split work across threads.
-pub(crate) fn gemm_seq<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool) {
-    gemm_with(dst, a, b, accumulate, Parallelism::None)
+pub(crate) fn gemm_seq<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>) {
+    gemm_with(dst, a, b, Parallelism::None)
 }
 
-fn gemm_with<T: Float + 'static>(
-    dst: &mut [T],
-    a: Mat<T>,
-    b: Mat<T>,
-    accumulate: bool,
-    par: Parallelism,
-) {
+fn gemm_with<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, par: Parallelism) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && dst.len() == m * n && a.in_bounds() && b.in_bounds());
     if k == 0 {
-        if !accumulate {
-            dst.fill(T::zero());
-        }
+        dst.fill(T::zero());
         return;
     }
     // SAFETY: both views were checked to lie inside their slices and `dst` has exactly m·n
@@ -103,7 +94,7 @@ fn gemm_with<T: Float + 'static>(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            accumulate,
+            false,
             a.data.as_ptr(),
             a.cs as isize,
             a.rs as isize,
@@ -167,7 +158,7 @@ impl CustomOp2 for Linear {
         fn go<T: Float + 'static>(x: &[T], w: &[T], inp: usize, out: usize) -> Vec<T> {
             let x = Mat::rows(x, inp);
             let mut y = for_gemm(x.rows * out);
-            gemm_into(&mut y, x, Mat::rows(w, inp).t(), false);
+            gemm_into(&mut y, x, Mat::rows(w, inp).t());
             y
         }
         let y = with_floats(
@@ -257,7 +248,7 @@ impl CustomOp2 for Product {
                 candle_core::bail!("product: {}x{} times {}x{}", a.rows, a.cols, b.rows, b.cols);
             }
             let mut c = for_gemm(a.rows * b.cols);
-            gemm_into(&mut c, a, b, false);
+            gemm_into(&mut c, a, b);
             Ok((c, (a.rows, b.cols)))
         }
         let (c, shape) = with_floats(
@@ -286,8 +277,8 @@ impl CustomOp2 for Product {
 /// them with their gradient); without it the backward recomputes them (one more gemm).
 #[derive(Debug)]
 pub(crate) struct OutputLogProbs {
-    pub inv_t: f64,
-    pub keep_logits: bool,
+    inv_t: f64,
+    keep_logits: bool,
     logits: Mutex<Option<CpuStorage>>,
 }
 
@@ -321,7 +312,7 @@ fn targets_of_slice(tg: &[u32], n: usize, v: usize) -> Result<()> {
 fn logits_of<T: Float + 'static>(h: &[T], w: &[T], hid: usize) -> Vec<T> {
     let (h, w) = (Mat::rows(h, hid), Mat::rows(w, hid));
     let mut z = for_gemm(h.rows * w.rows);
-    gemm_into(&mut z, h, w.t(), false);
+    gemm_into(&mut z, h, w.t());
     z
 }
 
@@ -504,10 +495,10 @@ impl OutputLogProbsBwd {
         let (dh, dw) = out.split_at_mut(dh_len);
         let dm = Mat::rows(&d[..], v);
         if self.need_dh {
-            gemm_into(dh, dm, Mat::rows(w, hid), false);
+            gemm_into(dh, dm, Mat::rows(w, hid));
         }
         if self.need_dw {
-            gemm_into(dw, dm.t(), Mat::rows(h, hid), false);
+            gemm_into(dw, dm.t(), Mat::rows(h, hid));
         }
         Ok(out)
     }
