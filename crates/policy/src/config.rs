@@ -30,7 +30,8 @@ pub struct Config {
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Bias on the q/k/v projections (Qwen2).
+    /// Bias on the q/k/v projections (always for Qwen2), and on o_proj too for Llama/Qwen3
+    /// (see `o_proj_bias`).
     pub attention_bias: bool,
     /// RMSNorm on q and k per head before RoPE (Qwen3).
     pub qk_norm: bool,
@@ -81,6 +82,12 @@ impl Config {
             bos_token_id: None,
             eos_token_id: Some(2),
         }
+    }
+
+    /// Whether o_proj has a bias: HF's Llama and Qwen3 put `attention_bias` on o_proj as well
+    /// as q/k/v; HF's Qwen2 biases q/k/v only.
+    pub fn o_proj_bias(&self) -> bool {
+        self.attention_bias && self.arch != Arch::Qwen2
     }
 
     pub fn validate(&self) -> Result<()> {

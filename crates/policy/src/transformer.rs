@@ -438,7 +438,7 @@ impl Transformer {
             let q_proj = lin("self_attn.q_proj", nh * hd, hs, ab)?;
             let k_proj = lin("self_attn.k_proj", nkv * hd, hs, ab)?;
             let v_proj = lin("self_attn.v_proj", nkv * hd, hs, ab)?;
-            let o_proj = lin("self_attn.o_proj", hs, nh * hd, false)?;
+            let o_proj = lin("self_attn.o_proj", hs, nh * hd, cfg.o_proj_bias())?;
             let gate_proj = lin("mlp.gate_proj", is, hs, false)?;
             let up_proj = lin("mlp.up_proj", is, hs, false)?;
             let down_proj = lin("mlp.down_proj", hs, is, false)?;
@@ -938,7 +938,7 @@ pub fn expected_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
         lin("self_attn.q_proj", nh * hd, hs, ab);
         lin("self_attn.k_proj", nkv * hd, hs, ab);
         lin("self_attn.v_proj", nkv * hd, hs, ab);
-        lin("self_attn.o_proj", hs, nh * hd, false);
+        lin("self_attn.o_proj", hs, nh * hd, cfg.o_proj_bias());
         lin("mlp.gate_proj", is, hs, false);
         lin("mlp.up_proj", is, hs, false);
         lin("mlp.down_proj", hs, is, false);

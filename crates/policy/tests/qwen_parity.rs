@@ -116,8 +116,10 @@ fn hf_tensors(config: &Json, seed: u64) -> Vec<(String, Tensor)> {
         .as_u64()
         .map_or(hidden / heads, |d| d as usize);
     let qwen3 = config["model_type"] == "qwen3";
-    // HF's Qwen2Attention hard-codes bias=True on q/k/v; Qwen3 follows `attention_bias`.
+    // HF's Qwen2Attention hard-codes bias=True on q/k/v (o_proj never); Qwen3's q/k/v and
+    // o_proj follow `attention_bias`.
     let qkv_bias = !qwen3 || config["attention_bias"] == true;
+    let o_bias = qwen3 && config["attention_bias"] == true;
     let mut out = Vec::new();
     let mut put = |name: String, shape: &[usize], mean: f32, std: f32| {
         let n = shape.iter().product();
@@ -152,6 +154,9 @@ fn hf_tensors(config: &Json, seed: u64) -> Vec<(String, Tensor)> {
             0.0,
             w(heads * head_dim),
         );
+        if o_bias {
+            put(format!("{p}.self_attn.o_proj.bias"), &[hidden], 0.0, 0.5);
+        }
         if qwen3 {
             // Far from 1 so skipping either norm changes the result.
             put(
@@ -382,23 +387,33 @@ fn assert_parity(label: &str, ours: &Tensor, reference: &mut dyn Reference) {
     assert!(d_whole < TOL, "{label}: last logits differ by {d_whole}");
 }
 
-/// HF folder → ours and candle's model; then the GGUF of the same weights → ours and candle's
-/// quantized model (F32 tensors, so nothing is rounded).
-fn check(
+/// A checkpoint written to a temporary HF folder and what our loader made of it.
+struct Checkpoint {
+    dir: tempfile::TempDir,
+    config_text: String,
+    arch: String,
+    /// The weights as stored, in f32.
+    weights: Vec<(String, Tensor)>,
+    config: policy::Config,
+    /// Our logits [T, V] for `PROMPT`.
+    logits: Tensor,
+}
+
+/// Writes the HF folder, loads it with ours and with candle's model (`reference`, built from
+/// the same config.json and a `VarBuilder` on the same safetensors), compares them.
+fn check_safetensors(
     config_text: &str,
     seed: u64,
-    hf_reference: impl FnOnce(&str, VarBuilder) -> Box<dyn Reference>,
-    gguf_reference: impl FnOnce(gguf_file::Content, &mut std::fs::File) -> Box<dyn Reference>,
-) {
+    reference: impl FnOnce(&str, VarBuilder) -> Box<dyn Reference>,
+) -> Checkpoint {
     let arch = serde_json::from_str::<Json>(config_text).unwrap()["model_type"]
         .as_str()
         .unwrap()
         .to_string();
     let dir = tempfile::tempdir().unwrap();
     let weights = write_hf_checkpoint(dir.path(), config_text, seed);
-
     let ours = policy::load_hf(dir.path(), DType::F32, &Device::Cpu).unwrap();
-    let ours_hf = our_logits(&ours);
+    let logits = our_logits(&ours);
     // SAFETY: the file was just written by this test and is not modified while mapped.
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(
@@ -408,52 +423,76 @@ fn check(
         )
         .unwrap()
     };
-    let mut reference = hf_reference(config_text, vb);
-    assert_parity(&format!("{arch} safetensors"), &ours_hf, reference.as_mut());
+    let mut reference = reference(config_text, vb);
+    assert_parity(&format!("{arch} safetensors"), &logits, reference.as_mut());
+    Checkpoint {
+        dir,
+        config_text: config_text.to_string(),
+        arch,
+        weights,
+        config: ours.cfg.clone(),
+        logits,
+    }
+}
 
-    let gguf = dir.path().join("model.gguf");
-    write_gguf(&gguf, config_text, &weights);
+/// The same weights as an all-F32 GGUF (so nothing is rounded), loaded by ours and by candle's
+/// quantized model (`reference`).
+fn check_gguf(
+    ck: &Checkpoint,
+    reference: impl FnOnce(gguf_file::Content, &mut std::fs::File) -> Box<dyn Reference>,
+) {
+    let arch = &ck.arch;
+    let gguf = ck.dir.path().join("model.gguf");
+    write_gguf(&gguf, &ck.config_text, &ck.weights);
     let g = policy::gguf::read_gguf(&gguf, &Device::Cpu).unwrap();
     assert_eq!(
-        g.config, ours.cfg,
+        g.config, ck.config,
         "{arch}: GGUF and config.json give other configs"
     );
-    let from_gguf =
+    let ours =
         policy::Transformer::from_tensors(&g.config, g.tensors, DType::F32, &Device::Cpu).unwrap();
-    let ours_gguf = our_logits(&from_gguf);
-    assert!(max_abs_diff(&ours_gguf, &ours_hf) < 1e-6);
+    let logits = our_logits(&ours);
     let mut f = std::fs::File::open(&gguf).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
-    let mut reference = gguf_reference(content, &mut f);
-    assert_parity(&format!("{arch} gguf"), &ours_gguf, reference.as_mut());
+    let mut reference = reference(content, &mut f);
+    assert_parity(&format!("{arch} gguf"), &logits, reference.as_mut());
+    // Same f32 weights either way, so the same function.
+    let d = max_abs_diff(&logits, &ck.logits);
+    assert!(d < 1e-6, "{arch}: GGUF and safetensors loads differ by {d}");
+}
+
+fn candle_qwen2(text: &str, vb: VarBuilder) -> Box<dyn Reference> {
+    let cfg: qwen2::Config = serde_json::from_str(text).unwrap();
+    Box::new(qwen2::ModelForCausalLM::new(&cfg, vb).unwrap())
+}
+
+fn candle_qwen3(text: &str, vb: VarBuilder) -> Box<dyn Reference> {
+    let cfg: qwen3::Config = serde_json::from_str(text).unwrap();
+    Box::new(qwen3::ModelForCausalLM::new(&cfg, vb).unwrap())
 }
 
 #[test]
 fn qwen2_matches_candle_transformers_from_safetensors_and_gguf() {
-    check(
-        QWEN2_CONFIG,
-        2,
-        |text, vb| {
-            let cfg: qwen2::Config = serde_json::from_str(text).unwrap();
-            Box::new(qwen2::ModelForCausalLM::new(&cfg, vb).unwrap())
-        },
-        |content, f| {
-            Box::new(quantized_qwen2::ModelWeights::from_gguf(content, f, &Device::Cpu).unwrap())
-        },
-    );
+    let ck = check_safetensors(QWEN2_CONFIG, 2, candle_qwen2);
+    check_gguf(&ck, |content, f| {
+        Box::new(quantized_qwen2::ModelWeights::from_gguf(content, f, &Device::Cpu).unwrap())
+    });
 }
 
 #[test]
 fn qwen3_matches_candle_transformers_from_safetensors_and_gguf() {
-    check(
-        QWEN3_CONFIG,
-        3,
-        |text, vb| {
-            let cfg: qwen3::Config = serde_json::from_str(text).unwrap();
-            Box::new(qwen3::ModelForCausalLM::new(&cfg, vb).unwrap())
-        },
-        |content, f| {
-            Box::new(quantized_qwen3::ModelWeights::from_gguf(content, f, &Device::Cpu).unwrap())
-        },
-    );
+    let ck = check_safetensors(QWEN3_CONFIG, 3, candle_qwen3);
+    check_gguf(&ck, |content, f| {
+        Box::new(quantized_qwen3::ModelWeights::from_gguf(content, f, &Device::Cpu).unwrap())
+    });
+}
+
+/// No published Qwen3 sets `attention_bias`, but HF's (and candle's) Qwen3 then has biases on
+/// q/k/v *and* o_proj. Safetensors only: candle's quantized_qwen3 reads no biases at all.
+#[test]
+fn qwen3_with_attention_bias_matches_candle_transformers() {
+    let text = QWEN3_CONFIG.replace(r#""attention_bias": false"#, r#""attention_bias": true"#);
+    assert_ne!(text, QWEN3_CONFIG);
+    let ck = check_safetensors(&text, 4, candle_qwen3);
+    assert!(ck.weights.iter().any(|(n, _)| n.ends_with("o_proj.bias")));
 }
