@@ -138,7 +138,8 @@ impl Config {
             rope_theta: raw.rope_theta.unwrap_or(10000.0),
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            attention_bias: raw.attention_bias.unwrap_or(arch == Arch::Qwen2),
+            // HF's Qwen2 has q/k/v biases whatever `attention_bias` says.
+            attention_bias: arch == Arch::Qwen2 || raw.attention_bias.unwrap_or(false),
             qk_norm: arch == Arch::Qwen3,
             bos_token_id: raw.bos_token_id.as_ref().and_then(first_id),
             eos_token_id: raw.eos_token_id.as_ref().and_then(first_id),

@@ -496,3 +496,16 @@ fn qwen3_with_attention_bias_matches_candle_transformers() {
     let ck = check_safetensors(&text, 4, candle_qwen3);
     assert!(ck.weights.iter().any(|(n, _)| n.ends_with("o_proj.bias")));
 }
+
+/// HF's Qwen2 (and candle's) has q/k/v biases even when a config.json says
+/// `"attention_bias": false`; so must ours.
+#[test]
+fn qwen2_keeps_qkv_bias_whatever_attention_bias_says() {
+    let text = QWEN2_CONFIG.replace(
+        r#""attention_dropout": 0.0,"#,
+        r#""attention_bias": false, "attention_dropout": 0.0,"#,
+    );
+    assert_ne!(text, QWEN2_CONFIG);
+    let ck = check_safetensors(&text, 5, candle_qwen2);
+    assert!(ck.config.attention_bias);
+}
