@@ -99,8 +99,8 @@ fn normal(rng: &mut impl Rng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
-/// Random weights under HF names for the model `config` describes, scaled so activations and
-/// logits are O(1) and every bias and norm weight visibly changes the output.
+/// Random weights under HF names for the model `config` describes, scaled so activations are
+/// O(1) (logits are far from uniform) and every bias and norm weight visibly changes the output.
 fn hf_tensors(config: &Json, seed: u64) -> Vec<(String, Tensor)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let (vocab, hidden, inter) = (
