@@ -252,8 +252,8 @@ fn backoff_doubles_per_retry_up_to_the_cap_with_jitter_in_half_to_full() {
     let (lo, hi) = factors
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), &f| (lo.min(f), hi.max(f)));
-    assert!(lo >= 0.5 - 1e-8 && lo < 0.52, "{lo}");
-    assert!(hi <= 1.0 + 1e-8 && hi > 0.98, "{hi}");
+    assert!((0.5 - 1e-8..0.52).contains(&lo), "{lo}");
+    assert!((0.98..=1.0 + 1e-8).contains(&hi), "{hi}");
     // A server's wish wins when longer, cut to retry_after_max_secs (120 s by default).
     assert_eq!(delay(1, Some(Duration::from_secs(3))), 3.0);
     assert_eq!(delay(1, Some(Duration::from_secs(500))), 120.0);
