@@ -15,7 +15,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 /// Settings of the HTTP judge (the `[http]` table of a judge config).
@@ -139,6 +139,25 @@ impl HttpJudgeConfig {
     fn endpoint(&self) -> String {
         format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
     }
+
+    /// Backoff before retry number `retry` (1-based): `backoff_initial_secs * 2^(retry-1)`,
+    /// capped at `backoff_max_secs`, scaled by a factor in [0.5, 1] drawn from `rng` (so
+    /// clients that failed together do not retry together); the server's `Retry-After`, cut
+    /// to `retry_after_max_secs`, wins when longer.
+    pub fn backoff(
+        &self,
+        retry: u32,
+        server_wish: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
+        let exp = self.backoff_initial_secs * 2f64.powi(retry.saturating_sub(1).min(30) as i32);
+        let base = exp.min(self.backoff_max_secs);
+        let jittered = base * rng.gen_range(0.5..=1.0);
+        let wish = server_wish
+            .map(|d| d.as_secs_f64().min(self.retry_after_max_secs))
+            .unwrap_or(0.0);
+        Duration::from_secs_f64(jittered.max(wish))
+    }
 }
 
 /// Why the HTTP judge could not be built.
@@ -218,6 +237,7 @@ struct Counters {
     failures: AtomicU64,
     calls: AtomicU64,
     retries: AtomicU64,
+    backoff_nanos: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
 }
@@ -243,12 +263,53 @@ fn excerpt(s: &str) -> String {
     }
 }
 
-/// `Retry-After` as delta-seconds (the form APIs send); an HTTP date is ignored and the normal
-/// backoff applies.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = v.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+/// The wait a `Retry-After` header asks for, seen at `now`.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, now)
+}
+
+/// A `Retry-After` value as the wait from `now`: delta-seconds (the form APIs send) or an HTTP
+/// date in IMF-fixdate form (`Wed, 21 Oct 2015 07:28:00 GMT`, RFC 7231), where a date already
+/// past means no wait. Anything else is `None`, and the normal backoff applies.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        // A huge value ("1e30") still asks for a long wait (cut later to
+        // `retry_after_max_secs`); it must not panic the conversion.
+        return (secs >= 0.0).then(|| Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
+    }
+    let at = UNIX_EPOCH + Duration::from_secs(imf_fixdate_unix(value)?);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`). The day
+/// name is not checked against the date: it carries no information.
+fn imf_fixdate_unix(s: &str) -> Option<u64> {
+    let [_day_name, day, month, year, time, "GMT"] = s.split_whitespace().collect::<Vec<_>>()[..]
+    else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let (day, year): (u64, u64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms[..] else { return None };
+    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 (H. Hinnant's days_from_civil: years start in March, so the
+    // leap day is the last day of its year and the month lengths follow a fixed pattern).
+    let y = if month <= 2 { year - 1 } else { year };
+    let (era, yoe) = (y / 400, y % 400);
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3_600 + m * 60 + sec)
 }
 
 impl HttpJudge {
@@ -287,6 +348,12 @@ impl HttpJudge {
         &self.config
     }
 
+    /// Total backoff this judge has chosen to wait between attempts, over all criteria
+    /// (including any sleep still in progress).
+    pub fn backoff_total(&self) -> Duration {
+        Duration::from_nanos(self.counters.backoff_nanos.load(Ordering::Relaxed))
+    }
+
     /// One request; the permit bounds concurrency and is released before any backoff sleep.
     async fn attempt(&self, prompt: &str) -> Result<ParsedVerdict, AttemptError> {
         let _permit = self
@@ -320,7 +387,7 @@ impl HttpJudge {
             .await
             .map_err(transport)?;
         let status = resp.status();
-        let wait = retry_after(resp.headers());
+        let wait = retry_after(resp.headers(), SystemTime::now());
         let body = resp.text().await.map_err(transport)?;
         if !status.is_success() {
             let message = format!("HTTP {status}: {}", excerpt(&body));
@@ -366,19 +433,6 @@ impl HttpJudge {
         })
     }
 
-    /// Backoff before retry number `retry` (1-based): `initial * 2^(retry-1)`, capped, scaled
-    /// by a random factor in [0.5, 1]; a server's `Retry-After` (capped) wins when longer.
-    fn backoff(&self, retry: u32, server_wish: Option<Duration>) -> Duration {
-        let exp =
-            self.config.backoff_initial_secs * 2f64.powi(retry.saturating_sub(1).min(30) as i32);
-        let base = exp.min(self.config.backoff_max_secs);
-        let jittered = base * rand::thread_rng().gen_range(0.5..=1.0);
-        let wish = server_wish
-            .map(|d| d.as_secs_f64().min(self.config.retry_after_max_secs))
-            .unwrap_or(0.0);
-        Duration::from_secs_f64(jittered.max(wish))
-    }
-
     /// Grades one criterion with retries.
     async fn grade_one(&self, task: &GradeTask<'_>, index: usize) -> CriterionGrade {
         let Some(criterion) = task.example.criteria.get(index) else {
@@ -403,7 +457,13 @@ impl HttpJudge {
                         });
                     }
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(self.backoff(attempts, retry_after)).await;
+                    let wait = self
+                        .config
+                        .backoff(attempts, retry_after, &mut rand::thread_rng());
+                    self.counters
+                        .backoff_nanos
+                        .fetch_add(wait.as_nanos() as u64, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
                 }
             }
         };

@@ -222,3 +222,98 @@ fn a_file_that_is_not_sqlite_is_refused_with_its_path() {
         .to_string();
     assert!(err.contains("notes.txt"), "{err}");
 }
+
+/// Set in the child processes of the test below: this child's writer index, and the folder
+/// of the shared file.
+const CHILD_ENV: &str = "ARLRR_TEST_CACHE_WRITER";
+const CHILD_DIR_ENV: &str = "ARLRR_TEST_CACHE_DIR";
+const WRITERS: u32 = 4;
+const PER_WRITER: u32 = 60;
+
+fn writer_entry(ex: &Example, w: u32, n: u32) -> (judge::cache::CacheKey, CachedVerdict) {
+    let response = format!("{w}-{n}");
+    let task = GradeTask {
+        example: ex,
+        response: &response,
+        criteria: None,
+    };
+    let key = TaskHasher::new("j", "", &task).key(&ex.criteria[0]);
+    let v = CachedVerdict {
+        value: f64::from(n % 2),
+        explanation: response,
+        judge: format!("writer-{w}"),
+    };
+    (key, v)
+}
+
+/// One child process: opens the shared file, writes its first entry, waits until every
+/// writer's first entry is there (so all processes hold the file open and write at the same
+/// time, not one after the other), then writes the rest one transaction each and the last
+/// tenth in one batch.
+fn cache_writer_child(path: &std::path::Path, w: u32) {
+    let ex = example();
+    let cache = VerdictCache::open(path).unwrap();
+    cache.put_many(&[writer_entry(&ex, w, 0)]).unwrap();
+    let mut polls = 0;
+    while cache.len().unwrap() < u64::from(WRITERS) {
+        polls += 1;
+        assert!(polls < 30_000, "the other writers never started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let batch_from = PER_WRITER - PER_WRITER / 10;
+    for n in 1..batch_from {
+        cache.put_many(&[writer_entry(&ex, w, n)]).unwrap();
+    }
+    let batch: Vec<_> = (batch_from..PER_WRITER)
+        .map(|n| writer_entry(&ex, w, n))
+        .collect();
+    cache.put_many(&batch).unwrap();
+}
+
+#[test]
+fn several_processes_writing_one_file_at_once_lose_nothing() {
+    const NAME: &str = "several_processes_writing_one_file_at_once_lose_nothing";
+    if let Ok(w) = std::env::var(CHILD_ENV) {
+        let dir = std::env::var(CHILD_DIR_ENV).unwrap();
+        cache_writer_child(
+            &std::path::Path::new(&dir).join("multi.sqlite"),
+            w.parse().unwrap(),
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The file does not exist yet: the children race to create it and switch it to WAL.
+    let path = dir.path().join("multi.sqlite");
+    let children: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, w.to_string())
+                .env(CHILD_DIR_ENV, dir.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (w, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "writer {w} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reader = VerdictCache::open(&path).unwrap();
+    assert_eq!(reader.len().unwrap(), u64::from(WRITERS * PER_WRITER));
+    let ex = example();
+    let (keys, want): (Vec<_>, Vec<_>) = (0..WRITERS)
+        .flat_map(|w| (0..PER_WRITER).map(move |n| (w, n)))
+        .map(|(w, n)| writer_entry(&ex, w, n))
+        .unzip();
+    let got = reader.get_many(&keys).unwrap();
+    for (got, want) in got.iter().zip(&want) {
+        assert_eq!(got.as_ref(), Some(want));
+    }
+}

@@ -32,22 +32,24 @@ fn embeddings_are_unit_length_and_independent_of_batch_padding() {
     );
 }
 
+/// Cosine similarities from an independent reference run: HF transformers on the same
+/// all-MiniLM-L6-v2 weights, mean pooling over the attention mask, L2 normalisation (what
+/// sentence-transformers does for this model). A drift beyond 1e-4 means the tokenizer,
+/// encoder, pooling or normalisation differs from the reference.
+const REFERENCE_TOLERANCE: f32 = 1e-4;
+
 #[test]
-fn similarity_of_a_reference_pair_is_pinned() {
-    // Pinned at the value this implementation computes, which is also the figure commonly
-    // quoted for the Python sentence-transformers reference on this pair (not re-run here: no
-    // torch on this machine). A drift means the tokenizer, encoder or pooling changed.
+fn similarity_of_a_reference_pair_matches_the_reference_run() {
     let v = embedder()
         .embed(&["A man is eating food.", "A man is eating a piece of bread."])
         .unwrap();
     let sim = cosine(&v[0], &v[1]);
-    assert!((sim - 0.7553).abs() < 5e-4, "cosine {sim}");
+    assert!((sim - 0.75534).abs() < REFERENCE_TOLERANCE, "cosine {sim}");
 }
 
 #[test]
-fn paraphrases_score_higher_than_unrelated_sentences() {
-    let e = embedder();
-    let v = e
+fn paraphrase_and_unrelated_similarities_match_the_reference_run() {
+    let v = embedder()
         .embed(&[
             "Recommends that the user see a doctor",
             "You should make an appointment with your physician.",
@@ -56,11 +58,13 @@ fn paraphrases_score_higher_than_unrelated_sentences() {
         .unwrap();
     let (para, unrelated) = (cosine(&v[0], &v[1]), cosine(&v[0], &v[2]));
     assert!(
-        para > unrelated + 0.3,
-        "paraphrase {para}, unrelated {unrelated}"
+        (para - 0.57888).abs() < REFERENCE_TOLERANCE,
+        "paraphrase {para}"
     );
-    assert!(para > 0.5, "paraphrase {para}");
-    assert!(unrelated < 0.2, "unrelated {unrelated}");
+    assert!(
+        (unrelated - -0.00274).abs() < REFERENCE_TOLERANCE,
+        "unrelated {unrelated}"
+    );
 }
 
 fn example() -> Example {

@@ -1,153 +1,19 @@
-//! The HTTP judge against a fault-injecting OpenAI-compatible server on loopback: every case
-//! ends in the correct verdict or an explicit failure after the configured retries, within a
-//! hard deadline (nothing hangs), and no verdict is invented.
-//!
-//! The server's behaviour per request is chosen by the criterion text, which reaches it inside
-//! the grading prompt: `scenario=<name>`. Each scenario keeps its own attempt counter, so
-//! "fail twice, then answer" is expressible.
+//! The HTTP judge against a fault-injecting OpenAI-compatible server on loopback
+//! (`fault_server`): every case ends in the correct verdict or an explicit failure after the
+//! configured retries, within a hard deadline (nothing hangs), and no verdict is invented.
+//! The API key test lives in its own binary, `http_api_key.rs`: it sets environment variables.
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
-use judge::{CriterionGrade, GradeTask, HttpJudge, HttpJudgeConfig, Judge, JudgeFailure};
-use rubric::{Criterion, Example, Message};
-use serde_json::{json, Value};
-use std::collections::HashMap;
+mod fault_server;
+
+use fault_server::*;
+use judge::{HttpJudge, HttpJudgeConfig, Judge, JudgeFailure};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// Every test's grading must finish within this, or the test fails instead of hanging.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-#[derive(Default)]
-struct Fault {
-    attempts: Mutex<HashMap<String, usize>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-    requests: AtomicUsize,
-}
-
-fn completion(content: &str) -> Response {
-    Json(json!({
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "model": "fault",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    }))
-    .into_response()
-}
-
-fn verdict(met: bool) -> String {
-    json!({"explanation": format!("scripted {met}"), "criteria_met": met}).to_string()
-}
-
-async fn chat(
-    State(fault): State<Arc<Fault>>,
-    headers: HeaderMap,
-    Json(req): Json<Value>,
-) -> Response {
-    fault.requests.fetch_add(1, Ordering::SeqCst);
-    let now = fault.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    fault.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let resp = respond(&fault, &headers, &req).await;
-    fault.in_flight.fetch_sub(1, Ordering::SeqCst);
-    resp
-}
-
-async fn respond(fault: &Fault, headers: &HeaderMap, req: &Value) -> Response {
-    let prompt = req["messages"][0]["content"].as_str().unwrap_or_default();
-    let scenario = prompt
-        .split("scenario=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or("none")
-        .to_string();
-    let n = {
-        let mut a = fault.attempts.lock().unwrap();
-        let n = a.entry(scenario.clone()).or_insert(0);
-        *n += 1;
-        *n
-    };
-    match scenario.as_str() {
-        "met" => completion(&verdict(true)),
-        "unmet" => completion(&verdict(false)),
-        "fenced" => completion(&format!(
-            "Let me think.\n```json\n{}\n```\nHope that helps!",
-            verdict(true)
-        )),
-        "garbage-then-unmet" if n == 1 => completion("I would say it mostly meets it."),
-        "garbage-then-unmet" => completion(&verdict(false)),
-        "garbage-always" => completion("{\"criteria_met\": maybe}"),
-        "not-json-body" => (StatusCode::OK, "<html>proxy error</html>").into_response(),
-        "500-twice" if n <= 2 => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
-        "500-twice" => completion(&verdict(true)),
-        "503-always" => (StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response(),
-        "429-retry-after" if n == 1 => (
-            StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", "1")],
-            "slow down",
-        )
-            .into_response(),
-        "429-retry-after" => completion(&verdict(true)),
-        "slow-once" if n == 1 => {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            completion(&verdict(false))
-        }
-        "slow-once" => completion(&verdict(true)),
-        "slow-always" => {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            completion(&verdict(true))
-        }
-        "truncated-once" if n == 1 => {
-            // Headers, part of the body, then the connection dies mid-response.
-            let chunks: Vec<Result<&'static str, std::io::Error>> = vec![
-                Ok("{\"choices\": [{\"message\": {\"content\": "),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "cut",
-                )),
-            ];
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(Body::from_stream(futures_util::stream::iter(chunks)))
-                .unwrap()
-        }
-        "truncated-once" => completion(&verdict(false)),
-        "auth" => {
-            let ok = headers.get("authorization").and_then(|v| v.to_str().ok())
-                == Some("Bearer sekrit-token-123");
-            if ok {
-                completion(&verdict(true))
-            } else {
-                (StatusCode::UNAUTHORIZED, "bad key").into_response()
-            }
-        }
-        "slow-met" => {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            completion(&verdict(true))
-        }
-        other => (StatusCode::BAD_REQUEST, format!("unknown scenario {other}")).into_response(),
-    }
-}
-
-async fn spawn_fault_server() -> (SocketAddr, Arc<Fault>) {
-    let fault = Arc::new(Fault::default());
-    let app = Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .with_state(fault.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, fault)
-}
 
 /// A raw TCP server that resets (RST, via zero linger) the first `resets` connections after
 /// reading the request, then answers with a hand-written HTTP response.
@@ -202,70 +68,6 @@ async fn spawn_resetting_server(resets: usize) -> (SocketAddr, Arc<AtomicUsize>)
     (addr, seen)
 }
 
-fn config(addr: SocketAddr) -> HttpJudgeConfig {
-    HttpJudgeConfig {
-        timeout_secs: 0.3,
-        retries: 2,
-        backoff_initial_secs: 0.01,
-        backoff_max_secs: 0.05,
-        ..HttpJudgeConfig::new(format!("http://{addr}/v1"), "fault-model")
-    }
-}
-
-fn example(scenarios: &[&str]) -> Example {
-    Example {
-        id: "ex".into(),
-        prompt: vec![Message {
-            role: "user".into(),
-            content: "Hi".into(),
-        }],
-        criteria: scenarios
-            .iter()
-            .map(|s| Criterion {
-                text: format!("scenario={s} applies"),
-                points: 3.0,
-                tags: vec![],
-                check: None,
-            })
-            .collect(),
-        tags: vec![],
-        ideal_completion: None,
-        canary: None,
-        line: 1,
-    }
-}
-
-async fn grade_all(judge: &HttpJudge, ex: &Example) -> Vec<CriterionGrade> {
-    let task = GradeTask {
-        example: ex,
-        response: "Hello there.",
-        criteria: None,
-    };
-    let mut out = tokio::time::timeout(DEADLINE, judge.grade(&[task]))
-        .await
-        .expect("grading hung past the deadline");
-    assert_eq!(out.len(), 1);
-    out.remove(0)
-}
-
-fn assert_exhausted(g: &CriterionGrade, attempts: u32, needle: &str) {
-    match &g.outcome {
-        Err(JudgeFailure::Exhausted {
-            attempts: a,
-            last_error,
-        }) => {
-            assert_eq!(*a, attempts, "{last_error}");
-            assert!(
-                last_error.contains(needle),
-                "expected {needle:?} in {last_error:?}"
-            );
-        }
-        other => panic!("expected exhaustion with {needle:?}, got {other:?}"),
-    }
-    assert_eq!(g.attempts, attempts);
-    assert!(g.explanation.is_empty(), "no invented explanation");
-}
-
 #[tokio::test]
 async fn answers_plain_fenced_and_after_transient_faults_are_correct() {
     let (addr, fault) = spawn_fault_server().await;
@@ -315,20 +117,19 @@ async fn persistent_faults_end_in_explicit_failures_after_the_configured_retries
         "slow-always",
         "not-json-body",
     ]);
-    let started = Instant::now();
     let g = grade_all(&judge, &ex).await;
     assert_exhausted(&g[0], 3, "no verdict JSON");
     assert_exhausted(&g[1], 3, "503");
-    assert_exhausted(&g[2], 3, "timed out");
+    // The configured 0.3 s request timeout, not the slow handler's 5 s, ended each attempt.
+    assert_exhausted(&g[2], 3, "timed out after 0.3s");
     assert_exhausted(&g[3], 3, "not a chat completion");
-    // Three 0.3 s timeouts in a row plus small backoffs; far below the slow handler's 5 s.
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(fault.requests.load(Ordering::SeqCst), 12);
-    assert_eq!(judge.stats().failures, 4);
+    let s = judge.stats();
+    assert_eq!((s.failures, s.retries), (4, 8));
+    // Per criterion, retry 1 waits 0.01 s and retry 2 0.02 s, each jittered to [50%, 100%]:
+    // the four criteria together wait between 4 * 0.015 and 4 * 0.03 seconds.
+    let waited = judge.backoff_total().as_secs_f64();
+    assert!((0.06 - 1e-6..=0.12 + 1e-6).contains(&waited), "{waited}");
 }
 
 #[tokio::test]
@@ -336,15 +137,128 @@ async fn a_429_waits_as_long_as_retry_after_says() {
     let (addr, _fault) = spawn_fault_server().await;
     let judge = HttpJudge::new(config(addr)).unwrap();
     let ex = example(&["429-retry-after"]);
-    let started = Instant::now();
     let g = grade_all(&judge, &ex).await;
     assert_eq!((g[0].outcome.clone(), g[0].attempts), (Ok(1.0), 2));
-    // The backoff alone is at most 0.05 s; the server asked for 1 s.
+    // The backoff alone is at most 0.01 s; the server asked for 1 s.
+    assert_eq!(judge.backoff_total(), Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_long_retry_after_is_cut_and_an_http_date_is_read_against_the_clock() {
+    let (addr, _fault) = spawn_fault_server().await;
+    let cfg = HttpJudgeConfig {
+        retry_after_max_secs: 0.2,
+        ..config(addr)
+    };
+    let wait = |scenario: &'static str| {
+        let cfg = cfg.clone();
+        async move {
+            let judge = HttpJudge::new(cfg).unwrap();
+            let g = grade_all(&judge, &example(&[scenario])).await;
+            assert_eq!((g[0].outcome.clone(), g[0].attempts), (Ok(1.0), 2));
+            judge.backoff_total()
+        }
+    };
+    // "3600" seconds and a date in 2100 both ask for far more than the 0.2 s cap.
+    assert_eq!(wait("429-hour").await, Duration::from_millis(200));
+    assert_eq!(wait("429-date-2100").await, Duration::from_millis(200));
+    // A past date asks for nothing: only the jittered first backoff (0.01 s) remains.
+    let past = wait("429-date-2015").await;
     assert!(
-        started.elapsed() >= Duration::from_millis(950),
-        "{:?}",
-        started.elapsed()
+        (Duration::from_millis(5)..=Duration::from_millis(10)).contains(&past),
+        "{past:?}"
     );
+}
+
+#[test]
+fn retry_after_reads_seconds_and_imf_fixdates_relative_to_now() {
+    // 2015-10-21 07:28:00 UTC is 1445412480 s after the epoch.
+    let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let at = |unix: u64| UNIX_EPOCH + Duration::from_secs(unix);
+    let parse = judge::http::parse_retry_after;
+    assert_eq!(
+        parse(date, at(1_445_412_480 - 90)),
+        Some(Duration::from_secs(90))
+    );
+    assert_eq!(parse(date, at(1_445_412_480 + 5)), Some(Duration::ZERO));
+    // A leap-year February and a date before March exercise the day count.
+    assert_eq!(
+        parse("Thu, 29 Feb 2024 00:00:01 GMT", at(1_709_164_800)),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        parse("Thu, 01 Jan 1970 00:01:00 GMT", UNIX_EPOCH),
+        Some(Duration::from_secs(60))
+    );
+    let now = SystemTime::now();
+    assert_eq!(parse(" 120 ", now), Some(Duration::from_secs(120)));
+    assert_eq!(parse("1.5", now), Some(Duration::from_millis(1500)));
+    assert_eq!(
+        parse("1e30", now),
+        Some(Duration::MAX),
+        "huge, but no panic"
+    );
+    for bad in [
+        "-1",
+        "NaN",
+        "soon",
+        "",
+        "Wed, 21 Oct 2015 07:28:00 UTC",
+        "Wed, 21 Foo 2015 07:28:00 GMT",
+        "Wed, 32 Oct 2015 07:28:00 GMT",
+        "Wed, 21 Oct 2015 24:00:00 GMT",
+        "Wed, 21 Oct 2015 07:28 GMT",
+        "Wednesday, 21-Oct-15 07:28:00 GMT",
+    ] {
+        assert_eq!(parse(bad, now), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn backoff_doubles_per_retry_up_to_the_cap_with_jitter_in_half_to_full() {
+    use rand::{rngs::StdRng, SeedableRng};
+    let cfg = HttpJudgeConfig {
+        backoff_initial_secs: 0.1,
+        backoff_max_secs: 1.0,
+        ..HttpJudgeConfig::new("http://127.0.0.1:9/v1", "m")
+    };
+    // The same seed draws the same jitter factor, so delays compare across retries.
+    let delay = |retry: u32, wish: Option<Duration>| {
+        cfg.backoff(retry, wish, &mut StdRng::seed_from_u64(7))
+            .as_secs_f64()
+    };
+    let factor = delay(1, None) / 0.1;
+    assert!((0.5..=1.0).contains(&factor), "{factor}");
+    for (retry, base) in [
+        (2, 0.2),
+        (3, 0.4),
+        (4, 0.8),
+        (5, 1.0),
+        (6, 1.0),
+        (1000, 1.0),
+    ] {
+        // Relative: delays are whole nanoseconds.
+        let d = delay(retry, None);
+        assert!(
+            (d / (base * factor) - 1.0).abs() < 1e-6,
+            "retry {retry}: {d}"
+        );
+    }
+    // Over many draws the factor covers [0.5, 1] and never leaves it.
+    let mut rng = StdRng::seed_from_u64(1);
+    let factors: Vec<f64> = (0..2000)
+        .map(|_| cfg.backoff(4, None, &mut rng).as_secs_f64() / 0.8)
+        .collect();
+    let (lo, hi) = factors
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &f| (lo.min(f), hi.max(f)));
+    assert!((0.5 - 1e-8..0.52).contains(&lo), "{lo}");
+    assert!((0.98..=1.0 + 1e-8).contains(&hi), "{hi}");
+    // A server's wish wins when longer, cut to retry_after_max_secs (120 s by default).
+    assert_eq!(delay(1, Some(Duration::from_secs(3))), 3.0);
+    assert_eq!(delay(1, Some(Duration::from_secs(500))), 120.0);
+    assert_eq!(delay(1, Some(Duration::MAX)), 120.0);
+    assert_eq!(delay(3, Some(Duration::from_millis(1))), delay(3, None));
 }
 
 #[tokio::test]
@@ -370,33 +284,6 @@ async fn a_closed_port_fails_fast_with_a_transport_error() {
     let judge = HttpJudge::new(config(addr)).unwrap();
     let g = grade_all(&judge, &example(&["met"])).await;
     assert_exhausted(&g[0], 3, "transport error");
-}
-
-#[tokio::test]
-async fn api_key_comes_from_the_named_variable_and_never_shows() {
-    let (addr, _fault) = spawn_fault_server().await;
-    let var = "ARLRR_TEST_JUDGE_KEY_HTTP_FAULTS";
-    let mut cfg = config(addr);
-    cfg.api_key_env = Some(var.into());
-    std::env::remove_var(var);
-    let err = HttpJudge::new(cfg.clone()).unwrap_err().to_string();
-    assert!(err.contains(var), "{err}");
-
-    std::env::set_var(var, "sekrit-token-123");
-    let judge = HttpJudge::new(cfg.clone()).unwrap();
-    assert!(!format!("{judge:?}").contains("sekrit"));
-    let g = grade_all(&judge, &example(&["auth"])).await;
-    assert_eq!(g[0].outcome, Ok(1.0));
-
-    // A rejected key is not retried: retrying cannot fix it.
-    std::env::set_var(var, "wrong");
-    let judge = HttpJudge::new(cfg).unwrap();
-    let g = grade_all(&judge, &example(&["auth"])).await;
-    assert_eq!(g[0].attempts, 1);
-    match &g[0].outcome {
-        Err(JudgeFailure::Other(m)) => assert!(m.contains("401") && !m.contains("wrong"), "{m}"),
-        other => panic!("{other:?}"),
-    }
 }
 
 #[tokio::test]
