@@ -76,6 +76,22 @@ pub struct Args {
     /// Most completions in one request.
     #[arg(long, default_value_t = 8192)]
     max_completions: usize,
+    /// Seconds a client may take to send a request's headers; the connection is closed after
+    /// (idle keep-alive connections too).
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout_secs: f64,
+    /// Most connections open at once (more wait until one closes); keep it under `ulimit -n`.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// `gdpo`: completions per prompt that form one group, collected across OpenRLHF requests
+    /// (OpenRLHF 0.9.1 and later send one completion per request: n_samples_per_prompt).
+    /// 0 = a group is a prompt's completions within one request.
+    #[arg(long, default_value_t = 0)]
+    group_size: usize,
+    /// `gdpo` with --group-size: seconds a group waits for its last completion; a group still
+    /// short then is normalized as it is.
+    #[arg(long, default_value_t = 120.0)]
+    group_window_secs: f64,
 }
 
 fn parse_objective(s: &str) -> Result<ObjectiveKind, String> {
@@ -139,9 +155,19 @@ pub fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("--token-env {var}: the variable is unset or empty"))?,
         ),
     };
+    for (flag, secs) in [
+        ("--request-timeout-secs", args.request_timeout_secs),
+        ("--header-timeout-secs", args.header_timeout_secs),
+        ("--group-window-secs", args.group_window_secs),
+    ] {
+        anyhow::ensure!(
+            secs > 0.0 && secs.is_finite(),
+            "{flag} must be a positive number of seconds"
+        );
+    }
     anyhow::ensure!(
-        args.request_timeout_secs > 0.0,
-        "--request-timeout-secs must be positive"
+        args.max_connections > 0,
+        "--max-connections must be at least 1"
     );
     let service = server::Service::new(server::ServiceConfig {
         data,
@@ -169,6 +195,12 @@ pub fn run(args: Args) -> Result<()> {
             max_body_bytes: args.max_body_mib << 20,
             request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
             max_completions: args.max_completions,
+            header_timeout: Duration::from_secs_f64(args.header_timeout_secs),
+            max_connections: args.max_connections,
+        },
+        groups: server::GroupSettings {
+            size: args.group_size,
+            window: Duration::from_secs_f64(args.group_window_secs),
         },
     })?;
     let status = service.status();
