@@ -925,6 +925,39 @@ mod tests {
     }
 
     #[test]
+    fn counted_steps_that_cannot_be_saved_are_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ScheduleSettings {
+            objective: ObjectiveKind::Alternating,
+            phases: PhaseConfig {
+                length: 1,
+                selector: SelectorKind::RoundRobin,
+                ..PhaseConfig::default()
+            },
+            completions_per_step: 2,
+        };
+        let mut s = Scheduler::open(
+            dir.path(),
+            settings,
+            &classes(),
+            vec![0, 1, 2],
+            vec![0.3; 3],
+        )
+        .unwrap();
+        let before = s.state().clone();
+        // a directory where the temporary state file goes fails the write, even for root
+        let tmp = dir.path().join(format!("{STATE_FILE}.tmp"));
+        std::fs::create_dir(&tmp).unwrap();
+        assert!(s.count_completions(3).is_err());
+        assert_eq!(s.state(), &before);
+        let log = std::fs::read_to_string(dir.path().join(DECISIONS_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 1, "the failed decision was taken back");
+        std::fs::remove_dir(&tmp).unwrap();
+        assert_eq!(s.count_completions(3).unwrap().unwrap().chosen, "b");
+        assert_eq!((s.state().step, s.state().pending_completions), (1, 1));
+    }
+
+    #[test]
     fn a_state_of_another_run_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(open(dir.path(), SelectorKind::RoundRobin, 3));
