@@ -523,8 +523,11 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
     let singles: Vec<_> = cs
         .iter()
         .map(|c| {
-            let (client, url, body) =
-                (client.clone(), url.clone(), openrlhf_body(ex, &[c.clone()]));
+            let (client, url, body) = (
+                client.clone(),
+                url.clone(),
+                openrlhf_body(ex, std::slice::from_ref(c)),
+            );
             tokio::spawn(async move { post(&client, &url, &body).await })
         })
         .collect();
