@@ -139,6 +139,17 @@ fn class_spec(scheme: &str, catch_all: Option<String>) -> rubric::ClassSpec {
     rubric::ClassSpec { scheme, catch_all }
 }
 
+/// The soft limit on open files (Linux `/proc/self/limits`); `None` where unknown or unlimited.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn run(args: Args) -> Result<()> {
     let data = rubric::load(&args.data)?;
     let mut judge_config = judge::JudgeConfig::load(&args.judge)?;
@@ -169,6 +180,17 @@ pub fn run(args: Args) -> Result<()> {
         args.max_connections > 0,
         "--max-connections must be at least 1"
     );
+    // the listener, the judge cache and the runtime keep a few descriptors of their own
+    let reserved = 64;
+    if let Some(fds) = open_files_limit().filter(|&n| args.max_connections as u64 + reserved > n) {
+        eprintln!(
+            "arlrr serve: warning: --max-connections {} does not fit `ulimit -n` {fds}: past \
+             about {} connections new ones fail until some close; raise `ulimit -n` or lower \
+             --max-connections",
+            args.max_connections,
+            fds.saturating_sub(reserved)
+        );
+    }
     let service = server::Service::new(server::ServiceConfig {
         data,
         classes: class_spec(&args.classes, args.catch_all),

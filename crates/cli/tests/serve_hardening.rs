@@ -26,14 +26,17 @@ impl Drop for Serve {
 
 impl Serve {
     fn start(dir: &Path, args: &[&str]) -> Serve {
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_arlrr"));
+        serve.arg("serve");
+        Self::spawn(dir, serve, args)
+    }
+
+    /// Runs `command` (`arlrr serve` or a wrapper of it) with `args`; returns once it listens.
+    fn spawn(dir: &Path, mut command: Command, args: &[&str]) -> Serve {
         let stderr = dir.join(format!("serve-{}.stderr", std::process::id()));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr)
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-            .arg("serve")
+        // a fresh log for each service
+        let log = std::fs::File::create(&stderr).unwrap();
+        let mut child = command
             .args(["--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -301,6 +304,26 @@ async fn a_connection_limit_bounds_file_descriptors_and_healthz_still_answers() 
         .unwrap();
     let health = get(&client, &format!("{}/healthz", serve.url)).await;
     assert_eq!(health["status"], "ok");
+}
+
+#[test]
+fn a_connection_limit_over_ulimit_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, _) = task(dir.path());
+    let state = dir.path().join("state");
+    // `ulimit -n 512` for the service only; the default --max-connections is 4096
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "ulimit -n 512 && exec \"$0\" serve \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_arlrr"));
+    let serve = Serve::spawn(dir.path(), sh, &args(&train, &judge, &state, &[]));
+    let log = serve.log();
+    assert!(log.contains("`ulimit -n` 512"), "{log}");
+    drop(serve);
+    let serve = Serve::start(
+        dir.path(),
+        &args(&train, &judge, &state, &["--max-connections", "100"]),
+    );
+    assert!(!serve.log().contains("ulimit"), "{}", serve.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
