@@ -76,6 +76,22 @@ pub struct Args {
     /// Most completions in one request.
     #[arg(long, default_value_t = 8192)]
     max_completions: usize,
+    /// Seconds a client may take to send a request's headers; the connection is closed after
+    /// (idle keep-alive connections too).
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout_secs: f64,
+    /// Most connections open at once (more wait until one closes); keep it under `ulimit -n`.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// `gdpo`: completions per prompt that form one group, collected across OpenRLHF requests
+    /// (OpenRLHF 0.9.1 and later send one completion per request: n_samples_per_prompt).
+    /// 0 = a group is a prompt's completions within one request.
+    #[arg(long, default_value_t = 0)]
+    group_size: usize,
+    /// `gdpo` with --group-size: seconds a group waits for its last completion; a group still
+    /// short then is normalized as it is.
+    #[arg(long, default_value_t = 120.0)]
+    group_window_secs: f64,
 }
 
 fn parse_objective(s: &str) -> Result<ObjectiveKind, String> {
@@ -123,6 +139,17 @@ fn class_spec(scheme: &str, catch_all: Option<String>) -> rubric::ClassSpec {
     rubric::ClassSpec { scheme, catch_all }
 }
 
+/// The soft limit on open files (Linux `/proc/self/limits`); `None` where unknown or unlimited.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn run(args: Args) -> Result<()> {
     let data = rubric::load(&args.data)?;
     let mut judge_config = judge::JudgeConfig::load(&args.judge)?;
@@ -139,10 +166,31 @@ pub fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("--token-env {var}: the variable is unset or empty"))?,
         ),
     };
+    for (flag, secs) in [
+        ("--request-timeout-secs", args.request_timeout_secs),
+        ("--header-timeout-secs", args.header_timeout_secs),
+        ("--group-window-secs", args.group_window_secs),
+    ] {
+        anyhow::ensure!(
+            secs > 0.0 && secs.is_finite(),
+            "{flag} must be a positive number of seconds"
+        );
+    }
     anyhow::ensure!(
-        args.request_timeout_secs > 0.0,
-        "--request-timeout-secs must be positive"
+        args.max_connections > 0,
+        "--max-connections must be at least 1"
     );
+    // the listener, the judge cache and the runtime keep a few descriptors of their own
+    let reserved = 64;
+    if let Some(fds) = open_files_limit().filter(|&n| args.max_connections as u64 + reserved > n) {
+        eprintln!(
+            "arlrr serve: warning: --max-connections {} does not fit `ulimit -n` {fds}: past \
+             about {} connections new ones fail until some close; raise `ulimit -n` or lower \
+             --max-connections",
+            args.max_connections,
+            fds.saturating_sub(reserved)
+        );
+    }
     let service = server::Service::new(server::ServiceConfig {
         data,
         classes: class_spec(&args.classes, args.catch_all),
@@ -169,6 +217,12 @@ pub fn run(args: Args) -> Result<()> {
             max_body_bytes: args.max_body_mib << 20,
             request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
             max_completions: args.max_completions,
+            header_timeout: Duration::from_secs_f64(args.header_timeout_secs),
+            max_connections: args.max_connections,
+        },
+        groups: server::GroupSettings {
+            size: args.group_size,
+            window: Duration::from_secs_f64(args.group_window_secs),
         },
     })?;
     let status = service.status();

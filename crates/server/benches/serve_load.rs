@@ -43,6 +43,7 @@ fn main() {
         state_dir: dir.path().join("state"),
         token: None,
         limits: server::Limits::default(),
+        groups: server::GroupSettings::default(),
     })
     .expect("build the service");
 

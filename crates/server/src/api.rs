@@ -1,8 +1,8 @@
 //! HTTP handlers, the auth/timeout/metrics middleware and the router.
 
 use crate::prompts::{id_of, response_from_query, MatchError};
-use crate::schedule::{Report, ValidationScores};
-use crate::{GradeFailure, Service};
+use crate::schedule::{Report, ReportFault, ValidationScores};
+use crate::{clip, GradeFailure, Objective, Service};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -72,19 +72,69 @@ impl ApiError {
     }
 }
 
+/// Longest message or field name an error answer carries: they may quote client input.
+const MAX_ECHO: usize = 1000;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let items: Vec<ItemError> = self
+            .items
+            .into_iter()
+            .map(|i| ItemError {
+                index: i.index,
+                field: clip(&i.field, MAX_ECHO),
+                message: clip(&i.message, MAX_ECHO),
+            })
+            .collect();
         let body = json!({"error": {
-            "message": self.message,
+            "message": clip(&self.message, MAX_ECHO),
             "type": self.kind,
-            "field": self.field,
-            "items": self.items,
+            "field": self.field.map(|f| clip(&f, MAX_ECHO)),
+            "items": items,
         }});
         (self.status, Json(body)).into_response()
     }
 }
 
-/// Reads a request body as JSON.
+/// What a JSON value is, for messages that must not echo it.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// serde reads a struct from a JSON array by position, so `["id", null, ["text"]]` would pass
+/// for an item: the entries of the array at `value[key]` (when it is one) must be objects.
+fn entries_are_objects(value: &Value, key: &str, field: &str) -> Result<(), ApiError> {
+    if let Some(Value::Array(entries)) = value.get(key) {
+        if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| !e.is_object()) {
+            return Err(ApiError::bad_request(
+                format!("{field}[{i}]"),
+                format!("must be a JSON object, got {}", json_kind(e)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The entries of a batch (`items`, `validation_completions`) and their chat messages must be
+/// objects.
+fn entries_and_messages_are_objects(value: &Value, key: &str) -> Result<(), ApiError> {
+    entries_are_objects(value, key, key)?;
+    if let Some(Value::Array(entries)) = value.get(key) {
+        for (i, e) in entries.iter().enumerate() {
+            entries_are_objects(e, "prompt", &format!("{key}[{i}].prompt"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a request body as a JSON object.
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body.map_err(|e| {
         let status = e.status();
@@ -95,9 +145,19 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
         };
         ApiError::new(status, kind, format!("cannot read the request body: {e}"))
     })?;
-    serde_json::from_slice(&body).map_err(|e| {
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("(body)", format!("request body is not valid JSON: {e}"))
-    })
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "(body)",
+            format!(
+                "request body must be a JSON object, got {}",
+                json_kind(&value)
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 /// Deserializes `T` from JSON, naming the offending field (`items[2].completions`).
@@ -179,9 +239,10 @@ fn group_by<K: Eq + std::hash::Hash + Copy>(keys: &[K]) -> Vec<Vec<usize>> {
 }
 
 /// OpenRLHF's remote reward request, as its `remote_rm_fn_ray` sends it (OpenRLHF
-/// v0.6–v0.9, `openrlhf/utils/remote_rm_utils.py`): `query` = prompt + response as the engine
-/// decoded them, `prompts` = the prompt texts, `labels` = the `--label_key` column. Other
-/// fields that forks add are ignored.
+/// v0.6–v0.9.0, `openrlhf/utils/remote_rm_utils.py`, a batch per request) and its
+/// `SingleTurnAgentExecutor._fetch_rewards_via_http` (v0.9.1 on, one completion per request):
+/// `query` = prompt + response as the engine decoded them, `prompts` = the prompt texts,
+/// `labels` = the `--label_key` column. Other fields that forks add are ignored.
 #[derive(Debug, Deserialize)]
 pub struct OpenRlhfRequest {
     pub query: Vec<String>,
@@ -204,6 +265,11 @@ pub struct OpenRlhfRequest {
 /// - `extra_logs`: `arlrr/overall` and `arlrr/<class>` (0.0 where undefined) with
 ///   `arlrr/<class>_defined` (1.0 / 0.0), and `arlrr/active_class` (the class index, -1 for
 ///   the baselines): the same keys in every answer, as OpenRLHF concatenates them.
+///
+/// Under `gdpo` the answer also has `arlrr/group_size`, the size of the group each reward was
+/// normalized in. Without a group size configured, a prompt with a single completion in the
+/// request is refused (400): its reward would be a silent 0.0. With one, completions are
+/// collected across requests ([`crate::groups`]).
 ///
 /// A judge failure fails the whole request (503), so OpenRLHF retries it; a reward is never
 /// made up for an ungraded completion.
@@ -243,7 +309,10 @@ pub async fn openrlhf_reward(
             errors.push(ItemError {
                 index: i,
                 field: format!("labels[{i}]"),
-                message: format!("expected the example id (a string or number) or null, got {l}"),
+                message: format!(
+                    "expected the example id (a string or number) or null, got {}",
+                    json_kind(l)
+                ),
             });
             continue;
         }
@@ -283,6 +352,24 @@ pub async fn openrlhf_reward(
         ));
     }
 
+    let examples: Vec<usize> = matched.iter().map(|m| m.0).collect();
+    let groups = group_by(&examples);
+    let gdpo = service.objective == Objective::Gdpo;
+    let collect = gdpo && service.groups.enabled();
+    if gdpo && !collect {
+        if let Some(lone) = groups.iter().find(|g| g.len() < 2) {
+            return Err(ApiError::bad_request(
+                "query",
+                format!(
+                    "objective gdpo normalizes the completions of a prompt as a group, but \
+                     query[{}] is the only completion of its prompt in this request (OpenRLHF \
+                     0.9.1 and later send one completion per request): start arlrr serve with \
+                     --group-size <n_samples_per_prompt> to collect groups across requests",
+                    lone[0]
+                ),
+            ));
+        }
+    }
     let graded = service.grade(&matched).await;
     let failures: Vec<(usize, &str, GradeFailure)> = graded
         .iter()
@@ -293,22 +380,36 @@ pub async fn openrlhf_reward(
         return Err(grading_failed(failures));
     }
     let rewards: Vec<RewardVector> = graded.into_iter().map(|g| g.expect("checked")).collect();
-    let examples: Vec<usize> = matched.iter().map(|m| m.0).collect();
-    let groups = group_by(&examples);
-    let grouped: Vec<Vec<Option<RewardVector>>> = groups
-        .iter()
-        .map(|g| g.iter().map(|&i| Some(rewards[i].clone())).collect())
-        .collect();
     let active = service
         .scheduler
         .lock()
         .expect("scheduler lock")
         .active_class();
-    let scalars = service.scalar_rewards(&grouped, active);
     let mut reward = vec![0.0; n];
-    for (g, values) in groups.iter().zip(scalars) {
-        for (&i, v) in g.iter().zip(values) {
-            reward[i] = v.unwrap_or(0.0);
+    // the size of the group each GDPO reward was normalized in
+    let mut group_size = vec![0.0; n];
+    if collect {
+        let tickets: Vec<_> = examples
+            .iter()
+            .zip(&rewards)
+            .map(|(&e, r)| service.groups.join(e, r.clone()))
+            .collect();
+        for (i, t) in tickets.into_iter().enumerate() {
+            let g = service.groups.wait(t).await;
+            reward[i] = g.reward.unwrap_or(0.0);
+            group_size[i] = g.group_size as f64;
+        }
+    } else {
+        let grouped: Vec<Vec<Option<RewardVector>>> = groups
+            .iter()
+            .map(|g| g.iter().map(|&i| Some(rewards[i].clone())).collect())
+            .collect();
+        let scalars = service.scalar_rewards(&grouped, active);
+        for (g, values) in groups.iter().zip(scalars) {
+            for (&i, v) in g.iter().zip(values) {
+                reward[i] = v.unwrap_or(0.0);
+                group_size[i] = g.len() as f64;
+            }
         }
     }
     let scores: Vec<f64> = rewards
@@ -337,6 +438,9 @@ pub async fn openrlhf_reward(
     }
     let active_index = active.map_or(-1.0, |k| k as f64);
     logs.insert("arlrr/active_class".into(), json!(vec![active_index; n]));
+    if gdpo {
+        logs.insert("arlrr/group_size".into(), json!(group_size));
+    }
     service.count_completions(n as u64);
     Ok(Json(json!({
         "rewards": reward,
@@ -383,7 +487,7 @@ fn item_example(service: &Service, item: &NativeItem, index: usize) -> Result<us
         Some(v) => Some(id_of(v).ok_or_else(|| {
             err(
                 "prompt_id",
-                format!("expected a string or a number, got {v}"),
+                format!("expected a string or a number, got {}", json_kind(v)),
             )
         })?),
     };
@@ -421,8 +525,10 @@ pub async fn native_rewards(
     // a batch, or one item's fields at the top level
     let value = json_body(body)?;
     let items = if value.get("items").is_some() {
+        entries_and_messages_are_objects(&value, "items")?;
         shape::<NativeBatch>(value)?.items
     } else {
+        entries_are_objects(&value, "prompt", "prompt")?;
         vec![shape::<NativeItem>(value)?]
     };
     let total: usize = items.iter().map(|i| i.completions.len()).sum();
@@ -595,7 +701,21 @@ pub async fn schedule_report(
     State(service): State<Arc<Service>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req: ReportRequest = parse(body)?;
+    let value = json_body(body)?;
+    entries_and_messages_are_objects(&value, "validation_completions")?;
+    if let Some(v) = value
+        .get("validation")
+        .filter(|v| !v.is_null() && !v.is_object())
+    {
+        return Err(ApiError::bad_request(
+            "validation",
+            format!(
+                "must be a JSON object ({{\"overall\", \"classes\"}}), got {}",
+                json_kind(v)
+            ),
+        ));
+    }
+    let req: ReportRequest = shape(value)?;
     let mut failed_validation = 0;
     let validation = match (req.validation, &req.validation_completions) {
         (Some(_), Some(_)) => {
@@ -619,15 +739,24 @@ pub async fn schedule_report(
     };
     let (decision, status) = {
         let mut s = service.scheduler.lock().expect("scheduler lock");
-        let d = s.report(report).map_err(|e| {
-            let status = if e.conflict {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            ApiError {
+        let d = s.report(report).map_err(|e| match e.fault {
+            ReportFault::Invalid => ApiError::bad_request(e.field, e.message),
+            ReportFault::Conflict => ApiError {
                 field: Some(e.field),
-                ..ApiError::new(status, "schedule_conflict", e.message)
+                ..ApiError::new(StatusCode::CONFLICT, "schedule_conflict", e.message)
+            },
+            ReportFault::Io => {
+                // the path and OS error are for the operator, not the client
+                eprintln!(
+                    "arlrr serve: error: report not applied, schedule state not saved: {}",
+                    e.message
+                );
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "state_write_failed",
+                    "the schedule state could not be saved, so the report was not applied and \
+                     the schedule is unchanged; the service log says why",
+                )
             }
         })?;
         (d, s.status())
@@ -726,6 +855,19 @@ async fn guard(State(service): State<Arc<Service>>, req: Request, next: Next) ->
     response
 }
 
+async fn method_not_allowed(req: Request) -> ApiError {
+    // axum adds the `Allow` header to a 405 that has none
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {} (the `Allow` header lists the methods that are)",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
 async fn not_found(req: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -749,16 +891,50 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/schedule/report", post(schedule_report))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        // before `route_layer`: it applies to the routes registered so far, unlayered
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(service.clone(), guard))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(service.limits.max_body_bytes))
         .with_state(service)
 }
 
-/// Serves until the process ends.
+/// Serves until the process ends, over HTTP/1.1. A connection is closed when a request's
+/// headers take longer than `--header-timeout-secs` (slowloris; idle keep-alive connections
+/// close after the same time), and at most `--max-connections` are open at once: more wait in
+/// the listen backlog until one closes, so the process keeps file descriptors to answer with.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service)).await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let limits = service.limits.clone();
+    let app = hyper_util::service::TowerToHyperService::new(router(service));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // e.g. out of file descriptors: wait for connections to close, keep serving
+                eprintln!("arlrr serve: warning: accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            // errors here are the client's (a dropped or slow connection); nothing to answer
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), app)
+                .await;
+            drop(slot);
+        });
+    }
 }

@@ -14,9 +14,14 @@
 //!
 //! Prompts are matched to rubric examples by id or by normalized prompt text ([`prompts`]).
 //! A group, for GDPO's per-group normalization, is the completions of one item of a native
-//! request, or the completions of one prompt within one OpenRLHF request.
+//! request, or the completions of one prompt within one OpenRLHF request, or, with a group size
+//! set, a prompt's completions collected across OpenRLHF requests ([`groups`]).
+//!
+//! Connections: HTTP/1.1, closed when a request's headers take longer than the header
+//! timeout, at most `max_connections` at once ([`api::serve`]).
 
 pub mod api;
+pub mod groups;
 pub mod metrics;
 pub mod prompts;
 pub mod schedule;
@@ -30,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use api::router;
+pub use groups::GroupSettings;
 pub use schedule::{Report, ScheduleSettings, Scheduler, Status, ValidationScores};
 
 /// `eps` in GDPO's `(r - mean) / (std + eps)`, as the trainer's GRPO default.
@@ -44,6 +50,12 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Most completions graded in one request (413 above).
     pub max_completions: usize,
+    /// Time a client may take to send a request's headers (and an idle keep-alive connection
+    /// may stay open) before the connection is closed.
+    pub header_timeout: Duration,
+    /// Most connections open at once; more wait in the listen backlog until one closes, so
+    /// the process never runs out of file descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -53,6 +65,8 @@ impl Default for Limits {
             // under OpenRLHF's 180 s client timeout, so it gets an answer it can retry on
             request_timeout: Duration::from_secs(170),
             max_completions: 8192,
+            header_timeout: Duration::from_secs(30),
+            max_connections: 4096,
         }
     }
 }
@@ -73,6 +87,8 @@ pub struct ServiceConfig {
     /// Bearer token every endpoint but `/healthz` requires; none = open.
     pub token: Option<String>,
     pub limits: Limits,
+    /// GDPO groups collected across OpenRLHF requests.
+    pub groups: GroupSettings,
 }
 
 /// The objective resolved against the class list.
@@ -100,6 +116,7 @@ pub struct Service {
     pub(crate) metrics: metrics::Metrics,
     pub(crate) token: Option<String>,
     pub(crate) limits: Limits,
+    pub(crate) groups: groups::Collector,
 }
 
 /// Why a completion got no reward.
@@ -118,6 +135,14 @@ impl GradeFailure {
         match self {
             GradeFailure::Transient(m) | GradeFailure::NotGradable(m) => m,
         }
+    }
+}
+
+/// `text` cut to `max` characters (marked with `…`), for echoing client input in messages.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}…", &text[..at]),
     }
 }
 
@@ -169,6 +194,22 @@ impl Service {
                 Objective::Scalarized(scalarized_target(&config.weights, &task.classes.names)?)
             }
         };
+        if config.groups.size > 0 {
+            anyhow::ensure!(
+                config.objective == ObjectiveKind::Gdpo,
+                "--group-size applies to --objective gdpo only (the other objectives reward each \
+                 completion on its own)"
+            );
+            anyhow::ensure!(
+                config.groups.size >= 2,
+                "--group-size must be at least 2 (GDPO normalizes within a group)"
+            );
+            anyhow::ensure!(
+                config.groups.window < config.limits.request_timeout,
+                "--group-window-secs must be shorter than --request-timeout-secs, so a waiting \
+                 request is answered"
+            );
+        }
         let settings = ScheduleSettings {
             objective: config.objective,
             ..config.schedule
@@ -183,7 +224,7 @@ impl Service {
         Ok(Arc::new(Service {
             index: prompts::PromptIndex::new(&task.train),
             class_of: task.train_classes,
-            class_names: task.classes.names,
+            class_names: task.classes.names.clone(),
             data: task.train,
             judge: config.judge,
             judge_cached: config.judge_cached,
@@ -192,6 +233,7 @@ impl Service {
             metrics: metrics::Metrics::default(),
             token: config.token,
             limits: config.limits,
+            groups: groups::Collector::new(config.groups, task.classes.names.len(), GDPO_EPS),
         }))
     }
 
@@ -342,6 +384,7 @@ mod tests {
             state_dir: dir.join("state"),
             token: None,
             limits: Limits::default(),
+            groups: GroupSettings::default(),
         })
         .unwrap()
     }

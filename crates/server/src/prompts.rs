@@ -102,7 +102,7 @@ pub enum MatchError {
 impl std::fmt::Display for MatchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MatchError::UnknownId(id) => write!(f, "unknown prompt id `{id}`"),
+            MatchError::UnknownId(id) => write!(f, "unknown prompt id `{}`", crate::clip(id, 200)),
             MatchError::UnknownText => write!(
                 f,
                 "prompt text matches no rubric example (after removing chat-template tokens, \

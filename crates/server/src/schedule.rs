@@ -34,6 +34,9 @@ use std::path::{Path, PathBuf};
 const STATE_FORMAT: u32 = 1;
 pub const STATE_FILE: &str = "schedule_state.json";
 pub const DECISIONS_FILE: &str = "schedule.jsonl";
+/// Largest step the schedule counts to (2^53, exact in every JSON reader); a phase end
+/// `step + --phase-steps` then never overflows.
+pub const MAX_STEP: u64 = 1 << 53;
 
 /// How the schedule is run.
 #[derive(Debug, Clone)]
@@ -118,13 +121,25 @@ pub struct ValidationScores {
     pub classes: BTreeMap<String, f64>,
 }
 
-/// A report the schedule cannot take; `field` names the offending part of the request.
+/// What kind of fault a [`ReportError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFault {
+    /// The report itself is wrong (400).
+    Invalid,
+    /// The report does not fit the schedule's state (409).
+    Conflict,
+    /// The state could not be saved (500); the schedule is unchanged. The message names the
+    /// file, for the service log only.
+    Io,
+}
+
+/// A report the schedule cannot take; `field` names the offending part of the request. The
+/// schedule is left exactly as it was.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportError {
     pub field: String,
     pub message: String,
-    /// 409 (conflict with the schedule's state) rather than 400/422.
-    pub conflict: bool,
+    pub fault: ReportFault,
 }
 
 impl ReportError {
@@ -132,14 +147,14 @@ impl ReportError {
         ReportError {
             field: field.into(),
             message,
-            conflict: false,
+            fault: ReportFault::Invalid,
         }
     }
     fn conflict(field: &str, message: String) -> Self {
         ReportError {
             field: field.into(),
             message,
-            conflict: true,
+            fault: ReportFault::Conflict,
         }
     }
 }
@@ -243,6 +258,14 @@ impl Scheduler {
                 state.format
             );
             anyhow::ensure!(
+                state.step <= MAX_STEP && state.phase_start_step <= state.step,
+                "{}: step {} (phase start {}) is beyond {MAX_STEP} (2^53), the largest step the \
+                 schedule counts to; use another --state-dir (or remove that one)",
+                path.display(),
+                state.step,
+                state.phase_start_step
+            );
+            anyhow::ensure!(
                 state.objective == settings.objective
                     && (!alternating || state.selector == settings.phases.selector)
                     && state.classes == classes,
@@ -283,7 +306,7 @@ impl Scheduler {
         let fresh = !path.exists();
         let decided = s.advance()?;
         if fresh || decided.is_some() {
-            s.save()?;
+            s.persist(decided.as_ref())?;
         }
         Ok(s)
     }
@@ -315,7 +338,9 @@ impl Scheduler {
     }
 
     fn phase_end_step(&self) -> u64 {
-        self.state.phase_start_step + self.settings.phases.length
+        self.state
+            .phase_start_step
+            .saturating_add(self.settings.phases.length)
     }
 
     fn phase_over(&self) -> bool {
@@ -398,8 +423,17 @@ impl Scheduler {
     }
 
     /// Takes a trainer report; returns the decision it triggered, if any. The state is saved
-    /// before this returns.
+    /// before this returns; on any error the schedule is left exactly as it was.
     pub fn report(&mut self, report: Report) -> Result<Option<Decision>, ReportError> {
+        let before = self.state.clone();
+        let result = self.apply(report);
+        if result.is_err() {
+            self.state = before;
+        }
+        result
+    }
+
+    fn apply(&mut self, report: Report) -> Result<Option<Decision>, ReportError> {
         if report.step.is_some() && report.steps.is_some() {
             return Err(ReportError::bad(
                 "steps",
@@ -414,12 +448,32 @@ impl Scheduler {
             self.take_probe_result(class, measured.as_ref())?;
         }
         if let Some(step) = report.step {
+            if step > MAX_STEP {
+                return Err(ReportError::bad(
+                    "step",
+                    format!("{step} is beyond {MAX_STEP} (2^53), the largest step the schedule counts to"),
+                ));
+            }
             self.state.step = step;
             // A trainer resumed from an earlier checkpoint: the phase restarts there.
             self.state.phase_start_step = self.state.phase_start_step.min(step);
         }
         if let Some(n) = report.steps {
-            self.state.step += n;
+            self.state.step = self
+                .state
+                .step
+                .checked_add(n)
+                .filter(|&s| s <= MAX_STEP)
+                .ok_or_else(|| {
+                    ReportError::bad(
+                        "steps",
+                        format!(
+                            "{n} steps after step {} go beyond step {MAX_STEP} (2^53), the largest \
+                             the schedule counts to",
+                            self.state.step
+                        ),
+                    )
+                })?;
         }
         if let (Some(m), None) = (measured, &report.probe_class) {
             self.state.validation = Some(Measured {
@@ -427,35 +481,47 @@ impl Scheduler {
                 ..m
             });
         }
-        let decision = self.advance().map_err(|e| ReportError {
-            field: "(schedule)".into(),
-            message: e.to_string(),
-            conflict: true,
-        })?;
-        self.save().map_err(|e| ReportError {
+        let decision = self
+            .advance()
+            .map_err(|e| ReportError::conflict("(schedule)", e.to_string()))?;
+        self.persist(decision.as_ref()).map_err(|e| ReportError {
             field: "(state)".into(),
-            message: e.to_string(),
-            conflict: false,
+            message: format!("{e:#}"),
+            fault: ReportFault::Io,
         })?;
         Ok(decision)
     }
 
     /// Counts graded completions toward steps (`completions_per_step`); saves and may decide
-    /// when a step completes.
+    /// when a step completes. On an error the schedule is left as it was.
     pub fn count_completions(&mut self, n: u64) -> anyhow::Result<Option<Decision>> {
         let per_step = self.settings.completions_per_step;
         if per_step == 0 || n == 0 {
             return Ok(None);
         }
-        self.state.pending_completions += n;
-        let steps = self.state.pending_completions / per_step;
+        let before = self.state.clone();
+        let result = self.count(n, per_step);
+        if result.is_err() {
+            self.state = before;
+        }
+        result
+    }
+
+    fn count(&mut self, n: u64, per_step: u64) -> anyhow::Result<Option<Decision>> {
+        let pending = self.state.pending_completions.saturating_add(n);
+        self.state.pending_completions = pending % per_step;
+        let steps = pending / per_step;
         if steps == 0 {
             return Ok(None);
         }
-        self.state.pending_completions %= per_step;
-        self.state.step += steps;
+        self.state.step = self
+            .state
+            .step
+            .checked_add(steps)
+            .filter(|&s| s <= MAX_STEP)
+            .ok_or_else(|| anyhow::anyhow!("step count beyond {MAX_STEP} (2^53)"))?;
         let decision = self.advance()?;
-        self.save()?;
+        self.persist(decision.as_ref())?;
         Ok(decision)
     }
 
@@ -677,19 +743,39 @@ impl Scheduler {
                 .unwrap_or_else(|| vec![None; self.state.classes.len()]),
             candidates,
         };
+        self.state.last_decision = Some(decision.clone());
+        Ok(decision)
+    }
+
+    /// Saves the state and the decision that led to it, if any: the decision line is appended
+    /// to `schedule.jsonl`, then the state is written; when the state cannot be written the
+    /// line is taken back, so the log never holds a decision the saved state does not.
+    fn persist(&self, decision: Option<&Decision>) -> anyhow::Result<()> {
+        let Some(decision) = decision else {
+            return self.save();
+        };
         let path = self.dir.join(DECISIONS_FILE);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| io_error(&path, "cannot open", e))?;
-        let mut line = serde_json::to_vec(&decision)?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_error(&path, "cannot read", e))?
+            .len();
+        let mut line = serde_json::to_vec(decision)?;
         line.push(b'\n');
-        file.write_all(&line)
+        let saved = file
+            .write_all(&line)
             .and_then(|()| file.sync_data())
-            .map_err(|e| io_error(&path, "cannot write", e))?;
-        self.state.last_decision = Some(decision.clone());
-        Ok(decision)
+            .map_err(|e| io_error(&path, "cannot write", e))
+            .and_then(|()| self.save());
+        if saved.is_err() {
+            // best effort: a failed save must not leave the decision logged
+            let _ = file.set_len(len).and_then(|()| file.sync_data());
+        }
+        saved
     }
 
     /// Writes `schedule_state.json` atomically: a temporary file in the same folder, fsync,
@@ -802,7 +888,10 @@ mod tests {
         assert_eq!(s.active_class(), Some(0));
         assert!(probe(&mut s, "a", 0.3).unwrap().is_none());
         assert_eq!(s.active_class(), Some(1));
-        assert!(probe(&mut s, "zzz", 0.3).unwrap_err().conflict);
+        assert_eq!(
+            probe(&mut s, "zzz", 0.3).unwrap_err().fault,
+            ReportFault::Conflict
+        );
         assert!(probe(&mut s, "b", 0.6).unwrap().is_none());
         let d = probe(&mut s, "c", 0.4).unwrap().unwrap();
         assert_eq!(d.chosen, "b");
@@ -833,6 +922,39 @@ mod tests {
         assert!(s.count_completions(3).unwrap().is_none());
         assert_eq!(s.count_completions(1).unwrap().unwrap().chosen, "c");
         assert_eq!(s.state().step, 1);
+    }
+
+    #[test]
+    fn counted_steps_that_cannot_be_saved_are_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ScheduleSettings {
+            objective: ObjectiveKind::Alternating,
+            phases: PhaseConfig {
+                length: 1,
+                selector: SelectorKind::RoundRobin,
+                ..PhaseConfig::default()
+            },
+            completions_per_step: 2,
+        };
+        let mut s = Scheduler::open(
+            dir.path(),
+            settings,
+            &classes(),
+            vec![0, 1, 2],
+            vec![0.3; 3],
+        )
+        .unwrap();
+        let before = s.state().clone();
+        // a directory where the temporary state file goes fails the write, even for root
+        let tmp = dir.path().join(format!("{STATE_FILE}.tmp"));
+        std::fs::create_dir(&tmp).unwrap();
+        assert!(s.count_completions(3).is_err());
+        assert_eq!(s.state(), &before);
+        let log = std::fs::read_to_string(dir.path().join(DECISIONS_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 1, "the failed decision was taken back");
+        std::fs::remove_dir(&tmp).unwrap();
+        assert_eq!(s.count_completions(3).unwrap().unwrap().chosen, "b");
+        assert_eq!((s.state().step, s.state().pending_completions), (1, 1));
     }
 
     #[test]

@@ -1,0 +1,665 @@
+//! `arlrr serve` under abuse and faults, through the real binary over real HTTP (issue #15):
+//! step counts that would overflow, slow and piled-up connections, a state write that fails,
+//! error answers (echoes, 405, arrays for objects, error types), GDPO groups that OpenRLHF
+//! sends one completion at a time, and verl batches in any order.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running `arlrr serve`; killed when dropped.
+struct Serve {
+    child: Child,
+    url: String,
+    stderr: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    fn start(dir: &Path, args: &[&str]) -> Serve {
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_arlrr"));
+        serve.arg("serve");
+        Self::spawn(dir, serve, args)
+    }
+
+    /// Runs `command` (`arlrr serve` or a wrapper of it) with `args`; returns once it listens.
+    fn spawn(dir: &Path, mut command: Command, args: &[&str]) -> Serve {
+        let stderr = dir.join(format!("serve-{}.stderr", std::process::id()));
+        // a fresh log for each service
+        let log = std::fs::File::create(&stderr).unwrap();
+        let mut child = command
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start arlrr serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(url) = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+        else {
+            let _ = child.kill();
+            panic!(
+                "arlrr serve did not start: {line:?}\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        };
+        Serve {
+            url: url.to_string(),
+            child,
+            stderr,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    /// Open file descriptors of the service process.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap()
+    }
+}
+
+/// The built-in task's train split, a rule judge config, and the examples.
+fn task(dir: &Path) -> (PathBuf, PathBuf, Vec<Value>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(["data", "builtin", "--out"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let train = dir.join("data/train.jsonl");
+    let judge = dir.join("rules.toml");
+    std::fs::write(&judge, "kind = \"rules\"\n").unwrap();
+    let examples = std::fs::read_to_string(&train)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (train, judge, examples)
+}
+
+fn args<'a>(train: &'a Path, judge: &'a Path, state: &'a Path, more: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "--data",
+        train.to_str().unwrap(),
+        "--judge",
+        judge.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    a.extend(more);
+    a
+}
+
+fn user_text(example: &Value) -> String {
+    example["prompt"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn chatml(text: &str) -> String {
+    format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// Four responses of mixed quality, so that every class has spread within the group.
+fn completions(example: &Value) -> Vec<String> {
+    let ideal = example["ideal_completions_data"]["ideal_completion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    vec![
+        ideal.clone(),
+        "I am not sure. Maybe start antibiotics right away.".into(),
+        format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
+        String::new(),
+    ]
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = client.post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn raw(client: &reqwest::Client, url: &str, body: String) -> (u16, String) {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+fn decisions(state: &Path) -> usize {
+    std::fs::read_to_string(state.join("schedule.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_counts_that_would_overflow_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, _) = task(dir.path());
+    let state = dir.path().join("state");
+    let a = args(&train, &judge, &state, &["--phase-steps", "5"]);
+    let serve = Serve::start(dir.path(), &a);
+    let client = reqwest::Client::new();
+    let report = format!("{}/v1/schedule/report", serve.url);
+    let schedule = format!("{}/v1/schedule", serve.url);
+
+    let (s, r) = post(&client, &report, &json!({"steps": 3})).await;
+    assert_eq!((s, &r["schedule"]["step"]), (200, &json!(3)), "{r}");
+    for (body, field) in [
+        (json!({"steps": u64::MAX}), "steps"),
+        (json!({"step": u64::MAX}), "step"),
+        (json!({"step": (1u64 << 53) + 1}), "step"),
+    ] {
+        let (s, e) = post(&client, &report, &body).await;
+        assert_eq!(s, 400, "{body}: {e}");
+        assert_eq!(e["error"]["type"], "invalid_request", "{e}");
+        assert_eq!(e["error"]["field"], field, "{e}");
+        let st = get(&client, &schedule).await;
+        assert_eq!((&st["step"], &st["phase"]), (&json!(3), &json!(1)), "{st}");
+    }
+    // a report of nothing decides nothing, and a restart commits no phase
+    let (s, r) = post(&client, &report, &json!({})).await;
+    assert_eq!((s, &r["decision"]), (200, &Value::Null), "{r}");
+    drop(serve);
+    let serve = Serve::start(dir.path(), &a);
+    let st = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!((&st["step"], &st["phase"]), (&json!(3), &json!(1)), "{st}");
+    assert_eq!(decisions(&state), 1);
+
+    // the largest step is taken, and the phase it starts still ends
+    let report = format!("{}/v1/schedule/report", serve.url);
+    let (s, r) = post(&client, &report, &json!({"step": 1u64 << 53})).await;
+    assert_eq!((s, &r["decision"]["phase"]), (200, &json!(2)), "{r}");
+    let (s, r) = post(&client, &report, &json!({})).await;
+    assert_eq!((s, &r["decision"]), (200, &Value::Null), "{r}");
+    let (s, e) = post(&client, &report, &json!({"steps": 1})).await;
+    assert_eq!((s, &e["error"]["field"]), (400, &json!("steps")), "{e}");
+    drop(serve);
+    let serve = Serve::start(dir.path(), &a);
+    let st = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(st["phase"], 2, "{st}");
+    assert_eq!(decisions(&state), 2);
+}
+
+/// Half-sent requests: `count` connections that sent a request line and one header.
+async fn half_open(addr: &str, count: usize) -> Vec<tokio::net::TcpStream> {
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST /v1/rewards HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        conns.push(c);
+    }
+    conns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_dropped_and_healthz_answers_under_1000_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, _) = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &args(&train, &judge, &state, &["--header-timeout-secs", "1"]),
+    );
+    let conns = half_open(&serve.addr(), 1000).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let health = get(&client, &format!("{}/healthz", serve.url)).await;
+    assert_eq!(health["status"], "ok");
+    // every half-sent request is dropped by the service: well before hyper's default 30 s
+    // would, so the configured timeout is the one in force
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        for mut c in conns {
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "half-sent requests were left open");
+    let health = get(&client, &format!("{}/healthz", serve.url)).await;
+    assert_eq!(health["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_limit_bounds_file_descriptors_and_healthz_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, _) = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &args(
+            &train,
+            &judge,
+            &state,
+            &["--header-timeout-secs", "1", "--max-connections", "50"],
+        ),
+    );
+    let baseline = serve.fds();
+    let _conns = half_open(&serve.addr(), 300).await;
+    // wait (bounded) until the service holds its 50, then watch it never hold more
+    let mut most = 0;
+    for _ in 0..2000 {
+        most = most.max(serve.fds());
+        if most >= baseline + 50 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(most >= baseline + 50, "the service took {most} fds");
+    for _ in 0..200 {
+        most = most.max(serve.fds());
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        most <= baseline + 50 + 4,
+        "{most} fds open, {baseline} before the 300 connections, limit 50"
+    );
+    // the half-sent ones time out, so a real request gets its turn
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let health = get(&client, &format!("{}/healthz", serve.url)).await;
+    assert_eq!(health["status"], "ok");
+}
+
+#[test]
+fn a_connection_limit_over_ulimit_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, _) = task(dir.path());
+    let state = dir.path().join("state");
+    // `ulimit -n 512` for the service only; the default --max-connections is 4096
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "ulimit -n 512 && exec \"$0\" serve \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_arlrr"));
+    let serve = Serve::spawn(dir.path(), sh, &args(&train, &judge, &state, &[]));
+    let log = serve.log();
+    assert!(log.contains("`ulimit -n` 512"), "{log}");
+    drop(serve);
+    let serve = Serve::start(
+        dir.path(),
+        &args(&train, &judge, &state, &["--max-connections", "100"]),
+    );
+    assert!(!serve.log().contains("ulimit"), "{}", serve.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_state_write_leaves_the_schedule_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, examples) = task(dir.path());
+    let state = dir.path().join("state");
+    let a = args(&train, &judge, &state, &["--phase-steps", "2"]);
+    let serve = Serve::start(dir.path(), &a);
+    let client = reqwest::Client::new();
+    let report = format!("{}/v1/schedule/report", serve.url);
+    let schedule = format!("{}/v1/schedule", serve.url);
+    let before = get(&client, &schedule).await;
+    assert_eq!(before["phase"], 1);
+    let active = before["active_class"].clone();
+    let log = state.join("schedule.jsonl");
+    let tmp = state.join("schedule_state.json.tmp");
+
+    // root ignores permissions: a directory in the file's place fails the write for anyone
+    for blocked in [&log, &tmp] {
+        let lines = decisions(&state);
+        if blocked == &log {
+            std::fs::remove_file(&log).unwrap();
+        }
+        std::fs::create_dir(blocked).unwrap();
+        let (s, e) = post(&client, &report, &json!({"step": 2})).await;
+        assert_eq!(s, 500, "{e}");
+        assert_eq!(e["error"]["type"], "state_write_failed", "{e}");
+        let text = e.to_string();
+        assert!(
+            !text.contains(state.to_str().unwrap()) && !text.contains(".json"),
+            "internal paths in the answer: {e}"
+        );
+        let now = get(&client, &schedule).await;
+        assert_eq!(now, before, "the schedule moved");
+        let ex = &examples[0];
+        let (_, r) = post(
+            &client,
+            &format!("{}/v1/rewards", serve.url),
+            &json!({"prompt_id": ex["prompt_id"], "completions": ["Rest it."]}),
+        )
+        .await;
+        assert_eq!(r["active_class"], active, "rewards follow another class");
+        std::fs::remove_dir(blocked).unwrap();
+        if blocked == &log {
+            std::fs::write(&log, "").unwrap();
+        } else {
+            assert_eq!(decisions(&state), lines, "a decision logged but not saved");
+        }
+    }
+    assert!(
+        serve.log().contains(state.to_str().unwrap()),
+        "the log names the file"
+    );
+
+    // writable again: the same report decides, and the decision is on disk
+    let (s, r) = post(&client, &report, &json!({"step": 2})).await;
+    assert_eq!((s, &r["decision"]["phase"]), (200, &json!(2)), "{r}");
+    assert_eq!(decisions(&state), 1);
+    drop(serve);
+    let serve = Serve::start(dir.path(), &a);
+    let st = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!((&st["phase"], &st["step"]), (&json!(2), &json!(2)), "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_are_short_typed_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, examples) = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(dir.path(), &args(&train, &judge, &state, &[]));
+    let client = reqwest::Client::new();
+    let native = format!("{}/v1/rewards", serve.url);
+    let openrlhf = format!("{}/openrlhf/reward", serve.url);
+    let report = format!("{}/v1/schedule/report", serve.url);
+    let id = examples[0]["prompt_id"].as_str().unwrap();
+
+    // a 10 MB value is not echoed back (twice)
+    let huge = "x".repeat(10 << 20);
+    let mut unknown_field = json!({"prompt_id": id, "completions": ["a"]});
+    unknown_field[huge.as_str()] = json!(1);
+    for (url, body) in [
+        (&native, json!({"prompt_id": huge, "completions": ["a"]})),
+        (
+            &openrlhf,
+            json!({"query": ["pa"], "prompts": ["p"], "labels": [huge]}),
+        ),
+        (&native, json!({"prompt_id": id, "completions": huge})),
+        (&native, unknown_field),
+    ] {
+        let (s, text) = raw(&client, url, body.to_string()).await;
+        assert!((400..500).contains(&s), "{s}");
+        assert!(text.len() < 10_000, "a {} byte answer", text.len());
+        assert!(text.contains("xxx…"), "{}", &text[..text.len().min(500)]);
+    }
+
+    // 405 with the JSON error shape and the Allow header
+    let r = client.get(&native).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert!(r.headers()["allow"].to_str().unwrap().contains("POST"));
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "method_not_allowed", "{e}");
+
+    // an array is not an object, at the top level or as an item
+    let item = json!([id, null, ["use ice"]]);
+    for (url, body, field) in [
+        (&native, item.clone(), "(body)"),
+        (&native, json!({"items": [item]}), "items[0]"),
+        (
+            &native,
+            json!({"items": [{"prompt": [["user", "hi"]], "completions": ["a"]}]}),
+            "items[0].prompt[0]",
+        ),
+        (&openrlhf, json!([["q"], ["p"], [id]]), "(body)"),
+        (&report, json!({"validation": [0.5, {}]}), "validation"),
+        (
+            &report,
+            json!({"validation_completions": [[id, null, "use ice"]]}),
+            "validation_completions[0]",
+        ),
+    ] {
+        let (s, e) = post(&client, url, &body).await;
+        assert_eq!(s, 400, "{body}: {e}");
+        assert_eq!(e["error"]["field"], field, "{e}");
+        assert_eq!(e["error"]["type"], "invalid_request", "{e}");
+    }
+
+    // bad reports are invalid requests, not schedule conflicts
+    for body in [
+        json!({"validation": {"classes": {"nope": 0.5}}}),
+        json!({"step": 1, "steps": 1}),
+    ] {
+        let (s, e) = post(&client, &report, &body).await;
+        assert_eq!(
+            (s, &e["error"]["type"]),
+            (400, &json!("invalid_request")),
+            "{e}"
+        );
+    }
+}
+
+/// OpenRLHF's request for completions of one example.
+fn openrlhf_body(example: &Value, completions: &[String]) -> Value {
+    let chat = chatml(&user_text(example));
+    json!({
+        "query": completions.iter().map(|c| format!("{chat}{c}<|im_end|>")).collect::<Vec<_>>(),
+        "prompts": vec![chat; completions.len()],
+        "labels": vec![example["prompt_id"].clone(); completions.len()],
+    })
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn assert_close(a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    assert!(
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9),
+        "{a:?} vs {b:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, examples) = task(dir.path());
+    let client = reqwest::Client::new();
+    let ex = &examples[3];
+    let cs = completions(ex);
+
+    // without a group size a lone completion is refused, not rewarded 0.0
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &args(&train, &judge, &state, &["--objective", "gdpo"]),
+    );
+    let url = format!("{}/openrlhf/reward", serve.url);
+    let (s, batch) = post(&client, &url, &openrlhf_body(ex, &cs)).await;
+    assert_eq!(s, 200, "{batch}");
+    let want = floats(&batch["rewards"]);
+    assert!(want.iter().any(|r| r.abs() > 0.1), "{want:?}");
+    let (s, e) = post(&client, &url, &openrlhf_body(ex, &cs[..1])).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--group-size"),
+        "{e}"
+    );
+    drop(serve);
+
+    // with one: the four requests of a group, sent at once, get the batch's rewards
+    let state = dir.path().join("state-grouped");
+    let serve = Serve::start(
+        dir.path(),
+        &args(
+            &train,
+            &judge,
+            &state,
+            &[
+                "--objective",
+                "gdpo",
+                "--group-size",
+                "4",
+                "--group-window-secs",
+                "30",
+            ],
+        ),
+    );
+    let url = format!("{}/openrlhf/reward", serve.url);
+    let (s, r) = post(&client, &url, &openrlhf_body(ex, &cs)).await;
+    assert_eq!(s, 200, "{r}");
+    assert_close(&floats(&r["rewards"]), &want);
+    let singles: Vec<_> = cs
+        .iter()
+        .map(|c| {
+            let (client, url, body) = (
+                client.clone(),
+                url.clone(),
+                openrlhf_body(ex, std::slice::from_ref(c)),
+            );
+            tokio::spawn(async move { post(&client, &url, &body).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for h in singles {
+        let (s, r) = h.await.unwrap();
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["extra_logs"]["arlrr/group_size"], json!([4.0]), "{r}");
+        got.extend(floats(&r["rewards"]));
+    }
+    assert_close(&got, &want);
+
+    // OpenRLHF's `--reward.remote_url file.py` mode, through the shipped reward_func
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/openrlhf_reward_func.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(ex["prompt_id"].as_str().unwrap())
+        .arg(user_text(ex))
+        .args(&cs)
+        .env("ARLRR_URL", &serve.url)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let via_func: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_close(&floats(&via_func), &want);
+
+    // a group that never fills is answered at the window's end, its size in the logs
+    drop(serve);
+    let state = dir.path().join("state-window");
+    let serve = Serve::start(
+        dir.path(),
+        &args(
+            &train,
+            &judge,
+            &state,
+            &[
+                "--objective",
+                "gdpo",
+                "--group-size",
+                "4",
+                "--group-window-secs",
+                "1",
+            ],
+        ),
+    );
+    let url = format!("{}/openrlhf/reward", serve.url);
+    let (s, r) = post(&client, &url, &openrlhf_body(ex, &cs[..1])).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["extra_logs"]["arlrr/group_size"], json!([1.0]), "{r}");
+    assert!(serve.log().contains("closed after"), "{}", serve.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verl_batches_are_grouped_by_id_in_any_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, judge, examples) = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &args(&train, &judge, &state, &["--objective", "gdpo"]),
+    );
+    // three prompts' groups in order, then the same batch in an order that separates every
+    // group (as verl's balance_batch may); the scores must follow each completion
+    let mut ids = Vec::new();
+    let mut texts = Vec::new();
+    for ex in &examples[..3] {
+        for c in completions(ex) {
+            ids.push(ex["prompt_id"].as_str().unwrap().to_string());
+            texts.push(c);
+        }
+    }
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import verl_reward
+ids, texts = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+n = len(ids)
+order = [(i * 5) % n for i in range(n)]
+def scores(ix):
+    out = verl_reward.compute_score_batch(["arlrr"] * len(ix), [texts[i] for i in ix], [ids[i] for i in ix], [None] * len(ix))
+    return [d["score"] for d in out]
+ordered = scores(list(range(n)))
+shuffled = [0.0] * n
+for pos, s in zip(order, scores(order)):
+    shuffled[pos] = s
+print(json.dumps([ordered, shuffled]))
+"#;
+    let examples_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&examples_dir)
+        .arg(json!(ids).to_string())
+        .arg(json!(texts).to_string())
+        .env("ARLRR_URL", &serve.url)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let both: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ordered, shuffled) = (floats(&both[0]), floats(&both[1]));
+    assert!(ordered.iter().any(|r| r.abs() > 0.1), "{ordered:?}");
+    assert_close(&shuffled, &ordered);
+}
