@@ -18,8 +18,10 @@ impl XorShift {
     }
 }
 
-/// HealthBench-format examples: `(id, example_tags, [(points, axis)])`.
-fn examples() -> Vec<(&'static str, Vec<&'static str>, Vec<(i32, &'static str)>)> {
+/// A HealthBench-format example: `(id, example_tags, [(points, axis)])`.
+type Spec = (&'static str, Vec<&'static str>, Vec<(i32, &'static str)>);
+
+fn examples() -> Vec<Spec> {
     vec![
         (
             "e1",
