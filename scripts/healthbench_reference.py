@@ -2,7 +2,12 @@
 """Independent HealthBench scoring, written after simple-evals' healthbench_eval.py
 (calculate_score + per-tag scores + clipped mean), standard library only.
 
-usage: healthbench_reference.py DATA.jsonl GRADES.jsonl  -> JSON {overall, axes: {name: score}}
+usage: healthbench_reference.py DATA.jsonl GRADES.jsonl
+  -> JSON {overall, n, n_failed, axes: {name: score}, themes: {name: score}}
+Verdicts may be true/false, a number in [0,1] (graded), or null (the judge failed): a response
+with any null verdict is left out of every figure and counted in n_failed, as `arlrr score`
+does. Theme scores are the clipped mean of the overall scores of the responses to examples
+tagged `theme:<name>` (simple-evals' example-tag scores).
 Used by the test suite to cross-check `arlrr score`.
 """
 import json
@@ -31,16 +36,25 @@ def main(data_path, grades_path):
                 examples[row["prompt_id"]] = row
     overall = []
     axes = defaultdict(list)
+    themes = defaultdict(list)
+    failed = 0
     with open(grades_path) as f:
         for line in f:
             if not line.strip():
                 continue
             g = json.loads(line)
-            rubrics = examples[g["prompt_id"]]["rubrics"]
+            example = examples[g["prompt_id"]]
+            rubrics = example["rubrics"]
             met = g["met"]
+            if any(m is None for m in met):
+                failed += 1
+                continue
             s = calculate_score(rubrics, met)
             if s is not None:
                 overall.append(s)
+                for tag in example.get("example_tags", []):
+                    if tag.startswith("theme:"):
+                        themes[tag[len("theme:"):]].append(s)
             tags = sorted({t for r in rubrics for t in r["tags"] if t.startswith("axis:")})
             for tag in tags:
                 items = [(r, m) for r, m in zip(rubrics, met) if tag in r["tags"]]
@@ -50,7 +64,9 @@ def main(data_path, grades_path):
     print(json.dumps({
         "overall": clipped_mean(overall),
         "n": len(overall),
+        "n_failed": failed,
         "axes": {k: clipped_mean(v) for k, v in axes.items()},
+        "themes": {k: clipped_mean(v) for k, v in themes.items()},
     }))
 
 

@@ -1,6 +1,6 @@
 //! `arlrr data stats` and `arlrr score` on the real HealthBench sample, through the binary.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,6 +24,7 @@ fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("json output")
 }
 
+/// Every figure `data stats` prints, counted here from the raw JSONL with serde_json.
 #[test]
 fn stats_of_the_real_sample() {
     let s = json_of(&arlrr(&[
@@ -32,23 +33,98 @@ fn stats_of_the_real_sample() {
         "--json",
         sample().to_str().unwrap(),
     ]));
-    assert_eq!(s["examples"], 500);
-    assert_eq!(s["criteria"], 5965);
-    assert_eq!(s["positive"], 4106);
-    assert_eq!(s["negative"], 1859);
-    let axes = s["axes"].as_object().unwrap();
-    assert_eq!(axes.len(), 5, "{axes:?}");
-    let sum = |f: &str| axes.values().map(|a| a[f].as_u64().unwrap()).sum::<u64>();
-    assert_eq!(sum("criteria"), 5965);
-    assert_eq!(sum("positive"), 4106);
-    assert_eq!(sum("negative"), 1859);
-    let themes: u64 = s["themes"]
+    let raw: Vec<Value> = std::fs::read_to_string(sample())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut want = json!({
+        "examples": raw.len(), "criteria": 0, "positive": 0, "negative": 0, "checkable": 0,
+        "with_ideal_completion": 0, "axes": {}, "themes": {}, "turns": {},
+    });
+    let bump = |v: &mut Value| *v = json!(v.as_u64().unwrap_or(0) + 1);
+    for ex in &raw {
+        let mut axes_here = std::collections::BTreeSet::new();
+        for r in ex["rubrics"].as_array().unwrap() {
+            let axis = r["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|t| t.as_str().unwrap().strip_prefix("axis:"))
+                .unwrap_or("(none)")
+                .to_string();
+            let points = r["points"].as_f64().unwrap();
+            let sign = if points > 0.0 {
+                Some("positive")
+            } else {
+                (points < 0.0).then_some("negative")
+            };
+            bump(&mut want["criteria"]);
+            bump(&mut want["axes"][&axis]["criteria"]);
+            if let Some(sign) = sign {
+                bump(&mut want[sign]);
+                bump(&mut want["axes"][&axis][sign]);
+            }
+            if r.get("check").is_some() {
+                bump(&mut want["checkable"]);
+            }
+            axes_here.insert(axis);
+        }
+        for axis in axes_here {
+            bump(&mut want["axes"][&axis]["examples"]);
+        }
+        for t in ex["example_tags"].as_array().unwrap() {
+            if let Some(theme) = t.as_str().unwrap().strip_prefix("theme:") {
+                bump(&mut want["themes"][theme]);
+            }
+        }
+        let users = ex["prompt"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .count();
+        bump(&mut want["turns"][users.to_string()]);
+        if ex["ideal_completions_data"]["ideal_completion"].is_string() {
+            bump(&mut want["with_ideal_completion"]);
+        }
+    }
+    // an axis with no positive (or negative) criterion still shows the count 0
+    for a in want["axes"].as_object_mut().unwrap().values_mut() {
+        for f in ["positive", "negative"] {
+            if a[f].is_null() {
+                a[f] = json!(0);
+            }
+        }
+    }
+    assert_eq!(s["format"], "healthbench");
+    for key in [
+        "examples",
+        "criteria",
+        "positive",
+        "negative",
+        "checkable",
+        "with_ideal_completion",
+        "axes",
+        "themes",
+        "turns",
+    ] {
+        assert_eq!(s[key], want[key], "{key}");
+    }
+    // the sample as DESIGN.md describes it: 500 items, 5,965 physician criteria, 5 axes,
+    // one theme per example, multi-turn conversations among them
+    assert_eq!(want["examples"], 500);
+    assert_eq!(want["criteria"], 5965);
+    assert_eq!(want["axes"].as_object().unwrap().len(), 5);
+    let themed: u64 = want["themes"]
         .as_object()
         .unwrap()
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert_eq!(themes, 500, "every example has exactly one theme");
+    assert_eq!(themed, 500);
+    assert!(want["turns"].as_object().unwrap().len() > 1);
 }
 
 /// Deterministic pseudo-random bits, so the test needs no RNG crate.

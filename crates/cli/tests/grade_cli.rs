@@ -21,10 +21,10 @@ fn ok(out: &Output) -> String {
     stderr
 }
 
-/// Two examples in the native format: checkable criteria plus one without a check.
+/// Three examples in the native format: checkable criteria plus one without a check.
 fn write_data(dir: &Path) -> String {
-    let item = |id: &str, rubrics: Value| {
-        json!({"prompt_id": id, "prompt": [{"role": "user", "content": "My head hurts."}], "rubrics": rubrics, "example_tags": []})
+    let item = |id: &str, tags: Value, rubrics: Value| {
+        json!({"prompt_id": id, "prompt": [{"role": "user", "content": "My head hurts."}], "rubrics": rubrics, "example_tags": tags})
             .to_string()
     };
     let rubric = |text: &str, points: i32, axis: &str, check: Option<Value>| {
@@ -36,6 +36,7 @@ fn write_data(dir: &Path) -> String {
     };
     let a = item(
         "p1",
+        json!([]),
         json!([
             rubric(
                 "Advises seeing a doctor",
@@ -54,6 +55,7 @@ fn write_data(dir: &Path) -> String {
     );
     let b = item(
         "p2",
+        json!([]),
         json!([rubric(
             "Uses a list",
             4,
@@ -61,8 +63,39 @@ fn write_data(dir: &Path) -> String {
             Some(json!({"kind": "has_list"}))
         )]),
     );
+    // fully checkable, with a negative item and a theme, so `score` has figures to show
+    let c = item(
+        "p3",
+        json!(["theme:emergency_referrals"]),
+        json!([
+            rubric(
+                "Advises seeing a doctor",
+                5,
+                "accuracy",
+                Some(json!({"kind": "contains_any", "phrases": ["doctor"]}))
+            ),
+            rubric(
+                "Recommends antibiotics",
+                -4,
+                "accuracy",
+                Some(json!({"kind": "contains_any", "phrases": ["antibiotics"]}))
+            ),
+            rubric(
+                "Asks a follow-up question",
+                3,
+                "completeness",
+                Some(json!({"kind": "asks_question"}))
+            ),
+            rubric(
+                "Uses a list",
+                2,
+                "communication_quality",
+                Some(json!({"kind": "has_list"}))
+            ),
+        ]),
+    );
     let path = dir.join("data.jsonl");
-    std::fs::write(&path, format!("{a}\n{b}\n")).unwrap();
+    std::fs::write(&path, format!("{a}\n{b}\n{c}\n")).unwrap();
     path.to_str().unwrap().to_string()
 }
 
@@ -89,7 +122,9 @@ fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
         "responses.jsonl",
         "{\"prompt_id\":\"p1\",\"completion\":\"See a doctor. Any fever?\",\"response_id\":\"r1\"}\n\
          {\"prompt_id\":\"p1\",\"completion\":\"Rest.\"}\n\n\
-         {\"prompt_id\":\"p2\",\"completion\":\"- rest\\n- water\"}\n",
+         {\"prompt_id\":\"p2\",\"completion\":\"- rest\\n- water\"}\n\
+         {\"prompt_id\":\"p3\",\"completion\":\"See a doctor. Any fever?\"}\n\
+         {\"prompt_id\":\"p3\",\"completion\":\"Take antibiotics.\"}\n",
     );
     let judge = write(
         dir.path(),
@@ -110,7 +145,7 @@ fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
         out,
     ]));
     assert!(
-        stderr.contains("graded 3 responses, 7 verdicts"),
+        stderr.contains("graded 5 responses, 15 verdicts"),
         "{stderr}"
     );
     assert!(
@@ -123,7 +158,7 @@ fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
     );
 
     let lines = read_lines(out);
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 5);
     assert_eq!(lines[0]["met"], json!([true, true, null]));
     assert_eq!(lines[0]["response_id"], "r1");
     assert_eq!(lines[0]["judge"], "rules-v1");
@@ -133,12 +168,50 @@ fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
         .contains("not gradable"));
     assert_eq!(lines[1]["met"], json!([false, false, null]));
     assert_eq!(lines[2]["met"], json!([true]));
+    assert_eq!(lines[3]["met"], json!([true, false, true, false]));
+    assert_eq!(lines[4]["met"], json!([false, true, false, false]));
 
     // `arlrr score` reads what `grade` wrote.
     let scored = arlrr(&["score", "--data", &data, "--grades", out, "--json"]);
     ok(&scored);
     let table: Value = serde_json::from_slice(&scored.stdout).unwrap();
-    assert!(table.is_object(), "{table}");
+    // By hand from the verdicts above: the two p1 rows hold a null and are left out, never
+    // scored; p2 scores 4/4; p3 scores (5 + 3)/10 and -4/10 (positive points 5 + 3 + 2).
+    let (p2, p3a, p3b) = (4.0 / 4.0, 8.0 / 10.0, -4.0 / 10.0);
+    let close = |got: &Value, want: f64, what: &str| {
+        let got = got.as_f64().unwrap_or_else(|| panic!("{what}: {table}"));
+        assert!((got - want).abs() < 1e-12, "{what}: {got} vs {want}");
+    };
+    assert_eq!(table["n_failed"], 2, "{table}");
+    assert_eq!(table["n_responses"], 3, "{table}");
+    assert_eq!(table["n_examples"], 2, "p2 and p3; p1 has no scored row");
+    assert_eq!(table["n_undefined"], 0);
+    close(&table["overall"], (p2 + p3a + p3b) / 3.0, "overall");
+    assert!(table["overall_std"].as_f64().unwrap() > 0.0);
+    let axes = table["axes"].as_object().unwrap();
+    assert_eq!(
+        axes.keys().collect::<Vec<_>>(),
+        ["accuracy", "communication_quality", "completeness"],
+        "{table}"
+    );
+    // accuracy: p3 only (5/5, -4/5), mean 0.1; communication: p2 1, p3 0 and 0
+    close(&axes["accuracy"]["score"], (1.0 - 0.8) / 2.0, "accuracy");
+    close(&axes["completeness"]["score"], 0.5, "completeness");
+    close(
+        &axes["communication_quality"]["score"],
+        1.0 / 3.0,
+        "communication_quality",
+    );
+    assert_eq!(axes["accuracy"]["n"], 2);
+    assert_eq!(axes["communication_quality"]["n"], 3);
+    let themes = table["themes"].as_object().unwrap();
+    assert_eq!(themes.len(), 1, "{table}");
+    close(
+        &themes["emergency_referrals"]["score"],
+        (p3a + p3b) / 2.0,
+        "theme",
+    );
+    assert_eq!(themes["emergency_referrals"]["n"], 2);
 }
 
 #[test]

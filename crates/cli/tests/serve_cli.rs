@@ -168,13 +168,18 @@ async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
         .unwrap()
 }
 
-/// Class rewards from `arlrr grade` verdicts, with HealthBench's formula written out:
-/// Σ points × met / Σ positive points over the criteria tagged `axis:<class>`.
-fn expected_class_rewards(
-    dir: &Path,
-    t: &Task,
-    items: &[(&Value, &str)],
-) -> Vec<HashMap<String, Option<f64>>> {
+/// What a completion should score, from `arlrr grade` verdicts.
+struct Expected {
+    /// Over all criteria.
+    overall: Option<f64>,
+    /// By class name.
+    classes: HashMap<String, Option<f64>>,
+}
+
+/// Rewards from `arlrr grade` verdicts, with HealthBench's formula written out:
+/// Σ points × met / Σ positive points over all criteria (overall) and over the criteria tagged
+/// `axis:<class>` (classes).
+fn expected_rewards(dir: &Path, t: &Task, items: &[(&Value, &str)]) -> Vec<Expected> {
     let responses: String = items
         .iter()
         .map(|(ex, c)| json!({"prompt_id": ex["prompt_id"], "completion": c}).to_string() + "\n")
@@ -202,6 +207,7 @@ fn expected_class_rewards(
         .map(|(line, (ex, _))| {
             let g: Value = serde_json::from_str(line).unwrap();
             let mut sums: HashMap<String, (f64, f64)> = HashMap::new();
+            let mut all = (0.0, 0.0);
             for (c, met) in ex["rubrics"]
                 .as_array()
                 .unwrap()
@@ -217,21 +223,43 @@ fn expected_class_rewards(
                     .to_string();
                 let p = c["points"].as_f64().unwrap();
                 let m = if met.as_bool().unwrap() { 1.0 } else { 0.0 };
-                let e = sums.entry(axis).or_default();
-                e.0 += p * m;
-                e.1 += p.max(0.0);
+                for e in [sums.entry(axis).or_default(), &mut all] {
+                    e.0 += p * m;
+                    e.1 += p.max(0.0);
+                }
             }
-            rubric::HEALTHBENCH_AXES
-                .iter()
-                .map(|a| {
-                    let v = sums
-                        .get(*a)
-                        .and_then(|(got, max)| (*max > 0.0).then(|| got / max));
-                    (a.to_string(), v)
-                })
-                .collect()
+            let ratio = |(got, max): (f64, f64)| (max > 0.0).then(|| got / max);
+            Expected {
+                overall: ratio(all),
+                classes: rubric::HEALTHBENCH_AXES
+                    .iter()
+                    .map(|a| (a.to_string(), sums.get(*a).copied().and_then(ratio)))
+                    .collect(),
+            }
         })
         .collect()
+}
+
+/// The `extra_logs` of an OpenRLHF answer: the same keys in every answer (OpenRLHF
+/// concatenates them across requests), one value per query each.
+fn check_extra_logs(answer: &Value, n: usize, active_index: f64) {
+    let logs = answer["extra_logs"].as_object().unwrap();
+    let mut want: Vec<String> = vec!["arlrr/overall".into(), "arlrr/active_class".into()];
+    for c in rubric::HEALTHBENCH_AXES {
+        want.push(format!("arlrr/{c}"));
+        want.push(format!("arlrr/{c}_defined"));
+    }
+    want.sort();
+    let mut keys: Vec<String> = logs.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, want, "{answer}");
+    for (k, v) in logs {
+        assert_eq!(v.as_array().map(Vec::len), Some(n), "{k}: {v}");
+    }
+    assert_eq!(logs["arlrr/active_class"], json!(vec![active_index; n]));
+    for key in ["rewards", "scores"] {
+        assert_eq!(answer[key].as_array().map(Vec::len), Some(n), "{key}");
+    }
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -247,13 +275,20 @@ async fn openrlhf_requests_get_graded_rewards_and_bad_input_gets_4xx() {
     let client = reqwest::Client::new();
     let url = format!("{}/openrlhf/reward", serve.url);
 
-    // three prompts x four completions, shuffled into one OpenRLHF batch; ids in the labels
+    // three prompts x five completions, shuffled into one OpenRLHF batch; ids in the labels
     let picked = [&t.examples[0], &t.examples[1], &t.examples[2]];
     let mut items: Vec<(&Value, String)> = Vec::new();
     for ex in picked {
         for c in completions(ex) {
             items.push((ex, c));
         }
+        // every mistake, jargon and alarm: an overall score below zero, which `scores` clips
+        items.push((
+            ex,
+            "Start antibiotics, double your usual dose, lie down right after eating, put heat \
+             on it, scrub it with alcohol: the etiology is idiopathic and you might die."
+                .into(),
+        ));
     }
     items.swap(0, 5);
     let body = json!({
@@ -264,7 +299,7 @@ async fn openrlhf_requests_get_graded_rewards_and_bad_input_gets_4xx() {
     let (status, answer) = post(&client, &url, &body).await;
     assert_eq!(status, 200, "{answer}");
     let refs: Vec<(&Value, &str)> = items.iter().map(|(e, c)| (*e, c.as_str())).collect();
-    let expected = expected_class_rewards(dir.path(), &t, &refs);
+    let expected = expected_rewards(dir.path(), &t, &refs);
     let schedule = get(&client, &format!("{}/v1/schedule", serve.url)).await;
     let active = schedule["active_class"].as_str().unwrap().to_string();
     assert_eq!(
@@ -273,15 +308,18 @@ async fn openrlhf_requests_get_graded_rewards_and_bad_input_gets_4xx() {
     );
     let rewards = answer["rewards"].as_array().unwrap();
     assert_eq!(rewards.len(), items.len());
+    // `arlrr/active_class` is the index of the active class (accuracy) in the class list
+    check_extra_logs(&answer, items.len(), 0.0);
     let mut spread = false;
+    let mut clipped = 0;
     for (i, exp) in expected.iter().enumerate() {
-        let want = exp[&active].unwrap_or(0.0);
+        let want = exp.classes[&active].unwrap_or(0.0);
         assert!(
             close(rewards[i].as_f64().unwrap(), want),
             "item {i}: {} vs {want}",
             rewards[i]
         );
-        for (class, v) in exp {
+        for (class, v) in &exp.classes {
             let got = answer["extra_logs"][format!("arlrr/{class}")][i]
                 .as_f64()
                 .unwrap();
@@ -294,11 +332,20 @@ async fn openrlhf_requests_get_graded_rewards_and_bad_input_gets_4xx() {
             );
             assert_eq!(defined, if v.is_some() { 1.0 } else { 0.0 });
         }
+        // `scores` is the overall score clipped to [0, 1]; `arlrr/overall` is not clipped
+        let overall = exp.overall.unwrap();
         let score = answer["scores"][i].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&score));
+        assert!(
+            close(score, overall.clamp(0.0, 1.0)),
+            "item {i}: score {score} vs overall {overall}"
+        );
+        let logged = answer["extra_logs"]["arlrr/overall"][i].as_f64().unwrap();
+        assert!(close(logged, overall), "item {i}: {logged} vs {overall}");
+        clipped += usize::from(overall < 0.0);
         spread |= !close(want, rewards[0].as_f64().unwrap());
     }
     assert!(spread, "the completions should not all score alike");
+    assert!(clipped >= 3, "the worst completions score below zero");
 
     // the same prompt matched by its text alone (an example whose text is unique)
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -317,6 +364,8 @@ async fn openrlhf_requests_get_graded_rewards_and_bad_input_gets_4xx() {
     let (s2, a2) = post(&client, &url, &by_id).await;
     assert_eq!((s1, s2), (200, 200), "{a1} {a2}");
     assert_eq!(a1["rewards"], a2["rewards"]);
+    check_extra_logs(&a1, 1, 0.0);
+    check_extra_logs(&a2, 1, 0.0);
 
     // bad input: 4xx naming the field and item, and the service keeps serving
     let raw = |body: &'static str| {
@@ -401,10 +450,7 @@ async fn openrlhf_requests_get_graded_rewards_and_bad_input_gets_4xx() {
     );
     let (s, again) = post(&client, &url, &body).await;
     assert_eq!(s, 200);
-    assert_eq!(
-        again["rewards"], answer["rewards"],
-        "still serving, same answers"
-    );
+    assert_eq!(again, answer, "still serving, same answers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,18 +497,49 @@ async fn the_alternating_schedule_switches_classes_after_the_configured_steps() 
     let log = std::fs::read_to_string(state.join("schedule.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 4, "one decision per phase");
 
-    // deficit in service mode: waits for the trainer's validation, graded by the service
+    // deficit in service mode: waits for the trainer's validation, graded by the service.
+    // One example whose points shares are accuracy 10/20, completeness 6/20 and
+    // communication_quality 4/20 (the other axes have no positive points: no candidates).
     drop(serve);
+    let keyed = |word: &str, points: i32, axis: &str| {
+        json!({"criterion": format!("Says {word}"), "points": points, "tags": [format!("axis:{axis}")],
+               "check": {"kind": "contains_any", "phrases": [word]}})
+    };
+    let example = json!({"prompt_id": "d1", "prompt": [{"role": "user", "content": "Rate my plan."}],
+        "example_tags": [], "rubrics": [
+            keyed("alpha", 5, "accuracy"), keyed("bravo", 5, "accuracy"), keyed("oops", -2, "accuracy"),
+            keyed("charlie", 6, "completeness"), keyed("delta", 4, "communication_quality")]});
+    let data = dir.path().join("deficit.jsonl");
+    std::fs::write(&data, format!("{example}\n")).unwrap();
     let state = dir.path().join("state-deficit");
-    let mut args = base_args(&t, &state);
-    args.extend(["--selector", "deficit", "--phase-steps", "1"]);
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--judge",
+        t.judge.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--selector",
+        "deficit",
+        "--phase-steps",
+        "1",
+    ];
     let serve = Serve::start(dir.path(), &args, &[]);
     let report = format!("{}/v1/schedule/report", serve.url);
     let (_, r) = post(&client, &report, &json!({"step": 1})).await;
     assert_eq!(r["schedule"]["waiting_for"], "validation", "{r}");
-    let validation: Vec<Value> = t.examples[..12]
+    // accuracy 1, 1, 0.5, 0.5, (5 - 2)/10; completeness one in five; communication never:
+    // the weakest class (communication) and the heaviest (accuracy) both lose to completeness
+    let texts = [
+        "alpha bravo charlie",
+        "alpha bravo",
+        "alpha",
+        "bravo",
+        "alpha oops",
+    ];
+    let validation: Vec<Value> = texts
         .iter()
-        .map(|e| json!({"prompt_id": e["prompt_id"], "completion": completions(e)[1]}))
+        .map(|c| json!({"prompt_id": "d1", "completion": c}))
         .collect();
     let (s, r) = post(
         &client,
@@ -471,21 +548,38 @@ async fn the_alternating_schedule_switches_classes_after_the_configured_steps() 
     )
     .await;
     assert_eq!(s, 200, "{r}");
+    let scores = [
+        ("accuracy", (1.0 + 1.0 + 0.5 + 0.5 + 0.3) / 5.0, 10.0 / 20.0),
+        ("completeness", 1.0 / 5.0, 6.0 / 20.0),
+        ("communication_quality", 0.0, 4.0 / 20.0),
+    ];
+    let overall = (16.0 / 20.0 + 10.0 / 20.0 + 5.0 / 20.0 + 5.0 / 20.0 + 3.0 / 20.0) / 5.0;
+    assert!(
+        close(r["validation"]["overall"].as_f64().unwrap(), overall),
+        "{r}"
+    );
     let decision = &r["decision"];
     assert_eq!(decision["selector"], "deficit", "{r}");
-    // the chosen class has the largest points-weighted deficit among the candidates
-    let best = decision["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .max_by(|a, b| {
-            a["score"]
-                .as_f64()
-                .unwrap()
-                .total_cmp(&b["score"].as_f64().unwrap())
-        })
-        .unwrap();
-    assert_eq!(decision["chosen"], best["class"]);
+    assert_eq!(decision["chosen"], "completeness", "{r}");
+    let candidates = decision["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), scores.len(), "{r}");
+    for ((name, score, share), c) in scores.iter().zip(candidates) {
+        assert_eq!(c["class"], *name, "{r}");
+        let (deficit, detail) = (c["score"].as_f64().unwrap(), c["detail"].as_f64().unwrap());
+        assert!(
+            close(detail, *score),
+            "{name}: class score {detail} vs {score}"
+        );
+        assert!(
+            close(deficit, share * (1.0 - score)),
+            "{name}: deficit {deficit} vs {}",
+            share * (1.0 - score)
+        );
+        assert!(close(
+            r["validation"]["classes"][name].as_f64().unwrap(),
+            *score
+        ));
+    }
     let (s, e) = post(
         &client,
         &report,
