@@ -7,7 +7,7 @@
 use arl::selector::PhaseConfig;
 use arl::{ObjectiveKind, Weights};
 use server::metrics::{Metrics, Snapshot};
-use server::{Limits, ScheduleSettings, Service, ServiceConfig};
+use server::{GroupSettings, Limits, ScheduleSettings, Service, ServiceConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -288,6 +288,7 @@ fn service(dir: &std::path::Path) -> Arc<Service> {
         state_dir: dir.join("state"),
         token: None,
         limits: Limits::default(),
+        groups: GroupSettings::default(),
     })
     .unwrap()
 }
