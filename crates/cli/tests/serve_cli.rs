@@ -7,124 +7,17 @@
 
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 const RULES: &str = "kind = \"rules\"\n";
 
-/// A running `arlrr serve`; killed (SIGKILL) when dropped.
-struct Serve {
-    child: Child,
-    url: String,
-    stderr: PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Serve {
-        let stderr = dir.join(format!("serve-{}.stderr", std::process::id()));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr)
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-            .arg("serve")
-            .args(["--port", "0"])
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start arlrr serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .map(str::to_string);
-        let Some(url) = url else {
-            let _ = child.kill();
-            panic!(
-                "arlrr serve did not start: {line:?}\n{}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        };
-        Serve { child, url, stderr }
-    }
-
-    /// SIGKILL, no chance to flush anything.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-/// The built-in task's files and a rule judge config in `dir`.
-struct Task {
-    train: PathBuf,
-    judge: PathBuf,
-    examples: Vec<Value>,
-}
-
-fn task(dir: &Path) -> Task {
-    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .args(["data", "builtin", "--out"])
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let train = dir.join("data/train.jsonl");
-    let judge = dir.join("rules.toml");
-    std::fs::write(&judge, RULES).unwrap();
-    let examples = std::fs::read_to_string(&train)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    Task {
-        train,
-        judge,
-        examples,
-    }
-}
+mod common;
+use common::{chatml, serve_args, task, user_text, Serve, Task};
 
 fn base_args<'a>(t: &'a Task, state: &'a Path) -> Vec<&'a str> {
-    vec![
-        "--data",
-        t.train.to_str().unwrap(),
-        "--judge",
-        t.judge.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]
-}
-
-fn user_text(example: &Value) -> String {
-    example["prompt"][0]["content"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn chatml(text: &str) -> String {
-    format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+    serve_args(&t.train, &t.judge, state, &[])
 }
 
 /// Responses of mixed quality built from each example's own ideal completion and rubric
@@ -965,7 +858,7 @@ async fn token_limits_timeout_and_the_api_key_never_leak() {
             "ok"
         );
         let log_path = serve.stderr.clone();
-        drop(serve);
+        drop(serve); // killed: everything it logged is on disk
         let log = std::fs::read_to_string(log_path).unwrap();
         for (what, s) in [("answer", &text), ("metrics", &metrics), ("log", &log)] {
             assert!(!s.contains(secret), "the API key leaked into the {what}");

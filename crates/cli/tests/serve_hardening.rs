@@ -4,130 +4,13 @@
 //! sends one completion at a time, and verl batches in any order.
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A running `arlrr serve`; killed when dropped.
-struct Serve {
-    child: Child,
-    url: String,
-    stderr: PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn start(dir: &Path, args: &[&str]) -> Serve {
-        let mut serve = Command::new(env!("CARGO_BIN_EXE_arlrr"));
-        serve.arg("serve");
-        Self::spawn(dir, serve, args)
-    }
-
-    /// Runs `command` (`arlrr serve` or a wrapper of it) with `args`; returns once it listens.
-    fn spawn(dir: &Path, mut command: Command, args: &[&str]) -> Serve {
-        let stderr = dir.join(format!("serve-{}.stderr", std::process::id()));
-        // a fresh log for each service
-        let log = std::fs::File::create(&stderr).unwrap();
-        let mut child = command
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start arlrr serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(url) = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
-        else {
-            let _ = child.kill();
-            panic!(
-                "arlrr serve did not start: {line:?}\n{}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        };
-        Serve {
-            url: url.to_string(),
-            child,
-            stderr,
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_string()
-    }
-
-    /// Open file descriptors of the service process.
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap()
-    }
-}
-
-/// The built-in task's train split, a rule judge config, and the examples.
-fn task(dir: &Path) -> (PathBuf, PathBuf, Vec<Value>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .args(["data", "builtin", "--out"])
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let train = dir.join("data/train.jsonl");
-    let judge = dir.join("rules.toml");
-    std::fs::write(&judge, "kind = \"rules\"\n").unwrap();
-    let examples = std::fs::read_to_string(&train)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (train, judge, examples)
-}
-
-fn args<'a>(train: &'a Path, judge: &'a Path, state: &'a Path, more: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "--data",
-        train.to_str().unwrap(),
-        "--judge",
-        judge.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    a.extend(more);
-    a
-}
-
-fn user_text(example: &Value) -> String {
-    example["prompt"][0]["content"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn chatml(text: &str) -> String {
-    format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
-}
+mod common;
+use common::{chatml, serve_args, task, user_text, Serve, Task};
 
 /// Four responses of mixed quality, so that every class has spread within the group.
 fn completions(example: &Value) -> Vec<String> {
@@ -174,10 +57,10 @@ fn decisions(state: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_counts_that_would_overflow_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, judge, _) = task(dir.path());
+    let Task { train, judge, .. } = task(dir.path());
     let state = dir.path().join("state");
-    let a = args(&train, &judge, &state, &["--phase-steps", "5"]);
-    let serve = Serve::start(dir.path(), &a);
+    let a = serve_args(&train, &judge, &state, &["--phase-steps", "5"]);
+    let serve = Serve::start(dir.path(), &a, &[]);
     let client = reqwest::Client::new();
     let report = format!("{}/v1/schedule/report", serve.url);
     let schedule = format!("{}/v1/schedule", serve.url);
@@ -200,7 +83,7 @@ async fn step_counts_that_would_overflow_are_refused() {
     let (s, r) = post(&client, &report, &json!({})).await;
     assert_eq!((s, &r["decision"]), (200, &Value::Null), "{r}");
     drop(serve);
-    let serve = Serve::start(dir.path(), &a);
+    let serve = Serve::start(dir.path(), &a, &[]);
     let st = get(&client, &format!("{}/v1/schedule", serve.url)).await;
     assert_eq!((&st["step"], &st["phase"]), (&json!(3), &json!(1)), "{st}");
     assert_eq!(decisions(&state), 1);
@@ -214,7 +97,7 @@ async fn step_counts_that_would_overflow_are_refused() {
     let (s, e) = post(&client, &report, &json!({"steps": 1})).await;
     assert_eq!((s, &e["error"]["field"]), (400, &json!("steps")), "{e}");
     drop(serve);
-    let serve = Serve::start(dir.path(), &a);
+    let serve = Serve::start(dir.path(), &a, &[]);
     let st = get(&client, &format!("{}/v1/schedule", serve.url)).await;
     assert_eq!(st["phase"], 2, "{st}");
     assert_eq!(decisions(&state), 2);
@@ -236,11 +119,12 @@ async fn half_open(addr: &str, count: usize) -> Vec<tokio::net::TcpStream> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_dropped_and_healthz_answers_under_1000_of_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, judge, _) = task(dir.path());
+    let Task { train, judge, .. } = task(dir.path());
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),
-        &args(&train, &judge, &state, &["--header-timeout-secs", "1"]),
+        &serve_args(&train, &judge, &state, &["--header-timeout-secs", "1"]),
+        &[],
     );
     let conns = half_open(&serve.addr(), 1000).await;
     let client = reqwest::Client::builder()
@@ -266,16 +150,17 @@ async fn slow_headers_are_dropped_and_healthz_answers_under_1000_of_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_limit_bounds_file_descriptors_and_healthz_still_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, judge, _) = task(dir.path());
+    let Task { train, judge, .. } = task(dir.path());
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),
-        &args(
+        &serve_args(
             &train,
             &judge,
             &state,
             &["--header-timeout-secs", "1", "--max-connections", "50"],
         ),
+        &[],
     );
     let baseline = serve.fds();
     let _conns = half_open(&serve.addr(), 300).await;
@@ -309,19 +194,20 @@ async fn a_connection_limit_bounds_file_descriptors_and_healthz_still_answers() 
 #[test]
 fn a_connection_limit_over_ulimit_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, judge, _) = task(dir.path());
+    let Task { train, judge, .. } = task(dir.path());
     let state = dir.path().join("state");
     // `ulimit -n 512` for the service only; the default --max-connections is 4096
     let mut sh = Command::new("sh");
     sh.args(["-c", "ulimit -n 512 && exec \"$0\" serve \"$@\""])
         .arg(env!("CARGO_BIN_EXE_arlrr"));
-    let serve = Serve::spawn(dir.path(), sh, &args(&train, &judge, &state, &[]));
+    let serve = Serve::spawn(dir.path(), sh, &serve_args(&train, &judge, &state, &[]));
     let log = serve.log();
     assert!(log.contains("`ulimit -n` 512"), "{log}");
     drop(serve);
     let serve = Serve::start(
         dir.path(),
-        &args(&train, &judge, &state, &["--max-connections", "100"]),
+        &serve_args(&train, &judge, &state, &["--max-connections", "100"]),
+        &[],
     );
     assert!(!serve.log().contains("ulimit"), "{}", serve.log());
 }
@@ -329,10 +215,14 @@ fn a_connection_limit_over_ulimit_is_warned_about() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_state_write_leaves_the_schedule_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, judge, examples) = task(dir.path());
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
     let state = dir.path().join("state");
-    let a = args(&train, &judge, &state, &["--phase-steps", "2"]);
-    let serve = Serve::start(dir.path(), &a);
+    let a = serve_args(&train, &judge, &state, &["--phase-steps", "2"]);
+    let serve = Serve::start(dir.path(), &a, &[]);
     let client = reqwest::Client::new();
     let report = format!("{}/v1/schedule/report", serve.url);
     let schedule = format!("{}/v1/schedule", serve.url);
@@ -384,7 +274,7 @@ async fn a_failed_state_write_leaves_the_schedule_unchanged() {
     assert_eq!((s, &r["decision"]["phase"]), (200, &json!(2)), "{r}");
     assert_eq!(decisions(&state), 1);
     drop(serve);
-    let serve = Serve::start(dir.path(), &a);
+    let serve = Serve::start(dir.path(), &a, &[]);
     let st = get(&client, &format!("{}/v1/schedule", serve.url)).await;
     assert_eq!((&st["phase"], &st["step"]), (&json!(2), &json!(2)), "{st}");
 }
@@ -392,9 +282,13 @@ async fn a_failed_state_write_leaves_the_schedule_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_answers_are_short_typed_and_json() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, judge, examples) = task(dir.path());
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
     let state = dir.path().join("state");
-    let serve = Serve::start(dir.path(), &args(&train, &judge, &state, &[]));
+    let serve = Serve::start(dir.path(), &serve_args(&train, &judge, &state, &[]), &[]);
     let client = reqwest::Client::new();
     let native = format!("{}/v1/rewards", serve.url);
     let openrlhf = format!("{}/openrlhf/reward", serve.url);
@@ -494,7 +388,11 @@ fn assert_close(a: &[f64], b: &[f64]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, judge, examples) = task(dir.path());
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
     let client = reqwest::Client::new();
     let ex = &examples[3];
     let cs = completions(ex);
@@ -503,7 +401,8 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),
-        &args(&train, &judge, &state, &["--objective", "gdpo"]),
+        &serve_args(&train, &judge, &state, &["--objective", "gdpo"]),
+        &[],
     );
     let url = format!("{}/openrlhf/reward", serve.url);
     let (s, batch) = post(&client, &url, &openrlhf_body(ex, &cs)).await;
@@ -525,7 +424,7 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
     let state = dir.path().join("state-grouped");
     let serve = Serve::start(
         dir.path(),
-        &args(
+        &serve_args(
             &train,
             &judge,
             &state,
@@ -538,6 +437,7 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
                 "30",
             ],
         ),
+        &[],
     );
     let url = format!("{}/openrlhf/reward", serve.url);
     let (s, r) = post(&client, &url, &openrlhf_body(ex, &cs)).await;
@@ -587,7 +487,7 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
     let state = dir.path().join("state-window");
     let serve = Serve::start(
         dir.path(),
-        &args(
+        &serve_args(
             &train,
             &judge,
             &state,
@@ -600,6 +500,7 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
                 "1",
             ],
         ),
+        &[],
     );
     let url = format!("{}/openrlhf/reward", serve.url);
     let (s, r) = post(&client, &url, &openrlhf_body(ex, &cs[..1])).await;
@@ -611,11 +512,16 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verl_batches_are_grouped_by_id_in_any_order() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, judge, examples) = task(dir.path());
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),
-        &args(&train, &judge, &state, &["--objective", "gdpo"]),
+        &serve_args(&train, &judge, &state, &["--objective", "gdpo"]),
+        &[],
     );
     // three prompts' groups in order, then the same batch in an order that separates every
     // group (as verl's balance_batch may); the scores must follow each completion

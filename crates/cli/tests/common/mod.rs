@@ -1,0 +1,157 @@
+//! What the `arlrr serve` test binaries share: a running service and the built-in task.
+#![allow(dead_code)] // each test binary uses its own part
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A running `arlrr serve`; killed (SIGKILL) when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub url: String,
+    /// Its stderr log.
+    pub stderr: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// `arlrr serve ARGS` with extra environment variables; returns once it listens.
+    pub fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Serve {
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_arlrr"));
+        serve.arg("serve").envs(envs.iter().copied());
+        Self::spawn(dir, serve, args)
+    }
+
+    /// Runs `command` (`arlrr serve` or a wrapper of it) with `args`; returns once it listens.
+    pub fn spawn(dir: &Path, mut command: Command, args: &[&str]) -> Serve {
+        // a fresh log for each service, so a restarted one does not hide the first one's
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let stderr = dir.join(format!("serve-{}-{n}.stderr", std::process::id()));
+        let log = std::fs::File::create(&stderr).unwrap();
+        let mut child = command
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start arlrr serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(url) = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+        else {
+            let _ = child.kill();
+            panic!(
+                "arlrr serve did not start: {line:?}\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        };
+        Serve {
+            url: url.to_string(),
+            child,
+            stderr,
+        }
+    }
+
+    /// `host:port`, for raw TCP clients.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    /// Open file descriptors of the service process.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    /// What the service wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// The built-in task's train split, a rule judge config, and the examples.
+pub struct Task {
+    pub train: PathBuf,
+    pub judge: PathBuf,
+    pub examples: Vec<Value>,
+}
+
+pub fn task(dir: &Path) -> Task {
+    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .args(["data", "builtin", "--out"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let train = dir.join("data/train.jsonl");
+    let judge = dir.join("rules.toml");
+    std::fs::write(&judge, "kind = \"rules\"\n").unwrap();
+    let examples = std::fs::read_to_string(&train)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    Task {
+        train,
+        judge,
+        examples,
+    }
+}
+
+/// `--data`, `--judge` and `--state-dir`, then `more`.
+pub fn serve_args<'a>(
+    train: &'a Path,
+    judge: &'a Path,
+    state: &'a Path,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "--data",
+        train.to_str().unwrap(),
+        "--judge",
+        judge.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    a.extend(more);
+    a
+}
+
+/// The user turn of a built-in example.
+pub fn user_text(example: &Value) -> String {
+    example["prompt"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A prompt as a ChatML-templating engine sends it.
+pub fn chatml(text: &str) -> String {
+    format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+}
