@@ -15,7 +15,8 @@
 //! ```
 
 use crate::cache::CachedJudge;
-use crate::embedding::{EmbeddingJudge, EmbeddingJudgeConfig};
+#[cfg(feature = "embedding")]
+use crate::embedding::EmbeddingJudge;
 use crate::http::{HttpJudge, HttpJudgeConfig};
 use crate::rules::RuleJudge;
 use crate::Judge;
@@ -53,6 +54,41 @@ pub struct JudgeConfig {
     /// Settings of the embedding judge; defaults apply when absent.
     #[serde(default)]
     pub embedding: Option<EmbeddingJudgeConfig>,
+}
+
+/// Settings of the embedding judge (the `[embedding]` table of a judge config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingJudgeConfig {
+    /// Folder with `config.json`, `model.safetensors` and `tokenizer.json`; default: the
+    /// fetched all-MiniLM-L6-v2 asset.
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    /// Cosine similarity at or above which a criterion is met. With MiniLM, a rubric-style
+    /// criterion ("Advises the user to see a doctor") and a sentence doing it ("You should see
+    /// a doctor.") score about 0.4–0.6; unrelated sentences below 0.2.
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+    /// Texts embedded per forward pass.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_threshold() -> f32 {
+    0.35
+}
+fn default_batch() -> usize {
+    32
+}
+
+impl Default for EmbeddingJudgeConfig {
+    fn default() -> Self {
+        EmbeddingJudgeConfig {
+            model_dir: None,
+            threshold: default_threshold(),
+            batch_size: default_batch(),
+        }
+    }
 }
 
 /// A config that cannot be read or built, naming the file (and the field where known).
@@ -130,11 +166,18 @@ pub fn from_config(config: &JudgeConfig) -> Result<Box<dyn Judge>, ConfigError> 
             })?;
             Box::new(HttpJudge::new(http).map_err(|e| err(e.to_string()))?)
         }
+        #[cfg(feature = "embedding")]
         JudgeKind::Embedding => {
             let emb = config.embedding.clone().unwrap_or_default();
             Box::new(
                 EmbeddingJudge::from_config(&emb).map_err(|m| err(format!("[embedding] {m}")))?,
             )
+        }
+        #[cfg(not(feature = "embedding"))]
+        JudgeKind::Embedding => {
+            return Err(err(
+                "kind = \"embedding\" needs the judge crate's `embedding` feature".into(),
+            ))
         }
     };
     Ok(match &config.cache {

@@ -7,53 +7,18 @@
 //! ("fails to mention...") read as their positive topic. Use it for cheap, rough signals and
 //! smoke runs; use an LLM judge for numbers that matter.
 
+use crate::config::EmbeddingJudgeConfig;
 use crate::text::sentences;
 use crate::{CriterionGrade, GradeTask, Judge, JudgeFailure, JudgeStats};
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
-
-/// Settings of the embedding judge (the `[embedding]` table of a judge config).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbeddingJudgeConfig {
-    /// Folder with `config.json`, `model.safetensors` and `tokenizer.json`; default: the
-    /// fetched all-MiniLM-L6-v2 asset.
-    #[serde(default)]
-    pub model_dir: Option<PathBuf>,
-    /// Cosine similarity at or above which a criterion is met. With MiniLM, a rubric-style
-    /// criterion ("Advises the user to see a doctor") and a sentence doing it ("You should see
-    /// a doctor.") score about 0.4–0.6; unrelated sentences below 0.2.
-    #[serde(default = "default_threshold")]
-    pub threshold: f32,
-    /// Texts embedded per forward pass.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-}
-
-fn default_threshold() -> f32 {
-    0.35
-}
-fn default_batch() -> usize {
-    32
-}
-
-impl Default for EmbeddingJudgeConfig {
-    fn default() -> Self {
-        EmbeddingJudgeConfig {
-            model_dir: None,
-            threshold: default_threshold(),
-            batch_size: default_batch(),
-        }
-    }
-}
 
 /// Why the embedder could not be loaded or run; names the file where there is one.
 #[derive(Debug, thiserror::Error)]

@@ -6,23 +6,28 @@
 //! - [`RuleJudge`]: machine-checkable criteria (`check`), deterministic and free.
 //! - [`HttpJudge`]: any OpenAI-compatible chat completions endpoint, one request per
 //!   criterion, bounded retries and concurrency.
-//! - [`EmbeddingJudge`]: approximate local grading by sentence similarity (MiniLM).
+//! - `EmbeddingJudge`: approximate local grading by sentence similarity (MiniLM; feature
+//!   `embedding`, on by default).
 //! - [`CachedJudge`]: a SQLite verdict cache in front of any of them.
 //! - [`from_config`]: builds one of the above from a TOML [`JudgeConfig`].
-//! - [`serve`]: an OpenAI-compatible server over a local model (`arlrr serve-judge`).
+//! - `serve`: an OpenAI-compatible server over a local model (`arlrr serve-judge`; feature
+//!   `serve`, on by default).
 
 pub mod cache;
 pub mod config;
+#[cfg(feature = "embedding")]
 pub mod embedding;
 pub mod http;
 pub mod prompt;
 pub mod rules;
+#[cfg(feature = "serve")]
 pub mod serve;
 mod text;
 
 pub use cache::{CachedJudge, VerdictCache};
-pub use config::{from_config, ConfigError, JudgeConfig, JudgeKind};
-pub use embedding::{EmbeddingJudge, EmbeddingJudgeConfig, SentenceEmbedder};
+pub use config::{from_config, ConfigError, EmbeddingJudgeConfig, JudgeConfig, JudgeKind};
+#[cfg(feature = "embedding")]
+pub use embedding::{EmbeddingJudge, SentenceEmbedder};
 pub use http::{HttpJudge, HttpJudgeConfig};
 pub use rules::RuleJudge;
 

@@ -146,6 +146,7 @@ pub fn mentions_number(text_lower: &str) -> bool {
 /// Splits a response into sentences for the embedding judge: at line breaks and after `.`,
 /// `!` or `?` followed by whitespace. List markers are stripped, and fragments without a
 /// letter or digit (rules, stray punctuation) are dropped.
+#[cfg(feature = "embedding")]
 pub fn sentences(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -165,6 +166,7 @@ pub fn sentences(text: &str) -> Vec<&str> {
     out
 }
 
+#[cfg(feature = "embedding")]
 fn push_sentence<'a>(out: &mut Vec<&'a str>, s: &'a str) {
     let s = s.trim();
     if s.chars().any(char::is_alphanumeric) {
@@ -172,6 +174,7 @@ fn push_sentence<'a>(out: &mut Vec<&'a str>, s: &'a str) {
     }
 }
 
+#[cfg(feature = "embedding")]
 fn strip_list_marker(line: &str) -> &str {
     match list_item_style(line) {
         Some(rubric::ListStyle::Bullet) => {
@@ -192,6 +195,7 @@ mod tests {
     use super::*;
     use rubric::ListStyle;
 
+    #[cfg(feature = "embedding")]
     #[test]
     fn sentences_split_at_ends_and_lines_without_markers() {
         let text = "## Advice\nRest well. Drink water!\n• See a doctor if it lasts 3.5 days?\n1. Ice it\n---\n";

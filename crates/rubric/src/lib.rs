@@ -2,7 +2,8 @@
 //! those criteria are grouped into, and HealthBench's scoring rules, reproduced exactly.
 //!
 //! Everything downstream (judges, the trainer, the reward service) speaks these types, so this
-//! crate stays dependency-light: serde and a seeded RNG for the bootstrap.
+//! crate stays dependency-light: serde, a seeded RNG for the bootstrap, and sha2 + zip to verify
+//! and unpack the fetched assets.
 
 pub mod assets;
 pub mod builtin;
