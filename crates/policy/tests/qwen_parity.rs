@@ -102,7 +102,7 @@ fn normal(rng: &mut impl Rng) -> f32 {
 /// Random weights under HF names for the model `config` describes, scaled so activations are
 /// O(1) (logits are far from uniform) and every bias and norm weight visibly changes the output.
 fn hf_tensors(config: &Json, seed: u64) -> Vec<(String, Tensor)> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (vocab, hidden, inter) = (
         field(config, "vocab_size"),
         field(config, "hidden_size"),
