@@ -204,10 +204,22 @@ fn append_eval(file: &mut Jsonl, name: &str, line: &EvalLine) -> Result<()> {
             r.failed_verdicts
         );
     }
-    append_checked(file, name, line)
+    // the report itself, not the line: `#[serde(flatten)]` would hide the field's path
+    finite(name, r)?;
+    file.append(line)
 }
 
 fn append_checked<T>(file: &mut Jsonl, name: &str, value: &T) -> Result<()>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    finite(name, value)?;
+    file.append(value)
+}
+
+/// Fails when `value` would not read back from its JSON (a NaN or infinity in a number
+/// field), naming the field.
+fn finite<T>(name: &str, value: &T) -> Result<()>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
@@ -219,7 +231,7 @@ where
             e.path()
         );
     }
-    file.append(value)
+    Ok(())
 }
 
 /// Responses sampled for a batch of training prompts, with their rewards.

@@ -271,7 +271,7 @@ fn a_judge_that_cannot_grade_the_data_fails_before_step_one() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(err.contains("judge `rules` cannot grade"), "{err}");
+    assert!(err.contains("judge `rules-v1` cannot grade"), "{err}");
     assert!(err.contains("hb-train.jsonl (line 1, rubrics[0])"), "{err}");
     assert!(err.contains("not gradable"), "{err}");
     assert!(!run.join("metrics.jsonl").exists(), "no step ran");
