@@ -360,9 +360,10 @@ fn data_split_writes_the_files_the_config_expects() {
     );
 
     assert!(run("3", "50", "50").status.success());
-    assert_eq!(read("val.jsonl"), first[1], "same seed, same split");
+    // plain asserts: a diff would print HealthBench items (canary data) into the log
+    assert!(read("val.jsonl") == first[1], "same seed, same split");
     assert!(run("4", "50", "50").status.success());
-    assert_ne!(read("val.jsonl"), first[1], "another seed, another split");
+    assert!(read("val.jsonl") != first[1], "another seed, another split");
 
     let out = run("0", "300", "200");
     assert_eq!(out.status.code(), Some(1));
