@@ -142,7 +142,7 @@ fn parse_healthbench(path: &Path, text: &str) -> Result<Dataset, DataError> {
                     line_no,
                     format!("rubrics[{i}].points"),
                     format!(
-                        "{} is out of range: points must be finite and within ±{MAX_POINTS:e} (HealthBench uses -10..10)",
+                        "{:e} is out of range: points must be finite and within ±{MAX_POINTS:e} (HealthBench uses -10..10)",
                         r.points
                     ),
                 ));

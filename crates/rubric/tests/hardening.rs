@@ -96,6 +96,8 @@ fn points_beyond_a_million_are_rejected_with_line_and_field() {
                 .starts_with(&format!("{}:2:", dir.path().join("d.jsonl").display())),
             "{err}"
         );
+        let shown = format!("{:e} is out of range", points.parse::<f64>().unwrap());
+        assert!(err.message.starts_with(&shown), "{err}");
     }
 }
 
