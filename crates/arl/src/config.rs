@@ -309,6 +309,8 @@ impl TrainConfig {
                 }
             }
         }
+        self.check_finite()?;
+        self.validate_policy()?;
         let g = &self.grpo;
         if g.prompts_per_step == 0 {
             bail!("field `grpo.prompts_per_step`: must be at least 1");
@@ -322,8 +324,40 @@ impl TrainConfig {
         if g.clip_eps.is_nan() || g.clip_eps <= 0.0 {
             bail!("field `grpo.clip_eps`: must be positive");
         }
-        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
+        if g.kl_beta < 0.0 {
+            bail!("field `grpo.kl_beta`: must be 0 (no KL penalty) or positive");
+        }
+        if g.adv_eps < 0.0 {
+            bail!("field `grpo.adv_eps`: must not be negative");
+        }
+        let o = &self.optim;
+        if o.lr <= 0.0 {
             bail!("field `optim.lr`: must be positive");
+        }
+        for (name, beta) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                bail!("field `optim.{name}`: must be in [0, 1)");
+            }
+        }
+        if o.eps <= 0.0 {
+            bail!("field `optim.eps`: must be positive");
+        }
+        if o.weight_decay < 0.0 {
+            bail!("field `optim.weight_decay`: must not be negative");
+        }
+        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
+            bail!("field `optim.min_lr_ratio`: must be in [0, 1]");
+        }
+        if o.grad_clip < 0.0 {
+            bail!("field `optim.grad_clip`: must not be negative (0 disables clipping)");
+        }
+        if self.phases.ucb_c < 0.0 {
+            bail!("field `phases.ucb_c`: must not be negative");
+        }
+        if let crate::objective::Weights::Custom(w) = &self.objective.weights {
+            if let Some((name, _)) = w.iter().find(|(_, x)| **x < 0.0) {
+                bail!("field `objective.weights.{name}`: must not be negative");
+            }
         }
         if self.phases.length == 0 {
             bail!("field `phases.length`: must be at least 1");
@@ -332,6 +366,78 @@ impl TrainConfig {
             bail!("field `eval.samples`: must be at least 1");
         }
         Ok(())
+    }
+
+    /// Every number in the config must be finite: `lr = inf` or `nan` would only surface at
+    /// the end of the run, as a null in metrics.jsonl.
+    fn check_finite(&self) -> Result<()> {
+        fn walk(v: &toml::Value, path: &str) -> Result<()> {
+            match v {
+                toml::Value::Float(x) if !x.is_finite() => {
+                    bail!("field `{path}`: must be a finite number, got {x}")
+                }
+                toml::Value::Table(t) => t.iter().try_for_each(|(k, v)| {
+                    walk(
+                        v,
+                        &if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        },
+                    )
+                }),
+                toml::Value::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(i, v)| walk(v, &format!("{path}[{i}]"))),
+                _ => Ok(()),
+            }
+        }
+        walk(&toml::Value::try_from(self)?, "")
+    }
+
+    /// The `[policy]` section's values, checked before anything is written or loaded.
+    fn validate_policy(&self) -> Result<()> {
+        let temperature = |t: f64| {
+            if t <= 0.0 {
+                bail!("field `policy.temperature`: must be positive, got {t}");
+            }
+            Ok(())
+        };
+        match &self.policy {
+            PolicyConfig::Categorical(c) => {
+                if c.vocab.is_empty() {
+                    bail!("field `policy.vocab`: needs at least one phrase");
+                }
+                if c.max_tokens == 0 {
+                    bail!("field `policy.max_tokens`: must be at least 1");
+                }
+                if c.buckets == 0 {
+                    bail!("field `policy.buckets`: must be at least 1");
+                }
+                temperature(c.temperature)
+            }
+            #[cfg(feature = "transformer")]
+            PolicyConfig::Transformer(t) => {
+                if t.max_new_tokens == 0 {
+                    bail!("field `policy.max_new_tokens`: must be at least 1");
+                }
+                if let Some(l) = &t.lora {
+                    if l.rank == 0 {
+                        bail!("field `policy.lora.rank`: must be at least 1");
+                    }
+                    if l.targets.is_empty() {
+                        bail!("field `policy.lora.targets`: needs at least one of q, k, v, o, gate, up, down");
+                    }
+                    for (i, name) in l.targets.iter().enumerate() {
+                        if let Err(e) = policy::LoraTarget::parse(name) {
+                            bail!("field `policy.lora.targets[{i}]`: {e}");
+                        }
+                    }
+                }
+                temperature(t.temperature)
+            }
+        }
     }
 
     /// Makes a new run's config concrete: writes the built-in splits when `data.builtin`

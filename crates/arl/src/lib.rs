@@ -48,6 +48,13 @@ pub fn build_policy(cfg: &PolicyConfig) -> Result<Box<dyn Policy>> {
 
 /// The judge a `[judge]` section names.
 pub fn build_judge(cfg: &JudgeConfig) -> Result<Arc<dyn judge::Judge>> {
-    let built = judge::from_config(&cfg.judge_config())?;
+    // the judge crate names `cache` as the file in its errors; here the section is the subject
+    let built = judge::from_config(&cfg.judge_config()).map_err(|e| {
+        anyhow::anyhow!(
+            "[judge] kind = {}: {}",
+            format!("{:?}", cfg.kind).to_lowercase(),
+            e.message
+        )
+    })?;
     Ok(Arc::from(built))
 }

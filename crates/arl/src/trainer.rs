@@ -115,12 +115,123 @@ pub struct Parts {
 
 impl Parts {
     pub fn from_config(cfg: &TrainConfig) -> Result<Parts> {
+        Parts::with_judge(cfg, crate::build_judge(&cfg.judge)?)
+    }
+
+    /// The data and the policy the config names, with a judge built beforehand; the cheap
+    /// checks come first (the judge must grade the data) and the model loads last.
+    pub fn with_judge(cfg: &TrainConfig, judge: Arc<dyn Judge>) -> Result<Parts> {
+        let data = TaskData::from_config(cfg)?;
+        check_judge(&*judge, &data)?;
         Ok(Parts {
             policy: crate::build_policy(&cfg.policy)?,
-            judge: crate::build_judge(&cfg.judge)?,
-            data: TaskData::from_config(cfg)?,
+            judge,
+            data,
         })
     }
+}
+
+/// Grades a few criteria of each data file's first example before any step, so a judge that
+/// cannot grade the data (the rule judge on criteria without `check`, an endpoint that never
+/// answers) fails now in one line instead of after a run whose every sample was excluded.
+/// A criterion the judge can never grade fails the check outright: every response to its
+/// prompt would be excluded.
+pub fn check_judge(judge: &dyn Judge, data: &TaskData) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for d in [Some(&data.train), Some(&data.val), data.test.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let Some(ex) = d.examples.first() else {
+            continue;
+        };
+        let criteria: Vec<usize> = (0..ex.criteria.len().min(3)).collect();
+        let response = ex
+            .ideal_completion
+            .as_deref()
+            .unwrap_or("Rest, drink fluids, and see a doctor if it gets worse.");
+        let task = judge::GradeTask {
+            example: ex,
+            response,
+            criteria: Some(&criteria),
+        };
+        let grades = rt.block_on(judge.grade(&[task])).pop().unwrap_or_default();
+        let failed = |never: bool| {
+            grades.iter().find_map(|g| match &g.outcome {
+                Err(e) if !never || matches!(e, judge::JudgeFailure::NotGradable(_)) => {
+                    Some((g.criterion, e))
+                }
+                _ => None,
+            })
+        };
+        let all_failed = !grades.is_empty() && grades.iter().all(|g| g.outcome.is_err());
+        let bad = failed(true).or_else(|| if all_failed { failed(false) } else { None });
+        if let Some((i, e)) = bad {
+            bail!(
+                "judge `{}` cannot grade {} (line {}, rubrics[{i}]): {e}",
+                judge.id(),
+                d.source.display(),
+                ex.line
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A new run must not land on an earlier one: checked before anything is written.
+pub fn ensure_new_run(run_dir: &Path) -> Result<()> {
+    if run_dir.join("metrics.jsonl").exists() {
+        bail!(
+            "{} already holds a run; continue it with `arlrr train --resume {0}` or set run.dir",
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Appends `value` to a run file that resume and the report read back. JSON has no NaN or
+/// infinity (serde_json writes them as null, which then fails to read back as a number), so
+/// the line is read back first and a non-finite figure fails here, naming the field.
+fn append_eval(file: &mut Jsonl, name: &str, line: &EvalLine) -> Result<()> {
+    let r = &line.report;
+    if r.overall.n == 0 {
+        bail!(
+            "{name}: no response scored at step {} ({} excluded for {} failed judge verdicts, the rest without positive points): the judge cannot grade this data",
+            line.step,
+            r.excluded,
+            r.failed_verdicts
+        );
+    }
+    // the report itself, not the line: `#[serde(flatten)]` would hide the field's path
+    finite(name, r)?;
+    file.append(line)
+}
+
+fn append_checked<T>(file: &mut Jsonl, name: &str, value: &T) -> Result<()>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    finite(name, value)?;
+    file.append(value)
+}
+
+/// Fails when `value` would not read back from its JSON (a NaN or infinity in a number
+/// field), naming the field.
+fn finite<T>(name: &str, value: &T) -> Result<()>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let line = serde_json::to_string(value)?;
+    let de = &mut serde_json::Deserializer::from_str(&line);
+    if let Err(e) = serde_path_to_error::deserialize::<_, T>(de) {
+        bail!(
+            "{name}: field `{}` is not a finite number (JSON cannot hold NaN or infinity); not written",
+            e.path()
+        );
+    }
+    Ok(())
 }
 
 /// Responses sampled for a batch of training prompts, with their rewards.
@@ -174,12 +285,7 @@ impl Trainer {
     pub fn new(config: TrainConfig, parts: Parts) -> Result<Trainer> {
         config.validate()?;
         let run_dir = config.run.dir.clone();
-        if run_dir.join("metrics.jsonl").exists() {
-            bail!(
-                "{} already holds a run; continue it with `arlrr train --resume {0}` or set run.dir",
-                run_dir.display()
-            );
-        }
+        ensure_new_run(&run_dir)?;
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
         checkpoint::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
@@ -267,7 +373,11 @@ impl Trainer {
         let total = self.config.run.steps;
         if self.state.step == 0 && self.evals.lines == 0 {
             let v = self.validate()?; // the starting policy, for the report's comparison
-            self.evals.append(&EvalLine { step: 0, report: v })?;
+            append_eval(
+                &mut self.evals,
+                "eval.jsonl",
+                &EvalLine { step: 0, report: v },
+            )?;
             self.test_split(0)?;
         }
         while self.state.step < total {
@@ -298,10 +408,11 @@ impl Trainer {
                 let t = Instant::now();
                 let v = self.validate()?;
                 time.eval = t.elapsed().as_secs_f64();
-                self.evals.append(&EvalLine {
+                let line = EvalLine {
                     step: self.state.step,
                     report: v.clone(),
-                })?;
+                };
+                append_eval(&mut self.evals, "eval.jsonl", &line)?;
                 Some(v)
             } else {
                 None
@@ -332,7 +443,7 @@ impl Trainer {
                 val,
                 time_s: time,
             };
-            self.metrics.append(&m)?;
+            append_checked(&mut self.metrics, "metrics.jsonl", &m)?;
             self.state.metrics_lines += 1;
             on_step(&m);
             let every = self.config.run.checkpoint_every;
@@ -364,7 +475,7 @@ impl Trainer {
         }
         let seed = self.config.run.seed ^ 0x7e57_5eed;
         let report = self.evaluate_on(&test, self.config.eval.samples, seed)?;
-        self.tests.append(&EvalLine { step, report })
+        append_eval(&mut self.tests, "test.jsonl", &EvalLine { step, report })
     }
 
     /// One GRPO step on a fresh rollout batch (also the lookahead's probe step).
@@ -664,7 +775,7 @@ impl Trainer {
     }
 
     fn log_decision(&mut self, d: &Decision) -> Result<()> {
-        self.schedule.append(d)?;
+        append_checked(&mut self.schedule, "schedule.jsonl", d)?;
         self.state.schedule_lines = self.schedule.lines;
         Ok(())
     }
@@ -759,4 +870,47 @@ fn rows(rollout: &Rollout, advantages: &[Vec<Option<f64>>]) -> Vec<Row> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(score: f64, n: usize) -> EvalLine {
+        let summary = |score| rubric::Summary { score, std: 0.0, n };
+        EvalLine {
+            step: 3,
+            report: EvalReport {
+                overall: summary(score),
+                classes: [("accuracy".to_string(), summary(0.5))].into(),
+                responses: n,
+                excluded: 8 - n,
+                failed_verdicts: 8 - n,
+            },
+        }
+    }
+
+    #[test]
+    fn non_finite_figures_fail_instead_of_becoming_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eval.jsonl");
+        let mut file = Jsonl::open(&path).unwrap();
+        append_eval(&mut file, "eval.jsonl", &line(0.5, 4)).unwrap();
+        let err = append_eval(&mut file, "eval.jsonl", &line(f64::INFINITY, 4)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("field `overall.score` is not a finite number"),
+            "{err}"
+        );
+        let err = append_eval(&mut file, "eval.jsonl", &line(f64::NAN, 0)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no response scored at step 3 (8 excluded"),
+            "{err}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "nothing unreadable was written");
+        let back: EvalLine = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(back, line(0.5, 4));
+    }
 }

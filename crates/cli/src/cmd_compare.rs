@@ -87,6 +87,6 @@ pub fn run(a: Args) -> Result<()> {
     let results = arl::compare::run(&spec, |m, s| eprintln!("training {m} seed {s}"))?;
     let classes = arl::TaskData::from_config(&spec.base)?.classes.names;
     let verdict = arl::compare::write_report(&out, &spec, &results, &classes)?;
-    println!("{verdict}\nreport {}", out.join("compare.md").display());
+    outln!("{verdict}\nreport {}", out.join("compare.md").display())?;
     Ok(())
 }

@@ -21,6 +21,25 @@ enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Split a data file into train.jsonl, val.jsonl and test.jsonl (seeded; stratified by
+    /// the examples' `theme:` tag; records copied verbatim).
+    Split {
+        file: PathBuf,
+        /// Folder to write train.jsonl, val.jsonl and test.jsonl into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validation examples.
+        #[arg(long)]
+        val: usize,
+        /// Test examples.
+        #[arg(long)]
+        test: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// healthbench, native or writingbench (default: recognised from the first record).
+        #[arg(long)]
+        format: Option<Format>,
+    },
     /// Write the built-in patient-message task (train/validation/test, native format).
     Builtin {
         /// Folder to write train.jsonl, validation.jsonl and test.jsonl into.
@@ -69,9 +88,23 @@ pub fn run_data(args: DataArgs) -> Result<()> {
         DataCommand::Stats { file, format, json } => {
             let stats = DataStats::of(&load(&file, format)?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                outln!("{}", serde_json::to_string_pretty(&stats)?)?;
             } else {
-                print!("{stats}");
+                out!("{stats}")?;
+            }
+        }
+        DataCommand::Split {
+            file,
+            out,
+            val,
+            test,
+            seed,
+            format,
+        } => {
+            let data = load(&file, format)?;
+            let split = rubric::split::split(&data, val, test, seed).map_err(anyhow::Error::msg)?;
+            for (path, n) in rubric::split::write_split(&data, &split, &out)? {
+                outln!("{n:>6} {}", path.display())?;
             }
         }
         DataCommand::Builtin {
@@ -88,7 +121,7 @@ pub fn run_data(args: DataArgs) -> Result<()> {
                 test,
             };
             for (name, path) in rubric::builtin::write_splits(spec, &out)? {
-                println!("{name:<11} {}", path.display());
+                outln!("{name:<11} {}", path.display())?;
             }
         }
     }
@@ -107,7 +140,7 @@ pub fn run_score(args: ScoreArgs) -> Result<()> {
     match args.out {
         Some(path) => write_atomic(&path, text.as_bytes()),
         None => {
-            print!("{text}");
+            out!("{text}")?;
             Ok(())
         }
     }

@@ -39,9 +39,9 @@ pub fn run(a: Args) -> Result<()> {
         temperature: a.temperature,
     };
     let report = arl::eval::evaluate_model(&a.model, &opts, &a.data, &judge, a.samples, a.seed)?;
-    print!("{}", report.table());
     if let Some(out) = &a.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
     }
+    out!("{}", report.table())?;
     Ok(())
 }

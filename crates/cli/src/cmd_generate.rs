@@ -90,7 +90,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     })?;
-    println!();
+    outln!()?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "[{} tokens in {secs:.2}s, {:.1} tokens/s]",

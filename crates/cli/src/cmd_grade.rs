@@ -52,8 +52,7 @@ pub struct ResponseLine {
 /// Reads a responses file, checking each line's fields and that its `prompt_id` is in the
 /// dataset; errors name the file, line and field.
 pub fn read_responses(path: &Path, dataset: &Dataset) -> Result<Vec<ResponseLine>, DataError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DataError::new(path, 0, "(file)", format!("cannot read: {e}")))?;
+    let text = rubric::read_text(path)?;
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -122,7 +121,9 @@ pub fn run(args: GradeArgs) -> Result<()> {
     let dataset = crate::cmd_data::load(&args.data, args.format)?;
     let responses = read_responses(&args.responses, &dataset)?;
     let config = JudgeConfig::load(&args.judge)?;
-    let judge = judge::from_config(&config)?;
+    // from_config names the cache file in its errors; the file the user gave is --judge
+    let judge = judge::from_config(&config)
+        .map_err(|e| anyhow::anyhow!("judge config {}: {}", args.judge.display(), e.message))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

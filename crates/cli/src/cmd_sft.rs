@@ -44,6 +44,6 @@ pub fn run(a: Args) -> Result<()> {
         }
     })?;
     bar.finish();
-    println!("warm start {}", a.out.display());
+    outln!("warm start {}", a.out.display())?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `arlrr train`: runs (or resumes) a training run with a live progress bar.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use arl::{Parts, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -90,6 +90,10 @@ pub(crate) fn prepare(cfg: &mut TrainConfig, quiet: bool) -> Result<()> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let origin = match &a.config {
+        Some(path) => path.display().to_string(),
+        None => "configs/builtin.toml (built in)".to_string(),
+    };
     let mut cfg = match (&a.config, &a.resume) {
         (Some(path), None) => {
             let mut cfg = TrainConfig::from_file(path)?;
@@ -117,8 +121,12 @@ pub fn run(a: Args) -> Result<()> {
             if let (Some(s), Some(w)) = (a.sft_steps, &mut cfg.warm_start) {
                 w.steps = s;
             }
+            // everything that can refuse the run is checked before `prepare` writes data/
+            cfg.validate().with_context(|| origin.clone())?;
+            arl::trainer::ensure_new_run(&cfg.run.dir)?;
+            let judge = arl::build_judge(&cfg.judge).with_context(|| origin.clone())?;
             prepare(cfg, a.quiet)?;
-            Trainer::new(cfg.clone(), Parts::from_config(cfg)?)?
+            Trainer::new(cfg.clone(), Parts::with_judge(cfg, judge)?)?
         }
         (None, Some(dir)) => Trainer::resume(dir)?,
         (None, None) => unreachable!("a config or a run to resume"),
@@ -163,6 +171,6 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     bar.finish();
     let dir = trainer.run_dir.display();
-    println!("run directory {dir}\nreport        {dir}/report.md");
+    outln!("run directory {dir}\nreport        {dir}/report.md")?;
     Ok(())
 }

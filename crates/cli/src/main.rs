@@ -1,5 +1,22 @@
 //! The `arlrr` binary: parses arguments and calls the library crates. One module per command.
 
+/// `print!` that returns the write error instead of panicking: a reader that closed the pipe
+/// (`arlrr data stats f | head -1`) is not a crash; `main` exits 0 quietly on it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `println!` that returns the write error instead of panicking (see `out!`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod cmd_compare;
 mod cmd_data;
 mod cmd_eval;
@@ -65,11 +82,20 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // the reader of our stdout went away (`| head`): nothing left to say to anyone
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Binds `host:port` on a multi-threaded runtime, prints one line with the bound address (port 0
@@ -94,7 +120,7 @@ where
         let listener = tokio::net::TcpListener::bind((host, port))
             .await
             .with_context(|| format!("binding {host}:{port}"))?;
-        println!("{}", banner(listener.local_addr()?));
+        outln!("{}", banner(listener.local_addr()?))?;
         std::io::stdout().flush()?;
         serve(listener).await
     })

@@ -61,7 +61,7 @@ pub(crate) fn parse_line<T: serde::de::DeserializeOwned>(
     text: &str,
 ) -> Result<T, DataError> {
     let de = &mut serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         // Each record is one line, so serde's "at line 1 column N" reduces to the column.
@@ -88,5 +88,45 @@ pub(crate) fn parse_line<T: serde::de::DeserializeOwned>(
             msg
         };
         DataError::new(file, line_no, field, msg)
-    })
+    })?;
+    // One record per line: a second value or stray text after the first would be lost.
+    de.end().map_err(|e| {
+        let col = e.column();
+        DataError::new(
+            file,
+            line_no,
+            "(json)",
+            format!(
+                "trailing characters after the record (column {col}): one JSON object per line"
+            ),
+        )
+    })?;
+    Ok(value)
+}
+
+/// Reads a JSONL file as text: a UTF-8 byte-order mark at the start is skipped, and bytes that
+/// are not UTF-8 are reported with their line.
+pub fn read_text(path: &std::path::Path) -> Result<String, DataError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| DataError::new(path, 0, "(file)", format!("cannot read: {e}")))?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(e) => {
+            let at = e.valid_up_to();
+            let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            let col = at
+                - bytes[..at]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
+            Err(DataError::new(
+                path,
+                line,
+                "(file)",
+                format!("not UTF-8 text (invalid byte at column {col})"),
+            ))
+        }
+    }
 }

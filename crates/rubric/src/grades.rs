@@ -1,7 +1,7 @@
 //! The grades format: one JSON line per graded (example, response), with a verdict per rubric
 //! item in file order. `arlrr grade` writes it; `arlrr score` and the trainer read it.
 
-use crate::error::parse_line;
+use crate::error::{parse_line, read_text};
 use crate::model::Dataset;
 use crate::DataError;
 use serde::{Deserialize, Serialize};
@@ -51,8 +51,7 @@ impl GradeLine {
 /// Reads a grades file and checks every line against the dataset: known `prompt_id`, one
 /// verdict per rubric item, values in [0,1].
 pub fn read_grades(path: &Path, dataset: &Dataset) -> Result<Vec<GradeLine>, DataError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DataError::new(path, 0, "(file)", format!("cannot read: {e}")))?;
+    let text = read_text(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -98,6 +97,15 @@ pub fn read_grades(path: &Path, dataset: &Dataset) -> Result<Vec<GradeLine>, Dat
             }
         }
         out.push(g);
+    }
+    if out.is_empty() {
+        // nothing to score: an overall of NaN would look like a result
+        return Err(DataError::new(
+            path,
+            0,
+            "(file)",
+            "the file holds no grade lines",
+        ));
     }
     Ok(out)
 }

@@ -13,10 +13,11 @@ pub mod grades;
 pub mod load;
 pub mod model;
 pub mod score;
+pub mod split;
 pub mod stats;
 
 pub use classes::{ClassScheme, ClassSpec, MetaClasses, HEALTHBENCH_AXES};
-pub use error::DataError;
+pub use error::{read_text, DataError};
 pub use grades::{read_grades, GradeLine};
 pub use load::{load, load_as, write_jsonl, Format};
 pub use model::{Check, Criterion, Dataset, Example, ListStyle, Message};

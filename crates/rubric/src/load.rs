@@ -1,7 +1,7 @@
 //! Loaders. Each reads JSONL line by line and stops at the first bad line with a [`DataError`]
 //! naming file, line and field; nothing is half-loaded.
 
-use crate::error::parse_line;
+use crate::error::{parse_line, read_text};
 use crate::model::{Check, Criterion, Dataset, Example, Message};
 use crate::DataError;
 use serde::Deserialize;
@@ -36,7 +36,7 @@ impl std::str::FromStr for Format {
 /// Loads a data file, recognising its format from the first record.
 pub fn load(path: impl AsRef<Path>) -> Result<Dataset, DataError> {
     let path = path.as_ref();
-    let text = read(path)?;
+    let text = read_text(path)?;
     let format = detect(path, &text)?;
     parse(path, &text, format)
 }
@@ -44,7 +44,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Dataset, DataError> {
 /// Loads a data file in a format the caller names.
 pub fn load_as(path: impl AsRef<Path>, format: Format) -> Result<Dataset, DataError> {
     let path = path.as_ref();
-    let text = read(path)?;
+    let text = read_text(path)?;
     parse(path, &text, format)
 }
 
@@ -54,11 +54,6 @@ pub fn parse(path: &Path, text: &str, format: Format) -> Result<Dataset, DataErr
         Format::HealthBench | Format::Native => parse_healthbench(path, text),
         Format::WritingBench => parse_writingbench(path, text),
     }
-}
-
-fn read(path: &Path) -> Result<String, DataError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| DataError::new(path, 0, "(file)", format!("cannot read: {e}")))
 }
 
 fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
@@ -91,6 +86,10 @@ fn detect(path: &Path, text: &str) -> Result<Format, DataError> {
         ))
     }
 }
+
+/// Largest |points| of a criterion. Far beyond any real rubric (HealthBench: -10..10), and small
+/// enough that sums of points stay finite and exact enough to score.
+pub const MAX_POINTS: f64 = 1e6;
 
 #[derive(Deserialize)]
 struct RawHealthBench {
@@ -137,12 +136,15 @@ fn parse_healthbench(path: &Path, text: &str) -> Result<Dataset, DataError> {
         }
         let mut criteria = Vec::with_capacity(raw.rubrics.len());
         for (i, r) in raw.rubrics.into_iter().enumerate() {
-            if !r.points.is_finite() {
+            if !r.points.is_finite() || r.points.abs() > MAX_POINTS {
                 return Err(DataError::new(
                     path,
                     line_no,
                     format!("rubrics[{i}].points"),
-                    "points must be a finite number",
+                    format!(
+                        "{:e} is out of range: points must be finite and within ±{MAX_POINTS:e} (HealthBench uses -10..10)",
+                        r.points
+                    ),
                 ));
             }
             any_check |= r.check.is_some();
