@@ -110,8 +110,8 @@ impl WarmStartConfig {
         f(
             "heads",
             self.heads > 0
-                && self.hidden_size % self.heads == 0
-                && (self.hidden_size / self.heads) % 2 == 0,
+                && self.hidden_size.is_multiple_of(self.heads)
+                && (self.hidden_size / self.heads).is_multiple_of(2),
             "must divide hidden_size into an even head size",
         )?;
         f("lr", self.lr > 0.0, "must be positive")?;

@@ -385,7 +385,7 @@ impl Trainer {
             let judge_before = self.judge.stats();
 
             // 1. at a phase boundary the selector picks the class the next S steps optimize
-            if self.alternating() && self.state.step % self.config.phases.length == 0 {
+            if self.alternating() && self.state.step.is_multiple_of(self.config.phases.length) {
                 let t = Instant::now();
                 let decision = self.select_class(&mut Timing::default())?;
                 self.log_decision(&decision)?;
@@ -403,7 +403,8 @@ impl Trainer {
             self.state.step += 1;
 
             // 3. validation, metrics, checkpoint
-            let due = self.config.eval.every > 0 && self.state.step % self.config.eval.every == 0;
+            let due = self.config.eval.every > 0
+                && self.state.step.is_multiple_of(self.config.eval.every);
             let val = if due || self.state.step == total {
                 let t = Instant::now();
                 let v = self.validate()?;
@@ -447,7 +448,7 @@ impl Trainer {
             self.state.metrics_lines += 1;
             on_step(&m);
             let every = self.config.run.checkpoint_every;
-            if (every > 0 && self.state.step % every == 0) || self.state.step == total {
+            if (every > 0 && self.state.step.is_multiple_of(every)) || self.state.step == total {
                 self.checkpoint()?;
             }
         }

@@ -101,7 +101,7 @@ impl Policy for TransformerPolicy {
         let mut batch = Vec::with_capacity(prompts.len() * n);
         for ex in prompts {
             let ids = self.prompt_ids(ex)?;
-            batch.extend(std::iter::repeat(ids).take(n));
+            batch.extend(std::iter::repeat_n(ids, n));
         }
         let cfg = self
             .model
