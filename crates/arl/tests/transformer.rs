@@ -1,6 +1,6 @@
 //! The trainer on a real language model: one GRPO step on SmolLM2-135M-Instruct (LoRA, tiny
 //! batch, few tokens), end to end through generation, the rule judge, log-probs, backward and
-//! AdamW. Needs the fetched asset (`arlrr fetch`).
+//! AdamW. Uses the real asset (fetched on first use).
 #![cfg(feature = "transformer")]
 
 mod common;

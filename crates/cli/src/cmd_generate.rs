@@ -42,9 +42,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => p,
         None => rubric::assets::smollm2_gguf()
             .map_err(anyhow::Error::msg)
-            .context(
-                "no --model given and the default SmolLM2 asset is missing (run `arlrr fetch`)",
-            )?,
+            .context("no --model given and the default SmolLM2 asset could not be fetched")?,
     };
     let mut model =
         policy::Model::load(&path).with_context(|| format!("loading model {}", path.display()))?;

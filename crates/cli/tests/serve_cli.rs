@@ -866,7 +866,7 @@ async fn token_limits_timeout_and_the_api_key_never_leak() {
     }
 }
 
-/// The real HealthBench sample (run `arlrr fetch` once): all 500 multi-turn conversations are
+/// The real HealthBench sample (fetched on first use): all 500 multi-turn conversations are
 /// matched by their text alone, as chat messages and as ChatML-templated OpenRLHF prompts, and
 /// a judge that cannot grade physician criteria (the rule judge: they have no `check`) is an
 /// explicit error, never a made-up reward.

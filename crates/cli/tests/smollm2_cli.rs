@@ -1,7 +1,7 @@
 //! The real-model config `configs/builtin-smollm2.toml`: two GRPO steps of SmolLM2-135M-Instruct
 //! (the fetched GGUF, f32 on the CPU, LoRA) on the built-in task with the rule judge, through the
 //! real binary: selection, rollouts, update, validation, test split, checkpoint and report.
-//! Needs the fetched asset (`arlrr fetch`).
+//! Uses the real asset (fetched on first use).
 //!
 //! The shipped config is run with only its sample counts shrunk (validation, test and lookahead
 //! batches, new tokens), so the test stays within CI minutes on 2 cores: every 135M-parameter

@@ -1,4 +1,4 @@
-//! The embedding judge on the real all-MiniLM-L6-v2 asset (run `arlrr fetch` first).
+//! The embedding judge on the real all-MiniLM-L6-v2 asset (fetched on first use).
 //! The model is loaded once per test binary: it is 90 MB and loading dominates the run time.
 
 use judge::embedding::cosine;

@@ -1,4 +1,4 @@
-//! Checks on the real SmolLM2-135M-Instruct GGUF (fetched by `arlrr fetch`): logits parity
+//! Checks on the real SmolLM2-135M-Instruct GGUF (fetched on first use): logits parity
 //! with candle-transformers' `quantized_llama` on the same dequantized weights, identical
 //! greedy tokens, the GGUF-rebuilt tokenizer and chat template, and log-prob consistency.
 //! Kept short: one prompt, 32 tokens.
@@ -14,8 +14,7 @@ use rand::SeedableRng;
 use rubric::Message;
 
 fn gguf_path() -> std::path::PathBuf {
-    rubric::assets::smollm2_gguf()
-        .unwrap_or_else(|e| panic!("SmolLM2 GGUF not available ({e}); run `arlrr fetch` first"))
+    rubric::assets::smollm2_gguf().unwrap_or_else(|e| panic!("SmolLM2 GGUF not available: {e}"))
 }
 
 fn load() -> (Model, Content) {
