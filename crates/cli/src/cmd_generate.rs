@@ -32,7 +32,9 @@ pub struct Args {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Optional LoRA adapter folder (saved by the trainer) applied on top of the model.
+    /// Optional LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`, as
+    /// `policy::save_lora` writes it) applied on top of the model. A training run's checkpoint
+    /// is not such a folder: evaluate a run with `arlrr eval --model <run>`.
     #[arg(long)]
     lora: Option<PathBuf>,
 }
