@@ -14,7 +14,7 @@ use std::time::Duration;
 const RULES: &str = "kind = \"rules\"\n";
 
 mod common;
-use common::{chatml, serve_args, task, user_text, Serve, Task};
+use common::{chatml, get, post, serve_args, task, user_text, Serve, Task};
 
 fn base_args<'a>(t: &'a Task, state: &'a Path) -> Vec<&'a str> {
     serve_args(&t.train, &t.judge, state, &[])
@@ -33,16 +33,6 @@ fn completions(example: &Value) -> Vec<String> {
         format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
         String::new(),
     ]
-}
-
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = client.post(url).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{chatml, serve_args, task, user_text, Serve, Task};
+use common::{chatml, get, post, serve_args, task, user_text, Serve, Task};
 
 /// Four responses of mixed quality, so that every class has spread within the group.
 fn completions(example: &Value) -> Vec<String> {
@@ -26,12 +26,6 @@ fn completions(example: &Value) -> Vec<String> {
     ]
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = client.post(url).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn raw(client: &reqwest::Client, url: &str, body: String) -> (u16, String) {
     let r = client
         .post(url)
@@ -41,10 +35,6 @@ async fn raw(client: &reqwest::Client, url: &str, body: String) -> (u16, String)
         .await
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 fn decisions(state: &Path) -> usize {
