@@ -488,6 +488,22 @@ impl Transformer {
         } else {
             Some(take("lm_head.weight", &[cfg.vocab_size, hs])?)
         };
+        // A weight nobody took means the config and the checkpoint disagree (a bias or norm
+        // the config turns off, more layers): an error, not a silently different model.
+        // Exporters add a tied `lm_head` copy and rotary tables, which carry nothing new.
+        let mut unused: Vec<&String> = tensors
+            .keys()
+            .filter(|n| !(n.ends_with("rotary_emb.inv_freq") || *n == "lm_head.weight"))
+            .collect();
+        if !unused.is_empty() {
+            unused.sort();
+            return Err(Error::Invalid(format!(
+                "{} weight(s) the config does not use, e.g. `{}`: check attention_bias, qk_norm, \
+                 tie_word_embeddings and num_hidden_layers against the checkpoint",
+                unused.len(),
+                unused[0]
+            )));
+        }
         let (cos, sin) = rope_tables(cfg, dtype, device)?;
         Ok(Transformer {
             cfg: cfg.clone(),

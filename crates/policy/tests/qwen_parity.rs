@@ -509,3 +509,21 @@ fn qwen2_keeps_qkv_bias_whatever_attention_bias_says() {
     let ck = check_safetensors(&text, 5, candle_qwen2);
     assert!(ck.config.attention_bias);
 }
+
+/// A checkpoint with weights its config does not use (biases under `"attention_bias": false`)
+/// is an error naming one of them, never a silently different model.
+#[test]
+fn weights_the_config_does_not_use_are_an_error() {
+    let with_bias = QWEN3_CONFIG.replace(r#""attention_bias": false"#, r#""attention_bias": true"#);
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_checkpoint(dir.path(), &with_bias, 6);
+    std::fs::write(dir.path().join("config.json"), QWEN3_CONFIG).unwrap();
+    let err = policy::load_hf(dir.path(), DType::F32, &Device::Cpu)
+        .err()
+        .expect("biases the config turns off must not load silently")
+        .to_string();
+    assert!(
+        err.contains("the config does not use") && err.contains(".bias`"),
+        "{err}"
+    );
+}
