@@ -518,10 +518,10 @@ fn weights_the_config_does_not_use_are_an_error() {
     let dir = tempfile::tempdir().unwrap();
     write_hf_checkpoint(dir.path(), &with_bias, 6);
     std::fs::write(dir.path().join("config.json"), QWEN3_CONFIG).unwrap();
-    let err = policy::load_hf(dir.path(), DType::F32, &Device::Cpu)
-        .err()
-        .expect("biases the config turns off must not load silently")
-        .to_string();
+    let Err(err) = policy::load_hf(dir.path(), DType::F32, &Device::Cpu) else {
+        panic!("biases the config turns off must not load silently");
+    };
+    let err = err.to_string();
     assert!(
         err.contains("the config does not use") && err.contains(".bias`"),
         "{err}"
