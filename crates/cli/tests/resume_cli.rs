@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+mod common;
+use common::kill_when;
 
 const STEPS: usize = 8;
 
@@ -171,24 +173,9 @@ fn sigkilled_run_resumes_exactly(lora: bool) {
         .spawn()
         .unwrap();
     let first = b.join("checkpoints/step-00000002/state.json");
-    let start = Instant::now();
-    while !(first.exists() && lines(&b.join("metrics.jsonl")) >= 3) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it passed its first checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "killed mid-run, not after it finished"
-    );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_when(&mut child, || {
+        first.exists() && lines(&b.join("metrics.jsonl")) >= 3
+    });
     assert!(
         !b.join("report.md").exists(),
         "the kill interrupted the run"

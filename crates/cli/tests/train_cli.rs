@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+mod common;
+use common::kill_when;
 
 fn arlrr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_arlrr"))
@@ -63,24 +65,7 @@ fn a_sigkilled_run_resumes_to_the_same_metrics() {
         .spawn()
         .unwrap();
     let first = b.join("checkpoints/step-00000005/state.json");
-    let start = Instant::now();
-    while !first.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before its first checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "killed mid-run, not after it finished"
-    );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_when(&mut child, || first.exists());
     let written = std::fs::read_to_string(b.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// A running `arlrr serve`; killed (SIGKILL) when dropped.
 pub struct Serve {
@@ -166,4 +167,27 @@ pub async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Va
 /// GET a JSON answer.
 pub async fn get(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Waits until `ready()` (a checkpoint on disk), then SIGKILLs `child` while it is still
+/// running: a kill after the run finished would test nothing.
+pub fn kill_when(child: &mut Child, ready: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "killed mid-run, not after it finished"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
 }
