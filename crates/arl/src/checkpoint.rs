@@ -5,10 +5,10 @@
 
 use crate::optim::AdamW;
 use crate::policy::{set_vars, ParamSnapshot, Policy};
-use crate::selector::PhaseState;
 use anyhow::{Context, Result};
 use candle_core::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;
+use schedule::PhaseState;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -5,13 +5,12 @@
 
 use crate::eval::{EvalReport, EvalSet};
 use crate::metrics::StepMetrics;
-use crate::objective::ObjectiveKind;
 use crate::plots::{LineChart, Series, PALETTE};
-use crate::selector::SelectorKind;
 use crate::trainer::{EvalLine, Parts, Trainer};
 use crate::TrainConfig;
 use anyhow::{bail, Result};
 use rubric::Dataset;
+use schedule::{ObjectiveKind, SelectorKind};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};

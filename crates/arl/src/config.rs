@@ -4,11 +4,10 @@
 
 use crate::categorical::CategoricalConfig;
 use crate::grpo::GrpoConfig;
-use crate::objective::ObjectiveConfig;
 use crate::optim::OptimConfig;
-use crate::selector::PhaseConfig;
 use anyhow::{bail, Context, Result};
 use rubric::ClassSpec;
+use schedule::{ObjectiveKind, PhaseConfig, Weights};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -221,6 +220,30 @@ impl Default for EvalConfig {
     }
 }
 
+/// `[objective]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    /// `"alternating"` (ARL-RR), `"scalarized"` or `"gdpo"`.
+    pub kind: ObjectiveKind,
+    /// Weights of `scalarized`: `"points"` (the HealthBench overall score itself), `"equal"`,
+    /// or a table `{ accuracy = 2.0, completeness = 1.0 }` (missing classes weigh 0).
+    pub weights: Weights,
+    /// `alternating` only: grade just the active class's criteria during training (fewer
+    /// judge calls); validation always grades everything.
+    pub grade_active_class_only: bool,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig {
+            kind: ObjectiveKind::Alternating,
+            weights: Weights::Points,
+            grade_active_class_only: false,
+        }
+    }
+}
+
 impl TrainConfig {
     /// Reads a config file; relative paths inside it are resolved against its folder.
     pub fn from_file(path: &Path) -> Result<TrainConfig> {
@@ -354,7 +377,7 @@ impl TrainConfig {
         if self.phases.ucb_c < 0.0 {
             bail!("field `phases.ucb_c`: must not be negative");
         }
-        if let crate::objective::Weights::Custom(w) = &self.objective.weights {
+        if let Weights::Custom(w) = &self.objective.weights {
             if let Some((name, _)) = w.iter().find(|(_, x)| **x < 0.0) {
                 bail!("field `objective.weights.{name}`: must not be negative");
             }

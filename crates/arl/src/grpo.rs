@@ -41,47 +41,6 @@ impl Default for GrpoConfig {
     }
 }
 
-/// Mean and population std of the defined values (`None` when fewer than one).
-pub fn mean_std(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
-    let v: Vec<f64> = values.into_iter().collect();
-    if v.is_empty() {
-        return None;
-    }
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
-    Some((mean, var.sqrt()))
-}
-
-/// Group-normalized advantages of one prompt's samples.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GroupAdvantages {
-    /// `(r - mean_G) / (std_G + eps)`; `None` for samples without a reward and for every
-    /// sample of a zero-spread group (no signal).
-    pub advantages: Vec<Option<f64>>,
-    /// Within-group std of the defined rewards (0 when fewer than two).
-    pub std: f64,
-    /// Fewer than two defined rewards, or all equal.
-    pub zero_spread: bool,
-}
-
-pub fn group_advantages(rewards: &[Option<f64>], eps: f64) -> GroupAdvantages {
-    let defined: Vec<f64> = rewards.iter().flatten().copied().collect();
-    let (mean, std) = mean_std(defined.iter().copied()).unwrap_or((0.0, 0.0));
-    let zero_spread = defined.len() < 2 || std <= 1e-12;
-    let advantages = rewards
-        .iter()
-        .map(|r| match r {
-            Some(r) if !zero_spread => Some((r - mean) / (std + eps)),
-            _ => None,
-        })
-        .collect();
-    GroupAdvantages {
-        advantages,
-        std,
-        zero_spread,
-    }
-}
-
 /// The loss of one micro-batch and its diagnostics.
 pub struct GrpoLoss {
     /// Sum over real tokens of the per-token loss, divided by `token_normalizer`.
@@ -146,26 +105,4 @@ pub fn grpo_loss(
 
 pub fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn advantages_normalize_within_group() {
-        let g = group_advantages(&[Some(1.0), Some(0.0), None, Some(0.5)], 0.0);
-        assert!(!g.zero_spread);
-        let a: Vec<f64> = g.advantages.iter().flatten().copied().collect();
-        assert_eq!(
-            g.advantages[2], None,
-            "a missing reward is excluded, not scored"
-        );
-        assert!((a.iter().sum::<f64>()).abs() < 1e-12);
-        let var = a.iter().map(|x| x * x).sum::<f64>() / 3.0;
-        assert!((var - 1.0).abs() < 1e-9);
-        let z = group_advantages(&[Some(0.3), Some(0.3)], 1e-6);
-        assert!(z.zero_spread && z.advantages.iter().all(Option::is_none));
-        assert!(group_advantages(&[Some(1.0), None], 1e-6).zero_spread);
-    }
 }

@@ -13,12 +13,10 @@ pub mod eval;
 pub mod grading;
 pub mod grpo;
 pub mod metrics;
-pub mod objective;
 pub mod optim;
 pub mod plots;
 pub mod policy;
 pub mod report;
-pub mod selector;
 #[cfg(feature = "transformer")]
 pub mod sft;
 pub mod trainer;
@@ -26,13 +24,12 @@ pub mod trainer;
 pub mod transformer;
 
 pub use categorical::{CategoricalConfig, CategoricalPolicy};
-pub use config::{JudgeConfig, PolicyConfig, TrainConfig};
+pub use config::{JudgeConfig, ObjectiveConfig, PolicyConfig, TrainConfig};
 pub use eval::{evaluate, EvalReport, EvalSet};
 pub use metrics::StepMetrics;
-pub use objective::{ObjectiveKind, Target, Weights};
 pub use policy::{Completion, Policy, TokenLogProbs};
-pub use selector::{Decision, SelectorKind};
-pub use trainer::{Parts, TaskData, Trainer};
+pub use schedule::{Decision, ObjectiveKind, PhaseConfig, SelectorKind, Target, TaskData, Weights};
+pub use trainer::{Parts, Trainer};
 
 use anyhow::Result;
 use std::sync::Arc;

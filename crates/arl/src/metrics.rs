@@ -4,10 +4,9 @@
 //! else is reproducible from the seed.
 
 use crate::eval::EvalReport;
-use crate::grpo::mean_std;
-use crate::objective::BatchAdvantages;
 use judge::JudgeStats;
 use rubric::RewardVector;
+use schedule::{mean_std, BatchAdvantages};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

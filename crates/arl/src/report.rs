@@ -2,9 +2,9 @@
 
 use crate::checkpoint::write_atomic;
 use crate::metrics::StepMetrics;
-use crate::selector::Decision;
 use crate::trainer::{EvalLine, Trainer};
 use anyhow::Result;
+use schedule::Decision;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

@@ -8,101 +8,30 @@ use crate::eval::{evaluate, EvalReport, EvalSet};
 use crate::grading::{grade, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
 use crate::metrics::{reward_stats, zero_spread_share, JudgeDelta, StepMetrics, UpdateStats};
-use crate::objective::{ObjectiveKind, Target, Weights};
 use crate::optim::{clip_grads, global_norm, AdamW};
 use crate::policy::{Completion, ParamSnapshot, Policy};
-use crate::selector::Decision;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 use judge::Judge;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rubric::classes::Assignment;
-use rubric::{Dataset, Example, MetaClasses, RewardVector};
+use rubric::{Example, RewardVector};
+use schedule::{Decision, ObjectiveKind, Target, TaskData};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use crate::metrics::Timing;
 
-/// Training and validation data with their meta-class assignment.
-pub struct TaskData {
-    pub train: Dataset,
-    pub val: Dataset,
-    /// Held-out split scored at the start and the end of a run (`data.test`), never used for
-    /// selection.
-    pub test: Option<Dataset>,
-    pub classes: MetaClasses,
-    pub train_classes: Assignment,
-    pub val_classes: Assignment,
-    /// Classes with a positive-point criterion in the training data (the others give no
-    /// signal and are never selected).
-    pub trainable: Vec<usize>,
-    /// Each class's share of the positive points of the selectors' fixed batch (`deficit`).
-    pub select_weights: Vec<f64>,
-}
+mod select;
 
-impl TaskData {
-    pub fn new(
-        train: Dataset,
-        val: Dataset,
-        spec: &rubric::ClassSpec,
-        select_size: usize,
-    ) -> Result<TaskData> {
-        anyhow::ensure!(
-            !train.is_empty(),
-            "{}: no training examples",
-            train.source.display()
-        );
-        anyhow::ensure!(
-            !val.is_empty(),
-            "{}: no validation examples",
-            val.source.display()
-        );
-        let classes = MetaClasses::new(spec, &[&train, &val])?;
-        let train_classes = classes.assign(&train)?;
-        let val_classes = classes.assign(&val)?;
-        let k = classes.len();
-        let positive_points = |d: &Dataset, a: &Assignment, n: usize| {
-            let mut w = vec![0.0; k];
-            for (ex, cl) in d.examples.iter().zip(a).take(n) {
-                for (c, &ci) in ex.criteria.iter().zip(cl) {
-                    if c.points > 0.0 {
-                        w[ci] += c.points;
-                    }
-                }
-            }
-            w
-        };
-        let trainable = positive_points(&train, &train_classes, usize::MAX)
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| **p > 0.0)
-            .map(|(i, _)| i)
-            .collect();
-        let mut select_weights = positive_points(&val, &val_classes, select_size.max(1));
-        let total: f64 = select_weights.iter().sum::<f64>().max(1e-12);
-        select_weights.iter_mut().for_each(|w| *w /= total);
-        Ok(TaskData {
-            train,
-            val,
-            test: None,
-            classes,
-            train_classes,
-            val_classes,
-            trainable,
-            select_weights,
-        })
-    }
-
-    /// Loads the files named in the config.
-    pub fn from_config(cfg: &TrainConfig) -> Result<TaskData> {
-        let train = rubric::load(&cfg.data.train)?;
-        let val = rubric::load(&cfg.data.val)?;
-        let mut data = TaskData::new(train, val, &cfg.data.classes, cfg.phases.select_size)?;
-        data.test = cfg.data.test.as_deref().map(rubric::load).transpose()?;
-        Ok(data)
-    }
+/// The task data of the files the config names.
+pub fn load_task(cfg: &TrainConfig) -> Result<TaskData> {
+    let train = rubric::load(&cfg.data.train)?;
+    let val = rubric::load(&cfg.data.val)?;
+    let mut data = TaskData::new(train, val, &cfg.data.classes, cfg.phases.select_size)?;
+    data.test = cfg.data.test.as_deref().map(rubric::load).transpose()?;
+    Ok(data)
 }
 
 /// The replaceable parts of a run. `Parts::from_config` builds what the config names; tests
@@ -121,7 +50,7 @@ impl Parts {
     /// The data and the policy the config names, with a judge built beforehand; the cheap
     /// checks come first (the judge must grade the data) and the model loads last.
     pub fn with_judge(cfg: &TrainConfig, judge: Arc<dyn Judge>) -> Result<Parts> {
-        let data = TaskData::from_config(cfg)?;
+        let data = load_task(cfg)?;
         check_judge(&*judge, &data)?;
         Ok(Parts {
             policy: crate::build_policy(&cfg.policy)?,
@@ -425,7 +354,7 @@ impl Trainer {
                 active_class: self.active_class_name(),
                 lr,
                 overall,
-                objective_group_std: crate::grpo::mean_std(adv.group_std.iter().copied())
+                objective_group_std: schedule::mean_std(adv.group_std.iter().copied())
                     .map_or(0.0, |a| a.0),
                 classes,
                 groups: adv.zero_spread.len(),
@@ -485,7 +414,7 @@ impl Trainer {
         target: &Target,
         only_class: Option<usize>,
         time: &mut Timing,
-    ) -> Result<(Rollout, crate::objective::BatchAdvantages, UpdateStats)> {
+    ) -> Result<(Rollout, schedule::BatchAdvantages, UpdateStats)> {
         let rollout = self.rollout(only_class, time)?;
         let adv = target.advantages(
             &rollout.rewards,
@@ -798,28 +727,10 @@ impl Trainer {
                 Target::Class(self.state.phase.active.context("no active class")?)
             }
             ObjectiveKind::Gdpo => Target::Decoupled,
-            ObjectiveKind::Scalarized => match &o.weights {
-                w if *w == Weights::Points => Target::Overall,
-                w if *w == Weights::Equal => Target::Weighted(vec![1.0; self.data.classes.len()]),
-                Weights::Custom(map) => {
-                    for name in map.keys() {
-                        if self.data.classes.index(name).is_none() {
-                            bail!(
-                                "field `objective.weights.{name}`: not a meta-class (classes: {})",
-                                self.data.classes.names.join(", ")
-                            );
-                        }
-                    }
-                    let names = &self.data.classes.names;
-                    Target::Weighted(
-                        names
-                            .iter()
-                            .map(|n| map.get(n).copied().unwrap_or(0.0))
-                            .collect(),
-                    )
-                }
-                Weights::Named(_) => unreachable!("named weights handled above"),
-            },
+            ObjectiveKind::Scalarized => o
+                .weights
+                .target(&self.data.classes.names)
+                .map_err(|e| anyhow::anyhow!("field `objective.weights`: {e}"))?,
         })
     }
 

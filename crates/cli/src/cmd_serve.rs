@@ -2,8 +2,8 @@
 //! the flags, builds the judge and the data, and hands them to the `server` crate.
 
 use anyhow::{Context, Result};
-use arl::selector::PhaseConfig;
 use arl::{ObjectiveKind, SelectorKind, Weights};
+use schedule::PhaseConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -30,12 +30,12 @@ fn main() {
         classes: rubric::ClassSpec::default(),
         judge: Arc::new(judge),
         judge_cached: true,
-        objective: arl::ObjectiveKind::Alternating,
-        weights: arl::Weights::Points,
+        objective: schedule::ObjectiveKind::Alternating,
+        weights: schedule::Weights::Points,
         schedule: server::ScheduleSettings {
-            objective: arl::ObjectiveKind::Alternating,
-            phases: arl::selector::PhaseConfig {
-                selector: arl::SelectorKind::RoundRobin,
+            objective: schedule::ObjectiveKind::Alternating,
+            phases: schedule::PhaseConfig {
+                selector: schedule::SelectorKind::RoundRobin,
                 ..Default::default()
             },
             completions_per_step: 0,

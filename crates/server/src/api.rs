@@ -1,7 +1,7 @@
 //! HTTP handlers, the auth/timeout/metrics middleware and the router.
 
 use crate::prompts::{id_of, response_from_query, MatchError};
-use crate::schedule::{Report, ReportFault, ValidationScores};
+use crate::scheduler::{Report, ReportFault, ValidationScores};
 use crate::{clip, GradeFailure, Objective, Service};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

@@ -8,8 +8,8 @@
 //! group's first completion has passed; then every member gets its reward from the group's
 //! normalization.
 
-use arl::Target;
 use rubric::RewardVector;
+use schedule::Target;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;

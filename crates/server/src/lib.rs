@@ -24,19 +24,19 @@ pub mod api;
 pub mod groups;
 pub mod metrics;
 pub mod prompts;
-pub mod schedule;
+pub mod scheduler;
 
 use anyhow::Result;
-use arl::{ObjectiveKind, Target, Weights};
 use judge::{GradeTask, Judge, JudgeFailure};
 use rubric::{ClassSpec, Dataset, RewardVector};
+use schedule::{ObjectiveKind, Target, Weights};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use api::router;
 pub use groups::GroupSettings;
-pub use schedule::{Report, ScheduleSettings, Scheduler, Status, ValidationScores};
+pub use scheduler::{Report, ScheduleSettings, Scheduler, Status, ValidationScores};
 
 /// `eps` in GDPO's `(r - mean) / (std + eps)`, as the trainer's GRPO default.
 pub const GDPO_EPS: f64 = 1e-6;
@@ -146,31 +146,6 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
     }
 }
 
-/// Resolves `scalarized` weights as the trainer does: `points` = the HealthBench overall
-/// score, `equal`, or a table of class weights (missing classes weigh 0).
-pub fn scalarized_target(weights: &Weights, classes: &[String]) -> Result<Target> {
-    Ok(match weights {
-        w if *w == Weights::Points => Target::Overall,
-        w if *w == Weights::Equal => Target::Weighted(vec![1.0; classes.len()]),
-        Weights::Custom(map) => {
-            for name in map.keys() {
-                anyhow::ensure!(
-                    classes.contains(name),
-                    "weight for `{name}`: not a meta-class (classes: {})",
-                    classes.join(", ")
-                );
-            }
-            Target::Weighted(
-                classes
-                    .iter()
-                    .map(|n| map.get(n).copied().unwrap_or(0.0))
-                    .collect(),
-            )
-        }
-        Weights::Named(_) => anyhow::bail!("unknown named weights"),
-    })
-}
-
 impl Service {
     /// Assigns classes, resolves the objective and opens (or resumes) the schedule.
     pub fn new(config: ServiceConfig) -> Result<Arc<Service>> {
@@ -179,9 +154,9 @@ impl Service {
             "{}: no examples",
             config.data.source.display()
         );
-        // arl's task data gives the class assignment, the classes with a signal and the
+        // the schedule's task data gives the class assignment, the classes with a signal and the
         // points shares the deficit selector weighs by, exactly as a training run has them.
-        let task = arl::TaskData::new(
+        let task = schedule::TaskData::new(
             config.data.clone(),
             config.data,
             &config.classes,
@@ -190,9 +165,12 @@ impl Service {
         let objective = match config.objective {
             ObjectiveKind::Alternating => Objective::Alternating,
             ObjectiveKind::Gdpo => Objective::Gdpo,
-            ObjectiveKind::Scalarized => {
-                Objective::Scalarized(scalarized_target(&config.weights, &task.classes.names)?)
-            }
+            ObjectiveKind::Scalarized => Objective::Scalarized(
+                config
+                    .weights
+                    .target(&task.classes.names)
+                    .map_err(|e| anyhow::anyhow!("--weights: {e}"))?,
+            ),
         };
         if config.groups.size > 0 {
             anyhow::ensure!(
@@ -364,7 +342,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arl::selector::PhaseConfig;
+    use schedule::PhaseConfig;
 
     fn service(objective: ObjectiveKind, weights: Weights, dir: &std::path::Path) -> Arc<Service> {
         let files =

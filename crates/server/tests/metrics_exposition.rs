@@ -4,8 +4,8 @@
 //! buckets bound. Checked on durations chosen here (exact figures) and on a live service after
 //! a known set of requests over real HTTP.
 
-use arl::selector::PhaseConfig;
-use arl::{ObjectiveKind, Weights};
+use schedule::PhaseConfig;
+use schedule::{ObjectiveKind, Weights};
 use server::metrics::{Metrics, Snapshot};
 use server::{GroupSettings, Limits, ScheduleSettings, Service, ServiceConfig};
 use std::collections::{BTreeMap, HashMap};

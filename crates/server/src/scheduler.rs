@@ -3,9 +3,9 @@
 //! In `arlrr train` the trainer owns the policy and measures validation itself; a remote
 //! engine owns the policy here, so the schedule advances on reports: training steps (or
 //! graded completions, `completions_per_step`), validation scores, and, for lookahead, the
-//! score of each probe. The decision rules and the decision record are arl's
-//! ([`arl::selector::PhaseConfig`], [`PhaseState`], [`Decision`], [`Candidate`]), so a service
-//! run's `schedule.jsonl` reads like a trainer run's.
+//! score of each probe. The decision rules and the decision record are the `schedule` crate's
+//! ([`PhaseState::plan`], [`PhaseState::commit`], [`Decision`]), the same the trainer runs, so
+//! a service run's `schedule.jsonl` reads like a trainer run's.
 //!
 //! Selectors in service mode:
 //! - `fixed`, `round_robin`: need only step counts.
@@ -23,8 +23,10 @@
 //! after every change, so a killed service resumes exactly; decisions are appended to
 //! `schedule.jsonl`.
 
-use arl::selector::{Candidate, Decision, PhaseConfig, PhaseState};
-use arl::{ObjectiveKind, SelectorKind};
+use schedule::{
+    probe_candidates, Choices, Decision, Measured, ObjectiveKind, PhaseConfig, PhaseState, Plan,
+    SelectorKind,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -50,16 +52,6 @@ pub struct ScheduleSettings {
     /// steps, such as OpenRLHF: `rollout_batch_size × n_samples_per_prompt`). 0 = steps
     /// come only from reports.
     pub completions_per_step: u64,
-}
-
-/// Scores measured on the trainer's validation set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Measured {
-    /// The training step they were measured at.
-    pub step: u64,
-    pub overall: Option<f64>,
-    /// In class order; `None` = not reported.
-    pub classes: Vec<Option<f64>>,
 }
 
 /// A lookahead search in progress.
@@ -604,27 +596,19 @@ impl Scheduler {
         if !self.alternating() {
             return Ok(None);
         }
-        let names = self.state.classes.clone();
         if let Some(probe) = &self.state.probe {
             if probe.results.iter().any(Option::is_none) {
                 return Ok(None);
             }
             let probe = self.state.probe.take().expect("checked above");
-            let base_overall = probe.base.as_ref().and_then(|b| b.overall);
-            let candidates = probe
-                .candidates
-                .iter()
-                .zip(&probe.results)
-                .map(|(&k, r)| {
-                    let score = r.expect("all reported");
-                    Candidate {
-                        class: names[k].clone(),
-                        score,
-                        detail: base_overall.map_or(f64::NAN, |b| score - b),
-                    }
-                })
-                .collect();
-            return Ok(Some(self.commit(candidates, probe.base)?));
+            let scores: Vec<f64> = probe.results.iter().flatten().copied().collect();
+            let candidates = probe_candidates(
+                &self.state.classes,
+                &probe.candidates,
+                &scores,
+                probe.base.as_ref().and_then(|b| b.overall),
+            );
+            return self.commit(candidates, probe.base).map(Some);
         }
         if !self.phase_over() {
             return Ok(None);
@@ -634,115 +618,44 @@ impl Scheduler {
         if !first && self.needs_validation() && base.is_none() {
             return Ok(None);
         }
-        let p = &self.settings.phases;
-        let class_score = |k: usize| base.as_ref().and_then(|b| b.classes[k]).unwrap_or(f64::NAN);
-        let deficit = |k: usize| self.select_weights[k] * (1.0 - class_score(k));
-        let one = |k: usize| {
-            vec![Candidate {
-                class: names[k].clone(),
-                score: 1.0,
-                detail: 0.0,
-            }]
+        let at = Choices {
+            names: &self.state.classes,
+            trainable: &self.trainable,
+            select_weights: &self.select_weights,
         };
-        let candidates = match p.selector {
-            SelectorKind::Fixed => {
-                let name = p.fixed_class.as_deref().unwrap_or_default();
-                one(names
-                    .iter()
-                    .position(|n| n == name)
-                    .expect("checked at open"))
+        match self
+            .state
+            .phase
+            .plan(&self.settings.phases, at, base.as_ref())?
+        {
+            Plan::Decide(candidates) => self.commit(candidates, base).map(Some),
+            Plan::Probe(candidates) => {
+                let n = candidates.len();
+                self.state.probe = Some(Probe {
+                    base,
+                    candidates,
+                    results: vec![None; n],
+                });
+                Ok(None)
             }
-            SelectorKind::RoundRobin => {
-                let next = match self.state.phase.active {
-                    None => self.trainable[0],
-                    Some(a) => *self
-                        .trainable
-                        .iter()
-                        .find(|&&k| k > a)
-                        .unwrap_or(&self.trainable[0]),
-                };
-                one(next)
-            }
-            SelectorKind::Deficit => self
-                .trainable
-                .iter()
-                .map(|&k| Candidate {
-                    class: names[k].clone(),
-                    score: deficit(k),
-                    detail: class_score(k),
-                })
-                .collect(),
-            SelectorKind::Ucb => {
-                let st = &mut self.state.phase;
-                st.credit_ended_phase(names.len(), base.as_ref().and_then(|b| b.overall));
-                st.ucb_candidates(&self.trainable, &names, p.ucb_c)
-            }
-            SelectorKind::Lookahead => {
-                let mut probed = self.trainable.clone();
-                if p.top_m > 0 && p.top_m < probed.len() {
-                    probed.sort_by(|&a, &b| deficit(b).total_cmp(&deficit(a)).then(a.cmp(&b)));
-                    probed.truncate(p.top_m);
-                    probed.sort_unstable();
-                }
-                if probed.len() > 1 {
-                    let n = probed.len();
-                    self.state.probe = Some(Probe {
-                        base,
-                        candidates: probed,
-                        results: vec![None; n],
-                    });
-                    return Ok(None);
-                }
-                one(probed[0])
-            }
-            SelectorKind::Gradient => anyhow::bail!("selector `gradient` is refused at start"),
-        };
-        Ok(Some(self.commit(candidates, base)?))
+            Plan::Gradients(_) => anyhow::bail!("selector `gradient` is refused at start"),
+        }
     }
 
-    /// Starts the phase of the best candidate (argmax; NaN last, ties to the earlier class,
-    /// as in arl) and records the decision.
+    /// Starts the phase of the best candidate and records the decision.
     fn commit(
         &mut self,
-        candidates: Vec<Candidate>,
+        candidates: Vec<schedule::Candidate>,
         base: Option<Measured>,
     ) -> anyhow::Result<Decision> {
-        let key = |c: &Candidate| {
-            if c.score.is_nan() {
-                f64::NEG_INFINITY
-            } else {
-                c.score
-            }
-        };
-        let best = candidates
-            .iter()
-            .enumerate()
-            .max_by(|(i, a), (j, b)| key(a).total_cmp(&key(b)).then(j.cmp(i)))
-            .map(|(i, _)| i)
-            .ok_or_else(|| anyhow::anyhow!("the selector produced no candidate"))?;
-        let chosen = self
-            .state
-            .classes
-            .iter()
-            .position(|n| *n == candidates[best].class)
-            .expect("candidates are classes");
-        let base_score = base.as_ref().and_then(|b| b.overall);
-        let st = &mut self.state.phase;
-        st.index += 1;
-        st.active = Some(chosen);
-        st.start_score = base_score;
-        self.state.phase_start_step = self.state.step;
-        let decision = Decision {
-            step: self.state.step,
-            phase: st.index,
-            selector: self.settings.phases.selector,
-            chosen: self.state.classes[chosen].clone(),
-            base_score,
-            base_class_scores: base
-                .map(|b| b.classes)
-                .unwrap_or_else(|| vec![None; self.state.classes.len()]),
+        let decision = self.state.phase.commit(
+            self.state.step,
+            self.settings.phases.selector,
+            &self.state.classes,
             candidates,
-        };
+            base.as_ref(),
+        )?;
+        self.state.phase_start_step = self.state.step;
         self.state.last_decision = Some(decision.clone());
         Ok(decision)
     }

@@ -1,34 +1,9 @@
 //! What drives the advantages: one fixed scalarization, decoupled per-class normalization
-//! (GDPO), or one meta-class at a time (ARL-RR).
+//! (GDPO), or one meta-class at a time (ARL-RR), and GRPO's group-normalized advantages.
 
-use crate::grpo::{group_advantages, mean_std};
 use rubric::RewardVector;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// `[objective]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ObjectiveConfig {
-    /// `"alternating"` (ARL-RR), `"scalarized"` or `"gdpo"`.
-    pub kind: ObjectiveKind,
-    /// Weights of `scalarized`: `"points"` (the HealthBench overall score itself), `"equal"`,
-    /// or a table `{ accuracy = 2.0, completeness = 1.0 }` (missing classes weigh 0).
-    pub weights: Weights,
-    /// `alternating` only: grade just the active class's criteria during training (fewer
-    /// judge calls); validation always grades everything.
-    pub grade_active_class_only: bool,
-}
-
-impl Default for ObjectiveConfig {
-    fn default() -> Self {
-        ObjectiveConfig {
-            kind: ObjectiveKind::Alternating,
-            weights: Weights::Points,
-            grade_active_class_only: false,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,11 +13,23 @@ pub enum ObjectiveKind {
     Gdpo,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
+/// Weights of `scalarized`: `"points"` (the HealthBench overall score itself), `"equal"`, or
+/// a table `{ accuracy = 2.0, completeness = 1.0 }` (missing classes weigh 0).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Weights {
-    Named(NamedWeights),
+    Points,
+    Equal,
     Custom(BTreeMap<String, f64>),
+}
+
+impl Serialize for Weights {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Weights::Points => s.serialize_str("points"),
+            Weights::Equal => s.serialize_str("equal"),
+            Weights::Custom(t) => t.serialize(s),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Weights {
@@ -66,17 +53,29 @@ impl<'de> Deserialize<'de> for Weights {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NamedWeights {
-    Points,
-    Equal,
-}
-
-#[allow(non_upper_case_globals)]
 impl Weights {
-    pub const Points: Weights = Weights::Named(NamedWeights::Points);
-    pub const Equal: Weights = Weights::Named(NamedWeights::Equal);
+    /// The scalarized target over `classes`; a weight for a name that is not a class is an
+    /// error naming it (a typo would otherwise weigh 0 in silence).
+    pub fn target(&self, classes: &[String]) -> anyhow::Result<Target> {
+        Ok(match self {
+            Weights::Points => Target::Overall,
+            Weights::Equal => Target::Weighted(vec![1.0; classes.len()]),
+            Weights::Custom(map) => {
+                if let Some(name) = map.keys().find(|n| !classes.contains(n)) {
+                    anyhow::bail!(
+                        "`{name}` is not a meta-class (classes: {})",
+                        classes.join(", ")
+                    );
+                }
+                Target::Weighted(
+                    classes
+                        .iter()
+                        .map(|n| map.get(n).copied().unwrap_or(0.0))
+                        .collect(),
+                )
+            }
+        })
+    }
 }
 
 /// The reward signal an update optimizes, resolved against the class list.
@@ -173,6 +172,47 @@ pub struct BatchAdvantages {
     pub zero_spread: Vec<bool>,
 }
 
+/// Mean and population std of the defined values (`None` when fewer than one).
+pub fn mean_std(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
+    let v: Vec<f64> = values.into_iter().collect();
+    if v.is_empty() {
+        return None;
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+    Some((mean, var.sqrt()))
+}
+
+/// Group-normalized advantages of one prompt's samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupAdvantages {
+    /// `(r - mean_G) / (std_G + eps)`; `None` for samples without a reward and for every
+    /// sample of a zero-spread group (no signal).
+    pub advantages: Vec<Option<f64>>,
+    /// Within-group std of the defined rewards (0 when fewer than two).
+    pub std: f64,
+    /// Fewer than two defined rewards, or all equal.
+    pub zero_spread: bool,
+}
+
+pub fn group_advantages(rewards: &[Option<f64>], eps: f64) -> GroupAdvantages {
+    let defined: Vec<f64> = rewards.iter().flatten().copied().collect();
+    let (mean, std) = mean_std(defined.iter().copied()).unwrap_or((0.0, 0.0));
+    let zero_spread = defined.len() < 2 || std <= 1e-12;
+    let advantages = rewards
+        .iter()
+        .map(|r| match r {
+            Some(r) if !zero_spread => Some((r - mean) / (std + eps)),
+            _ => None,
+        })
+        .collect();
+    GroupAdvantages {
+        advantages,
+        std,
+        zero_spread,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +263,49 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("pointz") && e.contains("equal"), "{e}");
+    }
+
+    #[test]
+    fn advantages_normalize_within_group() {
+        let g = group_advantages(&[Some(1.0), Some(0.0), None, Some(0.5)], 0.0);
+        assert!(!g.zero_spread);
+        let a: Vec<f64> = g.advantages.iter().flatten().copied().collect();
+        assert_eq!(
+            g.advantages[2], None,
+            "a missing reward is excluded, not scored"
+        );
+        assert!((a.iter().sum::<f64>()).abs() < 1e-12);
+        let var = a.iter().map(|x| x * x).sum::<f64>() / 3.0;
+        assert!((var - 1.0).abs() < 1e-9);
+        let z = group_advantages(&[Some(0.3), Some(0.3)], 1e-6);
+        assert!(z.zero_spread && z.advantages.iter().all(Option::is_none));
+        assert!(group_advantages(&[Some(1.0), None], 1e-6).zero_spread);
+    }
+
+    #[test]
+    fn weights_write_back_as_they_are_read_and_resolve_against_classes() {
+        let names: Vec<String> = ["accuracy", "completeness"].map(String::from).to_vec();
+        for text in ["w = \"points\"", "w = \"equal\"", "w = { accuracy = 2.0 }"] {
+            #[derive(Debug, PartialEq, Serialize, Deserialize)]
+            struct W {
+                w: Weights,
+            }
+            let w: W = toml::from_str(text).unwrap();
+            let back: W = toml::from_str(&toml::to_string(&w).unwrap()).unwrap();
+            assert_eq!(back, w, "{text}");
+        }
+        assert_eq!(Weights::Points.target(&names).unwrap(), Target::Overall);
+        assert_eq!(
+            Weights::Equal.target(&names).unwrap(),
+            Target::Weighted(vec![1.0, 1.0])
+        );
+        let custom = Weights::Custom([("completeness".to_string(), 3.0)].into());
+        assert_eq!(
+            custom.target(&names).unwrap(),
+            Target::Weighted(vec![0.0, 3.0])
+        );
+        let typo = Weights::Custom([("acuracy".to_string(), 1.0)].into());
+        let e = typo.target(&names).unwrap_err().to_string();
+        assert!(e.contains("`acuracy`") && e.contains("completeness"), "{e}");
     }
 }

@@ -1,0 +1,519 @@
+//! Phases and selectors of ARL-RR: every `phases.length` steps a selector picks the class the
+//! next phase optimizes, from measured task performance. Each choice is a [`Decision`] that
+//! carries the numbers behind it (one line of `schedule.jsonl`).
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// `[phases]` (used by `objective.kind = "alternating"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PhaseConfig {
+    /// Steps per phase (`S`).
+    pub length: u64,
+    /// `"lookahead"` (default), `"gradient"`, `"deficit"`, `"ucb"`, `"round_robin"`, `"fixed"`.
+    pub selector: SelectorKind,
+    /// `fixed`: the class trained throughout (a class name, e.g. `"accuracy"`).
+    pub fixed_class: Option<String>,
+    /// `lookahead`: probe steps per candidate (`L`).
+    pub probe_steps: u64,
+    /// `lookahead`: probe only the `top_m` classes by deficit; 0 = every class.
+    pub top_m: usize,
+    /// `ucb`: exploration constant `c` in `mean_gain + c * sqrt(2 ln N / n_k)`.
+    pub ucb_c: f64,
+    /// Validation examples (the first ones) in the selectors' fixed batch.
+    pub select_size: usize,
+    /// Responses sampled per example of the fixed batch (same seed for every candidate).
+    pub select_samples: usize,
+}
+
+impl Default for PhaseConfig {
+    fn default() -> Self {
+        PhaseConfig {
+            length: 5,
+            selector: SelectorKind::Lookahead,
+            fixed_class: None,
+            probe_steps: 2,
+            top_m: 0,
+            ucb_c: 0.5,
+            select_size: 16,
+            select_samples: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectorKind {
+    Lookahead,
+    Gradient,
+    Deficit,
+    Ucb,
+    RoundRobin,
+    Fixed,
+}
+
+/// Selector state carried across phases (checkpointed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseState {
+    /// Phases begun so far.
+    pub index: u64,
+    pub active: Option<usize>,
+    /// Overall score on the fixed batch when the phase began (`ucb` gains).
+    pub start_score: Option<f64>,
+    /// `ucb`: per class, phases trained and summed gain of the overall score.
+    pub arms: Vec<Arm>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub pulls: u64,
+    pub total_gain: f64,
+}
+
+impl PhaseState {
+    /// At a phase boundary: credits the phase that just ended with the overall gain it made
+    /// (`ucb`'s reward), given the overall score measured now.
+    pub fn credit_ended_phase(&mut self, classes: usize, now: Option<f64>) {
+        self.arms.resize(classes, Arm::default());
+        if let (Some(prev), Some(start), Some(now)) = (self.active, self.start_score, now) {
+            self.arms[prev].pulls += 1;
+            self.arms[prev].total_gain += now - start;
+        }
+    }
+
+    /// `ucb` candidates: mean overall gain per phase of each class plus
+    /// `c * sqrt(2 ln(total phases) / phases of that class)`; untried classes come first.
+    pub fn ucb_candidates(&self, trainable: &[usize], names: &[String], c: f64) -> Vec<Candidate> {
+        let total: u64 = self.arms.iter().map(|a| a.pulls).sum();
+        trainable
+            .iter()
+            .map(|&k| {
+                let a = &self.arms[k];
+                let mean = if a.pulls == 0 {
+                    0.0
+                } else {
+                    a.total_gain / a.pulls as f64
+                };
+                let bound = if a.pulls == 0 {
+                    f64::INFINITY
+                } else {
+                    mean + c * (2.0 * (total.max(1) as f64).ln() / a.pulls as f64).sqrt()
+                };
+                Candidate {
+                    class: names[k].clone(),
+                    score: bound,
+                    detail: mean,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One line of `schedule.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The step the phase starts at.
+    pub step: u64,
+    pub phase: u64,
+    pub selector: SelectorKind,
+    pub chosen: String,
+    /// Overall score on the fixed batch before the decision (when measured).
+    pub base_score: Option<f64>,
+    /// Per-class scores on the fixed batch (class order; null = no data).
+    pub base_class_scores: Vec<Option<f64>>,
+    /// Every candidate with the number it was ranked by.
+    pub candidates: Vec<Candidate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub class: String,
+    /// What the selector maximized: lookahead = overall score after the probe, gradient =
+    /// cosine with the overall gradient, deficit = points share × (1 − score), ucb = bound
+    /// (null = untried, tried first).
+    #[serde(with = "finite_or_null")]
+    pub score: f64,
+    /// The number next to it: lookahead = gain over `base_score`, gradient = dot product,
+    /// deficit = class score, ucb = mean gain.
+    #[serde(with = "finite_or_null")]
+    pub detail: f64,
+}
+
+/// JSON has no NaN or infinity: written as null, read back as NaN.
+mod finite_or_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+/// Scores on the selectors' fixed batch (the trainer) or reported on validation (the service).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    /// The training step they were measured at.
+    pub step: u64,
+    pub overall: Option<f64>,
+    /// In class order; `None` = no data.
+    pub classes: Vec<Option<f64>>,
+}
+
+/// The classes a schedule chooses among.
+#[derive(Debug, Clone, Copy)]
+pub struct Choices<'a> {
+    pub names: &'a [String],
+    /// Classes with a positive-point criterion in the training data (the others give no
+    /// signal and are never chosen).
+    pub trainable: &'a [usize],
+    /// Each class's share of the positive points (`deficit` weighs by it).
+    pub select_weights: &'a [f64],
+}
+
+/// What the next decision needs from whoever holds the policy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// The candidates are ranked: commit the best.
+    Decide(Vec<Candidate>),
+    /// Lookahead: train each class `probe_steps` steps from the same start, measure the
+    /// overall score after each, then rank them with [`probe_candidates`].
+    Probe(Vec<usize>),
+    /// Gradient: rank these classes by how their policy gradient aligns with the overall
+    /// score's (only an in-process trainer has gradients).
+    Gradients(Vec<usize>),
+}
+
+impl SelectorKind {
+    /// Whether the selector reads scores of the current policy (fixed and round robin do not).
+    pub fn measures(self) -> bool {
+        !matches!(self, SelectorKind::Fixed | SelectorKind::RoundRobin)
+    }
+}
+
+impl PhaseState {
+    /// At a phase boundary, given the scores measured now (if any): credits the phase that
+    /// ended (`ucb`) and says what the choice of the next class needs. A single candidate is
+    /// chosen without probing: there is nothing to compare it with.
+    pub fn plan(
+        &mut self,
+        cfg: &PhaseConfig,
+        at: Choices,
+        base: Option<&Measured>,
+    ) -> Result<Plan> {
+        let (names, trainable) = (at.names, at.trainable);
+        ensure!(
+            !trainable.is_empty(),
+            "no meta-class has a positive-point criterion in the training data"
+        );
+        self.credit_ended_phase(names.len(), base.and_then(|b| b.overall));
+        let class_score = |k: usize| base.and_then(|b| b.classes[k]).unwrap_or(f64::NAN);
+        let deficit = |k: usize| at.select_weights[k] * (1.0 - class_score(k));
+        let one = |k: usize| {
+            Plan::Decide(vec![Candidate {
+                class: names[k].clone(),
+                score: 1.0,
+                detail: 0.0,
+            }])
+        };
+        Ok(match cfg.selector {
+            SelectorKind::Fixed => {
+                let name = cfg.fixed_class.as_deref().unwrap_or_default();
+                let Some(k) = names.iter().position(|n| n == name) else {
+                    bail!(
+                        "field `phases.fixed_class`: `{name}` is not a meta-class (classes: {})",
+                        names.join(", ")
+                    );
+                };
+                one(k)
+            }
+            SelectorKind::RoundRobin => one(match self.active {
+                None => trainable[0],
+                Some(a) => *trainable.iter().find(|&&k| k > a).unwrap_or(&trainable[0]),
+            }),
+            SelectorKind::Deficit => Plan::Decide(
+                trainable
+                    .iter()
+                    .map(|&k| Candidate {
+                        class: names[k].clone(),
+                        score: deficit(k),
+                        detail: class_score(k),
+                    })
+                    .collect(),
+            ),
+            SelectorKind::Ucb => Plan::Decide(self.ucb_candidates(trainable, names, cfg.ucb_c)),
+            SelectorKind::Lookahead => {
+                let mut probed = trainable.to_vec();
+                if cfg.top_m > 0 && cfg.top_m < probed.len() {
+                    probed.sort_by(|&a, &b| deficit(b).total_cmp(&deficit(a)).then(a.cmp(&b)));
+                    probed.truncate(cfg.top_m);
+                    probed.sort_unstable();
+                }
+                match probed[..] {
+                    [k] => one(k),
+                    _ => Plan::Probe(probed),
+                }
+            }
+            SelectorKind::Gradient => match trainable {
+                [k] => one(*k),
+                _ => Plan::Gradients(trainable.to_vec()),
+            },
+        })
+    }
+
+    /// Starts the phase of the best candidate (argmax; NaN ranks last, ties go to the earlier
+    /// class) at `step` and returns the record of the choice.
+    pub fn commit(
+        &mut self,
+        step: u64,
+        selector: SelectorKind,
+        names: &[String],
+        candidates: Vec<Candidate>,
+        base: Option<&Measured>,
+    ) -> Result<Decision> {
+        let key = |c: &Candidate| {
+            if c.score.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                c.score
+            }
+        };
+        let best = candidates
+            .iter()
+            .enumerate()
+            .max_by(|(i, a), (j, b)| key(a).total_cmp(&key(b)).then(j.cmp(i)))
+            .map(|(i, _)| i)
+            .context("the selector produced no candidate")?;
+        let chosen = names
+            .iter()
+            .position(|n| *n == candidates[best].class)
+            .context("a candidate is not a class")?;
+        let base_score = base.and_then(|b| b.overall);
+        self.index += 1;
+        self.active = Some(chosen);
+        self.start_score = base_score;
+        Ok(Decision {
+            step,
+            phase: self.index,
+            selector,
+            chosen: names[chosen].clone(),
+            base_score,
+            base_class_scores: base.map_or_else(|| vec![None; names.len()], |b| b.classes.clone()),
+            candidates,
+        })
+    }
+}
+
+/// Lookahead candidates from the probes' overall scores: ranked by the score, with the gain
+/// over the score before probing next to it.
+pub fn probe_candidates(
+    names: &[String],
+    classes: &[usize],
+    scores: &[f64],
+    base_overall: Option<f64>,
+) -> Vec<Candidate> {
+    classes
+        .iter()
+        .zip(scores)
+        .map(|(&k, &score)| Candidate {
+            class: names[k].clone(),
+            score,
+            detail: base_overall.map_or(f64::NAN, |b| score - b),
+        })
+        .collect()
+}
+
+/// What a selector asks of whoever holds the policy and can measure it at once.
+pub trait Measure {
+    /// Overall and per-class scores of the current policy on the selectors' fixed batch.
+    fn measure(&mut self) -> Result<Measured>;
+    /// Lookahead: per class, the overall score on the fixed batch after `probe_steps` steps
+    /// on that class, every probe starting from the current policy (restored afterwards).
+    fn probe(&mut self, classes: &[usize]) -> Result<Vec<f64>>;
+    /// Gradient: per class, the cosine and the dot product of its policy gradient with the
+    /// overall score's.
+    fn align(&mut self, classes: &[usize]) -> Result<Vec<(f64, f64)>>;
+}
+
+/// Chooses the class of the phase starting at `step`, measuring through `owner` what the
+/// selector needs, and updates `state`.
+pub fn decide(
+    state: &mut PhaseState,
+    cfg: &PhaseConfig,
+    at: Choices,
+    step: u64,
+    owner: &mut impl Measure,
+) -> Result<Decision> {
+    ensure!(
+        !at.trainable.is_empty(),
+        "no meta-class has a positive-point criterion in the training data"
+    );
+    let base = if cfg.selector.measures() {
+        Some(owner.measure()?)
+    } else {
+        None
+    };
+    let candidates = match state.plan(cfg, at, base.as_ref())? {
+        Plan::Decide(c) => c,
+        Plan::Probe(classes) => {
+            let scores = owner.probe(&classes)?;
+            probe_candidates(
+                at.names,
+                &classes,
+                &scores,
+                base.as_ref().and_then(|b| b.overall),
+            )
+        }
+        Plan::Gradients(classes) => classes
+            .iter()
+            .zip(owner.align(&classes)?)
+            .map(|(&k, (cos, dot))| Candidate {
+                class: at.names[k].clone(),
+                score: cos,
+                detail: dot,
+            })
+            .collect(),
+    };
+    state.commit(step, cfg.selector, at.names, candidates, base.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ucb_credits_the_ended_phase_and_tries_every_class_first() {
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut st = PhaseState {
+            active: Some(0),
+            start_score: Some(0.4),
+            ..PhaseState::default()
+        };
+        st.credit_ended_phase(3, Some(0.5));
+        assert_eq!(st.arms[0].pulls, 1);
+        assert!((st.arms[0].total_gain - 0.1).abs() < 1e-12);
+        let c = st.ucb_candidates(&[0, 1, 2], &names, 1.0);
+        assert!((c[0].detail - 0.1).abs() < 1e-12);
+        // one phase in total: ln(1) = 0, so the bound is the mean
+        assert!((c[0].score - 0.1).abs() < 1e-12);
+        assert_eq!(c[1].score, f64::INFINITY);
+        assert_eq!(c[2].score, f64::INFINITY);
+
+        // no score measured now: nothing is credited
+        st.credit_ended_phase(3, None);
+        assert_eq!(st.arms[0].pulls, 1);
+        st.active = Some(1);
+        st.start_score = Some(0.5);
+        st.credit_ended_phase(3, Some(0.3));
+        let c = st.ucb_candidates(&[0, 1], &names, 1.0);
+        let bonus = (2.0 * 2f64.ln()).sqrt();
+        assert!((c[0].score - (0.1 + bonus)).abs() < 1e-12);
+        assert!((c[1].score - (-0.2 + bonus)).abs() < 1e-12);
+        assert_eq!(c.len(), 2);
+    }
+
+    fn names() -> Vec<String> {
+        ["a", "b", "c"].map(String::from).to_vec()
+    }
+
+    fn at<'a>(names: &'a [String], trainable: &'a [usize], weights: &'a [f64]) -> Choices<'a> {
+        Choices {
+            names,
+            trainable,
+            select_weights: weights,
+        }
+    }
+
+    fn measured(overall: f64, classes: &[Option<f64>]) -> Measured {
+        Measured {
+            step: 0,
+            overall: Some(overall),
+            classes: classes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_the_trainable_classes() {
+        let (n, w) = (names(), [0.5, 0.0, 0.5]);
+        let cfg = PhaseConfig {
+            selector: SelectorKind::RoundRobin,
+            ..PhaseConfig::default()
+        };
+        let mut st = PhaseState::default();
+        let mut chosen = Vec::new();
+        for step in 0..3 {
+            let Plan::Decide(c) = st.plan(&cfg, at(&n, &[0, 2], &w), None).unwrap() else {
+                panic!("round robin decides at once");
+            };
+            chosen.push(st.commit(step, cfg.selector, &n, c, None).unwrap().chosen);
+        }
+        assert_eq!(chosen, ["a", "c", "a"]);
+        assert_eq!(st.index, 3);
+    }
+
+    #[test]
+    fn lookahead_probes_the_top_deficits_and_decides_alone_without_rivals() {
+        let (n, w) = (names(), [0.2, 0.3, 0.5]);
+        let base = measured(0.5, &[Some(0.0), Some(0.9), Some(0.5)]);
+        // deficits: a 0.2, b 0.03, c 0.25
+        let cfg = PhaseConfig {
+            top_m: 2,
+            ..PhaseConfig::default()
+        };
+        let mut st = PhaseState::default();
+        let plan = st.plan(&cfg, at(&n, &[0, 1, 2], &w), Some(&base)).unwrap();
+        assert_eq!(plan, Plan::Probe(vec![0, 2]));
+        let one = PhaseConfig { top_m: 1, ..cfg };
+        let Plan::Decide(c) = st.plan(&one, at(&n, &[0, 1, 2], &w), Some(&base)).unwrap() else {
+            panic!("one candidate needs no probe");
+        };
+        assert_eq!(c[0].class, "c");
+    }
+
+    #[test]
+    fn commit_takes_the_argmax_with_nan_last_and_ties_to_the_earlier_class() {
+        let n = names();
+        let c = probe_candidates(&n, &[0, 1, 2], &[f64::NAN, 0.7, 0.7], Some(0.5));
+        assert!((c[1].detail - 0.2).abs() < 1e-12);
+        let base = measured(0.5, &[None, Some(0.1), None]);
+        let mut st = PhaseState::default();
+        let d = st
+            .commit(7, SelectorKind::Lookahead, &n, c, Some(&base))
+            .unwrap();
+        assert_eq!((d.chosen.as_str(), d.step, d.phase), ("b", 7, 1));
+        assert_eq!(d.base_class_scores, vec![None, Some(0.1), None]);
+        assert_eq!((st.active, st.start_score), (Some(1), Some(0.5)));
+        let nan = vec![Candidate {
+            class: "a".into(),
+            score: f64::NAN,
+            detail: 0.0,
+        }];
+        assert_eq!(
+            st.commit(8, SelectorKind::Deficit, &n, nan, None)
+                .unwrap()
+                .chosen,
+            "a",
+            "a lone NaN candidate is still chosen"
+        );
+    }
+
+    #[test]
+    fn a_fixed_class_that_does_not_exist_is_named() {
+        let (n, w) = (names(), [1.0, 0.0, 0.0]);
+        let cfg = PhaseConfig {
+            selector: SelectorKind::Fixed,
+            fixed_class: Some("z".into()),
+            ..PhaseConfig::default()
+        };
+        let e = PhaseState::default()
+            .plan(&cfg, at(&n, &[0], &w), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("phases.fixed_class") && e.contains("`z`"), "{e}");
+    }
+}
