@@ -8,8 +8,12 @@
 use crate::eval::EvalReport;
 use crate::metrics::StepMetrics;
 use anyhow::{Context, Result};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Colour-blind-safe palette (Okabe–Ito), one colour per class in class order.
@@ -84,26 +88,45 @@ fn finite_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Area<'b> = DrawingArea<SVGBackend<'b>, Shift>;
+
+/// One picture `height` px tall: the title, a plot over `x` × `y` that `draw` fills, and the
+/// legend column right of it, which `draw` also gets.
+fn picture(
+    height: u32,
+    title: &str,
+    x: Range<f64>,
+    y: Range<f64>,
+    draw: impl FnOnce(&mut Chart<'_, '_>, &Area<'_>) -> Result<()>,
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, (FONT, 19).into_font().style(FontStyle::Bold))?;
+        let (plot, legend) = root.split_horizontally(W - LEGEND);
+        let mut chart = ChartBuilder::on(&plot)
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(x, y)?;
+        draw(&mut chart, &legend)?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
 /// Draws a legend (one short line and a name per entry) into the column right of a plot.
-fn draw_legend<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-    entries: &[(&str, RGBColor, bool)],
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+fn draw_legend(area: &Area<'_>, entries: &[(&str, RGBColor, bool)]) -> Result<()> {
     for (i, (name, color, dashed)) in entries.iter().enumerate() {
         let y = 52 + 20 * i as i32;
+        let line = vec![(10, y), (34, y)];
         let style = color.stroke_width(3);
         if *dashed {
-            area.draw(&plotters::element::DashedPathElement::new(
-                vec![(10, y), (34, y)],
-                6,
-                3,
-                style,
-            ))?;
+            area.draw(&DashedPathElement::new(line, 6, 3, style))?;
         } else {
-            area.draw(&PathElement::new(vec![(10, y), (34, y)], style))?;
+            area.draw(&PathElement::new(line, style))?;
         }
         let text = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
         area.draw(&Text::new(name.to_string(), (40, y), text))?;
@@ -127,70 +150,63 @@ impl LineChart<'_> {
             x1 = x0 + 1.0;
         }
         let pad = ((y1 - y0) * 0.05).max(1e-3);
-
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
-            root.fill(&WHITE)?;
-            let root = root.titled(self.title, (FONT, 19).into_font().style(FontStyle::Bold))?;
-            let (plot, legend) = root.split_horizontally(W - LEGEND);
-            let mut chart = ChartBuilder::on(&plot)
-                .margin(10)
-                .x_label_area_size(40)
-                .y_label_area_size(55)
-                .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
-            chart
-                .configure_mesh()
-                .x_desc(self.x_label)
-                .y_desc(self.y_label)
-                .x_label_formatter(&fmt_tick)
-                .y_label_formatter(&fmt_tick)
-                .disable_x_mesh()
-                .max_light_lines(0)
-                .bold_line_style(RGBColor(0xe5, 0xe5, 0xe5))
-                .label_style((FONT, 15))
-                .axis_desc_style((FONT, 15))
-                .draw()?;
-            let mut entries = Vec::new();
-            for ser in &self.series {
-                let color = rgb(&ser.color);
-                let band: Vec<(f64, f64, f64)> = ser
-                    .band
-                    .iter()
-                    .filter(|b| b.1.is_finite() && b.2.is_finite())
-                    .copied()
-                    .collect();
-                if band.len() >= 2 {
-                    let upper = band.iter().map(|b| (b.0, b.2));
-                    let lower = band.iter().rev().map(|b| (b.0, b.1));
-                    let outline: Vec<(f64, f64)> = upper.chain(lower).collect();
-                    chart.draw_series(std::iter::once(Polygon::new(
-                        outline,
-                        color.mix(0.18).filled(),
-                    )))?;
+        picture(
+            H,
+            self.title,
+            x0..x1,
+            (y0 - pad)..(y1 + pad),
+            |chart, legend| {
+                chart
+                    .configure_mesh()
+                    .x_desc(self.x_label)
+                    .y_desc(self.y_label)
+                    // at most one label per unit: steps are whole numbers
+                    .x_labels(((x1 - x0).round() as usize + 1).clamp(2, 10))
+                    .x_label_formatter(&fmt_tick)
+                    .y_label_formatter(&fmt_tick)
+                    .disable_x_mesh()
+                    .max_light_lines(0)
+                    .bold_line_style(RGBColor(0xe5, 0xe5, 0xe5))
+                    .label_style((FONT, 15))
+                    .axis_desc_style((FONT, 15))
+                    .draw()?;
+                let mut entries = Vec::new();
+                for ser in &self.series {
+                    let color = rgb(&ser.color);
+                    let band: Vec<(f64, f64, f64)> = ser
+                        .band
+                        .iter()
+                        .filter(|b| b.1.is_finite() && b.2.is_finite())
+                        .copied()
+                        .collect();
+                    if band.len() >= 2 {
+                        let upper = band.iter().map(|b| (b.0, b.2));
+                        let lower = band.iter().rev().map(|b| (b.0, b.1));
+                        let outline: Vec<(f64, f64)> = upper.chain(lower).collect();
+                        let fill = color.mix(0.18).filled();
+                        chart.draw_series(std::iter::once(Polygon::new(outline, fill)))?;
+                    }
+                    // a missing value is left out, the line joins its neighbours
+                    let pts: Vec<(f64, f64)> = ser
+                        .points
+                        .iter()
+                        .filter(|p| p.0.is_finite() && p.1.is_finite())
+                        .copied()
+                        .collect();
+                    let style = color.stroke_width(2);
+                    if ser.dashed {
+                        chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, style))?;
+                    } else {
+                        chart.draw_series(LineSeries::new(pts.clone(), style))?;
+                    }
+                    if let [only] = pts[..] {
+                        chart.draw_series(std::iter::once(Circle::new(only, 3, color.filled())))?;
+                    }
+                    entries.push((ser.name.as_str(), color, ser.dashed));
                 }
-                // a missing value is left out, the line joins its neighbours
-                let pts: Vec<(f64, f64)> = ser
-                    .points
-                    .iter()
-                    .filter(|p| p.0.is_finite() && p.1.is_finite())
-                    .copied()
-                    .collect();
-                let style = color.stroke_width(2);
-                if ser.dashed {
-                    chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, style))?;
-                } else {
-                    chart.draw_series(LineSeries::new(pts.clone(), style))?;
-                }
-                if pts.len() == 1 {
-                    chart.draw_series(std::iter::once(Circle::new(pts[0], 3, color.filled())))?;
-                }
-                entries.push((ser.name.as_str(), color, ser.dashed));
-            }
-            draw_legend(&legend, &entries)?;
-            root.present()?;
-        }
-        Ok(svg)
+                draw_legend(legend, &entries)
+            },
+        )
     }
 }
 
@@ -204,17 +220,8 @@ pub fn timeline_svg(
     let last = steps.last().map_or(0, |s| s.0) as f64;
     // as tall as the legend needs, no more: the strip fills the plot
     let height = (70 + 20 * classes.len() as u32).max(180);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (W, height)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let root = root.titled(title, (FONT, 19).into_font().style(FontStyle::Bold))?;
-        let (plot, legend) = root.split_horizontally(W - LEGEND);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d((first - 0.5)..(last + 0.5), 0.0..1.0)?;
+    let x = (first - 0.5)..(last + 0.5);
+    picture(height, title, x, 0.0..1.0, |chart, legend| {
         chart
             .configure_mesh()
             .x_desc("training step")
@@ -243,10 +250,8 @@ pub fn timeline_svg(
             .enumerate()
             .map(|(k, c)| (c.as_str(), rgb(PALETTE[k % PALETTE.len()]), false))
             .collect();
-        draw_legend(&legend, &entries)?;
-        root.present()?;
-    }
-    Ok(svg)
+        draw_legend(legend, &entries)
+    })
 }
 
 /// Writes `validation.svg`, `schedule.svg` and `variance.svg` for a run; returns their paths.
@@ -489,6 +494,8 @@ mod tests {
             tick0.iter().any(|x| (x - lo).abs() < 1.0),
             "line starts at {lo}, tick 0 at {tick0:?}"
         );
+
+        assert!(!has_text(&val, "0.5"), "fractional step ticks");
 
         // the schedule strip spans the plot's width and most of the picture's height
         let sched = read("schedule.svg");
