@@ -471,7 +471,7 @@ pub fn write_report(
             y_label: "overall validation score",
             series,
         }
-        .to_svg(),
+        .to_svg()?,
     )?;
     writeln!(r, "\n## Learning curves\n\n![curves.svg](curves.svg)\n")?;
     writeln!(

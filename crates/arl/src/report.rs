@@ -167,7 +167,7 @@ pub fn write(t: &Trainer) -> Result<()> {
         )?;
     }
     if !metrics.is_empty() {
-        let plots = crate::plots::write_run_plots(&t.run_dir, &metrics, t.class_names())?;
+        let plots = crate::plots::write_run_plots(&t.run_dir, &metrics, &vals, t.class_names())?;
         writeln!(r, "\n## Plots\n")?;
         for p in plots {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
