@@ -11,7 +11,7 @@ use crate::selector::SelectorKind;
 use crate::trainer::{EvalLine, Parts, Trainer};
 use crate::TrainConfig;
 use anyhow::{bail, Result};
-use rubric::Dataset;
+use rubric::{runfile, Dataset};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -201,17 +201,6 @@ impl Trainer {
     }
 }
 
-fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    std::fs::read_to_string(path)?
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))
-        })
-        .collect()
-}
-
 /// Trains every method on every seed and evaluates each final policy on the test split.
 pub fn run(spec: &CompareSpec, mut on_run: impl FnMut(&str, u64)) -> Result<Vec<RunResult>> {
     let test = rubric::load(&spec.test)?;
@@ -232,8 +221,8 @@ pub fn run(spec: &CompareSpec, mut on_run: impl FnMut(&str, u64)) -> Result<Vec<
             let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?;
             t.run(|_| {})?;
             let report = t.evaluate_on(&test, spec.test_samples, seed ^ 0x7e57)?;
-            let evals: Vec<EvalLine> = read_jsonl(&t.run_dir.join("eval.jsonl"))?;
-            let metrics: Vec<StepMetrics> = read_jsonl(&t.run_dir.join("metrics.jsonl"))?;
+            let evals: Vec<EvalLine> = runfile::read_jsonl(&t.run_dir.join("eval.jsonl"))?;
+            let metrics: Vec<StepMetrics> = runfile::read_jsonl(&t.run_dir.join("metrics.jsonl"))?;
             let mut class_group_std = BTreeMap::new();
             for c in t.class_names() {
                 let v: Vec<f64> = metrics
@@ -464,15 +453,16 @@ pub fn write_report(
             .collect();
         series.push(ser);
     }
-    std::fs::write(
-        out.join("curves.svg"),
+    runfile::write_atomic(
+        &out.join("curves.svg"),
         LineChart {
             title: "Validation score by method (mean over seeds, 95% band)",
             x_label: "training step",
             y_label: "overall validation score",
             series,
         }
-        .to_svg(),
+        .to_svg()
+        .as_bytes(),
     )?;
     writeln!(r, "\n## Learning curves\n\n![curves.svg](curves.svg)\n")?;
     writeln!(
@@ -490,7 +480,7 @@ pub fn write_report(
             x.test.overall.std
         )?;
     }
-    crate::checkpoint::write_atomic(&out.join("compare.md"), r.as_bytes())?;
+    runfile::write_atomic(&out.join("compare.md"), r.as_bytes())?;
     Ok(verdict)
 }
 

@@ -2,7 +2,7 @@
 //! reward vectors → objective/phase → group-normalized advantages → clipped token-level loss →
 //! AdamW. `run` reads top to bottom; the pieces are the methods below it.
 
-use crate::checkpoint::{self, Jsonl, RunState};
+use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
 use crate::eval::{evaluate, EvalReport, EvalSet};
 use crate::grading::{grade, ToGrade};
@@ -18,6 +18,7 @@ use judge::Judge;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rubric::classes::Assignment;
+use rubric::runfile::{self, Jsonl};
 use rubric::{Dataset, Example, MetaClasses, RewardVector};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -206,7 +207,7 @@ fn append_eval(file: &mut Jsonl, name: &str, line: &EvalLine) -> Result<()> {
     }
     // the report itself, not the line: `#[serde(flatten)]` would hide the field's path
     finite(name, r)?;
-    file.append(line)
+    Ok(file.append(line)?)
 }
 
 fn append_checked<T>(file: &mut Jsonl, name: &str, value: &T) -> Result<()>
@@ -214,7 +215,7 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
     finite(name, value)?;
-    file.append(value)
+    Ok(file.append(value)?)
 }
 
 /// Fails when `value` would not read back from its JSON (a NaN or infinity in a number
@@ -288,7 +289,7 @@ impl Trainer {
         ensure_new_run(&run_dir)?;
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-        checkpoint::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
+        runfile::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
         let mut t = Trainer::assemble(config, run_dir, parts, RunState::default())?;
         t.rng = ChaCha8Rng::seed_from_u64(t.config.run.seed);
         if let Some(r) = &t.reference {
@@ -466,10 +467,8 @@ impl Trainer {
             test.examples.truncate(self.config.eval.test_size);
         }
         let path = self.run_dir.join("test.jsonl");
-        let done = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<EvalLine>(l).ok())
+        let done = runfile::read_jsonl_if_exists::<EvalLine>(&path)?
+            .iter()
             .any(|e| e.step == step);
         if done {
             return Ok(());
