@@ -3,7 +3,7 @@
 //! intervals, training efficiency, per-class results, the measured within-group reward spread
 //! (variance contraction), and a plain verdict with an exact permutation test.
 
-use crate::eval::{EvalReport, EvalSet};
+use crate::eval::{EvalReport, EvalSet, Evaluator};
 use crate::metrics::StepMetrics;
 use crate::objective::ObjectiveKind;
 use crate::plots::{LineChart, Series, PALETTE};
@@ -188,16 +188,15 @@ impl Trainer {
             class_of: assignment.iter().map(Vec::as_slice).collect(),
             class_names: &self.data.classes.names,
         };
-        crate::eval::evaluate(
-            &mut *self.policy,
-            &*self.judge,
-            &self.rt,
-            &set,
+        let evaluator = Evaluator {
+            judge: &*self.judge,
+            rt: &self.rt,
+            retries: self.config.judge.retries,
             samples,
             seed,
-            self.config.eval.bootstrap,
-            self.config.judge.retries,
-        )
+            resamples: self.config.eval.bootstrap,
+        };
+        evaluator.evaluate(&mut *self.policy, &set)
     }
 }
 

@@ -27,7 +27,7 @@ pub mod transformer;
 
 pub use categorical::{CategoricalConfig, CategoricalPolicy};
 pub use config::{JudgeConfig, PolicyConfig, TrainConfig};
-pub use eval::{evaluate, EvalReport, EvalSet};
+pub use eval::{EvalReport, EvalSet, Evaluator};
 pub use metrics::StepMetrics;
 pub use objective::{ObjectiveKind, Target, Weights};
 pub use policy::{Completion, Policy, TokenLogProbs};

@@ -4,7 +4,7 @@
 
 use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
-use crate::eval::{evaluate, EvalReport, EvalSet};
+use crate::eval::{EvalReport, EvalSet, Evaluator};
 use crate::grading::{grade, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
 use crate::metrics::{reward_stats, zero_spread_share, JudgeDelta, StepMetrics, UpdateStats};
@@ -751,16 +751,15 @@ impl Trainer {
                 .collect(),
             class_names: &self.data.classes.names,
         };
-        evaluate(
-            &mut *self.policy,
-            &*self.judge,
-            &self.rt,
-            &set,
+        let evaluator = Evaluator {
+            judge: &*self.judge,
+            rt: &self.rt,
+            retries: self.config.judge.retries,
             samples,
             seed,
             resamples,
-            self.config.judge.retries,
-        )
+        };
+        evaluator.evaluate(&mut *self.policy, &set)
     }
 
     /// Writes `checkpoints/step-N` (weights, optimizer moments, run state) atomically.
