@@ -122,8 +122,8 @@ pub struct Service {
 /// Why a completion got no reward.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GradeFailure {
-    /// The judge failed after its own retries (timeouts, 5xx, unparseable answers); asking
-    /// again may work.
+    /// The judge failed after the retries ([`judge::grade_with_retries`]: timeouts, 5xx,
+    /// unparseable answers); asking again later may work.
     Transient(String),
     /// The judge cannot grade a criterion at all (e.g. the rule judge and a criterion without
     /// `check`): a data/judge mismatch no retry fixes.
