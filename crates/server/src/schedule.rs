@@ -27,7 +27,6 @@ use arl::selector::{Candidate, Decision, PhaseConfig, PhaseState};
 use arl::{ObjectiveKind, SelectorKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Version of `schedule_state.json`; another version is refused, not misread.
