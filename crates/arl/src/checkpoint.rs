@@ -1,7 +1,8 @@
-//! Run files. Everything is written to a temporary name and renamed into place, so a crash
+//! Checkpoints. Everything is written to a temporary name and renamed into place, so a crash
 //! never leaves a half-written checkpoint: a checkpoint folder either exists complete or not
-//! at all. `metrics.jsonl` and `schedule.jsonl` are cut back to the checkpoint's line counts on
-//! resume, so a resumed run writes exactly the lines an uninterrupted one would.
+//! at all. The run's logs (`metrics.jsonl`, `schedule.jsonl`, ...: [`rubric::runfile::Jsonl`])
+//! are cut back to the checkpoint's line counts on resume, so a resumed run writes exactly the
+//! lines an uninterrupted one would.
 
 use crate::optim::AdamW;
 use crate::policy::{set_vars, ParamSnapshot, Policy};
@@ -11,8 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use schedule::PhaseState;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// Everything besides weights and moments needed to continue exactly.
@@ -57,15 +57,6 @@ impl RngState {
         rng.set_word_pos(self.word_pos.parse().expect("a decimal word position"));
         rng
     }
-}
-
-/// Writes `bytes` to `path` via a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
 }
 
 fn step_dir_name(step: u64) -> String {
@@ -168,52 +159,4 @@ pub fn load_snapshot(vars: &[(String, Var)], path: &Path) -> Result<ParamSnapsho
     let snap = ParamSnapshot::take(vars)?;
     current.restore(vars)?;
     Ok(snap)
-}
-
-/// An append-only JSON-lines file that knows its line count.
-pub struct Jsonl {
-    path: PathBuf,
-    file: File,
-    pub lines: u64,
-}
-
-impl Jsonl {
-    pub fn open(path: &Path) -> Result<Jsonl> {
-        let lines = match std::fs::read_to_string(path) {
-            Ok(t) => t.lines().count() as u64,
-            Err(_) => 0,
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Jsonl {
-            path: path.to_path_buf(),
-            file,
-            lines,
-        })
-    }
-
-    pub fn append(&mut self, value: &impl Serialize) -> Result<()> {
-        let mut line = serde_json::to_string(value)?;
-        line.push('\n');
-        self.file.write_all(line.as_bytes())?;
-        self.file.flush()?;
-        self.lines += 1;
-        Ok(())
-    }
-
-    /// Keeps the first `n` lines (drops what was written after the checkpoint).
-    pub fn truncate(&mut self, n: u64) -> Result<()> {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let kept: String = text
-            .lines()
-            .take(n as usize)
-            .map(|l| format!("{l}\n"))
-            .collect();
-        write_atomic(&self.path, kept.as_bytes())?;
-        *self = Jsonl::open(&self.path)?;
-        Ok(())
-    }
 }

@@ -3,13 +3,13 @@
 //! intervals, training efficiency, per-class results, the measured within-group reward spread
 //! (variance contraction), and a plain verdict with an exact permutation test.
 
-use crate::eval::{EvalReport, EvalSet};
+use crate::eval::{EvalReport, EvalSet, Evaluator};
 use crate::metrics::StepMetrics;
 use crate::plots::{LineChart, Series, PALETTE};
 use crate::trainer::{EvalLine, Parts, Trainer};
 use crate::TrainConfig;
 use anyhow::{bail, Result};
-use rubric::Dataset;
+use rubric::{runfile, Dataset};
 use schedule::{ObjectiveKind, SelectorKind};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -187,28 +187,16 @@ impl Trainer {
             class_of: assignment.iter().map(Vec::as_slice).collect(),
             class_names: &self.data.classes.names,
         };
-        crate::eval::evaluate(
-            &mut *self.policy,
-            &*self.judge,
-            &self.rt,
-            &set,
+        let evaluator = Evaluator {
+            judge: &*self.judge,
+            rt: &self.rt,
+            retries: self.config.judge.retries,
             samples,
             seed,
-            self.config.eval.bootstrap,
-            self.config.judge.retries,
-        )
+            resamples: self.config.eval.bootstrap,
+        };
+        evaluator.evaluate(&mut *self.policy, &set)
     }
-}
-
-fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    std::fs::read_to_string(path)?
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))
-        })
-        .collect()
 }
 
 /// Trains every method on every seed and evaluates each final policy on the test split.
@@ -231,8 +219,8 @@ pub fn run(spec: &CompareSpec, mut on_run: impl FnMut(&str, u64)) -> Result<Vec<
             let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?;
             t.run(|_| {})?;
             let report = t.evaluate_on(&test, spec.test_samples, seed ^ 0x7e57)?;
-            let evals: Vec<EvalLine> = read_jsonl(&t.run_dir.join("eval.jsonl"))?;
-            let metrics: Vec<StepMetrics> = read_jsonl(&t.run_dir.join("metrics.jsonl"))?;
+            let evals: Vec<EvalLine> = runfile::read_jsonl(&t.run_dir.join("eval.jsonl"))?;
+            let metrics: Vec<StepMetrics> = runfile::read_jsonl(&t.run_dir.join("metrics.jsonl"))?;
             let mut class_group_std = BTreeMap::new();
             for c in t.class_names() {
                 let v: Vec<f64> = metrics
@@ -463,15 +451,16 @@ pub fn write_report(
             .collect();
         series.push(ser);
     }
-    std::fs::write(
-        out.join("curves.svg"),
+    runfile::write_atomic(
+        &out.join("curves.svg"),
         LineChart {
             title: "Validation score by method (mean over seeds, 95% band)",
             x_label: "training step",
             y_label: "overall validation score",
             series,
         }
-        .to_svg()?,
+        .to_svg()?
+        .as_bytes(),
     )?;
     writeln!(r, "\n## Learning curves\n\n![curves.svg](curves.svg)\n")?;
     writeln!(
@@ -489,7 +478,7 @@ pub fn write_report(
             x.test.overall.std
         )?;
     }
-    crate::checkpoint::write_atomic(&out.join("compare.md"), r.as_bytes())?;
+    runfile::write_atomic(&out.join("compare.md"), r.as_bytes())?;
     Ok(verdict)
 }
 

@@ -137,7 +137,7 @@ impl Default for JudgeConfig {
             cache: None,
             http: None,
             embedding: None,
-            retries: 2,
+            retries: judge::DEFAULT_RETRIES,
         }
     }
 }

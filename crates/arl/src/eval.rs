@@ -42,61 +42,74 @@ pub struct EvalSet<'a> {
     pub class_names: &'a [String],
 }
 
-/// Samples `samples` responses per example with a fixed `seed` (so repeated evaluations, and
-/// the candidates of a lookahead, see the same sampling noise) and scores them.
-/// `resamples` = bootstrap resamples for the std (0 = mean only).
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    policy: &mut dyn Policy,
-    judge: &dyn Judge,
-    rt: &tokio::runtime::Runtime,
-    set: &EvalSet<'_>,
-    samples: usize,
-    seed: u64,
-    resamples: usize,
-    retries: u32,
-) -> Result<EvalReport> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let completions = policy.generate(&set.examples, samples, &mut rng)?;
-    let mut items = Vec::new();
-    for ((ex, class_of), group) in set.examples.iter().zip(&set.class_of).zip(&completions) {
-        for c in group {
-            items.push(ToGrade {
-                example: ex,
-                class_of,
-                response: &c.text,
-            });
+/// How a policy is scored: the judge, and the sampling and bootstrap settings.
+pub struct Evaluator<'a> {
+    pub judge: &'a dyn Judge,
+    pub rt: &'a tokio::runtime::Runtime,
+    /// Times a failed verdict is asked again before its response is excluded.
+    pub retries: u32,
+    /// Responses sampled per example.
+    pub samples: usize,
+    /// Sampling and bootstrap seed, fixed so repeated evaluations (and the candidates of a
+    /// lookahead) see the same sampling noise.
+    pub seed: u64,
+    /// Bootstrap resamples for the std (0 = mean only).
+    pub resamples: usize,
+}
+
+impl Evaluator<'_> {
+    /// Samples responses of `policy` on `set`, grades every criterion and summarizes them.
+    pub fn evaluate(&self, policy: &mut dyn Policy, set: &EvalSet<'_>) -> Result<EvalReport> {
+        let Evaluator {
+            judge,
+            rt,
+            retries,
+            samples,
+            seed,
+            resamples,
+        } = *self;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let completions = policy.generate(&set.examples, samples, &mut rng)?;
+        let mut items = Vec::new();
+        for ((ex, class_of), group) in set.examples.iter().zip(&set.class_of).zip(&completions) {
+            for c in group {
+                items.push(ToGrade {
+                    example: ex,
+                    class_of,
+                    response: &c.text,
+                });
+            }
         }
-    }
-    let k = set.class_names.len();
-    let graded = grade(rt, judge, &items, None, k, retries)?;
-    let mut overall = Vec::new();
-    let mut per_class = vec![Vec::new(); k];
-    let mut excluded = 0;
-    for r in &graded.rewards {
-        let Some(r) = r else {
-            excluded += 1;
-            continue;
-        };
-        overall.extend(r.overall);
-        for (v, rk) in per_class.iter_mut().zip(&r.classes) {
-            v.extend(*rk);
+        let k = set.class_names.len();
+        let graded = grade(rt, judge, &items, None, k, retries)?;
+        let mut overall = Vec::new();
+        let mut per_class = vec![Vec::new(); k];
+        let mut excluded = 0;
+        for r in &graded.rewards {
+            let Some(r) = r else {
+                excluded += 1;
+                continue;
+            };
+            overall.extend(r.overall);
+            for (v, rk) in per_class.iter_mut().zip(&r.classes) {
+                v.extend(*rk);
+            }
         }
+        let classes = set
+            .class_names
+            .iter()
+            .zip(&per_class)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, v)| (n.clone(), summarize(v, resamples, seed)))
+            .collect();
+        Ok(EvalReport {
+            overall: summarize(&overall, resamples, seed),
+            classes,
+            responses: graded.rewards.len() - excluded,
+            excluded,
+            failed_verdicts: graded.failed_verdicts,
+        })
     }
-    let classes = set
-        .class_names
-        .iter()
-        .zip(&per_class)
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(n, v)| (n.clone(), summarize(v, resamples, seed)))
-        .collect();
-    Ok(EvalReport {
-        overall: summarize(&overall, resamples, seed),
-        classes,
-        responses: graded.rewards.len() - excluded,
-        excluded,
-        failed_verdicts: graded.failed_verdicts,
-    })
 }
 
 impl EvalReport {
@@ -197,14 +210,13 @@ pub fn evaluate_model(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    evaluate(
-        &mut *policy,
-        &*judge_impl,
-        &rt,
-        &set,
-        samples.max(1),
+    let evaluator = Evaluator {
+        judge: &*judge_impl,
+        rt: &rt,
+        retries: judge.retries,
+        samples: samples.max(1),
         seed,
-        rubric::score::BOOTSTRAP_RESAMPLES,
-        judge.retries,
-    )
+        resamples: rubric::score::BOOTSTRAP_RESAMPLES,
+    };
+    evaluator.evaluate(&mut *policy, &set)
 }

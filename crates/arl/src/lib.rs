@@ -25,7 +25,7 @@ pub mod transformer;
 
 pub use categorical::{CategoricalConfig, CategoricalPolicy};
 pub use config::{JudgeConfig, ObjectiveConfig, PolicyConfig, TrainConfig};
-pub use eval::{evaluate, EvalReport, EvalSet};
+pub use eval::{EvalReport, EvalSet, Evaluator};
 pub use metrics::StepMetrics;
 pub use policy::{Completion, Policy, TokenLogProbs};
 pub use schedule::{Decision, ObjectiveKind, PhaseConfig, SelectorKind, Target, TaskData, Weights};

@@ -1,29 +1,18 @@
 //! `report.md`: what the run did, read back from its own `metrics.jsonl` and `schedule.jsonl`.
 
-use crate::checkpoint::write_atomic;
 use crate::metrics::StepMetrics;
 use crate::trainer::{EvalLine, Trainer};
 use anyhow::Result;
+use rubric::runfile::{read_jsonl_if_exists, write_atomic};
 use schedule::Decision;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))
-        })
-        .collect()
-}
-
 pub fn write(t: &Trainer) -> Result<()> {
-    let metrics: Vec<StepMetrics> = read_jsonl(&t.run_dir.join("metrics.jsonl"))?;
-    let schedule: Vec<Decision> = read_jsonl(&t.run_dir.join("schedule.jsonl"))?;
-    let evals: Vec<EvalLine> = read_jsonl(&t.run_dir.join("eval.jsonl"))?;
-    let tests: Vec<EvalLine> = read_jsonl(&t.run_dir.join("test.jsonl"))?;
+    let metrics: Vec<StepMetrics> = read_jsonl_if_exists(&t.run_dir.join("metrics.jsonl"))?;
+    let schedule: Vec<Decision> = read_jsonl_if_exists(&t.run_dir.join("schedule.jsonl"))?;
+    let evals: Vec<EvalLine> = read_jsonl_if_exists(&t.run_dir.join("eval.jsonl"))?;
+    let tests: Vec<EvalLine> = read_jsonl_if_exists(&t.run_dir.join("test.jsonl"))?;
     let c = &t.config;
     let mut r = String::new();
     writeln!(r, "# arlrr run report\n")?;
@@ -174,5 +163,5 @@ pub fn write(t: &Trainer) -> Result<()> {
             writeln!(r, "![{name}]({name})")?;
         }
     }
-    write_atomic(&t.run_dir.join("report.md"), r.as_bytes())
+    Ok(write_atomic(&t.run_dir.join("report.md"), r.as_bytes())?)
 }

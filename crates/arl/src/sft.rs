@@ -13,13 +13,13 @@
 //! Building it takes a minute or two on a laptop CPU, so [`cached`] keeps it under the cache
 //! folder keyed by a hash of its config: the second `arlrr train` starts RL at once.
 
-use crate::checkpoint::write_atomic;
 use crate::optim::{clip_grads, global_norm, AdamW, LrSchedule, OptimConfig};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rubric::builtin::{self, BuiltinSpec};
+use rubric::runfile::write_atomic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -325,7 +325,8 @@ pub fn build(cfg: &WarmStartConfig, out: &Path, mut on: impl FnMut(Progress)) ->
     write_atomic(
         &out.join("warm_start.toml"),
         toml::to_string_pretty(cfg)?.as_bytes(),
-    )
+    )?;
+    Ok(())
 }
 
 /// The cached warm start for `cfg`, built first when missing: `<cache>/warm-start/<key>`.

@@ -2,9 +2,9 @@
 //! reward vectors → objective/phase → group-normalized advantages → clipped token-level loss →
 //! AdamW. `run` reads top to bottom; the pieces are the methods below it.
 
-use crate::checkpoint::{self, Jsonl, RunState};
+use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
-use crate::eval::{evaluate, EvalReport, EvalSet};
+use crate::eval::{EvalReport, EvalSet, Evaluator};
 use crate::grading::{grade, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
 use crate::metrics::{reward_stats, zero_spread_share, JudgeDelta, StepMetrics, UpdateStats};
@@ -15,6 +15,7 @@ use candle_core::{Tensor, Var};
 use judge::Judge;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rubric::runfile::{self, Jsonl};
 use rubric::{Example, RewardVector};
 use schedule::{Decision, ObjectiveKind, Target, TaskData};
 use std::path::{Path, PathBuf};
@@ -135,7 +136,7 @@ fn append_eval(file: &mut Jsonl, name: &str, line: &EvalLine) -> Result<()> {
     }
     // the report itself, not the line: `#[serde(flatten)]` would hide the field's path
     finite(name, r)?;
-    file.append(line)
+    Ok(file.append(line)?)
 }
 
 fn append_checked<T>(file: &mut Jsonl, name: &str, value: &T) -> Result<()>
@@ -143,7 +144,7 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
     finite(name, value)?;
-    file.append(value)
+    Ok(file.append(value)?)
 }
 
 /// Fails when `value` would not read back from its JSON (a NaN or infinity in a number
@@ -217,7 +218,7 @@ impl Trainer {
         ensure_new_run(&run_dir)?;
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-        checkpoint::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
+        runfile::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
         let mut t = Trainer::assemble(config, run_dir, parts, RunState::default())?;
         t.rng = ChaCha8Rng::seed_from_u64(t.config.run.seed);
         if let Some(r) = &t.reference {
@@ -395,10 +396,8 @@ impl Trainer {
             test.examples.truncate(self.config.eval.test_size);
         }
         let path = self.run_dir.join("test.jsonl");
-        let done = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<EvalLine>(l).ok())
+        let done = runfile::read_jsonl_if_exists::<EvalLine>(&path)?
+            .iter()
             .any(|e| e.step == step);
         if done {
             return Ok(());
@@ -681,16 +680,15 @@ impl Trainer {
                 .collect(),
             class_names: &self.data.classes.names,
         };
-        evaluate(
-            &mut *self.policy,
-            &*self.judge,
-            &self.rt,
-            &set,
+        let evaluator = Evaluator {
+            judge: &*self.judge,
+            rt: &self.rt,
+            retries: self.config.judge.retries,
             samples,
             seed,
             resamples,
-            self.config.judge.retries,
-        )
+        };
+        evaluator.evaluate(&mut *self.policy, &set)
     }
 
     /// Writes `checkpoints/step-N` (weights, optimizer moments, run state) atomically.

@@ -138,7 +138,7 @@ pub fn run_score(args: ScoreArgs) -> Result<()> {
         render_table(&table)
     };
     match args.out {
-        Some(path) => write_atomic(&path, text.as_bytes()),
+        Some(path) => Ok(rubric::runfile::write_atomic(&path, text.as_bytes())?),
         None => {
             out!("{text}")?;
             Ok(())
@@ -173,20 +173,4 @@ fn render_table(table: &rubric::ScoreTable) -> String {
         }
     }
     s
-}
-
-/// Writes through a temporary file in the same folder and renames it into place, so a reader
-/// never sees half a file and a failed run leaves none.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use anyhow::Context;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

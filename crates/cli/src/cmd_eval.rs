@@ -40,7 +40,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let report = arl::eval::evaluate_model(&a.model, &opts, &a.data, &judge, a.samples, a.seed)?;
     if let Some(out) = &a.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+        rubric::runfile::write_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     out!("{}", report.table())?;
     Ok(())

@@ -186,7 +186,7 @@ pub fn run(args: GradeArgs) -> Result<()> {
         bar.set_message(format!("{} failed, {} cached", tally.failed, s.cache_hits));
     }
     bar.finish_and_clear();
-    crate::cmd_data::write_atomic(&args.out, out.as_bytes())?;
+    rubric::runfile::write_atomic(&args.out, out.as_bytes())?;
     print_summary(
         &tally,
         &judge.stats(),

@@ -19,6 +19,7 @@ pub mod config;
 pub mod embedding;
 pub mod http;
 pub mod prompt;
+pub mod retry;
 pub mod rules;
 #[cfg(feature = "serve")]
 pub mod serve;
@@ -29,6 +30,7 @@ pub use config::{from_config, ConfigError, EmbeddingJudgeConfig, JudgeConfig, Ju
 #[cfg(feature = "embedding")]
 pub use embedding::{EmbeddingJudge, SentenceEmbedder};
 pub use http::{HttpJudge, HttpJudgeConfig};
+pub use retry::{grade_with_retries, Verdicts, DEFAULT_RETRIES};
 pub use rules::RuleJudge;
 
 use async_trait::async_trait;

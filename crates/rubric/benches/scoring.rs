@@ -3,7 +3,7 @@ use criterion::{criterion_group, criterion_main, Criterion as Bench};
 use rubric::score::{reward_vector, summarize, BOOTSTRAP_RESAMPLES};
 use rubric::{Criterion, Example, MetaClasses};
 
-fn data() -> Vec<(Example, Vec<usize>, Vec<Vec<f64>>)> {
+fn data() -> Vec<(Example, Vec<usize>, Vec<Vec<Option<f64>>>)> {
     let axes = rubric::HEALTHBENCH_AXES;
     (0..500)
         .map(|i| {
@@ -27,7 +27,7 @@ fn data() -> Vec<(Example, Vec<usize>, Vec<Vec<f64>>)> {
             let mc = MetaClasses::axes();
             let class_of = (0..12).map(|j| mc.class_of(&ex, j).unwrap()).collect();
             let verdicts = (0..8)
-                .map(|r| (0..12).map(|j| ((i + j + r) % 2) as f64).collect())
+                .map(|r| (0..12).map(|j| Some(((i + j + r) % 2) as f64)).collect())
                 .collect();
             (ex, class_of, verdicts)
         })

@@ -12,6 +12,7 @@ pub mod error;
 pub mod grades;
 pub mod load;
 pub mod model;
+pub mod runfile;
 pub mod score;
 pub mod split;
 pub mod stats;

@@ -328,16 +328,14 @@ pub fn to_record(ex: &Example) -> serde_json::Value {
     rec
 }
 
-/// Writes examples as native-format JSONL (through a temporary file, renamed into place).
+/// Writes examples as native-format JSONL ([`crate::runfile::write_atomic`]).
 pub fn write_jsonl(examples: &[Example], path: &Path) -> std::io::Result<()> {
     let mut text = String::new();
     for ex in examples {
         text.push_str(&to_record(ex).to_string());
         text.push('\n');
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)
+    crate::runfile::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

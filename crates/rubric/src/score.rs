@@ -13,14 +13,24 @@ use std::collections::BTreeMap;
 pub fn subset_score(
     criteria: &[Criterion],
     verdicts: &[f64],
-    mut include: impl FnMut(usize) -> bool,
+    include: impl FnMut(usize) -> bool,
 ) -> Option<f64> {
     debug_assert_eq!(criteria.len(), verdicts.len());
+    partial_score(criteria, |i| Some(verdicts[i]), include)
+}
+
+/// [`subset_score`] over verdicts that may be missing (`value(i) = None`: not graded); `None`
+/// also when an item it includes has no verdict.
+fn partial_score(
+    criteria: &[Criterion],
+    value: impl Fn(usize) -> Option<f64>,
+    mut include: impl FnMut(usize) -> bool,
+) -> Option<f64> {
     let mut achieved = 0.0;
     let mut possible = 0.0;
-    for (i, (c, m)) in criteria.iter().zip(verdicts).enumerate() {
+    for (i, c) in criteria.iter().enumerate() {
         if include(i) {
-            achieved += c.points * m;
+            achieved += c.points * value(i)?;
             if c.points > 0.0 {
                 possible += c.points;
             }
@@ -43,29 +53,23 @@ pub struct RewardVector {
 }
 
 /// Rewards of one response given its verdicts and the class of each criterion
-/// (from [`crate::MetaClasses::assign`]).
+/// (from [`crate::MetaClasses::assign`]): the one verdicts -> reward-vector formula of the
+/// trainer, evaluation and the reward service. `verdicts[i] = None` means criterion `i` was
+/// not graded (e.g. only one class was asked for); the overall score and each class are
+/// defined when all their criteria were graded and they hold positive points.
 pub fn reward_vector(
     example: &Example,
     class_of: &[usize],
     n_classes: usize,
-    verdicts: &[f64],
+    verdicts: &[Option<f64>],
 ) -> RewardVector {
-    let mut achieved = vec![0.0; n_classes];
-    let mut possible = vec![0.0; n_classes];
-    for ((c, &k), m) in example.criteria.iter().zip(class_of).zip(verdicts) {
-        achieved[k] += c.points * m;
-        if c.points > 0.0 {
-            possible[k] += c.points;
-        }
-    }
-    let classes = achieved
-        .iter()
-        .zip(&possible)
-        .map(|(a, p)| (*p > 0.0).then(|| a / p))
-        .collect();
+    debug_assert_eq!(example.criteria.len(), verdicts.len());
+    let value = |i: usize| verdicts[i];
     RewardVector {
-        overall: example_score(&example.criteria, verdicts),
-        classes,
+        overall: partial_score(&example.criteria, value, |_| true),
+        classes: (0..n_classes)
+            .map(|k| partial_score(&example.criteria, value, |i| class_of[i] == k))
+            .collect(),
     }
 }
 
@@ -231,9 +235,13 @@ mod tests {
             canary: None,
             line: 1,
         };
-        let r = reward_vector(&ex, &[0, 0, 1], 3, &[1.0, 1.0, 1.0]);
+        let r = reward_vector(&ex, &[0, 0, 1], 3, &[Some(1.0), Some(1.0), Some(1.0)]);
         assert_eq!(r.overall, Some(0.5));
         assert_eq!(r.classes, vec![Some(1.0), None, None]);
+        // only class 0 graded: the overall score needs every verdict
+        let r = reward_vector(&ex, &[0, 0, 1], 3, &[Some(1.0), Some(0.0), None]);
+        assert_eq!(r.overall, None);
+        assert_eq!(r.classes, vec![Some(5.0 / 8.0), None, None]);
     }
 
     #[test]

@@ -119,9 +119,7 @@ pub fn write_split(
             body.push_str(lines[data.examples[i].line - 1].trim());
             body.push('\n');
         }
-        let tmp = path.with_extension("jsonl.tmp");
-        std::fs::write(&tmp, body).map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        crate::runfile::write_atomic(&path, body.as_bytes()).map_err(|e| io_err(&path, e))?;
         out.push((path, part.len()));
     }
     Ok(out)

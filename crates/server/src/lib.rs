@@ -122,8 +122,8 @@ pub struct Service {
 /// Why a completion got no reward.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GradeFailure {
-    /// The judge failed after its own retries (timeouts, 5xx, unparseable answers); asking
-    /// again may work.
+    /// The judge failed after the retries ([`judge::grade_with_retries`]: timeouts, 5xx,
+    /// unparseable answers); asking again later may work.
     Transient(String),
     /// The judge cannot grade a criterion at all (e.g. the rule judge and a criterion without
     /// `check`): a data/judge mismatch no retry fixes.
@@ -229,7 +229,8 @@ impl Service {
     }
 
     /// Grades completions (`(example position, text)`) against their full rubrics in one
-    /// judge batch; one reward vector or failure each, in order.
+    /// judge batch, failed verdicts retried as the trainer does ([`judge::grade_with_retries`]);
+    /// one reward vector or failure each, in order.
     pub async fn grade(&self, items: &[(usize, &str)]) -> Vec<Result<RewardVector, GradeFailure>> {
         let tasks: Vec<GradeTask<'_>> = items
             .iter()
@@ -239,54 +240,31 @@ impl Service {
                 criteria: None,
             })
             .collect();
-        let results = self.judge.grade(&tasks).await;
-        let mut out = Vec::with_capacity(items.len());
-        for (n, &(i, _)) in items.iter().enumerate() {
-            let example = &self.data.examples[i];
-            let Some(grades) = results.get(n) else {
-                out.push(Err(GradeFailure::Transient(
-                    "the judge returned fewer results than asked for".into(),
-                )));
-                continue;
-            };
-            let mut verdicts = vec![f64::NAN; example.criteria.len()];
-            let mut failure = None;
-            for g in grades {
-                match (&g.outcome, verdicts.get_mut(g.criterion)) {
-                    (Ok(v), Some(slot)) => *slot = *v,
-                    (Err(e), _) => {
-                        let message = format!("criterion {}: {e}", g.criterion);
-                        failure.get_or_insert(match e {
-                            JudgeFailure::NotGradable(_) => GradeFailure::NotGradable(message),
-                            _ => GradeFailure::Transient(message),
-                        });
-                    }
-                    (Ok(_), None) => {
-                        failure.get_or_insert(GradeFailure::Transient(format!(
-                            "the judge graded criterion {} of an example with {}",
-                            g.criterion,
-                            example.criteria.len()
-                        )));
-                    }
+        let graded = judge::grade_with_retries(&*self.judge, &tasks, judge::DEFAULT_RETRIES).await;
+        self.metrics.add_completions(items.len() as u64);
+        let verdicts = match graded {
+            Ok(v) => v,
+            Err(e) => return vec![Err(GradeFailure::Transient(e)); items.len()],
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(n, &(i, _))| match verdicts.failures(n).next() {
+                Some((c, e)) => {
+                    let message = format!("criterion {c}: {e}");
+                    Err(match e {
+                        JudgeFailure::NotGradable(_) => GradeFailure::NotGradable(message),
+                        _ => GradeFailure::Transient(message),
+                    })
                 }
-            }
-            if failure.is_none() && verdicts.iter().any(|v| v.is_nan()) {
-                failure = Some(GradeFailure::Transient(
-                    "the judge left criteria without a verdict".into(),
-                ));
-            }
-            out.push(match failure {
-                Some(f) => Err(f),
                 None => Ok(rubric::score::reward_vector(
-                    example,
+                    &self.data.examples[i],
                     &self.class_of[i],
                     self.class_names.len(),
-                    &verdicts,
+                    &verdicts.values(n),
                 )),
-            });
-        }
-        self.metrics.add_completions(items.len() as u64);
-        out
+            })
+            .collect()
     }
 
     /// The scalar reward of every completion under the objective (`groups[group][completion]`,

@@ -29,7 +29,6 @@ use schedule::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Version of `schedule_state.json`; another version is refused, not misread.
@@ -667,45 +666,16 @@ impl Scheduler {
         let Some(decision) = decision else {
             return self.save();
         };
-        let path = self.dir.join(DECISIONS_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, "cannot open", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| io_error(&path, "cannot read", e))?
-            .len();
-        let mut line = serde_json::to_vec(decision)?;
-        line.push(b'\n');
-        let saved = file
-            .write_all(&line)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| io_error(&path, "cannot write", e))
-            .and_then(|()| self.save());
-        if saved.is_err() {
-            // best effort: a failed save must not leave the decision logged
-            let _ = file.set_len(len).and_then(|()| file.sync_data());
-        }
-        saved
+        rubric::runfile::Jsonl::open(&self.dir.join(DECISIONS_FILE))?
+            .append_then(decision, || self.save())
     }
 
-    /// Writes `schedule_state.json` atomically: a temporary file in the same folder, fsync,
-    /// rename over the old one, so a kill at any moment leaves the old or the new state.
+    /// Writes `schedule_state.json` atomically ([`rubric::runfile::write_atomic`]), so a kill
+    /// at any moment leaves the old or the new state.
     fn save(&self) -> anyhow::Result<()> {
         let path = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(&self.state)?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            // make the rename itself durable
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| io_error(&path, "cannot write", e))
+        Ok(rubric::runfile::write_atomic(&path, &bytes)?)
     }
 }
 
