@@ -283,19 +283,6 @@ impl Block {
     }
 
     /// The projections that can carry a LoRA adapter.
-    fn linears(&self) -> [&LoraLinear; 7] {
-        let (a, m) = (&self.self_attn, &self.mlp);
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
-    }
-
     fn linears_mut(&mut self) -> [&mut LoraLinear; 7] {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
         [
@@ -373,6 +360,8 @@ pub struct Transformer {
     rotary: Rotary,
     /// Every base parameter with its HF name, in load order.
     named: Vec<(String, Var)>,
+    /// The LoRA adapters' parameters with their PEFT names, layer by layer.
+    adapters: Vec<(String, Var)>,
     dtype: DType,
     device: Device,
     base_frozen: bool,
@@ -384,21 +373,18 @@ impl Transformer {
     pub fn load(vb: Weights, cfg: &Config) -> Result<Self> {
         cfg.validate()?;
         let (dtype, device) = (vb.dtype(), vb.device());
+        let (vocab, hs) = (cfg.vocab_size, cfg.hidden_size);
         let m = vb.pp("model");
-        let embed_tokens =
-            m.pp("embed_tokens")
-                .get(&[cfg.vocab_size, cfg.hidden_size], "weight", Init::Normal)?;
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get(&[vocab, hs], "weight", Init::Normal)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Block::load(&m.pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(&m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let norm = RmsNorm::load(&m.pp("norm"), hs, cfg.rms_norm_eps)?;
         let lm_head = match cfg.tie_word_embeddings {
             true => None,
-            false => Some(vb.pp("lm_head").get(
-                &[cfg.vocab_size, cfg.hidden_size],
-                "weight",
-                Init::Normal,
-            )?),
+            false => Some(vb.pp("lm_head").get(&[vocab, hs], "weight", Init::Normal)?),
         };
         let named = vb.finish(|n| n == "lm_head.weight" || n.ends_with("rotary_emb.inv_freq"))?;
         Ok(Transformer {
@@ -409,6 +395,7 @@ impl Transformer {
             lm_head,
             rotary: Rotary::new(cfg, dtype, &device)?,
             named,
+            adapters: Vec::new(),
             dtype,
             device,
             base_frozen: false,
@@ -462,27 +449,30 @@ impl Transformer {
 
     /// LoRA adapter parameters with PEFT names (`base_model.model.<module>.lora_A.weight`).
     pub fn lora_vars(&self) -> Vec<(String, Var)> {
-        lora::adapter_vars(self.layers.iter().flat_map(Block::linears))
+        self.adapters.clone()
     }
 
     /// Adds fresh LoRA adapters (A random, B zero: the model's output is unchanged) to the
     /// targeted projections of every layer and freezes the base weights.
     pub fn add_lora(&mut self, lcfg: &LoraConfig, seed: u64) -> Result<()> {
-        lora::add_adapters(
-            self.layers.iter_mut().flat_map(Block::linears_mut),
-            lcfg,
-            seed,
-        )?;
+        lora::add_adapters(self.linears_mut(), lcfg, seed)?;
+        self.adapters = lora::adapter_vars(self.linears_mut().map(|l| &*l));
         self.set_base_frozen(true);
         Ok(())
     }
 
     /// Removes all adapters and unfreezes the base.
     pub fn remove_lora(&mut self) {
-        for lin in self.layers.iter_mut().flat_map(Block::linears_mut) {
+        for lin in self.linears_mut() {
             lin.lora = None;
         }
+        self.adapters.clear();
         self.set_base_frozen(false);
+    }
+
+    /// Every projection that can carry a LoRA adapter, layer by layer.
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
+        self.layers.iter_mut().flat_map(Block::linears_mut)
     }
 
     /// Loads adapter values saved by `Transformer::lora_vars` (PEFT names). The adapters must

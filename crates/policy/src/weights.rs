@@ -165,20 +165,12 @@ pub(crate) enum Pass {
 impl Pass {
     /// A base weight, detached unless it trains.
     pub(crate) fn base(self, v: &Var) -> Tensor {
-        if self == Pass::Train {
-            v.as_tensor().clone()
-        } else {
-            v.as_tensor().detach()
-        }
+        read(v, self == Pass::Train)
     }
 
     /// A LoRA adapter weight, detached only for inference.
     pub(crate) fn adapter(self, v: &Var) -> Tensor {
-        if self == Pass::Infer {
-            v.as_tensor().detach()
-        } else {
-            v.as_tensor().clone()
-        }
+        read(v, self != Pass::Infer)
     }
 
     /// `x @ w^T (+ b)` with this pass's kernel.
@@ -188,6 +180,15 @@ impl Pass {
         } else {
             linear(x, w, b)
         }
+    }
+}
+
+/// The tensor of `v`, in the autograd graph or detached from it.
+fn read(v: &Var, in_graph: bool) -> Tensor {
+    if in_graph {
+        v.as_tensor().clone()
+    } else {
+        v.as_tensor().detach()
     }
 }
 
