@@ -122,9 +122,10 @@ impl LoraLinear {
         let name = vb.prefix().to_string();
         let target = LoraTarget::parse(name.rsplit('.').next().unwrap_or_default())?;
         let weight = vb.get(&[out, inp], "weight", Init::Normal)?;
-        let bias = match bias {
-            true => Some(vb.get(&[out], "bias", Init::Normal)?),
-            false => None,
+        let bias = if bias {
+            Some(vb.get(&[out], "bias", Init::Normal)?)
+        } else {
+            None
         };
         Ok(LoraLinear {
             name,

@@ -1,5 +1,6 @@
 //! `Model`: config + tokenizer + weights, loaded from a `.gguf` file or an HF folder, saved as
-//! an HF folder; plus chat conveniences for servers and the CLI.
+//! an HF folder; LoRA adapters saved and loaded as PEFT folders; plus chat conveniences for
+//! servers and the CLI.
 
 use crate::config::Config;
 use crate::error::{Error, Result};

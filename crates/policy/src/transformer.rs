@@ -382,9 +382,10 @@ impl Transformer {
             .map(|i| Block::load(&m.pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&m.pp("norm"), hs, cfg.rms_norm_eps)?;
-        let lm_head = match cfg.tie_word_embeddings {
-            true => None,
-            false => Some(vb.pp("lm_head").get(&[vocab, hs], "weight", Init::Normal)?),
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(vb.pp("lm_head").get(&[vocab, hs], "weight", Init::Normal)?)
         };
         let named = vb.finish(|n| n == "lm_head.weight" || n.ends_with("rotary_emb.inv_freq"))?;
         Ok(Transformer {
@@ -512,7 +513,7 @@ impl Transformer {
     pub fn forward_hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let key_mask = mask_rows(mask)?;
         let positions = positions_from_mask(&key_mask);
-        self.forward_with(ids, &positions, &key_mask, None)
+        self.forward_pass(ids, &positions, &key_mask, None, self.train_pass())
     }
 
     /// Hidden states → logits via the (possibly tied) output projection.
@@ -523,8 +524,7 @@ impl Transformer {
 
     /// `logits` for inference (no autograd graph).
     pub fn logits_infer(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = Pass::Infer.base(self.output_var());
-        Pass::Infer.linear(hidden, &w, None)
+        Pass::Infer.linear(hidden, &Pass::Infer.base(self.output_var()), None)
     }
 
     /// The output projection [vocab, hidden] as a training pass reads it.
@@ -537,22 +537,11 @@ impl Transformer {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    /// The general forward: `ids` [B,T] are new tokens at `positions` (B×T); `key_mask` (B×S)
-    /// covers every key the new tokens can see (cached ones first, then these T). Causality is
-    /// by index: new token t sees keys 0..=S-T+t.
-    pub fn forward_with(
-        &self,
-        ids: &Tensor,
-        positions: &[Vec<u32>],
-        key_mask: &[Vec<u8>],
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        self.forward_pass(ids, positions, key_mask, cache, self.train_pass())
-    }
-
-    /// `forward_with` for inference: the same function (equal within float rounding), but no
-    /// autograd graph is built (nothing is kept alive for a backward pass) and the linear
-    /// layers use their small-batch form. Generation uses it.
+    /// The forward for generation: `ids` [B,T] are new tokens at `positions` (B×T); `key_mask`
+    /// (B×S) covers every key the new tokens can see (cached ones first, then these T).
+    /// Causality is by index: new token t sees keys 0..=S-T+t. The same function as
+    /// `forward_hidden` (equal within float rounding), but no autograd graph is built (nothing
+    /// is kept alive for a backward pass) and the linear layers use their small-batch form.
     pub fn forward_infer(
         &self,
         ids: &Tensor,

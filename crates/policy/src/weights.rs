@@ -198,3 +198,58 @@ pub(crate) fn normal(rng: &mut impl Rng) -> f32 {
     let u2: f64 = rng.gen();
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensors(names: &[(&str, usize)]) -> HashMap<String, Tensor> {
+        let t = |n| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        names.iter().map(|&(k, n)| (k.to_string(), t(n))).collect()
+    }
+
+    #[test]
+    fn errors_name_the_tensor() {
+        let map = tensors(&[("a.b.w", 3), ("a.x", 1)]);
+        let vb = Weights::from_tensors(map, DType::F32, &Device::Cpu);
+        let e = vb.clone().finish(|_| false).unwrap_err().to_string();
+        assert!(
+            e.contains("2 weight(s) the config does not use, e.g. `a.b.w`"),
+            "{e}"
+        );
+        let a = vb.pp("a");
+        a.get(&[1], "x", Init::Normal).unwrap();
+        let taken = vb.clone().finish(|n| n == "a.b.w").unwrap();
+        assert_eq!(taken[0].0, "a.x");
+        let e = a.pp("b").get(&[4], "w", Init::Normal).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`a.b.w` has shape [3], expected [4]"),
+            "{e}"
+        );
+        let e = a.get(&[1], "missing", Init::Normal).unwrap_err();
+        assert!(e.to_string().contains("`a.missing`"), "{e}");
+    }
+
+    /// Random parameters are drawn in the order they are asked for, from one seeded stream.
+    #[test]
+    fn random_draws_in_request_order() {
+        let vb = Weights::random(9, DType::F64, &Device::Cpu);
+        let w = vb.pp("l").get(&[2], "w", Init::Normal).unwrap();
+        let n = vb.pp("norm").get(&[3], "weight", Init::NearOne).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let want_w: Vec<f64> = (0..2).map(|_| (0.02 * normal(&mut rng)) as f64).collect();
+        let want_n: Vec<f64> = (0..3)
+            .map(|_| (1.0 + 0.1 * normal(&mut rng)) as f64)
+            .collect();
+        assert_eq!(w.as_tensor().to_vec1::<f64>().unwrap(), want_w);
+        assert_eq!(n.as_tensor().to_vec1::<f64>().unwrap(), want_n);
+        let names: Vec<String> = vb
+            .finish(|_| false)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["l.w", "norm.weight"]);
+    }
+}
