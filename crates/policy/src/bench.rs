@@ -215,7 +215,7 @@ pub fn decode_matmul_secs(cfg: &Config, b: usize, reps: usize) -> Result<(f64, f
     for _ in 0..reps.max(1) {
         let t = Instant::now();
         for w in &weights {
-            let y = crate::transformer::linear_infer(input_for(w.dim(1)?), w, None)?;
+            let y = crate::linear::linear_infer(input_for(w.dim(1)?), w, None)?;
             let _ = y.dims();
         }
         best = best.min(t.elapsed().as_secs_f64());

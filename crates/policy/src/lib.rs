@@ -21,19 +21,21 @@ mod linear;
 pub mod logprobs;
 pub mod lora;
 pub mod model;
-mod ops;
+pub mod ops;
 pub mod tokenizer;
 pub mod transformer;
+pub mod weights;
 
 pub use bpe::train_bpe;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_with, Generation, GenerationConfig};
 pub use logprobs::{completion_log_probs, LogProbs};
-pub use lora::{load_lora, save_lora, LoraConfig, LoraTarget};
-pub use model::{load_hf, save_hf, Model};
+pub use lora::{LoraConfig, LoraTarget};
+pub use model::{load_hf, load_lora, save_hf, save_lora, Model};
 pub use tokenizer::Tokenizer;
 pub use transformer::{KvCache, Transformer};
+pub use weights::Weights;
 
 /// The RNG type used for seeded sampling, so callers need not depend on `rand` themselves.
 pub type Rng = rand::rngs::StdRng;

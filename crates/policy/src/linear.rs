@@ -9,10 +9,64 @@
 //! its forward writes the logits once and keeps them for the backward, which turns them into
 //! their own gradient in place, so no other [tokens, vocab] buffer is ever allocated.
 
-use crate::ops::{contiguous, num_like::Float, par_out};
+use crate::ops::{contiguous, fused_ok, num_like::Float, par_out};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use std::sync::Mutex;
+
+/// `x @ w^T (+ b)` for `x` of any rank: the `Linear` op below on the CPU, the flattened
+/// matmul elsewhere.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> crate::Result<Tensor> {
+    let y = if fused_ok(x) {
+        x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?
+    } else {
+        let (rows, in_dim) = rows_of(x)?;
+        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
+        y.reshape(out_dims(x, w)?)?
+    };
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// `linear` for inference (no autograd graph). With few rows (decoding) the product is
+/// computed as `W @ x^T`: gemm then streams the contiguous weight as its left operand instead
+/// of packing the whole weight matrix for every step, which measured up to 2x faster at batch
+/// 32 on SmolLM2's shapes; the small [out, rows] result is transposed back.
+pub(crate) fn linear_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> crate::Result<Tensor> {
+    let (rows, in_dim) = rows_of(x)?;
+    let x2 = x.reshape((rows, in_dim))?;
+    let y = if rows <= SMALL_ROWS && w.dim(0)? <= SMALL_ROWS_MAX_OUT {
+        w.matmul(&x2.t()?)?.t()?.contiguous()?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    Ok(y.reshape(out_dims(x, w)?)?)
+}
+
+/// Up to this many rows `linear_infer` uses the `W @ x^T` form...
+const SMALL_ROWS: usize = 64;
+/// ...unless the output is this wide: for a vocabulary-sized output projection the plain form
+/// measured 10-30% faster at batch 32 (and needs no transposed copy of the wide result).
+const SMALL_ROWS_MAX_OUT: usize = 16_384;
+
+/// (rows, width) of `x` seen as a matrix of its last dim.
+fn rows_of(x: &Tensor) -> Result<(usize, usize)> {
+    let in_dim = width(x.layout())?;
+    Ok((x.elem_count() / in_dim, in_dim))
+}
+
+/// The dims of `x @ w^T`: those of `x` with the last one `w`'s output size.
+fn out_dims(x: &Tensor, w: &Tensor) -> Result<Vec<usize>> {
+    let mut out = x.dims().to_vec();
+    *out.last_mut().expect("rank >= 1") = w.dim(0)?;
+    Ok(out)
+}
 
 /// A matrix view: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]

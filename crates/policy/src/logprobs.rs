@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::linear::OutputLogProbs;
-use crate::transformer::{log_softmax_last, Transformer};
+use crate::ops::log_softmax_last;
+use crate::transformer::Transformer;
 use candle_core::{DType, Tensor, D};
 
 /// Per-token results for a batch, all [B, C] with C the longest completion; entries past a

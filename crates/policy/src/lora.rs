@@ -2,9 +2,9 @@
 //! and only the small A/B matrices are trained and saved.
 
 use crate::error::{Error, Result};
-use crate::transformer::{lin_param, linear_fwd, linear_fwd_infer, normal};
-use candle_core::{DType, Device, Tensor, Var};
-use rand::Rng;
+use crate::weights::{normal, Init, Pass, Weights};
+use candle_core::{Tensor, Var};
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,19 +38,6 @@ impl LoraTarget {
         LoraTarget::Up,
         LoraTarget::Down,
     ];
-
-    /// Module path inside a decoder layer, as in HF/PEFT.
-    pub fn module_path(self) -> &'static str {
-        match self {
-            LoraTarget::Q => "self_attn.q_proj",
-            LoraTarget::K => "self_attn.k_proj",
-            LoraTarget::V => "self_attn.v_proj",
-            LoraTarget::O => "self_attn.o_proj",
-            LoraTarget::Gate => "mlp.gate_proj",
-            LoraTarget::Up => "mlp.up_proj",
-            LoraTarget::Down => "mlp.down_proj",
-        }
-    }
 
     /// Parses `q`, `q_proj`, `gate`, `gate_proj`, ...
     pub fn parse(s: &str) -> Result<Self> {
@@ -120,46 +107,43 @@ pub struct LoraAdapter {
 /// A linear layer `x W^T + b` with an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
+    /// HF module name, e.g. `model.layers.0.self_attn.q_proj`.
+    pub name: String,
+    pub target: LoraTarget,
     pub weight: Var,
     pub bias: Option<Var>,
     pub lora: Option<LoraAdapter>,
-    pub(crate) frozen: bool,
 }
 
 impl LoraLinear {
-    pub fn new(weight: Var, bias: Option<Var>) -> Self {
-        LoraLinear {
+    /// Loads `<vb>.weight` [out, inp] and, with `bias`, `<vb>.bias` [out]; the module's last
+    /// name (`q_proj`, ...) is its LoRA target.
+    pub fn load(vb: &Weights, out: usize, inp: usize, bias: bool) -> Result<Self> {
+        let name = vb.prefix().to_string();
+        let target = LoraTarget::parse(name.rsplit('.').next().unwrap_or_default())?;
+        let weight = vb.get(&[out, inp], "weight", Init::Normal)?;
+        let bias = if bias {
+            Some(vb.get(&[out], "bias", Init::Normal)?)
+        } else {
+            None
+        };
+        Ok(LoraLinear {
+            name,
+            target,
             weight,
             bias,
             lora: None,
-            frozen: false,
-        }
+        })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = lin_param(&self.weight, self.frozen);
-        let b = self.bias.as_ref().map(|b| lin_param(b, self.frozen));
-        let y = linear_fwd(x, &w, b.as_ref())?;
+    pub(crate) fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let b = self.bias.as_ref().map(|b| pass.base(b));
+        let y = pass.linear(x, &pass.base(&self.weight), b.as_ref())?;
         match &self.lora {
             None => Ok(y),
             Some(ad) => {
-                let h = linear_fwd(x, ad.a.as_tensor(), None)?;
-                let d = linear_fwd(&h, ad.b.as_tensor(), None)?;
-                Ok((y + (d * ad.scale)?)?)
-            }
-        }
-    }
-
-    /// `forward` for inference: weights detached (no autograd graph), small-batch matmul form.
-    pub(crate) fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.as_tensor().detach();
-        let b = self.bias.as_ref().map(|b| b.as_tensor().detach());
-        let y = linear_fwd_infer(x, &w, b.as_ref())?;
-        match &self.lora {
-            None => Ok(y),
-            Some(ad) => {
-                let h = linear_fwd_infer(x, &ad.a.as_tensor().detach(), None)?;
-                let d = linear_fwd_infer(&h, &ad.b.as_tensor().detach(), None)?;
+                let h = pass.linear(x, &pass.adapter(&ad.a), None)?;
+                let d = pass.linear(&h, &pass.adapter(&ad.b), None)?;
                 Ok((y + (d * ad.scale)?)?)
             }
         }
@@ -167,14 +151,9 @@ impl LoraLinear {
 
     /// Kaiming-uniform-like A (std 1/sqrt(in)) and zero B, as PEFT does, so adding an adapter
     /// does not change the model.
-    pub(crate) fn add_lora(
-        &mut self,
-        cfg: &LoraConfig,
-        rng: &mut impl Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<()> {
+    fn add_lora(&mut self, cfg: &LoraConfig, rng: &mut impl Rng) -> Result<()> {
         let (out, inp) = self.weight.dims2()?;
+        let (dtype, device) = (self.weight.dtype(), self.weight.device());
         let std = 1.0 / (inp as f32).sqrt();
         let a: Vec<f32> = (0..cfg.rank * inp).map(|_| std * normal(rng)).collect();
         let a = Tensor::from_vec(a, (cfg.rank, inp), device)?.to_dtype(dtype)?;
@@ -188,16 +167,68 @@ impl LoraLinear {
     }
 }
 
-/// Saves the adapters of `model` to `dir/adapter_model.safetensors` + `dir/adapter_config.json`
-/// (PEFT layout and names).
-pub fn save_lora(
-    model: &crate::Transformer,
+/// Adds fresh adapters (A random, B zero) to the `linears` that `cfg` targets, in order, from
+/// one RNG seeded with `seed`.
+pub(crate) fn add_adapters<'a>(
+    linears: impl IntoIterator<Item = &'a mut LoraLinear>,
     cfg: &LoraConfig,
-    dir: impl AsRef<Path>,
+    seed: u64,
 ) -> Result<()> {
-    let dir = dir.as_ref();
+    cfg.validate()?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for lin in linears {
+        if cfg.targets.contains(&lin.target) {
+            lin.add_lora(cfg, &mut rng)?;
+        }
+    }
+    Ok(())
+}
+
+/// The adapters of `linears` with PEFT names (`base_model.model.<module>.lora_A.weight`).
+pub(crate) fn adapter_vars<'a>(
+    linears: impl IntoIterator<Item = &'a LoraLinear>,
+) -> Vec<(String, Var)> {
+    let mut out = Vec::new();
+    for lin in linears {
+        if let Some(ad) = &lin.lora {
+            let base = format!("base_model.model.{}", lin.name);
+            out.push((format!("{base}.lora_A.weight"), ad.a.clone()));
+            out.push((format!("{base}.lora_B.weight"), ad.b.clone()));
+        }
+    }
+    out
+}
+
+/// Sets adapter `vars` (from `adapter_vars`) to the values in `tensors`, checking shapes.
+pub(crate) fn set_adapter_vars(
+    vars: Vec<(String, Var)>,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    if vars.is_empty() {
+        return Err(Error::Invalid(
+            "model has no LoRA adapters; call add_lora first".into(),
+        ));
+    }
+    for (name, var) in vars {
+        let t = tensors
+            .get(&name)
+            .ok_or_else(|| Error::MissingWeight(name.clone()))?;
+        if t.dims() != var.dims() {
+            return Err(Error::Invalid(format!(
+                "adapter `{name}` has shape {:?}, expected {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Writes adapter `vars` to `dir/adapter_model.safetensors` and `cfg` to
+/// `dir/adapter_config.json` (PEFT layout and names).
+pub(crate) fn write_adapters(vars: Vec<(String, Var)>, cfg: &LoraConfig, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let vars = model.lora_vars();
     if vars.is_empty() {
         return Err(Error::Invalid("model has no LoRA adapters to save".into()));
     }
@@ -214,10 +245,11 @@ pub fn save_lora(
     Ok(())
 }
 
-/// Reads an adapter folder written by `save_lora`, adds fresh adapters to `model` with the
-/// saved config and sets their values. Returns the config.
-pub fn load_lora(model: &mut crate::Transformer, dir: impl AsRef<Path>) -> Result<LoraConfig> {
-    let dir = dir.as_ref();
+/// Reads an adapter folder written by `write_adapters`: the config and the named tensors.
+pub(crate) fn read_adapters(
+    dir: &Path,
+    device: &candle_core::Device,
+) -> Result<(LoraConfig, HashMap<String, Tensor>)> {
     let p = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
     let cfg: LoraConfig = serde_json::from_str(&text)?;
@@ -228,9 +260,5 @@ pub fn load_lora(model: &mut crate::Transformer, dir: impl AsRef<Path>) -> Resul
             std::io::Error::new(std::io::ErrorKind::NotFound, "adapter weights not found"),
         ));
     }
-    let tensors = candle_core::safetensors::load(&w, model.device())?;
-    model.remove_lora();
-    model.add_lora(&cfg, 0)?;
-    model.set_lora_tensors(&tensors)?;
-    Ok(cfg)
+    Ok((cfg, candle_core::safetensors::load(&w, device)?))
 }

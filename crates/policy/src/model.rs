@@ -1,10 +1,12 @@
 //! `Model`: config + tokenizer + weights, loaded from a `.gguf` file or an HF folder, saved as
-//! an HF folder; plus chat conveniences for servers and the CLI.
+//! an HF folder; LoRA adapters saved and loaded as PEFT folders; plus chat conveniences for
+//! servers and the CLI.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::generate::{generate_with, Generation, GenerationConfig};
 use crate::gguf::read_gguf;
+use crate::lora::{read_adapters, write_adapters, LoraConfig};
 use crate::tokenizer::Tokenizer;
 use crate::transformer::Transformer;
 use candle_core::{DType, Device, Tensor};
@@ -161,4 +163,20 @@ pub fn save_hf(model: &Transformer, dir: &Path) -> Result<()> {
 pub fn load_hf(dir: &Path, dtype: DType, device: &Device) -> Result<Transformer> {
     let (cfg, tensors) = read_hf_weights(dir, device)?;
     Transformer::from_tensors(&cfg, tensors, dtype, device)
+}
+
+/// Saves the adapters of `model` to `dir/adapter_model.safetensors` + `dir/adapter_config.json`
+/// (PEFT layout and names).
+pub fn save_lora(model: &Transformer, cfg: &LoraConfig, dir: impl AsRef<Path>) -> Result<()> {
+    write_adapters(model.lora_vars(), cfg, dir.as_ref())
+}
+
+/// Reads an adapter folder written by `save_lora`, adds fresh adapters to `model` with the
+/// saved config and sets their values. Returns the config.
+pub fn load_lora(model: &mut Transformer, dir: impl AsRef<Path>) -> Result<LoraConfig> {
+    let (cfg, tensors) = read_adapters(dir.as_ref(), model.device())?;
+    model.remove_lora();
+    model.add_lora(&cfg, 0)?;
+    model.set_lora_tensors(&tensors)?;
+    Ok(cfg)
 }

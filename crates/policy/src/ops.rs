@@ -6,10 +6,103 @@
 //! batches that was 18.5 GB for one training step. These ops keep only what their backward
 //! needs, run their loops on all threads (candle's CPU element-wise ops use one), and their
 //! `bwd` is the textbook Jacobian-vector product, checked against the primitive versions and
-//! by the finite-difference tests. On devices other than the CPU the primitive versions in
-//! `transformer` are used instead.
+//! by the finite-difference tests. The wrappers below pick them on the CPU and the primitive
+//! versions (each op with a backward in candle) on other devices.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+/// True where the custom CPU kernels apply (they are written for f32 and f64).
+pub(crate) fn fused_ok(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// RMSNorm, `x / sqrt(mean(x²) + eps) * w`, with a backward pass.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
+    if fused_ok(x) {
+        return Ok(x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, RmsNormOp { eps })?);
+    }
+    rms_norm_primitive(x, w, eps)
+}
+
+/// RMSNorm from primitives (each with a backward in candle).
+pub fn rms_norm_primitive(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+/// Softmax over the last dim with a backward pass.
+pub fn softmax_last(x: &Tensor) -> crate::Result<Tensor> {
+    if fused_ok(x) {
+        return Ok(x.contiguous()?.apply_op1(SoftmaxLast { log: false })?);
+    }
+    softmax_last_primitive(x)
+}
+
+/// Log-softmax over the last dim; same dispatch as `softmax_last`.
+pub fn log_softmax_last(x: &Tensor) -> crate::Result<Tensor> {
+    if fused_ok(x) {
+        return Ok(x.contiguous()?.apply_op1(SoftmaxLast { log: true })?);
+    }
+    log_softmax_last_primitive(x)
+}
+
+/// Softmax over the last dim from primitives. The max is detached: softmax does not depend on
+/// it, so the gradient stays exact while `exp` cannot overflow.
+pub fn softmax_last_primitive(x: &Tensor) -> crate::Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// Log-softmax over the last dim from primitives (same detached-max trick).
+pub fn log_softmax_last_primitive(x: &Tensor) -> crate::Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Rotary embedding of `x` [B,T,H,D] returned as [B,H,T,D] (the layout attention needs);
+/// `cos`/`sin` [B,T,D/2] hold one half of the table, gathered per (batch, position) so
+/// left-padded rows get their own positions.
+pub(crate) fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> crate::Result<Tensor> {
+    if fused_ok(x) {
+        return Ok(x
+            .contiguous()?
+            .apply_op3(cos, sin, Rope { to_heads: true })?);
+    }
+    // HF-style ("rotate half"): `x*cos + rotate_half(x)*sin` with the table's halves repeated.
+    let full = |c: &Tensor| Tensor::cat(&[c, c], D::Minus1)?.unsqueeze(1);
+    let (x, cos, sin) = (x.transpose(1, 2)?, full(cos)?, full(sin)?);
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+}
+
+/// Attention probabilities `softmax(scale * scores + bias)` for scores [B,KVH,G,T,S] and bias
+/// [B,1,1,T,S].
+pub(crate) fn attention_probs(scores: &Tensor, bias: &Tensor, scale: f64) -> crate::Result<Tensor> {
+    if fused_ok(scores) {
+        return Ok(scores
+            .contiguous()?
+            .apply_op2(&bias.contiguous()?, MaskedSoftmax { scale })?);
+    }
+    softmax_last(&(scores * scale)?.broadcast_add(bias)?)
+}
+
+/// `silu(gate) * up`.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor> {
+    if fused_ok(gate) {
+        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?);
+    }
+    Ok((gate.silu()? * up)?)
+}
 
 /// Below this many elements a kernel runs on the calling thread: spawning costs more.
 const PAR_MIN: usize = 1 << 15;

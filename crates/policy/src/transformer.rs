@@ -1,5 +1,6 @@
 //! The decoder-only transformer (Llama/SmolLM2, Qwen2, Qwen3), built only from differentiable
-//! ops.
+//! ops, in the manner of candle-transformers' models: each part loads its own weights by HF
+//! name from a `Weights` source and has a `forward`; the forward pass reads top to bottom.
 //!
 //! candle's fused `rms_norm`, `softmax_last_dim` and rotary kernels have no backward pass, so a
 //! model built from them trains silently wrong (DESIGN.md §5). Every op here either has a
@@ -12,16 +13,15 @@
 //! without an autograd graph.
 //!
 //! Parameters are `candle_core::Var`s named with HF tensor names, so a trainer can hand
-//! `trainable_vars()` to an optimizer and `save` writes HF-compatible safetensors.
+//! `trainable_vars()` to an optimizer and `save_hf` writes HF-compatible safetensors.
 
 use crate::attention::attention;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::linear::Linear;
-use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
-use crate::ops::{MaskedSoftmax, RmsNormOp, Rope, SoftmaxLast, SwiGlu};
-use candle_core::{DType, Device, Tensor, Var, D};
-use rand::{Rng, SeedableRng};
+use crate::lora::{self, LoraConfig, LoraLinear};
+use crate::ops::{attention_probs, fused_ok, rms_norm, rope_to_heads, swiglu};
+use crate::weights::{Init, Pass, Weights};
+use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -30,179 +30,82 @@ use std::sync::Arc;
 /// would poison gradients even when multiplied by a zero mask.
 const MASK_VALUE: f64 = -1e9;
 
-/// Returns the tensor of a parameter: detached when the parameter is frozen, so backward does
-/// not spend time on gradients nobody will use.
-fn param(v: &Var, frozen: bool) -> Tensor {
-    if frozen {
-        v.as_tensor().detach()
-    } else {
-        v.as_tensor().clone()
-    }
-}
-
-/// `x @ w^T (+ b)` for `x` of any rank: one custom op with a gemm backward on the CPU
-/// (`linear.rs`), the flattened matmul elsewhere.
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = if fused_ok(x) {
-        x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?
-    } else {
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().expect("rank >= 1");
-        let rows = x.elem_count() / in_dim;
-        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
-        let mut out = dims;
-        *out.last_mut().unwrap() = w.dim(0)?;
-        y.reshape(out)?
-    };
-    Ok(match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    })
-}
-
-/// `linear` for inference (no autograd graph). With few rows (decoding) the product is
-/// computed as `W @ x^T`: gemm then streams the contiguous weight as its left operand instead
-/// of packing the whole weight matrix for every step, which measured up to 2x faster at batch
-/// 32 on SmolLM2's shapes; the small [out, rows] result is transposed back.
-pub(crate) fn linear_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let in_dim = *dims.last().expect("rank >= 1");
-    let rows = x.elem_count() / in_dim;
-    let x2 = x.reshape((rows, in_dim))?;
-    let y = if rows <= SMALL_ROWS && w.dim(0)? <= SMALL_ROWS_MAX_OUT {
-        w.matmul(&x2.t()?)?.t()?.contiguous()?
-    } else {
-        x2.matmul(&w.t()?)?
-    };
-    let y = match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out = dims;
-    *out.last_mut().unwrap() = w.dim(0)?;
-    Ok(y.reshape(out)?)
-}
-
-/// Up to this many rows `linear_infer` uses the `W @ x^T` form...
-const SMALL_ROWS: usize = 64;
-/// ...unless the output is this wide: for a vocabulary-sized output projection the plain form
-/// measured 10-30% faster at batch 32 (and needs no transposed copy of the wide result).
-const SMALL_ROWS_MAX_OUT: usize = 16_384;
-
-/// RMSNorm, `x / sqrt(mean(x²) + eps) * w`, with a backward pass: a memory-lean custom op on
-/// the CPU (`ops.rs`), the primitive composition elsewhere.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        return Ok(x
-            .contiguous()?
-            .apply_op2(&w.contiguous()?, RmsNormOp { eps })?);
-    }
-    rms_norm_primitive(x, w, eps)
-}
-
-/// RMSNorm from primitives (each with a backward in candle).
-pub fn rms_norm_primitive(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
-}
-
-/// Softmax over the last dim with a backward pass: a memory-lean custom op on the CPU
-/// (`ops.rs`), the primitive composition elsewhere.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        return Ok(x.contiguous()?.apply_op1(SoftmaxLast { log: false })?);
-    }
-    softmax_last_primitive(x)
-}
-
-/// Log-softmax over the last dim; same dispatch as `softmax_last`.
-pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        return Ok(x.contiguous()?.apply_op1(SoftmaxLast { log: true })?);
-    }
-    log_softmax_last_primitive(x)
-}
-
-/// Softmax over the last dim from primitives. The max is detached: softmax does not depend on
-/// it, so the gradient stays exact while `exp` cannot overflow.
-pub fn softmax_last_primitive(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&s)?)
-}
-
-/// Log-softmax over the last dim from primitives (same detached-max trick).
-pub fn log_softmax_last_primitive(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&m)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&lse)?)
-}
-
-/// HF-style ("rotate half") rotary embedding: `x*cos + rotate_half(x)*sin`, with `cos`/`sin`
-/// gathered per (batch, position) so left-padded rows get their own positions.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
-}
-
-/// True where the custom CPU kernels of `ops.rs` apply (they are written for f32 and f64).
-fn fused_ok(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
-}
-
-/// Rotary embedding of `x` [B,T,H,D] returned as [B,H,T,D] (the layout attention needs);
-/// `cos`/`sin` [B,T,D/2] hold one half of the table.
-fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) {
-        return Ok(x
-            .contiguous()?
-            .apply_op3(cos, sin, Rope { to_heads: true })?);
-    }
-    let full =
-        |c: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[c, c], D::Minus1)?.unsqueeze(1)?) };
-    apply_rope(&x.transpose(1, 2)?, &full(cos)?, &full(sin)?)
-}
-
-/// Attention probabilities `softmax(scale * scores + bias)` for scores [B,KVH,G,T,S] and bias
-/// [B,1,1,T,S].
-fn attention_probs(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    if fused_ok(scores) {
-        return Ok(scores
-            .contiguous()?
-            .apply_op2(&bias.contiguous()?, MaskedSoftmax { scale })?);
-    }
-    softmax_last(&(scores * scale)?.broadcast_add(bias)?)
-}
-
-/// `silu(gate) * up`.
-fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused_ok(gate) {
-        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?);
-    }
-    Ok((gate.silu()? * up)?)
-}
-
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     pub weight: Var,
     eps: f64,
-    frozen: bool,
 }
 
 impl RmsNorm {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        rms_norm(x, &param(&self.weight, self.frozen), self.eps)
+    fn load(vb: &Weights, size: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get(&[size], "weight", Init::NearOne)?;
+        Ok(RmsNorm { weight, eps })
     }
 
-    /// Inference: the same kernel on the detached weight (no autograd graph).
-    fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
-        rms_norm(x, &self.weight.as_tensor().detach(), self.eps)
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        rms_norm(x, &pass.base(&self.weight), self.eps)
+    }
+}
+
+/// Rotary tables [max_position_embeddings, head_dim] (HF layout: the frequencies repeat for
+/// both halves of the head).
+#[derive(Debug, Clone)]
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn new(cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
+        let hd = cfg.head_dim;
+        let n = cfg.max_position_embeddings;
+        let inv: Vec<f64> = (0..hd / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64))
+            .collect();
+        let mut cos = Vec::with_capacity(n * hd);
+        let mut sin = Vec::with_capacity(n * hd);
+        for p in 0..n {
+            for _half in 0..2 {
+                for f in &inv {
+                    let a = p as f64 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, hd), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, hd), device)?.to_dtype(dtype)?;
+        Ok(Rotary { cos, sin })
+    }
+
+    /// cos/sin [B,T,D/2] at `positions` (B rows of T): one half of the table, which repeats
+    /// it for both.
+    fn at(&self, positions: &[Vec<u32>], t: usize) -> Result<(Tensor, Tensor)> {
+        let (max_pos, hd) = self.cos.dims2()?;
+        let mut flat = Vec::with_capacity(positions.len() * t);
+        for r in positions {
+            if r.len() != t {
+                return Err(Error::Invalid("position rows must have T entries".into()));
+            }
+            for &p in r {
+                if p as usize >= max_pos {
+                    return Err(Error::Invalid(format!(
+                        "position {p} beyond max_position_embeddings {max_pos}"
+                    )));
+                }
+                flat.push(p);
+            }
+        }
+        let b = positions.len();
+        let pos = Tensor::from_vec(flat, b * t, self.cos.device())?;
+        let half = |tab: &Tensor| -> Result<Tensor> {
+            Ok(tab
+                .index_select(&pos, 0)?
+                .narrow(1, 0, hd / 2)?
+                .contiguous()?
+                .reshape((b, t, hd / 2))?)
+        };
+        Ok((half(&self.cos)?, half(&self.sin)?))
     }
 }
 
@@ -227,77 +130,94 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// The projections; the QK-norms come from `with_qk_norm`.
+    fn load(vb: &Weights, cfg: &Config) -> Result<Self> {
+        let (hs, hd, ab) = (cfg.hidden_size, cfg.head_dim, cfg.attention_bias);
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        Ok(Attention {
+            q_proj: LoraLinear::load(&vb.pp("q_proj"), nh * hd, hs, ab)?,
+            k_proj: LoraLinear::load(&vb.pp("k_proj"), nkv * hd, hs, ab)?,
+            v_proj: LoraLinear::load(&vb.pp("v_proj"), nkv * hd, hs, ab)?,
+            o_proj: LoraLinear::load(&vb.pp("o_proj"), hs, nh * hd, cfg.o_proj_bias())?,
+            q_norm: None,
+            k_norm: None,
+            n_head: nh,
+            n_kv: nkv,
+            head_dim: hd,
+        })
+    }
+
+    /// Adds Qwen3's RMSNorm of q and k per head, when the config has it.
+    fn with_qk_norm(mut self, vb: &Weights, cfg: &Config) -> Result<Self> {
+        if cfg.qk_norm {
+            let (hd, eps) = (cfg.head_dim, cfg.rms_norm_eps);
+            self.q_norm = Some(RmsNorm::load(&vb.pp("q_norm"), hd, eps)?);
+            self.k_norm = Some(RmsNorm::load(&vb.pp("k_norm"), hd, eps)?);
+        }
+        Ok(self)
+    }
+
     /// `x`: [B,T,H]; `cos`/`sin`: [B,T,D/2]; `mask` covers all S = cached + T keys.
-    /// `infer` drops the autograd graph (generation).
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
         mask: &AttentionMask,
         cache: Option<(&mut KvCache, usize)>,
-        infer: bool,
+        pass: Pass,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv, self.head_dim);
-        let g = h / kvh;
-        let proj = |l: &LoraLinear| {
-            if infer {
-                l.forward_infer(x)
-            } else {
-                l.forward(x)
-            }
-        };
-        let norm = |n: &RmsNorm, y: &Tensor| {
-            if infer {
-                n.forward_infer(y)
-            } else {
-                n.forward(y)
-            }
-        };
-        let q = proj(&self.q_proj)?.reshape((b, t, h, d))?;
-        let k = proj(&self.k_proj)?.reshape((b, t, kvh, d))?;
-        let v = proj(&self.v_proj)?.reshape((b, t, kvh, d))?;
+        let q = self.q_proj.forward(x, pass)?.reshape((b, t, h, d))?;
+        let k = self.k_proj.forward(x, pass)?.reshape((b, t, kvh, d))?;
+        let v = self.v_proj.forward(x, pass)?.reshape((b, t, kvh, d))?;
         let q = match &self.q_norm {
-            Some(n) => norm(n, &q)?,
+            Some(n) => n.forward(&q, pass)?,
             None => q,
         };
         let k = match &self.k_norm {
-            Some(n) => norm(n, &k)?,
+            Some(n) => n.forward(&k, pass)?,
             None => k,
         };
+        let (q, k) = (rope_to_heads(&q, cos, sin)?, rope_to_heads(&k, cos, sin)?);
         let scale = 1.0 / (d as f64).sqrt();
-        let bias = match mask {
-            AttentionMask::Keys(keys) => {
-                let (q, k) = (rope_to_heads(&q, cos, sin)?, rope_to_heads(&k, cos, sin)?);
-                let y = attention(&q, &k, &v, keys, scale, MASK_VALUE)?;
-                return self.o_proj.forward(&y);
+        let y = match mask {
+            AttentionMask::Keys(keys) => attention(&q, &k, &v, keys, scale, MASK_VALUE)?,
+            AttentionMask::Bias(bias) => {
+                let v = v.transpose(1, 2)?.contiguous()?;
+                let y = grouped_attention(&q, &k.contiguous()?, &v, bias, scale, cache)?;
+                y.transpose(1, 2)?.reshape((b, t, h * d))?
             }
-            AttentionMask::Bias(bias) => bias,
         };
-        let q = rope_to_heads(&q, cos, sin)?;
-        let k = rope_to_heads(&k, cos, sin)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        // With a cache, k/v are strided views into its preallocated buffers: matmul reads
-        // them in place.
-        let (k, v) = match cache {
-            Some((c, layer)) => c.append(layer, &k, &v)?,
-            None => (k, v),
-        };
-        let s = k.dim(2)?;
-        // Grouped-query attention without repeating k/v: the G query heads sharing one kv head
-        // are stacked along the row dim, so one batched matmul per kv head does the work.
-        let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
-        let att = q.matmul(&k.t()?)?.reshape((b, kvh, g, t, s))?;
-        let att = attention_probs(&att, bias, scale)?.reshape((b, kvh, g * t, s))?;
-        let y = att.matmul(&v)?.reshape((b, h, t, d))?;
-        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
-        if infer {
-            self.o_proj.forward_infer(&y)
-        } else {
-            self.o_proj.forward(&y)
-        }
+        self.o_proj.forward(&y, pass)
     }
+}
+
+/// Attention op by op: q [B,H,T,D], k/v [B,KVH,T,D] and bias [B,1,1,T,S] give [B,H,T,D].
+/// Grouped-query attention without repeating k/v: the G query heads sharing one kv head are
+/// stacked along the row dim, so one batched matmul per kv head does the work.
+fn grouped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    cache: Option<(&mut KvCache, usize)>,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    let g = h / kvh;
+    // With a cache, k/v are strided views into its preallocated buffers: matmul reads them in
+    // place.
+    let (k, v) = match cache {
+        Some((c, layer)) => c.append(layer, k, v)?,
+        None => (k.clone(), v.clone()),
+    };
+    let s = k.dim(2)?;
+    let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
+    let att = q.matmul(&k.t()?)?.reshape((b, kvh, g, t, s))?;
+    let att = attention_probs(&att, bias, scale)?.reshape((b, kvh, g * t, s))?;
+    Ok(att.matmul(&v)?.reshape((b, h, t, d))?)
 }
 
 #[derive(Debug, Clone)]
@@ -308,16 +228,19 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?;
-        let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&swiglu(&g, &u)?)
+    fn load(vb: &Weights, cfg: &Config) -> Result<Self> {
+        let (hs, is) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: LoraLinear::load(&vb.pp("gate_proj"), is, hs, false)?,
+            up_proj: LoraLinear::load(&vb.pp("up_proj"), is, hs, false)?,
+            down_proj: LoraLinear::load(&vb.pp("down_proj"), hs, is, false)?,
+        })
     }
 
-    fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward_infer(x)?;
-        let u = self.up_proj.forward_infer(x)?;
-        self.down_proj.forward_infer(&swiglu(&g, &u)?)
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x, pass)?;
+        let u = self.up_proj.forward(x, pass)?;
+        self.down_proj.forward(&swiglu(&g, &u)?, pass)
     }
 }
 
@@ -327,6 +250,51 @@ pub struct Block {
     pub self_attn: Attention,
     pub post_attention_layernorm: RmsNorm,
     pub mlp: Mlp,
+}
+
+impl Block {
+    fn load(vb: &Weights, cfg: &Config) -> Result<Self> {
+        let (hs, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let self_attn = Attention::load(&vb.pp("self_attn"), cfg)?;
+        let mlp = Mlp::load(&vb.pp("mlp"), cfg)?;
+        // QK-norms after the MLP: the parameter order (of seeded random init and of
+        // `named_vars`) the model has always had.
+        let self_attn = self_attn.with_qk_norm(&vb.pp("self_attn"), cfg)?;
+        Ok(Block {
+            input_layernorm: RmsNorm::load(&vb.pp("input_layernorm"), hs, eps)?,
+            self_attn,
+            post_attention_layernorm: RmsNorm::load(&vb.pp("post_attention_layernorm"), hs, eps)?,
+            mlp,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: (&Tensor, &Tensor),
+        mask: &AttentionMask,
+        cache: Option<(&mut KvCache, usize)>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x, pass)?;
+        let x = (x + self.self_attn.forward(&h, rope, mask, cache, pass)?)?;
+        let h = self.post_attention_layernorm.forward(&x, pass)?;
+        Ok((&x + self.mlp.forward(&h, pass)?)?)
+    }
+
+    /// The projections that can carry a LoRA adapter.
+    fn linears_mut(&mut self) -> [&mut LoraLinear; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
 }
 
 /// Per-layer key/value cache for incremental decoding: one [B, kv_heads, max_len, head_dim]
@@ -389,150 +357,66 @@ pub struct Transformer {
     pub norm: RmsNorm,
     /// `None` when the output projection is tied to `embed_tokens`.
     pub lm_head: Option<Var>,
-    cos: Tensor,
-    sin: Tensor,
+    rotary: Rotary,
+    /// Every base parameter with its HF name, in load order.
+    named: Vec<(String, Var)>,
+    /// The LoRA adapters' parameters with their PEFT names, layer by layer.
+    adapters: Vec<(String, Var)>,
     dtype: DType,
     device: Device,
     base_frozen: bool,
 }
 
 impl Transformer {
-    /// Builds the model from HF-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...),
-    /// converting them to `dtype`. Every expected tensor must be present with the right shape.
-    pub fn from_tensors(
-        cfg: &Config,
-        mut tensors: HashMap<String, Tensor>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    /// Builds the model from `vb`: every weight `cfg` needs must be there with the right shape,
+    /// and nothing else (but a tied `lm_head` copy or rotary tables, which carry nothing new).
+    pub fn load(vb: Weights, cfg: &Config) -> Result<Self> {
         cfg.validate()?;
-        let mut take = |name: &str, shape: &[usize]| -> Result<Var> {
-            let t = tensors
-                .remove(name)
-                .ok_or_else(|| Error::MissingWeight(name.to_string()))?;
-            if t.dims() != shape {
-                return Err(Error::Invalid(format!(
-                    "weight `{name}` has shape {:?}, expected {shape:?}",
-                    t.dims()
-                )));
-            }
-            Ok(Var::from_tensor(&t.to_device(device)?.to_dtype(dtype)?)?)
-        };
-        let (hs, is, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let eps = cfg.rms_norm_eps;
-        let embed_tokens = take("model.embed_tokens.weight", &[cfg.vocab_size, hs])?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<LoraLinear> {
-                let w = take(&format!("{p}.{name}.weight"), &[out, inp])?;
-                let b = if bias {
-                    Some(take(&format!("{p}.{name}.bias"), &[out])?)
-                } else {
-                    None
-                };
-                Ok(LoraLinear::new(w, b))
-            };
-            let ab = cfg.attention_bias;
-            let q_proj = lin("self_attn.q_proj", nh * hd, hs, ab)?;
-            let k_proj = lin("self_attn.k_proj", nkv * hd, hs, ab)?;
-            let v_proj = lin("self_attn.v_proj", nkv * hd, hs, ab)?;
-            let o_proj = lin("self_attn.o_proj", hs, nh * hd, cfg.o_proj_bias())?;
-            let gate_proj = lin("mlp.gate_proj", is, hs, false)?;
-            let up_proj = lin("mlp.up_proj", is, hs, false)?;
-            let down_proj = lin("mlp.down_proj", hs, is, false)?;
-            let mut norm = |name: &str, n: usize| -> Result<RmsNorm> {
-                Ok(RmsNorm {
-                    weight: take(&format!("{p}.{name}.weight"), &[n])?,
-                    eps,
-                    frozen: false,
-                })
-            };
-            let (q_norm, k_norm) = if cfg.qk_norm {
-                (
-                    Some(norm("self_attn.q_norm", hd)?),
-                    Some(norm("self_attn.k_norm", hd)?),
-                )
-            } else {
-                (None, None)
-            };
-            layers.push(Block {
-                input_layernorm: norm("input_layernorm", hs)?,
-                post_attention_layernorm: norm("post_attention_layernorm", hs)?,
-                self_attn: Attention {
-                    q_proj,
-                    k_proj,
-                    v_proj,
-                    o_proj,
-                    q_norm,
-                    k_norm,
-                    n_head: nh,
-                    n_kv: nkv,
-                    head_dim: hd,
-                },
-                mlp: Mlp {
-                    gate_proj,
-                    up_proj,
-                    down_proj,
-                },
-            });
-        }
-        let norm = RmsNorm {
-            weight: take("model.norm.weight", &[hs])?,
-            eps,
-            frozen: false,
-        };
+        let (dtype, device) = (vb.dtype(), vb.device());
+        let (vocab, hs) = (cfg.vocab_size, cfg.hidden_size);
+        let m = vb.pp("model");
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get(&[vocab, hs], "weight", Init::Normal)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(&m.pp("layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&m.pp("norm"), hs, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(take("lm_head.weight", &[cfg.vocab_size, hs])?)
+            Some(vb.pp("lm_head").get(&[vocab, hs], "weight", Init::Normal)?)
         };
-        // A weight nobody took means the config and the checkpoint disagree (a bias or norm
-        // the config turns off, more layers): an error, not a silently different model.
-        // Exporters add a tied `lm_head` copy and rotary tables, which carry nothing new.
-        let mut unused: Vec<&String> = tensors
-            .keys()
-            .filter(|n| !(n.ends_with("rotary_emb.inv_freq") || *n == "lm_head.weight"))
-            .collect();
-        if !unused.is_empty() {
-            unused.sort();
-            return Err(Error::Invalid(format!(
-                "{} weight(s) the config does not use, e.g. `{}`: check attention_bias, qk_norm, \
-                 tie_word_embeddings and num_hidden_layers against the checkpoint",
-                unused.len(),
-                unused[0]
-            )));
-        }
-        let (cos, sin) = rope_tables(cfg, dtype, device)?;
+        let named = vb.finish(|n| n == "lm_head.weight" || n.ends_with("rotary_emb.inv_freq"))?;
         Ok(Transformer {
             cfg: cfg.clone(),
             embed_tokens,
             layers,
             norm,
             lm_head,
-            cos,
-            sin,
+            rotary: Rotary::new(cfg, dtype, &device)?,
+            named,
+            adapters: Vec::new(),
             dtype,
-            device: device.clone(),
+            device,
             base_frozen: false,
         })
     }
 
+    /// Builds the model from HF-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...),
+    /// converting them to `dtype`.
+    pub fn from_tensors(
+        cfg: &Config,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load(Weights::from_tensors(tensors, dtype, device), cfg)
+    }
+
     /// A randomly initialised model (normal(0, 0.02) matrices, norms near 1), seeded.
     pub fn random(cfg: &Config, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut tensors = HashMap::new();
-        for (name, shape) in expected_shapes(cfg) {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = if name.ends_with("norm.weight") {
-                (0..n).map(|_| 1.0 + 0.1 * normal(&mut rng)).collect()
-            } else {
-                (0..n).map(|_| 0.02 * normal(&mut rng)).collect()
-            };
-            tensors.insert(name, Tensor::from_vec(data, shape, device)?);
-        }
-        Self::from_tensors(cfg, tensors, dtype, device)
+        Self::load(Weights::random(seed, dtype, device), cfg)
     }
 
     pub fn dtype(&self) -> DType {
@@ -544,45 +428,7 @@ impl Transformer {
 
     /// All base parameters with their HF names (LoRA adapters not included).
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.clone(),
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            let a = &l.self_attn;
-            for (n, lin) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &l.mlp.gate_proj),
-                ("mlp.up_proj", &l.mlp.up_proj),
-                ("mlp.down_proj", &l.mlp.down_proj),
-            ] {
-                out.push((format!("{p}.{n}.weight"), lin.weight.clone()));
-                if let Some(b) = &lin.bias {
-                    out.push((format!("{p}.{n}.bias"), b.clone()));
-                }
-            }
-            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-                out.push((format!("{p}.self_attn.q_norm.weight"), qn.weight.clone()));
-                out.push((format!("{p}.self_attn.k_norm.weight"), kn.weight.clone()));
-            }
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                l.input_layernorm.weight.clone(),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_layernorm.weight.clone(),
-            ));
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.clone()));
-        }
-        out
+        self.named.clone()
     }
 
     /// Every parameter: base weights, then LoRA adapters if any.
@@ -604,120 +450,55 @@ impl Transformer {
 
     /// LoRA adapter parameters with PEFT names (`base_model.model.<module>.lora_A.weight`).
     pub fn lora_vars(&self) -> Vec<(String, Var)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            for (target, lin) in self.layer_linears(l) {
-                if let Some(ad) = &lin.lora {
-                    let base =
-                        format!("base_model.model.model.layers.{i}.{}", target.module_path());
-                    out.push((format!("{base}.lora_A.weight"), ad.a.clone()));
-                    out.push((format!("{base}.lora_B.weight"), ad.b.clone()));
-                }
-            }
-        }
-        out
-    }
-
-    fn layer_linears<'a>(&self, l: &'a Block) -> [(LoraTarget, &'a LoraLinear); 7] {
-        [
-            (LoraTarget::Q, &l.self_attn.q_proj),
-            (LoraTarget::K, &l.self_attn.k_proj),
-            (LoraTarget::V, &l.self_attn.v_proj),
-            (LoraTarget::O, &l.self_attn.o_proj),
-            (LoraTarget::Gate, &l.mlp.gate_proj),
-            (LoraTarget::Up, &l.mlp.up_proj),
-            (LoraTarget::Down, &l.mlp.down_proj),
-        ]
-    }
-
-    fn layer_linears_mut(l: &mut Block) -> [(LoraTarget, &mut LoraLinear); 7] {
-        let a = &mut l.self_attn;
-        let m = &mut l.mlp;
-        [
-            (LoraTarget::Q, &mut a.q_proj),
-            (LoraTarget::K, &mut a.k_proj),
-            (LoraTarget::V, &mut a.v_proj),
-            (LoraTarget::O, &mut a.o_proj),
-            (LoraTarget::Gate, &mut m.gate_proj),
-            (LoraTarget::Up, &mut m.up_proj),
-            (LoraTarget::Down, &mut m.down_proj),
-        ]
+        self.adapters.clone()
     }
 
     /// Adds fresh LoRA adapters (A random, B zero: the model's output is unchanged) to the
     /// targeted projections of every layer and freezes the base weights.
     pub fn add_lora(&mut self, lcfg: &LoraConfig, seed: u64) -> Result<()> {
-        lcfg.validate()?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let (dtype, device) = (self.dtype, self.device.clone());
-        for l in self.layers.iter_mut() {
-            for (target, lin) in Self::layer_linears_mut(l) {
-                if lcfg.targets.contains(&target) {
-                    lin.add_lora(lcfg, &mut rng, dtype, &device)?;
-                }
-            }
-        }
+        lora::add_adapters(self.linears_mut(), lcfg, seed)?;
+        self.adapters = lora::adapter_vars(self.linears_mut().map(|l| &*l));
         self.set_base_frozen(true);
         Ok(())
     }
 
     /// Removes all adapters and unfreezes the base.
     pub fn remove_lora(&mut self) {
-        for l in self.layers.iter_mut() {
-            for (_, lin) in Self::layer_linears_mut(l) {
-                lin.lora = None;
-            }
+        for lin in self.linears_mut() {
+            lin.lora = None;
         }
+        self.adapters.clear();
         self.set_base_frozen(false);
+    }
+
+    /// Every projection that can carry a LoRA adapter, layer by layer.
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
+        self.layers.iter_mut().flat_map(Block::linears_mut)
     }
 
     /// Loads adapter values saved by `Transformer::lora_vars` (PEFT names). The adapters must
     /// already exist (`add_lora` with the same config) so shapes are checked.
     pub fn set_lora_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        let vars = self.lora_vars();
-        if vars.is_empty() {
-            return Err(Error::Invalid(
-                "model has no LoRA adapters; call add_lora first".into(),
-            ));
-        }
-        for (name, var) in vars {
-            let t = tensors
-                .get(&name)
-                .ok_or_else(|| Error::MissingWeight(name.clone()))?;
-            if t.dims() != var.dims() {
-                return Err(Error::Invalid(format!(
-                    "adapter `{name}` has shape {:?}, expected {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(&t.to_device(&self.device)?.to_dtype(self.dtype)?)?;
-        }
-        Ok(())
+        lora::set_adapter_vars(self.lora_vars(), tensors)
     }
 
     /// Freezing the base detaches its weights in the forward pass, so backward computes
     /// gradients only for LoRA adapters (and costs accordingly less).
     pub fn set_base_frozen(&mut self, frozen: bool) {
         self.base_frozen = frozen;
-        self.norm.frozen = frozen;
-        for l in self.layers.iter_mut() {
-            l.input_layernorm.frozen = frozen;
-            l.post_attention_layernorm.frozen = frozen;
-            for n in [&mut l.self_attn.q_norm, &mut l.self_attn.k_norm]
-                .into_iter()
-                .flatten()
-            {
-                n.frozen = frozen;
-            }
-            for (_, lin) in Self::layer_linears_mut(l) {
-                lin.frozen = frozen;
-            }
-        }
     }
 
     pub fn base_frozen(&self) -> bool {
         self.base_frozen
+    }
+
+    /// How a training forward reads the parameters.
+    fn train_pass(&self) -> Pass {
+        if self.base_frozen {
+            Pass::Frozen
+        } else {
+            Pass::Train
+        }
     }
 
     /// Logits [B,T,V] for token ids [B,T] (u32) with attention mask [B,T] (1 = real token,
@@ -732,40 +513,35 @@ impl Transformer {
     pub fn forward_hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let key_mask = mask_rows(mask)?;
         let positions = positions_from_mask(&key_mask);
-        self.forward_with(ids, &positions, &key_mask, None)
+        self.forward_pass(ids, &positions, &key_mask, None, self.train_pass())
     }
 
     /// Hidden states → logits via the (possibly tied) output projection.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        linear(hidden, &self.output_weight(), None)
+        self.train_pass()
+            .linear(hidden, &self.output_weight(), None)
     }
 
-    /// The output projection [vocab, hidden]: `lm_head`, or the embedding when tied
-    /// (detached when the base is frozen).
+    /// `logits` for inference (no autograd graph).
+    pub fn logits_infer(&self, hidden: &Tensor) -> Result<Tensor> {
+        Pass::Infer.linear(hidden, &Pass::Infer.base(self.output_var()), None)
+    }
+
+    /// The output projection [vocab, hidden] as a training pass reads it.
     pub(crate) fn output_weight(&self) -> Tensor {
-        param(
-            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
-            self.base_frozen,
-        )
+        self.train_pass().base(self.output_var())
     }
 
-    /// The general forward: `ids` [B,T] are new tokens at `positions` (B×T); `key_mask` (B×S)
-    /// covers every key the new tokens can see (cached ones first, then these T). Causality is
-    /// by index: new token t sees keys 0..=S-T+t.
-    pub fn forward_with(
-        &self,
-        ids: &Tensor,
-        positions: &[Vec<u32>],
-        key_mask: &[Vec<u8>],
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        self.forward_impl(ids, positions, key_mask, cache, false)
+    /// `lm_head`, or the embedding when tied.
+    fn output_var(&self) -> &Var {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    /// `forward_with` for inference: the same function (equal within float rounding), but no
-    /// autograd graph is built (nothing is kept alive for a backward pass) and candle's fused
-    /// kernels, which have no backward, replace the differentiable compositions. Generation
-    /// uses it.
+    /// The forward for generation: `ids` [B,T] are new tokens at `positions` (B×T); `key_mask`
+    /// (B×S) covers every key the new tokens can see (cached ones first, then these T).
+    /// Causality is by index: new token t sees keys 0..=S-T+t. The same function as
+    /// `forward_hidden` (equal within float rounding), but no autograd graph is built (nothing
+    /// is kept alive for a backward pass) and the linear layers use their small-batch form.
     pub fn forward_infer(
         &self,
         ids: &Tensor,
@@ -773,22 +549,16 @@ impl Transformer {
         key_mask: &[Vec<u8>],
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        self.forward_impl(ids, positions, key_mask, cache, true)
+        self.forward_pass(ids, positions, key_mask, cache, Pass::Infer)
     }
 
-    /// `logits` for inference (no autograd graph).
-    pub fn logits_infer(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        linear_infer(hidden, &w.as_tensor().detach(), None)
-    }
-
-    fn forward_impl(
+    fn forward_pass(
         &self,
         ids: &Tensor,
         positions: &[Vec<u32>],
         key_mask: &[Vec<u8>],
         mut cache: Option<&mut KvCache>,
-        infer: bool,
+        pass: Pass,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if positions.len() != b || key_mask.len() != b {
@@ -798,91 +568,59 @@ impl Transformer {
                 key_mask.len()
             )));
         }
-        let s = key_mask[0].len();
         let cached = cache.as_ref().map(|c| c.len).unwrap_or(0);
-        if s != cached + t || key_mask.iter().any(|r| r.len() != s) {
-            return Err(Error::Invalid(format!(
-                "key mask length must be cached ({cached}) + new ({t}) for every row"
-            )));
-        }
-        let max_pos = self.cos.dim(0)?;
-        let mut pos_flat = Vec::with_capacity(b * t);
-        for r in positions {
-            if r.len() != t {
-                return Err(Error::Invalid("position rows must have T entries".into()));
-            }
-            for &p in r {
-                if p as usize >= max_pos {
-                    return Err(Error::Invalid(format!(
-                        "position {p} beyond max_position_embeddings {max_pos}"
-                    )));
-                }
-                pos_flat.push(p);
-            }
-        }
-        let pos = Tensor::from_vec(pos_flat, b * t, &self.device)?;
-        let hd = self.cfg.head_dim;
-        // Rotary tables for these positions, one half (the table repeats it for both halves).
-        let half = |tab: &Tensor| -> Result<Tensor> {
-            Ok(tab
-                .index_select(&pos, 0)?
-                .narrow(1, 0, hd / 2)?
-                .contiguous()?
-                .reshape((b, t, hd / 2))?)
-        };
-        let (cos, sin) = (half(&self.cos)?, half(&self.sin)?);
         // Training without a cache on the CPU runs the fused attention op, which takes the
-        // key mask itself; everything else adds a [B,1,1,T,S] bias to the scores.
-        let mask = if !infer && cache.is_none() && fused_ok(&self.cos) {
-            AttentionMask::Keys(Arc::new(key_mask.to_vec()))
-        } else {
-            let mut bias = Vec::with_capacity(b * t * s);
-            for row in key_mask {
-                for qi in 0..t {
-                    let limit = s - t + qi;
-                    for (ki, &m) in row.iter().enumerate() {
-                        bias.push(if ki <= limit && m != 0 {
-                            0.0
-                        } else {
-                            MASK_VALUE
-                        });
-                    }
-                }
-            }
-            let bias = Tensor::from_vec(bias, (b, 1, 1, t, s), &self.device)?;
-            AttentionMask::Bias(bias.to_dtype(self.dtype)?)
-        };
-
-        let emb = param(&self.embed_tokens, self.base_frozen || infer);
+        // key mask itself; everything else adds a bias to the scores.
+        let fused = pass != Pass::Infer && cache.is_none() && fused_ok(&self.rotary.cos);
+        let mask = self.attention_mask(key_mask, cached, t, fused)?;
+        let (cos, sin) = self.rotary.at(positions, t)?;
+        let emb = pass.base(&self.embed_tokens);
         let mut x =
             emb.index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, self.cfg.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (c, i));
-            let h = if infer {
-                layer.input_layernorm.forward_infer(&x)?
-            } else {
-                layer.input_layernorm.forward(&x)?
-            };
-            let h = layer.self_attn.forward(&h, &cos, &sin, &mask, c, infer)?;
-            x = (x + h)?;
-            let h = if infer {
-                let h = layer.post_attention_layernorm.forward_infer(&x)?;
-                layer.mlp.forward_infer(&h)?
-            } else {
-                let h = layer.post_attention_layernorm.forward(&x)?;
-                layer.mlp.forward(&h)?
-            };
-            x = (x + h)?;
+            x = layer.forward(&x, (&cos, &sin), &mask, c, pass)?;
         }
         if let Some(c) = cache {
             c.len += t;
         }
-        if infer {
-            self.norm.forward_infer(&x)
-        } else {
-            self.norm.forward(&x)
+        self.norm.forward(&x, pass)
+    }
+
+    /// The mask of `t` new tokens after `cached` ones: `key_mask` rows of S = cached + t keys,
+    /// causal by index.
+    fn attention_mask(
+        &self,
+        key_mask: &[Vec<u8>],
+        cached: usize,
+        t: usize,
+        fused: bool,
+    ) -> Result<AttentionMask> {
+        let s = key_mask[0].len();
+        if s != cached + t || key_mask.iter().any(|r| r.len() != s) {
+            return Err(Error::Invalid(format!(
+                "key mask length must be cached ({cached}) + new ({t}) for every row"
+            )));
         }
+        if fused {
+            return Ok(AttentionMask::Keys(Arc::new(key_mask.to_vec())));
+        }
+        let mut bias = Vec::with_capacity(key_mask.len() * t * s);
+        for row in key_mask {
+            for qi in 0..t {
+                let limit = s - t + qi;
+                for (ki, &m) in row.iter().enumerate() {
+                    bias.push(if ki <= limit && m != 0 {
+                        0.0
+                    } else {
+                        MASK_VALUE
+                    });
+                }
+            }
+        }
+        let bias = Tensor::from_vec(bias, (key_mask.len(), 1, 1, t, s), &self.device)?;
+        Ok(AttentionMask::Bias(bias.to_dtype(self.dtype)?))
     }
 }
 
@@ -909,84 +647,4 @@ pub(crate) fn positions_from_mask(mask: &[Vec<u8>]) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
-}
-
-fn rope_tables(cfg: &Config, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
-    let hd = cfg.head_dim;
-    let n = cfg.max_position_embeddings;
-    let inv: Vec<f64> = (0..hd / 2)
-        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64))
-        .collect();
-    let mut cos = Vec::with_capacity(n * hd);
-    let mut sin = Vec::with_capacity(n * hd);
-    for p in 0..n {
-        // HF layout: the frequency vector is repeated for both halves of the head.
-        for _half in 0..2 {
-            for f in &inv {
-                let a = p as f64 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-    }
-    let cos = Tensor::from_vec(cos, (n, hd), device)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (n, hd), device)?.to_dtype(dtype)?;
-    Ok((cos, sin))
-}
-
-/// HF names and shapes of every base weight for `cfg`.
-pub fn expected_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
-    let (hs, is, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-    let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, hs],
-    )];
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let mut lin = |n: &str, o: usize, inp: usize, bias: bool| {
-            out.push((format!("{p}.{n}.weight"), vec![o, inp]));
-            if bias {
-                out.push((format!("{p}.{n}.bias"), vec![o]));
-            }
-        };
-        let ab = cfg.attention_bias;
-        lin("self_attn.q_proj", nh * hd, hs, ab);
-        lin("self_attn.k_proj", nkv * hd, hs, ab);
-        lin("self_attn.v_proj", nkv * hd, hs, ab);
-        lin("self_attn.o_proj", hs, nh * hd, cfg.o_proj_bias());
-        lin("mlp.gate_proj", is, hs, false);
-        lin("mlp.up_proj", is, hs, false);
-        lin("mlp.down_proj", hs, is, false);
-        if cfg.qk_norm {
-            out.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
-            out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
-        }
-        out.push((format!("{p}.input_layernorm.weight"), vec![hs]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![hs]));
-    }
-    out.push(("model.norm.weight".to_string(), vec![hs]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, hs]));
-    }
-    out
-}
-
-/// Standard normal sample (Box–Muller), so seeded init needs no extra crate.
-pub(crate) fn normal(rng: &mut impl Rng) -> f32 {
-    let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
-    let u2: f64 = rng.gen();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-pub(crate) fn lin_param(v: &Var, frozen: bool) -> Tensor {
-    param(v, frozen)
-}
-
-pub(crate) fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    linear(x, w, b)
-}
-
-pub(crate) fn linear_fwd_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    linear_infer(x, w, b)
 }

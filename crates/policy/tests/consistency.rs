@@ -245,7 +245,7 @@ fn clear_errors_on_bad_input() {
 
 #[test]
 fn custom_rms_norm_matches_primitives_in_value_and_gradient() {
-    use policy::transformer::{rms_norm, rms_norm_primitive};
+    use policy::ops::{rms_norm, rms_norm_primitive};
     let x = candle_core::Var::from_tensor(
         &(Tensor::randn(0f64, 3.0, (3, 4, 7), &Device::Cpu).unwrap()),
     )
@@ -270,7 +270,7 @@ fn custom_rms_norm_matches_primitives_in_value_and_gradient() {
 
 #[test]
 fn custom_softmax_ops_match_primitives_in_value_and_gradient() {
-    use policy::transformer::{
+    use policy::ops::{
         log_softmax_last, log_softmax_last_primitive, softmax_last, softmax_last_primitive,
     };
     let x = candle_core::Var::from_tensor(
