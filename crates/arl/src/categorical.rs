@@ -4,7 +4,7 @@
 //! answers. It exercises every trainer path (sampling, teacher-forced log-probs, gradients,
 //! checkpoints) in milliseconds, with responses the rule judge grades like real text.
 
-use crate::policy::{Completion, Policy, TokenLogProbs};
+use crate::actor::{Completion, Policy, TokenLogProbs};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::Rng;

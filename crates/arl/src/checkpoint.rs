@@ -4,8 +4,8 @@
 //! are cut back to the checkpoint's line counts on resume, so a resumed run writes exactly the
 //! lines an uninterrupted one would.
 
+use crate::actor::{set_vars, ParamSnapshot, Policy};
 use crate::optim::AdamW;
-use crate::policy::{set_vars, ParamSnapshot, Policy};
 use anyhow::{Context, Result};
 use candle_core::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;

@@ -11,14 +11,6 @@ use schedule::{ObjectiveKind, PhaseConfig, Weights};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// What [`TrainConfig::prepare`] reports while it builds a warm start.
-#[cfg(feature = "transformer")]
-pub type WarmStartProgress = crate::sft::Progress;
-/// What [`TrainConfig::prepare`] reports while it builds a warm start (none without the
-/// transformer feature).
-#[cfg(not(feature = "transformer"))]
-pub type WarmStartProgress = std::convert::Infallible;
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -102,13 +94,13 @@ pub struct DataConfig {
 
 /// `[policy]`: `kind = "categorical"` (a phrase-table policy; see [`CategoricalConfig`]) or
 /// `kind = "transformer"` (a GGUF/HF language model; see
-/// `arl::transformer::TransformerConfig`).
+/// `arl::lm_actor::TransformerConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PolicyConfig {
     Categorical(CategoricalConfig),
     #[cfg(feature = "transformer")]
-    Transformer(crate::transformer::TransformerConfig),
+    Transformer(crate::lm_actor::TransformerConfig),
 }
 
 /// `[judge]`: the judge crate's config (`kind = "rules" | "http" | "embedding"`, `cache`,
@@ -293,7 +285,7 @@ impl TrainConfig {
         }
         #[cfg(feature = "transformer")]
         if let PolicyConfig::Transformer(t) = &mut self.policy {
-            let named = ["smollm2", crate::transformer::WARM_START_MODEL];
+            let named = ["smollm2", crate::lm_actor::WARM_START_MODEL];
             if !named.iter().any(|n| t.model.as_os_str() == *n) {
                 fix(&mut t.model);
             }
@@ -322,12 +314,12 @@ impl TrainConfig {
                 w.validate()?;
             }
             if let PolicyConfig::Transformer(t) = &self.policy {
-                if t.model.as_os_str() == crate::transformer::WARM_START_MODEL
+                if t.model.as_os_str() == crate::lm_actor::WARM_START_MODEL
                     && self.warm_start.is_none()
                 {
                     bail!(
                         "field `policy.model`: `{}` needs a `[warm_start]` section",
-                        crate::transformer::WARM_START_MODEL
+                        crate::lm_actor::WARM_START_MODEL
                     );
                 }
             }
@@ -461,33 +453,6 @@ impl TrainConfig {
                 temperature(t.temperature)
             }
         }
-    }
-
-    /// Makes a new run's config concrete: writes the built-in splits when `data.builtin`
-    /// (into `<run.dir>/data/`, absolute paths, so `--resume` finds them), and builds or
-    /// reuses the cached warm start when `[policy] model = "warm-start"`. `on_warm_start`
-    /// sees the warm start's progress (never called when it is cached).
-    pub fn prepare(&mut self, on_warm_start: impl FnMut(WarmStartProgress)) -> Result<()> {
-        if self.data.builtin {
-            self.run.dir = std::path::absolute(&self.run.dir)?;
-            let data = self.run.dir.join("data");
-            rubric::builtin::write_splits(rubric::builtin::BuiltinSpec::default(), &data)
-                .with_context(|| format!("writing the built-in task to {}", data.display()))?;
-            self.data.train = data.join("train.jsonl");
-            self.data.val = data.join("validation.jsonl");
-            self.data.test = Some(data.join("test.jsonl"));
-            self.data.builtin = false;
-        }
-        #[cfg(feature = "transformer")]
-        if let (PolicyConfig::Transformer(t), Some(w)) = (&mut self.policy, &self.warm_start) {
-            if t.model.as_os_str() == crate::transformer::WARM_START_MODEL {
-                let (dir, _reused) = crate::sft::cached(w, on_warm_start)?;
-                t.model = dir;
-            }
-        }
-        #[cfg(not(feature = "transformer"))]
-        let _ = on_warm_start;
-        Ok(())
     }
 
     pub fn to_toml(&self) -> Result<String> {

@@ -1,8 +1,8 @@
 //! Validation: sample responses on a data split, grade every criterion, and summarize overall
 //! and per-class HealthBench scores with bootstrap std.
 
+use crate::actor::Policy;
 use crate::grading::{grade, ToGrade};
-use crate::policy::Policy;
 use anyhow::Result;
 use judge::Judge;
 use rand::SeedableRng;
@@ -22,6 +22,14 @@ pub struct EvalReport {
     /// Responses left out because a verdict failed after the retries.
     pub excluded: usize,
     pub failed_verdicts: usize,
+}
+
+/// One line of `eval.jsonl`: a validation of the policy after `step` steps (0 = the start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalLine {
+    pub step: u64,
+    #[serde(flatten)]
+    pub report: EvalReport,
 }
 
 impl EvalReport {
@@ -128,95 +136,4 @@ impl EvalReport {
         }
         s
     }
-}
-
-/// The checkpoint folder and run config behind a `--model` path: a run directory (its latest
-/// checkpoint) or a checkpoint folder inside one.
-pub fn resolve_model(model: &std::path::Path) -> Result<(std::path::PathBuf, crate::TrainConfig)> {
-    let (run_dir, ckpt) = if model.join("state.json").exists() {
-        let run = model
-            .parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.to_path_buf());
-        (run.unwrap_or_default(), model.to_path_buf())
-    } else {
-        let (ckpt, _) = crate::checkpoint::latest(model)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: neither a checkpoint folder (with state.json) nor a run directory with checkpoints",
-                model.display()
-            )
-        })?;
-        (model.to_path_buf(), ckpt)
-    };
-    let cfg = crate::TrainConfig::from_file(&run_dir.join("config.toml"))?;
-    Ok((ckpt, cfg))
-}
-
-/// Generation settings for `arlrr eval` on a plain model file (a trained run brings its own).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelOptions {
-    pub max_new_tokens: usize,
-    pub temperature: f64,
-}
-
-/// The policy behind `--model`: a run directory or checkpoint folder (policy config from the
-/// run's `config.toml`, weights from the checkpoint), or with the `transformer` feature a
-/// `.gguf` file / HF folder as it is. Returns the policy and the run's class spec.
-pub fn load_model(
-    model: &std::path::Path,
-    opts: &ModelOptions,
-) -> Result<(Box<dyn Policy>, rubric::ClassSpec)> {
-    let is_run = model.join("state.json").exists() || model.join("config.toml").exists();
-    if !is_run {
-        #[cfg(feature = "transformer")]
-        {
-            let cfg = crate::transformer::TransformerConfig {
-                model: model.to_path_buf(),
-                max_new_tokens: opts.max_new_tokens,
-                temperature: opts.temperature,
-                lora: None,
-                init_seed: 0,
-            };
-            let policy = crate::transformer::TransformerPolicy::new(cfg)?;
-            return Ok((Box::new(policy), rubric::ClassSpec::default()));
-        }
-    }
-    let _ = opts;
-    let (ckpt, cfg) = resolve_model(model)?;
-    let mut policy = crate::build_policy(&cfg.policy)?;
-    policy.load(&ckpt.join("policy.safetensors"))?;
-    Ok((policy, cfg.data.classes))
-}
-
-/// `arlrr eval`: loads a policy, samples on `data`, grades every criterion.
-pub fn evaluate_model(
-    model: &std::path::Path,
-    opts: &ModelOptions,
-    data: &std::path::Path,
-    judge: &crate::JudgeConfig,
-    samples: usize,
-    seed: u64,
-) -> Result<EvalReport> {
-    let (mut policy, class_spec) = load_model(model, opts)?;
-    let dataset = rubric::load(data)?;
-    let classes = rubric::MetaClasses::new(&class_spec, &[&dataset])?;
-    let assignment = classes.assign(&dataset)?;
-    let set = EvalSet {
-        examples: dataset.examples.iter().collect(),
-        class_of: assignment.iter().map(Vec::as_slice).collect(),
-        class_names: &classes.names,
-    };
-    let judge_impl = crate::build_judge(judge)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let evaluator = Evaluator {
-        judge: &*judge_impl,
-        rt: &rt,
-        retries: judge.retries,
-        samples: samples.max(1),
-        seed,
-        resamples: rubric::score::BOOTSTRAP_RESAMPLES,
-    };
-    evaluator.evaluate(&mut *policy, &set)
 }

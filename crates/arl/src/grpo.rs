@@ -1,6 +1,6 @@
 //! GRPO's two pieces of math: group-normalized advantages and the clipped token-level loss.
 
-use crate::policy::TokenLogProbs;
+use crate::actor::TokenLogProbs;
 use anyhow::Result;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

@@ -1,19 +1,43 @@
 //! `report.md`: what the run did, read back from its own `metrics.jsonl` and `schedule.jsonl`.
 
+use crate::config::TrainConfig;
+use crate::eval::EvalLine;
 use crate::metrics::StepMetrics;
-use crate::trainer::{EvalLine, Trainer};
 use anyhow::Result;
 use rubric::runfile::{read_jsonl_if_exists, write_atomic};
 use schedule::Decision;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::Path;
 
-pub fn write(t: &Trainer) -> Result<()> {
-    let metrics: Vec<StepMetrics> = read_jsonl_if_exists(&t.run_dir.join("metrics.jsonl"))?;
-    let schedule: Vec<Decision> = read_jsonl_if_exists(&t.run_dir.join("schedule.jsonl"))?;
-    let evals: Vec<EvalLine> = read_jsonl_if_exists(&t.run_dir.join("eval.jsonl"))?;
-    let tests: Vec<EvalLine> = read_jsonl_if_exists(&t.run_dir.join("test.jsonl"))?;
-    let c = &t.config;
+/// What a run wrote: its metrics, schedule decisions, validations and test scores.
+pub struct RunRecords {
+    pub metrics: Vec<StepMetrics>,
+    pub schedule: Vec<Decision>,
+    pub evals: Vec<EvalLine>,
+    pub tests: Vec<EvalLine>,
+}
+
+impl RunRecords {
+    /// Reads the run files of `run_dir`; a file not written yet reads as empty.
+    pub fn read(run_dir: &Path) -> Result<RunRecords> {
+        Ok(RunRecords {
+            metrics: read_jsonl_if_exists(&run_dir.join("metrics.jsonl"))?,
+            schedule: read_jsonl_if_exists(&run_dir.join("schedule.jsonl"))?,
+            evals: read_jsonl_if_exists(&run_dir.join("eval.jsonl"))?,
+            tests: read_jsonl_if_exists(&run_dir.join("test.jsonl"))?,
+        })
+    }
+}
+
+/// Writes `report.md` and the run's plots into `run_dir`.
+pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecords) -> Result<()> {
+    let RunRecords {
+        metrics,
+        schedule,
+        evals,
+        tests,
+    } = run;
     let mut r = String::new();
     writeln!(r, "# arlrr run report\n")?;
     writeln!(
@@ -34,7 +58,7 @@ pub fn write(t: &Trainer) -> Result<()> {
             fmt(&first.overall),
             fmt(&last.overall)
         )?;
-        for name in t.class_names() {
+        for name in classes {
             if let (Some(a), Some(b)) = (first.classes.get(name), last.classes.get(name)) {
                 writeln!(r, "| {name} | {} | {} |", fmt(a), fmt(b))?;
             }
@@ -66,7 +90,7 @@ pub fn write(t: &Trainer) -> Result<()> {
                 fmt(b),
                 b.score - a.score
             )?;
-            for name in t.class_names() {
+            for name in classes {
                 if let (Some(x), Some(y)) = (
                     first.report.classes.get(name),
                     last.report.classes.get(name),
@@ -86,7 +110,7 @@ pub fn write(t: &Trainer) -> Result<()> {
     if !schedule.is_empty() {
         writeln!(r, "## Schedule\n")?;
         let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
-        for d in &schedule {
+        for d in schedule {
             *phases.entry(d.chosen.as_str()).or_default() += 1;
         }
         for (k, n) in &phases {
@@ -114,7 +138,7 @@ pub fn write(t: &Trainer) -> Result<()> {
             "- within-group std, reward driving the advantages: {:.4}",
             mean(&|m| m.objective_group_std)
         )?;
-        for name in t.class_names() {
+        for name in classes {
             let v: Vec<f64> = metrics
                 .iter()
                 .filter_map(|m| m.classes.get(name)?.group_std)
@@ -156,12 +180,12 @@ pub fn write(t: &Trainer) -> Result<()> {
         )?;
     }
     if !metrics.is_empty() {
-        let plots = crate::plots::write_run_plots(&t.run_dir, &metrics, &vals, t.class_names())?;
+        let plots = crate::plots::write_run_plots(run_dir, &metrics, &vals, classes)?;
         writeln!(r, "\n## Plots\n")?;
         for p in plots {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             writeln!(r, "![{name}]({name})")?;
         }
     }
-    Ok(write_atomic(&t.run_dir.join("report.md"), r.as_bytes())?)
+    Ok(write_atomic(&run_dir.join("report.md"), r.as_bytes())?)
 }

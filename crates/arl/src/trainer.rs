@@ -2,21 +2,22 @@
 //! reward vectors → objective/phase → group-normalized advantages → clipped token-level loss →
 //! AdamW. `run` reads top to bottom; the pieces are the methods below it.
 
+use crate::actor::{Completion, ParamSnapshot, Policy};
 use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
-use crate::eval::{EvalReport, EvalSet, Evaluator};
+use crate::eval::{EvalLine, EvalReport, EvalSet, Evaluator};
 use crate::grading::{grade, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
 use crate::metrics::{reward_stats, zero_spread_share, JudgeDelta, StepMetrics, UpdateStats};
 use crate::optim::{clip_grads, global_norm, AdamW};
-use crate::policy::{Completion, ParamSnapshot, Policy};
+use crate::setup::Parts;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 use judge::Judge;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rubric::runfile::{self, Jsonl};
-use rubric::{Example, RewardVector};
+use rubric::{Dataset, Example, RewardVector};
 use schedule::{Decision, ObjectiveKind, Target, TaskData};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,90 +26,6 @@ use std::time::Instant;
 pub use crate::metrics::Timing;
 
 mod select;
-
-/// The task data of the files the config names.
-pub fn load_task(cfg: &TrainConfig) -> Result<TaskData> {
-    let train = rubric::load(&cfg.data.train)?;
-    let val = rubric::load(&cfg.data.val)?;
-    let mut data = TaskData::new(train, val, &cfg.data.classes, cfg.phases.select_size)?;
-    data.test = cfg.data.test.as_deref().map(rubric::load).transpose()?;
-    Ok(data)
-}
-
-/// The replaceable parts of a run. `Parts::from_config` builds what the config names; tests
-/// and embedders pass their own policy or judge.
-pub struct Parts {
-    pub policy: Box<dyn Policy>,
-    pub judge: Arc<dyn Judge>,
-    pub data: TaskData,
-}
-
-impl Parts {
-    pub fn from_config(cfg: &TrainConfig) -> Result<Parts> {
-        Parts::with_judge(cfg, crate::build_judge(&cfg.judge)?)
-    }
-
-    /// The data and the policy the config names, with a judge built beforehand; the cheap
-    /// checks come first (the judge must grade the data) and the model loads last.
-    pub fn with_judge(cfg: &TrainConfig, judge: Arc<dyn Judge>) -> Result<Parts> {
-        let data = load_task(cfg)?;
-        check_judge(&*judge, &data)?;
-        Ok(Parts {
-            policy: crate::build_policy(&cfg.policy)?,
-            judge,
-            data,
-        })
-    }
-}
-
-/// Grades a few criteria of each data file's first example before any step, so a judge that
-/// cannot grade the data (the rule judge on criteria without `check`, an endpoint that never
-/// answers) fails now in one line instead of after a run whose every sample was excluded.
-/// A criterion the judge can never grade fails the check outright: every response to its
-/// prompt would be excluded.
-pub fn check_judge(judge: &dyn Judge, data: &TaskData) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    for d in [Some(&data.train), Some(&data.val), data.test.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        let Some(ex) = d.examples.first() else {
-            continue;
-        };
-        let criteria: Vec<usize> = (0..ex.criteria.len().min(3)).collect();
-        let response = ex
-            .ideal_completion
-            .as_deref()
-            .unwrap_or("Rest, drink fluids, and see a doctor if it gets worse.");
-        let task = judge::GradeTask {
-            example: ex,
-            response,
-            criteria: Some(&criteria),
-        };
-        let grades = rt.block_on(judge.grade(&[task])).pop().unwrap_or_default();
-        let failed = |never: bool| {
-            grades.iter().find_map(|g| match &g.outcome {
-                Err(e) if !never || matches!(e, judge::JudgeFailure::NotGradable(_)) => {
-                    Some((g.criterion, e))
-                }
-                _ => None,
-            })
-        };
-        let all_failed = !grades.is_empty() && grades.iter().all(|g| g.outcome.is_err());
-        let bad = failed(true).or_else(|| if all_failed { failed(false) } else { None });
-        if let Some((i, e)) = bad {
-            bail!(
-                "judge `{}` cannot grade {} (line {}, rubrics[{i}]): {e}",
-                judge.id(),
-                d.source.display(),
-                ex.line
-            );
-        }
-    }
-    Ok(())
-}
 
 /// A new run must not land on an earlier one: checked before anything is written.
 pub fn ensure_new_run(run_dir: &Path) -> Result<()> {
@@ -202,14 +119,6 @@ pub struct Trainer {
     tests: Jsonl,
 }
 
-/// One line of `eval.jsonl`: a validation of the policy after `step` steps (0 = the start).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EvalLine {
-    pub step: u64,
-    #[serde(flatten)]
-    pub report: EvalReport,
-}
-
 impl Trainer {
     /// Starts a new run in `config.run.dir` (which must not hold one yet).
     pub fn new(config: TrainConfig, parts: Parts) -> Result<Trainer> {
@@ -291,6 +200,26 @@ impl Trainer {
 
     pub fn policy(&mut self) -> &mut dyn Policy {
         &mut *self.policy
+    }
+
+    /// Scores the current policy on another split (e.g. test), all examples, with the run's
+    /// class assignment.
+    pub fn evaluate_on(&mut self, data: &Dataset, samples: usize, seed: u64) -> Result<EvalReport> {
+        let assignment = self.data.classes.assign(data)?;
+        let set = EvalSet {
+            examples: data.examples.iter().collect(),
+            class_of: assignment.iter().map(Vec::as_slice).collect(),
+            class_names: &self.data.classes.names,
+        };
+        let evaluator = Evaluator {
+            judge: &*self.judge,
+            rt: &self.rt,
+            retries: self.config.judge.retries,
+            samples,
+            seed,
+            resamples: self.config.eval.bootstrap,
+        };
+        evaluator.evaluate(&mut *self.policy, &set)
     }
 
     pub fn class_names(&self) -> &[String] {
@@ -383,7 +312,12 @@ impl Trainer {
             }
         }
         self.test_split(total)?;
-        crate::report::write(self)
+        crate::report::write(
+            &self.run_dir,
+            &self.config,
+            &self.data.classes.names,
+            &crate::report::RunRecords::read(&self.run_dir)?,
+        )
     }
 
     /// Scores the policy on the held-out test split (when the config names one) into

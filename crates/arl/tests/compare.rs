@@ -134,7 +134,7 @@ fn variance_table_recomputes_from_the_metrics() {
     };
     std::fs::create_dir_all(&out).unwrap();
     let results = compare::run(&spec, |_, _| {}).unwrap();
-    let classes = arl::trainer::load_task(&spec.base).unwrap().classes.names;
+    let classes = arl::setup::load_task(&spec.base).unwrap().classes.names;
     compare::write_report(&out, &spec, &results, &classes).unwrap();
 
     // the table as printed: method -> column -> cell

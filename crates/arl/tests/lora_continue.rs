@@ -1,6 +1,6 @@
 //! A LoRA run's checkpoint, loaded the ways a user loads it: continued by `Trainer::resume`
 //! (what `arlrr train --resume` calls) with a larger step budget, and opened by
-//! `arl::eval::load_model` (what `arlrr eval --model RUN` calls). The loaded adapters must be
+//! `arl::setup::load_model` (what `arlrr eval --model RUN` calls). The loaded adapters must be
 //! the saved ones, not a fresh initialization, and training must go on from them.
 #![cfg(feature = "transformer")]
 
@@ -75,7 +75,7 @@ bootstrap = 10
         val = dir.join("val.jsonl").display(),
     );
     let mut cfg = TrainConfig::from_toml(&text).unwrap();
-    cfg.prepare(|_| {}).unwrap();
+    arl::setup::prepare(&mut cfg, |_| {}).unwrap();
     cfg
 }
 
@@ -144,11 +144,11 @@ fn a_lora_checkpoint_loads_and_training_continues() {
     assert_eq!(metrics.lines().count(), 4);
 
     // `arlrr eval --model RUN` loads the newest checkpoint's adapters on the same base
-    let opts = arl::eval::ModelOptions {
+    let opts = arl::setup::ModelOptions {
         max_new_tokens: 8,
         temperature: 1.0,
     };
-    let (loaded, _) = arl::eval::load_model(&run, &opts).unwrap();
+    let (loaded, _) = arl::setup::load_model(&run, &opts).unwrap();
     assert_eq!(weights(&*loaded), after);
     assert_eq!(
         saved(&run.join("checkpoints/step-00000004/policy.safetensors")),

@@ -313,7 +313,7 @@ fn nonfinite_loss_skips_the_update_and_training_goes_on() {
         calls: Default::default(),
         poison: vec![1],
     };
-    let data = arl::trainer::load_task(&cfg).unwrap();
+    let data = arl::setup::load_task(&cfg).unwrap();
     let parts = Parts {
         policy: Box::new(policy),
         judge: Arc::new(RuleJudge::new()),
@@ -392,7 +392,7 @@ fn judge_failures_are_retried_then_counted_and_excluded() {
         "[objective]\nkind = \"scalarized\"\n[judge]\nretries = 1",
     );
     cfg.run.steps = 4;
-    let data = arl::trainer::load_task(&cfg).unwrap();
+    let data = arl::setup::load_task(&cfg).unwrap();
     let judge = FlakyJudge {
         rules: RuleJudge::new(),
         fail_first_attempt: false,
@@ -432,7 +432,7 @@ fn judge_failures_are_retried_then_counted_and_excluded() {
         "[objective]\nkind = \"scalarized\"\n[judge]\nretries = 1",
     );
     cfg.run.steps = 2;
-    let data = arl::trainer::load_task(&cfg).unwrap();
+    let data = arl::setup::load_task(&cfg).unwrap();
     let judge = FlakyJudge {
         rules: RuleJudge::new(),
         fail_first_attempt: true,

@@ -85,7 +85,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&out)?;
     let results = arl::compare::run(&spec, |m, s| eprintln!("training {m} seed {s}"))?;
-    let classes = arl::trainer::load_task(&spec.base)?.classes.names;
+    let classes = arl::setup::load_task(&spec.base)?.classes.names;
     let verdict = arl::compare::write_report(&out, &spec, &results, &classes)?;
     outln!("{verdict}\nreport {}", out.join("compare.md").display())?;
     Ok(())

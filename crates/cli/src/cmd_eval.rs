@@ -34,11 +34,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let judge = arl::config::JudgeConfig::parse_arg(&a.judge)?;
-    let opts = arl::eval::ModelOptions {
+    let opts = arl::setup::ModelOptions {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
     };
-    let report = arl::eval::evaluate_model(&a.model, &opts, &a.data, &judge, a.samples, a.seed)?;
+    let report = arl::setup::evaluate_model(&a.model, &opts, &a.data, &judge, a.samples, a.seed)?;
     if let Some(out) = &a.out {
         rubric::runfile::write_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }

@@ -37,7 +37,7 @@ pub(crate) const BUILTIN_CATEGORICAL: &str =
 
 /// A compiled-in built-in config (`data.builtin = true`) with its run directory: `out`, or
 /// the config's `run.dir` numbered so an earlier run is never overwritten. The splits are
-/// written by [`TrainConfig::prepare`].
+/// written by [`arl::setup::prepare`].
 pub(crate) fn builtin_config(text: &str, out: Option<PathBuf>) -> Result<TrainConfig> {
     let mut cfg = TrainConfig::from_toml(text)?;
     let dir = match out {
@@ -70,7 +70,7 @@ pub(crate) fn prepare(cfg: &mut TrainConfig, quiet: bool) -> Result<()> {
             .expect("a valid template"),
     );
     let mut built = false;
-    cfg.prepare(|p| {
+    arl::setup::prepare(cfg, |p| {
         built = true;
         match p {
             arl::sft::Progress::Tokenizer => bar.set_message("training the tokenizer"),

@@ -35,7 +35,7 @@ pub use lora::{LoraConfig, LoraTarget};
 pub use model::{load_hf, load_lora, save_hf, save_lora, Model};
 pub use tokenizer::Tokenizer;
 pub use transformer::{KvCache, Transformer};
-pub use weights::Weights;
+pub use weights::WeightSource;
 
 /// The RNG type used for seeded sampling, so callers need not depend on `rand` themselves.
 pub type Rng = rand::rngs::StdRng;

@@ -2,7 +2,7 @@
 //! and only the small A/B matrices are trained and saved.
 
 use crate::error::{Error, Result};
-use crate::weights::{normal, Init, Pass, Weights};
+use crate::weights::{normal, Init, Pass, WeightSource};
 use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -118,7 +118,7 @@ pub struct LoraLinear {
 impl LoraLinear {
     /// Loads `<vb>.weight` [out, inp] and, with `bias`, `<vb>.bias` [out]; the module's last
     /// name (`q_proj`, ...) is its LoRA target.
-    pub fn load(vb: &Weights, out: usize, inp: usize, bias: bool) -> Result<Self> {
+    pub fn load(vb: &WeightSource, out: usize, inp: usize, bias: bool) -> Result<Self> {
         let name = vb.prefix().to_string();
         let target = LoraTarget::parse(name.rsplit('.').next().unwrap_or_default())?;
         let weight = vb.get(&[out, inp], "weight", Init::Normal)?;

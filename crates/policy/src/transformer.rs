@@ -1,6 +1,6 @@
 //! The decoder-only transformer (Llama/SmolLM2, Qwen2, Qwen3), built only from differentiable
 //! ops, in the manner of candle-transformers' models: each part loads its own weights by HF
-//! name from a `Weights` source and has a `forward`; the forward pass reads top to bottom.
+//! name from a `WeightSource` source and has a `forward`; the forward pass reads top to bottom.
 //!
 //! candle's fused `rms_norm`, `softmax_last_dim` and rotary kernels have no backward pass, so a
 //! model built from them trains silently wrong (DESIGN.md §5). Every op here either has a
@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lora::{self, LoraConfig, LoraLinear};
 use crate::ops::{attention_probs, fused_ok, rms_norm, rope_to_heads, swiglu};
-use crate::weights::{Init, Pass, Weights};
+use crate::weights::{Init, Pass, WeightSource};
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(vb: &Weights, size: usize, eps: f64) -> Result<Self> {
+    fn load(vb: &WeightSource, size: usize, eps: f64) -> Result<Self> {
         let weight = vb.get(&[size], "weight", Init::NearOne)?;
         Ok(RmsNorm { weight, eps })
     }
@@ -131,7 +131,7 @@ pub struct Attention {
 
 impl Attention {
     /// The projections; the QK-norms come from `with_qk_norm`.
-    fn load(vb: &Weights, cfg: &Config) -> Result<Self> {
+    fn load(vb: &WeightSource, cfg: &Config) -> Result<Self> {
         let (hs, hd, ab) = (cfg.hidden_size, cfg.head_dim, cfg.attention_bias);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Attention {
@@ -148,7 +148,7 @@ impl Attention {
     }
 
     /// Adds Qwen3's RMSNorm of q and k per head, when the config has it.
-    fn with_qk_norm(mut self, vb: &Weights, cfg: &Config) -> Result<Self> {
+    fn with_qk_norm(mut self, vb: &WeightSource, cfg: &Config) -> Result<Self> {
         if cfg.qk_norm {
             let (hd, eps) = (cfg.head_dim, cfg.rms_norm_eps);
             self.q_norm = Some(RmsNorm::load(&vb.pp("q_norm"), hd, eps)?);
@@ -228,7 +228,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: &Weights, cfg: &Config) -> Result<Self> {
+    fn load(vb: &WeightSource, cfg: &Config) -> Result<Self> {
         let (hs, is) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Mlp {
             gate_proj: LoraLinear::load(&vb.pp("gate_proj"), is, hs, false)?,
@@ -253,7 +253,7 @@ pub struct Block {
 }
 
 impl Block {
-    fn load(vb: &Weights, cfg: &Config) -> Result<Self> {
+    fn load(vb: &WeightSource, cfg: &Config) -> Result<Self> {
         let (hs, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let self_attn = Attention::load(&vb.pp("self_attn"), cfg)?;
         let mlp = Mlp::load(&vb.pp("mlp"), cfg)?;
@@ -370,7 +370,7 @@ pub struct Transformer {
 impl Transformer {
     /// Builds the model from `vb`: every weight `cfg` needs must be there with the right shape,
     /// and nothing else (but a tied `lm_head` copy or rotary tables, which carry nothing new).
-    pub fn load(vb: Weights, cfg: &Config) -> Result<Self> {
+    pub fn load(vb: WeightSource, cfg: &Config) -> Result<Self> {
         cfg.validate()?;
         let (dtype, device) = (vb.dtype(), vb.device());
         let (vocab, hs) = (cfg.vocab_size, cfg.hidden_size);
@@ -411,12 +411,12 @@ impl Transformer {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        Self::load(Weights::from_tensors(tensors, dtype, device), cfg)
+        Self::load(WeightSource::from_tensors(tensors, dtype, device), cfg)
     }
 
     /// A randomly initialised model (normal(0, 0.02) matrices, norms near 1), seeded.
     pub fn random(cfg: &Config, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
-        Self::load(Weights::random(seed, dtype, device), cfg)
+        Self::load(WeightSource::random(seed, dtype, device), cfg)
     }
 
     pub fn dtype(&self) -> DType {

@@ -35,12 +35,12 @@ struct State {
 
 /// A view of the parameter source under a name prefix; `pp` goes one level down.
 #[derive(Clone)]
-pub struct Weights {
+pub struct WeightSource {
     state: Rc<RefCell<State>>,
     prefix: String,
 }
 
-impl Weights {
+impl WeightSource {
     /// Parameters from HF-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...),
     /// converted to `dtype` on `device`.
     pub fn from_tensors(tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Self {
@@ -60,7 +60,7 @@ impl Weights {
             device: device.clone(),
             taken: Vec::new(),
         };
-        Weights {
+        WeightSource {
             state: Rc::new(RefCell::new(state)),
             prefix: String::new(),
         }
@@ -73,7 +73,7 @@ impl Weights {
         } else {
             format!("{}.{name}", self.prefix)
         };
-        Weights {
+        WeightSource {
             state: self.state.clone(),
             prefix,
         }
@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn errors_name_the_tensor() {
         let map = tensors(&[("a.b.w", 3), ("a.x", 1)]);
-        let vb = Weights::from_tensors(map, DType::F32, &Device::Cpu);
+        let vb = WeightSource::from_tensors(map, DType::F32, &Device::Cpu);
         let e = vb.clone().finish(|_| false).unwrap_err().to_string();
         assert!(
             e.contains("2 weight(s) the config does not use, e.g. `a.b.w`"),
@@ -234,7 +234,7 @@ mod tests {
     /// Random parameters are drawn in the order they are asked for, from one seeded stream.
     #[test]
     fn random_draws_in_request_order() {
-        let vb = Weights::random(9, DType::F64, &Device::Cpu);
+        let vb = WeightSource::random(9, DType::F64, &Device::Cpu);
         let w = vb.pp("l").get(&[2], "w", Init::Normal).unwrap();
         let n = vb.pp("norm").get(&[3], "weight", Init::NearOne).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);

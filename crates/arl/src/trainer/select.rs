@@ -3,9 +3,9 @@
 //! lookahead probe of each candidate, or per-class gradients.
 
 use super::Trainer;
+use crate::actor::ParamSnapshot;
 use crate::grpo::scalar;
 use crate::metrics::Timing;
-use crate::policy::ParamSnapshot;
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

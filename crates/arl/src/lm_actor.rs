@@ -1,7 +1,7 @@
 //! The transformer of the `policy` crate behind the trainer's [`Policy`] trait: ChatML prompts,
 //! batched sampling, teacher-forced log-probs with gradients, full or LoRA fine-tuning.
 
-use crate::policy::{Completion, Policy, TokenLogProbs};
+use crate::actor::{Completion, Policy, TokenLogProbs};
 use anyhow::{Context, Result};
 use candle_core::{Device, Var};
 use rand_chacha::ChaCha8Rng;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// `[policy] model` value naming the tiny model the run's `[warm_start]` section builds (see
-/// [`crate::sft`]); `TrainConfig::prepare` replaces it with the cached folder.
+/// [`crate::sft`]); `setup::prepare` replaces it with the cached folder.
 pub const WARM_START_MODEL: &str = "warm-start";
 
 /// `[policy]` with `kind = "transformer"`.

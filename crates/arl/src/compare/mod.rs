@@ -1,0 +1,157 @@
+//! `arlrr compare`: every method trained over the same seeds and budget, then compared on the
+//! held-out test split — learning curves with 95% bands, test scores with 95% confidence
+//! intervals, training efficiency, per-class results, the measured within-group reward spread
+//! (variance contraction), and a plain verdict with an exact permutation test.
+
+mod report;
+pub mod stats;
+
+pub use report::write_report;
+use stats::mean;
+pub use stats::{ci95, diff_ci95, min_permutation_p, permutation_p, t975};
+
+use crate::eval::EvalReport;
+use crate::report::RunRecords;
+use crate::setup::Parts;
+use crate::trainer::Trainer;
+use crate::TrainConfig;
+use anyhow::{bail, Result};
+use schedule::{ObjectiveKind, SelectorKind};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One contender: an objective, and for `alternating` its selector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Method {
+    pub objective: ObjectiveKind,
+    pub selector: Option<SelectorKind>,
+}
+
+impl Method {
+    pub fn name(&self) -> String {
+        match (self.objective, self.selector) {
+            (ObjectiveKind::Alternating, Some(s)) => {
+                format!(
+                    "alternating:{}",
+                    serde_json::to_value(s).unwrap().as_str().unwrap()
+                )
+            }
+            (ObjectiveKind::Alternating, None) => "alternating".into(),
+            (ObjectiveKind::Scalarized, _) => "scalarized".into(),
+            (ObjectiveKind::Gdpo, _) => "gdpo".into(),
+        }
+    }
+
+    /// `"scalarized"`, `"gdpo"`, `"alternating"` or `"alternating:<selector>"`.
+    pub fn parse(s: &str) -> Result<Method> {
+        let (obj, sel) = match s.split_once(':') {
+            Some((o, sel)) => (o, Some(sel)),
+            None => (s, None),
+        };
+        let objective: ObjectiveKind = serde_json::from_value(serde_json::json!(obj))
+            .map_err(|_| anyhow::anyhow!("unknown objective `{obj}` in method `{s}`"))?;
+        let selector = match sel {
+            Some(sel) => {
+                if objective != ObjectiveKind::Alternating {
+                    bail!("method `{s}`: only `alternating` takes a selector");
+                }
+                Some(
+                    serde_json::from_value(serde_json::json!(sel))
+                        .map_err(|_| anyhow::anyhow!("unknown selector `{sel}` in method `{s}`"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Method {
+            objective,
+            selector,
+        })
+    }
+}
+
+/// What one (method, seed) run produced.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub method: String,
+    pub seed: u64,
+    /// Validation overall score by step (step 0 = the start).
+    pub curve: Vec<(u64, f64)>,
+    pub test: EvalReport,
+    /// Mean over steps of the within-group std of each class's reward.
+    pub class_group_std: BTreeMap<String, f64>,
+    /// Mean over steps of the within-group std of the points-scalarized reward.
+    pub scalar_group_std: f64,
+}
+
+pub struct CompareSpec {
+    pub base: TrainConfig,
+    pub test: PathBuf,
+    pub methods: Vec<Method>,
+    pub seeds: Vec<u64>,
+    pub out: PathBuf,
+    /// Responses per test example.
+    pub test_samples: usize,
+}
+
+/// Trains every method on every seed and evaluates each final policy on the test split.
+pub fn run(spec: &CompareSpec, mut on_run: impl FnMut(&str, u64)) -> Result<Vec<RunResult>> {
+    let test = rubric::load(&spec.test)?;
+    let mut results = Vec::new();
+    for m in &spec.methods {
+        for &seed in &spec.seeds {
+            on_run(&m.name(), seed);
+            let mut cfg = spec.base.clone();
+            cfg.objective.kind = m.objective;
+            if let Some(s) = m.selector {
+                cfg.phases.selector = s;
+            }
+            cfg.run.seed = seed;
+            cfg.run.dir = spec
+                .out
+                .join(m.name().replace(':', "-"))
+                .join(format!("seed-{seed}"));
+            let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?;
+            t.run(|_| {})?;
+            let report = t.evaluate_on(&test, spec.test_samples, seed ^ 0x7e57)?;
+            let RunRecords { evals, metrics, .. } = RunRecords::read(&t.run_dir)?;
+            let mut class_group_std = BTreeMap::new();
+            for c in t.class_names() {
+                let v: Vec<f64> = metrics
+                    .iter()
+                    .filter_map(|m| m.classes.get(c)?.group_std)
+                    .collect();
+                if !v.is_empty() {
+                    class_group_std.insert(c.clone(), mean(&v));
+                }
+            }
+            let s: Vec<f64> = metrics.iter().filter_map(|m| m.overall.group_std).collect();
+            results.push(RunResult {
+                method: m.name(),
+                seed,
+                curve: evals
+                    .iter()
+                    .map(|e| (e.step, e.report.overall.score))
+                    .collect(),
+                test: report,
+                class_group_std,
+                scalar_group_std: mean(&s),
+            });
+        }
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_parse() {
+        let m = Method::parse("alternating:round_robin").unwrap();
+        assert_eq!(m.selector, Some(SelectorKind::RoundRobin));
+        assert_eq!(m.name(), "alternating:round_robin");
+        assert_eq!(Method::parse("gdpo").unwrap().name(), "gdpo");
+        assert!(Method::parse("gdpo:ucb").is_err());
+        assert!(Method::parse("nope").is_err());
+    }
+}
