@@ -19,7 +19,7 @@ pub struct TrainConfig {
     pub data: DataConfig,
     pub policy: PolicyConfig,
     #[serde(default)]
-    pub judge: JudgeConfig,
+    pub judge: JudgeSection,
     #[serde(default)]
     pub grpo: GrpoConfig,
     #[serde(default)]
@@ -107,7 +107,7 @@ pub enum PolicyConfig {
 /// `[judge.http]`, `[judge.embedding]`; see `judge::JudgeConfig`) plus the trainer's retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct JudgeConfig {
+pub struct JudgeSection {
     /// `"rules"` grades each criterion's machine-checkable `check` (criteria without one fail
     /// and their responses are excluded); `"http"` asks an OpenAI-compatible endpoint;
     /// `"embedding"` grades by sentence similarity (approximate, local).
@@ -122,9 +122,9 @@ pub struct JudgeConfig {
     pub retries: u32,
 }
 
-impl Default for JudgeConfig {
+impl Default for JudgeSection {
     fn default() -> Self {
-        JudgeConfig {
+        JudgeSection {
             kind: judge::JudgeKind::Rules,
             cache: None,
             http: None,
@@ -134,7 +134,7 @@ impl Default for JudgeConfig {
     }
 }
 
-impl JudgeConfig {
+impl JudgeSection {
     /// The judge crate's view of this section.
     pub fn judge_config(&self) -> judge::JudgeConfig {
         judge::JudgeConfig {
@@ -147,7 +147,7 @@ impl JudgeConfig {
 
     /// A `--judge` argument: a judge kind (`rules`, `embedding`) or a judge config file
     /// (the judge crate's format, plus an optional `retries`).
-    pub fn parse_arg(arg: &str) -> Result<JudgeConfig> {
+    pub fn parse_arg(arg: &str) -> Result<JudgeSection> {
         let path = Path::new(arg);
         if path.exists() {
             let text = std::fs::read_to_string(path)
@@ -159,10 +159,10 @@ impl JudgeConfig {
                     .as_integer()
                     .and_then(|r| u32::try_from(r).ok())
                     .with_context(|| format!("{arg}: field `retries`: a non-negative integer"))?,
-                None => JudgeConfig::default().retries,
+                None => JudgeSection::default().retries,
             };
             let j = judge::JudgeConfig::parse(&toml::to_string(&table)?, path)?;
-            return Ok(JudgeConfig {
+            return Ok(JudgeSection {
                 kind: j.kind,
                 cache: j.cache,
                 http: j.http,
@@ -177,9 +177,9 @@ impl JudgeConfig {
                     "--judge `{arg}`: neither a file nor a judge kind (rules, embedding)"
                 )
             })?;
-        Ok(JudgeConfig {
+        Ok(JudgeSection {
             kind,
-            ..JudgeConfig::default()
+            ..JudgeSection::default()
         })
     }
 }

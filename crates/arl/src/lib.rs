@@ -26,7 +26,7 @@ pub mod trainer;
 
 pub use actor::{Completion, Policy, TokenLogProbs};
 pub use categorical::{CategoricalConfig, CategoricalPolicy};
-pub use config::{JudgeConfig, ObjectiveConfig, PolicyConfig, TrainConfig};
+pub use config::{JudgeSection, ObjectiveConfig, PolicyConfig, TrainConfig};
 pub use eval::{EvalReport, EvalSet, Evaluator};
 pub use metrics::StepMetrics;
 pub use schedule::{Decision, ObjectiveKind, PhaseConfig, SelectorKind, Target, TaskData, Weights};

@@ -4,7 +4,7 @@
 
 use crate::actor::Policy;
 use crate::categorical::CategoricalPolicy;
-use crate::config::{JudgeConfig, PolicyConfig, TrainConfig};
+use crate::config::{JudgeSection, PolicyConfig, TrainConfig};
 use crate::eval::{EvalReport, EvalSet, Evaluator};
 use anyhow::{bail, Context, Result};
 use judge::Judge;
@@ -59,7 +59,7 @@ pub fn build_policy(cfg: &PolicyConfig) -> Result<Box<dyn Policy>> {
 }
 
 /// The judge a `[judge]` section names.
-pub fn build_judge(cfg: &JudgeConfig) -> Result<Arc<dyn judge::Judge>> {
+pub fn build_judge(cfg: &JudgeSection) -> Result<Arc<dyn judge::Judge>> {
     // the judge crate names `cache` as the file in its errors; here the section is the subject
     let built = judge::from_config(&cfg.judge_config()).map_err(|e| {
         anyhow::anyhow!(
@@ -218,7 +218,7 @@ pub fn evaluate_model(
     model: &Path,
     opts: &ModelOptions,
     data: &Path,
-    judge: &crate::JudgeConfig,
+    judge: &crate::JudgeSection,
     samples: usize,
     seed: u64,
 ) -> Result<EvalReport> {

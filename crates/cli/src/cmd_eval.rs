@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let judge = arl::config::JudgeConfig::parse_arg(&a.judge)?;
+    let judge = arl::config::JudgeSection::parse_arg(&a.judge)?;
     let opts = arl::setup::ModelOptions {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

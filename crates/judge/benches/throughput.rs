@@ -1,6 +1,6 @@
 //! Judge throughput figures (a benchmark, not a test: it prints numbers and asserts nothing).
 //!
-//! `cargo bench -p judge --bench throughput`
+//! `cargo bench -p arlrr-judge --bench throughput`
 //!
 //! 1. HTTP judge against a loopback server that answers instantly (a fixed verdict), at
 //!    concurrency 256: verdicts/s for one large batch, and per-verdict latency percentiles

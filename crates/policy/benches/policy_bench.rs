@@ -1,4 +1,4 @@
-//! `cargo bench -p policy`: prints speed and memory figures for SmolLM2-135M (the fetched GGUF
+//! `cargo bench -p arlrr-policy`: prints speed and memory figures for SmolLM2-135M (the fetched GGUF
 //! when present, else random weights of the same shape). Set POLICY_BENCH_QUICK=1 for a
 //! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (one training shape, e.g.
 //! `8x32+480`; `0` skips training), POLICY_BENCH_ITERS=N, POLICY_BENCH_GEN=B,SMALL,NEW (e.g.

@@ -1,5 +1,5 @@
 //! Prints a GGUF file's metadata (minus the large token arrays) and a greedy chat answer.
-//! `cargo run -p policy --example inspect -- PATH`
+//! `cargo run -p arlrr-policy --example inspect -- PATH`
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args()

@@ -1,6 +1,6 @@
 //! Speed and memory figures (printed, never asserted): the machine's f32 matmul peak,
 //! forward+backward throughput on SmolLM2-135M as a fraction of that peak, batched generation
-//! throughput and the peak memory of a training step. Run `cargo bench -p policy`.
+//! throughput and the peak memory of a training step. Run `cargo bench -p arlrr-policy`.
 
 use crate::config::Config;
 use crate::error::Result;

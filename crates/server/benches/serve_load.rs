@@ -2,7 +2,7 @@
 //! (8 completions of one built-in prompt each) against an in-process service with the rule
 //! judge and its SQLite cache; prints answered / lost and the latency median and p99.
 //!
-//! `cargo bench -p server --bench serve_load` (`ARLRR_BENCH_REQUESTS` and
+//! `cargo bench -p arlrr-server --bench serve_load` (`ARLRR_BENCH_REQUESTS` and
 //! `ARLRR_BENCH_COMPLETIONS` change the load).
 
 use rand::SeedableRng;
