@@ -23,7 +23,8 @@ pub enum Init {
 
 enum Source {
     Tensors(HashMap<String, Tensor>),
-    Random(rand::rngs::StdRng),
+    // boxed: the RNG state is six times the size of the map
+    Random(Box<rand::rngs::StdRng>),
 }
 
 struct State {
@@ -50,7 +51,7 @@ impl WeightSource {
     /// Parameters drawn as each is asked for (see `Init`) from an RNG seeded with `seed`.
     pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
         let rng = rand::rngs::StdRng::seed_from_u64(seed);
-        Self::new(Source::Random(rng), dtype, device)
+        Self::new(Source::Random(Box::new(rng)), dtype, device)
     }
 
     fn new(source: Source, dtype: DType, device: &Device) -> Self {
