@@ -180,7 +180,7 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
         )?;
     }
     if !metrics.is_empty() {
-        let plots = crate::plots::write_run_plots(run_dir, &metrics, &vals, classes)?;
+        let plots = crate::plots::write_run_plots(run_dir, metrics, &vals, classes)?;
         writeln!(r, "\n## Plots\n")?;
         for p in plots {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();

@@ -205,21 +205,8 @@ impl Trainer {
     /// Scores the current policy on another split (e.g. test), all examples, with the run's
     /// class assignment.
     pub fn evaluate_on(&mut self, data: &Dataset, samples: usize, seed: u64) -> Result<EvalReport> {
-        let assignment = self.data.classes.assign(data)?;
-        let set = EvalSet {
-            examples: data.examples.iter().collect(),
-            class_of: assignment.iter().map(Vec::as_slice).collect(),
-            class_names: &self.data.classes.names,
-        };
-        let evaluator = Evaluator {
-            judge: &*self.judge,
-            rt: &self.rt,
-            retries: self.config.judge.retries,
-            samples,
-            seed,
-            resamples: self.config.eval.bootstrap,
-        };
-        evaluator.evaluate(&mut *self.policy, &set)
+        let resamples = self.config.eval.bootstrap;
+        self.evaluate_split(Some(data), usize::MAX, samples, seed, resamples)
     }
 
     pub fn class_names(&self) -> &[String] {
@@ -582,7 +569,7 @@ impl Trainer {
             e.size.min(self.data.val.len())
         };
         let seed = self.config.run.seed ^ 0x5eed_e7a1;
-        self.evaluate_first(n, e.samples, seed, e.bootstrap)
+        self.evaluate_split(None, n, e.samples, seed, e.bootstrap)
     }
 
     /// The selectors' fixed validation batch (mean scores only).
@@ -591,27 +578,31 @@ impl Trainer {
         let p = &self.config.phases;
         let n = p.select_size.clamp(1, self.data.val.len());
         let seed = self.config.run.seed ^ 0x5e1e_c7ed;
-        let r = self.evaluate_first(n, p.select_samples.max(1), seed, 0);
+        let r = self.evaluate_split(None, n, p.select_samples.max(1), seed, 0);
         time.eval += t.elapsed().as_secs_f64();
         r
     }
 
-    fn evaluate_first(
+    /// Scores the first `n` examples of `split` (validation when `None`).
+    fn evaluate_split(
         &mut self,
+        split: Option<&Dataset>,
         n: usize,
         samples: usize,
         seed: u64,
         resamples: usize,
     ) -> Result<EvalReport> {
+        let assigned;
+        let (examples, class_of) = match split {
+            None => (&self.data.val.examples, &self.data.val_classes),
+            Some(data) => {
+                assigned = self.data.classes.assign(data)?;
+                (&data.examples, &assigned)
+            }
+        };
         let set = EvalSet {
-            examples: self.data.val.examples.iter().take(n).collect(),
-            class_of: self
-                .data
-                .val_classes
-                .iter()
-                .take(n)
-                .map(Vec::as_slice)
-                .collect(),
+            examples: examples.iter().take(n).collect(),
+            class_of: class_of.iter().take(n).map(Vec::as_slice).collect(),
             class_names: &self.data.classes.names,
         };
         let evaluator = Evaluator {

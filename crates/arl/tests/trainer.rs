@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::Result;
-use arl::{EvalReport, Parts, StepMetrics, TaskData, Trainer};
+use arl::{EvalReport, Parts, StepMetrics, Trainer};
 use async_trait::async_trait;
 use common::*;
 use judge::rules::RuleJudge;

@@ -3,7 +3,10 @@ use criterion::{criterion_group, criterion_main, Criterion as Bench};
 use rubric::score::{reward_vector, summarize, BOOTSTRAP_RESAMPLES};
 use rubric::{Criterion, Example, MetaClasses};
 
-fn data() -> Vec<(Example, Vec<usize>, Vec<Vec<Option<f64>>>)> {
+/// An example, the class of each criterion, and per response the verdict of each criterion.
+type Graded = (Example, Vec<usize>, Vec<Vec<Option<f64>>>);
+
+fn data() -> Vec<Graded> {
     let axes = rubric::HEALTHBENCH_AXES;
     (0..500)
         .map(|i| {

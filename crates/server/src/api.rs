@@ -619,27 +619,6 @@ pub struct ValidationCompletion {
     pub completion: String,
 }
 
-/// The body of `POST /v1/schedule/report`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportRequest {
-    /// The trainer's global step.
-    #[serde(default)]
-    pub step: Option<u64>,
-    /// Steps since the last report.
-    #[serde(default)]
-    pub steps: Option<u64>,
-    /// Validation scores the trainer measured.
-    #[serde(default)]
-    pub validation: Option<ValidationScores>,
-    /// Validation completions for the service to grade and score (instead of `validation`).
-    #[serde(default)]
-    pub validation_completions: Option<Vec<ValidationCompletion>>,
-    /// Lookahead: the candidate whose probe the validation measures.
-    #[serde(default)]
-    pub probe_class: Option<String>,
-}
-
 /// Mean clipped to [0, 1], as HealthBench reports a dataset figure; `None` for no values.
 fn clipped_mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| (values.iter().sum::<f64>() / values.len() as f64).clamp(0.0, 1.0))
@@ -715,7 +694,7 @@ pub async fn schedule_report(
             ),
         ));
     }
-    let req: ReportRequest = shape(value)?;
+    let req: Report<ValidationCompletion> = shape(value)?;
     let mut failed_validation = 0;
     let validation = match (req.validation, &req.validation_completions) {
         (Some(_), Some(_)) => {
@@ -736,6 +715,7 @@ pub async fn schedule_report(
         steps: req.steps,
         validation: validation.clone(),
         probe_class: req.probe_class,
+        validation_completions: None,
     };
     let (decision, status) = {
         let mut s = service.scheduler.lock().expect("scheduler lock");

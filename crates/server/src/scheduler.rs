@@ -84,10 +84,12 @@ pub struct ScheduleState {
     pub last_decision: Option<Decision>,
 }
 
-/// A report from the trainer (`POST /v1/schedule/report`).
+/// A report from the trainer (`POST /v1/schedule/report`). `C` is a validation completion
+/// the service grades itself; the API turns those into `validation` before the schedule sees
+/// the report, so the schedule's own reports carry none (`C = ()`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Report {
+#[serde(deny_unknown_fields, bound(deserialize = "C: Deserialize<'de>"))]
+pub struct Report<C = ()> {
     /// The trainer's global step (absolute).
     #[serde(default)]
     pub step: Option<u64>,
@@ -100,6 +102,9 @@ pub struct Report {
     /// Lookahead: the class whose probe `validation` measures.
     #[serde(default)]
     pub probe_class: Option<String>,
+    /// Validation completions for the service to grade and score (instead of `validation`).
+    #[serde(default)]
+    pub validation_completions: Option<Vec<C>>,
 }
 
 /// Validation scores as reported: overall and per class name (missing classes unknown).
