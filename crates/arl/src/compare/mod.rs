@@ -3,12 +3,12 @@
 //! intervals, training efficiency, per-class results, the measured within-group reward spread
 //! (variance contraction), and a plain verdict with an exact permutation test.
 
-mod report;
 pub mod stats;
+mod writeup;
 
-pub use report::write_report;
 use stats::mean;
 pub use stats::{ci95, diff_ci95, min_permutation_p, permutation_p, t975};
+pub use writeup::write_report;
 
 use crate::eval::EvalReport;
 use crate::report::RunRecords;
