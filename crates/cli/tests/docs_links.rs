@@ -11,13 +11,13 @@ fn without_code_blocks(text: &str) -> String {
         .into_owned()
 }
 
-/// GitHub's anchor of a heading: lower case, formatting and punctuation dropped, spaces to `-`.
+/// GitHub's anchor of a heading: lower case, punctuation but `-` and `_` dropped, spaces to `-`.
 fn slug(heading: &str) -> String {
     heading
         .trim()
         .to_lowercase()
         .chars()
-        .filter(|c| (c.is_alphanumeric() && *c != '_') || *c == '-' || *c == ' ')
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
         .map(|c| if c == ' ' { '-' } else { c })
         .collect()
 }
