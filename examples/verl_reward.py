@@ -17,15 +17,6 @@ import urllib.request
 URL = os.environ.get("ARLRR_URL", "http://127.0.0.1:8000")
 
 
-def _post(path, body):
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("ARLRR_TOKEN"):
-        headers["Authorization"] = "Bearer " + os.environ["ARLRR_TOKEN"]
-    req = urllib.request.Request(URL + path, json.dumps(body).encode(), headers)
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        return json.load(resp)
-
-
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
     return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info])[0]
 
@@ -43,7 +34,12 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
         completions = items[item_of[key]]["completions"]
         slots.append((item_of[key], len(completions)))
         completions.append(text)
-    answer = _post("/v1/rewards", {"items": items})
+    token = os.environ.get("ARLRR_TOKEN")
+    auth = {"Authorization": "Bearer " + token} if token else {}
+    body = json.dumps({"items": items}).encode()
+    req = urllib.request.Request(URL + "/v1/rewards", body, {"Content-Type": "application/json", **auth})
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        answer = json.load(resp)
     # a dict gives verl the per-class rewards to log next to the score
     out = []
     for i, j in slots:

@@ -45,6 +45,15 @@ meningitis, especially with fever, confusion, a rash, or sensitivity to light. I
 of these, seek emergency care immediately or call 911.\n\nDo you also have a fever or feel unusually \
 sleepy? If the headache persists beyond 3 days, please see a doctor.";
 
+/// Grades [`RESPONSE`] against `criteria` of `example` (all of them for `None`).
+fn task<'a>(example: &'a Example, criteria: Option<&'a [usize]>) -> GradeTask<'a> {
+    GradeTask {
+        example,
+        response: RESPONSE,
+        criteria,
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
@@ -104,14 +113,7 @@ async fn http_bench() {
         })
         .collect();
     let examples: Vec<Example> = (0..2_000).map(|i| example(i, criteria.clone())).collect();
-    let tasks: Vec<GradeTask<'_>> = examples
-        .iter()
-        .map(|e| GradeTask {
-            example: e,
-            response: RESPONSE,
-            criteria: None,
-        })
-        .collect();
+    let tasks: Vec<GradeTask<'_>> = examples.iter().map(|e| task(e, None)).collect();
 
     // Warm-up: opens the connection pool.
     judge.grade(&tasks[..100]).await;
@@ -143,13 +145,7 @@ async fn http_bench() {
                 for k in 0..per_worker {
                     let idx = [k % 10];
                     let t = Instant::now();
-                    let g = judge
-                        .grade(&[GradeTask {
-                            example: &ex,
-                            response: RESPONSE,
-                            criteria: Some(&idx),
-                        }])
-                        .await;
+                    let g = judge.grade(&[task(&ex, Some(&idx))]).await;
                     lat.push(t.elapsed());
                     assert!(g[0][0].outcome.is_ok());
                 }
@@ -175,13 +171,7 @@ async fn http_bench() {
     for k in 0..2_000 {
         let idx = [k % 10];
         let t = Instant::now();
-        judge
-            .grade(&[GradeTask {
-                example: &ex,
-                response: RESPONSE,
-                criteria: Some(&idx),
-            }])
-            .await;
+        judge.grade(&[task(&ex, Some(&idx))]).await;
         lat.push(t.elapsed());
     }
     print_latencies("added latency, unloaded (judge + HTTP round trip)", lat);
@@ -232,14 +222,7 @@ fn rule_examples() -> Vec<Example> {
 fn rules_bench() {
     let judge = RuleJudge::new();
     let examples = rule_examples();
-    let tasks: Vec<GradeTask<'_>> = examples
-        .iter()
-        .map(|e| GradeTask {
-            example: e,
-            response: RESPONSE,
-            criteria: None,
-        })
-        .collect();
+    let tasks: Vec<GradeTask<'_>> = examples.iter().map(|e| task(e, None)).collect();
     judge.grade_sync(&tasks[..10]);
     let rounds = 20;
     let started = Instant::now();
@@ -263,14 +246,7 @@ async fn cache_bench() {
     let dir = tempfile::tempdir().unwrap();
     let judge = CachedJudge::open(RuleJudge::new(), dir.path().join("bench.sqlite")).unwrap();
     let examples = rule_examples();
-    let tasks: Vec<GradeTask<'_>> = examples
-        .iter()
-        .map(|e| GradeTask {
-            example: e,
-            response: RESPONSE,
-            criteria: None,
-        })
-        .collect();
+    let tasks: Vec<GradeTask<'_>> = examples.iter().map(|e| task(e, None)).collect();
     let started = Instant::now();
     judge.grade(&tasks).await;
     let fill = started.elapsed().as_secs_f64();

@@ -35,6 +35,7 @@ pub use rules::RuleJudge;
 
 use async_trait::async_trait;
 use rubric::Example;
+use std::sync::Arc;
 
 /// One response to grade against some criteria of one example.
 #[derive(Debug, Clone, Copy)]
@@ -104,14 +105,14 @@ pub trait Judge: Send + Sync {
     /// Stable id; part of the cache key, so change it when verdicts would change.
     fn id(&self) -> String;
 
-    /// Grades a batch. The result has one entry per task, each with one grade per requested
-    /// criterion, in the task's criterion order.
     /// Version of the prompt text this judge sends (empty for judges without one). Part of
     /// the cache key next to [`Judge::id`], so rewording the prompt invalidates old verdicts.
     fn prompt_version(&self) -> String {
         String::new()
     }
 
+    /// Grades a batch. The result has one entry per task, each with one grade per requested
+    /// criterion, in the task's criterion order.
     async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>>;
 
     fn stats(&self) -> JudgeStats {
@@ -121,34 +122,24 @@ pub trait Judge: Send + Sync {
 
 /// Boxed and shared judges are judges too, so wrappers such as [`CachedJudge`] take the
 /// `Box<dyn Judge>` that [`from_config`] builds.
-#[async_trait]
-impl<J: Judge + ?Sized> Judge for Box<J> {
-    fn id(&self) -> String {
-        (**self).id()
-    }
-    fn prompt_version(&self) -> String {
-        (**self).prompt_version()
-    }
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
-        (**self).grade(tasks).await
-    }
-    fn stats(&self) -> JudgeStats {
-        (**self).stats()
-    }
+macro_rules! forward_judge {
+    ($pointer:ident) => {
+        #[async_trait]
+        impl<J: Judge + ?Sized> Judge for $pointer<J> {
+            fn id(&self) -> String {
+                (**self).id()
+            }
+            fn prompt_version(&self) -> String {
+                (**self).prompt_version()
+            }
+            async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+                (**self).grade(tasks).await
+            }
+            fn stats(&self) -> JudgeStats {
+                (**self).stats()
+            }
+        }
+    };
 }
-
-#[async_trait]
-impl<J: Judge + ?Sized> Judge for std::sync::Arc<J> {
-    fn id(&self) -> String {
-        (**self).id()
-    }
-    fn prompt_version(&self) -> String {
-        (**self).prompt_version()
-    }
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
-        (**self).grade(tasks).await
-    }
-    fn stats(&self) -> JudgeStats {
-        (**self).stats()
-    }
-}
+forward_judge!(Box);
+forward_judge!(Arc);

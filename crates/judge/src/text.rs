@@ -9,32 +9,29 @@ pub fn word_count(text: &str) -> usize {
 /// Case-insensitive containment. `haystack_lower` must already be lowercased (the judge does it
 /// once per response, not once per check).
 pub fn contains_ci(haystack_lower: &str, needle: &str) -> bool {
-    if needle.chars().any(char::is_uppercase) {
-        haystack_lower.contains(&needle.to_lowercase())
-    } else {
-        haystack_lower.contains(needle)
-    }
+    haystack_lower.contains(&*lowered(needle))
 }
 
 /// Case-insensitive prefix test after trimming leading whitespace of the response.
 pub fn starts_with_ci(text_lower: &str, prefix: &str) -> bool {
-    let t = text_lower.trim_start();
-    if prefix.chars().any(char::is_uppercase) {
-        t.starts_with(&prefix.to_lowercase())
-    } else {
-        t.starts_with(prefix)
-    }
+    text_lower.trim_start().starts_with(&*lowered(prefix))
 }
 
 /// Case-insensitive suffix test after trimming trailing whitespace of the response (and of the
 /// expected text: a rubric's `"Thank you. "` and `"Thank you."` mean the same).
 pub fn ends_with_ci(text_lower: &str, suffix: &str) -> bool {
-    let t = text_lower.trim_end();
-    let s = suffix.trim_end();
-    if s.chars().any(char::is_uppercase) {
-        t.ends_with(&s.to_lowercase())
+    text_lower
+        .trim_end()
+        .ends_with(&*lowered(suffix.trim_end()))
+}
+
+/// The rubric's text lowercased, borrowed when it has no uppercase letter (the common case,
+/// so most checks allocate nothing).
+fn lowered(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_uppercase) {
+        text.to_lowercase().into()
     } else {
-        t.ends_with(s)
+        text.into()
     }
 }
 

