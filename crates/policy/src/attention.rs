@@ -8,7 +8,7 @@
 //! probabilities are kept for the backward, and `v`, `y` and their gradients stay in the
 //! projections' [B, T, heads, D] layout, so no transposed copies are made.
 
-use crate::cpu_op::{Arg, Cpu, Float, FloatOp};
+use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use crate::linear::{for_gemm, gemm_seq, Mat};
 use crate::ops::{exp_normalize, n_threads};
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
@@ -298,12 +298,7 @@ impl FloatOp<3> for AttentionOp {
         Ok((y, Shape::from((dm.b, dm.t, dm.h * dm.d))))
     }
 
-    fn bwd(
-        &self,
-        [q, k, v]: [&Tensor; 3],
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<[Option<Tensor>; 3]> {
+    fn bwd(&self, [q, k, v]: [&Tensor; 3], _: &Tensor, grad: &Tensor) -> Grads<3> {
         let dy = grad.flatten_all()?;
         let dy = match grad.dtype() {
             DType::F32 => CpuStorage::F32(dy.to_vec1()?),

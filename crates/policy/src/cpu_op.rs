@@ -85,15 +85,13 @@ pub(crate) trait FloatOp<const N: usize> {
     /// The output and its shape.
     fn fwd<T: Float>(&self, args: [Arg<T>; N]) -> Result<(Vec<T>, Shape)>;
     /// The arguments' gradients (`None` where there is none); by default the op has no backward.
-    fn bwd(
-        &self,
-        _args: [&Tensor; N],
-        _res: &Tensor,
-        _grad: &Tensor,
-    ) -> Result<[Option<Tensor>; N]> {
+    fn bwd(&self, _args: [&Tensor; N], _res: &Tensor, _grad: &Tensor) -> Grads<N> {
         Err(candle_core::Error::BackwardNotSupported { op: self.name() })
     }
 }
+
+/// What `FloatOp::bwd` returns: a gradient or `None` per argument.
+pub(crate) type Grads<const N: usize> = Result<[Option<Tensor>; N]>;
 
 /// A `FloatOp` as a candle custom op.
 #[derive(Debug)]
@@ -143,55 +141,38 @@ impl<O: FloatOp<1>> CustomOp1 for Cpu<O> {
     }
 }
 
-impl<O: FloatOp<2>> CustomOp2 for Cpu<O> {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run(&self.0, [(s1, l1), (s2, l2)])
-    }
-    fn bwd(
-        &self,
-        a1: &Tensor,
-        a2: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let [d1, d2] = self.0.bwd([a1, a2], res, grad)?;
-        Ok((d1, d2))
-    }
+// A macro: candle's `CustomOp2` and `CustomOp3` differ only in arity, which no generic
+// impl can express.
+macro_rules! impl_custom_op {
+    ($op:ident, $n:literal, $grads:ty, $(($s:ident, $l:ident, $a:ident, $d:ident)),+) => {
+        impl<O: FloatOp<$n>> $op for Cpu<O> {
+            fn name(&self) -> &'static str {
+                self.0.name()
+            }
+            fn cpu_fwd(&self, $($s: &CpuStorage, $l: &Layout),+) -> Result<(CpuStorage, Shape)> {
+                run(&self.0, [$(($s, $l)),+])
+            }
+            fn bwd(&self, $($a: &Tensor,)+ res: &Tensor, grad: &Tensor) -> Result<$grads> {
+                let [$($d),+] = self.0.bwd([$($a),+], res, grad)?;
+                Ok(($($d),+))
+            }
+        }
+    };
 }
-
-impl<O: FloatOp<3>> CustomOp3 for Cpu<O> {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run(&self.0, [(s1, l1), (s2, l2), (s3, l3)])
-    }
-    fn bwd(
-        &self,
-        a1: &Tensor,
-        a2: &Tensor,
-        a3: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [d1, d2, d3] = self.0.bwd([a1, a2, a3], res, grad)?;
-        Ok((d1, d2, d3))
-    }
-}
+/// One argument's gradient in candle's `bwd` tuples.
+type Grad = Option<Tensor>;
+impl_custom_op!(
+    CustomOp2,
+    2,
+    (Grad, Grad),
+    (s1, l1, a1, d1),
+    (s2, l2, a2, d2)
+);
+impl_custom_op!(
+    CustomOp3,
+    3,
+    (Grad, Grad, Grad),
+    (s1, l1, a1, d1),
+    (s2, l2, a2, d2),
+    (s3, l3, a3, d3)
+);

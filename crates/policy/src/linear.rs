@@ -9,7 +9,7 @@
 //! its forward writes the logits once and keeps them for the backward, which turns them into
 //! their own gradient in place, so no other [tokens, vocab] buffer is ever allocated.
 
-use crate::cpu_op::{Arg, Cpu, Float, FloatOp};
+use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use crate::ops::{fused_ok, par_out};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -194,7 +194,7 @@ impl FloatOp<2> for Linear {
         gemm_into(&mut y, x, Mat::rows(w, inp).t());
         Ok((y, Shape::from(dims)))
     }
-    fn bwd(&self, [x, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 2]> {
+    fn bwd(&self, [x, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
         let g = grad.contiguous()?;
         // A frozen (detached) argument gets no gradient: no gemm is spent on it.
         let dx = if x.track_op() {
@@ -335,7 +335,7 @@ impl FloatOp<2> for OutputLogProbs {
         Ok((out, Shape::from((n, 2))))
     }
 
-    fn bwd(&self, [h, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 2]> {
+    fn bwd(&self, [h, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
         let (n, hid) = h.dims2()?;
         let v = w.dim(0)?;
         let (need_dh, need_dw) = (h.track_op(), w.track_op());

@@ -9,7 +9,7 @@
 //! by the finite-difference tests. The wrappers below pick them on the CPU and the primitive
 //! versions (each op with a backward in candle) on other devices.
 
-use crate::cpu_op::{Arg, Cpu, Float, FloatOp};
+use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use candle_core::{DType, Result, Shape, Tensor, D};
 
 /// True where the custom CPU kernels apply (they are written for f32 and f64).
@@ -233,7 +233,7 @@ impl FloatOp<1> for SoftmaxLast {
         Ok((rows(x, d, self.log), l.shape().clone()))
     }
 
-    fn bwd(&self, _: [&Tensor; 1], res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 1]> {
+    fn bwd(&self, _: [&Tensor; 1], res: &Tensor, grad: &Tensor) -> Grads<1> {
         let g = if self.log {
             // y = x - lse(x): dx = g - softmax(x) * sum(g)
             let p = res.exp()?;
@@ -287,7 +287,7 @@ impl FloatOp<2> for RmsNormOp {
         Ok((rms_rows(x, w, d, self.eps), l.shape().clone()))
     }
 
-    fn bwd(&self, [x, w]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Result<[Option<Tensor>; 2]> {
+    fn bwd(&self, [x, w]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads<2> {
         // With xh = x * inv, inv = 1/sqrt(mean(x²) + eps):
         //   dx = inv * (g*w - xh * mean(g*w*xh)),   dw = Σ_rows g * xh.
         let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
@@ -377,7 +377,7 @@ impl FloatOp<2> for MaskedSoftmax {
         });
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(&self, _: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 2]> {
+    fn bwd(&self, _: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Grads<2> {
         let back = Cpu(SoftmaxBwd { scale: self.scale });
         let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &back)?;
         Ok([Some(dx), None])
@@ -438,12 +438,7 @@ impl FloatOp<3> for Rope {
         let shape = if to_heads { (b, h, t, d) } else { (b, t, h, d) };
         Ok((out, shape.into()))
     }
-    fn bwd(
-        &self,
-        [_, cos, sin]: [&Tensor; 3],
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<[Option<Tensor>; 3]> {
+    fn bwd(&self, [_, cos, sin]: [&Tensor; 3], _: &Tensor, grad: &Tensor) -> Grads<3> {
         let back = Cpu(Rope {
             to_heads: !self.to_heads,
         });
@@ -499,12 +494,7 @@ impl FloatOp<2> for SwiGlu {
         let out = swiglu_map(g, u, None, |g, u, _| g * sigmoid(g) * u);
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(
-        &self,
-        [gate, up]: [&Tensor; 2],
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<[Option<Tensor>; 2]> {
+    fn bwd(&self, [gate, up]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
         let grad = grad.contiguous()?;
         let dg = gate.apply_op3_no_bwd(up, &grad, &Cpu(SwiGluBwd { gate: true }))?;
         let du = gate.apply_op3_no_bwd(up, &grad, &Cpu(SwiGluBwd { gate: false }))?;
