@@ -7,7 +7,8 @@
 //! needs, run their loops on all threads (candle's CPU element-wise ops use one), and their
 //! `bwd` is the textbook Jacobian-vector product, checked against the primitive versions and
 //! by the finite-difference tests. The wrappers below pick them on the CPU and the primitive
-//! versions (each op with a backward in candle) on other devices.
+//! versions (each op with a backward in candle) on other devices. Each op is a
+//! `cpu_op::FloatOp`, written once for f32 and f64.
 
 use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use candle_core::{DType, Result, Shape, Tensor, D};
