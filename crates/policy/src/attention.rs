@@ -8,9 +8,10 @@
 //! probabilities are kept for the backward, and `v`, `y` and their gradients stay in the
 //! projections' [B, T, heads, D] layout, so no transposed copies are made.
 
+use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use crate::linear::{for_gemm, gemm_seq, Mat};
-use crate::ops::{contiguous, exp_normalize, n_threads, num_like::Float};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use crate::ops::{exp_normalize, n_threads};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// Queries q [B, H, T, D], keys k [B, KVH, S, D] (both after the rotary embedding) and
@@ -50,7 +51,7 @@ pub(crate) fn attention(
 ) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let keep = q.track_op() || k.track_op() || v.track_op();
-    let op = AttentionOp::new(scale, mask_value, key_mask.clone(), keep);
+    let op = Cpu(AttentionOp::new(scale, mask_value, key_mask.clone(), keep));
     if keep {
         q.apply_op3(&k, &v, op)
     } else {
@@ -284,66 +285,31 @@ fn reorder_heads<T: Copy>(dst: &mut [T], src: &[T], dm: Dims, to_tokens: bool) {
     }
 }
 
-impl CustomOp3 for AttentionOp {
+impl FloatOp<3> for AttentionOp {
     fn name(&self) -> &'static str {
         "policy-attention"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: Float>(&self, [(q, l1), (k, l2), (v, l3)]: [Arg<T>; 3]) -> Result<(Vec<T>, Shape)> {
         let dm = Dims::of(l1, l2, l3, &self.key_mask)?;
-        let (y, p) = match (s1, s2, s3) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                let (q, k, v) = (
-                    contiguous(q, l1, "q")?,
-                    contiguous(k, l2, "k")?,
-                    contiguous(v, l3, "v")?,
-                );
-                let (y, p) = self.forward(q, k, v, dm);
-                (CpuStorage::F32(y), CpuStorage::F32(p))
-            }
-            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                let (q, k, v) = (
-                    contiguous(q, l1, "q")?,
-                    contiguous(k, l2, "k")?,
-                    contiguous(v, l3, "v")?,
-                );
-                let (y, p) = self.forward(q, k, v, dm);
-                (CpuStorage::F64(y), CpuStorage::F64(p))
-            }
-            _ => candle_core::bail!("attention supports f32 and f64 (q, k, v the same)"),
-        };
+        let (y, p) = self.forward(q, k, v, dm);
         if self.keep_probs {
-            *self.probs.lock().unwrap() = Some(p);
+            *self.probs.lock().unwrap() = Some(T::storage(p));
         }
         Ok((y, Shape::from((dm.b, dm.t, dm.h * dm.d))))
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [q, k, v]: [&Tensor; 3], _: &Tensor, grad: &Tensor) -> Grads<3> {
         let dy = grad.flatten_all()?;
         let dy = match grad.dtype() {
             DType::F32 => CpuStorage::F32(dy.to_vec1()?),
             DType::F64 => CpuStorage::F64(dy.to_vec1()?),
             dt => candle_core::bail!("attention supports f32 and f64, got {dt:?}"),
         };
-        let op = AttentionBwd {
+        let op = Cpu(AttentionBwd {
             fwd: self,
             dy,
             kept: self.probs.lock().unwrap().take(),
-        };
+        });
         let d = q.apply_op3_no_bwd(k, v, &op)?;
         let (nq, nk) = (q.elem_count(), k.elem_count());
         let part = |t: &Tensor, at: usize, n: usize| -> Result<Option<Tensor>> {
@@ -352,7 +318,7 @@ impl CustomOp3 for AttentionOp {
             }
             Ok(Some(d.narrow(0, at, n)?.reshape(t.shape())?))
         };
-        Ok((part(q, 0, nq)?, part(k, nq, nk)?, part(v, nq + nk, nk)?))
+        Ok([part(q, 0, nq)?, part(k, nq, nk)?, part(v, nq + nk, nk)?])
     }
 }
 
@@ -364,47 +330,17 @@ struct AttentionBwd<'a> {
     kept: Option<CpuStorage>,
 }
 
-impl CustomOp3 for AttentionBwd<'_> {
+impl FloatOp<3> for AttentionBwd<'_> {
     fn name(&self) -> &'static str {
         "policy-attention-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: Float>(&self, [(q, l1), (k, l2), (v, l3)]: [Arg<T>; 3]) -> Result<(Vec<T>, Shape)> {
         let dm = Dims::of(l1, l2, l3, &self.fwd.key_mask)?;
-        let out = match (s1, s2, s3, &self.dy) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), CpuStorage::F32(dy)) => {
-                let kept = match &self.kept {
-                    Some(CpuStorage::F32(p)) => Some(&p[..]),
-                    _ => None,
-                };
-                let (q, k, v) = (
-                    contiguous(q, l1, "q")?,
-                    contiguous(k, l2, "k")?,
-                    contiguous(v, l3, "v")?,
-                );
-                CpuStorage::F32(self.fwd.backward(q, k, v, dy, kept, dm))
-            }
-            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), CpuStorage::F64(dy)) => {
-                let kept = match &self.kept {
-                    Some(CpuStorage::F64(p)) => Some(&p[..]),
-                    _ => None,
-                };
-                let (q, k, v) = (
-                    contiguous(q, l1, "q")?,
-                    contiguous(k, l2, "k")?,
-                    contiguous(v, l3, "v")?,
-                );
-                CpuStorage::F64(self.fwd.backward(q, k, v, dy, kept, dm))
-            }
-            _ => candle_core::bail!("attention supports f32 and f64"),
+        let Some(dy) = T::slice(&self.dy) else {
+            candle_core::bail!("attention supports f32 and f64 (q, k, v and dy the same)");
         };
+        let kept = self.kept.as_ref().and_then(T::slice);
+        let out = self.fwd.backward(q, k, v, dy, kept, dm);
         let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
         Ok((out, Shape::from(n)))
     }
@@ -471,7 +407,7 @@ mod tests {
             .backward()
             .unwrap();
         for keep in [true, false] {
-            let op = AttentionOp::new(scale, -1e9, keys.clone(), keep);
+            let op = Cpu(AttentionOp::new(scale, -1e9, keys.clone(), keep));
             let y = q
                 .as_tensor()
                 .apply_op3(k.as_tensor(), v.as_tensor(), op)

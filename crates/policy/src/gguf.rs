@@ -81,60 +81,65 @@ pub fn permute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
         .reshape((out, inp))?)
 }
 
+/// Whole-model tensors as (GGUF name, HF name).
+const MODEL_TENSORS: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Per-layer modules as (GGUF module, HF module); tensors are `blk.{i}.{module}.{kind}` and
+/// `model.layers.{i}.{module}.{kind}`.
+const LAYER_MODULES: [(&str, &str); 11] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// In `table`, the HF name paired with GGUF `name` (`from_gguf`), or the GGUF name paired with
+/// HF `name`.
+fn lookup(
+    table: &[(&'static str, &'static str)],
+    from_gguf: bool,
+    name: &str,
+) -> Option<&'static str> {
+    table.iter().find_map(|&(g, h)| match from_gguf {
+        true if g == name => Some(h),
+        false if h == name => Some(g),
+        _ => None,
+    })
+}
+
 /// GGUF tensor name → HF tensor name; `None` for tensors that are not model weights.
 pub fn hf_name(gguf: &str) -> Option<String> {
-    match gguf {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
+    if let Some(hf) = lookup(&MODEL_TENSORS, true, gguf) {
+        return Some(hf.into());
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, name) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = name.rsplit_once('.')?;
-    let hf = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let hf = lookup(&LAYER_MODULES, true, module)?;
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
 /// HF tensor name → GGUF tensor name (inverse of `hf_name`).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
+    if let Some(g) = lookup(&MODEL_TENSORS, false, hf) {
+        return Some(g.into());
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, name) = rest.split_once('.')?;
     let (module, kind) = name.rsplit_once('.')?;
-    let g = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
+    let g = lookup(&LAYER_MODULES, false, module)?;
     Some(format!("blk.{layer}.{g}.{kind}"))
 }
 

@@ -14,6 +14,7 @@ mod attention;
 pub mod bench;
 pub mod bpe;
 pub mod config;
+mod cpu_op;
 pub mod error;
 pub mod generate;
 pub mod gguf;

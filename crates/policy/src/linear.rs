@@ -9,8 +9,9 @@
 //! its forward writes the logits once and keeps them for the backward, which turns them into
 //! their own gradient in place, so no other [tokens, vocab] buffer is ever allocated.
 
-use crate::ops::{contiguous, fused_ok, num_like::Float, par_out};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
+use crate::ops::{fused_ok, par_out};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use std::sync::Mutex;
 
@@ -18,7 +19,7 @@ use std::sync::Mutex;
 /// matmul elsewhere.
 pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> crate::Result<Tensor> {
     let y = if fused_ok(x) {
-        x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?
+        x.contiguous()?.apply_op2(&w.contiguous()?, Cpu(Linear))?
     } else {
         let (rows, in_dim) = rows_of(x)?;
         let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
@@ -165,21 +166,6 @@ fn gemm_with<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, par: Paral
     }
 }
 
-/// Applies `f` to the two storages as slices of one float type.
-fn with_floats<R>(
-    s1: &CpuStorage,
-    s2: &CpuStorage,
-    what: &str,
-    f32_: impl FnOnce(&[f32], &[f32]) -> Result<R>,
-    f64_: impl FnOnce(&[f64], &[f64]) -> Result<R>,
-) -> Result<R> {
-    match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => f32_(a, b),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => f64_(a, b),
-        _ => candle_core::bail!("{what} supports f32 and f64 (both arguments the same)"),
-    }
-}
-
 /// The last dim of a layout (the matrix width every op here reads rows of).
 fn width(l: &Layout) -> Result<usize> {
     l.dims()
@@ -192,75 +178,39 @@ fn width(l: &Layout) -> Result<usize> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Linear;
 
-impl CustomOp2 for Linear {
+impl FloatOp<2> for Linear {
     fn name(&self) -> &'static str {
         "policy-linear"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: Float>(&self, [(x, l1), (w, l2)]: [Arg<T>; 2]) -> Result<(Vec<T>, Shape)> {
         let (out, inp) = l2.shape().dims2()?;
         if width(l1)? != inp {
             candle_core::bail!("linear: input width {} but weight {out}x{inp}", width(l1)?);
         }
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().unwrap() = out;
-        fn go<T: Float + 'static>(x: &[T], w: &[T], inp: usize, out: usize) -> Vec<T> {
-            let x = Mat::rows(x, inp);
-            let mut y = for_gemm(x.rows * out);
-            gemm_into(&mut y, x, Mat::rows(w, inp).t());
-            y
-        }
-        let y = with_floats(
-            s1,
-            s2,
-            "linear",
-            |x, w| {
-                Ok(CpuStorage::F32(go(
-                    contiguous(x, l1, "x")?,
-                    contiguous(w, l2, "weight")?,
-                    inp,
-                    out,
-                )))
-            },
-            |x, w| {
-                Ok(CpuStorage::F64(go(
-                    contiguous(x, l1, "x")?,
-                    contiguous(w, l2, "weight")?,
-                    inp,
-                    out,
-                )))
-            },
-        )?;
+        let x = Mat::rows(x, inp);
+        let mut y = for_gemm(x.rows * out);
+        gemm_into(&mut y, x, Mat::rows(w, inp).t());
         Ok((y, Shape::from(dims)))
     }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [x, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
         let g = grad.contiguous()?;
         // A frozen (detached) argument gets no gradient: no gemm is spent on it.
         let dx = if x.track_op() {
             Some(
-                g.apply_op2_no_bwd(w, &Product { ta: false })?
+                g.apply_op2_no_bwd(w, &Cpu(Product { ta: false }))?
                     .reshape(x.shape())?,
             )
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(g.apply_op2_no_bwd(x, &Product { ta: true })?)
+            Some(g.apply_op2_no_bwd(x, &Cpu(Product { ta: true }))?)
         } else {
             None
         };
-        Ok((dx, dw))
+        Ok([dx, dw])
     }
 }
 
@@ -272,58 +222,29 @@ struct Product {
     ta: bool,
 }
 
-impl CustomOp2 for Product {
+impl FloatOp<2> for Product {
     fn name(&self) -> &'static str {
         "policy-product"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: Float>(&self, [(a, l1), (b, l2)]: [Arg<T>; 2]) -> Result<(Vec<T>, Shape)> {
         let (wa, wb) = (width(l1)?, width(l2)?);
-        let ta = self.ta;
-        fn go<T: Float + 'static>(
-            a: &[T],
-            b: &[T],
-            wa: usize,
-            wb: usize,
-            ta: bool,
-        ) -> Result<(Vec<T>, (usize, usize))> {
-            let a = if ta {
-                Mat::rows(a, wa).t()
-            } else {
-                Mat::rows(a, wa)
-            };
-            let b = Mat::rows(b, wb);
-            if a.cols != b.rows {
-                candle_core::bail!("product: {}x{} times {}x{}", a.rows, a.cols, b.rows, b.cols);
-            }
-            let mut c = for_gemm(a.rows * b.cols);
-            gemm_into(&mut c, a, b);
-            Ok((c, (a.rows, b.cols)))
+        let a = if self.ta {
+            Mat::rows(a, wa).t()
+        } else {
+            Mat::rows(a, wa)
+        };
+        let b = Mat::rows(b, wb);
+        if a.cols != b.rows {
+            candle_core::bail!("product: {}x{} times {}x{}", a.rows, a.cols, b.rows, b.cols);
         }
-        let (c, shape) = with_floats(
-            s1,
-            s2,
-            "product",
-            |a, b| {
-                let (c, s) = go(contiguous(a, l1, "a")?, contiguous(b, l2, "b")?, wa, wb, ta)?;
-                Ok((CpuStorage::F32(c), s))
-            },
-            |a, b| {
-                let (c, s) = go(contiguous(a, l1, "a")?, contiguous(b, l2, "b")?, wa, wb, ta)?;
-                Ok((CpuStorage::F64(c), s))
-            },
-        )?;
-        Ok((c, Shape::from(shape)))
+        let mut c = for_gemm(a.rows * b.cols);
+        gemm_into(&mut c, a, b);
+        Ok((c, Shape::from((a.rows, b.cols))))
     }
 }
 
 /// Output projection fused with the target log-softmax: from hidden states `h` [N, H], the
-/// output weight `W` [V, H] and targets [N] (u32), gives [N, 2] = (log softmax(h·Wᵀ / T)
+/// output weight `W` [V, H] and the op's N targets, gives [N, 2] = (log softmax(h·Wᵀ / T)
 /// [target], entropy of softmax(h·Wᵀ / T)) per row. Only the log-prob column has a gradient:
 /// the entropy is for monitoring, and a gradient reaching it is an error, not a silent zero.
 ///
@@ -333,29 +254,22 @@ impl CustomOp2 for Product {
 pub(crate) struct OutputLogProbs {
     inv_t: f64,
     keep_logits: bool,
+    targets: Vec<u32>,
     logits: Mutex<Option<CpuStorage>>,
 }
 
 impl OutputLogProbs {
-    pub fn new(temperature: f64, keep_logits: bool) -> Self {
+    pub fn new(temperature: f64, keep_logits: bool, targets: Vec<u32>) -> Self {
         OutputLogProbs {
             inv_t: 1.0 / temperature,
             keep_logits,
+            targets,
             logits: Mutex::new(None),
         }
     }
 }
 
-fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, n: usize, v: usize) -> Result<&'a [u32]> {
-    let tg = match s {
-        CpuStorage::U32(t) => contiguous(t, l, "targets")?,
-        _ => candle_core::bail!("targets must be u32"),
-    };
-    targets_of_slice(tg, n, v)?;
-    Ok(tg)
-}
-
-fn targets_of_slice(tg: &[u32], n: usize, v: usize) -> Result<()> {
+fn check_targets(tg: &[u32], n: usize, v: usize) -> Result<()> {
     if tg.len() != n || tg.iter().any(|&t| t as usize >= v) {
         candle_core::bail!("targets: need {n} ids below {v}");
     }
@@ -391,99 +305,48 @@ fn row_stats<T: Float>(row: &[T], inv_t: T) -> (T, T) {
     (lse, lse - sz / s)
 }
 
-impl CustomOp3 for OutputLogProbs {
+impl FloatOp<2> for OutputLogProbs {
     fn name(&self) -> &'static str {
         "policy-output-log-probs"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: Float>(&self, [(h, l1), (w, l2)]: [Arg<T>; 2]) -> Result<(Vec<T>, Shape)> {
         let (n, hid) = l1.shape().dims2()?;
         let (v, hid2) = l2.shape().dims2()?;
         if hid != hid2 {
             candle_core::bail!("output projection: hidden {hid} but weight {v}x{hid2}");
         }
-        let tg = targets_of(s3, l3, n, v)?;
-        fn go<T: Float + Send + Sync + 'static>(
-            z: &[T],
-            tg: &[u32],
-            v: usize,
-            inv_t: f64,
-        ) -> Vec<T> {
-            let inv_t = T::from_f64(inv_t);
-            let mut out = vec![T::zero(); 2 * tg.len()];
-            par_out(&mut out, 2, z.len(), |r0, out| {
-                for (j, o) in out.chunks_exact_mut(2).enumerate() {
-                    let r = r0 + j;
-                    let row = &z[r * v..(r + 1) * v];
-                    let (lse, ent) = row_stats(row, inv_t);
-                    o[0] = row[tg[r] as usize] * inv_t - lse;
-                    o[1] = ent;
-                }
-            });
-            out
-        }
-        let (out, logits) = with_floats(
-            s1,
-            s2,
-            "output projection",
-            |h, w| {
-                let z = logits_of(
-                    contiguous(h, l1, "hidden")?,
-                    contiguous(w, l2, "weight")?,
-                    hid,
-                );
-                Ok((
-                    CpuStorage::F32(go(&z, tg, v, self.inv_t)),
-                    CpuStorage::F32(z),
-                ))
-            },
-            |h, w| {
-                let z = logits_of(
-                    contiguous(h, l1, "hidden")?,
-                    contiguous(w, l2, "weight")?,
-                    hid,
-                );
-                Ok((
-                    CpuStorage::F64(go(&z, tg, v, self.inv_t)),
-                    CpuStorage::F64(z),
-                ))
-            },
-        )?;
+        let tg = &self.targets;
+        check_targets(tg, n, v)?;
+        let z = logits_of(h, w, hid);
+        let inv_t = T::from_f64(self.inv_t);
+        let mut out = vec![T::zero(); 2 * n];
+        par_out(&mut out, 2, z.len(), |r0, out| {
+            for (j, o) in out.chunks_exact_mut(2).enumerate() {
+                let r = r0 + j;
+                let row = &z[r * v..(r + 1) * v];
+                let (lse, ent) = row_stats(row, inv_t);
+                o[0] = row[tg[r] as usize] * inv_t - lse;
+                o[1] = ent;
+            }
+        });
         if self.keep_logits {
-            *self.logits.lock().unwrap() = Some(logits);
+            *self.logits.lock().unwrap() = Some(T::storage(z));
         }
         Ok((out, Shape::from((n, 2))))
     }
 
-    fn bwd(
-        &self,
-        h: &Tensor,
-        w: &Tensor,
-        targets: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [h, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
         let (n, hid) = h.dims2()?;
         let v = w.dim(0)?;
         let (need_dh, need_dw) = (h.track_op(), w.track_op());
-        let d = h.apply_op3_no_bwd(
-            w,
-            &grad.contiguous()?,
-            &OutputLogProbsBwd {
-                inv_t: self.inv_t,
-                targets: targets.to_vec1::<u32>()?,
-                logits: Mutex::new(self.logits.lock().unwrap().take()),
-                need_dh,
-                need_dw,
-            },
-        )?;
+        let back = Cpu(OutputLogProbsBwd {
+            inv_t: self.inv_t,
+            targets: self.targets.clone(),
+            logits: Mutex::new(self.logits.lock().unwrap().take()),
+            need_dh,
+            need_dw,
+        });
+        let d = h.apply_op3_no_bwd(w, &grad.contiguous()?, &back)?;
         // `d` packs [dh (N·H) | dW (V·H)], each only when wanted, in one buffer.
         let dh_len = if need_dh { n * hid } else { 0 };
         let dh = need_dh
@@ -492,7 +355,7 @@ impl CustomOp3 for OutputLogProbs {
         let dw = need_dw
             .then(|| d.narrow(0, dh_len, v * hid)?.reshape((v, hid)))
             .transpose()?;
-        Ok((dh, dw, None))
+        Ok([dh, dw])
     }
 }
 
@@ -558,42 +421,17 @@ impl OutputLogProbsBwd {
     }
 }
 
-impl CustomOp3 for OutputLogProbsBwd {
+impl FloatOp<3> for OutputLogProbsBwd {
     fn name(&self) -> &'static str {
         "policy-output-log-probs-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: Float>(&self, [(h, l1), (w, l2), (g, _)]: [Arg<T>; 3]) -> Result<(Vec<T>, Shape)> {
         let (n, hid) = l1.shape().dims2()?;
         let v = l2.shape().dims2()?.0;
-        targets_of_slice(&self.targets, n, v)?;
-        let kept = self.logits.lock().unwrap().take();
-        let out = match (s1, s2, s3, kept) {
-            (CpuStorage::F32(h), CpuStorage::F32(w), CpuStorage::F32(g), z) => {
-                let z = match z {
-                    Some(CpuStorage::F32(z)) => Some(z),
-                    _ => None,
-                };
-                let (h, w) = (contiguous(h, l1, "hidden")?, contiguous(w, l2, "weight")?);
-                CpuStorage::F32(self.go(h, w, contiguous(g, l3, "grad")?, z, hid)?)
-            }
-            (CpuStorage::F64(h), CpuStorage::F64(w), CpuStorage::F64(g), z) => {
-                let z = match z {
-                    Some(CpuStorage::F64(z)) => Some(z),
-                    _ => None,
-                };
-                let (h, w) = (contiguous(h, l1, "hidden")?, contiguous(w, l2, "weight")?);
-                CpuStorage::F64(self.go(h, w, contiguous(g, l3, "grad")?, z, hid)?)
-            }
-            _ => candle_core::bail!("output projection supports f32 and f64"),
-        };
+        check_targets(&self.targets, n, v)?;
+        // The kept logits, unless they were of another float type (then they are recomputed).
+        let z = self.logits.lock().unwrap().take().and_then(T::vec);
+        let out = self.go(h, w, g, z, hid)?;
         let len = usize::from(self.need_dh) * n * hid + usize::from(self.need_dw) * v * hid;
         Ok((out, Shape::from(len)))
     }
@@ -631,7 +469,7 @@ pub(crate) mod tests {
         let x = Var::from_tensor(&uniform(&[2, 3, 5], 1)).unwrap();
         let w = Var::from_tensor(&uniform(&[7, 5], 2)).unwrap();
         let probe = uniform(&[2, 3, 7], 3);
-        let y = x.as_tensor().apply_op2(w.as_tensor(), Linear).unwrap();
+        let y = x.as_tensor().apply_op2(w.as_tensor(), Cpu(Linear)).unwrap();
         let reference = x
             .as_tensor()
             .reshape((6, 5))
@@ -657,7 +495,7 @@ pub(crate) mod tests {
         // A detached weight gets no gradient (and costs no gemm).
         let y = x
             .as_tensor()
-            .apply_op2(&w.as_tensor().detach(), Linear)
+            .apply_op2(&w.as_tensor().detach(), Cpu(Linear))
             .unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&w).is_none() && g.get(&x).is_some());
@@ -666,10 +504,10 @@ pub(crate) mod tests {
     #[test]
     fn linear_rejects_mismatched_widths_and_dtypes() {
         let x = uniform(&[3, 4], 1);
-        let e = x.apply_op2(&uniform(&[2, 5], 2), Linear).unwrap_err();
+        let e = x.apply_op2(&uniform(&[2, 5], 2), Cpu(Linear)).unwrap_err();
         assert!(e.to_string().contains("input width 4"), "{e}");
         let w = uniform(&[2, 4], 2).to_dtype(DType::F32).unwrap();
-        let e = x.apply_op2(&w, Linear).unwrap_err();
+        let e = x.apply_op2(&w, Cpu(Linear)).unwrap_err();
         assert!(e.to_string().contains("f32 and f64"), "{e}");
     }
 
@@ -702,16 +540,12 @@ pub(crate) mod tests {
     #[test]
     fn output_log_probs_match_primitives_kept_or_recomputed() {
         let tg = vec![3u32, 0, 10, 7];
-        let targets = Tensor::new(tg.as_slice(), &Device::Cpu).unwrap();
         let probe = uniform(&[4], 9);
         for keep in [true, false] {
             let h = Var::from_tensor(&uniform(&[4, 6], 4)).unwrap();
             let w = Var::from_tensor(&uniform(&[11, 6], 5)).unwrap();
-            let op = OutputLogProbs::new(0.7, keep);
-            let both = h
-                .as_tensor()
-                .apply_op3(w.as_tensor(), &targets, op)
-                .unwrap();
+            let op = Cpu(OutputLogProbs::new(0.7, keep, tg.clone()));
+            let both = h.as_tensor().apply_op2(w.as_tensor(), op).unwrap();
             let (lp, ent) = reference(h.as_tensor(), w.as_tensor(), &tg, 0.7);
             assert!(max_abs_diff(&both.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), &lp) < 1e-12);
             let our_ent = both.narrow(1, 1, 1).unwrap().squeeze(1).unwrap();
@@ -734,18 +568,11 @@ pub(crate) mod tests {
     fn output_log_probs_refuse_a_gradient_through_the_entropy() {
         let h = Var::from_tensor(&uniform(&[2, 3], 1)).unwrap();
         let w = uniform(&[5, 3], 2);
-        let targets = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
-        let both = h
-            .as_tensor()
-            .apply_op3(&w, &targets, OutputLogProbs::new(1.0, true))
-            .unwrap();
+        let op = |targets: Vec<u32>| Cpu(OutputLogProbs::new(1.0, true, targets));
+        let both = h.as_tensor().apply_op2(&w, op(vec![1, 4])).unwrap();
         let e = both.sum_all().unwrap().backward().unwrap_err();
         assert!(e.to_string().contains("entropy"), "{e}");
-        let bad = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
-        let e = h
-            .as_tensor()
-            .apply_op3(&w, &bad, OutputLogProbs::new(1.0, true))
-            .unwrap_err();
+        let e = h.as_tensor().apply_op2(&w, op(vec![1, 5])).unwrap_err();
         assert!(e.to_string().contains("below 5"), "{e}");
     }
 }

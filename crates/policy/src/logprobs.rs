@@ -1,6 +1,7 @@
 //! Teacher-forced log-probabilities of completions given prompts: the differentiable quantity
 //! GRPO's loss is built from.
 
+use crate::cpu_op::Cpu;
 use crate::error::{Error, Result};
 use crate::linear::OutputLogProbs;
 use crate::ops::log_softmax_last;
@@ -78,13 +79,12 @@ pub fn completion_log_probs(
         // logits are written once and become their own gradient in the backward.
         let w = model.output_weight();
         let h = h.contiguous()?.reshape((b * c, model.cfg.hidden_size))?;
-        let targets = Tensor::from_vec(targets, b * c, dev)?;
         let keep = h.track_op() || w.track_op();
-        let op = OutputLogProbs::new(temperature, keep);
+        let op = Cpu(OutputLogProbs::new(temperature, keep, targets));
         let both = if keep {
-            h.apply_op3(&w, &targets, op)?
+            h.apply_op2(&w, op)?
         } else {
-            h.apply_op3_no_bwd(&w, &targets, &op)?
+            h.apply_op2_no_bwd(&w, &op)?
         };
         let logp = both.narrow(1, 0, 1)?.reshape((b, c))?;
         let ent = both.detach().narrow(1, 1, 1)?.reshape((b, c))?;

@@ -7,9 +7,11 @@
 //! needs, run their loops on all threads (candle's CPU element-wise ops use one), and their
 //! `bwd` is the textbook Jacobian-vector product, checked against the primitive versions and
 //! by the finite-difference tests. The wrappers below pick them on the CPU and the primitive
-//! versions (each op with a backward in candle) on other devices.
+//! versions (each op with a backward in candle) on other devices. Each op is a
+//! `cpu_op::FloatOp`, written once for f32 and f64.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
+use candle_core::{DType, Result, Shape, Tensor, D};
 
 /// True where the custom CPU kernels apply (they are written for f32 and f64).
 pub(crate) fn fused_ok(x: &Tensor) -> bool {
@@ -21,7 +23,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
     if fused_ok(x) {
         return Ok(x
             .contiguous()?
-            .apply_op2(&w.contiguous()?, RmsNormOp { eps })?);
+            .apply_op2(&w.contiguous()?, Cpu(RmsNormOp { eps }))?);
     }
     rms_norm_primitive(x, w, eps)
 }
@@ -36,7 +38,7 @@ pub fn rms_norm_primitive(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Ten
 /// Softmax over the last dim with a backward pass.
 pub fn softmax_last(x: &Tensor) -> crate::Result<Tensor> {
     if fused_ok(x) {
-        return Ok(x.contiguous()?.apply_op1(SoftmaxLast { log: false })?);
+        return Ok(x.contiguous()?.apply_op1(Cpu(SoftmaxLast { log: false }))?);
     }
     softmax_last_primitive(x)
 }
@@ -44,7 +46,7 @@ pub fn softmax_last(x: &Tensor) -> crate::Result<Tensor> {
 /// Log-softmax over the last dim; same dispatch as `softmax_last`.
 pub fn log_softmax_last(x: &Tensor) -> crate::Result<Tensor> {
     if fused_ok(x) {
-        return Ok(x.contiguous()?.apply_op1(SoftmaxLast { log: true })?);
+        return Ok(x.contiguous()?.apply_op1(Cpu(SoftmaxLast { log: true }))?);
     }
     log_softmax_last_primitive(x)
 }
@@ -73,7 +75,7 @@ pub(crate) fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> crate::Re
     if fused_ok(x) {
         return Ok(x
             .contiguous()?
-            .apply_op3(cos, sin, Rope { to_heads: true })?);
+            .apply_op3(cos, sin, Cpu(Rope { to_heads: true }))?);
     }
     // HF-style ("rotate half"): `x*cos + rotate_half(x)*sin` with the table's halves repeated.
     let full = |c: &Tensor| Tensor::cat(&[c, c], D::Minus1)?.unsqueeze(1);
@@ -91,7 +93,7 @@ pub(crate) fn attention_probs(scores: &Tensor, bias: &Tensor, scale: f64) -> cra
     if fused_ok(scores) {
         return Ok(scores
             .contiguous()?
-            .apply_op2(&bias.contiguous()?, MaskedSoftmax { scale })?);
+            .apply_op2(&bias.contiguous()?, Cpu(MaskedSoftmax { scale }))?);
     }
     softmax_last(&(scores * scale)?.broadcast_add(bias)?)
 }
@@ -99,7 +101,9 @@ pub(crate) fn attention_probs(scores: &Tensor, bias: &Tensor, scale: f64) -> cra
 /// `silu(gate) * up`.
 pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor> {
     if fused_ok(gate) {
-        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?);
+        return Ok(gate
+            .contiguous()?
+            .apply_op2(&up.contiguous()?, Cpu(SwiGlu))?);
     }
     Ok((gate.silu()? * up)?)
 }
@@ -167,7 +171,7 @@ pub(crate) fn par_rows<T: Copy + Send + Sync>(
 }
 
 /// Softmax of a row in place, given its maximum: `exp(x - max)`, then divided by the sum.
-pub(crate) fn exp_normalize<T: num_like::Float>(row: &mut [T], max: T) {
+pub(crate) fn exp_normalize<T: Float>(row: &mut [T], max: T) {
     let mut sum = T::zero();
     for x in row.iter_mut() {
         *x = (*x - max).exp();
@@ -184,13 +188,13 @@ pub(crate) struct SoftmaxLast {
     pub log: bool,
 }
 
-fn rows<T: Copy + Send + Sync + num_like::Float>(x: &[T], d: usize, log: bool) -> Vec<T> {
+fn rows<T: Copy + Send + Sync + Float>(x: &[T], d: usize, log: bool) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     par_rows(x, &mut out, d, |x, out| rows_into(x, out, d, log));
     out
 }
 
-fn rows_into<T: Copy + num_like::Float>(x: &[T], out: &mut [T], d: usize, log: bool) {
+fn rows_into<T: Copy + Float>(x: &[T], out: &mut [T], d: usize, log: bool) {
     for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let mut m = row[0];
         for &v in row {
@@ -216,7 +220,7 @@ fn rows_into<T: Copy + num_like::Float>(x: &[T], out: &mut [T], d: usize, log: b
     }
 }
 
-impl CustomOp1 for SoftmaxLast {
+impl FloatOp<1> for SoftmaxLast {
     fn name(&self) -> &'static str {
         if self.log {
             "policy-log-softmax-last"
@@ -225,20 +229,12 @@ impl CustomOp1 for SoftmaxLast {
         }
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("softmax input must be contiguous".into()))?;
-        let d = *layout.dims().last().expect("rank >= 1");
-        let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(rows(&x[start..end], d, self.log)),
-            CpuStorage::F64(x) => CpuStorage::F64(rows(&x[start..end], d, self.log)),
-            _ => candle_core::bail!("softmax supports f32 and f64"),
-        };
-        Ok((out, layout.shape().clone()))
+    fn fwd<T: Float>(&self, [(x, l)]: [Arg<T>; 1]) -> Result<(Vec<T>, Shape)> {
+        let d = *l.dims().last().expect("rank >= 1");
+        Ok((rows(x, d, self.log), l.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, _: [&Tensor; 1], res: &Tensor, grad: &Tensor) -> Grads<1> {
         let g = if self.log {
             // y = x - lse(x): dx = g - softmax(x) * sum(g)
             let p = res.exp()?;
@@ -246,9 +242,9 @@ impl CustomOp1 for SoftmaxLast {
             (grad - p.broadcast_mul(&s)?)?
         } else {
             // y = softmax(x): dx = y * (g - sum(g * y))
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: 1.0 })?
+            res.apply_op2_no_bwd(&grad.contiguous()?, &Cpu(SoftmaxBwd { scale: 1.0 }))?
         };
-        Ok(Some(g))
+        Ok([Some(g)])
     }
 }
 
@@ -260,12 +256,7 @@ pub(crate) struct RmsNormOp {
     pub eps: f64,
 }
 
-fn rms_rows<T: Copy + Send + Sync + num_like::Float>(
-    x: &[T],
-    w: &[T],
-    d: usize,
-    eps: f64,
-) -> Vec<T> {
+fn rms_rows<T: Copy + Send + Sync + Float>(x: &[T], w: &[T], d: usize, eps: f64) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     let eps = T::from_f64(eps);
     let n = T::from_f64(d as f64);
@@ -284,47 +275,20 @@ fn rms_rows<T: Copy + Send + Sync + num_like::Float>(
     out
 }
 
-impl CustomOp2 for RmsNormOp {
+impl FloatOp<2> for RmsNormOp {
     fn name(&self) -> &'static str {
         "policy-rms-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = l1
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("rms-norm input must be contiguous".into()))?;
-        let (wa, wb) = l2
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("rms-norm weight must be contiguous".into()))?;
-        let d = *l1.dims().last().expect("rank >= 1");
-        if wb - wa != d {
-            candle_core::bail!("rms-norm weight has {} entries, rows have {d}", wb - wa);
+    fn fwd<T: Float>(&self, [(x, l), (w, _)]: [Arg<T>; 2]) -> Result<(Vec<T>, Shape)> {
+        let d = *l.dims().last().expect("rank >= 1");
+        if w.len() != d {
+            candle_core::bail!("rms-norm weight has {} entries, rows have {d}", w.len());
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                CpuStorage::F32(rms_rows(&x[a..b], &w[wa..wb], d, self.eps))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                CpuStorage::F64(rms_rows(&x[a..b], &w[wa..wb], d, self.eps))
-            }
-            _ => candle_core::bail!("rms-norm supports f32 and f64"),
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((rms_rows(x, w, d, self.eps), l.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [x, w]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads<2> {
         // With xh = x * inv, inv = 1/sqrt(mean(x²) + eps):
         //   dx = inv * (g*w - xh * mean(g*w*xh)),   dw = Σ_rows g * xh.
         let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
@@ -336,15 +300,8 @@ impl CustomOp2 for RmsNormOp {
         let dx = (gw - xh.broadcast_mul(&m)?)?.broadcast_mul(&inv)?;
         let d = w.dim(0)?;
         let dw = (g * xh)?.reshape(((), d))?.sum(0)?;
-        Ok((Some(dx), Some(dw)))
+        Ok([Some(dx), Some(dw)])
     }
-}
-
-pub(crate) fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
-    Ok(&s[a..b])
 }
 
 /// `y * (g - Σ y g) * scale` per row: the backward of a softmax whose input was scaled by
@@ -354,58 +311,29 @@ pub(crate) struct SoftmaxBwd {
     pub scale: f64,
 }
 
-impl CustomOp2 for SoftmaxBwd {
+impl FloatOp<2> for SoftmaxBwd {
     fn name(&self) -> &'static str {
         "policy-softmax-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fn go<T: Copy + Send + Sync + num_like::Float>(
-            y: &[T],
-            g: &[T],
-            d: usize,
-            scale: f64,
-        ) -> Vec<T> {
-            let mut out = vec![T::zero(); y.len()];
-            let scale = T::from_f64(scale);
-            let out_len = out.len();
-            par_out(&mut out, d, out_len, |r0, out| {
-                for (j, o) in out.chunks_exact_mut(d).enumerate() {
-                    let base = (r0 + j) * d;
-                    let (y, g) = (&y[base..base + d], &g[base..base + d]);
-                    let mut dot = T::zero();
-                    for (&a, &b) in y.iter().zip(g) {
-                        dot = dot + a * b;
-                    }
-                    for ((o, &a), &b) in o.iter_mut().zip(y).zip(g) {
-                        *o = a * (b - dot) * scale;
-                    }
+    fn fwd<T: Float>(&self, [(y, l), (g, _)]: [Arg<T>; 2]) -> Result<(Vec<T>, Shape)> {
+        let d = *l.dims().last().expect("rank >= 1");
+        let mut out = vec![T::zero(); y.len()];
+        let scale = T::from_f64(self.scale);
+        let out_len = out.len();
+        par_out(&mut out, d, out_len, |r0, out| {
+            for (j, o) in out.chunks_exact_mut(d).enumerate() {
+                let base = (r0 + j) * d;
+                let (y, g) = (&y[base..base + d], &g[base..base + d]);
+                let mut dot = T::zero();
+                for (&a, &b) in y.iter().zip(g) {
+                    dot = dot + a * b;
                 }
-            });
-            out
-        }
-        let d = *l1.dims().last().expect("rank >= 1");
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(go(
-                contiguous(y, l1, "softmax output")?,
-                contiguous(g, l2, "softmax grad")?,
-                d,
-                self.scale,
-            )),
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(go(
-                contiguous(y, l1, "softmax output")?,
-                contiguous(g, l2, "softmax grad")?,
-                d,
-                self.scale,
-            )),
-            _ => candle_core::bail!("softmax backward supports f32 and f64"),
-        };
-        Ok((out, l1.shape().clone()))
+                for ((o, &a), &b) in o.iter_mut().zip(y).zip(g) {
+                    *o = a * (b - dot) * scale;
+                }
+            }
+        });
+        Ok((out, l.shape().clone()))
     }
 }
 
@@ -418,82 +346,42 @@ pub(crate) struct MaskedSoftmax {
     pub scale: f64,
 }
 
-impl CustomOp2 for MaskedSoftmax {
+impl FloatOp<2> for MaskedSoftmax {
     fn name(&self) -> &'static str {
         "policy-masked-softmax"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: Float>(&self, [(x, l1), (bias, l2)]: [Arg<T>; 2]) -> Result<(Vec<T>, Shape)> {
         let dims = l1.dims();
         if dims.len() != 5 || l2.dims() != [dims[0], 1, 1, dims[3], dims[4]] {
             candle_core::bail!("masked softmax: scores {dims:?}, bias {:?}", l2.dims());
         }
         let (t, s) = (dims[3], dims[4]);
         let heads = dims[1] * dims[2];
-        fn go<T: Copy + Send + Sync + num_like::Float>(
-            x: &[T],
-            bias: &[T],
-            t: usize,
-            s: usize,
-            heads: usize,
-            scale: f64,
-        ) -> Vec<T> {
-            let mut out = vec![T::zero(); x.len()];
-            let scale = T::from_f64(scale);
-            let out_len = out.len();
-            par_out(&mut out, s, out_len, |r0, out| {
-                for (j, o) in out.chunks_exact_mut(s).enumerate() {
-                    let r = r0 + j;
-                    let (bi, ti) = (r / (heads * t), r % t);
-                    let x = &x[r * s..(r + 1) * s];
-                    let bias = &bias[(bi * t + ti) * s..(bi * t + ti + 1) * s];
-                    let mut m = x[0] * scale + bias[0];
-                    for ((o, &v), &bv) in o.iter_mut().zip(x).zip(bias) {
-                        *o = v * scale + bv;
-                        if *o > m {
-                            m = *o;
-                        }
+        let mut out = vec![T::zero(); x.len()];
+        let scale = T::from_f64(self.scale);
+        let out_len = out.len();
+        par_out(&mut out, s, out_len, |r0, out| {
+            for (j, o) in out.chunks_exact_mut(s).enumerate() {
+                let r = r0 + j;
+                let (bi, ti) = (r / (heads * t), r % t);
+                let x = &x[r * s..(r + 1) * s];
+                let bias = &bias[(bi * t + ti) * s..(bi * t + ti + 1) * s];
+                let mut m = x[0] * scale + bias[0];
+                for ((o, &v), &bv) in o.iter_mut().zip(x).zip(bias) {
+                    *o = v * scale + bv;
+                    if *o > m {
+                        m = *o;
                     }
-                    exp_normalize(o, m);
                 }
-            });
-            out
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(b)) => CpuStorage::F32(go(
-                contiguous(x, l1, "scores")?,
-                contiguous(b, l2, "bias")?,
-                t,
-                s,
-                heads,
-                self.scale,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(b)) => CpuStorage::F64(go(
-                contiguous(x, l1, "scores")?,
-                contiguous(b, l2, "bias")?,
-                t,
-                s,
-                heads,
-                self.scale,
-            )),
-            _ => candle_core::bail!("masked softmax supports f32 and f64"),
-        };
+                exp_normalize(o, m);
+            }
+        });
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _bias: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
-        Ok((Some(dx), None))
+    fn bwd(&self, _: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Grads<2> {
+        let back = Cpu(SoftmaxBwd { scale: self.scale });
+        let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &back)?;
+        Ok([Some(dx), None])
     }
 }
 
@@ -506,97 +394,59 @@ pub(crate) struct Rope {
     pub to_heads: bool,
 }
 
-impl candle_core::CustomOp3 for Rope {
+impl FloatOp<3> for Rope {
     fn name(&self) -> &'static str {
         "policy-rope"
     }
-    fn cpu_fwd(
+    fn fwd<T: Float>(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+        [(x, l1), (cos, l2), (sin, l3)]: [Arg<T>; 3],
+    ) -> Result<(Vec<T>, Shape)> {
         let (b, d1, d2, d) = l1.shape().dims4()?;
-        let (t, h) = if self.to_heads { (d1, d2) } else { (d2, d1) };
+        let to_heads = self.to_heads;
+        let (t, h) = if to_heads { (d1, d2) } else { (d2, d1) };
         if l2.dims() != [b, t, d / 2] || l3.dims() != [b, t, d / 2] {
             candle_core::bail!("rope: x {:?}, cos {:?}", l1.dims(), l2.dims());
         }
-        let to_heads = self.to_heads;
-        fn go<T: Copy + Send + Sync + num_like::Float>(
-            x: &[T],
-            cos: &[T],
-            sin: &[T],
-            (b, t, h, d): (usize, usize, usize, usize),
-            to_heads: bool,
-        ) -> Vec<T> {
-            let mut out = vec![T::zero(); b * t * h * d];
-            let half = d / 2;
-            // Output rows of width d, in output order.
-            let out_len = out.len();
-            par_out(&mut out, d, out_len, |r0, out| {
-                for (j, o) in out.chunks_exact_mut(d).enumerate() {
-                    let r = r0 + j;
-                    // Output index -> (bi, ti, hi).
-                    let (bi, ti, hi) = if to_heads {
-                        (r / (h * t), r % t, (r / t) % h)
-                    } else {
-                        (r / (t * h), (r / h) % t, r % h)
-                    };
-                    let src = if to_heads {
-                        ((bi * t + ti) * h + hi) * d
-                    } else {
-                        ((bi * h + hi) * t + ti) * d
-                    };
-                    let x = &x[src..src + d];
-                    let cs = (bi * t + ti) * half;
-                    let (c, sn) = (&cos[cs..cs + half], &sin[cs..cs + half]);
-                    for i in 0..half {
-                        let (x1, x2) = (x[i], x[i + half]);
-                        o[i] = x1 * c[i] - x2 * sn[i];
-                        o[i + half] = x2 * c[i] + x1 * sn[i];
-                    }
+        let mut out = vec![T::zero(); b * t * h * d];
+        let half = d / 2;
+        // Output rows of width d, in output order.
+        let out_len = out.len();
+        par_out(&mut out, d, out_len, |r0, out| {
+            for (j, o) in out.chunks_exact_mut(d).enumerate() {
+                let r = r0 + j;
+                // Output index -> (bi, ti, hi).
+                let (bi, ti, hi) = if to_heads {
+                    (r / (h * t), r % t, (r / t) % h)
+                } else {
+                    (r / (t * h), (r / h) % t, r % h)
+                };
+                let src = if to_heads {
+                    ((bi * t + ti) * h + hi) * d
+                } else {
+                    ((bi * h + hi) * t + ti) * d
+                };
+                let x = &x[src..src + d];
+                let cs = (bi * t + ti) * half;
+                let (c, sn) = (&cos[cs..cs + half], &sin[cs..cs + half]);
+                for i in 0..half {
+                    let (x1, x2) = (x[i], x[i + half]);
+                    o[i] = x1 * c[i] - x2 * sn[i];
+                    o[i + half] = x2 * c[i] + x1 * sn[i];
                 }
-            });
-            out
-        }
+            }
+        });
         let shape = if to_heads { (b, h, t, d) } else { (b, t, h, d) };
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => CpuStorage::F32(go(
-                contiguous(x, l1, "rope input")?,
-                contiguous(c, l2, "rope cos")?,
-                contiguous(s, l3, "rope sin")?,
-                (b, t, h, d),
-                to_heads,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(c), CpuStorage::F64(s)) => CpuStorage::F64(go(
-                contiguous(x, l1, "rope input")?,
-                contiguous(c, l2, "rope cos")?,
-                contiguous(s, l3, "rope sin")?,
-                (b, t, h, d),
-                to_heads,
-            )),
-            _ => candle_core::bail!("rope supports f32 and f64"),
-        };
         Ok((out, shape.into()))
     }
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let back = Rope {
+    fn bwd(&self, [_, cos, sin]: [&Tensor; 3], _: &Tensor, grad: &Tensor) -> Grads<3> {
+        let back = Cpu(Rope {
             to_heads: !self.to_heads,
-        };
+        });
         let dx = grad
             .contiguous()?
             .apply_op3_no_bwd(cos, &sin.neg()?, &back)?;
-        Ok((Some(dx), None, None))
+        Ok([Some(dx), None, None])
     }
 }
 
@@ -611,7 +461,7 @@ struct SwiGluBwd {
     gate: bool,
 }
 
-fn swiglu_map<T: Copy + Send + Sync + num_like::Float>(
+fn swiglu_map<T: Copy + Send + Sync + Float>(
     a: &[T],
     b: &[T],
     c: Option<&[T]>,
@@ -630,156 +480,43 @@ fn swiglu_map<T: Copy + Send + Sync + num_like::Float>(
     out
 }
 
-fn sigmoid<T: num_like::Float + Copy>(x: T) -> T {
+fn sigmoid<T: Float + Copy>(x: T) -> T {
     T::one() / (T::one() + (T::zero() - x).exp())
 }
 
-impl CustomOp2 for SwiGlu {
+impl FloatOp<2> for SwiGlu {
     fn name(&self) -> &'static str {
         "policy-swiglu"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: Float>(&self, [(g, l1), (u, l2)]: [Arg<T>; 2]) -> Result<(Vec<T>, Shape)> {
         if l1.dims() != l2.dims() {
             candle_core::bail!("swiglu: gate {:?} vs up {:?}", l1.dims(), l2.dims());
         }
-        fn go<T: Copy + Send + Sync + num_like::Float>(g: &[T], u: &[T]) -> Vec<T> {
-            swiglu_map(g, u, None, |g, u, _| g * sigmoid(g) * u)
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(u)) => {
-                CpuStorage::F32(go(contiguous(g, l1, "gate")?, contiguous(u, l2, "up")?))
-            }
-            (CpuStorage::F64(g), CpuStorage::F64(u)) => {
-                CpuStorage::F64(go(contiguous(g, l1, "gate")?, contiguous(u, l2, "up")?))
-            }
-            _ => candle_core::bail!("swiglu supports f32 and f64"),
-        };
+        let out = swiglu_map(g, u, None, |g, u, _| g * sigmoid(g) * u);
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [gate, up]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
         let grad = grad.contiguous()?;
-        let dg = gate.apply_op3_no_bwd(up, &grad, &SwiGluBwd { gate: true })?;
-        let du = gate.apply_op3_no_bwd(up, &grad, &SwiGluBwd { gate: false })?;
-        Ok((Some(dg), Some(du)))
+        let dg = gate.apply_op3_no_bwd(up, &grad, &Cpu(SwiGluBwd { gate: true }))?;
+        let du = gate.apply_op3_no_bwd(up, &grad, &Cpu(SwiGluBwd { gate: false }))?;
+        Ok([Some(dg), Some(du)])
     }
 }
 
-impl candle_core::CustomOp3 for SwiGluBwd {
+impl FloatOp<3> for SwiGluBwd {
     fn name(&self) -> &'static str {
         "policy-swiglu-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fn go<T: Copy + Send + Sync + num_like::Float>(
-            g: &[T],
-            u: &[T],
-            dy: &[T],
-            gate: bool,
-        ) -> Vec<T> {
-            if gate {
-                // d silu(x)/dx = s(x) * (1 + x * (1 - s(x)))
-                swiglu_map(g, u, Some(dy), |g, u, dy| {
-                    let s = sigmoid(g);
-                    dy * u * s * (T::one() + g * (T::one() - s))
-                })
-            } else {
-                swiglu_map(g, u, Some(dy), |g, _u, dy| dy * g * sigmoid(g))
-            }
-        }
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(g), CpuStorage::F32(u), CpuStorage::F32(dy)) => CpuStorage::F32(go(
-                contiguous(g, l1, "gate")?,
-                contiguous(u, l2, "up")?,
-                contiguous(dy, l3, "grad")?,
-                self.gate,
-            )),
-            (CpuStorage::F64(g), CpuStorage::F64(u), CpuStorage::F64(dy)) => CpuStorage::F64(go(
-                contiguous(g, l1, "gate")?,
-                contiguous(u, l2, "up")?,
-                contiguous(dy, l3, "grad")?,
-                self.gate,
-            )),
-            _ => candle_core::bail!("swiglu supports f32 and f64"),
+    fn fwd<T: Float>(&self, [(g, l), (u, _), (dy, _)]: [Arg<T>; 3]) -> Result<(Vec<T>, Shape)> {
+        let out = if self.gate {
+            // d silu(x)/dx = s(x) * (1 + x * (1 - s(x)))
+            swiglu_map(g, u, Some(dy), |g, u, dy| {
+                let s = sigmoid(g);
+                dy * u * s * (T::one() + g * (T::one() - s))
+            })
+        } else {
+            swiglu_map(g, u, Some(dy), |g, _u, dy| dy * g * sigmoid(g))
         };
-        Ok((out, l1.shape().clone()))
-    }
-}
-
-/// The little float arithmetic the kernels need, for f32 and f64.
-pub(crate) mod num_like {
-    pub trait Float:
-        Copy
-        + PartialOrd
-        + std::ops::Add<Output = Self>
-        + std::ops::Sub<Output = Self>
-        + std::ops::Mul<Output = Self>
-        + std::ops::Div<Output = Self>
-        + Sized
-    {
-        fn exp(self) -> Self;
-        fn ln(self) -> Self;
-        fn sqrt(self) -> Self;
-        fn from_f64(v: f64) -> Self;
-        fn zero() -> Self;
-        fn one() -> Self;
-    }
-    impl Float for f32 {
-        fn exp(self) -> Self {
-            f32::exp(self)
-        }
-        fn ln(self) -> Self {
-            f32::ln(self)
-        }
-        fn sqrt(self) -> Self {
-            f32::sqrt(self)
-        }
-        fn from_f64(v: f64) -> Self {
-            v as f32
-        }
-        fn zero() -> Self {
-            0.0
-        }
-        fn one() -> Self {
-            1.0
-        }
-    }
-    impl Float for f64 {
-        fn exp(self) -> Self {
-            f64::exp(self)
-        }
-        fn ln(self) -> Self {
-            f64::ln(self)
-        }
-        fn sqrt(self) -> Self {
-            f64::sqrt(self)
-        }
-        fn from_f64(v: f64) -> Self {
-            v
-        }
-        fn zero() -> Self {
-            0.0
-        }
-        fn one() -> Self {
-            1.0
-        }
+        Ok((out, l.shape().clone()))
     }
 }

@@ -1,0 +1,178 @@
+//! Where the CPU custom ops meet candle. Each op implements `FloatOp<N>` once, generic over
+//! the float type; `Cpu(op)` is the candle `CustomOpN` that checks the arguments (one float
+//! type, contiguous), picks f32 or f64 and hands the op plain slices.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+
+/// The little float arithmetic the kernels need, and the storage variant of each type.
+pub(crate) trait Float:
+    Copy
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + Send
+    + Sync
+    + 'static
+{
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn from_f64(v: f64) -> Self;
+    fn zero() -> Self;
+    fn one() -> Self;
+    /// The data of `s` when it holds this type.
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    /// `s` itself when it holds this type.
+    fn vec(s: CpuStorage) -> Option<Vec<Self>>;
+    fn storage(v: Vec<Self>) -> CpuStorage;
+}
+
+// A macro: the two impls differ only in the type and its storage variant.
+macro_rules! impl_float {
+    ($t:ident, $variant:ident) => {
+        impl Float for $t {
+            fn exp(self) -> Self {
+                $t::exp(self)
+            }
+            fn ln(self) -> Self {
+                $t::ln(self)
+            }
+            fn sqrt(self) -> Self {
+                $t::sqrt(self)
+            }
+            #[allow(clippy::unnecessary_cast)] // f64 as f64 in the f64 impl
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn zero() -> Self {
+                0.0
+            }
+            fn one() -> Self {
+                1.0
+            }
+            fn slice(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn vec(s: CpuStorage) -> Option<Vec<Self>> {
+                match s {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn storage(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(v)
+            }
+        }
+    };
+}
+impl_float!(f32, F32);
+impl_float!(f64, F64);
+
+/// One argument of a `FloatOp`: its contiguous data and its layout.
+pub(crate) type Arg<'a, T> = (&'a [T], &'a Layout);
+
+/// A CPU op over `N` tensors of one float type (f32 or f64), written once for both.
+pub(crate) trait FloatOp<const N: usize> {
+    fn name(&self) -> &'static str;
+    /// The output and its shape.
+    fn fwd<T: Float>(&self, args: [Arg<T>; N]) -> Result<(Vec<T>, Shape)>;
+    /// The arguments' gradients (`None` where there is none); by default the op has no backward.
+    fn bwd(&self, _args: [&Tensor; N], _res: &Tensor, _grad: &Tensor) -> Grads<N> {
+        Err(candle_core::Error::BackwardNotSupported { op: self.name() })
+    }
+}
+
+/// What `FloatOp::bwd` returns: a gradient or `None` per argument.
+pub(crate) type Grads<const N: usize> = Result<[Option<Tensor>; N]>;
+
+/// A `FloatOp` as a candle custom op.
+#[derive(Debug)]
+pub(crate) struct Cpu<O>(pub O);
+
+/// Runs `op` on storages that must all hold the float type of the first.
+fn run<O: FloatOp<N>, const N: usize>(
+    op: &O,
+    args: [(&CpuStorage, &Layout); N],
+) -> Result<(CpuStorage, Shape)> {
+    match args[0].0.dtype() {
+        DType::F32 => run_as::<f32, O, N>(op, args),
+        DType::F64 => run_as::<f64, O, N>(op, args),
+        dt => candle_core::bail!("{} supports f32 and f64, got {dt:?}", op.name()),
+    }
+}
+
+fn run_as<T: Float, O: FloatOp<N>, const N: usize>(
+    op: &O,
+    args: [(&CpuStorage, &Layout); N],
+) -> Result<(CpuStorage, Shape)> {
+    let name = op.name();
+    let mut data: [Arg<T>; N] = [(&[], args[0].1); N];
+    for (i, (s, l)) in args.into_iter().enumerate() {
+        let Some(all) = T::slice(s) else {
+            candle_core::bail!("{name} supports f32 and f64 (all arguments of one type)");
+        };
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg(format!("{name}: argument {} must be contiguous", i + 1))
+        })?;
+        data[i] = (&all[a..b], l);
+    }
+    let (out, shape) = op.fwd(data)?;
+    Ok((T::storage(out), shape))
+}
+
+impl<O: FloatOp<1>> CustomOp1 for Cpu<O> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        run(&self.0, [(s1, l1)])
+    }
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let [d] = self.0.bwd([arg], res, grad)?;
+        Ok(d)
+    }
+}
+
+// A macro: candle's `CustomOp2` and `CustomOp3` differ only in arity, which no generic
+// impl can express.
+macro_rules! impl_custom_op {
+    ($op:ident, $n:literal, $grads:ty, $(($s:ident, $l:ident, $a:ident, $d:ident)),+) => {
+        impl<O: FloatOp<$n>> $op for Cpu<O> {
+            fn name(&self) -> &'static str {
+                self.0.name()
+            }
+            fn cpu_fwd(&self, $($s: &CpuStorage, $l: &Layout),+) -> Result<(CpuStorage, Shape)> {
+                run(&self.0, [$(($s, $l)),+])
+            }
+            fn bwd(&self, $($a: &Tensor,)+ res: &Tensor, grad: &Tensor) -> Result<$grads> {
+                let [$($d),+] = self.0.bwd([$($a),+], res, grad)?;
+                Ok(($($d),+))
+            }
+        }
+    };
+}
+/// One argument's gradient in candle's `bwd` tuples.
+type Grad = Option<Tensor>;
+impl_custom_op!(
+    CustomOp2,
+    2,
+    (Grad, Grad),
+    (s1, l1, a1, d1),
+    (s2, l2, a2, d2)
+);
+impl_custom_op!(
+    CustomOp3,
+    3,
+    (Grad, Grad, Grad),
+    (s1, l1, a1, d1),
+    (s2, l2, a2, d2),
+    (s3, l3, a3, d3)
+);
