@@ -336,16 +336,22 @@ impl Trainer {
         time: &mut Timing,
     ) -> Result<(Rollout, schedule::BatchAdvantages, UpdateStats)> {
         let rollout = self.rollout(only_class, time)?;
-        let adv = target.advantages(
-            &rollout.rewards,
-            self.data.classes.len(),
-            self.config.grpo.adv_eps,
-        );
+        let adv = self.advantages(target, &rollout.rewards);
         let rows = rows(&rollout, &adv.advantages);
         let t = Instant::now();
         let update = self.update(&rows)?;
         time.train += t.elapsed().as_secs_f64();
         Ok((rollout, adv, update))
+    }
+
+    /// The advantages of `target` on a rollout's rewards, as `[grpo]` scales them.
+    fn advantages(
+        &self,
+        target: &Target,
+        rewards: &[Vec<Option<RewardVector>>],
+    ) -> schedule::BatchAdvantages {
+        let g = &self.config.grpo;
+        target.scaled_advantages(rewards, self.data.classes.len(), g.adv_eps, g.scale_rewards)
     }
 
     /// Samples prompts, generates `G` completions each, grades them.
@@ -516,11 +522,7 @@ impl Trainer {
         rollout: &Rollout,
         target: &Target,
     ) -> Result<Option<Vec<Tensor>>> {
-        let adv = target.advantages(
-            &rollout.rewards,
-            self.data.classes.len(),
-            self.config.grpo.adv_eps,
-        );
+        let adv = self.advantages(target, &rollout.rewards);
         let rows = rows(rollout, &adv.advantages);
         if rows.is_empty() {
             return Ok(None);
