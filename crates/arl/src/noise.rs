@@ -23,9 +23,9 @@ pub const HEALTHBENCH_GPT41: &str = "healthbench-gpt41";
 
 /// Named rates `(name, fp, fn)`.
 ///
-/// healthbench-gpt41: fp = fn = 0.29 gives the noisy training verdicts a measured macro F1 of
-/// 0.71 against the clean ones on the built-in task (default config, seed 0).
-const PRESETS: &[(&str, f64, f64)] = &[(HEALTHBENCH_GPT41, 0.29, 0.29)];
+/// healthbench-gpt41: fp = fn = 0.285. On the built-in task (about 38% of the training
+/// verdicts "met") the noisy verdicts' macro F1 against the clean ones measured MEASURED.
+const PRESETS: &[(&str, f64, f64)] = &[(HEALTHBENCH_GPT41, 0.285, 0.285)];
 
 /// `[judge.noise]`: a `preset`, and/or `fp` and `fn` (which override the preset's), and per
 /// class `[judge.noise.classes.<class>]` with its own `fp` / `fn` (the rest inherit).
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(v[3], None);
         assert_eq!(v[4..], a[4..]);
         let t = noise.take();
-        assert_eq!(t.verdicts(), 4.0 * 400.0 - 1.0);
+        assert_eq!(t.verdicts(), 5.0 * 400.0 - 1.0, "every graded verdict read");
         assert_eq!(noise.take(), Confusion::default());
     }
 
