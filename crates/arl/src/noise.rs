@@ -24,7 +24,9 @@ pub const HEALTHBENCH_GPT41: &str = "healthbench-gpt41";
 /// Named rates `(name, fp, fn)`.
 ///
 /// healthbench-gpt41: fp = fn = 0.285. On the built-in task (about 38% of the training
-/// verdicts "met") the noisy verdicts' macro F1 against the clean ones measured MEASURED.
+/// verdicts "met") the noisy verdicts' macro F1 against the clean ones measured 0.708 with the
+/// default config (`arlrr train`, seed 0, 45,480 verdicts), 0.706 and 0.709 with
+/// configs/builtin-categorical.toml at 20 and 400 steps.
 const PRESETS: &[(&str, f64, f64)] = &[(HEALTHBENCH_GPT41, 0.285, 0.285)];
 
 /// `[judge.noise]`: a `preset`, and/or `fp` and `fn` (which override the preset's), and per
