@@ -120,6 +120,10 @@ pub struct JudgeSection {
     pub embedding: Option<judge::EmbeddingJudgeConfig>,
     /// Times a failed verdict is asked again before its response is excluded.
     pub retries: u32,
+    /// `[judge.noise]`: simulated judge errors on the verdicts that drive training and
+    /// selection (validation and test stay clean); see [`crate::noise`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise: Option<crate::noise::NoiseConfig>,
 }
 
 impl Default for JudgeSection {
@@ -130,6 +134,7 @@ impl Default for JudgeSection {
             http: None,
             embedding: None,
             retries: judge::DEFAULT_RETRIES,
+            noise: None,
         }
     }
 }
@@ -168,6 +173,7 @@ impl JudgeSection {
                 http: j.http,
                 embedding: j.embedding,
                 retries,
+                noise: None,
             });
         }
         let kind = toml::Value::String(arg.to_string())
@@ -341,6 +347,9 @@ impl TrainConfig {
         }
         if g.kl_beta < 0.0 {
             bail!("field `grpo.kl_beta`: must be 0 (no KL penalty) or positive");
+        }
+        if let Some(n) = &self.judge.noise {
+            n.validate()?;
         }
         if g.adv_eps < 0.0 {
             bail!("field `grpo.adv_eps`: must not be negative");

@@ -63,6 +63,8 @@ pub struct Evaluator<'a> {
     pub seed: u64,
     /// Bootstrap resamples for the std (0 = mean only).
     pub resamples: usize,
+    /// Simulated judge errors: the selectors' fixed batch only, never validation or test.
+    pub noise: Option<&'a crate::noise::Noise>,
 }
 
 impl Evaluator<'_> {
@@ -75,6 +77,7 @@ impl Evaluator<'_> {
             samples,
             seed,
             resamples,
+            noise,
         } = *self;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let completions = policy.generate(&set.examples, samples, &mut rng)?;
@@ -89,7 +92,7 @@ impl Evaluator<'_> {
             }
         }
         let k = set.class_names.len();
-        let graded = grade(rt, judge, &items, None, k, retries)?;
+        let graded = grade(rt, judge, &items, None, k, retries, noise)?;
         let mut overall = Vec::new();
         let mut per_class = vec![Vec::new(); k];
         let mut excluded = 0;

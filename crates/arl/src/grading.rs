@@ -25,7 +25,8 @@ pub struct GradeOutcome {
 
 /// Grades `items`; with `only_class = Some(k)` only class `k`'s criteria are graded and the
 /// other classes' rewards are `None` (no signal). Failed verdicts are retried `retries` times
-/// ([`judge::grade_with_retries`]); rewards come from [`rubric::score::reward_vector`].
+/// ([`judge::grade_with_retries`]); rewards come from [`rubric::score::reward_vector`], after
+/// `noise` (training and selection only) has read the verdicts of every scored response.
 pub fn grade(
     rt: &tokio::runtime::Runtime,
     judge: &dyn Judge,
@@ -33,6 +34,7 @@ pub fn grade(
     only_class: Option<usize>,
     n_classes: usize,
     retries: u32,
+    noise: Option<&crate::noise::Noise>,
 ) -> Result<GradeOutcome> {
     let wanted: Vec<Vec<usize>> = items
         .iter()
@@ -62,7 +64,11 @@ pub fn grade(
         let failed = verdicts.failures(n).count();
         out.failed_verdicts += failed;
         out.rewards.push((failed == 0).then(|| {
-            rubric::score::reward_vector(it.example, it.class_of, n_classes, &verdicts.values(n))
+            let mut values = verdicts.values(n);
+            if let Some(noise) = noise {
+                noise.apply(it.example, it.class_of, it.response, &mut values);
+            }
+            rubric::score::reward_vector(it.example, it.class_of, n_classes, &values)
         }));
     }
     Ok(out)

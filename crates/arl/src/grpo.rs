@@ -18,8 +18,12 @@ pub struct GrpoConfig {
     /// Weight of the KL penalty to the frozen starting policy (k3 estimator); 0 disables it
     /// and skips the reference forward pass.
     pub kl_beta: f64,
-    /// Added to the group std in `A = (r - mean) / (std + eps)`.
+    /// Added to the std in `A = (r - mean) / (std + eps)`.
     pub adv_eps: f64,
+    /// What divides `r - mean_G`: `"group"` (the group's std, GRPO), `"batch"` (the reward's
+    /// std over the rollout batch, TRL's `scale_rewards = "batch"`) or `"none"` (Dr. GRPO).
+    /// Every objective alike; see [`schedule::ScaleRewards`].
+    pub scale_rewards: schedule::ScaleRewards,
     /// Optimizer steps per rollout batch (each over the whole batch).
     pub ppo_epochs: usize,
     /// Completions per forward/backward pass; gradients of micro-batches are accumulated into
@@ -35,6 +39,7 @@ impl Default for GrpoConfig {
             clip_eps: 0.2,
             kl_beta: 0.0,
             adv_eps: 1e-6,
+            scale_rewards: schedule::ScaleRewards::Group,
             ppo_epochs: 1,
             micro_batch: 0,
         }

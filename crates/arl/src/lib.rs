@@ -16,6 +16,7 @@ pub mod grpo;
 #[cfg(feature = "transformer")]
 pub mod lm_actor;
 pub mod metrics;
+pub mod noise;
 pub mod optim;
 pub mod plots;
 pub mod report;

@@ -38,6 +38,9 @@ pub struct StepMetrics {
     pub update: UpdateStats,
     /// Periodic validation, when due at this step.
     pub val: Option<EvalReport>,
+    /// `[judge.noise]` runs: the noisy training verdicts against the clean ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_noise: Option<crate::noise::NoiseStats>,
     pub time_s: Timing,
 }
 

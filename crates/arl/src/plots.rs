@@ -457,6 +457,7 @@ mod tests {
             judge: Default::default(),
             update: Default::default(),
             val,
+            judge_noise: None,
             time_s: Default::default(),
         };
         // validation before training (step 0, only in eval.jsonl) and after steps 2 and 4

@@ -3,6 +3,7 @@
 use crate::config::TrainConfig;
 use crate::eval::EvalLine;
 use crate::metrics::StepMetrics;
+use crate::noise::Confusion;
 use anyhow::Result;
 use rubric::runfile::{read_jsonl_if_exists, write_atomic};
 use schedule::Decision;
@@ -106,6 +107,24 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
             }
             writeln!(r)?;
         }
+    }
+    if let Some(noise) = &c.judge.noise {
+        let tally = metrics
+            .iter()
+            .filter_map(|m| m.judge_noise)
+            .fold(Confusion::default(), |t, m| t.plus(m.step));
+        writeln!(r, "## Judge noise\n")?;
+        writeln!(
+            r,
+            "Training and selection verdicts read through simulated judge errors (`[judge.noise]`: {}); validation and test graded clean.\n",
+            toml::to_string(noise)?.trim().replace('\n', ", ")
+        )?;
+        writeln!(
+            r,
+            "**Macro F1 of the noisy training verdicts against the clean judge: {} over {:.0} verdicts** (HealthBench's GPT-4.1 grader against physicians: 0.709).\n",
+            tally.macro_f1().map_or("-".into(), |f| format!("{f:.3}")),
+            tally.verdicts()
+        )?;
     }
     if !schedule.is_empty() {
         writeln!(r, "## Schedule\n")?;

@@ -242,6 +242,7 @@ pub fn evaluate_model(
         samples: samples.max(1),
         seed,
         resamples: rubric::score::BOOTSTRAP_RESAMPLES,
+        noise: None,
     };
     evaluator.evaluate(&mut *policy, &set)
 }

@@ -9,6 +9,7 @@ use crate::eval::{EvalLine, EvalReport, EvalSet, Evaluator};
 use crate::grading::{grade, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
 use crate::metrics::{reward_stats, zero_spread_share, JudgeDelta, StepMetrics, UpdateStats};
+use crate::noise::{Confusion, Noise, NoiseStats};
 use crate::optim::{clip_grads, global_norm, AdamW};
 use crate::setup::Parts;
 use anyhow::{bail, Context, Result};
@@ -113,6 +114,9 @@ pub struct Trainer {
     /// Frozen starting parameters for the KL penalty (`grpo.kl_beta > 0`).
     reference: Option<ParamSnapshot>,
     pub(crate) rng: ChaCha8Rng,
+    /// `[judge.noise]`, and its tally over the steps written so far.
+    noise: Option<Noise>,
+    noise_total: Confusion,
     metrics: Jsonl,
     schedule: Jsonl,
     evals: Jsonl,
@@ -158,6 +162,10 @@ impl Trainer {
             t.reference = Some(r);
         }
         t.metrics.truncate(t.state.metrics_lines)?;
+        let written = runfile::read_jsonl_if_exists::<StepMetrics>(&run_dir.join("metrics.jsonl"))?;
+        for m in written.iter().filter_map(|m| m.judge_noise) {
+            t.noise_total = t.noise_total.plus(m.step);
+        }
         t.schedule.truncate(t.state.schedule_lines)?;
         t.evals.truncate(t.state.eval_lines)?;
         Ok(t)
@@ -179,7 +187,13 @@ impl Trainer {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let noise = config.judge.noise.as_ref();
+        let noise = noise
+            .map(|n| n.resolve(&parts.data.classes.names, config.run.seed))
+            .transpose()?;
         Ok(Trainer {
+            noise,
+            noise_total: Confusion::default(),
             metrics: Jsonl::open(&run_dir.join("metrics.jsonl"))?,
             schedule: Jsonl::open(&run_dir.join("schedule.jsonl"))?,
             evals: Jsonl::open(&run_dir.join("eval.jsonl"))?,
@@ -206,7 +220,7 @@ impl Trainer {
     /// class assignment.
     pub fn evaluate_on(&mut self, data: &Dataset, samples: usize, seed: u64) -> Result<EvalReport> {
         let resamples = self.config.eval.bootstrap;
-        self.evaluate_split(Some(data), usize::MAX, samples, seed, resamples)
+        self.evaluate_split(Some(data), usize::MAX, samples, seed, resamples, false)
     }
 
     pub fn class_names(&self) -> &[String] {
@@ -229,6 +243,9 @@ impl Trainer {
         while self.state.step < total {
             let mut time = Timing::default();
             let judge_before = self.judge.stats();
+            if let Some(n) = &self.noise {
+                n.take(); // the tally starts with the step
+            }
 
             // 1. at a phase boundary the selector picks the class the next S steps optimize
             if self.alternating() && self.state.step.is_multiple_of(self.config.phases.length) {
@@ -288,6 +305,7 @@ impl Trainer {
                 judge: JudgeDelta::between(&judge_before, &self.judge.stats()),
                 update,
                 val,
+                judge_noise: self.noise_stats(),
                 time_s: time,
             };
             append_checked(&mut self.metrics, "metrics.jsonl", &m)?;
@@ -336,16 +354,22 @@ impl Trainer {
         time: &mut Timing,
     ) -> Result<(Rollout, schedule::BatchAdvantages, UpdateStats)> {
         let rollout = self.rollout(only_class, time)?;
-        let adv = target.advantages(
-            &rollout.rewards,
-            self.data.classes.len(),
-            self.config.grpo.adv_eps,
-        );
+        let adv = self.advantages(target, &rollout.rewards);
         let rows = rows(&rollout, &adv.advantages);
         let t = Instant::now();
         let update = self.update(&rows)?;
         time.train += t.elapsed().as_secs_f64();
         Ok((rollout, adv, update))
+    }
+
+    /// The advantages of `target` on a rollout's rewards, as `[grpo]` scales them.
+    fn advantages(
+        &self,
+        target: &Target,
+        rewards: &[Vec<Option<RewardVector>>],
+    ) -> schedule::BatchAdvantages {
+        let g = &self.config.grpo;
+        target.scaled_advantages(rewards, self.data.classes.len(), g.adv_eps, g.scale_rewards)
     }
 
     /// Samples prompts, generates `G` completions each, grades them.
@@ -386,6 +410,7 @@ impl Trainer {
             only_class,
             k,
             self.config.judge.retries,
+            self.noise.as_ref(),
         )?;
         time.judge += t.elapsed().as_secs_f64();
         let rewards = graded
@@ -516,11 +541,7 @@ impl Trainer {
         rollout: &Rollout,
         target: &Target,
     ) -> Result<Option<Vec<Tensor>>> {
-        let adv = target.advantages(
-            &rollout.rewards,
-            self.data.classes.len(),
-            self.config.grpo.adv_eps,
-        );
+        let adv = self.advantages(target, &rollout.rewards);
         let rows = rows(rollout, &adv.advantages);
         if rows.is_empty() {
             return Ok(None);
@@ -569,7 +590,7 @@ impl Trainer {
             e.size.min(self.data.val.len())
         };
         let seed = self.config.run.seed ^ 0x5eed_e7a1;
-        self.evaluate_split(None, n, e.samples, seed, e.bootstrap)
+        self.evaluate_split(None, n, e.samples, seed, e.bootstrap, false)
     }
 
     /// The selectors' fixed validation batch (mean scores only).
@@ -578,12 +599,13 @@ impl Trainer {
         let p = &self.config.phases;
         let n = p.select_size.clamp(1, self.data.val.len());
         let seed = self.config.run.seed ^ 0x5e1e_c7ed;
-        let r = self.evaluate_split(None, n, p.select_samples.max(1), seed, 0);
+        let r = self.evaluate_split(None, n, p.select_samples.max(1), seed, 0, true);
         time.eval += t.elapsed().as_secs_f64();
         r
     }
 
-    /// Scores the first `n` examples of `split` (validation when `None`).
+    /// Scores the first `n` examples of `split` (validation when `None`), with the run's
+    /// judge noise when `noisy` (the selectors' measurements; validation and test are clean).
     fn evaluate_split(
         &mut self,
         split: Option<&Dataset>,
@@ -591,6 +613,7 @@ impl Trainer {
         samples: usize,
         seed: u64,
         resamples: usize,
+        noisy: bool,
     ) -> Result<EvalReport> {
         let assigned;
         let (examples, class_of) = match split {
@@ -612,8 +635,27 @@ impl Trainer {
             samples,
             seed,
             resamples,
+            noise: self.noise.as_ref().filter(|_| noisy),
         };
         evaluator.evaluate(&mut *self.policy, &set)
+    }
+
+    /// The step's judge-noise tally (taken) and the run's so far; `None` without noise.
+    fn noise_stats(&mut self) -> Option<NoiseStats> {
+        let step = self.noise.as_ref()?.take();
+        self.noise_total = self.noise_total.plus(step);
+        Some(NoiseStats {
+            step,
+            macro_f1: step.macro_f1(),
+            cumulative_macro_f1: self.noise_total.macro_f1(),
+        })
+    }
+
+    /// Macro F1 of every noisy training verdict of the run against the clean judge, and the
+    /// number of verdicts; `None` without `[judge.noise]`.
+    pub fn judge_noise_f1(&self) -> Option<(Option<f64>, f64)> {
+        self.noise.as_ref()?;
+        Some((self.noise_total.macro_f1(), self.noise_total.verdicts()))
     }
 
     /// Writes `checkpoints/step-N` (weights, optimizer moments, run state) atomically.

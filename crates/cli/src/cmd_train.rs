@@ -126,7 +126,9 @@ pub fn run(a: Args) -> Result<()> {
             arl::trainer::ensure_new_run(&cfg.run.dir)?;
             let judge = arl::build_judge(&cfg.judge).with_context(|| origin.clone())?;
             prepare(cfg, a.quiet)?;
-            Trainer::new(cfg.clone(), Parts::with_judge(cfg, judge)?)?
+            let parts = Parts::with_judge(cfg, judge)?;
+            // a `[judge.noise.classes]` name is checked against the classes here
+            Trainer::new(cfg.clone(), parts).with_context(|| origin.clone())?
         }
         (None, Some(dir)) => Trainer::resume(dir)?,
         (None, None) => unreachable!("a config or a run to resume"),
@@ -170,6 +172,10 @@ pub fn run(a: Args) -> Result<()> {
         ));
     })?;
     bar.finish();
+    if let Some((f1, verdicts)) = trainer.judge_noise_f1() {
+        let f1 = f1.map_or("-".into(), |f| format!("{f:.3}"));
+        outln!("judge noise   macro F1 {f1} of {verdicts:.0} noisy training verdicts against the clean judge")?;
+    }
     let dir = trainer.run_dir.display();
     outln!("run directory {dir}\nreport        {dir}/report.md")?;
     Ok(())

@@ -128,3 +128,147 @@ fn config_errors_name_file_field_and_line() {
         "{err}"
     );
 }
+
+/// `configs/builtin-categorical.toml` with `[judge.noise]` (when given) and `run.steps`.
+fn categorical_config(dir: &Path, name: &str, noise: Option<&str>, steps: u64) -> PathBuf {
+    let mut text = std::fs::read_to_string(configs().join("builtin-categorical.toml"))
+        .unwrap()
+        .replace("steps = 400", &format!("steps = {steps}"))
+        .replace("checkpoint_every = 50", "checkpoint_every = 5");
+    if let Some(noise) = noise {
+        text += &format!("\n[judge.noise]\n{noise}\n");
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train(config: &Path, out: &Path) -> String {
+    let out = arlrr()
+        .args(["train", "--quiet", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn judge_noise_leaves_validation_and_test_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset = "preset = \"healthbench-gpt41\"";
+    let noisy = categorical_config(dir.path(), "noisy.toml", Some(preset), 0);
+    let clean = categorical_config(dir.path(), "clean.toml", None, 0);
+    let (a, b) = (dir.path().join("noisy"), dir.path().join("clean"));
+    train(&noisy, &a);
+    train(&clean, &b);
+    for file in ["eval.jsonl", "test.jsonl"] {
+        let read = |run: &Path| std::fs::read_to_string(run.join(file)).unwrap();
+        assert!(!read(&a).is_empty(), "{file}");
+        assert_eq!(read(&a), read(&b), "{file}");
+    }
+}
+
+#[test]
+fn a_preset_run_measures_its_macro_f1_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = categorical_config(
+        dir.path(),
+        "noisy.toml",
+        Some("preset = \"healthbench-gpt41\""),
+        400,
+    );
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let short = categorical_config(
+        dir.path(),
+        "short.toml",
+        Some("preset = \"healthbench-gpt41\""),
+        20,
+    );
+    let out = train(&short, &dir.path().join("short"));
+    let f1: f64 = out
+        .split("macro F1 ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no macro F1 printed: {out}"));
+    assert!(
+        (0.69..=0.73).contains(&f1),
+        "macro F1 {f1} outside 0.71 ± 0.02"
+    );
+    let report = std::fs::read_to_string(dir.path().join("short/report.md")).unwrap();
+    assert!(
+        report.contains(&format!("clean judge: {f1:.3} over")),
+        "{report}"
+    );
+    let last = metrics_without_times(&dir.path().join("short"))
+        .pop()
+        .unwrap();
+    let cumulative = last["judge_noise"]["cumulative_macro_f1"].as_f64().unwrap();
+    assert_eq!(format!("{cumulative:.3}"), format!("{f1:.3}"));
+
+    // a noisy run killed after a checkpoint resumes to the same lines
+    train(&config, &a);
+    let mut child = arlrr()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&b)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = b.join("checkpoints/step-00000005/state.json");
+    kill_when(&mut child, || first.exists());
+    let status = arlrr()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&b)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(metrics_without_times(&a), metrics_without_times(&b));
+}
+
+#[test]
+fn judge_noise_errors_name_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (noise, want) in [
+        ("fp = 1.0", "field `judge.noise.fp`: must be in [0, 1)"),
+        (
+            "[judge.noise.classes.accuracy]\nfn = -0.5",
+            "field `judge.noise.classes.accuracy.fn`",
+        ),
+        (
+            "[judge.noise.classes.acuracy]\nfp = 0.1",
+            "field `judge.noise.classes.acuracy`: not a meta-class",
+        ),
+        (
+            "preset = \"gpt5\"",
+            "field `judge.noise.preset`: unknown preset `gpt5`",
+        ),
+        ("fq = 0.1", "fq"),
+    ] {
+        let config = categorical_config(dir.path(), "bad.toml", Some(noise), 1);
+        let out = arlrr()
+            .args(["train", "--quiet", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(dir.path().join("run"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{noise}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bad.toml") && err.contains(want),
+            "{noise}: {err}"
+        );
+    }
+}

@@ -12,7 +12,9 @@ pub mod objective;
 pub mod phase;
 pub mod task;
 
-pub use objective::{group_advantages, mean_std, BatchAdvantages, ObjectiveKind, Target, Weights};
+pub use objective::{
+    group_advantages, mean_std, BatchAdvantages, ObjectiveKind, ScaleRewards, Target, Weights,
+};
 pub use phase::{
     decide, probe_candidates, Candidate, Choices, Decision, Measure, Measured, PhaseConfig,
     PhaseState, Plan, SelectorKind,

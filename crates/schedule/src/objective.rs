@@ -85,7 +85,9 @@ pub enum Target {
     Overall,
     /// `Σ_k w_k r_k / Σ_k w_k` over the classes defined for the example.
     Weighted(Vec<f64>),
-    /// GDPO: `Σ_k (r_k - mean_G) / (std_G + eps)`, then normalized over the batch.
+    /// GDPO: `Σ_k (r_k - mean_G) / (std_G + eps)`, then normalized over the batch (with
+    /// `scale_rewards`: each class scaled like a scalar reward, the sums centred over the
+    /// batch and divided by their batch std unless `none`).
     Decoupled,
     /// One class (ARL-RR's active class, a lookahead probe, a gradient-selector query).
     Class(usize),
@@ -116,52 +118,112 @@ impl Target {
 
     /// Advantages of every sample of a rollout batch (`groups[prompt][sample]`, `None` =
     /// response excluded), the within-group std of the target reward per group, and which
-    /// groups had zero spread.
+    /// groups had zero spread. Scaled as `grpo.scale_rewards = "group"`.
     pub fn advantages(
         &self,
         groups: &[Vec<Option<RewardVector>>],
         n_classes: usize,
         eps: f64,
     ) -> BatchAdvantages {
+        self.scaled_advantages(groups, n_classes, eps, ScaleRewards::Group)
+    }
+
+    /// [`Target::advantages`] with the centred rewards scaled as `scale` says. GDPO centres
+    /// and scales each class the same way, sums, then centres the sums over the batch and,
+    /// unless `scale` is `None`, divides them by their batch std.
+    pub fn scaled_advantages(
+        &self,
+        groups: &[Vec<Option<RewardVector>>],
+        n_classes: usize,
+        eps: f64,
+        scale: ScaleRewards,
+    ) -> BatchAdvantages {
+        let target: Vec<Vec<Option<f64>>> = groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|r| r.as_ref().and_then(|r| self.reward(r)))
+                    .collect()
+            })
+            .collect();
         let mut out = BatchAdvantages::default();
-        for group in groups {
-            let rewards: Vec<Option<f64>> = group
-                .iter()
-                .map(|r| r.as_ref().and_then(|r| self.reward(r)))
-                .collect();
-            let plain = group_advantages(&rewards, eps);
-            out.group_std.push(plain.std);
-            if let Target::Decoupled = self {
-                let mut sum = vec![None::<f64>; group.len()];
-                for k in 0..n_classes {
-                    let rk: Vec<Option<f64>> = group
+        if let Target::Decoupled = self {
+            let per_class: Vec<BatchAdvantages> = (0..n_classes)
+                .map(|k| {
+                    let rk: Vec<Vec<Option<f64>>> = groups
                         .iter()
-                        .map(|r| r.as_ref().and_then(|r| r.classes[k]))
+                        .map(|g| {
+                            g.iter()
+                                .map(|r| r.as_ref().and_then(|r| r.classes[k]))
+                                .collect()
+                        })
                         .collect();
-                    let a = group_advantages(&rk, eps);
-                    for (s, a) in sum.iter_mut().zip(a.advantages) {
+                    batch_advantages(&rk, eps, scale)
+                })
+                .collect();
+            for (i, group) in groups.iter().enumerate() {
+                let mut sum = vec![None::<f64>; group.len()];
+                for class in &per_class {
+                    for (s, a) in sum.iter_mut().zip(&class.advantages[i]) {
                         if let Some(a) = a {
                             *s = Some(s.unwrap_or(0.0) + a);
                         }
                     }
                 }
+                out.group_std.push(group_advantages(&target[i], eps).std);
                 out.zero_spread.push(sum.iter().all(Option::is_none));
                 out.advantages.push(sum);
-            } else {
-                out.zero_spread.push(plain.zero_spread);
-                out.advantages.push(plain.advantages);
             }
-        }
-        if let Target::Decoupled = self {
             let all = out.advantages.iter().flatten().flatten().copied();
             if let Some((mean, std)) = mean_std(all) {
                 for a in out.advantages.iter_mut().flatten().flatten() {
-                    *a = (*a - mean) / (std + eps);
+                    *a = match scale {
+                        ScaleRewards::None => *a - mean,
+                        _ => (*a - mean) / (std + eps),
+                    };
                 }
             }
+            out
+        } else {
+            batch_advantages(&target, eps, scale)
         }
-        out
     }
+}
+
+/// `[grpo] scale_rewards`: what divides a centred reward `r - mean_G` (as TRL's GRPO
+/// `scale_rewards`). `Group`: the group's std (GRPO); `Batch`: the std of the reward over the
+/// whole rollout batch; `None`: nothing (Dr. GRPO). Every std is a population std, plus
+/// `adv_eps`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRewards {
+    #[default]
+    Group,
+    Batch,
+    None,
+}
+
+/// Advantages of a batch of groups of one scalar reward, scaled as `scale` says; zero-spread
+/// groups get none in every mode.
+fn batch_advantages(groups: &[Vec<Option<f64>>], eps: f64, scale: ScaleRewards) -> BatchAdvantages {
+    let batch_std = mean_std(groups.iter().flatten().flatten().copied()).map_or(0.0, |a| a.1);
+    let mut out = BatchAdvantages::default();
+    for rewards in groups {
+        let mut g = group_advantages(rewards, eps);
+        if scale != ScaleRewards::Group && !g.zero_spread {
+            let divisor = match scale {
+                ScaleRewards::Batch => batch_std + eps,
+                _ => 1.0,
+            };
+            for (a, r) in g.advantages.iter_mut().zip(rewards) {
+                *a = r.map(|r| (r - g.mean) / divisor);
+            }
+        }
+        out.group_std.push(g.std);
+        out.zero_spread.push(g.zero_spread);
+        out.advantages.push(g.advantages);
+    }
+    out
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -189,6 +251,8 @@ pub struct GroupAdvantages {
     /// `(r - mean_G) / (std_G + eps)`; `None` for samples without a reward and for every
     /// sample of a zero-spread group (no signal).
     pub advantages: Vec<Option<f64>>,
+    /// Within-group mean of the defined rewards (0 when none).
+    pub mean: f64,
     /// Within-group std of the defined rewards (0 when fewer than two).
     pub std: f64,
     /// Fewer than two defined rewards, or all equal.
@@ -208,6 +272,7 @@ pub fn group_advantages(rewards: &[Option<f64>], eps: f64) -> GroupAdvantages {
         .collect();
     GroupAdvantages {
         advantages,
+        mean,
         std,
         zero_spread,
     }
@@ -246,6 +311,92 @@ mod tests {
         let a = &a.advantages[0];
         assert!((a[1].unwrap() - a[2].unwrap()).abs() < 1e-6, "{a:?}");
         assert!(a[0].unwrap() < a[1].unwrap());
+    }
+
+    fn batch(rewards: &[&[f64]]) -> Vec<Vec<Option<RewardVector>>> {
+        rewards
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|&r| rv(r, &[Some(r), Some(1.0 - r)]))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scale_rewards_none_centres_and_batch_divides_by_the_batch_std() {
+        let rewards: [&[f64]; 3] = [&[1.0, 0.0, 0.5, 0.5], &[0.2, 0.4, 0.2, 0.2], &[0.7; 4]];
+        let g = batch(&rewards);
+        let eps = 1e-6;
+        let run = |t: &Target, s| t.scaled_advantages(&g, 2, eps, s);
+        for t in [Target::Overall, Target::Class(0)] {
+            let none = run(&t, ScaleRewards::None);
+            let batch = run(&t, ScaleRewards::Batch);
+            let group = run(&t, ScaleRewards::Group);
+            assert_eq!(group, t.advantages(&g, 2, eps), "group is the default");
+            let all = rewards.iter().flat_map(|g| g.iter().copied());
+            let batch_std = mean_std(all).unwrap().1;
+            for (i, rs) in rewards.iter().enumerate() {
+                let mean = rs.iter().sum::<f64>() / rs.len() as f64;
+                let std = mean_std(rs.iter().copied()).unwrap().1;
+                for (j, r) in rs.iter().enumerate() {
+                    if i == 2 {
+                        // zero spread: excluded in every mode
+                        assert_eq!(none.advantages[i][j], None);
+                        assert_eq!(batch.advantages[i][j], None);
+                        assert_eq!(group.advantages[i][j], None);
+                        continue;
+                    }
+                    let close = |a: Option<f64>, want: f64| {
+                        assert!(
+                            (a.unwrap() - want).abs() < 1e-12,
+                            "{t:?} {i} {j}: {a:?} vs {want}"
+                        )
+                    };
+                    close(none.advantages[i][j], r - mean);
+                    close(batch.advantages[i][j], (r - mean) / (batch_std + eps));
+                    close(group.advantages[i][j], (r - mean) / (std + eps));
+                }
+            }
+            for a in [&none, &batch] {
+                assert_eq!(a.zero_spread, group.zero_spread);
+                assert_eq!(a.group_std, group.group_std);
+            }
+        }
+    }
+
+    #[test]
+    fn gdpo_scales_each_class_then_centres_the_batch() {
+        let rewards: [&[f64]; 2] = [&[1.0, 0.0, 0.5], &[0.2, 0.4, 0.9]];
+        let g = batch(&rewards);
+        let eps = 1e-6;
+        let none = Target::Decoupled.scaled_advantages(&g, 2, eps, ScaleRewards::None);
+        // class 1 is 1 - class 0, so the centred classes cancel: every sum is 0
+        assert!(none
+            .advantages
+            .iter()
+            .flatten()
+            .all(|a| a.unwrap().abs() < 1e-12));
+        let one_class: Vec<Vec<Option<RewardVector>>> = rewards
+            .iter()
+            .map(|g| g.iter().map(|&r| rv(r, &[Some(r)])).collect())
+            .collect();
+        let none = Target::Decoupled.scaled_advantages(&one_class, 1, eps, ScaleRewards::None);
+        let plain = Target::Class(0).scaled_advantages(&one_class, 1, eps, ScaleRewards::None);
+        let values = |a: &BatchAdvantages| -> Vec<f64> {
+            a.advantages.iter().flatten().map(|x| x.unwrap()).collect()
+        };
+        let (none, plain) = (values(&none), values(&plain));
+        for (n, p) in none.iter().zip(&plain) {
+            // one class, no scaling: r - mean_G (already centred over the batch)
+            assert!((n - p).abs() < 1e-12, "{none:?} vs {plain:?}");
+        }
+        let batch = Target::Decoupled.scaled_advantages(&one_class, 1, eps, ScaleRewards::Batch);
+        let std = mean_std(plain.iter().copied()).unwrap().1;
+        for (b, p) in values(&batch).iter().zip(&plain) {
+            assert!((b - p / std).abs() < 1e-5, "{b} vs {}", p / std);
+        }
     }
 
     #[test]
