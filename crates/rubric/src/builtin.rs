@@ -287,16 +287,22 @@ fn healthbench_profiles() -> Result<Vec<Profile>, String> {
 }
 
 /// `base` (a prompt's own rubric) re-laid to `profile`: each (axis, points) slot takes the
-/// next criterion of that axis and sign, with the slot's points. Positives are the base's
-/// plus a few more the response pool can meet; negatives are the base's, then "fails to
-/// meet" (`Not`) of each positive of the axis. A pool shorter than the profile's count
-/// repeats (a repeated check weighs like one criterion with the summed points).
+/// next criterion of that axis and sign, with the slot's points. Positives are the base's, a
+/// few more the response pool can meet, then "avoids" (`Not`) of each native negative;
+/// negatives are the base's, then "fails to meet" (`Not`) of each positive before those. A
+/// pool shorter than the profile's count repeats (a repeated check weighs like one criterion
+/// with the summed points).
 fn shaped(profile: &Profile, base: Vec<Criterion>) -> Vec<Criterion> {
     let extras = [
         (
             "accuracy",
             "Notes that most cases get better on their own.",
             &["get better on their own"][..],
+        ),
+        (
+            "completeness",
+            "Gives a time frame for seeing a doctor.",
+            &["two days"][..],
         ),
         (
             "completeness",
@@ -314,19 +320,21 @@ fn shaped(profile: &Profile, base: Vec<Criterion>) -> Vec<Criterion> {
             &["sorry"][..],
         ),
     ];
-    let (mut positives, native_negatives): (Vec<Criterion>, Vec<Criterion>) =
+    let negated = |prefix: &str, c: &Criterion| Criterion {
+        text: format!("{prefix}: {}", c.text),
+        check: c.check.clone().map(|k| Check::Not { check: Box::new(k) }),
+        ..c.clone()
+    };
+    let (mut positives, mut negatives): (Vec<Criterion>, Vec<Criterion>) =
         base.into_iter().partition(|c| c.points > 0.0);
     positives.extend(
         extras
             .iter()
             .map(|(axis, text, keys)| crit(text.to_string(), 1.0, axis, any(keys))),
     );
-    let fails = positives.iter().map(|c| Criterion {
-        text: format!("Fails to meet: {}", c.text),
-        check: c.check.clone().map(|k| Check::Not { check: Box::new(k) }),
-        ..c.clone()
-    });
-    let negatives: Vec<Criterion> = native_negatives.into_iter().chain(fails).collect();
+    let avoids: Vec<Criterion> = negatives.iter().map(|c| negated("Avoids", c)).collect();
+    negatives.extend(positives.iter().map(|c| negated("Fails to meet", c)));
+    positives.extend(avoids);
     let mut used = std::collections::HashMap::new();
     profile
         .iter()
