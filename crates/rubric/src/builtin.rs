@@ -744,28 +744,29 @@ mod tests {
 
     fn grade(ex: &Example, response: &str) -> Vec<f64> {
         // a small independent grader for the check kinds the task uses
-        let lower = response.to_lowercase();
-        let words = response.split_whitespace().count();
+        fn met(check: &Check, response: &str) -> bool {
+            let lower = response.to_lowercase();
+            let words = response.split_whitespace().count();
+            match check {
+                Check::ContainsAny { phrases } => {
+                    phrases.iter().any(|p| lower.contains(&p.to_lowercase()))
+                }
+                Check::ContainsNone { phrases } => {
+                    !phrases.iter().any(|p| lower.contains(&p.to_lowercase()))
+                }
+                Check::WordCount { min, max } => {
+                    min.is_none_or(|m| words >= m) && max.is_none_or(|m| words <= m)
+                }
+                Check::AsksQuestion {} => response.contains('?'),
+                Check::HasList { .. } => response.lines().any(|l| l.starts_with("- ")),
+                Check::StartsWith { text } => lower.starts_with(&text.to_lowercase()),
+                Check::Not { check } => !met(check, response),
+                other => panic!("unused check {other:?}"),
+            }
+        }
         ex.criteria
             .iter()
-            .map(|c| {
-                let met = match c.check.as_ref().unwrap() {
-                    Check::ContainsAny { phrases } => {
-                        phrases.iter().any(|p| lower.contains(&p.to_lowercase()))
-                    }
-                    Check::ContainsNone { phrases } => {
-                        !phrases.iter().any(|p| lower.contains(&p.to_lowercase()))
-                    }
-                    Check::WordCount { min, max } => {
-                        min.is_none_or(|m| words >= m) && max.is_none_or(|m| words <= m)
-                    }
-                    Check::AsksQuestion {} => response.contains('?'),
-                    Check::HasList { .. } => response.lines().any(|l| l.starts_with("- ")),
-                    Check::StartsWith { text } => lower.starts_with(&text.to_lowercase()),
-                    other => panic!("unused check {other:?}"),
-                };
-                met as u8 as f64
-            })
+            .map(|c| met(c.check.as_ref().unwrap(), response) as u8 as f64)
             .collect()
     }
 
@@ -943,6 +944,27 @@ mod tests {
             assert!(all(&s).all(|e| e.criteria.iter().all(|c| c.check.is_some())));
             assert_eq!(conflict == 0.0, all(&s).all(|e| !has_length_check(e)));
             let got = measure(all(&s).collect());
+            // a format request exactly where instruction following is graded
+            for e in all(&s) {
+                let graded = e
+                    .criteria
+                    .iter()
+                    .any(|c| c.tag_value("axis") == Some(axes[4]));
+                assert_eq!(e.tag_value("format") != Some("none"), graded, "{}", e.id);
+            }
+            // signs keep their meaning: better responses score higher
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let mut mean = |q: f64| {
+                let v: Vec<f64> = all(&s)
+                    .map(|ex| {
+                        let r = sample_response(ex, q, &mut rng);
+                        example_score(&ex.criteria, &grade(ex, &r)).unwrap()
+                    })
+                    .collect();
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            let (low, high) = (mean(0.0), mean(1.0));
+            assert!(high - low > 0.3, "{low} -> {high}");
             assert!((got.0 / want.0 - 1.0).abs() < 0.1, "{got:?} vs {want:?}");
             assert!((got.1 - want.1).abs() < 0.05, "{got:?} vs {want:?}");
             for (g, w) in got.2.iter().zip(&want.2) {
