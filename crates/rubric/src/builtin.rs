@@ -7,6 +7,10 @@
 //! thinner) that change which advice is safe; accuracy carries negative-point mistakes.
 //! [`sample_response`] writes responses of a chosen quality from the same sentence pool, for
 //! the warm-start fine-tuning.
+//!
+//! Two knobs in [`BuiltinSpec`] vary the task for regime studies: `conflict` (how many prompts
+//! carry the cross-class length tensions) and `shape` (the task's own rubric layout, or one
+//! copied per prompt from the fetched HealthBench sample's criteria counts, axes and signs).
 
 use crate::model::{Check, Criterion, Example, ListStyle, Message};
 use rand::seq::SliceRandom;
@@ -291,7 +295,7 @@ fn healthbench_profiles() -> Result<Vec<Profile>, String> {
 /// few more the response pool can meet, then "avoids" (`Not`) of each native negative;
 /// negatives are the base's, then "fails to meet" (`Not`) of each positive before those. A
 /// pool shorter than the profile's count repeats (a repeated check weighs like one criterion
-/// with the summed points).
+/// with the summed points); a slot of an axis the task lacks is left out.
 fn shaped(profile: &Profile, base: Vec<Criterion>) -> Vec<Criterion> {
     let extras = [
         (
