@@ -86,6 +86,10 @@ pub struct DataConfig {
     /// out). The run's resolved config.toml names the written files.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub builtin: bool,
+    /// `[data.builtin_task]`: the built-in task's `conflict` (0..=1, default 1) and `shape`
+    /// (`"builtin"` or `"healthbench"`); see `rubric::builtin::BuiltinSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin_task: Option<rubric::builtin::TaskKnobs>,
     /// How criteria are grouped into meta-classes: `scheme = "axis"` (default), `"cluster"`,
     /// `"theme"` or `{ mapping = "classes.toml" }`, and an optional `catch_all` class name.
     #[serde(default)]
@@ -313,6 +317,10 @@ impl TrainConfig {
             if self.data.val.as_os_str().is_empty() {
                 bail!("field `data.val`: required (or `data.builtin = true`)");
             }
+        }
+        if let Some(k) = &self.data.builtin_task {
+            k.validate("data.builtin_task.")
+                .map_err(anyhow::Error::msg)?;
         }
         #[cfg(feature = "transformer")]
         {

@@ -28,7 +28,8 @@ pub fn prepare(cfg: &mut TrainConfig, on_warm_start: impl FnMut(WarmStartProgres
     if cfg.data.builtin {
         cfg.run.dir = std::path::absolute(&cfg.run.dir)?;
         let data = cfg.run.dir.join("data");
-        rubric::builtin::write_splits(rubric::builtin::BuiltinSpec::default(), &data)
+        let spec = cfg.data.builtin_task.unwrap_or_default().spec();
+        rubric::builtin::write_splits(spec, &data)
             .with_context(|| format!("writing the built-in task to {}", data.display()))?;
         cfg.data.train = data.join("train.jsonl");
         cfg.data.val = data.join("validation.jsonl");

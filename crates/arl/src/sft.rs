@@ -168,7 +168,7 @@ pub fn default_cache_root() -> PathBuf {
 /// The (prompt, response) texts of the corpus: `responses_per_prompt` mixed-quality responses
 /// to each built-in training prompt (never validation or test).
 pub fn corpus(cfg: &WarmStartConfig) -> Vec<(rubric::Example, String)> {
-    let splits = builtin::generate(BuiltinSpec::default());
+    let splits = builtin::generate(BuiltinSpec::default()).expect("the default spec is valid");
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc0_7905);
     let mut out = Vec::new();
     for ex in &splits.train {

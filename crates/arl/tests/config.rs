@@ -36,6 +36,26 @@ fn bad_values_name_their_field() {
 }
 
 #[test]
+fn builtin_task_knobs_are_validated_and_reach_the_written_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");
+    let with = |knobs: &str| {
+        TrainConfig::from_toml(&base.replace("[data]\n", &format!("[data]\n{knobs}\n"))).unwrap()
+    };
+    let err = with("builtin_task = { conflict = 1.5 }")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data.builtin_task.conflict"), "{err}");
+    let mut cfg =
+        with("builtin = true\nbuiltin_task = { conflict = 0.0, shape = \"healthbench\" }");
+    cfg.run.dir = dir.path().join("run");
+    arl::setup::prepare(&mut cfg, |_| {}).unwrap();
+    let train = std::fs::read_to_string(&cfg.data.train).unwrap();
+    assert!(train.contains("axis:accuracy") && !train.contains("word_count"));
+}
+
+#[test]
 fn the_example_config_parses_and_round_trips() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/example.toml");
     let cfg = TrainConfig::from_file(&path).unwrap();

@@ -53,6 +53,14 @@ enum DataCommand {
         validation: usize,
         #[arg(long, default_value_t = 96)]
         test: usize,
+        /// Share of prompts whose rubric carries the cross-class (length) tensions, in [0, 1]:
+        /// 1 is the original task, 0 makes the classes independent.
+        #[arg(long, default_value_t = 1.0)]
+        conflict: f64,
+        /// builtin (the task's own layout) or healthbench (criteria counts, axes, signs and
+        /// points drawn from the fetched HealthBench sample).
+        #[arg(long, default_value = "builtin")]
+        shape: rubric::builtin::Shape,
     },
 }
 
@@ -113,12 +121,16 @@ pub fn run_data(args: DataArgs) -> Result<()> {
             train,
             validation,
             test,
+            conflict,
+            shape,
         } => {
             let spec = rubric::builtin::BuiltinSpec {
                 seed,
                 train,
                 validation,
                 test,
+                conflict,
+                shape,
             };
             for (name, path) in rubric::builtin::write_splits(spec, &out)? {
                 outln!("{name:<11} {}", path.display())?;

@@ -307,3 +307,36 @@ fn bad_input_gives_one_clear_error() {
     let table: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     assert_eq!(table["n_examples"], 3);
 }
+
+/// `data builtin`'s knobs: the defaults spelled out write the same files, a conflict outside
+/// [0, 1] is one error naming the field, and conflict 0 leaves no word-count criterion.
+#[test]
+fn builtin_knobs_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["data", "builtin", "--out", out.to_str().unwrap()];
+        args.extend(extra);
+        (arlrr(&args), out)
+    };
+    let (plain, a) = write("a", &[]);
+    let (spelled, b) = write("b", &["--conflict", "1", "--shape", "builtin"]);
+    assert!(plain.status.success() && spelled.status.success());
+    for f in ["train.jsonl", "validation.jsonl", "test.jsonl"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap()
+        );
+    }
+    let (bad, c) = write("c", &["--conflict", "1.5"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("field `conflict`"),
+        "{err}"
+    );
+    assert!(!c.exists(), "nothing written on error");
+    let (free, d) = write("d", &["--conflict", "0", "--shape", "healthbench"]);
+    assert!(free.status.success());
+    let text = std::fs::read_to_string(d.join("train.jsonl")).unwrap();
+    assert!(!text.contains("word_count") && text.contains("axis:accuracy"));
+}

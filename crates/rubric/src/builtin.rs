@@ -7,10 +7,16 @@
 //! thinner) that change which advice is safe; accuracy carries negative-point mistakes.
 //! [`sample_response`] writes responses of a chosen quality from the same sentence pool, for
 //! the warm-start fine-tuning.
+//!
+//! Two knobs in [`BuiltinSpec`] vary the task for regime studies: `conflict` (how many prompts
+//! carry the cross-class length tensions) and `shape` (the task's own rubric layout, or one
+//! copied per prompt from the fetched HealthBench sample's criteria counts, axes and signs).
 
 use crate::model::{Check, Criterion, Example, ListStyle, Message};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 struct Symptom {
     name: &'static str,
@@ -132,7 +138,8 @@ fn context_pair(considers: &str, who: &str, harm: &str, harmful: &[&str]) -> [Cr
     ]
 }
 
-fn rubric(s: &Symptom, ctx: Context, fmt: FormatRequest) -> Vec<Criterion> {
+/// The rubric of one prompt; without `tension` it has no word-count criterion.
+fn rubric(s: &Symptom, ctx: Context, fmt: FormatRequest, tension: bool) -> Vec<Criterion> {
     let mut c = vec![
         crit(
             format!(
@@ -253,7 +260,101 @@ fn rubric(s: &Symptom, ctx: Context, fmt: FormatRequest) -> Vec<Criterion> {
             },
         )),
     }
+    if !tension {
+        c.retain(|c| !matches!(c.check, Some(Check::WordCount { .. })));
+    }
     c
+}
+
+/// One HealthBench example's criteria as (axis, points), in order.
+type Profile = Vec<(String, f64)>;
+
+/// Measures the fetched HealthBench sample: one profile per example with axis-tagged criteria.
+fn healthbench_profiles() -> Result<Vec<Profile>, String> {
+    let path = crate::assets::healthbench_sample()?;
+    let data = crate::load_as(&path, crate::Format::HealthBench).map_err(|e| e.to_string())?;
+    let profiles: Vec<Profile> = data
+        .examples
+        .iter()
+        .map(|ex| {
+            ex.criteria
+                .iter()
+                .filter_map(|c| Some((c.tag_value("axis")?.to_string(), c.points)))
+                .collect::<Profile>()
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    if profiles.is_empty() {
+        return Err(format!("{}: no axis-tagged criteria", path.display()));
+    }
+    Ok(profiles)
+}
+
+/// `base` (a prompt's own rubric) re-laid to `profile`: each (axis, points) slot takes the
+/// next criterion of that axis and sign, with the slot's points. Positives are the base's, a
+/// few more the response pool can meet, then "avoids" (`Not`) of each native negative;
+/// negatives are the base's, then "fails to meet" (`Not`) of each positive before those. A
+/// pool shorter than the profile's count repeats (a repeated check weighs like one criterion
+/// with the summed points); a slot of an axis the task lacks is left out.
+fn shaped(profile: &Profile, base: Vec<Criterion>) -> Vec<Criterion> {
+    let extras = [
+        (
+            "accuracy",
+            "Notes that most cases get better on their own.",
+            &["get better on their own"][..],
+        ),
+        (
+            "completeness",
+            "Gives a time frame for seeing a doctor.",
+            &["two days"][..],
+        ),
+        (
+            "completeness",
+            "Suggests keeping a simple diary of the symptoms.",
+            &["diary"][..],
+        ),
+        (
+            "completeness",
+            "Mentions sleep and light, regular meals.",
+            &["sleep well"][..],
+        ),
+        (
+            "communication_quality",
+            "Acknowledges the patient's worry.",
+            &["sorry"][..],
+        ),
+    ];
+    let negated = |prefix: &str, c: &Criterion| Criterion {
+        text: format!("{prefix}: {}", c.text),
+        check: c.check.clone().map(|k| Check::Not { check: Box::new(k) }),
+        ..c.clone()
+    };
+    let (mut positives, mut negatives): (Vec<Criterion>, Vec<Criterion>) =
+        base.into_iter().partition(|c| c.points > 0.0);
+    positives.extend(
+        extras
+            .iter()
+            .map(|(axis, text, keys)| crit(text.to_string(), 1.0, axis, any(keys))),
+    );
+    let avoids: Vec<Criterion> = negatives.iter().map(|c| negated("Avoids", c)).collect();
+    negatives.extend(positives.iter().map(|c| negated("Fails to meet", c)));
+    positives.extend(avoids);
+    let mut used = std::collections::HashMap::new();
+    profile
+        .iter()
+        .filter_map(|(axis, points)| {
+            let positive = *points > 0.0;
+            let pool: Vec<&Criterion> = if positive { &positives } else { &negatives }
+                .iter()
+                .filter(|c| c.tag_value("axis") == Some(axis.as_str()))
+                .collect();
+            let k = used.entry((axis.as_str(), positive)).or_insert(0usize);
+            let mut c = Criterion::clone(pool.get(*k % pool.len().max(1))?);
+            *k += 1;
+            c.points = *points;
+            Some(c)
+        })
+        .collect()
 }
 
 fn prompt_text(s: &Symptom, ctx: Context, fmt: FormatRequest, days: u32) -> String {
@@ -280,13 +381,88 @@ fn prompt_text(s: &Symptom, ctx: Context, fmt: FormatRequest, days: u32) -> Stri
     format!("{who}{since}{context} What should I do?{request}")
 }
 
-/// Sizes and seed of the built-in splits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the built-in rubrics are laid out (`shape` in `[data.builtin_task]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// The task's own layout: 9-10 criteria per prompt over four or five axes.
+    #[default]
+    Builtin,
+    /// Per-prompt criteria counts, axes, signs and points copied from a HealthBench example
+    /// drawn at random from the fetched 500-item sample (measured when the data is written);
+    /// every criterion still carries a `check`.
+    #[serde(rename = "healthbench")]
+    HealthBench,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "builtin" => Ok(Shape::Builtin),
+            "healthbench" => Ok(Shape::HealthBench),
+            _ => Err(format!("unknown shape `{s}` (builtin or healthbench)")),
+        }
+    }
+}
+
+/// The built-in task's knobs as a run config names them (`[data.builtin_task]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskKnobs {
+    /// See [`BuiltinSpec::conflict`].
+    pub conflict: f64,
+    pub shape: Shape,
+}
+
+impl Default for TaskKnobs {
+    fn default() -> Self {
+        TaskKnobs {
+            conflict: 1.0,
+            shape: Shape::Builtin,
+        }
+    }
+}
+
+impl TaskKnobs {
+    /// `conflict` outside [0, 1] is an error naming `{prefix}conflict`.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.conflict) {
+            return Err(format!(
+                "field `{prefix}conflict`: {} is outside [0, 1]",
+                self.conflict
+            ));
+        }
+        Ok(())
+    }
+
+    /// The default sizes and seed with these knobs.
+    pub fn spec(self) -> BuiltinSpec {
+        BuiltinSpec {
+            conflict: self.conflict,
+            shape: self.shape,
+            ..BuiltinSpec::default()
+        }
+    }
+}
+
+/// Sizes, seed and knobs of the built-in splits.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BuiltinSpec {
     pub seed: u64,
     pub train: usize,
     pub validation: usize,
     pub test: usize,
+    /// The share of prompts whose rubric carries the cross-class tensions, in [0, 1]. Those
+    /// tensions are all about length: completeness wants at least 45 words, communication
+    /// quality at most 80, and a "keep it under 40 words" request caps every other class's
+    /// content. A prompt without them has no word-count criterion, and a "short" request is
+    /// replaced by a bullet or "Summary:" request, so one response can meet every positive
+    /// criterion and avoid every negative one (no class's criterion penalises another's
+    /// behaviour). 1 (the default) is the original task, byte for byte; the per-prompt draw
+    /// uses its own seeded stream, so the prompts' other draws do not move with `conflict`.
+    pub conflict: f64,
+    pub shape: Shape,
 }
 
 impl Default for BuiltinSpec {
@@ -296,6 +472,8 @@ impl Default for BuiltinSpec {
             train: 240,
             validation: 48,
             test: 96,
+            conflict: 1.0,
+            shape: Shape::Builtin,
         }
     }
 }
@@ -306,7 +484,15 @@ pub struct Splits {
     pub test: Vec<Example>,
 }
 
-fn example(id: String, rng: &mut impl Rng) -> Example {
+/// The knobs' own draws, apart from the prompts' stream so that the prompts stay put.
+struct Knobs {
+    conflict: f64,
+    /// `Some` for the HealthBench shape.
+    profiles: Option<Vec<Profile>>,
+    rng: ChaCha8Rng,
+}
+
+fn example(id: String, rng: &mut impl Rng, knobs: &mut Knobs) -> Example {
     let s = &SYMPTOMS[rng.gen_range(0..SYMPTOMS.len())];
     let ctx = *[
         Context::None,
@@ -316,7 +502,7 @@ fn example(id: String, rng: &mut impl Rng) -> Example {
     ]
     .choose(rng)
     .expect("non-empty");
-    let fmt = *[
+    let mut fmt = *[
         FormatRequest::None,
         FormatRequest::Bullets,
         FormatRequest::Short,
@@ -325,13 +511,43 @@ fn example(id: String, rng: &mut impl Rng) -> Example {
     .choose(rng)
     .expect("non-empty");
     let days = rng.gen_range(1..5);
+    let tension = knobs.rng.gen::<f64>() < knobs.conflict;
+    let requests: &[FormatRequest] = if tension {
+        &[
+            FormatRequest::Bullets,
+            FormatRequest::Short,
+            FormatRequest::Summary,
+        ]
+    } else {
+        &[FormatRequest::Bullets, FormatRequest::Summary]
+    };
+    let profile = knobs
+        .profiles
+        .as_ref()
+        .map(|p| p.choose(&mut knobs.rng).expect("measured non-empty"));
+    if let Some(p) = profile {
+        // instruction following is present exactly when the profile has it
+        let follows = p.iter().any(|(a, _)| a == "instruction_following");
+        if !follows {
+            fmt = FormatRequest::None;
+        } else if fmt == FormatRequest::None {
+            fmt = *requests.choose(&mut knobs.rng).expect("non-empty");
+        }
+    }
+    if !requests.contains(&fmt) && fmt != FormatRequest::None {
+        fmt = *requests.choose(&mut knobs.rng).expect("non-empty");
+    }
+    let criteria = rubric(s, ctx, fmt, tension);
     let mut ex = Example {
         id,
         prompt: vec![Message {
             role: "user".into(),
             content: prompt_text(s, ctx, fmt, days),
         }],
-        criteria: rubric(s, ctx, fmt),
+        criteria: match profile {
+            Some(p) => shaped(p, criteria),
+            None => criteria,
+        },
         tags: vec![
             format!("theme:{}", s.name),
             format!("context:{}", format!("{ctx:?}").to_lowercase()),
@@ -341,28 +557,42 @@ fn example(id: String, rng: &mut impl Rng) -> Example {
         canary: None,
         line: 0,
     };
-    let mut ideal_rng = rand_chacha::ChaCha8Rng::seed_from_u64(rng.gen());
+    let mut ideal_rng = ChaCha8Rng::seed_from_u64(rng.gen());
     ex.ideal_completion = Some(sample_response(&ex, 1.0, &mut ideal_rng));
     ex
 }
 
-/// Generates the three splits; the same spec always gives the same examples.
-pub fn generate(spec: BuiltinSpec) -> Splits {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed);
+/// Generates the three splits; the same spec always gives the same examples. Errors: a
+/// `conflict` outside [0, 1], or (HealthBench shape) a sample that cannot be read.
+pub fn generate(spec: BuiltinSpec) -> Result<Splits, String> {
+    TaskKnobs {
+        conflict: spec.conflict,
+        shape: spec.shape,
+    }
+    .validate("")?;
+    let mut knobs = Knobs {
+        conflict: spec.conflict,
+        profiles: match spec.shape {
+            Shape::Builtin => None,
+            Shape::HealthBench => Some(healthbench_profiles()?),
+        },
+        rng: ChaCha8Rng::seed_from_u64(spec.seed ^ 0x6b6e_6f62_7321),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut make = |split: &str, n: usize, line0: usize| -> Vec<Example> {
         (0..n)
             .map(|i| {
-                let mut e = example(format!("builtin-{split}-{i:04}"), &mut rng);
+                let mut e = example(format!("builtin-{split}-{i:04}"), &mut rng, &mut knobs);
                 e.line = line0 + i + 1;
                 e
             })
             .collect()
     };
-    Splits {
+    Ok(Splits {
         train: make("train", spec.train, 0),
         validation: make("val", spec.validation, 0),
         test: make("test", spec.test, 0),
-    }
+    })
 }
 
 /// Writes the splits as `train.jsonl`, `validation.jsonl` and `test.jsonl` under `dir`.
@@ -370,8 +600,8 @@ pub fn write_splits(
     spec: BuiltinSpec,
     dir: &std::path::Path,
 ) -> std::io::Result<Vec<(&'static str, std::path::PathBuf)>> {
+    let splits = generate(spec).map_err(std::io::Error::other)?;
     std::fs::create_dir_all(dir)?;
-    let splits = generate(spec);
     let mut out = Vec::new();
     for (name, examples) in [
         ("train", &splits.train),
@@ -518,40 +748,42 @@ mod tests {
 
     fn grade(ex: &Example, response: &str) -> Vec<f64> {
         // a small independent grader for the check kinds the task uses
-        let lower = response.to_lowercase();
-        let words = response.split_whitespace().count();
+        fn met(check: &Check, response: &str) -> bool {
+            let lower = response.to_lowercase();
+            let words = response.split_whitespace().count();
+            match check {
+                Check::ContainsAny { phrases } => {
+                    phrases.iter().any(|p| lower.contains(&p.to_lowercase()))
+                }
+                Check::ContainsNone { phrases } => {
+                    !phrases.iter().any(|p| lower.contains(&p.to_lowercase()))
+                }
+                Check::WordCount { min, max } => {
+                    min.is_none_or(|m| words >= m) && max.is_none_or(|m| words <= m)
+                }
+                Check::AsksQuestion {} => response.contains('?'),
+                Check::HasList { .. } => response.lines().any(|l| l.starts_with("- ")),
+                Check::StartsWith { text } => lower.starts_with(&text.to_lowercase()),
+                Check::Not { check } => !met(check, response),
+                other => panic!("unused check {other:?}"),
+            }
+        }
         ex.criteria
             .iter()
-            .map(|c| {
-                let met = match c.check.as_ref().unwrap() {
-                    Check::ContainsAny { phrases } => {
-                        phrases.iter().any(|p| lower.contains(&p.to_lowercase()))
-                    }
-                    Check::ContainsNone { phrases } => {
-                        !phrases.iter().any(|p| lower.contains(&p.to_lowercase()))
-                    }
-                    Check::WordCount { min, max } => {
-                        min.is_none_or(|m| words >= m) && max.is_none_or(|m| words <= m)
-                    }
-                    Check::AsksQuestion {} => response.contains('?'),
-                    Check::HasList { .. } => response.lines().any(|l| l.starts_with("- ")),
-                    Check::StartsWith { text } => lower.starts_with(&text.to_lowercase()),
-                    other => panic!("unused check {other:?}"),
-                };
-                met as u8 as f64
-            })
+            .map(|c| met(c.check.as_ref().unwrap(), response) as u8 as f64)
             .collect()
     }
 
     #[test]
     fn splits_are_seeded_and_cover_every_axis() {
-        let a = generate(BuiltinSpec::default());
-        let b = generate(BuiltinSpec::default());
+        let a = generate(BuiltinSpec::default()).unwrap();
+        let b = generate(BuiltinSpec::default()).unwrap();
         assert_eq!(a.train, b.train);
         let c = generate(BuiltinSpec {
             seed: 1,
             ..BuiltinSpec::default()
-        });
+        })
+        .unwrap();
         assert_ne!(a.train, c.train);
         let mc = crate::MetaClasses::axes();
         let mut per_class = [0usize; 5];
@@ -566,7 +798,7 @@ mod tests {
 
     #[test]
     fn quality_moves_the_score_and_leaves_room() {
-        let splits = generate(BuiltinSpec::default());
+        let splits = generate(BuiltinSpec::default()).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mean = |q: f64, rng: &mut rand_chacha::ChaCha8Rng| {
             let v: Vec<f64> = splits
@@ -602,5 +834,146 @@ mod tests {
             .collect();
         let ideal_mean = ideal.iter().sum::<f64>() / ideal.len() as f64;
         assert!(ideal_mean > 0.6, "{ideal_mean}");
+    }
+
+    fn knobs(conflict: f64, shape: Shape) -> Splits {
+        generate(TaskKnobs { conflict, shape }.spec()).unwrap()
+    }
+
+    fn all(s: &Splits) -> impl Iterator<Item = &Example> {
+        s.train.iter().chain(&s.validation).chain(&s.test)
+    }
+
+    fn has_length_check(ex: &Example) -> bool {
+        // a word count, alone or inside a `Not`
+        ex.criteria
+            .iter()
+            .any(|c| format!("{:?}", c.check).contains("WordCount"))
+    }
+
+    #[test]
+    fn conflict_one_builtin_shape_writes_the_original_task_byte_for_byte() {
+        use sha2::{Digest, Sha256};
+        // sha256 of train, validation and test as `arlrr data builtin` wrote them before the knobs
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TaskKnobs {
+            conflict: 1.0,
+            shape: Shape::Builtin,
+        }
+        .spec();
+        assert_eq!(spec, BuiltinSpec::default());
+        let mut hash = Sha256::new();
+        for (_, path) in write_splits(spec, dir.path()).unwrap() {
+            hash.update(std::fs::read(path).unwrap());
+        }
+        assert_eq!(
+            format!("{:x}", hash.finalize()),
+            "ca13968fb4725e734069d2dcdf4d48aa3d5b0a5d9de04e9e5805b36de5e465dc"
+        );
+    }
+
+    #[test]
+    fn conflict_out_of_range_names_the_field() {
+        for c in [-0.1, 1.5, f64::NAN] {
+            let e = generate(BuiltinSpec {
+                conflict: c,
+                ..BuiltinSpec::default()
+            })
+            .err()
+            .unwrap();
+            assert!(e.contains("field `conflict`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn conflict_zero_lets_one_response_meet_every_class() {
+        // no length criterion, no short request, and the quality-1 response (which has no
+        // harmful sentence) meets every positive criterion of every class at once
+        let score = |s: &Splits| -> Vec<f64> {
+            all(s)
+                .map(|ex| {
+                    example_score(
+                        &ex.criteria,
+                        &grade(ex, ex.ideal_completion.as_ref().unwrap()),
+                    )
+                    .unwrap()
+                })
+                .collect()
+        };
+        let free = knobs(0.0, Shape::Builtin);
+        assert!(all(&free).all(|ex| !has_length_check(ex)));
+        assert!(all(&free).all(|ex| ex.tag_value("format") != Some("short")));
+        assert!(score(&free).iter().all(|&x| x == 1.0));
+        // the original task does not allow it
+        let full = knobs(1.0, Shape::Builtin);
+        assert!(score(&full).iter().any(|&x| x < 1.0));
+        // the prompts' other draws do not move with the knob
+        let themes = |s: &Splits| all(s).map(|e| e.tags[..2].to_vec()).collect::<Vec<_>>();
+        assert_eq!(themes(&free), themes(&full));
+        // in between: about that share of prompts carries the tensions
+        let half = knobs(0.5, Shape::Builtin);
+        let n = all(&half).filter(|ex| has_length_check(ex)).count() as f64;
+        assert!((n / 384.0 - 0.5).abs() < 0.1, "{n}");
+    }
+
+    #[test]
+    fn healthbench_shape_follows_the_measured_sample() {
+        let path = crate::assets::healthbench_sample().unwrap();
+        let hb = crate::load_as(&path, crate::Format::HealthBench).unwrap();
+        let axes = [
+            "accuracy",
+            "completeness",
+            "communication_quality",
+            "context_awareness",
+            "instruction_following",
+        ];
+        // (mean criteria per prompt, share of negative criteria, share of prompts per axis)
+        let measure = |exs: Vec<&Example>| {
+            let n = exs.len() as f64;
+            let crits: Vec<&Criterion> = exs.iter().flat_map(|e| &e.criteria).collect();
+            let neg = crits.iter().filter(|c| c.points < 0.0).count() as f64;
+            let presence: Vec<f64> = axes
+                .iter()
+                .map(|a| {
+                    let has =
+                        |e: &&&Example| e.criteria.iter().any(|c| c.tag_value("axis") == Some(a));
+                    exs.iter().filter(has).count() as f64 / n
+                })
+                .collect();
+            (crits.len() as f64 / n, neg / crits.len() as f64, presence)
+        };
+        let want = measure(hb.examples.iter().collect());
+        for conflict in [0.0, 1.0] {
+            let s = knobs(conflict, Shape::HealthBench);
+            assert!(all(&s).all(|e| e.criteria.iter().all(|c| c.check.is_some())));
+            assert_eq!(conflict == 0.0, all(&s).all(|e| !has_length_check(e)));
+            let got = measure(all(&s).collect());
+            // a format request exactly where instruction following is graded
+            for e in all(&s) {
+                let graded = e
+                    .criteria
+                    .iter()
+                    .any(|c| c.tag_value("axis") == Some(axes[4]));
+                assert_eq!(e.tag_value("format") != Some("none"), graded, "{}", e.id);
+            }
+            // signs keep their meaning: better responses score higher
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let mut mean = |q: f64| {
+                let v: Vec<f64> = all(&s)
+                    .map(|ex| {
+                        let r = sample_response(ex, q, &mut rng);
+                        example_score(&ex.criteria, &grade(ex, &r)).unwrap()
+                    })
+                    .collect();
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            let (low, high) = (mean(0.0), mean(1.0));
+            assert!(high - low > 0.3, "{low} -> {high}");
+            assert!((got.0 / want.0 - 1.0).abs() < 0.1, "{got:?} vs {want:?}");
+            assert!((got.1 - want.1).abs() < 0.05, "{got:?} vs {want:?}");
+            for (g, w) in got.2.iter().zip(&want.2) {
+                assert!((g - w).abs() < 0.08, "{got:?} vs {want:?}");
+            }
+        }
     }
 }

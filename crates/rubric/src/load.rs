@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn native_records_round_trip() {
-        let splits = crate::builtin::generate(crate::builtin::BuiltinSpec::default());
+        let splits = crate::builtin::generate(crate::builtin::BuiltinSpec::default()).unwrap();
         let dir = std::env::temp_dir().join(format!("arlrr-rt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("train.jsonl");
