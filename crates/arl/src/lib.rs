@@ -23,6 +23,7 @@ pub mod report;
 pub mod setup;
 #[cfg(feature = "transformer")]
 pub mod sft;
+pub mod study;
 pub mod trainer;
 
 pub use actor::{Completion, Policy, TokenLogProbs};

@@ -26,6 +26,7 @@ mod cmd_grade;
 mod cmd_serve;
 mod cmd_serve_judge;
 mod cmd_sft;
+mod cmd_study;
 mod cmd_train;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +61,8 @@ enum Command {
     Sft(cmd_sft::Args),
     /// Train ARL-RR and the baselines over several seeds and compare them on a test split.
     Compare(cmd_compare::Args),
+    /// Run a grid of regimes × methods × seeds (tuned alike) and write the regime map.
+    Study(cmd_study::Args),
     /// Score a trained policy on a data file, overall and per meta-class.
     Eval(cmd_eval::Args),
 }
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd_train::run(a),
         Command::Sft(a) => cmd_sft::run(a),
         Command::Compare(a) => cmd_compare::run(a),
+        Command::Study(a) => cmd_study::run(a),
         Command::Eval(a) => cmd_eval::run(a),
     };
     match result {

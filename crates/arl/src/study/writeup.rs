@@ -1,0 +1,557 @@
+//! `study/report.md` and `study/plots/`: the regime map first (test scores, then ARL-RR
+//! against scalarization), then efficiency per judge verdict and per step, the measured
+//! variance contraction, the selectors' evidence and the learning rates kept.
+
+use super::{Cell, Grid, RunSummary, StudyOutcome};
+use crate::compare::stats::{ci95, diff_ci95, mean, min_permutation_p, permutation_p};
+use crate::plots::{LineChart, Series, PALETTE};
+use anyhow::Result;
+use rubric::runfile;
+use schedule::ObjectiveKind;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::path::Path;
+
+/// A difference is a win or a loss when the permutation test gives p below this.
+const ALPHA: f64 = 0.05;
+
+struct View<'a> {
+    grid: &'a Grid,
+    cells: &'a [Cell],
+}
+
+impl View<'_> {
+    fn cell(&self, regime: usize, method: usize) -> &Cell {
+        self.cells
+            .iter()
+            .find(|c| c.regime == regime && c.method == method)
+            .expect("every cell was run")
+    }
+
+    fn tests(&self, regime: usize, method: usize) -> Vec<f64> {
+        self.cell(regime, method)
+            .runs
+            .iter()
+            .map(|r| r.test_final)
+            .collect()
+    }
+
+    fn method_index(&self, kind: ObjectiveKind) -> Option<usize> {
+        self.grid.methods.iter().position(|m| m.objective == kind)
+    }
+
+    /// Mean validation curve over seeds (steps every run evaluated at).
+    fn mean_curve(&self, regime: usize, method: usize) -> Vec<(u64, f64)> {
+        let runs = &self.cell(regime, method).runs;
+        let steps: Vec<u64> = runs[0].curve.iter().map(|p| p.0).collect();
+        steps
+            .into_iter()
+            .filter_map(|step| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r.curve.iter().find(|p| p.0 == step).map(|p| p.1))
+                    .collect();
+                (v.len() == runs.len()).then(|| (step, mean(&v)))
+            })
+            .collect()
+    }
+
+    /// First evaluated step where the mean validation curve reaches `target`, and the mean
+    /// verdicts spent by then.
+    fn reach(&self, regime: usize, method: usize, target: f64) -> Option<(u64, f64)> {
+        let (step, _) = self
+            .mean_curve(regime, method)
+            .into_iter()
+            .find(|&(s, v)| s > 0 && v >= target - 1e-12)?;
+        let spent: Vec<f64> = self
+            .cell(regime, method)
+            .runs
+            .iter()
+            .map(|r| r.verdicts.get(step as usize - 1).copied().unwrap_or(0) as f64)
+            .collect();
+        Some((step, mean(&spent)))
+    }
+}
+
+fn p_text(p: f64) -> String {
+    if p.is_nan() {
+        "n/a".into()
+    } else if p < 0.001 {
+        "p<0.001".into()
+    } else {
+        format!("p={p:.3}")
+    }
+}
+
+fn count(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Writes `report.md` and the plots into `out`; returns the headline (one line per
+/// alternating method: wins, ties and losses against scalarization).
+pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<String> {
+    let v = View {
+        grid,
+        cells: &outcome.cells,
+    };
+    let methods: Vec<&str> = grid.methods.iter().map(|m| m.name.as_str()).collect();
+    let n_runs = outcome.trained + outcome.reused;
+    let run_s: f64 = outcome
+        .cells
+        .iter()
+        .flat_map(|c| &c.runs)
+        .map(|r| r.wall_s)
+        .sum();
+    let mut r = String::new();
+    writeln!(r, "# ARL-RR regime study\n")?;
+    writeln!(
+        r,
+        "Grid `{}`: base config `{}`, {} regimes × {} methods × {} seeds, {} steps per run. \
+         Every method is tuned over the same learning rates {:?}: each rate is run on the first \
+         {} seed(s), the one with the best mean final validation score is kept, and test \
+         figures are that rate's runs over all seeds.\n",
+        grid.path.display(),
+        grid.base_path.display(),
+        grid.regimes.len(),
+        methods.len(),
+        grid.seeds,
+        grid.steps,
+        grid.lrs,
+        if grid.lrs.len() == 1 {
+            grid.seeds
+        } else {
+            grid.tune_seeds
+        },
+    )?;
+    writeln!(
+        r,
+        "Reproduce: `arlrr study --grid {}`. The kept runs' training time sums to {:.0} s; \
+         this invocation trained {} run(s) and reused {} finished ones in {:.0} s wall, {} at a \
+         time.\n",
+        grid.path.display(),
+        run_s,
+        outcome.trained,
+        outcome.reused,
+        outcome.wall_s,
+        outcome.jobs
+    )?;
+    let _ = n_runs;
+
+    // regime map: test scores
+    let scal = v.method_index(ObjectiveKind::Scalarized);
+    writeln!(r, "## Regime map\n")?;
+    writeln!(
+        r,
+        "Test score (HealthBench overall on the held-out split) after {} steps, mean ± 95% CI \
+         over {} seeds; the best mean in bold; the winner's exact permutation p against the \
+         runner-up.\n",
+        grid.steps, grid.seeds
+    )?;
+    writeln!(r, "| regime | {} | winner |", methods.join(" | "))?;
+    writeln!(r, "|---|{}---|", "---|".repeat(methods.len()))?;
+    for (ri, regime) in grid.regimes.iter().enumerate() {
+        let means: Vec<f64> = (0..methods.len()).map(|m| mean(&v.tests(ri, m))).collect();
+        let mut order: Vec<usize> = (0..methods.len()).collect();
+        order.sort_by(|&a, &b| means[b].total_cmp(&means[a]));
+        let best = order[0];
+        let cells: Vec<String> = (0..methods.len())
+            .map(|m| {
+                let t = v.tests(ri, m);
+                let s = format!("{:.3} ± {:.3}", mean(&t), ci95(&t));
+                if m == best {
+                    format!("**{s}**")
+                } else {
+                    s
+                }
+            })
+            .collect();
+        let winner = match order.get(1) {
+            Some(&second) => {
+                let p = permutation_p(&v.tests(ri, best), &v.tests(ri, second));
+                let word = if p < ALPHA { "" } else { " (tie)" };
+                format!(
+                    "{}{word}, {} vs {}",
+                    methods[best],
+                    p_text(p),
+                    methods[second]
+                )
+            }
+            None => methods[best].to_string(),
+        };
+        writeln!(
+            r,
+            "| {} | {} | {winner} |",
+            regime.label(),
+            cells.join(" | ")
+        )?;
+    }
+    writeln!(r)?;
+
+    // ARL-RR against scalarization
+    let alternating: Vec<usize> = (0..methods.len())
+        .filter(|&m| grid.methods[m].alternating())
+        .collect();
+    let mut headline = String::new();
+    if let (Some(s), false) = (scal, alternating.is_empty()) {
+        writeln!(r, "### Alternation against scalarization\n")?;
+        writeln!(
+            r,
+            "Each alternating method minus `scalarized` on test: difference [95% CI], exact \
+             permutation p; **win** or **loss** when p < {ALPHA}, tie otherwise (the smallest \
+             p {} seeds per side allow is {:.4}).\n",
+            grid.seeds,
+            min_permutation_p(grid.seeds as usize, grid.seeds as usize)
+        )?;
+        let names: Vec<&str> = alternating.iter().map(|&m| methods[m]).collect();
+        writeln!(r, "| regime | {} |", names.join(" | "))?;
+        writeln!(r, "|---|{}", "---|".repeat(names.len()))?;
+        let mut tally = vec![(0, 0, 0); alternating.len()];
+        for (ri, regime) in grid.regimes.iter().enumerate() {
+            let base = v.tests(ri, s);
+            let cells: Vec<String> = alternating
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| {
+                    let t = v.tests(ri, m);
+                    let (d, half) = diff_ci95(&t, &base);
+                    let p = permutation_p(&t, &base);
+                    let word = if p < ALPHA && d > 0.0 {
+                        tally[i].0 += 1;
+                        "**win**"
+                    } else if p < ALPHA {
+                        tally[i].2 += 1;
+                        "**loss**"
+                    } else {
+                        tally[i].1 += 1;
+                        "tie"
+                    };
+                    format!(
+                        "{word} {d:+.3} [{:+.3}, {:+.3}], {}",
+                        d - half,
+                        d + half,
+                        p_text(p)
+                    )
+                })
+                .collect();
+            writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
+        }
+        writeln!(r)?;
+        for (i, &m) in alternating.iter().enumerate() {
+            let (w, t, l) = tally[i];
+            writeln!(
+                headline,
+                "{}: wins {w}, ties {t}, loses {l} of {} regimes against scalarized",
+                methods[m],
+                grid.regimes.len()
+            )?;
+        }
+        for line in headline.lines() {
+            writeln!(r, "- {line}")?;
+        }
+        writeln!(r)?;
+    }
+
+    // efficiency
+    if let Some(s) = scal {
+        writeln!(r, "## Efficiency per judge verdict\n")?;
+        writeln!(
+            r,
+            "Judge verdicts spent on training and selection (validation excluded) until the \
+             method's mean validation curve first reaches `scalarized`'s final mean validation \
+             score; — = not within {} steps. With an LLM judge the verdicts are the bill. \
+             Alternating methods grade {} during training.\n",
+            grid.steps,
+            if grid.grade_active_class_only {
+                "only the active class's criteria (`grade_active_class_only`; anchored \
+                 alternation grades every class)"
+            } else {
+                "every class"
+            }
+        )?;
+        efficiency_table(&mut r, &v, s, &methods, |(_, verdicts)| count(verdicts))?;
+        writeln!(r, "Total verdicts per run (mean over seeds):\n")?;
+        writeln!(r, "| regime | {} |", methods.join(" | "))?;
+        writeln!(r, "|---|{}", "---|".repeat(methods.len()))?;
+        for (ri, regime) in grid.regimes.iter().enumerate() {
+            let cells: Vec<String> = (0..methods.len())
+                .map(|m| {
+                    let t: Vec<f64> = v
+                        .cell(ri, m)
+                        .runs
+                        .iter()
+                        .map(|r| r.verdicts.last().copied().unwrap_or(0) as f64)
+                        .collect();
+                    count(mean(&t))
+                })
+                .collect();
+            writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
+        }
+        writeln!(r)?;
+        writeln!(r, "## Efficiency per step\n")?;
+        writeln!(
+            r,
+            "Training steps until the mean validation curve first reaches `scalarized`'s final \
+             mean validation score (validation every {} steps); — = not within {} steps.\n",
+            grid.base.eval.every, grid.steps
+        )?;
+        efficiency_table(&mut r, &v, s, &methods, |(step, _)| step.to_string())?;
+    }
+
+    // variance contraction
+    writeln!(r, "## Variance contraction\n")?;
+    writeln!(
+        r,
+        "Within-group std of the rewards on each method's own training samples, averaged over \
+         steps and seeds: the points-scalarized reward against each class's. Scalarizing sums \
+         the classes, so where they vary independently (or against each other) its spread is \
+         smaller than theirs: the contraction ARL-RR's argument rests on. `ratio` = scalarized \
+         std / mean class std. Measured in `scalarized`'s runs; `judge F1` is the training \
+         judge's measured macro F1 against the clean one (noisy regimes).\n"
+    )?;
+    let classes: BTreeSet<String> = outcome
+        .cells
+        .iter()
+        .flat_map(|c| &c.runs)
+        .flat_map(|r| r.class_group_std.keys().cloned())
+        .collect();
+    let classes: Vec<String> = classes.into_iter().collect();
+    writeln!(
+        r,
+        "| regime | scalarized | {} | ratio | judge F1 |",
+        classes.join(" | ")
+    )?;
+    writeln!(r, "|---|---|{}---|---|", "---|".repeat(classes.len()))?;
+    let source = scal.unwrap_or(0);
+    for (ri, regime) in grid.regimes.iter().enumerate() {
+        let runs = &v.cell(ri, source).runs;
+        let avg = |f: &dyn Fn(&RunSummary) -> Option<f64>| {
+            let x: Vec<f64> = runs.iter().filter_map(f).collect();
+            (!x.is_empty()).then(|| mean(&x))
+        };
+        let scalar = avg(&|r| r.scalar_group_std);
+        let per_class: Vec<Option<f64>> = classes
+            .iter()
+            .map(|c| avg(&|r| r.class_group_std.get(c).copied()))
+            .collect();
+        let defined: Vec<f64> = per_class.iter().flatten().copied().collect();
+        let ratio = scalar
+            .filter(|_| !defined.is_empty())
+            .map(|s| s / mean(&defined));
+        let f1 = avg(&|r| r.judge_f1);
+        let fmt = |x: Option<f64>| x.map_or("—".into(), |x| format!("{x:.3}"));
+        writeln!(
+            r,
+            "| {} | {} | {} | {} | {} |",
+            regime.label(),
+            fmt(scalar),
+            per_class
+                .iter()
+                .map(|x| fmt(*x))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            fmt(ratio),
+            fmt(f1)
+        )?;
+    }
+    writeln!(r)?;
+
+    // selector evidence
+    let probing: Vec<usize> = (0..methods.len())
+        .filter(|&m| {
+            v.cells.iter().any(|c| {
+                c.method == m
+                    && c.runs
+                        .iter()
+                        .any(|r| r.decisions.iter().any(|d| d.lead.is_some()))
+            })
+        })
+        .collect();
+    if !probing.is_empty() {
+        writeln!(r, "## Selector evidence\n")?;
+        writeln!(
+            r,
+            "Per lookahead decision: the gain the chosen probe measured over the phase's start \
+             score, its lead over the runner-up probe, and its paired standard error (paired \
+             selection only). `confident` = share of decisions whose lead exceeds 2 SE. \
+             `agree` = share of decisions whose phase then moved the fixed batch's score in the \
+             direction the probe predicted; `corr` = correlation of predicted and realized gain. \
+             `early` = phases the guard ended.\n"
+        )?;
+        writeln!(
+            r,
+            "| regime | method | decisions | mean gain | mean lead | mean SE | confident | agree | corr | early |"
+        )?;
+        writeln!(r, "|---|---|---|---|---|---|---|---|---|---|")?;
+        for (ri, regime) in grid.regimes.iter().enumerate() {
+            for &m in &probing {
+                let d: Vec<_> = v
+                    .cell(ri, m)
+                    .runs
+                    .iter()
+                    .flat_map(|r| &r.decisions)
+                    .collect();
+                let pick = |f: &dyn Fn(&super::DecisionEvidence) -> Option<f64>| -> Vec<f64> {
+                    d.iter()
+                        .filter_map(|x| f(x))
+                        .filter(|x| x.is_finite())
+                        .collect()
+                };
+                let fmt = |x: &[f64]| {
+                    if x.is_empty() {
+                        "—".to_string()
+                    } else {
+                        format!("{:+.4}", mean(x))
+                    }
+                };
+                let gains = pick(&|x| x.predicted_gain);
+                let leads = pick(&|x| x.lead);
+                let ses = pick(&|x| x.gain_se);
+                let confident = pick(&|x| Some(f64::from(u8::from(x.lead? > 2.0 * x.gain_se?))));
+                let pairs: Vec<(f64, f64)> = d
+                    .iter()
+                    .filter_map(|x| Some((x.predicted_gain?, x.realized_gain?)))
+                    .filter(|(a, b)| a.is_finite() && b.is_finite())
+                    .collect();
+                let agree: Vec<f64> = pairs
+                    .iter()
+                    .map(|(a, b)| f64::from(u8::from((a > &0.0) == (b > &0.0))))
+                    .collect();
+                let share = |x: &[f64]| {
+                    if x.is_empty() {
+                        "—".to_string()
+                    } else {
+                        format!("{:.0}%", 100.0 * mean(x))
+                    }
+                };
+                let early = d.iter().filter(|x| x.after_early_end).count();
+                writeln!(
+                    r,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {early} |",
+                    regime.label(),
+                    methods[m],
+                    d.len(),
+                    fmt(&gains),
+                    fmt(&leads),
+                    if ses.is_empty() {
+                        "—".into()
+                    } else {
+                        format!("{:.4}", mean(&ses))
+                    },
+                    share(&confident),
+                    share(&agree),
+                    correlation(&pairs).map_or("—".into(), |c| format!("{c:+.2}")),
+                )?;
+            }
+        }
+        writeln!(r)?;
+    }
+
+    // learning rates
+    writeln!(r, "## Learning rates kept\n")?;
+    writeln!(
+        r,
+        "Mean final validation score of each candidate rate on the tuning seeds; the kept one in \
+         bold.\n"
+    )?;
+    writeln!(r, "| regime | {} |", methods.join(" | "))?;
+    writeln!(r, "|---|{}", "---|".repeat(methods.len()))?;
+    for (ri, regime) in grid.regimes.iter().enumerate() {
+        let cells: Vec<String> = (0..methods.len())
+            .map(|m| {
+                let c = v.cell(ri, m);
+                c.lr_scores
+                    .iter()
+                    .map(|&(lr, s)| {
+                        if lr == c.lr {
+                            format!("**{lr}: {s:.3}**")
+                        } else {
+                            format!("{lr}: {s:.3}")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .collect();
+        writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
+    }
+    writeln!(r)?;
+
+    // plots
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots)?;
+    writeln!(r, "## Validation curves\n")?;
+    for (ri, regime) in grid.regimes.iter().enumerate() {
+        let series = (0..methods.len())
+            .map(|m| {
+                let pts = v
+                    .mean_curve(ri, m)
+                    .into_iter()
+                    .map(|(s, y)| (s as f64, y))
+                    .collect();
+                let mut s = Series::new(methods[m], PALETTE[m % PALETTE.len()], pts);
+                s.dashed = m >= PALETTE.len();
+                s
+            })
+            .collect();
+        let title = regime.label();
+        let chart = LineChart {
+            title: &title,
+            x_label: "step",
+            y_label: "validation score (mean over seeds)",
+            series,
+        };
+        let name = format!("{}.svg", regime.slug());
+        runfile::write_atomic(&plots.join(&name), chart.to_svg()?.as_bytes())?;
+        writeln!(r, "![{title}](plots/{name})\n")?;
+    }
+    runfile::write_atomic(&out.join("report.md"), r.as_bytes())?;
+    Ok(headline)
+}
+
+fn efficiency_table(
+    r: &mut String,
+    v: &View<'_>,
+    scal: usize,
+    methods: &[&str],
+    show: impl Fn((u64, f64)) -> String,
+) -> Result<()> {
+    writeln!(r, "| regime | target | {} |", methods.join(" | "))?;
+    writeln!(r, "|---|---|{}", "---|".repeat(methods.len()))?;
+    for (ri, regime) in v.grid.regimes.iter().enumerate() {
+        let finals: Vec<f64> = v.cell(ri, scal).runs.iter().map(|r| r.val_final).collect();
+        let target = mean(&finals);
+        let cells: Vec<String> = (0..methods.len())
+            .map(|m| v.reach(ri, m, target).map_or("—".into(), &show))
+            .collect();
+        writeln!(
+            r,
+            "| {} | {target:.3} | {} |",
+            regime.label(),
+            cells.join(" | ")
+        )?;
+    }
+    writeln!(r)?;
+    Ok(())
+}
+
+/// Pearson correlation, or `None` with fewer than 3 pairs or no spread.
+fn correlation(pairs: &[(f64, f64)]) -> Option<f64> {
+    if pairs.len() < 3 {
+        return None;
+    }
+    let (xs, ys): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+    let (mx, my) = (mean(&xs), mean(&ys));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in pairs {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx).powi(2);
+        syy += (y - my).powi(2);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}

@@ -1,0 +1,55 @@
+//! `arlrr study`: a grid of regimes × methods × seeds, each method tuned alike, summarized as
+//! a regime map.
+
+use anyhow::Result;
+use arl::study::{self, Grid};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The grid (TOML): `[study]` base config, methods, seeds, steps and learning rates;
+    /// `[regimes]` axes; `[variants]` parameters. See configs/study.toml.
+    #[arg(long)]
+    grid: PathBuf,
+    /// Output folder; a folder holding an interrupted study of the same grid resumes it.
+    #[arg(long, default_value = "study")]
+    out: PathBuf,
+    /// Runs at once (default: the grid's `jobs`, else the core count).
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
+    /// No line per finished run.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let grid = Grid::from_file(&a.grid)?;
+    eprintln!(
+        "study {}: {} regimes × {} methods, {} seeds, {} learning rates, {} steps per run → {}",
+        a.grid.display(),
+        grid.regimes.len(),
+        grid.methods.len(),
+        grid.seeds,
+        grid.lrs.len(),
+        grid.steps,
+        a.out.display()
+    );
+    let quiet = a.quiet;
+    let outcome = study::run(&grid, &a.out, a.jobs, &|label, s, fresh| {
+        if fresh && !quiet {
+            eprintln!(
+                "done {label}: validation {:.3}, test {:.3} ({:.1} s)",
+                s.val_final, s.test_final, s.wall_s
+            );
+        }
+    })?;
+    let headline = study::write_report(&a.out, &grid, &outcome)?;
+    outln!(
+        "{headline}trained {} run(s), reused {} in {:.0} s\nreport {}",
+        outcome.trained,
+        outcome.reused,
+        outcome.wall_s,
+        a.out.join("report.md").display()
+    )?;
+    Ok(())
+}
