@@ -35,6 +35,10 @@ pub struct StepMetrics {
     pub failed_verdicts: usize,
     pub retried_verdicts: usize,
     pub judge: JudgeDelta,
+    /// Verdicts the step spent on training and selection (rollouts, probes, the selectors'
+    /// batch), validation excluded: what the method itself costs in judge calls.
+    #[serde(default)]
+    pub train_verdicts: u64,
     pub update: UpdateStats,
     /// Periodic validation, when due at this step.
     pub val: Option<EvalReport>,

@@ -263,6 +263,7 @@ impl Trainer {
                 .optim
                 .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
             let (rollout, adv, update) = self.grpo_step(&target, only, &mut time)?;
+            let train_verdicts = self.judge.stats().verdicts - judge_before.verdicts;
             self.state.step += 1;
 
             // 3. validation, metrics, checkpoint
@@ -303,6 +304,7 @@ impl Trainer {
                 failed_verdicts: rollout.failed_verdicts,
                 retried_verdicts: rollout.retried_verdicts,
                 judge: JudgeDelta::between(&judge_before, &self.judge.stats()),
+                train_verdicts,
                 update,
                 val,
                 judge_noise: self.noise_stats(),

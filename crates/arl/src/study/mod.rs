@@ -107,6 +107,27 @@ impl Grid {
             .join(format!("seed-{}", k.seed))
     }
 
+    /// What a run folder was made from: the base config file's bytes and everything the grid
+    /// sets (stable across arlrr versions, unlike the resolved config).
+    fn fingerprint(&self, k: RunKey) -> Result<String> {
+        let m = &self.methods[k.method];
+        let mut h = Sha256::new();
+        h.update(std::fs::read(&self.base_path)?);
+        let what = serde_json::json!({
+            "regime": self.regimes[k.regime].label(),
+            "method": m.name,
+            "lr": self.lrs[k.lr],
+            "seed": k.seed,
+            "steps": self.steps,
+            "grade_active_class_only": self.grade_active_class_only && m.alternating(),
+            "guard_drop": m.has("guard").then_some(self.variants.guard_drop),
+            "paired_samples": m.has("paired").then_some(self.variants.paired_samples),
+            "anchor": m.has("anchored").then_some(self.variants.anchor),
+        });
+        h.update(what.to_string().as_bytes());
+        Ok(format!("{:x}", h.finalize()))
+    }
+
     fn label(&self, k: RunKey) -> String {
         format!(
             "{} {} lr {} seed {}",
@@ -294,7 +315,7 @@ fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, 
         k.seed,
         dir,
     )?;
-    let fingerprint = format!("{:x}", Sha256::digest(cfg.to_toml()?.as_bytes()));
+    let fingerprint = grid.fingerprint(k)?;
     let stamp = dir.join("study-config.sha256");
     if let Ok(was) = std::fs::read_to_string(&stamp) {
         if was.trim() != fingerprint {
