@@ -35,6 +35,10 @@ pub struct StepMetrics {
     pub failed_verdicts: usize,
     pub retried_verdicts: usize,
     pub judge: JudgeDelta,
+    /// Judge verdicts the step spent on training and selection (rollout grading, probes,
+    /// phase-guard and selector measurements): `judge.verdicts` less the validation's.
+    #[serde(default)]
+    pub train_verdicts: u64,
     pub update: UpdateStats,
     /// Periodic validation, when due at this step.
     pub val: Option<EvalReport>,

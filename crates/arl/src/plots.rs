@@ -455,6 +455,7 @@ mod tests {
             failed_verdicts: 0,
             retried_verdicts: 0,
             judge: Default::default(),
+            train_verdicts: 0,
             update: Default::default(),
             val,
             judge_noise: None,
