@@ -407,7 +407,7 @@ impl TrainConfig {
             bail!("field `phases.guard_drop`: must be positive (leave it out to turn the guard off), got {d}");
         }
         let anchor = self.objective.anchor;
-        if !(anchor > 0.0 && anchor <= 1.0) {
+        if anchor <= 0.0 || anchor > 1.0 {
             bail!("field `objective.anchor`: must be in (0, 1] (1 = pure ARL-RR), got {anchor}");
         }
         if anchor < 1.0 && self.objective.grade_active_class_only {
