@@ -234,6 +234,14 @@ pub struct ObjectiveConfig {
     /// `alternating` only: grade just the active class's criteria during training (fewer
     /// judge calls); validation always grades everything.
     pub grade_active_class_only: bool,
+    /// `alternating` only, anchored alternation (our extension): a phase's reward is
+    /// `anchor · r_active + (1 − anchor) · r_scalarized` (`weights`' target); 1 = pure ARL-RR.
+    #[serde(skip_serializing_if = "is_one")]
+    pub anchor: f64,
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 impl Default for ObjectiveConfig {
@@ -242,6 +250,7 @@ impl Default for ObjectiveConfig {
             kind: ObjectiveKind::Alternating,
             weights: Weights::Points,
             grade_active_class_only: false,
+            anchor: 1.0,
         }
     }
 }
@@ -393,6 +402,16 @@ impl TrainConfig {
         }
         if self.phases.length == 0 {
             bail!("field `phases.length`: must be at least 1");
+        }
+        if let Some(d) = self.phases.guard_drop.filter(|d| *d <= 0.0) {
+            bail!("field `phases.guard_drop`: must be positive (leave it out to turn the guard off), got {d}");
+        }
+        let anchor = self.objective.anchor;
+        if anchor <= 0.0 || anchor > 1.0 {
+            bail!("field `objective.anchor`: must be in (0, 1] (1 = pure ARL-RR), got {anchor}");
+        }
+        if anchor < 1.0 && self.objective.grade_active_class_only {
+            bail!("fields `objective.anchor` and `objective.grade_active_class_only`: an anchor below 1 needs every class graded; set grade_active_class_only = false");
         }
         if self.eval.samples == 0 {
             bail!("field `eval.samples`: must be at least 1");

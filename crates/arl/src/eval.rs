@@ -65,11 +65,25 @@ pub struct Evaluator<'a> {
     pub resamples: usize,
     /// Simulated judge errors: the selectors' fixed batch only, never validation or test.
     pub noise: Option<&'a crate::noise::Noise>,
+    /// Common random numbers (paired selection): each (example, sample) draws from its own
+    /// stream of `seed`, so its draws do not depend on how long the other responses were and
+    /// two policies are compared on the same sampling noise. Otherwise one stream serves all.
+    pub paired: bool,
 }
 
 impl Evaluator<'_> {
     /// Samples responses of `policy` on `set`, grades every criterion and summarizes them.
     pub fn evaluate(&self, policy: &mut dyn Policy, set: &EvalSet<'_>) -> Result<EvalReport> {
+        Ok(self.evaluate_examples(policy, set)?.0)
+    }
+
+    /// [`Evaluator::evaluate`], and per example the mean overall score of its scored
+    /// responses (`None` = none scored).
+    pub fn evaluate_examples(
+        &self,
+        policy: &mut dyn Policy,
+        set: &EvalSet<'_>,
+    ) -> Result<(EvalReport, Vec<Option<f64>>)> {
         let Evaluator {
             judge,
             rt,
@@ -78,9 +92,24 @@ impl Evaluator<'_> {
             seed,
             resamples,
             noise,
+            paired,
         } = *self;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let completions = policy.generate(&set.examples, samples, &mut rng)?;
+        let completions = if paired {
+            let mut out = Vec::with_capacity(set.examples.len());
+            for (i, ex) in set.examples.iter().enumerate() {
+                let mut group = Vec::with_capacity(samples);
+                for j in 0..samples {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(((i as u64) << 32) | j as u64);
+                    group.extend(policy.generate(&[*ex], 1, &mut rng)?.into_iter().flatten());
+                }
+                out.push(group);
+            }
+            out
+        } else {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            policy.generate(&set.examples, samples, &mut rng)?
+        };
         let mut items = Vec::new();
         for ((ex, class_of), group) in set.examples.iter().zip(&set.class_of).zip(&completions) {
             for c in group {
@@ -93,6 +122,13 @@ impl Evaluator<'_> {
         }
         let k = set.class_names.len();
         let graded = grade(rt, judge, &items, None, k, retries, noise)?;
+        let mut per_example = Vec::with_capacity(completions.len());
+        let mut rewards = graded.rewards.iter();
+        for group in &completions {
+            let scores = rewards.by_ref().take(group.len()).flatten();
+            let mean = schedule::mean_std(scores.filter_map(|r| r.overall));
+            per_example.push(mean.map(|m| m.0));
+        }
         let mut overall = Vec::new();
         let mut per_class = vec![Vec::new(); k];
         let mut excluded = 0;
@@ -113,13 +149,14 @@ impl Evaluator<'_> {
             .filter(|(_, v)| !v.is_empty())
             .map(|(n, v)| (n.clone(), summarize(v, resamples, seed)))
             .collect();
-        Ok(EvalReport {
+        let report = EvalReport {
             overall: summarize(&overall, resamples, seed),
             classes,
             responses: graded.rewards.len() - excluded,
             excluded,
             failed_verdicts: graded.failed_verdicts,
-        })
+        };
+        Ok((report, per_example))
     }
 }
 

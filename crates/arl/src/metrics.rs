@@ -35,8 +35,8 @@ pub struct StepMetrics {
     pub failed_verdicts: usize,
     pub retried_verdicts: usize,
     pub judge: JudgeDelta,
-    /// Verdicts the step spent on training and selection (rollouts, probes, the selectors'
-    /// batch), validation excluded: what the method itself costs in judge calls.
+    /// Judge verdicts the step spent on training and selection (rollout grading, probes,
+    /// phase-guard and selector measurements): `judge.verdicts` less the validation's.
     #[serde(default)]
     pub train_verdicts: u64,
     pub update: UpdateStats,

@@ -31,6 +31,24 @@ impl RunRecords {
     }
 }
 
+/// The ARL-RR variants a run turns on (alternating runs only; empty by default).
+pub fn variants(c: &TrainConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    if c.objective.kind != schedule::ObjectiveKind::Alternating {
+        return v;
+    }
+    if let Some(d) = c.phases.guard_drop {
+        v.push(format!("phase guard {d}"));
+    }
+    if c.phases.paired {
+        v.push("paired selection".to_string());
+    }
+    if c.objective.anchor < 1.0 {
+        v.push(format!("anchored λ={} (our extension)", c.objective.anchor));
+    }
+    v
+}
+
 /// Writes `report.md` and the run's plots into `run_dir`.
 pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecords) -> Result<()> {
     let RunRecords {
@@ -41,11 +59,13 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
     } = run;
     let mut r = String::new();
     writeln!(r, "# arlrr run report\n")?;
+    let variants = variants(c);
     writeln!(
         r,
-        "objective `{:?}`, selector `{:?}` (phase length {}), {} steps, {} prompts × {} samples per step, seed {}\n",
+        "objective `{:?}`, selector `{:?}` (phase length {}), {} steps, {} prompts × {} samples per step, seed {}{}\n",
         c.objective.kind, c.phases.selector, c.phases.length, c.run.steps,
-        c.grpo.prompts_per_step, c.grpo.group_size, c.run.seed
+        c.grpo.prompts_per_step, c.grpo.group_size, c.run.seed,
+        if variants.is_empty() { String::new() } else { format!("; variants: {}", variants.join(", ")) }
     )?;
     let vals: Vec<(u64, &crate::eval::EvalReport)> =
         evals.iter().map(|e| (e.step, &e.report)).collect();
@@ -137,6 +157,10 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
         }
         let seq: Vec<&str> = schedule.iter().map(|d| d.chosen.as_str()).collect();
         writeln!(r, "\nsequence: {}\n", seq.join(" → "))?;
+        let early = schedule.iter().filter(|d| d.guard.is_some()).count();
+        if c.phases.guard_drop.is_some() {
+            writeln!(r, "phases ended early by the phase guard: {early}\n")?;
+        }
     }
     if !metrics.is_empty() {
         let n = metrics.len() as f64;

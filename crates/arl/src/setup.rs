@@ -244,6 +244,7 @@ pub fn evaluate_model(
         seed,
         resamples: rubric::score::BOOTSTRAP_RESAMPLES,
         noise: None,
+        paired: false,
     };
     evaluator.evaluate(&mut *policy, &set)
 }

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rubric::runfile::{self, Jsonl};
 use rubric::{Dataset, Example, RewardVector};
-use schedule::{Decision, ObjectiveKind, Target, TaskData};
+use schedule::{BatchScores, Decision, Measured, ObjectiveKind, Target, TaskData};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -220,7 +220,8 @@ impl Trainer {
     /// class assignment.
     pub fn evaluate_on(&mut self, data: &Dataset, samples: usize, seed: u64) -> Result<EvalReport> {
         let resamples = self.config.eval.bootstrap;
-        self.evaluate_split(Some(data), usize::MAX, samples, seed, resamples, false)
+        let scored = self.evaluate_split(Some(data), usize::MAX, samples, seed, resamples, false);
+        Ok(scored?.0)
     }
 
     pub fn class_names(&self) -> &[String] {
@@ -248,10 +249,20 @@ impl Trainer {
             }
 
             // 1. at a phase boundary the selector picks the class the next S steps optimize
-            if self.alternating() && self.state.step.is_multiple_of(self.config.phases.length) {
+            if self.alternating()
+                && self
+                    .state
+                    .phase
+                    .boundary(self.state.step, &self.config.phases)
+            {
                 let t = Instant::now();
                 let decision = self.select_class(&mut Timing::default())?;
                 self.log_decision(&decision)?;
+                if self.guarding() && !self.config.phases.selector.measures() {
+                    // the guard needs the score the phase starts from
+                    let start = self.select_eval(&mut Timing::default())?;
+                    self.state.phase.start_score = start.measured.overall;
+                }
                 time.select = t.elapsed().as_secs_f64();
             }
 
@@ -263,10 +274,23 @@ impl Trainer {
                 .optim
                 .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
             let (rollout, adv, update) = self.grpo_step(&target, only, &mut time)?;
-            let train_verdicts = self.judge.stats().verdicts - judge_before.verdicts;
             self.state.step += 1;
 
-            // 3. validation, metrics, checkpoint
+            // 3. the phase guard: a drop on the fixed batch ends the phase before its length
+            let phases = &self.config.phases;
+            if self.guarding()
+                && self.state.step < total
+                && !self.state.phase.boundary(self.state.step, phases)
+            {
+                let t = Instant::now();
+                let now = self.select_eval(&mut Timing::default())?.measured.overall;
+                let phases = &self.config.phases;
+                self.state.phase.check_guard(phases, self.state.step, now);
+                time.select += t.elapsed().as_secs_f64();
+            }
+            let train_verdicts = self.judge.stats().verdicts - judge_before.verdicts;
+
+            // 4. validation, metrics, checkpoint
             let due = self.config.eval.every > 0
                 && self.state.step.is_multiple_of(self.config.eval.every);
             let val = if due || self.state.step == total {
@@ -592,22 +616,36 @@ impl Trainer {
             e.size.min(self.data.val.len())
         };
         let seed = self.config.run.seed ^ 0x5eed_e7a1;
-        self.evaluate_split(None, n, e.samples, seed, e.bootstrap, false)
+        Ok(self
+            .evaluate_split(None, n, e.samples, seed, e.bootstrap, false)?
+            .0)
     }
 
-    /// The selectors' fixed validation batch (mean scores only).
-    pub(crate) fn select_eval(&mut self, time: &mut Timing) -> Result<EvalReport> {
+    /// The selectors' fixed validation batch (mean scores, and per example for paired
+    /// selection).
+    pub(crate) fn select_eval(&mut self, time: &mut Timing) -> Result<BatchScores> {
         let t = Instant::now();
         let p = &self.config.phases;
         let n = p.select_size.clamp(1, self.data.val.len());
         let seed = self.config.run.seed ^ 0x5e1e_c7ed;
         let r = self.evaluate_split(None, n, p.select_samples.max(1), seed, 0, true);
         time.eval += t.elapsed().as_secs_f64();
-        r
+        let (report, examples) = r?;
+        let finite = |x: f64| x.is_finite().then_some(x);
+        let classes = report.class_scores(&self.data.classes.names);
+        Ok(BatchScores {
+            measured: Measured {
+                step: self.state.step,
+                overall: finite(report.overall.score),
+                classes: classes.into_iter().map(finite).collect(),
+            },
+            examples,
+        })
     }
 
-    /// Scores the first `n` examples of `split` (validation when `None`), with the run's
-    /// judge noise when `noisy` (the selectors' measurements; validation and test are clean).
+    /// Scores the first `n` examples of `split` (validation when `None`), and each example's
+    /// mean overall score. `selection`: the selectors' measurement, with the run's judge
+    /// noise and `phases.paired`'s sampling (validation and test are clean and unpaired).
     fn evaluate_split(
         &mut self,
         split: Option<&Dataset>,
@@ -615,8 +653,8 @@ impl Trainer {
         samples: usize,
         seed: u64,
         resamples: usize,
-        noisy: bool,
-    ) -> Result<EvalReport> {
+        selection: bool,
+    ) -> Result<(EvalReport, Vec<Option<f64>>)> {
         let assigned;
         let (examples, class_of) = match split {
             None => (&self.data.val.examples, &self.data.val_classes),
@@ -637,9 +675,10 @@ impl Trainer {
             samples,
             seed,
             resamples,
-            noise: self.noise.as_ref().filter(|_| noisy),
+            noise: self.noise.as_ref().filter(|_| selection),
+            paired: selection && self.config.phases.paired,
         };
-        evaluator.evaluate(&mut *self.policy, &set)
+        evaluator.evaluate_examples(&mut *self.policy, &set)
     }
 
     /// The step's judge-noise tally (taken) and the run's so far; `None` without noise.
@@ -681,6 +720,11 @@ impl Trainer {
         self.config.objective.kind == ObjectiveKind::Alternating
     }
 
+    /// The phase guard is on (`phases.guard_drop`, alternating runs).
+    fn guarding(&self) -> bool {
+        self.alternating() && self.config.phases.guard_drop.is_some()
+    }
+
     fn active_class_name(&self) -> Option<String> {
         let k = self.state.phase.active.filter(|_| self.alternating())?;
         Some(self.data.classes.names[k].clone())
@@ -691,14 +735,28 @@ impl Trainer {
         let o = &self.config.objective;
         Ok(match o.kind {
             ObjectiveKind::Alternating => {
-                Target::Class(self.state.phase.active.context("no active class")?)
+                self.phase_target(self.state.phase.active.context("no active class")?)?
             }
             ObjectiveKind::Gdpo => Target::Decoupled,
-            ObjectiveKind::Scalarized => o
-                .weights
-                .target(&self.data.classes.names)
-                .map_err(|e| anyhow::anyhow!("field `objective.weights`: {e}"))?,
+            ObjectiveKind::Scalarized => self.scalarized()?,
         })
+    }
+
+    /// The reward of a phase on `class` (and of its lookahead probe): the class's, or with
+    /// `objective.anchor < 1` its mix with the scalarized reward.
+    pub(crate) fn phase_target(&self, class: usize) -> Result<Target> {
+        let anchor = self.config.objective.anchor;
+        if anchor >= 1.0 {
+            return Ok(Target::Class(class));
+        }
+        Ok(Target::anchored(class, anchor, self.scalarized()?))
+    }
+
+    /// The `objective.weights` target.
+    fn scalarized(&self) -> Result<Target> {
+        let names = &self.data.classes.names;
+        let target = self.config.objective.weights.target(names);
+        target.map_err(|e| anyhow::anyhow!("field `objective.weights`: {e}"))
     }
 
     /// The class whose criteria alone are graded during training, when that switch is on.

@@ -36,6 +36,51 @@ fn bad_values_name_their_field() {
 }
 
 #[test]
+fn variant_knobs_are_validated_with_their_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");
+    let err = |extra: &str| {
+        let cfg = TrainConfig::from_toml(&format!("{base}{extra}")).unwrap();
+        cfg.validate().unwrap_err().to_string()
+    };
+    for bad in ["0.0", "-0.1"] {
+        let e = err(&format!("[phases]\nguard_drop = {bad}"));
+        assert!(e.contains("phases.guard_drop") && !e.contains('\n'), "{e}");
+    }
+    for bad in ["0.0", "1.5", "-1.0"] {
+        let e = err(&format!("[objective]\nanchor = {bad}"));
+        assert!(e.contains("objective.anchor") && !e.contains('\n'), "{e}");
+    }
+    let e = err("[objective]\nanchor = 0.5\ngrade_active_class_only = true");
+    assert!(
+        e.contains("objective.anchor") && e.contains("objective.grade_active_class_only"),
+        "{e}"
+    );
+    let ok = "[objective]\nanchor = 0.5\n[phases]\nguard_drop = 0.05\npaired = true";
+    let cfg = TrainConfig::from_toml(&format!("{base}{ok}")).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(
+        (
+            cfg.objective.anchor,
+            cfg.phases.guard_drop,
+            cfg.phases.paired
+        ),
+        (0.5, Some(0.05), true)
+    );
+    assert_eq!(
+        cfg,
+        TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap()
+    );
+    // off by default, and then absent from the written config
+    let plain = TrainConfig::from_toml(&base).unwrap();
+    let text = plain.to_toml().unwrap();
+    assert!(
+        !text.contains("anchor") && !text.contains("guard_drop") && !text.contains("paired"),
+        "{text}"
+    );
+}
+
+#[test]
 fn builtin_task_knobs_are_validated_and_reach_the_written_data() {
     let dir = tempfile::tempdir().unwrap();
     let base = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");

@@ -204,8 +204,73 @@ fn every_selector_runs_and_logs_its_numbers() {
     }
 }
 
+fn decisions(run: &std::path::Path) -> Vec<arl::Decision> {
+    let text = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_phase_guard_ends_a_phase_early_on_a_drop() {
+    // training completeness adds "more detail", which accuracy penalizes more than
+    // completeness rewards: with a large step size the overall score falls within a phase
+    let extra = "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"fixed\"\nfixed_class = \"completeness\"\nlength = 10\nselect_samples = 2\nguard_drop = 0.01";
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), LOOKAHEAD_RUBRIC, LOOKAHEAD_VOCAB, extra);
+    cfg.optim.lr = 1.0;
+    cfg.run.steps = 20;
+    let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+    t.run(|_| {}).unwrap();
+    let ds = decisions(&dir.path().join("run"));
+    assert!(ds.iter().any(|d| d.step % 10 != 0), "{ds:?}");
+    assert_eq!(ds[0].guard, None);
+    // a phase runs its 10 steps unless the guard ended it, and then the decision says so
+    for pair in ds.windows(2) {
+        let ran = pair[1].step - pair[0].step;
+        match pair[1].guard {
+            Some(trip) => {
+                assert!(ran < 10 && trip.step == pair[1].step, "{pair:?}");
+                assert!(trip.drop > 0.01, "{trip:?}");
+            }
+            None => assert_eq!(ran, 10, "{pair:?}"),
+        }
+    }
+    let report = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(report.contains("variants: phase guard 0.01"), "{report}");
+}
+
+#[test]
+fn paired_selection_logs_each_gain_with_its_standard_error() {
+    let on = "\npaired = true";
+    for paired in ["", on] {
+        let extra = format!("[objective]\nkind = \"alternating\"\n[phases]\nselector = \"lookahead\"\nlength = 2\nprobe_steps = 1\nselect_samples = 2{paired}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), RUBRIC, VOCAB, &extra);
+        cfg.run.steps = 4;
+        let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+        t.run(|_| {}).unwrap();
+        for d in decisions(&dir.path().join("run")) {
+            for c in &d.candidates {
+                assert_eq!(c.gain_se.is_some(), paired == on, "{d:?}");
+                // every example is scored: the paired gain is the score's gain
+                let gain = c.score - d.base_score.unwrap();
+                assert!((c.detail - gain).abs() < 1e-9, "{d:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn resume_from_a_checkpoint_reproduces_the_metrics() {
+    let variants =
+        "\nguard_drop = 0.01\npaired = true\n[objective]\nkind = \"alternating\"\nanchor = 0.5";
+    for extra in ["", variants] {
+        resume_reproduces(extra);
+    }
+}
+
+fn resume_reproduces(variants: &str) {
     let strip = |text: &str| -> Vec<serde_json::Value> {
         text.lines()
             .map(|l| {
@@ -215,9 +280,13 @@ fn resume_from_a_checkpoint_reproduces_the_metrics() {
             })
             .collect()
     };
-    let extra = "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"lookahead\"\nlength = 3\nprobe_steps = 1\nselect_samples = 2";
+    let extra = if variants.is_empty() {
+        "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"lookahead\"\nlength = 3\nprobe_steps = 1\nselect_samples = 2".to_string()
+    } else {
+        format!("[phases]\nselector = \"lookahead\"\nlength = 3\nprobe_steps = 1\nselect_samples = 2{variants}")
+    };
     let base = |dir: &std::path::Path, steps: u64, every: u64| {
-        let mut cfg = config(dir, RUBRIC, VOCAB, extra);
+        let mut cfg = config(dir, RUBRIC, VOCAB, &extra);
         cfg.grpo.kl_beta = 0.05;
         cfg.grpo.ppo_epochs = 2;
         cfg.grpo.micro_batch = 5;
@@ -256,6 +325,9 @@ fn resume_from_a_checkpoint_reproduces_the_metrics() {
     let s_full = std::fs::read_to_string(a.path().join("run/schedule.jsonl")).unwrap();
     let s_res = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
     assert_eq!(s_full, s_res);
+    if !variants.is_empty() {
+        assert!(s_full.contains("\"guard\""), "the guard trips: {s_full}");
+    }
 }
 
 /// Makes every log-prob NaN on the chosen calls.

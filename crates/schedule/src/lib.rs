@@ -16,7 +16,7 @@ pub use objective::{
     group_advantages, mean_std, BatchAdvantages, ObjectiveKind, ScaleRewards, Target, Weights,
 };
 pub use phase::{
-    decide, probe_candidates, Candidate, Choices, Decision, Measure, Measured, PhaseConfig,
-    PhaseState, Plan, SelectorKind,
+    decide, paired_gain, probe_candidates, BatchScores, Candidate, Choices, Decision, GuardTrip,
+    Measure, Measured, PhaseConfig, PhaseState, Plan, SelectorKind,
 };
 pub use task::TaskData;

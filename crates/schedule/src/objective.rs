@@ -91,14 +91,48 @@ pub enum Target {
     Decoupled,
     /// One class (ARL-RR's active class, a lookahead probe, a gradient-selector query).
     Class(usize),
+    /// Anchored alternation (our extension): `lambda · r_class + (1 − lambda) · r_rest`,
+    /// `rest` being the scalarized target. Built by [`Target::anchored`].
+    Anchored {
+        class: usize,
+        lambda: f64,
+        rest: Box<Target>,
+    },
 }
 
 impl Target {
+    /// The reward of a phase on `class` anchored to `rest` with weight `1 − lambda`; at
+    /// `lambda >= 1` that is exactly `Class(class)` (pure ARL-RR).
+    pub fn anchored(class: usize, lambda: f64, rest: Target) -> Target {
+        if lambda >= 1.0 {
+            Target::Class(class)
+        } else {
+            Target::Anchored {
+                class,
+                lambda,
+                rest: Box::new(rest),
+            }
+        }
+    }
+
     /// The scalar reward of one response (`None` = no signal or excluded).
     pub fn reward(&self, r: &RewardVector) -> Option<f64> {
         match self {
             Target::Overall => r.overall,
             Target::Class(k) => r.classes[*k],
+            // no data for the active class: no signal, as in pure ARL-RR; no scalarized
+            // reward: the active class's alone
+            Target::Anchored {
+                class,
+                lambda,
+                rest,
+            } => {
+                let active = r.classes[*class]?;
+                Some(match rest.reward(r) {
+                    Some(x) => lambda * active + (1.0 - lambda) * x,
+                    None => active,
+                })
+            }
             Target::Weighted(w) => {
                 let (mut num, mut den) = (0.0, 0.0);
                 for (rk, wk) in r.classes.iter().zip(w) {
@@ -296,6 +330,22 @@ mod tests {
         assert_eq!(Target::Class(1).reward(&r), None);
         assert_eq!(Target::Weighted(vec![1.0, 1.0, 3.0]).reward(&r), Some(0.25));
         assert_eq!(Target::Decoupled.reward(&r), Some(1.0));
+    }
+
+    #[test]
+    fn anchored_mixes_the_active_class_with_the_scalarized_reward() {
+        let r = rv(0.5, &[Some(1.0), None, Some(0.0)]).unwrap();
+        let a = Target::anchored(0, 0.25, Target::Overall);
+        assert_eq!(a.reward(&r), Some(0.25 * 1.0 + 0.75 * 0.5));
+        let w = Target::anchored(2, 0.5, Target::Weighted(vec![1.0, 0.0, 1.0]));
+        assert_eq!(w.reward(&r), Some(0.25));
+        // the active class has no data: no signal
+        assert_eq!(Target::anchored(1, 0.5, Target::Overall).reward(&r), None);
+        // no scalarized reward: the active class's alone
+        let no_rest = Target::anchored(0, 0.5, Target::Weighted(vec![0.0, 1.0, 0.0]));
+        assert_eq!(no_rest.reward(&r), Some(1.0));
+        // lambda = 1 is pure ARL-RR
+        assert_eq!(Target::anchored(2, 1.0, Target::Overall), Target::Class(2));
     }
 
     #[test]

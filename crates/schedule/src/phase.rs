@@ -25,6 +25,15 @@ pub struct PhaseConfig {
     pub select_size: usize,
     /// Responses sampled per example of the fixed batch (same seed for every candidate).
     pub select_samples: usize,
+    /// Phase guard (off when absent): end a phase early when the overall score on the fixed
+    /// batch, measured after each step, has dropped by more than this since the phase began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard_drop: Option<f64>,
+    /// Paired selection: the fixed batch is sampled with one seed per (example, sample), so
+    /// every candidate and the base see the same sampling noise (common random numbers), and
+    /// each lookahead candidate records its paired gain and standard error.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paired: bool,
 }
 
 impl Default for PhaseConfig {
@@ -38,6 +47,8 @@ impl Default for PhaseConfig {
             ucb_c: 0.5,
             select_size: 16,
             select_samples: 4,
+            guard_drop: None,
+            paired: false,
         }
     }
 }
@@ -63,6 +74,24 @@ pub struct PhaseState {
     pub start_score: Option<f64>,
     /// `ucb`: per class, phases trained and summed gain of the overall score.
     pub arms: Vec<Arm>,
+    /// The step the active phase began at (`None` in checkpoints from before the phase
+    /// guard, whose phases all began at multiples of `length`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// The phase guard ended the active phase: the next step is a boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tripped: Option<GuardTrip>,
+}
+
+/// The phase guard's record of a phase it ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GuardTrip {
+    /// Steps completed when the drop was measured (the next phase starts there).
+    pub step: u64,
+    /// Overall score on the fixed batch then.
+    pub score: f64,
+    /// `start_score - score` (more than `guard_drop`).
+    pub drop: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -72,6 +101,33 @@ pub struct Arm {
 }
 
 impl PhaseState {
+    /// Whether a new phase starts at `step`: none is active yet, the active one has run
+    /// `length` steps, or the phase guard ended it. Without the guard that is every multiple
+    /// of `length`.
+    pub fn boundary(&self, step: u64, cfg: &PhaseConfig) -> bool {
+        let ran_out = match self.started_at {
+            Some(start) => step.saturating_sub(start) >= cfg.length,
+            None => step.is_multiple_of(cfg.length),
+        };
+        self.active.is_none() || ran_out || self.tripped.is_some()
+    }
+
+    /// The phase guard, after a step inside a phase, given the overall score on the fixed
+    /// batch measured after `step` steps: ends the phase (the next step is a boundary) when
+    /// the score dropped by more than `guard_drop` below the phase's start score. Returns
+    /// whether it did; without the guard, a start score or a score now it never does.
+    pub fn check_guard(&mut self, cfg: &PhaseConfig, step: u64, now: Option<f64>) -> bool {
+        let (Some(limit), Some(start), Some(score)) = (cfg.guard_drop, self.start_score, now)
+        else {
+            return false;
+        };
+        let drop = start - score;
+        if drop > limit {
+            self.tripped = Some(GuardTrip { step, score, drop });
+        }
+        self.tripped.is_some()
+    }
+
     /// At a phase boundary: credits the phase that just ended with the overall gain it made
     /// (`ucb`'s reward), given the overall score measured now.
     pub fn credit_ended_phase(&mut self, classes: usize, now: Option<f64>) {
@@ -104,6 +160,7 @@ impl PhaseState {
                     class: names[k].clone(),
                     score: bound,
                     detail: mean,
+                    gain_se: None,
                 }
             })
             .collect()
@@ -124,6 +181,9 @@ pub struct Decision {
     pub base_class_scores: Vec<Option<f64>>,
     /// Every candidate with the number it was ranked by.
     pub candidates: Vec<Candidate>,
+    /// The phase guard ended the previous phase early (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardTrip>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,9 +195,14 @@ pub struct Candidate {
     #[serde(with = "finite_or_null")]
     pub score: f64,
     /// The number next to it: lookahead = gain over `base_score`, gradient = dot product,
-    /// deficit = class score, ucb = mean gain.
+    /// deficit = class score, ucb = mean gain. Paired lookahead: the mean over the fixed
+    /// batch's examples of (score after the probe − score before).
     #[serde(with = "finite_or_null")]
     pub detail: f64,
+    /// Paired lookahead: the standard error of that mean gain (sample std of the per-example
+    /// differences / √n); absent otherwise or with fewer than two examples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gain_se: Option<f64>,
 }
 
 /// JSON has no NaN or infinity: written as null, read back as NaN.
@@ -219,6 +284,7 @@ impl PhaseState {
                 class: names[k].clone(),
                 score: 1.0,
                 detail: 0.0,
+                gain_se: None,
             }])
         };
         Ok(match cfg.selector {
@@ -243,6 +309,7 @@ impl PhaseState {
                         class: names[k].clone(),
                         score: deficit(k),
                         detail: class_score(k),
+                        gain_se: None,
                     })
                     .collect(),
             ),
@@ -297,6 +364,8 @@ impl PhaseState {
         self.index += 1;
         self.active = Some(chosen);
         self.start_score = base_score;
+        self.started_at = Some(step);
+        let guard = self.tripped.take();
         Ok(Decision {
             step,
             phase: self.index,
@@ -305,6 +374,7 @@ impl PhaseState {
             base_score,
             base_class_scores: base.map_or_else(|| vec![None; names.len()], |b| b.classes.clone()),
             candidates,
+            guard,
         })
     }
 }
@@ -324,17 +394,42 @@ pub fn probe_candidates(
             class: names[k].clone(),
             score,
             detail: base_overall.map_or(f64::NAN, |b| score - b),
+            gain_se: None,
         })
         .collect()
+}
+
+/// Paired selection: the mean and the standard error (sample std / √n; `None` below two
+/// examples) of `after - base` over the examples scored in both (`None` when there is none).
+pub fn paired_gain(base: &[Option<f64>], after: &[Option<f64>]) -> Option<(f64, Option<f64>)> {
+    let diffs: Vec<f64> = base
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| Some((*a)? - (*b)?))
+        .collect();
+    let n = diffs.len() as f64;
+    let (mean, std) = crate::mean_std(diffs.iter().copied())?;
+    // population std → sample std
+    let se = (diffs.len() >= 2).then(|| std * (n / (n - 1.0)).sqrt() / n.sqrt());
+    Some((mean, se))
+}
+
+/// Scores of one measurement of the selectors' fixed batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchScores {
+    pub measured: Measured,
+    /// Per example of the batch, the mean overall score of its scored responses (`None` =
+    /// none scored); what paired selection compares.
+    pub examples: Vec<Option<f64>>,
 }
 
 /// What a selector asks of whoever holds the policy and can measure it at once.
 pub trait Measure {
     /// Overall and per-class scores of the current policy on the selectors' fixed batch.
-    fn measure(&mut self) -> Result<Measured>;
-    /// Lookahead: per class, the overall score on the fixed batch after `probe_steps` steps
-    /// on that class, every probe starting from the current policy (restored afterwards).
-    fn probe(&mut self, classes: &[usize]) -> Result<Vec<f64>>;
+    fn measure(&mut self) -> Result<BatchScores>;
+    /// Lookahead: per class, the scores on the fixed batch after `probe_steps` steps on that
+    /// class, every probe starting from the current policy (restored afterwards).
+    fn probe(&mut self, classes: &[usize]) -> Result<Vec<BatchScores>>;
     /// Gradient: per class, the cosine and the dot product of its policy gradient with the
     /// overall score's.
     fn align(&mut self, classes: &[usize]) -> Result<Vec<(f64, f64)>>;
@@ -358,16 +453,22 @@ pub fn decide(
     } else {
         None
     };
-    let candidates = match state.plan(cfg, at, base.as_ref())? {
+    let base_scores = base.as_ref().map(|b| &b.measured);
+    let candidates = match state.plan(cfg, at, base_scores)? {
         Plan::Decide(c) => c,
         Plan::Probe(classes) => {
-            let scores = owner.probe(&classes)?;
-            probe_candidates(
-                at.names,
-                &classes,
-                &scores,
-                base.as_ref().and_then(|b| b.overall),
-            )
+            let probes = owner.probe(&classes)?;
+            let overall = |b: &BatchScores| b.measured.overall.unwrap_or(f64::NAN);
+            let scores: Vec<f64> = probes.iter().map(overall).collect();
+            let base_overall = base_scores.and_then(|b| b.overall);
+            let mut c = probe_candidates(at.names, &classes, &scores, base_overall);
+            if let (true, Some(base)) = (cfg.paired, &base) {
+                for (c, p) in c.iter_mut().zip(&probes) {
+                    let gain = paired_gain(&base.examples, &p.examples);
+                    (c.detail, c.gain_se) = gain.unwrap_or((f64::NAN, None));
+                }
+            }
+            c
         }
         Plan::Gradients(classes) => classes
             .iter()
@@ -376,10 +477,11 @@ pub fn decide(
                 class: at.names[k].clone(),
                 score: cos,
                 detail: dot,
+                gain_se: None,
             })
             .collect(),
     };
-    state.commit(step, cfg.selector, at.names, candidates, base.as_ref())
+    state.commit(step, cfg.selector, at.names, candidates, base_scores)
 }
 
 #[cfg(test)]
@@ -492,6 +594,7 @@ mod tests {
             class: "a".into(),
             score: f64::NAN,
             detail: 0.0,
+            gain_se: None,
         }];
         assert_eq!(
             st.commit(8, SelectorKind::Deficit, &n, nan, None)
@@ -515,5 +618,82 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("phases.fixed_class") && e.contains("`z`"), "{e}");
+    }
+
+    #[test]
+    fn without_the_guard_phases_begin_at_multiples_of_the_length() {
+        let n = names();
+        let cfg = PhaseConfig::default();
+        let mut st = PhaseState::default();
+        let mut starts = Vec::new();
+        for step in 0..23 {
+            if st.boundary(step, &cfg) {
+                starts.push(step);
+                let c = probe_candidates(&n, &[0], &[0.5], Some(0.5));
+                st.commit(step, cfg.selector, &n, c, None).unwrap();
+            }
+            // no guard: a drop changes nothing
+            assert!(!st.check_guard(&cfg, step + 1, Some(-1.0)));
+        }
+        assert_eq!(starts, [0, 5, 10, 15, 20]);
+        // a checkpoint from before the guard (no `started_at`) keeps the same boundaries
+        let old = PhaseState {
+            active: Some(0),
+            ..PhaseState::default()
+        };
+        let old_starts: Vec<u64> = (1..23).filter(|&s| old.boundary(s, &cfg)).collect();
+        assert_eq!(old_starts, [5, 10, 15, 20]);
+    }
+
+    #[test]
+    fn the_phase_guard_ends_a_phase_early_on_a_constructed_drop() {
+        let n = names();
+        let cfg = PhaseConfig {
+            guard_drop: Some(0.05),
+            ..PhaseConfig::default()
+        };
+        let base = measured(0.5, &[None, None, None]);
+        let mut st = PhaseState::default();
+        let c = probe_candidates(&n, &[1], &[0.6], Some(0.5));
+        st.commit(10, cfg.selector, &n, c.clone(), Some(&base))
+            .unwrap();
+        assert!(!st.boundary(11, &cfg));
+        // a drop of exactly guard_drop, or none measured, keeps the phase
+        assert!(!st.check_guard(&cfg, 11, Some(0.45)));
+        assert!(!st.check_guard(&cfg, 11, None));
+        assert!(!st.boundary(12, &cfg));
+        // more than guard_drop: the phase ends after step 12, not at 15
+        assert!(st.check_guard(&cfg, 12, Some(0.4)));
+        assert!(st.boundary(12, &cfg));
+        let d = st.commit(12, cfg.selector, &n, c, Some(&base)).unwrap();
+        let trip = d.guard.expect("the decision records the early end");
+        assert_eq!(trip.step, 12);
+        assert!((trip.drop - 0.1).abs() < 1e-12 && trip.score == 0.4);
+        assert_eq!((st.started_at, st.tripped), (Some(12), None));
+        assert!(!st.boundary(16, &cfg) && st.boundary(17, &cfg));
+        // the record is left out of schedule.jsonl when there is none
+        let line = serde_json::to_string(&Decision { guard: None, ..d }).unwrap();
+        assert!(
+            !line.contains("guard") && !line.contains("gain_se"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn paired_gain_is_the_mean_difference_with_its_standard_error() {
+        let base = [Some(0.2), Some(0.5), None, Some(0.1)];
+        let after = [Some(0.4), Some(0.5), Some(0.9), Some(0.4)];
+        let (gain, se) = paired_gain(&base, &after).unwrap();
+        // differences 0.2, 0.0, 0.3 (the third example is scored once only)
+        assert!((gain - 0.5 / 3.0).abs() < 1e-12);
+        let var = [0.2f64, 0.0, 0.3]
+            .iter()
+            .map(|d| (d - 0.5 / 3.0).powi(2))
+            .sum::<f64>()
+            / 2.0;
+        assert!((se.unwrap() - (var / 3.0).sqrt()).abs() < 1e-12);
+        let one = paired_gain(&[Some(0.1)], &[Some(0.3)]).unwrap();
+        assert!((one.0 - 0.2).abs() < 1e-12 && one.1.is_none());
+        assert_eq!(paired_gain(&[None], &[Some(0.3)]), None);
     }
 }

@@ -9,7 +9,7 @@ use crate::metrics::Timing;
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use schedule::{Choices, Decision, Measure, Measured, Target};
+use schedule::{BatchScores, Choices, Decision, Measure, Target};
 
 impl Trainer {
     /// Picks the class of the phase starting now and updates the phase state.
@@ -41,24 +41,14 @@ struct Selection<'a> {
 }
 
 impl Measure for Selection<'_> {
-    fn measure(&mut self) -> Result<Measured> {
-        let t = &mut *self.trainer;
-        let report = t.select_eval(self.time)?;
-        let finite = |x: f64| x.is_finite().then_some(x);
-        Ok(Measured {
-            step: t.state.step,
-            overall: finite(report.overall.score),
-            classes: report
-                .class_scores(&t.data.classes.names)
-                .into_iter()
-                .map(finite)
-                .collect(),
-        })
+    fn measure(&mut self) -> Result<BatchScores> {
+        self.trainer.select_eval(self.time)
     }
 
-    /// From one snapshot of policy and optimizer, trains each class for `probe_steps` steps
-    /// (same prompts and sampling noise for all), scores the fixed batch, restores.
-    fn probe(&mut self, classes: &[usize]) -> Result<Vec<f64>> {
+    /// From one snapshot of policy and optimizer, trains each class's phase reward for
+    /// `probe_steps` steps (same prompts and sampling noise for all), scores the fixed batch,
+    /// restores.
+    fn probe(&mut self, classes: &[usize]) -> Result<Vec<BatchScores>> {
         let t = &mut *self.trainer;
         let params = ParamSnapshot::take(&t.vars)?;
         let optimizer = t.optimizer.clone();
@@ -68,11 +58,12 @@ impl Measure for Selection<'_> {
         let mut scores = Vec::new();
         for &k in classes {
             t.rng = ChaCha8Rng::seed_from_u64(probe_seed);
+            let target = t.phase_target(k)?;
             for _ in 0..t.config.phases.probe_steps {
                 let only = t.config.objective.grade_active_class_only.then_some(k);
-                t.grpo_step(&Target::Class(k), only, self.time)?;
+                t.grpo_step(&target, only, self.time)?;
             }
-            scores.push(t.select_eval(self.time)?.overall.score);
+            scores.push(t.select_eval(self.time)?);
             params.restore(&t.vars)?;
             t.optimizer = optimizer.clone();
             t.state.optimizer_steps = optimizer_steps;
@@ -89,7 +80,7 @@ impl Measure for Selection<'_> {
         let overall = t.policy_gradient(&rollout, &Target::Overall)?;
         let mut out = Vec::new();
         for &k in classes {
-            let g = t.policy_gradient(&rollout, &Target::Class(k))?;
+            let g = t.policy_gradient(&rollout, &t.phase_target(k)?)?;
             out.push(match (&overall, &g) {
                 (Some(o), Some(g)) => {
                     let (mut dot, mut no, mut ng) = (0.0, 0.0, 0.0);
