@@ -271,16 +271,7 @@ impl TrainConfig {
 
     /// Parses TOML text; the error names the offending field and its line.
     pub fn from_toml(text: &str) -> Result<TrainConfig> {
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|s| format!("line {}: ", text[..s.start].matches('\n').count() + 1))
-                .unwrap_or_default();
-            anyhow::anyhow!("{line}field `{path}`: {}", inner.message())
-        })
+        parse_toml(text)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -494,4 +485,18 @@ impl TrainConfig {
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
+}
+
+/// Parses TOML text into `T`; the error names the offending field and its line.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|s| format!("line {}: ", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_default();
+        anyhow::anyhow!("{line}field `{path}`: {}", inner.message().trim())
+    })
 }

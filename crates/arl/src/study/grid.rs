@@ -190,16 +190,7 @@ impl Grid {
     }
 
     fn parse(text: &str, path: &Path) -> Result<Grid> {
-        let de = toml::Deserializer::new(text);
-        let file: GridFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|s| format!("line {}: ", text[..s.start].matches('\n').count() + 1))
-                .unwrap_or_default();
-            anyhow::anyhow!("{line}field `{field}`: {}", inner.message().trim())
-        })?;
+        let file: GridFile = crate::config::parse_toml(text)?;
         let s = &file.study;
         ensure_field(s.seeds > 0, "study.seeds", "at least 1")?;
         ensure_field(s.steps > 0, "study.steps", "at least 1")?;
