@@ -293,6 +293,55 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
             writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
         }
         writeln!(r)?;
+        writeln!(r, "### Score at equal judge cost\n")?;
+        writeln!(
+            r,
+            "Each method's final validation score minus `scalarized`'s validation score at the \
+             same verdict spend (each scalarized run's curve interpolated between its \
+             validations at the method's mean spend): difference [95% CI], exact permutation p, \
+             and the spend. Positive = better for the money. `>` = the method spent more than \
+             `scalarized`'s whole run and is compared with its final score.\n"
+        )?;
+        writeln!(r, "| regime | {} |", methods.join(" | "))?;
+        writeln!(r, "|---|{}", "---|".repeat(methods.len()))?;
+        for (ri, regime) in grid.regimes.iter().enumerate() {
+            let cells: Vec<String> = (0..methods.len())
+                .map(|m| {
+                    if m == s {
+                        return "(reference)".into();
+                    }
+                    let runs = &v.cell(ri, m).runs;
+                    let spend: Vec<f64> = runs
+                        .iter()
+                        .map(|r| r.verdicts.last().copied().unwrap_or(0) as f64)
+                        .collect();
+                    let spend = mean(&spend);
+                    let finals: Vec<f64> = runs.iter().map(|r| r.val_final).collect();
+                    let at: Option<Vec<(f64, bool)>> = v
+                        .cell(ri, s)
+                        .runs
+                        .iter()
+                        .map(|r| at_cost(&cost_curve(r), spend))
+                        .collect();
+                    let Some(at) = at else {
+                        return "—".into();
+                    };
+                    let beyond = at.iter().any(|a| a.1);
+                    let base: Vec<f64> = at.iter().map(|a| a.0).collect();
+                    let (d, half) = diff_ci95(&finals, &base);
+                    format!(
+                        "{d:+.3} [{:+.3}, {:+.3}], {} ({}{})",
+                        d - half,
+                        d + half,
+                        p_text(permutation_p(&finals, &base)),
+                        if beyond { ">" } else { "" },
+                        count(spend)
+                    )
+                })
+                .collect();
+            writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
+        }
+        writeln!(r)?;
         writeln!(r, "## Efficiency per step\n")?;
         writeln!(
             r,
@@ -554,4 +603,38 @@ fn correlation(pairs: &[(f64, f64)]) -> Option<f64> {
         syy += (y - my).powi(2);
     }
     (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+/// One run's validation score against the verdicts spent by then.
+fn cost_curve(run: &RunSummary) -> Vec<(f64, f64)> {
+    run.curve
+        .iter()
+        .map(|&(step, y)| {
+            let spent = match step {
+                0 => 0,
+                s => run.verdicts.get(s as usize - 1).copied().unwrap_or(0),
+            };
+            (spent as f64, y)
+        })
+        .collect()
+}
+
+/// The curve's score at spend `x` (linear between points), and whether `x` lies beyond its
+/// last point (then its last score).
+fn at_cost(curve: &[(f64, f64)], x: f64) -> Option<(f64, bool)> {
+    let last = *curve.last()?;
+    if x >= last.0 {
+        return Some((last.1, x > last.0 * 1.0001));
+    }
+    let i = curve.iter().position(|p| p.0 >= x)?;
+    if i == 0 {
+        return Some((curve[0].1, false));
+    }
+    let (a, b) = (curve[i - 1], curve[i]);
+    let t = if b.0 > a.0 {
+        (x - a.0) / (b.0 - a.0)
+    } else {
+        1.0
+    };
+    Some((a.1 + t * (b.1 - a.1), false))
 }
