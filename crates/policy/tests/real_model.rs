@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use common::{max_abs, max_abs_diff, to_gguf_bytes};
-use policy::{completion_log_probs, generate, GenerationConfig, Model};
+use policy::{completion_log_probs, generate, generate_groups, GenerationConfig, Model};
 use rand::SeedableRng;
 use rubric::Message;
 
@@ -176,4 +176,50 @@ fn real_model_generation_logprobs_match_teacher_forced() {
     let (worst32, mean32) = logprob_gap(&Model::load(&path).unwrap());
     println!("f32: max |generation - teacher-forced| log-prob {worst32:.3e} (mean {mean32:.3e})");
     assert!(worst32 < 1e-3, "f32 gap {worst32}");
+}
+
+/// Prefilling each prompt once and forking its cache samples what repeating the prompt does.
+#[test]
+fn real_model_shared_prefill_matches_repeated_prompts() {
+    let model = Model::load(gguf_path()).unwrap();
+    let tok = &model.tokenizer;
+    let other = vec![Message {
+        role: "user".into(),
+        content: "Name a fruit.".into(),
+    }];
+    let prompts = vec![
+        tok.chat_prompt(&msgs()).unwrap(),
+        tok.chat_prompt(&other).unwrap(),
+    ];
+    let cfg = model.generation_config(16, 1.0);
+    let group = 3;
+    let repeated: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), group))
+        .collect();
+    let tr = &model.transformer;
+    let want = generate(
+        tr,
+        &repeated,
+        &cfg,
+        &mut rand::rngs::StdRng::seed_from_u64(3),
+    )
+    .unwrap();
+    let got = generate_groups(
+        tr,
+        &prompts,
+        group,
+        &cfg,
+        &mut rand::rngs::StdRng::seed_from_u64(3),
+    )
+    .unwrap();
+    let mut worst = 0f32;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.tokens, w.tokens, "row {i}");
+        for (a, b) in g.logprobs.iter().zip(&w.logprobs) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    println!("shared prefill: max |log-prob difference| {worst:.3e}");
+    assert!(worst < 1e-4, "{worst}");
 }
