@@ -36,8 +36,9 @@ pub struct TransformerConfig {
     /// Teacher-forced log-probs run each prompt's forward once for the completions of it that
     /// sit together in a micro-batch (they attend to its keys and values). Faster with long
     /// prompts; the same values and gradients up to float rounding, so off by default, which
-    /// keeps the default runs' figures bit for bit.
-    #[serde(default)]
+    /// keeps the default runs' figures bit for bit (and their saved configs: written only
+    /// when on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub share_prompt: bool,
 }
 

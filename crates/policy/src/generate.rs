@@ -121,14 +121,19 @@ pub fn generate_groups_with(
     let mut cache = KvCache::new(&model.cfg, total);
     let input = Tensor::from_vec(ids, (prompts.len(), plen), device)?;
     let h = model.forward_infer(&input, &positions, &key_mask, Some(&mut cache))?;
-    let mut logits = model.logits_infer(&h.narrow(1, plen - 1, 1)?)?;
+    let mut last = h.narrow(1, plen - 1, 1)?;
     if group > 1 {
-        // Fork: every prompt's cache rows, key mask and last logits, once per sample.
+        // Fork: every prompt's cache rows, key mask and last hidden state, once per sample.
+        // The logits are taken after the fork, so their matmul has today's shape (gemm sums
+        // in another order for a single row).
         let rows: Vec<u32> = (0..b).map(|r| (r / group) as u32).collect();
         cache.select_rows(&rows)?;
-        logits = logits.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+        last = last
+            .contiguous()?
+            .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
         key_mask = rows.iter().map(|&r| key_mask[r as usize].clone()).collect();
     }
+    let mut logits = model.logits_infer(&last)?;
     let mut next_pos: Vec<u32> = (0..b).map(|r| prompts[r / group].len() as u32).collect();
     for step in 0..cfg.max_new_tokens {
         let rows = logits.squeeze(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
