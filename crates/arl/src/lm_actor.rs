@@ -33,6 +33,13 @@ pub struct TransformerConfig {
     /// Seeds the LoRA `A` matrices.
     #[serde(default)]
     pub init_seed: u64,
+    /// Teacher-forced log-probs run each prompt's forward once for the completions of it that
+    /// sit together in a micro-batch (they attend to its keys and values). Faster with long
+    /// prompts; the same values and gradients up to float rounding, so off by default, which
+    /// keeps the default runs' figures bit for bit (and their saved configs: written only
+    /// when on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub share_prompt: bool,
 }
 
 fn default_max_new_tokens() -> usize {
@@ -98,15 +105,15 @@ impl Policy for TransformerPolicy {
         n: usize,
         rng: &mut ChaCha8Rng,
     ) -> Result<Vec<Vec<Completion>>> {
-        let mut batch = Vec::with_capacity(prompts.len() * n);
-        for ex in prompts {
-            let ids = self.prompt_ids(ex)?;
-            batch.extend(std::iter::repeat_n(ids, n));
-        }
+        let batch = prompts
+            .iter()
+            .map(|ex| self.prompt_ids(ex))
+            .collect::<Result<Vec<_>>>()?;
         let cfg = self
             .model
             .generation_config(self.config.max_new_tokens, self.config.temperature);
-        let gens = policy::generate(&self.model.transformer, &batch, &cfg, rng)?;
+        // Each prompt is prefilled once; its n samples share that cache.
+        let gens = policy::generate_groups(&self.model.transformer, &batch, n, &cfg, rng)?;
         let mut out: Vec<Vec<Completion>> = Vec::with_capacity(prompts.len());
         for chunk in gens.chunks(n) {
             let group = chunk
@@ -130,8 +137,21 @@ impl Policy for TransformerPolicy {
             .zip(completions)
             .map(|(ex, c)| Ok((self.prompt_ids(ex)?, c.to_vec())))
             .collect::<Result<Vec<_>>>()?;
-        let lp =
-            policy::completion_log_probs(&self.model.transformer, &pairs, self.config.temperature)?;
+        let (model, t) = (&self.model.transformer, self.config.temperature);
+        let lp = if self.config.share_prompt {
+            // A group's rows are consecutive: one prompt per run of equal prompts.
+            let mut distinct: Vec<Vec<u32>> = Vec::new();
+            let mut comps = Vec::with_capacity(pairs.len());
+            for (p, c) in pairs {
+                if distinct.last() != Some(&p) {
+                    distinct.push(p);
+                }
+                comps.push((distinct.len() - 1, c));
+            }
+            policy::completion_log_probs_shared(model, &distinct, &comps, t)?
+        } else {
+            policy::completion_log_probs(model, &pairs, t)?
+        };
         Ok(TokenLogProbs {
             log_probs: lp.logp,
             mask: lp.mask,

@@ -202,6 +202,7 @@ pub fn load_model(
                 temperature: opts.temperature,
                 lora: None,
                 init_seed: 0,
+                share_prompt: false,
             };
             let policy = crate::lm_actor::TransformerPolicy::new(cfg)?;
             return Ok((Box::new(policy), rubric::ClassSpec::default()));

@@ -55,7 +55,22 @@ fn one_grpo_step_on_smollm2_end_to_end() {
             assert!((a - b).abs() < 1e-3, "teacher-forced {a} vs sampled {b}");
         }
     }
-    drop(policy);
+    // with `share_prompt` the two rows run their prompt once: the same log-probs
+    let mut shared = cfg.policy.clone();
+    if let arl::PolicyConfig::Transformer(t) = &mut shared {
+        t.share_prompt = true;
+    }
+    let shared = arl::build_policy(&shared).unwrap();
+    let lp2: Vec<Vec<f32>> = shared
+        .log_probs(&[ex, ex], &toks)
+        .unwrap()
+        .log_probs
+        .to_vec2()
+        .unwrap();
+    for (a, b) in lp2.iter().flatten().zip(lp.iter().flatten()) {
+        assert!((a - b).abs() < 1e-4, "shared prompt {a} vs pairs {b}");
+    }
+    drop((policy, shared));
 
     let mut t = Trainer::new(cfg.clone(), parts).unwrap();
     let lora_before: Vec<f32> = t

@@ -56,9 +56,24 @@ pub fn generate_with(
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
     rng: &mut impl Rng,
+    on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Generation>> {
+    generate_groups_with(model, prompts, 1, cfg, rng, on_token)
+}
+
+/// `group` samples of every prompt: rows `i·group .. (i+1)·group` continue `prompts[i]`. The
+/// same tokens and log-probs as `generate_with` on each prompt repeated `group` times (the
+/// same [B,V] rows consume the rng in the same order), but each prompt is prefilled once and
+/// its KV cache forked for the group.
+pub fn generate_groups_with(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &GenerationConfig,
+    rng: &mut impl Rng,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generation>> {
-    if prompts.is_empty() {
+    if prompts.is_empty() || group == 0 {
         return Ok(Vec::new());
     }
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
@@ -70,7 +85,7 @@ pub fn generate_with(
             cfg.top_p, cfg.temperature
         )));
     }
-    let b = prompts.len();
+    let b = prompts.len() * group;
     let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let total = plen + cfg.max_new_tokens;
     if total > model.cfg.max_position_embeddings {
@@ -80,9 +95,9 @@ pub fn generate_with(
         )));
     }
     let device = model.device();
-    let mut ids = Vec::with_capacity(b * plen);
+    let mut ids = Vec::with_capacity(prompts.len() * plen);
     let mut key_mask: Vec<Vec<u8>> = Vec::with_capacity(b);
-    let mut positions = Vec::with_capacity(b);
+    let mut positions = Vec::with_capacity(prompts.len());
     for p in prompts {
         let pad = plen - p.len();
         ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
@@ -103,11 +118,23 @@ pub fn generate_with(
     if cfg.max_new_tokens == 0 {
         return Ok(out);
     }
-    let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     let mut cache = KvCache::new(&model.cfg, total);
-    let input = Tensor::from_vec(ids, (b, plen), device)?;
+    let input = Tensor::from_vec(ids, (prompts.len(), plen), device)?;
     let h = model.forward_infer(&input, &positions, &key_mask, Some(&mut cache))?;
-    let mut logits = model.logits_infer(&h.narrow(1, plen - 1, 1)?)?;
+    let mut last = h.narrow(1, plen - 1, 1)?;
+    if group > 1 {
+        // Fork: every prompt's cache rows, key mask and last hidden state, once per sample.
+        // The logits are taken after the fork, so their matmul has today's shape (gemm sums
+        // in another order for a single row).
+        let rows: Vec<u32> = (0..b).map(|r| (r / group) as u32).collect();
+        cache.select_rows(&rows)?;
+        last = last
+            .contiguous()?
+            .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+        key_mask = rows.iter().map(|&r| key_mask[r as usize].clone()).collect();
+    }
+    let mut logits = model.logits_infer(&last)?;
+    let mut next_pos: Vec<u32> = (0..b).map(|r| prompts[r / group].len() as u32).collect();
     for step in 0..cfg.max_new_tokens {
         let rows = logits.squeeze(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
         let mut next = Vec::with_capacity(b);
@@ -146,6 +173,17 @@ pub fn generate_with(
         logits = model.logits_infer(&h)?;
     }
     Ok(out)
+}
+
+/// `generate_groups_with` without a streaming callback.
+pub fn generate_groups(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &GenerationConfig,
+    rng: &mut impl Rng,
+) -> Result<Vec<Generation>> {
+    generate_groups_with(model, prompts, group, cfg, rng, |_, _| {})
 }
 
 /// `generate_with` without a streaming callback.

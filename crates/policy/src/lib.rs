@@ -30,8 +30,10 @@ pub mod weights;
 pub use bpe::train_bpe;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
-pub use generate::{generate, generate_with, Generation, GenerationConfig};
-pub use logprobs::{completion_log_probs, LogProbs};
+pub use generate::{
+    generate, generate_groups, generate_groups_with, generate_with, Generation, GenerationConfig,
+};
+pub use logprobs::{completion_log_probs, completion_log_probs_shared, LogProbs};
 pub use lora::{LoraConfig, LoraTarget};
 pub use model::{load_hf, load_lora, save_hf, save_lora, Model};
 pub use tokenizer::Tokenizer;

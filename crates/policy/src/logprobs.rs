@@ -34,24 +34,13 @@ pub fn completion_log_probs(
     if pairs.is_empty() {
         return Err(Error::Invalid("no (prompt, completion) pairs".into()));
     }
-    if let Some(i) = pairs.iter().position(|(p, _)| p.is_empty()) {
-        return Err(Error::Invalid(format!(
-            "prompt {i} is empty (the first completion token needs a context)"
-        )));
-    }
-    if temperature.is_nan() || temperature <= 0.0 {
-        return Err(Error::Invalid(format!(
-            "temperature must be > 0, got {temperature}"
-        )));
-    }
+    check_inputs(pairs.iter().map(|x| &x.0), temperature)?;
     let b = pairs.len();
     let p = pairs.iter().map(|x| x.0.len()).max().unwrap();
     let c = pairs.iter().map(|x| x.1.len()).max().unwrap().max(1);
     let l = p + c;
     let mut ids = Vec::with_capacity(b * l);
     let mut mask = Vec::with_capacity(b * l);
-    let mut targets = Vec::with_capacity(b * c);
-    let mut cmask = Vec::with_capacity(b * c);
     for (prompt, comp) in pairs {
         let pad = p - prompt.len();
         ids.extend(std::iter::repeat_n(0, pad));
@@ -61,18 +50,125 @@ pub fn completion_log_probs(
         mask.extend(std::iter::repeat_n(0u8, pad));
         mask.extend(std::iter::repeat_n(1u8, prompt.len() + comp.len()));
         mask.extend(std::iter::repeat_n(0u8, c - comp.len()));
-        targets.extend_from_slice(comp);
-        targets.extend(std::iter::repeat_n(0, c - comp.len()));
-        cmask.extend(std::iter::repeat_n(1f32, comp.len()));
-        cmask.extend(std::iter::repeat_n(0f32, c - comp.len()));
     }
     let dev = model.device();
-    let dtype = model.dtype();
     let ids = Tensor::from_vec(ids, (b, l), dev)?;
     let mask_t = Tensor::from_vec(mask, (b, l), dev)?;
     let hidden = model.forward_hidden(&ids, &mask_t)?;
     // Hidden state at column j predicts token j+1: columns p-1 .. p+c-2 predict completions.
     let h = hidden.narrow(1, p - 1, c)?;
+    score(model, &h, pairs.iter().map(|x| &x.1), temperature)
+}
+
+/// `completion_log_probs` of `completions[i].1` given `prompts[completions[i].0]`, running
+/// each prompt's forward once: the completions attend to its keys and values, and the
+/// gradient of every completion flows back into the one prompt pass. The same values and
+/// gradients as the pairs spelled out, up to float rounding (the sums run in another order);
+/// cheaper when several completions share a long prompt.
+pub fn completion_log_probs_shared(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    completions: &[(usize, Vec<u32>)],
+    temperature: f64,
+) -> Result<LogProbs> {
+    if completions.is_empty() {
+        return Err(Error::Invalid("no completions".into()));
+    }
+    if let Some(i) = completions.iter().position(|x| x.0 >= prompts.len()) {
+        return Err(Error::Invalid(format!(
+            "completion {i} names prompt {} of {}",
+            completions[i].0,
+            prompts.len()
+        )));
+    }
+    check_inputs(prompts.iter(), temperature)?;
+    let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let c = completions.iter().map(|x| x.1.len()).max().unwrap().max(1);
+    let mut ids = Vec::with_capacity(prompts.len() * p);
+    let mut pmask = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let pad = p - prompt.len();
+        ids.extend(std::iter::repeat_n(0, pad));
+        ids.extend_from_slice(prompt);
+        pmask.push(
+            std::iter::repeat_n(0u8, pad)
+                .chain(std::iter::repeat_n(1, prompt.len()))
+                .collect::<Vec<u8>>(),
+        );
+    }
+    let dev = model.device();
+    let ids = Tensor::from_vec(ids, (prompts.len(), p), dev)?;
+    let (hp, kv) = model.forward_prefix(&ids, &pmask)?;
+    let b = completions.len();
+    let rows: Vec<u32> = completions.iter().map(|x| x.0 as u32).collect();
+    let mut ids = Vec::with_capacity(b * c);
+    let mut key_mask = Vec::with_capacity(b);
+    for (i, comp) in completions {
+        ids.extend_from_slice(comp);
+        ids.extend(std::iter::repeat_n(0, c - comp.len()));
+        let mut keys = pmask[*i].clone();
+        keys.extend(std::iter::repeat_n(1u8, comp.len()));
+        keys.extend(std::iter::repeat_n(0u8, c - comp.len()));
+        key_mask.push(keys);
+    }
+    let ids = Tensor::from_vec(ids, (b, c), dev)?;
+    // The prompt's last hidden state predicts the first completion token, column j of the
+    // completion's own the token j+1.
+    let first = hp
+        .narrow(1, p - 1, 1)?
+        .contiguous()?
+        .index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+    let h = if c > 1 {
+        let own =
+            model.forward_after_prefix(&ids.narrow(1, 0, c - 1)?, &trim(&key_mask), &kv, &rows)?;
+        Tensor::cat(&[&first, &own], 1)?
+    } else {
+        first
+    };
+    score(model, &h, completions.iter().map(|x| &x.1), temperature)
+}
+
+/// Key mask rows without their last column (the last completion token is never an input).
+fn trim(rows: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    rows.iter().map(|r| r[..r.len() - 1].to_vec()).collect()
+}
+
+fn check_inputs<'a>(
+    mut prompts: impl Iterator<Item = &'a Vec<u32>>,
+    temperature: f64,
+) -> Result<()> {
+    if let Some(i) = prompts.position(|p| p.is_empty()) {
+        return Err(Error::Invalid(format!(
+            "prompt {i} is empty (the first completion token needs a context)"
+        )));
+    }
+    if temperature.is_nan() || temperature <= 0.0 {
+        return Err(Error::Invalid(format!(
+            "temperature must be > 0, got {temperature}"
+        )));
+    }
+    Ok(())
+}
+
+/// Log-probs and entropies of the `completions` (rows of `h` [B,C,H]: column j holds the
+/// hidden state that predicts token j).
+fn score<'a>(
+    model: &Transformer,
+    h: &Tensor,
+    completions: impl Iterator<Item = &'a Vec<u32>>,
+    temperature: f64,
+) -> Result<LogProbs> {
+    let (b, c, _) = h.dims3()?;
+    let dev = model.device();
+    let dtype = model.dtype();
+    let mut targets = Vec::with_capacity(b * c);
+    let mut cmask = Vec::with_capacity(b * c);
+    for comp in completions {
+        targets.extend_from_slice(comp);
+        targets.extend(std::iter::repeat_n(0, c - comp.len()));
+        cmask.extend(std::iter::repeat_n(1f32, comp.len()));
+        cmask.extend(std::iter::repeat_n(0f32, c - comp.len()));
+    }
     let cmask = Tensor::from_vec(cmask, (b, c), dev)?.to_dtype(dtype)?;
     let (logp, entropy) = if dev.is_cpu() && matches!(dtype, DType::F32 | DType::F64) {
         // Output projection, target log-softmax and entropy in one op: the [B·C, vocab]

@@ -116,6 +116,26 @@ enum AttentionMask {
     Bias(Tensor),
 }
 
+/// What a layer's attention sees besides the new tokens' own keys and values.
+enum Past<'a> {
+    None,
+    /// Decoding: the cache (and this layer's index in it), which the new keys are written to.
+    Cache(&'a mut KvCache, usize),
+    /// A shared prompt's forward: keep this layer's keys [B,KVH,T,D] and values [B,T,KVH,D].
+    Record(&'a mut Vec<(Tensor, Tensor)>),
+    /// Completions of a shared prompt: its kept keys and values, one row per completion, with
+    /// their graph, come before the new ones.
+    Prefix(&'a (Tensor, Tensor)),
+}
+
+/// How a forward pass uses the layers' `Past`.
+enum PastMode<'a> {
+    None,
+    Cache(&'a mut KvCache),
+    Record(&'a mut Vec<(Tensor, Tensor)>),
+    Prefix(&'a [(Tensor, Tensor)]),
+}
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     pub q_proj: LoraLinear,
@@ -157,13 +177,13 @@ impl Attention {
         Ok(self)
     }
 
-    /// `x`: [B,T,H]; `cos`/`sin`: [B,T,D/2]; `mask` covers all S = cached + T keys.
+    /// `x`: [B,T,H]; `cos`/`sin`: [B,T,D/2]; `mask` covers all S = past + T keys.
     fn forward(
         &self,
         x: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
         mask: &AttentionMask,
-        cache: Option<(&mut KvCache, usize)>,
+        past: Past,
         pass: Pass,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -180,6 +200,17 @@ impl Attention {
             None => k,
         };
         let (q, k) = (rope_to_heads(&q, cos, sin)?, rope_to_heads(&k, cos, sin)?);
+        let (k, v, cache) = match past {
+            Past::None => (k, v, None),
+            Past::Cache(c, layer) => (k, v, Some((c, layer))),
+            Past::Record(kept) => {
+                kept.push((k.clone(), v.clone()));
+                (k, v, None)
+            }
+            Past::Prefix((pk, pv)) => {
+                (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 1)?, None)
+            }
+        };
         let scale = 1.0 / (d as f64).sqrt();
         let y = match mask {
             AttentionMask::Keys(keys) => attention(&q, &k, &v, keys, scale, MASK_VALUE)?,
@@ -273,11 +304,11 @@ impl Block {
         x: &Tensor,
         rope: (&Tensor, &Tensor),
         mask: &AttentionMask,
-        cache: Option<(&mut KvCache, usize)>,
+        past: Past,
         pass: Pass,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x, pass)?;
-        let x = (x + self.self_attn.forward(&h, rope, mask, cache, pass)?)?;
+        let x = (x + self.self_attn.forward(&h, rope, mask, past, pass)?)?;
         let h = self.post_attention_layernorm.forward(&x, pass)?;
         Ok((&x + self.mlp.forward(&h, pass)?)?)
     }
@@ -320,6 +351,16 @@ impl KvCache {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Replaces the cached rows by `rows` of them (a row may repeat): forks each prompt's
+    /// cache for several samples.
+    pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
+        for kv in self.layers.iter_mut().flatten() {
+            let idx = Tensor::new(rows, kv.0.device())?;
+            *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
+        }
+        Ok(())
     }
 
     /// Writes `k`/`v` ([B, kv_heads, T, D]) of `layer` after the cached positions; returns
@@ -513,7 +554,51 @@ impl Transformer {
     pub fn forward_hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let key_mask = mask_rows(mask)?;
         let positions = positions_from_mask(&key_mask);
-        self.forward_pass(ids, &positions, &key_mask, None, self.train_pass())
+        self.forward_pass(
+            ids,
+            &positions,
+            &key_mask,
+            PastMode::None,
+            self.train_pass(),
+        )
+    }
+
+    /// A training forward of prompts that completions will share (`forward_after_prefix`):
+    /// final hidden states [B,T,H] and each layer's keys and values, all in the graph.
+    pub(crate) fn forward_prefix(
+        &self,
+        ids: &Tensor,
+        key_mask: &[Vec<u8>],
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let positions = positions_from_mask(key_mask);
+        let mut kv = Vec::with_capacity(self.layers.len());
+        let pass = self.train_pass();
+        let h = self.forward_pass(ids, &positions, key_mask, PastMode::Record(&mut kv), pass)?;
+        Ok((h, kv))
+    }
+
+    /// A training forward of tokens `ids` [B,T] that continue prompts run by `forward_prefix`:
+    /// row i attends to `prefix` row `rows[i]` (whose gradient sums over the rows that share
+    /// it) and then causally to its own tokens. `key_mask` rows cover prompt + own tokens.
+    pub(crate) fn forward_after_prefix(
+        &self,
+        ids: &Tensor,
+        key_mask: &[Vec<u8>],
+        prefix: &[(Tensor, Tensor)],
+        rows: &[u32],
+    ) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        let positions: Vec<Vec<u32>> = positions_from_mask(key_mask)
+            .into_iter()
+            .map(|r| r[r.len().saturating_sub(t)..].to_vec())
+            .collect();
+        let idx = Tensor::new(rows, &self.device)?;
+        let past = prefix
+            .iter()
+            .map(|(k, v)| Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let pass = self.train_pass();
+        self.forward_pass(ids, &positions, key_mask, PastMode::Prefix(&past), pass)
     }
 
     /// Hidden states → logits via the (possibly tied) output projection.
@@ -549,7 +634,11 @@ impl Transformer {
         key_mask: &[Vec<u8>],
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        self.forward_pass(ids, positions, key_mask, cache, Pass::Infer)
+        let past = match cache {
+            Some(c) => PastMode::Cache(c),
+            None => PastMode::None,
+        };
+        self.forward_pass(ids, positions, key_mask, past, Pass::Infer)
     }
 
     fn forward_pass(
@@ -557,7 +646,7 @@ impl Transformer {
         ids: &Tensor,
         positions: &[Vec<u32>],
         key_mask: &[Vec<u8>],
-        mut cache: Option<&mut KvCache>,
+        mut past: PastMode,
         pass: Pass,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -568,10 +657,16 @@ impl Transformer {
                 key_mask.len()
             )));
         }
-        let cached = cache.as_ref().map(|c| c.len).unwrap_or(0);
+        let cached = match &past {
+            PastMode::Cache(c) => c.len,
+            PastMode::Prefix(p) => p.first().map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0),
+            PastMode::None | PastMode::Record(_) => 0,
+        };
         // Training without a cache on the CPU runs the fused attention op, which takes the
         // key mask itself; everything else adds a bias to the scores.
-        let fused = pass != Pass::Infer && cache.is_none() && fused_ok(&self.rotary.cos);
+        let fused = pass != Pass::Infer
+            && !matches!(past, PastMode::Cache(_))
+            && fused_ok(&self.rotary.cos);
         let mask = self.attention_mask(key_mask, cached, t, fused)?;
         let (cos, sin) = self.rotary.at(positions, t)?;
         let emb = pass.base(&self.embed_tokens);
@@ -579,10 +674,15 @@ impl Transformer {
             emb.index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, self.cfg.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let c = cache.as_deref_mut().map(|c| (c, i));
-            x = layer.forward(&x, (&cos, &sin), &mask, c, pass)?;
+            let p = match &mut past {
+                PastMode::None => Past::None,
+                PastMode::Cache(c) => Past::Cache(c, i),
+                PastMode::Record(kept) => Past::Record(kept),
+                PastMode::Prefix(p) => Past::Prefix(&p[i]),
+            };
+            x = layer.forward(&x, (&cos, &sin), &mask, p, pass)?;
         }
-        if let Some(c) = cache {
+        if let PastMode::Cache(c) = past {
             c.len += t;
         }
         self.norm.forward(&x, pass)

@@ -6,8 +6,8 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{llama_metadata, max_abs_diff, to_gguf_bytes};
 use policy::{
-    completion_log_probs, generate, Arch, Config, GenerationConfig, LoraConfig, LoraTarget,
-    Transformer,
+    completion_log_probs, generate, generate_groups, Arch, Config, GenerationConfig, LoraConfig,
+    LoraTarget, Transformer,
 };
 use rand::SeedableRng;
 
@@ -130,6 +130,43 @@ fn generation_logprobs_equal_teacher_forced_with_padding() {
                 assert_eq!(tf[i][j], 0.0);
             }
         }
+    }
+}
+
+#[test]
+fn shared_prefill_generates_what_repeated_prompts_do() {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+        let m = model(arch, 4);
+        let prompts = vec![vec![3u32, 4, 5, 6, 7], vec![10u32], vec![20u32, 21, 22]];
+        let cfg = GenerationConfig {
+            max_new_tokens: 12,
+            temperature: 0.9,
+            top_k: 25,
+            top_p: 0.95,
+            stop_ids: vec![2],
+        };
+        let group = 4;
+        let repeated: Vec<Vec<u32>> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), group))
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let want = generate(&m, &repeated, &cfg, &mut rng).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let got = generate_groups(&m, &prompts, group, &cfg, &mut rng).unwrap();
+        assert_eq!(got.len(), want.len());
+        // The samples of a group differ (the fork does not tie them together).
+        assert!(got[..group].iter().any(|g| g.tokens != got[0].tokens));
+        let mut worst = 0f32;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.tokens, w.tokens, "{arch:?} row {i}");
+            assert_eq!(g.finished, w.finished, "{arch:?} row {i}");
+            for (a, b) in g.logprobs.iter().zip(&w.logprobs) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        println!("{arch:?}: shared prefill, max |log-prob difference| {worst:e}");
+        assert!(worst < 1e-5, "{arch:?}: {worst}");
     }
 }
 

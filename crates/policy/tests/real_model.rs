@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use common::{max_abs, max_abs_diff, to_gguf_bytes};
-use policy::{completion_log_probs, generate, GenerationConfig, Model};
+use policy::{completion_log_probs, generate, generate_groups, GenerationConfig, Model};
 use rand::SeedableRng;
 use rubric::Message;
 
@@ -176,4 +176,101 @@ fn real_model_generation_logprobs_match_teacher_forced() {
     let (worst32, mean32) = logprob_gap(&Model::load(&path).unwrap());
     println!("f32: max |generation - teacher-forced| log-prob {worst32:.3e} (mean {mean32:.3e})");
     assert!(worst32 < 1e-3, "f32 gap {worst32}");
+}
+
+/// Prefilling each prompt once and forking its cache samples what repeating the prompt does.
+#[test]
+fn real_model_shared_prefill_matches_repeated_prompts() {
+    let model = Model::load(gguf_path()).unwrap();
+    let tok = &model.tokenizer;
+    let other = vec![Message {
+        role: "user".into(),
+        content: "Name a fruit.".into(),
+    }];
+    let prompts = vec![
+        tok.chat_prompt(&msgs()).unwrap(),
+        tok.chat_prompt(&other).unwrap(),
+    ];
+    let cfg = model.generation_config(16, 1.0);
+    let group = 3;
+    let repeated: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), group))
+        .collect();
+    let tr = &model.transformer;
+    let want = generate(
+        tr,
+        &repeated,
+        &cfg,
+        &mut rand::rngs::StdRng::seed_from_u64(3),
+    )
+    .unwrap();
+    let got = generate_groups(
+        tr,
+        &prompts,
+        group,
+        &cfg,
+        &mut rand::rngs::StdRng::seed_from_u64(3),
+    )
+    .unwrap();
+    let mut worst = 0f32;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.tokens, w.tokens, "row {i}");
+        for (a, b) in g.logprobs.iter().zip(&w.logprobs) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    println!("shared prefill: max |log-prob difference| {worst:.3e}");
+    assert!(worst < 1e-4, "{worst}");
+}
+
+/// Timing of the shared prompt prefix on HealthBench-like shapes (2 prompts of 300 tokens,
+/// 4 samples each): printed, never asserted. `cargo test --release -p arlrr-policy --test
+/// real_model shared_prefix_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn shared_prefix_timing() {
+    use std::time::Instant;
+    let model = Model::load(gguf_path()).unwrap();
+    let tr = &model.transformer;
+    let prompts: Vec<Vec<u32>> = (0..2u32)
+        .map(|s| (0..300).map(|i| 100 + (i * 7 + s * 13) % 5000).collect())
+        .collect();
+    let group = 4;
+    let repeated: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), group))
+        .collect();
+    let mut cfg = model.generation_config(32, 1.0);
+    cfg.stop_ids.clear();
+    let rng = || rand::rngs::StdRng::seed_from_u64(5);
+    let t = Instant::now();
+    let want = generate(tr, &repeated, &cfg, &mut rng()).unwrap();
+    let unshared = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let got = generate_groups(tr, &prompts, group, &cfg, &mut rng()).unwrap();
+    let shared = t.elapsed().as_secs_f64();
+    assert_eq!(got.len(), want.len());
+    println!(
+        "generate 2x{group} x 32 tokens after 300: repeated {unshared:.2} s, shared {shared:.2} s"
+    );
+    let comps: Vec<(usize, Vec<u32>)> = want
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (i / group, g.tokens.clone()))
+        .collect();
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = comps
+        .iter()
+        .map(|(i, c)| (prompts[*i].clone(), c.clone()))
+        .collect();
+    let step = |lp: policy::LogProbs| {
+        let _ = lp.logp.sum_all().unwrap().backward().unwrap();
+    };
+    let t = Instant::now();
+    step(completion_log_probs(tr, &pairs, 1.0).unwrap());
+    let unshared = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    step(policy::completion_log_probs_shared(tr, &prompts, &comps, 1.0).unwrap());
+    let shared = t.elapsed().as_secs_f64();
+    println!("log-probs forward+backward: pairs {unshared:.2} s, shared prompt {shared:.2} s");
 }
