@@ -111,11 +111,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    // the middle element, or the mean of the middle two
+    (v[(n - 1) / 2] + v[n / 2]) / 2.0
 }
 
 /// The figures of one benched config.

@@ -101,6 +101,7 @@ fn in_own_process(config: &Path, a: &GrpoArgs) -> Result<Vec<GrpoBench>> {
 fn bench(config: &Path, steps: u64, out: Option<&Path>) -> Result<GrpoBench> {
     let mut cfg = TrainConfig::from_file(config)?;
     cfg.run.steps = steps;
+    // removed when the bench returns, on error too; unused with --out
     let tmp = tempfile::Builder::new().prefix("arlrr-bench-").tempdir()?;
     cfg.run.dir = out.map_or_else(|| tmp.path().join("run"), Path::to_path_buf);
     if let Some(dir) = arl::bench::write_missing_healthbench_split(&cfg)? {
