@@ -6,6 +6,7 @@
 //! the tiny [`CategoricalPolicy`] and the rule judge exercise every path in milliseconds.
 
 pub mod actor;
+pub mod bench;
 pub mod categorical;
 pub mod checkpoint;
 pub mod compare;

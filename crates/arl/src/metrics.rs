@@ -46,6 +46,10 @@ pub struct StepMetrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_noise: Option<crate::noise::NoiseStats>,
     pub time_s: Timing,
+    /// Completion tokens the step's rollout generated (during `time_s.generate`); a live
+    /// figure for `arlrr bench`, not written, so metrics.jsonl keeps its fields.
+    #[serde(skip)]
+    pub generated_tokens: usize,
 }
 
 /// Mean and std over samples, and the mean within-group std.
@@ -154,8 +158,15 @@ impl JudgeDelta {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
     pub generate: f64,
+    /// The prompt prefill when it runs apart from `generate` (0 until it does).
+    #[serde(default)]
+    pub prefix: f64,
     pub judge: f64,
+    /// Teacher-forced forward and backward passes (the optimizer's step excluded).
     pub train: f64,
+    /// AdamW steps.
+    #[serde(default)]
+    pub optimizer: f64,
     /// Selector work at a phase boundary (probes included).
     pub select: f64,
     pub eval: f64,

@@ -460,6 +460,7 @@ mod tests {
             val,
             judge_noise: None,
             time_s: Default::default(),
+            generated_tokens: 0,
         };
         // validation before training (step 0, only in eval.jsonl) and after steps 2 and 4
         let (r0, r2, r4) = (report(0.2), report(0.4), report(0.6));

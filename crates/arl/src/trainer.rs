@@ -333,6 +333,12 @@ impl Trainer {
                 val,
                 judge_noise: self.noise_stats(),
                 time_s: time,
+                generated_tokens: rollout
+                    .completions
+                    .iter()
+                    .flatten()
+                    .map(|c| c.tokens.len())
+                    .sum(),
             };
             append_checked(&mut self.metrics, "metrics.jsonl", &m)?;
             self.state.metrics_lines += 1;
@@ -382,9 +388,10 @@ impl Trainer {
         let rollout = self.rollout(only_class, time)?;
         let adv = self.advantages(target, &rollout.rewards);
         let rows = rows(&rollout, &adv.advantages);
-        let t = Instant::now();
-        let update = self.update(&rows)?;
-        time.train += t.elapsed().as_secs_f64();
+        let (t, optimizer) = (Instant::now(), time.optimizer);
+        let update = self.update(&rows, time)?;
+        // the optimizer's steps are timed apart, so `train` is the forward and backward passes
+        time.train += t.elapsed().as_secs_f64() - (time.optimizer - optimizer);
         Ok((rollout, adv, update))
     }
 
@@ -455,7 +462,7 @@ impl Trainer {
 
     /// `ppo_epochs` AdamW steps on the rows, each over the whole batch (micro-batches
     /// accumulate gradients). A step whose loss or gradient is NaN/inf is skipped and counted.
-    fn update(&mut self, rows: &[Row]) -> Result<UpdateStats> {
+    fn update(&mut self, rows: &[Row], time: &mut Timing) -> Result<UpdateStats> {
         let mut s = UpdateStats {
             rows: rows.len(),
             tokens: rows.iter().map(|r| r.tokens.len()).sum(),
@@ -485,7 +492,9 @@ impl Trainer {
                 continue;
             }
             clip_grads(&mut grads, norm, self.config.optim.grad_clip)?;
+            let t = Instant::now();
             self.optimizer.step(&self.vars, &grads, lr)?;
+            time.optimizer += t.elapsed().as_secs_f64();
             s.applied += 1;
             (loss_sum, kl, ent, clipped, toks, norms) = (
                 loss_sum + d.loss,

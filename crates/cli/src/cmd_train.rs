@@ -89,6 +89,19 @@ pub(crate) fn prepare(cfg: &mut TrainConfig, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// A new run's trainer: checks the config (`origin` names it in errors), builds the judge,
+/// writes the data and the warm start, loads the policy.
+pub(crate) fn start(cfg: &mut TrainConfig, origin: &str, quiet: bool) -> Result<Trainer> {
+    // everything that can refuse the run is checked before `prepare` writes data/
+    cfg.validate().context(origin.to_string())?;
+    arl::trainer::ensure_new_run(&cfg.run.dir)?;
+    let judge = arl::build_judge(&cfg.judge).context(origin.to_string())?;
+    prepare(cfg, quiet)?;
+    let parts = Parts::with_judge(cfg, judge)?;
+    // a `[judge.noise.classes]` name is checked against the classes here
+    Trainer::new(cfg.clone(), parts).context(origin.to_string())
+}
+
 pub fn run(a: Args) -> Result<()> {
     let origin = match &a.config {
         Some(path) => path.display().to_string(),
@@ -121,14 +134,7 @@ pub fn run(a: Args) -> Result<()> {
             if let (Some(s), Some(w)) = (a.sft_steps, &mut cfg.warm_start) {
                 w.steps = s;
             }
-            // everything that can refuse the run is checked before `prepare` writes data/
-            cfg.validate().with_context(|| origin.clone())?;
-            arl::trainer::ensure_new_run(&cfg.run.dir)?;
-            let judge = arl::build_judge(&cfg.judge).with_context(|| origin.clone())?;
-            prepare(cfg, a.quiet)?;
-            let parts = Parts::with_judge(cfg, judge)?;
-            // a `[judge.noise.classes]` name is checked against the classes here
-            Trainer::new(cfg.clone(), parts).with_context(|| origin.clone())?
+            start(cfg, &origin, a.quiet)?
         }
         (None, Some(dir)) => Trainer::resume(dir)?,
         (None, None) => unreachable!("a config or a run to resume"),

@@ -17,6 +17,7 @@ macro_rules! outln {
     }};
 }
 
+mod cmd_bench;
 mod cmd_compare;
 mod cmd_data;
 mod cmd_eval;
@@ -65,6 +66,8 @@ enum Command {
     Study(cmd_study::Args),
     /// Score a trained policy on a data file, overall and per meta-class.
     Eval(cmd_eval::Args),
+    /// Time whole GRPO steps of a run config (`arlrr bench grpo`).
+    Bench(cmd_bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd_compare::run(a),
         Command::Study(a) => cmd_study::run(a),
         Command::Eval(a) => cmd_eval::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
