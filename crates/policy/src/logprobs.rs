@@ -186,7 +186,7 @@ fn score<'a>(
         let ent = both.detach().narrow(1, 1, 1)?.reshape((b, c))?;
         ((logp * &cmask)?, (ent * &cmask)?)
     } else {
-        let logits = model.logits(&h)?;
+        let logits = model.logits(h)?;
         let logits = if temperature != 1.0 {
             (logits / temperature)?
         } else {

@@ -20,9 +20,12 @@ fn model(arch: Arch, dtype: DType) -> Transformer {
     m
 }
 
+/// Completions, each with the index of its prompt.
+type Completions = Vec<(usize, Vec<u32>)>;
+
 /// Two prompts of different lengths; three completions of the first (one of a single token),
 /// two of the second, not in prompt order.
-fn batch() -> (Vec<Vec<u32>>, Vec<(usize, Vec<u32>)>) {
+fn batch() -> (Vec<Vec<u32>>, Completions) {
     let prompts = vec![vec![3, 7, 1, 9, 4, 8], vec![11, 5]];
     let comps = vec![
         (0, vec![4, 5, 6]),
