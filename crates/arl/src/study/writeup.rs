@@ -276,23 +276,10 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         )?;
         efficiency_table(&mut r, &v, s, &methods, |(_, verdicts)| count(verdicts))?;
         writeln!(r, "Total verdicts per run (mean over seeds):\n")?;
-        writeln!(r, "| regime | {} |", methods.join(" | "))?;
-        writeln!(r, "|---|{}", "---|".repeat(methods.len()))?;
-        for (ri, regime) in grid.regimes.iter().enumerate() {
-            let cells: Vec<String> = (0..methods.len())
-                .map(|m| {
-                    let t: Vec<f64> = v
-                        .cell(ri, m)
-                        .runs
-                        .iter()
-                        .map(|r| r.verdicts.last().copied().unwrap_or(0) as f64)
-                        .collect();
-                    count(mean(&t))
-                })
-                .collect();
-            writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
-        }
-        writeln!(r)?;
+        method_table(&mut r, grid, &methods, |ri, m| {
+            let t: Vec<f64> = v.cell(ri, m).runs.iter().map(spent).collect();
+            count(mean(&t))
+        })?;
         writeln!(r, "### Score at equal judge cost\n")?;
         writeln!(
             r,
@@ -302,46 +289,34 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
              and the spend. Positive = better for the money. `>` = the method spent more than \
              `scalarized`'s whole run and is compared with its final score.\n"
         )?;
-        writeln!(r, "| regime | {} |", methods.join(" | "))?;
-        writeln!(r, "|---|{}", "---|".repeat(methods.len()))?;
-        for (ri, regime) in grid.regimes.iter().enumerate() {
-            let cells: Vec<String> = (0..methods.len())
-                .map(|m| {
-                    if m == s {
-                        return "(reference)".into();
-                    }
-                    let runs = &v.cell(ri, m).runs;
-                    let spend: Vec<f64> = runs
-                        .iter()
-                        .map(|r| r.verdicts.last().copied().unwrap_or(0) as f64)
-                        .collect();
-                    let spend = mean(&spend);
-                    let finals: Vec<f64> = runs.iter().map(|r| r.val_final).collect();
-                    let at: Option<Vec<(f64, bool)>> = v
-                        .cell(ri, s)
-                        .runs
-                        .iter()
-                        .map(|r| at_cost(&cost_curve(r), spend))
-                        .collect();
-                    let Some(at) = at else {
-                        return "—".into();
-                    };
-                    let beyond = at.iter().any(|a| a.1);
-                    let base: Vec<f64> = at.iter().map(|a| a.0).collect();
-                    let (d, half) = diff_ci95(&finals, &base);
-                    format!(
-                        "{d:+.3} [{:+.3}, {:+.3}], {} ({}{})",
-                        d - half,
-                        d + half,
-                        p_text(permutation_p(&finals, &base)),
-                        if beyond { ">" } else { "" },
-                        count(spend)
-                    )
-                })
+        method_table(&mut r, grid, &methods, |ri, m| {
+            if m == s {
+                return "(reference)".into();
+            }
+            let runs = &v.cell(ri, m).runs;
+            let spend = mean(&runs.iter().map(spent).collect::<Vec<_>>());
+            let finals: Vec<f64> = runs.iter().map(|r| r.val_final).collect();
+            let at: Option<Vec<(f64, bool)>> = v
+                .cell(ri, s)
+                .runs
+                .iter()
+                .map(|r| at_cost(&cost_curve(r), spend))
                 .collect();
-            writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
-        }
-        writeln!(r)?;
+            let Some(at) = at else {
+                return "—".into();
+            };
+            let beyond = at.iter().any(|a| a.1);
+            let base: Vec<f64> = at.iter().map(|a| a.0).collect();
+            let (d, half) = diff_ci95(&finals, &base);
+            format!(
+                "{d:+.3} [{:+.3}, {:+.3}], {} ({}{})",
+                d - half,
+                d + half,
+                p_text(permutation_p(&finals, &base)),
+                if beyond { ">" } else { "" },
+                count(spend)
+            )
+        })?;
         writeln!(r, "## Efficiency per step\n")?;
         writeln!(
             r,
@@ -508,28 +483,20 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         "Mean final validation score of each candidate rate on the tuning seeds; the kept one in \
          bold.\n"
     )?;
-    writeln!(r, "| regime | {} |", methods.join(" | "))?;
-    writeln!(r, "|---|{}", "---|".repeat(methods.len()))?;
-    for (ri, regime) in grid.regimes.iter().enumerate() {
-        let cells: Vec<String> = (0..methods.len())
-            .map(|m| {
-                let c = v.cell(ri, m);
-                c.lr_scores
-                    .iter()
-                    .map(|&(lr, s)| {
-                        if lr == c.lr {
-                            format!("**{lr}: {s:.3}**")
-                        } else {
-                            format!("{lr}: {s:.3}")
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
+    method_table(&mut r, grid, &methods, |ri, m| {
+        let c = v.cell(ri, m);
+        c.lr_scores
+            .iter()
+            .map(|&(lr, s)| {
+                if lr == c.lr {
+                    format!("**{lr}: {s:.3}**")
+                } else {
+                    format!("{lr}: {s:.3}")
+                }
             })
-            .collect();
-        writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
-    }
-    writeln!(r)?;
+            .collect::<Vec<_>>()
+            .join(", ")
+    })?;
 
     // plots
     let plots = out.join("plots");
@@ -561,6 +528,28 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
     }
     runfile::write_atomic(&out.join("report.md"), r.as_bytes())?;
     Ok(headline)
+}
+
+/// A table with the regimes as rows and the methods as columns, `cell(regime, method)` each.
+fn method_table(
+    r: &mut String,
+    grid: &Grid,
+    methods: &[&str],
+    mut cell: impl FnMut(usize, usize) -> String,
+) -> Result<()> {
+    writeln!(r, "| regime | {} |", methods.join(" | "))?;
+    writeln!(r, "|---|{}", "---|".repeat(methods.len()))?;
+    for (ri, regime) in grid.regimes.iter().enumerate() {
+        let cells: Vec<String> = (0..methods.len()).map(|m| cell(ri, m)).collect();
+        writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
+    }
+    writeln!(r)?;
+    Ok(())
+}
+
+/// Verdicts a run spent on training and selection in all.
+fn spent(run: &RunSummary) -> f64 {
+    run.verdicts.last().copied().unwrap_or(0) as f64
 }
 
 fn efficiency_table(
