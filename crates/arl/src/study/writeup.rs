@@ -101,7 +101,6 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         cells: &outcome.cells,
     };
     let methods: Vec<&str> = grid.methods.iter().map(|m| m.name.as_str()).collect();
-    let n_runs = outcome.trained + outcome.reused;
     let run_s: f64 = outcome
         .cells
         .iter()
@@ -131,9 +130,9 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
     )?;
     writeln!(
         r,
-        "Reproduce: `arlrr study --grid {}`. The kept runs' training time sums to {:.0} s; \
-         this invocation trained {} run(s) and reused {} finished ones in {:.0} s wall, {} at a \
-         time.\n",
+        "Reproduce: `arlrr study --grid {}`. The kept runs' own wall times sum to {:.0} s \
+         (tuning runs at other rates not counted). The invocation that wrote this report \
+         trained {} run(s) and reused {} finished before, in {:.0} s wall, {} at a time.\n",
         grid.path.display(),
         run_s,
         outcome.trained,
@@ -141,7 +140,6 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         outcome.wall_s,
         outcome.jobs
     )?;
-    let _ = n_runs;
 
     // regime map: test scores
     let scal = v.method_index(ObjectiveKind::Scalarized);
