@@ -2,7 +2,8 @@
 //! when present, else random weights of the same shape). Set POLICY_BENCH_QUICK=1 for a
 //! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (one training shape, e.g.
 //! `8x32+480`; `0` skips training), POLICY_BENCH_ITERS=N, POLICY_BENCH_GEN=B,SMALL,NEW (e.g.
-//! `32,1,64`; `0,0,0` skips generation).
+//! `32,1,64`; `0,0,0` skips generation), POLICY_BENCH_PRECISION=f32|bf16 (one sampling
+//! precision; both by default).
 
 fn main() -> anyhow::Result<()> {
     policy::keep_freed_memory();
@@ -28,6 +29,9 @@ fn main() -> anyhow::Result<()> {
         opts.train_iters = 1;
         opts.long_train = None;
         opts.gen_new_tokens = 16;
+    }
+    if let Ok(s) = std::env::var("POLICY_BENCH_PRECISION") {
+        opts.gen_precisions = vec![policy::bf16::Precision::parse(s.trim())?];
     }
     if let Ok(s) = std::env::var("POLICY_BENCH_TRAIN") {
         if s.trim() == "0" {

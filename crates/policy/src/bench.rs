@@ -2,6 +2,7 @@
 //! forward+backward throughput on SmolLM2-135M as a fraction of that peak, batched generation
 //! throughput and the peak memory of a training step. Run `cargo bench -p arlrr-policy`.
 
+use crate::bf16::{PackedBf16, Precision};
 use crate::config::Config;
 use crate::error::Result;
 use crate::generate::{generate, GenerationConfig};
@@ -25,6 +26,8 @@ pub struct BenchOptions {
     pub gen_small_batch: usize,
     pub gen_prompt_len: usize,
     pub gen_new_tokens: usize,
+    /// Generation is timed at each of these sampling precisions.
+    pub gen_precisions: Vec<Precision>,
 }
 
 impl Default for BenchOptions {
@@ -41,6 +44,7 @@ impl Default for BenchOptions {
             gen_small_batch: 1,
             gen_prompt_len: 32,
             gen_new_tokens: 64,
+            gen_precisions: vec![Precision::F32, Precision::Bf16],
         }
     }
 }
@@ -140,13 +144,15 @@ pub fn train_step(
     })
 }
 
-/// Times one batched generation of `new_tokens` tokens (top-p 0.95 sampling) per prompt;
-/// returns (generated tokens, seconds).
+/// Times one batched generation of `new_tokens` tokens per prompt, sampled as GRPO samples
+/// (temperature 1, no top-p or top-k, as the trainer and TRL do by default); returns
+/// (generated tokens, seconds).
 pub fn generation(
     model: &Transformer,
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
+    precision: Precision,
 ) -> Result<(usize, f64)> {
     let cfg = &model.cfg;
     let prompts: Vec<Vec<u32>> = (0..batch)
@@ -159,7 +165,7 @@ pub fn generation(
     let gcfg = GenerationConfig {
         max_new_tokens: new_tokens,
         temperature: 1.0,
-        top_p: 0.95,
+        precision,
         ..Default::default()
     };
     let mut rng = crate::seeded_rng(0);
@@ -182,7 +188,12 @@ pub fn decode_flops_per_token(cfg: &Config, s: usize) -> f64 {
 /// uses, on random weights of the model's shapes (all layers, so the weights stream from
 /// memory as in a real step). No decoding step can be faster on this machine: it bounds the
 /// generation rate whatever the rest of the step costs.
-pub fn decode_matmul_secs(cfg: &Config, b: usize, reps: usize) -> Result<(f64, f64)> {
+pub fn decode_matmul_secs(
+    cfg: &Config,
+    b: usize,
+    reps: usize,
+    precision: Precision,
+) -> Result<(f64, f64)> {
     let dev = Device::Cpu;
     let h = cfg.hidden_size;
     let q = cfg.num_attention_heads * cfg.head_dim;
@@ -211,11 +222,22 @@ pub fn decode_matmul_secs(cfg: &Config, b: usize, reps: usize) -> Result<(f64, f
         .iter()
         .map(|w| 2.0 * (b * w.elem_count()) as f64)
         .sum();
+    let packed = match precision {
+        Precision::F32 => Vec::new(),
+        Precision::Bf16 => weights
+            .iter()
+            .map(PackedBf16::pack)
+            .collect::<Result<Vec<_>>>()?,
+    };
     let mut best = f64::MAX;
     for _ in 0..reps.max(1) {
         let t = Instant::now();
-        for w in &weights {
-            let y = crate::linear::linear_infer(input_for(w.dim(1)?), w, None)?;
+        for (i, w) in weights.iter().enumerate() {
+            let x = input_for(w.dim(1)?);
+            let y = match packed.get(i) {
+                Some(p) => p.forward(x)?,
+                None => crate::linear::linear_infer(x, w, None)?,
+            };
             let _ = y.dims();
         }
         best = best.min(t.elapsed().as_secs_f64());
@@ -261,12 +283,15 @@ pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
         }
     }
 
-    for batch in [opts.gen_batch, opts.gen_small_batch] {
+    let runs = [opts.gen_batch, opts.gen_small_batch]
+        .into_iter()
+        .flat_map(|b| opts.gen_precisions.iter().map(move |&p| (b, p)));
+    for (batch, precision) in runs {
         if batch == 0 || opts.gen_new_tokens == 0 {
             continue;
         }
         let (plen, new) = (opts.gen_prompt_len, opts.gen_new_tokens);
-        let (n, secs) = generation(model, batch, plen, new)?;
+        let (n, secs) = generation(model, batch, plen, new, precision)?;
         let rate = n as f64 / secs;
         // The work actually done: the prompt pass (output projection at the last position
         // only), then one decoding step per new token after the first.
@@ -276,11 +301,11 @@ pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
                 .sum::<f64>();
         let decode_bound = peak * 1e9 / decode_flops_per_token(cfg, plen + new / 2);
         println!(
-            "generation: batch {batch} x {new} new tokens (prompt {plen}) in {secs:.2}s: {rate:.0} tokens/s aggregate, {:.1} GFLOP/s = {:.0}% of matmul peak (decoding alone at 100% of peak: {decode_bound:.0} tokens/s)",
+            "generation ({precision:?}): batch {batch} x {new} new tokens (prompt {plen}) in {secs:.2}s: {rate:.0} tokens/s aggregate, {:.1} GFLOP/s = {:.0}% of matmul peak (decoding alone at 100% of peak: {decode_bound:.0} tokens/s)",
             flops / secs / 1e9,
             100.0 * flops / secs / 1e9 / peak,
         );
-        let (mm_secs, mm_flops) = decode_matmul_secs(cfg, batch, 5)?;
+        let (mm_secs, mm_flops) = decode_matmul_secs(cfg, batch, 5, precision)?;
         println!(
             "  bound: the projection matmuls of one decoding step at batch {batch} alone take {:.1} ms ({:.1} GFLOP/s on these shapes): at most {:.0} tokens/s here; the measured step is {:.1} ms",
             1e3 * mm_secs,

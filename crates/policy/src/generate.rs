@@ -5,6 +5,7 @@
 //! depend on what else is in the batch. Sampling itself runs on the host in f64 over one
 //! [B,V] logits matrix per step.
 
+use crate::bf16::Precision;
 use crate::error::{Error, Result};
 use crate::transformer::{KvCache, Transformer};
 use candle_core::{DType, Tensor};
@@ -23,6 +24,9 @@ pub struct GenerationConfig {
     /// Generation of a row ends after it emits one of these (the stop token is included in
     /// the output, since a policy is trained to emit it).
     pub stop_ids: Vec<u32>,
+    /// The matmul precision of sampling (`Transformer::sampling_copy`). Below f32 the returned
+    /// log-probs are the sampler's, which differ from the teacher-forced f32 ones.
+    pub precision: Precision,
 }
 
 impl Default for GenerationConfig {
@@ -33,6 +37,7 @@ impl Default for GenerationConfig {
             top_p: 1.0,
             top_k: 0,
             stop_ids: Vec::new(),
+            precision: Precision::F32,
         }
     }
 }
@@ -94,6 +99,8 @@ pub fn generate_groups_with(
             cfg.max_new_tokens, model.cfg.max_position_embeddings
         )));
     }
+    let sampler = model.sampling_copy(cfg.precision)?;
+    let model: &Transformer = &sampler;
     let device = model.device();
     let mut ids = Vec::with_capacity(prompts.len() * plen);
     let mut key_mask: Vec<Vec<u8>> = Vec::with_capacity(b);

@@ -12,6 +12,7 @@
 
 mod attention;
 pub mod bench;
+pub mod bf16;
 pub mod bpe;
 pub mod config;
 mod cpu_op;
@@ -27,6 +28,7 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
+pub use bf16::Precision;
 pub use bpe::train_bpe;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! LoRA adapters: `W x + (alpha/r) · B A x` on chosen projections, so the base can stay frozen
 //! and only the small A/B matrices are trained and saved.
 
+use crate::bf16::PackedBf16;
 use crate::error::{Error, Result};
 use crate::weights::{normal, Init, Pass, WeightSource};
 use candle_core::{Tensor, Var};
@@ -8,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A projection that can carry an adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,6 +115,9 @@ pub struct LoraLinear {
     pub weight: Var,
     pub bias: Option<Var>,
     pub lora: Option<LoraAdapter>,
+    /// A reduced-precision copy of the weight (adapter merged) that generation uses instead
+    /// of the f32 one; only sampling copies made by `Transformer::sampling_copy` carry it.
+    pub(crate) sampler: Option<Arc<PackedBf16>>,
 }
 
 impl LoraLinear {
@@ -133,11 +138,19 @@ impl LoraLinear {
             weight,
             bias,
             lora: None,
+            sampler: None,
         })
     }
 
     pub(crate) fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| pass.base(b));
+        if let (Pass::Infer, Some(packed)) = (pass, &self.sampler) {
+            let y = packed.forward(x)?;
+            return Ok(match b {
+                Some(b) => y.broadcast_add(&b)?,
+                None => y,
+            });
+        }
         let y = pass.linear(x, &pass.base(&self.weight), b.as_ref())?;
         match &self.lora {
             None => Ok(y),
@@ -147,6 +160,15 @@ impl LoraLinear {
                 Ok((y + (d * ad.scale)?)?)
             }
         }
+    }
+
+    /// The weight generation multiplies by, the adapter merged in (`W + scale · B A`).
+    pub(crate) fn merged_weight(&self) -> Result<Tensor> {
+        let w = self.weight.as_tensor().detach();
+        Ok(match &self.lora {
+            None => w,
+            Some(ad) => (w + (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?)?,
+        })
     }
 
     /// Kaiming-uniform-like A (std 1/sqrt(in)) and zero B, as PEFT does, so adding an adapter

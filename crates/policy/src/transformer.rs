@@ -15,13 +15,15 @@
 //! Parameters are `candle_core::Var`s named with HF tensor names, so a trainer can hand
 //! `trainable_vars()` to an optimizer and `save_hf` writes HF-compatible safetensors.
 
-use crate::attention::attention;
+use crate::attention::{attention, cached_attention};
+use crate::bf16::{PackedBf16, Precision};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lora::{self, LoraConfig, LoraLinear};
 use crate::ops::{attention_probs, fused_ok, rms_norm, rope_to_heads, swiglu};
 use crate::weights::{Init, Pass, WeightSource};
 use candle_core::{DType, Device, Tensor, Var};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -213,7 +215,14 @@ impl Attention {
         };
         let scale = 1.0 / (d as f64).sqrt();
         let y = match mask {
-            AttentionMask::Keys(keys) => attention(&q, &k, &v, keys, scale, MASK_VALUE)?,
+            AttentionMask::Keys(keys) => match cache {
+                // A sampling copy decoding: the keys and values are read from the cache.
+                Some((c, layer)) => {
+                    let (k, v) = c.append(layer, &k, &v.transpose(1, 2)?)?;
+                    cached_attention(&q, &k, &v, keys, scale)?
+                }
+                None => attention(&q, &k, &v, keys, scale, MASK_VALUE)?,
+            },
             AttentionMask::Bias(bias) => {
                 let v = v.transpose(1, 2)?.contiguous()?;
                 let y = grouped_attention(&q, &k.contiguous()?, &v, bias, scale, cache)?;
@@ -406,6 +415,8 @@ pub struct Transformer {
     dtype: DType,
     device: Device,
     base_frozen: bool,
+    /// The output projection's reduced-precision copy, in sampling copies only.
+    sampler_head: Option<Arc<PackedBf16>>,
 }
 
 impl Transformer {
@@ -441,6 +452,7 @@ impl Transformer {
             dtype,
             device,
             base_frozen: false,
+            sampler_head: None,
         })
     }
 
@@ -609,7 +621,26 @@ impl Transformer {
 
     /// `logits` for inference (no autograd graph).
     pub fn logits_infer(&self, hidden: &Tensor) -> Result<Tensor> {
+        if let Some(head) = &self.sampler_head {
+            return head.forward(hidden);
+        }
         Pass::Infer.linear(hidden, &Pass::Infer.base(self.output_var()), None)
+    }
+
+    /// The model generation runs at `precision`: itself for f32, otherwise a copy whose
+    /// projections (LoRA adapters merged) and output projection are rounded and packed for
+    /// the reduced-precision kernel. Norms, embeddings, attention and sampling stay f32. The
+    /// copy shares every `Var` with `self` and is a snapshot: make a new one after an update.
+    pub fn sampling_copy(&self, precision: Precision) -> Result<Cow<'_, Transformer>> {
+        if precision == Precision::F32 {
+            return Ok(Cow::Borrowed(self));
+        }
+        let mut copy = self.clone();
+        for l in copy.linears_mut() {
+            l.sampler = Some(Arc::new(PackedBf16::pack(&l.merged_weight()?)?));
+        }
+        copy.sampler_head = Some(Arc::new(PackedBf16::pack(self.output_var().as_tensor())?));
+        Ok(Cow::Owned(copy))
     }
 
     /// The output projection [vocab, hidden] as a training pass reads it.
@@ -662,11 +693,16 @@ impl Transformer {
             PastMode::Prefix(p) => p.first().map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0),
             PastMode::None | PastMode::Record(_) => 0,
         };
-        // Training without a cache on the CPU runs the fused attention op, which takes the
-        // key mask itself; everything else adds a bias to the scores.
-        let fused = pass != Pass::Infer
-            && !matches!(past, PastMode::Cache(_))
-            && fused_ok(&self.rotary.cos);
+        // Training without a cache on the CPU runs the fused attention op, and a sampling copy
+        // decoding in f32 runs `cached_attention`; both take the key mask itself. Everything
+        // else adds a bias to the scores.
+        let cache = matches!(past, PastMode::Cache(_));
+        let fused = fused_ok(&self.rotary.cos)
+            && if cache {
+                self.sampler_head.is_some() && self.dtype == DType::F32
+            } else {
+                pass != Pass::Infer
+            };
         let mask = self.attention_mask(key_mask, cached, t, fused)?;
         let (cos, sin) = self.rotary.at(positions, t)?;
         let emb = pass.base(&self.embed_tokens);

@@ -98,6 +98,7 @@ fn generation_logprobs_equal_teacher_forced_with_padding() {
             top_k: 20,
             top_p: 0.95,
             stop_ids: vec![2],
+            ..Default::default()
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         let gens = generate(&m, &prompts, &cfg, &mut rng).unwrap();
@@ -144,6 +145,7 @@ fn shared_prefill_generates_what_repeated_prompts_do() {
             top_k: 25,
             top_p: 0.95,
             stop_ids: vec![2],
+            ..Default::default()
         };
         let group = 4;
         let repeated: Vec<Vec<u32>> = prompts
@@ -333,4 +335,64 @@ fn custom_softmax_ops_match_primitives_in_value_and_gradient() {
         assert!(max_abs_diff(ga, gb) < 1e-12);
         assert!(common::max_abs(ga) > 1e-3);
     }
+}
+
+/// A bf16 sampling copy (LoRA merged into its packed weights) decodes what the f32 model
+/// does, up to bf16 rounding: the same greedy tokens on a short run, logits close, and the
+/// f32 "copy" is the model itself.
+#[test]
+fn bf16_sampling_copy_follows_the_f32_model() {
+    let mut m = model(Arch::Qwen2, 5);
+    let lcfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec![LoraTarget::Q, LoraTarget::Down],
+    };
+    m.add_lora(&lcfg, 1).unwrap();
+    for (_, v) in m.lora_vars() {
+        // non-zero B, so a missing merge would show
+        v.set(&(v.as_tensor().ones_like().unwrap() * 0.05).unwrap())
+            .unwrap();
+    }
+    assert!(matches!(
+        m.sampling_copy(policy::Precision::F32).unwrap(),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    let copy = m.sampling_copy(policy::Precision::Bf16).unwrap();
+    let ids = Tensor::new(&[[5u32, 9, 3, 17, 8]], &Device::Cpu).unwrap();
+    let pos = vec![(0..5).collect::<Vec<u32>>()];
+    let keys = vec![vec![1u8; 5]];
+    let logits = |t: &Transformer| {
+        let h = t.forward_infer(&ids, &pos, &keys, None).unwrap();
+        t.logits_infer(&h).unwrap()
+    };
+    let (exact, rounded) = (logits(&m), logits(&copy));
+    let scale = exact
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let gap = max_abs_diff(&exact, &rounded);
+    assert!(
+        gap > 0.0 && gap < 0.05 * scale as f64,
+        "gap {gap} at logit scale {scale}"
+    );
+    let prompts = vec![vec![5u32, 9, 3], vec![4u32, 30, 2, 7]];
+    let greedy = |precision| {
+        let cfg = GenerationConfig {
+            max_new_tokens: 4,
+            temperature: 0.0,
+            precision,
+            ..Default::default()
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let g = generate(&m, &prompts, &cfg, &mut rng).unwrap();
+        g.into_iter().map(|g| g.tokens).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        greedy(policy::Precision::F32),
+        greedy(policy::Precision::Bf16)
+    );
 }

@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use common::{max_abs, max_abs_diff, to_gguf_bytes};
-use policy::{completion_log_probs, generate, generate_groups, GenerationConfig, Model};
+use policy::{completion_log_probs, generate, generate_groups, GenerationConfig, Model, Precision};
 use rand::SeedableRng;
 use rubric::Message;
 
@@ -117,8 +117,9 @@ fn gguf_tokenizer_and_chat_template() {
     assert_eq!(tok.encode(" the").unwrap().len(), 1);
 }
 
-/// Max |generation log-prob - teacher-forced log-prob| over a padded batch of two chats.
-fn logprob_gap(model: &Model) -> (f64, f64) {
+/// Max and mean |generation log-prob - teacher-forced log-prob| over a padded batch of two
+/// chats, sampled at `precision` (the teacher-forced pass is always the model's own dtype).
+fn logprob_gap(model: &Model, precision: Precision) -> (f64, f64) {
     let t = &model.tokenizer;
     let prompts = vec![
         t.chat_prompt(&msgs()).unwrap(),
@@ -134,6 +135,7 @@ fn logprob_gap(model: &Model) -> (f64, f64) {
         temperature: 1.0,
         top_p: 0.9,
         stop_ids: t.stop_ids.clone(),
+        precision,
         ..Default::default()
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -169,13 +171,28 @@ fn logprob_gap(model: &Model) -> (f64, f64) {
 fn real_model_generation_logprobs_match_teacher_forced() {
     let path = gguf_path();
     let m64 = Model::load_with(&path, DType::F64, &Device::Cpu).unwrap();
-    let (worst64, mean64) = logprob_gap(&m64);
+    let (worst64, mean64) = logprob_gap(&m64, Precision::F32);
     println!("f64: max |generation - teacher-forced| log-prob {worst64:.3e} (mean {mean64:.3e})");
     assert!(worst64 < 1e-4, "f64 gap {worst64}");
     drop(m64);
-    let (worst32, mean32) = logprob_gap(&Model::load(&path).unwrap());
+    let (worst32, mean32) = logprob_gap(&Model::load(&path).unwrap(), Precision::F32);
     println!("f32: max |generation - teacher-forced| log-prob {worst32:.3e} (mean {mean32:.3e})");
     assert!(worst32 < 1e-3, "f32 gap {worst32}");
+}
+
+/// Sampling with bf16 weights: the sampler's log-probs are no longer the trainer's, but close
+/// (GRPO never differentiates them; the trainer records this gap per step).
+#[test]
+fn real_model_bf16_sampler_logprobs_stay_near_f32_teacher_forced() {
+    let (worst, mean) = logprob_gap(&Model::load(gguf_path()).unwrap(), Precision::Bf16);
+    println!(
+        "bf16 sampler: max |sampler - f32 teacher-forced| log-prob {worst:.3e} (mean {mean:.3e})"
+    );
+    assert!(worst > 1e-5, "bf16 sampling should not be bit-equal to f32");
+    assert!(
+        mean < 0.05 && worst < 0.5,
+        "bf16 gap mean {mean} max {worst}"
+    );
 }
 
 /// Prefilling each prompt once and forking its cache samples what repeating the prompt does.

@@ -1,0 +1,548 @@
+//! Sampling in bf16: a linear layer's weight rounded to bf16 once and packed for the
+//! AVX512-BF16 dot-product instruction, which multiplies bf16 pairs and accumulates in f32.
+//!
+//! Only generation reads these copies. The log-probs GRPO differentiates always come from the
+//! f32 teacher-forced pass, as TRL and verl do with vLLM rollouts, so rounding the sampler's
+//! weights changes which tokens get sampled but never the gradient's arithmetic. On a CPU
+//! with `avx512_bf16` the instruction does twice the multiply-adds of an f32 FMA per cycle
+//! and the weights stream at half the bytes; decoding is bound by exactly those two things.
+//! Elsewhere a portable loop computes the same products (slowly), so results never depend on
+//! whether the instruction exists beyond f32 rounding.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+/// Outputs per packed panel: one 512-bit register of f32 accumulators.
+const LANES: usize = 16;
+
+/// How generation computes its matmuls. Teacher forcing is always f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The model's own weights (exact: generation log-probs equal teacher-forced ones).
+    #[default]
+    F32,
+    /// Weights rounded to bf16, activations rounded to bf16 at each matmul, f32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    pub const NAMES: &'static str = "f32, bf16";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::Invalid(format!(
+                "unknown sampling precision `{other}` (choose one of: {})",
+                Self::NAMES
+            ))),
+        }
+    }
+}
+
+/// `f` rounded to the nearest bf16 (ties to even), as its bit pattern.
+pub fn to_bf16(f: f32) -> u16 {
+    let b = f.to_bits();
+    if f.is_nan() {
+        return 0x7fc0;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// A weight [out, in] in bf16, packed for `x · Wᵀ`: panels of 16 outputs, and within a panel
+/// for each pair of inputs (2k, 2k+1) one 32-bit word per output holding both (the even one in
+/// the low half). One panel's 16 pairs are then both a 512-bit operand row of the AVX512-BF16
+/// dot product and an AMX tile of B (16 pair-rows of 64 bytes). Pairs are zero-padded to a
+/// multiple of 16 and panels to an even count, so every kernel runs on whole tiles.
+#[derive(Clone)]
+pub struct PackedBf16 {
+    out: usize,
+    inp: usize,
+    /// Input pairs, padded: `ceil(in / 2)` rounded up to `TILE_PAIRS`.
+    pairs: usize,
+    /// `[panel][pair][lane]`.
+    data: Vec<u32>,
+}
+
+/// Pairs per AMX tile row block (64 bytes of bf16 pairs... 16 words).
+const TILE_PAIRS: usize = 16;
+/// Rows per AMX tile.
+const TILE_ROWS: usize = 16;
+
+impl PackedBf16 {
+    /// Packs a rank-2 weight [out, in] of any float dtype.
+    pub fn pack(w: &Tensor) -> Result<Self> {
+        let (out, inp) = w.dims2()?;
+        let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let pairs = inp.div_ceil(2).next_multiple_of(TILE_PAIRS);
+        let panels = out.div_ceil(LANES).next_multiple_of(PANELS_PER_BLOCK);
+        let mut data = vec![0u32; panels * pairs * LANES];
+        data.par_chunks_mut(pairs * LANES)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for lane in 0..LANES.min(out.saturating_sub(p * LANES)) {
+                    let row = &w[(p * LANES + lane) * inp..][..inp];
+                    for (k, pair) in row.chunks(2).enumerate() {
+                        panel[k * LANES + lane] = pair_word(pair);
+                    }
+                }
+            });
+        Ok(PackedBf16 {
+            out,
+            inp,
+            pairs,
+            data,
+        })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    /// `x · Wᵀ` for `x` [..., in] (f32), as f32 [..., out].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().unwrap_or(&0);
+        if inp != self.inp {
+            return Err(Error::Invalid(format!(
+                "bf16 linear: input width {inp} but weight {}x{}",
+                self.out, self.inp
+            )));
+        }
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = self.matmul(&xs);
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.out;
+        Ok(Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())?)
+    }
+
+    /// `x` row-major [rows, in] times `Wᵀ`: row-major [rows, out].
+    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        self.matmul_with(x, Kernel::best())
+    }
+
+    fn matmul_with(&self, x: &[f32], kernel: Kernel) -> Vec<f32> {
+        let rows = x.len() / self.inp.max(1);
+        let mut y = vec![0f32; rows * self.out];
+        if rows == 0 || self.out == 0 {
+            return y;
+        }
+        // x as bf16 pairs, rows padded with zeros to whole row blocks.
+        let block_rows = kernel.block_rows();
+        let mut xp = vec![0u32; rows.next_multiple_of(block_rows) * self.pairs];
+        xp.par_chunks_mut(self.pairs)
+            .zip(x.par_chunks(self.inp))
+            .for_each(|(dst, row)| {
+                for (d, pair) in dst.iter_mut().zip(row.chunks(2)) {
+                    *d = pair_word(pair);
+                }
+            });
+        // Tasks own runs of panel pairs (columns of y) and write only those columns.
+        let blocks = self.data.len() / (self.pairs * LANES * PANELS_PER_BLOCK);
+        let per = blocks.div_ceil(rayon::current_num_threads() * 4).max(1);
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        (0..blocks.div_ceil(per)).into_par_iter().for_each(|task| {
+            let y_ptr = &y_ptr;
+            let cols = task * per..blocks.min((task + 1) * per);
+            let blk = |b: usize, r0: usize| Block {
+                w: &self.data[b * PANELS_PER_BLOCK * self.pairs * LANES..],
+                x: &xp[r0 * self.pairs..],
+                pairs: self.pairs,
+                y: y_ptr.0,
+                row0: r0,
+                rows: block_rows.min(rows - r0),
+                col0: b * PANELS_PER_BLOCK * LANES,
+                out: self.out,
+            };
+            // SAFETY: each block covers rows r0.. (stores stop at `rows`) and the panel pair
+            // b (stores stop at `out`), inside `y` and owned by this task alone; `xp` holds
+            // whole row blocks and `data` whole panel pairs.
+            unsafe {
+                match kernel {
+                    #[cfg(amx)]
+                    Kernel::Amx => amx::run(cols, rows, block_rows, blk),
+                    Kernel::Avx512 => {
+                        for b in cols {
+                            for r0 in (0..rows).step_by(block_rows) {
+                                block_avx512(&blk(b, r0));
+                            }
+                        }
+                    }
+                    Kernel::Portable => {
+                        for b in cols {
+                            for r0 in (0..rows).step_by(block_rows) {
+                                block_portable(&blk(b, r0));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        y
+    }
+}
+
+/// The kernels, best first: AMX tiles (`amx_bf16`), AVX512-BF16 dot products, plain loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    #[cfg(amx)]
+    Amx,
+    Avx512,
+    Portable,
+}
+
+impl Kernel {
+    fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(amx)]
+            if amx::available() {
+                return Kernel::Amx;
+            }
+            if has_bf16_dot() {
+                Kernel::Avx512
+            } else {
+                Kernel::Portable
+            }
+        })
+    }
+
+    /// Rows each kernel call covers.
+    fn block_rows(self) -> usize {
+        match self {
+            #[cfg(amx)]
+            Kernel::Amx => 2 * TILE_ROWS,
+            Kernel::Avx512 | Kernel::Portable => ROWS_PER_BLOCK,
+        }
+    }
+}
+
+impl std::fmt::Debug for PackedBf16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedBf16({}x{})", self.out, self.inp)
+    }
+}
+
+/// Two bf16 values (the second 0 when the pair is short) in one word, the first in the low half.
+fn pair_word(pair: &[f32]) -> u32 {
+    let lo = to_bf16(pair[0]) as u32;
+    let hi = pair.get(1).map_or(0, |&v| to_bf16(v) as u32);
+    lo | (hi << 16)
+}
+
+/// Panels per kernel call (2 x 16 outputs) and rows per AVX512 kernel call: 2 x 12
+/// accumulator registers, 2 weight registers and a broadcast fit the 32 vector registers.
+const PANELS_PER_BLOCK: usize = 2;
+const ROWS_PER_BLOCK: usize = 12;
+
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint columns of the buffer the pointer points into.
+unsafe impl Sync for SendPtr {}
+
+/// One kernel call's operands: two panels from `w`, rows from `x`, results to `y` at
+/// (`row0`, `col0`) with row stride `out`; only `rows` rows and the columns below `out` are
+/// stored.
+struct Block<'a> {
+    w: &'a [u32],
+    x: &'a [u32],
+    pairs: usize,
+    y: *mut f32,
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    out: usize,
+}
+
+impl Block<'_> {
+    /// Stores accumulator row `r`, lanes of panel `p`, from `src` (16 values).
+    unsafe fn store(&self, r: usize, p: usize, src: &[f32]) {
+        let col = self.col0 + p * LANES;
+        if r < self.rows && col < self.out {
+            let n = (self.out - col).min(LANES);
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.y.add((self.row0 + r) * self.out + col),
+                n,
+            );
+        }
+    }
+}
+
+fn has_bf16_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The products the instructions compute, one at a time.
+unsafe fn block_portable(b: &Block) {
+    for r in 0..b.rows {
+        for p in 0..PANELS_PER_BLOCK {
+            let mut acc = [0f32; LANES];
+            for (lane, a) in acc.iter_mut().enumerate() {
+                for k in 0..b.pairs {
+                    let w = b.w[(p * b.pairs + k) * LANES + lane];
+                    let x = b.x[r * b.pairs + k];
+                    *a += from_bf16(w as u16) * from_bf16(x as u16)
+                        + from_bf16((w >> 16) as u16) * from_bf16((x >> 16) as u16);
+                }
+            }
+            b.store(r, p, &acc);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn block_avx512(b: &Block) {
+    block_portable(b)
+}
+
+/// Dispatches to the kernel monomorphized for this block's row count.
+#[cfg(target_arch = "x86_64")]
+unsafe fn block_avx512(b: &Block) {
+    match b.rows {
+        12.. => kernel::<12>(b),
+        11 => kernel::<11>(b),
+        10 => kernel::<10>(b),
+        9 => kernel::<9>(b),
+        8 => kernel::<8>(b),
+        7 => kernel::<7>(b),
+        6 => kernel::<6>(b),
+        5 => kernel::<5>(b),
+        4 => kernel::<4>(b),
+        3 => kernel::<3>(b),
+        2 => kernel::<2>(b),
+        _ => kernel::<1>(b),
+    }
+}
+
+/// Two panels x `R` rows: for each input pair, 2 weight loads, `R` broadcasts of the row's
+/// pair, `2·R` dot-product accumulations.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel<const R: usize>(b: &Block) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); PANELS_PER_BLOCK]; R];
+    let w = b.w.as_ptr();
+    let x = b.x.as_ptr();
+    for k in 0..b.pairs {
+        let mut wv = [_mm512_setzero_si512(); PANELS_PER_BLOCK];
+        for (p, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(w.add((p * b.pairs + k) * LANES) as *const _);
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_epi32(*x.add(r * b.pairs + k) as i32);
+            for (a, v) in acc_r.iter_mut().zip(&wv) {
+                *a = _mm512_dpbf16_ps(*a, std::mem::transmute(*v), std::mem::transmute(xv));
+            }
+        }
+    }
+    let mut lanes = [0f32; LANES];
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (p, a) in acc_r.iter().enumerate() {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
+            b.store(r, p, &lanes);
+        }
+    }
+}
+
+/// AMX: a block is 2 x 2 tiles of C (32 rows x 32 outputs), fed per 16 input pairs by two
+/// tiles of x rows and the two panels' tiles, which the packing already laid out as AMX's B.
+/// The instructions are written as inline assembly: Rust has no stable AMX intrinsics.
+#[cfg(amx)]
+mod amx {
+    use super::{Block, LANES, TILE_PAIRS, TILE_ROWS};
+    use std::arch::asm;
+
+    /// Palette 1 with tiles 0-7 all 16 rows x 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    const CONFIG: TileConfig = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// The CPU has AMX-BF16 and the kernel lets this process use the tile state (Linux asks
+    /// each process to request it once).
+    pub(super) fn available() -> bool {
+        // CPUID.(7,0).EDX: bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with this request only asks for permission; it has no pointers.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    /// Runs the blocks of panel pairs `cols` over all row blocks on this thread.
+    ///
+    /// # Safety
+    /// `available()` returned true, and `blk(b, r0)` gives blocks whose `x` holds two whole
+    /// tiles of rows from `r0` and whose `w` holds two whole panels.
+    pub(super) unsafe fn run<'a>(
+        cols: std::ops::Range<usize>,
+        rows: usize,
+        block_rows: usize,
+        blk: impl Fn(usize, usize) -> Block<'a>,
+    ) {
+        asm!("ldtilecfg [{0}]", in(reg) &CONFIG as *const TileConfig, options(nostack));
+        let mut c = [0f32; 4 * TILE_ROWS * LANES];
+        for b in cols {
+            for r0 in (0..rows).step_by(block_rows) {
+                let blk = blk(b, r0);
+                tiles(&blk, &mut c);
+                for (t, tile) in c.chunks(TILE_ROWS * LANES).enumerate() {
+                    let (rt, p) = (t / 2, t % 2);
+                    for (r, row) in tile.chunks(LANES).enumerate() {
+                        blk.store(rt * TILE_ROWS + r, p, row);
+                    }
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack));
+    }
+
+    /// C tiles 0-3 (row tile, panel) = x tiles 4-5 times w tiles 6-7, stored to `c`.
+    unsafe fn tiles(b: &Block, c: &mut [f32; 4 * TILE_ROWS * LANES]) {
+        let xs = b.pairs * 4; // bytes between x rows
+        let x0 = b.x.as_ptr();
+        let x1 = x0.add(TILE_ROWS * b.pairs);
+        let w0 = b.w.as_ptr();
+        let w1 = w0.add(b.pairs * LANES);
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack)
+        );
+        for k in (0..b.pairs).step_by(TILE_PAIRS) {
+            asm!(
+                "tileloadd tmm4, [{x0} + {xs}]",
+                "tileloadd tmm5, [{x1} + {xs}]",
+                "tileloadd tmm6, [{w0} + {ws}]",
+                "tileloadd tmm7, [{w1} + {ws}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                x0 = in(reg) x0.add(k),
+                x1 = in(reg) x1.add(k),
+                w0 = in(reg) w0.add(k * LANES),
+                w1 = in(reg) w1.add(k * LANES),
+                xs = in(reg) xs,
+                ws = in(reg) LANES * 4,
+                options(nostack),
+            );
+        }
+        let cs = LANES * 4;
+        let cp = c.as_mut_ptr();
+        let t = TILE_ROWS * LANES;
+        asm!(
+            "tilestored [{c0} + {cs}], tmm0",
+            "tilestored [{c1} + {cs}], tmm1",
+            "tilestored [{c2} + {cs}], tmm2",
+            "tilestored [{c3} + {cs}], tmm3",
+            c0 = in(reg) cp,
+            c1 = in(reg) cp.add(t),
+            c2 = in(reg) cp.add(2 * t),
+            c3 = in(reg) cp.add(3 * t),
+            cs = in(reg) cs,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// f64 reference of the bf16-rounded operands.
+    fn reference(x: &[f32], w: &[f32], rows: usize, out: usize, inp: usize) -> Vec<f64> {
+        let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+        let mut y = vec![0f64; rows * out];
+        for i in 0..rows {
+            for o in 0..out {
+                y[i * out + o] = (0..inp)
+                    .map(|k| r(x[i * inp + k]) * r(w[o * inp + k]))
+                    .sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_kernel_matches_the_rounded_reference_on_ragged_shapes() {
+        // Odd widths, a partial last panel and row counts around the block sizes.
+        let mut kernels = vec![Kernel::Portable, Kernel::best()];
+        if has_bf16_dot() {
+            kernels.push(Kernel::Avx512);
+        }
+        for &(rows, out, inp) in &[(1, 5, 3), (13, 33, 17), (32, 48, 64), (45, 17, 576)] {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap();
+            let packed = PackedBf16::pack(&w).unwrap();
+            let y = packed.forward(&x).unwrap();
+            assert_eq!(y.dims(), &[rows, out]);
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want = reference(&xs, &ws, rows, out, inp);
+            for &k in &kernels {
+                let y = packed.matmul_with(&xs, k);
+                for (a, b) in y.iter().zip(&want) {
+                    // products of bf16 values are exact in f32; only the f32 sums round
+                    let tol = 1e-5 * (inp as f64).sqrt() * (1.0 + b.abs());
+                    assert!((*a as f64 - b).abs() <= tol, "{k:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between bf16 1.0 and 1.0078125: ties go to the even mantissa.
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn precision_names_are_checked() {
+        assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);
+        let e = Precision::parse("fp8").unwrap_err().to_string();
+        assert!(e.contains("fp8") && e.contains("f32, bf16"), "{e}");
+    }
+}
