@@ -350,6 +350,11 @@ impl TrainConfig {
         if g.ppo_epochs == 0 {
             bail!("field `grpo.ppo_epochs`: must be at least 1");
         }
+        if let Some(cap) = g.truncated_is_cap {
+            if cap.is_nan() || cap <= 0.0 {
+                bail!("field `grpo.truncated_is_cap`: must be positive");
+            }
+        }
         if g.clip_eps.is_nan() || g.clip_eps <= 0.0 {
             bail!("field `grpo.clip_eps`: must be positive");
         }

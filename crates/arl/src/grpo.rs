@@ -29,6 +29,12 @@ pub struct GrpoConfig {
     /// Completions per forward/backward pass; gradients of micro-batches are accumulated into
     /// one optimizer step. 0 = the whole batch at once.
     pub micro_batch: usize,
+    /// Truncated importance sampling against the sampler: each token's loss is weighted by
+    /// `min(p_trainer / p_sampler, cap)`, where `p_trainer` is the f32 teacher-forced pass
+    /// before the update (TRL's `vllm_importance_sampling_correction`, verl's TIS). Corrects
+    /// for a reduced-precision sampler (`[policy] sample_precision`); absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated_is_cap: Option<f64>,
 }
 
 impl Default for GrpoConfig {
@@ -42,6 +48,7 @@ impl Default for GrpoConfig {
             scale_rewards: schedule::ScaleRewards::Group,
             ppo_epochs: 1,
             micro_batch: 0,
+            truncated_is_cap: None,
         }
     }
 }
@@ -63,16 +70,18 @@ pub struct GrpoLoss {
 /// ratio = exp(logp - logp_old)
 /// pg    = -min(ratio * A, clip(ratio, 1-ε, 1+ε) * A)
 /// kl    = exp(ref - logp) - (ref - logp) - 1          (k3, ≥ 0)
-/// loss  = Σ_tokens mask * (pg + β kl) / token_normalizer
+/// loss  = Σ_tokens mask * (w * pg + β kl) / token_normalizer
 /// ```
 ///
-/// `old` and `reference` are `[B, T]` constants, `advantages` is `[B]`. `token_normalizer` is
+/// `w` is the truncated importance weight of the sampler (`is_weight`, 1 without it). `old`,
+/// `reference` and `is_weight` are `[B, T]` constants, `advantages` is `[B]`. `token_normalizer` is
 /// the number of real tokens of the whole rollout batch, so that accumulating micro-batches
 /// gives exactly the full-batch token mean.
 pub fn grpo_loss(
     new: &TokenLogProbs,
     old: &Tensor,
     reference: Option<&Tensor>,
+    is_weight: Option<&Tensor>,
     advantages: &Tensor,
     clip_eps: f64,
     kl_beta: f64,
@@ -86,6 +95,9 @@ pub fn grpo_loss(
     let unclipped = (&ratio * &adv)?;
     let clipped = (ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)? * &adv)?;
     let mut per_token = unclipped.minimum(&clipped)?.neg()?;
+    if let Some(w) = is_weight {
+        per_token = (per_token * w)?;
+    }
     let mut kl_sum = 0.0;
     if let Some(reference) = reference {
         let d = (reference - &new.log_probs)?;
@@ -110,4 +122,53 @@ pub fn grpo_loss(
 
 pub fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn loss_and_grad(weight: Option<&Tensor>) -> (f64, Vec<Vec<f32>>) {
+        let dev = Device::Cpu;
+        let lp = Var::new(&[[-1.0f32, -2.0, -0.5], [-0.3, -1.2, -4.0]], &dev).unwrap();
+        let new = TokenLogProbs {
+            log_probs: lp.as_tensor().clone(),
+            mask: Tensor::new(&[[1.0f32, 1.0, 1.0], [1.0, 1.0, 0.0]], &dev).unwrap(),
+            entropy: Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap(),
+        };
+        // ratios 1.05 and 0.7: one token inside the clip range, one clipped
+        let old = (lp.as_tensor().detach() - 0.05).unwrap();
+        let old = old
+            .slice_assign(&[1..2, 0..1], &Tensor::new(&[[0.057f32]], &dev).unwrap())
+            .unwrap();
+        let adv = Tensor::new(&[1.0f32, -2.0], &dev).unwrap();
+        let l = grpo_loss(&new, &old, None, weight, &adv, 0.2, 0.0, 5.0).unwrap();
+        let g = l.loss.backward().unwrap();
+        let g = g.get(lp.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        (scalar(&l.loss).unwrap(), g)
+    }
+
+    #[test]
+    fn truncated_is_weight_scales_each_tokens_policy_term() {
+        let dev = Device::Cpu;
+        let (plain, g_plain) = loss_and_grad(None);
+        let ones = Tensor::ones((2, 3), candle_core::DType::F32, &dev).unwrap();
+        let (same, g_same) = loss_and_grad(Some(&ones));
+        assert_eq!((plain, &g_plain), (same, &g_same));
+        let w = Tensor::new(&[[2.0f32, 0.5, 1.0], [0.0, 1.0, 1.0]], &dev).unwrap();
+        let (weighted, g_w) = loss_and_grad(Some(&w));
+        let wv = w.to_vec2::<f32>().unwrap();
+        for i in 0..2 {
+            for j in 0..3 {
+                let want = g_plain[i][j] * wv[i][j];
+                assert!(
+                    (g_w[i][j] - want).abs() < 1e-6,
+                    "({i},{j}) {} vs {want}",
+                    g_w[i][j]
+                );
+            }
+        }
+        assert!((weighted - plain).abs() > 1e-3);
+    }
 }

@@ -40,6 +40,27 @@ pub struct TransformerConfig {
     /// when on).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub share_prompt: bool,
+    /// Matmul precision of sampling: `"f32"` (exact: the sampler's log-probs are the
+    /// trainer's) or `"bf16"` (weights rounded once per rollout, f32 accumulation; faster).
+    /// The log-probs GRPO differentiates always come from the f32 teacher-forced pass; the
+    /// gap between the two is `update.sampler_gap` in `metrics.jsonl`.
+    #[serde(
+        default,
+        skip_serializing_if = "is_f32",
+        deserialize_with = "sample_precision"
+    )]
+    pub sample_precision: policy::Precision,
+}
+
+fn is_f32(p: &policy::Precision) -> bool {
+    *p == policy::Precision::F32
+}
+
+/// Names the field in the error: inside the tagged `[policy]` enum serde only knows `policy`.
+fn sample_precision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<policy::Precision, D::Error> {
+    let name = String::deserialize(d)?;
+    policy::Precision::parse(&name)
+        .map_err(|e| serde::de::Error::custom(format!("`sample_precision`: {e}")))
 }
 
 fn default_max_new_tokens() -> usize {
@@ -109,9 +130,10 @@ impl Policy for TransformerPolicy {
             .iter()
             .map(|ex| self.prompt_ids(ex))
             .collect::<Result<Vec<_>>>()?;
-        let cfg = self
+        let mut cfg = self
             .model
             .generation_config(self.config.max_new_tokens, self.config.temperature);
+        cfg.precision = self.config.sample_precision;
         // Each prompt is prefilled once; its n samples share that cache.
         let gens = policy::generate_groups(&self.model.transformer, &batch, n, &cfg, rng)?;
         let mut out: Vec<Vec<Completion>> = Vec::with_capacity(prompts.len());

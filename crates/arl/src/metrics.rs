@@ -130,6 +130,10 @@ pub struct UpdateStats {
     pub grad_norm: Option<f64>,
     /// Share of tokens whose ratio fell outside the clip range.
     pub clip_frac: Option<f64>,
+    /// Mean |log p_sampler - log p_trainer| per update token: how far the sampler's log-probs
+    /// (bf16 sampling, say) are from the f32 teacher-forced pass before the update.
+    #[serde(default)]
+    pub sampler_gap: Option<f64>,
 }
 
 /// Judge counters accrued during the step (selection and validation included).

@@ -98,6 +98,8 @@ pub(crate) struct Rollout {
 struct Row {
     example: usize,
     tokens: Vec<u32>,
+    /// The sampler's log-prob of each token.
+    sampler_log_probs: Vec<f32>,
     advantage: f64,
 }
 
@@ -476,6 +478,7 @@ impl Trainer {
         let mut old: Vec<Option<Tensor>> = vec![None; reference.len()];
         let (mut loss_sum, mut kl, mut ent, mut clipped, mut toks, mut norms) =
             (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut sampler_gap = 0.0;
         for _epoch in 0..self.config.grpo.ppo_epochs {
             let lr = self
                 .config
@@ -486,6 +489,7 @@ impl Trainer {
                 s.nonfinite_skips += 1;
                 continue;
             };
+            sampler_gap += d.sampler_gap;
             let norm = global_norm(&grads)?;
             if !norm.is_finite() {
                 s.nonfinite_skips += 1;
@@ -512,6 +516,7 @@ impl Trainer {
             s.entropy = Some(ent / toks);
             s.clip_frac = Some(clipped / toks);
             s.grad_norm = Some(norms / n);
+            s.sampler_gap = Some(sampler_gap / s.tokens.max(1) as f64);
         }
         Ok(s)
     }
@@ -539,13 +544,27 @@ impl Trainer {
                 .collect();
             let tokens: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
             let lp = self.policy.log_probs(&examples, &tokens)?;
-            let old_lp = old[i].get_or_insert_with(|| lp.log_probs.detach()).clone();
+            let sampler = sampler_log_probs(chunk, &lp.log_probs)?;
+            let old_lp = match &old[i] {
+                Some(o) => o.clone(),
+                None => {
+                    let o = lp.log_probs.detach();
+                    d.sampler_gap += scalar(&((&o - &sampler)?.abs()? * &lp.mask)?.sum_all()?)?;
+                    old[i] = Some(o.clone());
+                    o
+                }
+            };
+            let is_weight = match g.truncated_is_cap {
+                Some(cap) => Some((&old_lp - &sampler)?.exp()?.clamp(0.0, cap)?),
+                None => None,
+            };
             let adv: Vec<f32> = chunk.iter().map(|r| r.advantage as f32).collect();
             let adv = Tensor::from_vec(adv, chunk.len(), &self.policy.device())?;
             let l = grpo_loss(
                 &lp,
                 &old_lp,
                 reference[i].as_ref(),
+                is_weight.as_ref(),
                 &adv,
                 g.clip_eps,
                 g.kl_beta,
@@ -794,6 +813,19 @@ struct Diag {
     entropy: f64,
     clipped: f64,
     tokens: f64,
+    /// Σ |log p_sampler - log p_old| over the tokens whose old log-probs this pass computed.
+    sampler_gap: f64,
+}
+
+/// The sampler's log-probs of `rows` as a [B, T] tensor shaped like `like` (0 on padding).
+fn sampler_log_probs(rows: &[Row], like: &Tensor) -> Result<Tensor> {
+    let (b, t) = like.dims2()?;
+    let mut flat = vec![0f32; b * t];
+    for (dst, r) in flat.chunks_mut(t.max(1)).zip(rows) {
+        let n = r.sampler_log_probs.len().min(t);
+        dst[..n].copy_from_slice(&r.sampler_log_probs[..n]);
+    }
+    Ok(Tensor::from_vec(flat, (b, t), like.device())?.to_dtype(like.dtype())?)
 }
 
 /// The completions with a defined advantage (zero-spread groups and excluded samples drop out).
@@ -810,6 +842,7 @@ fn rows(rollout: &Rollout, advantages: &[Vec<Option<f64>>]) -> Vec<Row> {
                 out.push(Row {
                     example: ex,
                     tokens: c.tokens.clone(),
+                    sampler_log_probs: c.log_probs.clone(),
                     advantage: *a,
                 });
             }

@@ -148,3 +148,49 @@ fn the_documented_warm_start_fields_are_the_real_ones() {
     let w: arl::sft::WarmStartConfig = table["warm_start"].clone().try_into().unwrap();
     assert_eq!(w, arl::sft::WarmStartConfig::default(), "{section}");
 }
+
+#[test]
+fn sampling_precision_and_truncated_is_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");
+    let (head, rest) = base.split_once("kind = \"categorical\"").unwrap();
+    let (_, tail) = rest.split_once("max_tokens = 6").unwrap();
+    let transformer = format!(
+        "{head}kind = \"transformer\"\nmodel = \"smollm2\"\nsample_precision = \"fp8\"{tail}"
+    );
+    let e = TrainConfig::from_toml(&transformer)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sample_precision")
+            && e.contains("fp8")
+            && e.contains("f32")
+            && e.contains("bf16"),
+        "{e}"
+    );
+    assert!(!e.trim().contains('\n') || e.lines().count() <= 6, "{e}");
+    let ok = transformer.replace("\"fp8\"", "\"bf16\"");
+    let cfg = TrainConfig::from_toml(&ok).unwrap();
+    assert_eq!(
+        cfg,
+        TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap()
+    );
+    for bad in ["0.0", "-1.0"] {
+        let cfg = TrainConfig::from_toml(&base.replace(
+            "group_size = 8",
+            &format!("group_size = 8\ntruncated_is_cap = {bad}"),
+        ))
+        .unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("grpo.truncated_is_cap") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+    // both off by default, and then absent from the written config
+    let text = TrainConfig::from_toml(&base).unwrap().to_toml().unwrap();
+    assert!(
+        !text.contains("sample_precision") && !text.contains("truncated_is"),
+        "{text}"
+    );
+}

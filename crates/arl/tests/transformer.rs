@@ -93,6 +93,8 @@ fn one_grpo_step_on_smollm2_end_to_end() {
     assert_eq!(m.update.applied, 1, "{:?}", m.update);
     assert!(m.update.tokens > 0 && m.update.tokens <= 4 * 8);
     assert!(m.update.entropy.unwrap() > 0.0);
+    // an f32 sampler's log-probs are the trainer's, up to f32 rounding
+    assert!(m.update.sampler_gap.unwrap() < 1e-3, "{:?}", m.update);
     let lora_after: Vec<f32> = t
         .policy()
         .vars()
@@ -111,4 +113,27 @@ fn one_grpo_step_on_smollm2_end_to_end() {
         .path()
         .join("run/checkpoints/step-00000001/policy.safetensors")
         .exists());
+}
+
+/// Sampling with bf16 weights and the truncated importance weight: the step trains, and
+/// `metrics.jsonl` records the (small, non-zero) gap between sampler and f32 trainer.
+#[test]
+fn one_grpo_step_on_smollm2_with_bf16_sampling_and_truncated_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = smollm2_config(dir.path());
+    if let arl::PolicyConfig::Transformer(t) = &mut cfg.policy {
+        t.sample_precision = policy::Precision::Bf16;
+    }
+    cfg.grpo.truncated_is_cap = Some(2.0);
+    let parts = Parts::from_config(&cfg).unwrap();
+    let mut t = Trainer::new(cfg, parts).unwrap();
+    let mut steps = Vec::new();
+    t.run(|m| steps.push(m.clone())).unwrap();
+    let u = &steps[0].update;
+    assert!(u.rows > 0 && u.applied == 1, "{u:?}");
+    let gap = u.sampler_gap.unwrap();
+    assert!(gap > 1e-5 && gap < 0.1, "bf16 sampler gap {gap}");
+    assert!(u.loss.unwrap().is_finite());
+    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"sampler_gap\""), "{metrics}");
 }
