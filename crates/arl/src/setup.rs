@@ -204,6 +204,7 @@ pub fn load_model(
                 init_seed: 0,
                 share_prompt: false,
                 sample_precision: policy::Precision::F32,
+                train_precision: policy::Precision::F32,
             };
             let policy = crate::lm_actor::TransformerPolicy::new(cfg)?;
             return Ok((Box::new(policy), rubric::ClassSpec::default()));

@@ -169,7 +169,16 @@ fn sampling_precision_and_truncated_is_are_checked() {
         "{e}"
     );
     assert!(!e.trim().contains('\n') || e.lines().count() <= 6, "{e}");
-    let ok = transformer.replace("\"fp8\"", "\"bf16\"");
+    let e = TrainConfig::from_toml(
+        &transformer.replace("sample_precision = \"fp8\"", "train_precision = \"half\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("train_precision") && e.contains("half") && e.contains("f32, bf16"),
+        "{e}"
+    );
+    let ok = transformer.replace("\"fp8\"", "\"bf16\"\ntrain_precision = \"bf16\"");
     let cfg = TrainConfig::from_toml(&ok).unwrap();
     assert_eq!(
         cfg,

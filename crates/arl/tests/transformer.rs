@@ -115,7 +115,8 @@ fn one_grpo_step_on_smollm2_end_to_end() {
         .exists());
 }
 
-/// Sampling with bf16 weights and the truncated importance weight: the step trains, and
+/// Sampling with bf16 weights, bf16 training matmuls and the truncated importance weight: the
+/// step trains, and
 /// `metrics.jsonl` records the (small, non-zero) gap between sampler and f32 trainer.
 #[test]
 fn one_grpo_step_on_smollm2_with_bf16_sampling_and_truncated_is() {
@@ -123,6 +124,7 @@ fn one_grpo_step_on_smollm2_with_bf16_sampling_and_truncated_is() {
     let mut cfg = smollm2_config(dir.path());
     if let arl::PolicyConfig::Transformer(t) = &mut cfg.policy {
         t.sample_precision = policy::Precision::Bf16;
+        t.train_precision = policy::Precision::Bf16;
     }
     cfg.grpo.truncated_is_cap = Some(2.0);
     let parts = Parts::from_config(&cfg).unwrap();

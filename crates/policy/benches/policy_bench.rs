@@ -3,7 +3,7 @@
 //! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (one training shape, e.g.
 //! `8x32+480`; `0` skips training), POLICY_BENCH_ITERS=N, POLICY_BENCH_GEN=B,SMALL,NEW (e.g.
 //! `32,1,64`; `0,0,0` skips generation), POLICY_BENCH_PRECISION=f32|bf16 (one sampling
-//! precision; both by default).
+//! and training-matmul precision; both by default).
 
 fn main() -> anyhow::Result<()> {
     policy::keep_freed_memory();
@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Ok(s) = std::env::var("POLICY_BENCH_PRECISION") {
         opts.gen_precisions = vec![policy::bf16::Precision::parse(s.trim())?];
+        opts.train_precisions = opts.gen_precisions.clone();
     }
     if let Ok(s) = std::env::var("POLICY_BENCH_TRAIN") {
         if s.trim() == "0" {

@@ -26,8 +26,10 @@ pub struct BenchOptions {
     pub gen_small_batch: usize,
     pub gen_prompt_len: usize,
     pub gen_new_tokens: usize,
-    /// Generation is timed at each of these sampling precisions.
+    /// Generation is timed at each of these sampling precisions, and training at each of
+    /// these matmul precisions.
     pub gen_precisions: Vec<Precision>,
+    pub train_precisions: Vec<Precision>,
 }
 
 impl Default for BenchOptions {
@@ -45,6 +47,7 @@ impl Default for BenchOptions {
             gen_prompt_len: 32,
             gen_new_tokens: 64,
             gen_precisions: vec![Precision::F32, Precision::Bf16],
+            train_precisions: vec![Precision::F32, Precision::Bf16],
         }
     }
 }
@@ -261,13 +264,16 @@ pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
 
     let shapes = std::iter::once((opts.train_batch, opts.prompt_len, opts.completion_len))
         .chain(opts.long_train)
-        .filter(|_| opts.train_iters > 0);
-    for (b, p, c) in shapes {
-        let f = train_step(model, b, p, c, opts.train_iters)?;
+        .filter(|_| opts.train_iters > 0)
+        .flat_map(|s| opts.train_precisions.iter().map(move |&p| (s, p)));
+    for ((b, p, c), precision) in shapes {
+        let f = crate::bf16::with_matmul_precision(precision, || {
+            train_step(model, b, p, c, opts.train_iters)
+        })?;
         let again = matmul_peak_gflops(1024, 5)?;
         peak = peak.max(again);
         println!(
-            "forward+backward: batch {b} x {} tokens = {} tokens in {:.2}s (forward {:.2}s): {:.0} tokens/s, {:.1} GFLOP/s = {:.0}% of matmul peak {peak:.1} (re-measured after the step: {again:.1})",
+            "forward+backward ({precision:?} matmuls): batch {b} x {} tokens = {} tokens in {:.2}s (forward {:.2}s): {:.0} tokens/s, {:.1} GFLOP/s = {:.0}% of matmul peak {peak:.1} (re-measured after the step: {again:.1})",
             p + c,
             f.tokens,
             f.secs,

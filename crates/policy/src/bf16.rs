@@ -10,6 +10,7 @@
 //! whether the instruction exists beyond f32 rounding.
 
 use crate::error::{Error, Result};
+use crate::linear::Mat;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -40,6 +41,32 @@ impl Precision {
             ))),
         }
     }
+}
+
+/// The precision of the training matmuls on this thread (`linear.rs`'s `gemm_into`: the
+/// linear layers, the output projection and their backward passes), in the manner of torch's
+/// `set_float32_matmul_precision`: with bf16 the f32 operands are rounded to bf16 and
+/// multiplied with f32 accumulation; inputs, outputs, master weights and every other op stay
+/// f32. Each op records the precision of its forward and runs its backward at it, so a
+/// backward called outside the scope still matches its forward. Per thread, so concurrent
+/// runs of a study keep their own.
+pub fn with_matmul_precision<R>(p: Precision, f: impl FnOnce() -> R) -> R {
+    struct Restore(Precision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MATMUL.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(MATMUL.with(|c| c.replace(p)));
+    f()
+}
+
+pub fn matmul_precision() -> Precision {
+    MATMUL.with(|c| c.get())
+}
+
+thread_local! {
+    static MATMUL: std::cell::Cell<Precision> = const { std::cell::Cell::new(Precision::F32) };
 }
 
 /// `f` rounded to the nearest bf16 (ties to even), as its bit pattern.
@@ -76,29 +103,42 @@ const TILE_PAIRS: usize = 16;
 const TILE_ROWS: usize = 16;
 
 impl PackedBf16 {
-    /// Packs a rank-2 weight [out, in] of any float dtype.
+    /// Packs a rank-2 weight [out, in] of any float dtype, for `x · Wᵀ`.
     pub fn pack(w: &Tensor) -> Result<Self> {
-        let (out, inp) = w.dims2()?;
+        let (_, inp) = w.dims2()?;
         let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self::pack_b(Mat::rows(&w, inp).t()))
+    }
+
+    /// Packs the right operand `b` [K, N] of `a · b` (any strides).
+    pub(crate) fn pack_b(b: Mat<f32>) -> Self {
+        let (inp, out) = (b.rows, b.cols);
         let pairs = inp.div_ceil(2).next_multiple_of(TILE_PAIRS);
         let panels = out.div_ceil(LANES).next_multiple_of(PANELS_PER_BLOCK);
         let mut data = vec![0u32; panels * pairs * LANES];
+        let at = |k: usize, n: usize| {
+            if k < inp {
+                b.data[k * b.rs + n * b.cs]
+            } else {
+                0.0
+            }
+        };
         data.par_chunks_mut(pairs * LANES)
             .enumerate()
             .for_each(|(p, panel)| {
                 for lane in 0..LANES.min(out.saturating_sub(p * LANES)) {
-                    let row = &w[(p * LANES + lane) * inp..][..inp];
-                    for (k, pair) in row.chunks(2).enumerate() {
-                        panel[k * LANES + lane] = pair_word(pair);
+                    let n = p * LANES + lane;
+                    for k in 0..inp.div_ceil(2) {
+                        panel[k * LANES + lane] = pair_word(&[at(2 * k, n), at(2 * k + 1, n)]);
                     }
                 }
             });
-        Ok(PackedBf16 {
+        PackedBf16 {
             out,
             inp,
             pairs,
             data,
-        })
+        }
     }
 
     pub fn out_features(&self) -> usize {
@@ -124,23 +164,34 @@ impl PackedBf16 {
 
     /// `x` row-major [rows, in] times `Wᵀ`: row-major [rows, out].
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        self.matmul_with(x, Kernel::best())
+        let mut y = vec![0f32; x.len() / self.inp.max(1) * self.out];
+        self.matmul_into(&mut y, Mat::rows(x, self.inp), Kernel::best());
+        y
     }
 
-    fn matmul_with(&self, x: &[f32], kernel: Kernel) -> Vec<f32> {
-        let rows = x.len() / self.inp.max(1);
-        let mut y = vec![0f32; rows * self.out];
+    /// `dst` (row-major [a.rows, out]) `= a · B` for the packed B and any view `a` [M, K].
+    pub(crate) fn matmul_into(&self, y: &mut [f32], a: Mat<f32>, kernel: Kernel) {
+        let rows = a.rows;
+        assert!(a.cols == self.inp && y.len() == rows * self.out);
         if rows == 0 || self.out == 0 {
-            return y;
+            return;
         }
-        // x as bf16 pairs, rows padded with zeros to whole row blocks.
+        // a as bf16 pairs, rows padded with zeros to whole row blocks.
         let block_rows = kernel.block_rows();
         let mut xp = vec![0u32; rows.next_multiple_of(block_rows) * self.pairs];
+        let at = |m: usize, k: usize| {
+            if k < a.cols {
+                a.data[m * a.rs + k * a.cs]
+            } else {
+                0.0
+            }
+        };
         xp.par_chunks_mut(self.pairs)
-            .zip(x.par_chunks(self.inp))
-            .for_each(|(dst, row)| {
-                for (d, pair) in dst.iter_mut().zip(row.chunks(2)) {
-                    *d = pair_word(pair);
+            .take(rows)
+            .enumerate()
+            .for_each(|(m, dst)| {
+                for (k, d) in dst[..a.cols.div_ceil(2)].iter_mut().enumerate() {
+                    *d = pair_word(&[at(m, 2 * k), at(m, 2 * k + 1)]);
                 }
             });
         // Tasks own runs of panel pairs (columns of y) and write only those columns.
@@ -184,13 +235,12 @@ impl PackedBf16 {
                 }
             }
         });
-        y
     }
 }
 
 /// The kernels, best first: AMX tiles (`amx_bf16`), AVX512-BF16 dot products, plain loops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(crate) enum Kernel {
     #[cfg(amx)]
     Amx,
     Avx512,
@@ -198,7 +248,7 @@ enum Kernel {
 }
 
 impl Kernel {
-    fn best() -> Kernel {
+    pub(crate) fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
             #[cfg(amx)]
@@ -519,7 +569,8 @@ mod tests {
             let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let want = reference(&xs, &ws, rows, out, inp);
             for &k in &kernels {
-                let y = packed.matmul_with(&xs, k);
+                let mut y = vec![0f32; rows * out];
+                packed.matmul_into(&mut y, Mat::rows(&xs, inp), k);
                 for (a, b) in y.iter().zip(&want) {
                     // products of bf16 values are exact in f32; only the f32 sums round
                     let tol = 1e-5 * (inp as f64).sqrt() * (1.0 + b.abs());

@@ -30,11 +30,14 @@ pub(crate) trait Float:
     /// `s` itself when it holds this type.
     fn vec(s: CpuStorage) -> Option<Vec<Self>>;
     fn storage(v: Vec<Self>) -> CpuStorage;
+    /// `s` itself when this type is f32 (for the bf16 matmul, which reads f32).
+    fn f32_slice(s: &[Self]) -> Option<&[f32]>;
+    fn f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 // A macro: the two impls differ only in the type and its storage variant.
 macro_rules! impl_float {
-    ($t:ident, $variant:ident) => {
+    ($t:ident, $variant:ident, $is_f32:tt) => {
         impl Float for $t {
             fn exp(self) -> Self {
                 $t::exp(self)
@@ -70,11 +73,24 @@ macro_rules! impl_float {
             fn storage(v: Vec<Self>) -> CpuStorage {
                 CpuStorage::$variant(v)
             }
+            fn f32_slice(s: &[Self]) -> Option<&[f32]> {
+                impl_float!(@f32 $is_f32, s)
+            }
+            fn f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+                impl_float!(@f32 $is_f32, s)
+            }
         }
     };
+    (@f32 yes, $s:expr) => {
+        Some($s)
+    };
+    (@f32 no, $s:expr) => {{
+        let _ = $s;
+        None
+    }};
 }
-impl_float!(f32, F32);
-impl_float!(f64, F64);
+impl_float!(f32, F32, yes);
+impl_float!(f64, F64, no);
 
 /// One argument of a `FloatOp`: its contiguous data and its layout.
 pub(crate) type Arg<'a, T> = (&'a [T], &'a Layout);

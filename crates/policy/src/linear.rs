@@ -9,6 +9,7 @@
 //! its forward writes the logits once and keeps them for the backward, which turns them into
 //! their own gradient in place, so no other [tokens, vocab] buffer is ever allocated.
 
+use crate::bf16::{matmul_precision, with_matmul_precision, Kernel, PackedBf16, Precision};
 use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use crate::ops::{fused_ok, par_out};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
@@ -19,7 +20,8 @@ use std::sync::Mutex;
 /// matmul elsewhere.
 pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> crate::Result<Tensor> {
     let y = if fused_ok(x) {
-        x.contiguous()?.apply_op2(&w.contiguous()?, Cpu(Linear))?
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, Cpu(Linear::new()))?
     } else {
         let (rows, in_dim) = rows_of(x)?;
         let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
@@ -106,6 +108,19 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
+impl<'a, T: Float> Mat<'a, T> {
+    /// The same view as f32, when `T` is f32.
+    fn f32(self) -> Option<Mat<'a, f32>> {
+        Some(Mat {
+            data: T::f32_slice(self.data)?,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        })
+    }
+}
+
 /// A buffer gemm will overwrite completely, so it skips the zeroing pass `vec![0; n]` costs.
 #[allow(clippy::uninit_vec)]
 pub(crate) fn for_gemm<T: Float>(n: usize) -> Vec<T> {
@@ -116,8 +131,15 @@ pub(crate) fn for_gemm<T: Float>(n: usize) -> Vec<T> {
     v
 }
 
-/// `dst` (row-major [a.rows, b.cols]) `= a · b`, on all threads.
+/// `dst` (row-major [a.rows, b.cols]) `= a · b`, on all threads; in bf16 (f32 accumulation)
+/// when `bf16::set_matmul_precision` asks for it and the product is large enough to gain.
 pub(crate) fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>) {
+    if a.rows * a.cols * b.cols >= BF16_MIN_WORK && matmul_precision() == Precision::Bf16 {
+        if let (Some(dst), Some(a), Some(b)) = (T::f32_mut(dst), a.f32(), b.f32()) {
+            PackedBf16::pack_b(b).matmul_into(dst, a, Kernel::best());
+            return;
+        }
+    }
     let threads = candle_core::utils::get_num_threads();
     let par = if threads > 1 {
         Parallelism::Rayon(threads)
@@ -126,6 +148,9 @@ pub(crate) fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>)
     };
     gemm_with(dst, a, b, par)
 }
+
+/// Multiply-adds below which a product stays f32: packing both operands costs about as much.
+const BF16_MIN_WORK: usize = 1 << 20;
 
 /// `gemm_into` on the calling thread, for callers that already split work across threads.
 pub(crate) fn gemm_seq<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>) {
@@ -176,7 +201,18 @@ fn width(l: &Layout) -> Result<usize> {
 
 /// `x · Wᵀ` for `x` [..., in] and `W` [out, in], as one graph node with a gemm backward.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Linear;
+pub(crate) struct Linear {
+    /// The matmul precision at the forward, which the backward reuses.
+    precision: Precision,
+}
+
+impl Linear {
+    pub(crate) fn new() -> Self {
+        Linear {
+            precision: matmul_precision(),
+        }
+    }
+}
 
 impl FloatOp<2> for Linear {
     fn name(&self) -> &'static str {
@@ -195,6 +231,12 @@ impl FloatOp<2> for Linear {
         Ok((y, Shape::from(dims)))
     }
     fn bwd(&self, [x, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
+        with_matmul_precision(self.precision, || self.grads(x, w, grad))
+    }
+}
+
+impl Linear {
+    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Grads<2> {
         let g = grad.contiguous()?;
         // A frozen (detached) argument gets no gradient: no gemm is spent on it.
         let dx = if x.track_op() {
@@ -256,6 +298,8 @@ pub(crate) struct OutputLogProbs {
     keep_logits: bool,
     targets: Vec<u32>,
     logits: Mutex<Option<CpuStorage>>,
+    /// The matmul precision at the forward, which the backward reuses.
+    precision: Precision,
 }
 
 impl OutputLogProbs {
@@ -265,6 +309,7 @@ impl OutputLogProbs {
             keep_logits,
             targets,
             logits: Mutex::new(None),
+            precision: matmul_precision(),
         }
     }
 }
@@ -346,7 +391,9 @@ impl FloatOp<2> for OutputLogProbs {
             need_dh,
             need_dw,
         });
-        let d = h.apply_op3_no_bwd(w, &grad.contiguous()?, &back)?;
+        let d = with_matmul_precision(self.precision, || {
+            h.apply_op3_no_bwd(w, &grad.contiguous()?, &back)
+        })?;
         // `d` packs [dh (N·H) | dW (V·H)], each only when wanted, in one buffer.
         let dh_len = if need_dh { n * hid } else { 0 };
         let dh = need_dh
@@ -469,7 +516,10 @@ pub(crate) mod tests {
         let x = Var::from_tensor(&uniform(&[2, 3, 5], 1)).unwrap();
         let w = Var::from_tensor(&uniform(&[7, 5], 2)).unwrap();
         let probe = uniform(&[2, 3, 7], 3);
-        let y = x.as_tensor().apply_op2(w.as_tensor(), Cpu(Linear)).unwrap();
+        let y = x
+            .as_tensor()
+            .apply_op2(w.as_tensor(), Cpu(Linear::new()))
+            .unwrap();
         let reference = x
             .as_tensor()
             .reshape((6, 5))
@@ -495,7 +545,7 @@ pub(crate) mod tests {
         // A detached weight gets no gradient (and costs no gemm).
         let y = x
             .as_tensor()
-            .apply_op2(&w.as_tensor().detach(), Cpu(Linear))
+            .apply_op2(&w.as_tensor().detach(), Cpu(Linear::new()))
             .unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&w).is_none() && g.get(&x).is_some());
@@ -504,10 +554,12 @@ pub(crate) mod tests {
     #[test]
     fn linear_rejects_mismatched_widths_and_dtypes() {
         let x = uniform(&[3, 4], 1);
-        let e = x.apply_op2(&uniform(&[2, 5], 2), Cpu(Linear)).unwrap_err();
+        let e = x
+            .apply_op2(&uniform(&[2, 5], 2), Cpu(Linear::new()))
+            .unwrap_err();
         assert!(e.to_string().contains("input width 4"), "{e}");
         let w = uniform(&[2, 4], 2).to_dtype(DType::F32).unwrap();
-        let e = x.apply_op2(&w, Cpu(Linear)).unwrap_err();
+        let e = x.apply_op2(&w, Cpu(Linear::new())).unwrap_err();
         assert!(e.to_string().contains("f32 and f64"), "{e}");
     }
 
