@@ -43,6 +43,12 @@ pub trait Policy {
         rng: &mut ChaCha8Rng,
     ) -> Result<Vec<Vec<Completion>>>;
 
+    /// Seconds of the last `generate` spent before decoding began (a reduced-precision copy
+    /// of the weights, the prompt prefill); 0 for policies that do not split it out.
+    fn prefill_secs(&self) -> f64 {
+        0.0
+    }
+
     /// Differentiable log-probabilities of `completions[i]` given `prompts[i]`.
     fn log_probs(&self, prompts: &[&Example], completions: &[&[u32]]) -> Result<TokenLogProbs>;
 

@@ -29,7 +29,7 @@ pub struct StepFigures {
     pub select_s: f64,
     /// Completion tokens of the rollout.
     pub generated_tokens: f64,
-    /// `generated_tokens / generate_s`.
+    /// `generated_tokens / (prefix_s + generate_s)`: the whole generation, prefill included.
     pub generated_tokens_per_s: f64,
     /// Completion tokens in the update (rows with a defined advantage).
     pub trained_tokens: f64,
@@ -52,7 +52,7 @@ impl StepFigures {
             optimizer_s: t.optimizer,
             select_s: t.select,
             generated_tokens: generated,
-            generated_tokens_per_s: per_s(generated, t.generate),
+            generated_tokens_per_s: per_s(generated, t.prefix + t.generate),
             trained_tokens: trained,
             trained_tokens_per_s: per_s(trained, t.train),
         }

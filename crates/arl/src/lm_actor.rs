@@ -102,6 +102,8 @@ pub struct LoraSection {
 pub struct TransformerPolicy {
     pub config: TransformerConfig,
     pub model: policy::Model,
+    /// `Policy::prefill_secs` of the last `generate`.
+    prefill_secs: f64,
 }
 
 impl TransformerPolicy {
@@ -128,7 +130,11 @@ impl TransformerPolicy {
             lcfg.validate().context("[policy] lora")?;
             model.transformer.add_lora(&lcfg, config.init_seed)?;
         }
-        Ok(TransformerPolicy { config, model })
+        Ok(TransformerPolicy {
+            config,
+            model,
+            prefill_secs: 0.0,
+        })
     }
 
     fn prompt_ids(&self, ex: &Example) -> Result<Vec<u32>> {
@@ -155,7 +161,15 @@ impl Policy for TransformerPolicy {
             .generation_config(self.config.max_new_tokens, self.config.temperature);
         cfg.precision = self.config.sample_precision;
         // Each prompt is prefilled once; its n samples share that cache.
-        let gens = policy::generate_groups(&self.model.transformer, &batch, n, &cfg, rng)?;
+        let (gens, prefill) = policy::generate_groups_timed(
+            &self.model.transformer,
+            &batch,
+            n,
+            &cfg,
+            rng,
+            |_, _| {},
+        )?;
+        self.prefill_secs = prefill;
         let mut out: Vec<Vec<Completion>> = Vec::with_capacity(prompts.len());
         for chunk in gens.chunks(n) {
             let group = chunk
@@ -171,6 +185,10 @@ impl Policy for TransformerPolicy {
             out.push(group);
         }
         Ok(out)
+    }
+
+    fn prefill_secs(&self) -> f64 {
+        self.prefill_secs
     }
 
     fn log_probs(&self, prompts: &[&Example], completions: &[&[u32]]) -> Result<TokenLogProbs> {

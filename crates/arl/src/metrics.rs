@@ -162,7 +162,8 @@ impl JudgeDelta {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
     pub generate: f64,
-    /// The prompt prefill when it runs apart from `generate` (0 until it does).
+    /// Generation before its first sampled token: the prompt prefill (and the bf16 copy of the
+    /// weights with `sample_precision = "bf16"`); `generate` is the rest, the decoding.
     #[serde(default)]
     pub prefix: f64,
     pub judge: f64,

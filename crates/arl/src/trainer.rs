@@ -425,7 +425,9 @@ impl Trainer {
         let completions = self
             .policy
             .generate(&examples, g.group_size, &mut self.rng)?;
-        time.generate += t.elapsed().as_secs_f64();
+        let prefill = self.policy.prefill_secs();
+        time.prefix += prefill;
+        time.generate += t.elapsed().as_secs_f64() - prefill;
         let t = Instant::now();
         let items: Vec<ToGrade<'_>> = prompts
             .iter()

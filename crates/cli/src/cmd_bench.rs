@@ -21,8 +21,9 @@ enum What {
 
 #[derive(clap::Args)]
 struct GrpoArgs {
-    /// Run config (TOML); default: configs/bench-grpo-smollm2.toml, then
-    /// configs/bench-grpo-healthbench.toml, each in its own process.
+    /// Run config (TOML); default: the four configs/bench-grpo-*.toml (SmolLM2 on the
+    /// built-in task and at HealthBench length, each in f32 and with the bf16 speed
+    /// settings), each in its own process.
     #[arg(long)]
     config: Option<PathBuf>,
     /// GRPO steps to train and time (at least 3: the table gives their median).
@@ -38,9 +39,11 @@ struct GrpoArgs {
 }
 
 /// The shipped bench configs, run one after the other when no `--config` is given.
-const SHIPPED: [&str; 2] = [
+const SHIPPED: [&str; 4] = [
     "configs/bench-grpo-smollm2.toml",
+    "configs/bench-grpo-smollm2-bf16.toml",
     "configs/bench-grpo-healthbench.toml",
+    "configs/bench-grpo-healthbench-bf16.toml",
 ];
 
 pub fn run(a: Args) -> Result<()> {

@@ -76,10 +76,24 @@ pub fn generate_groups_with(
     group: usize,
     cfg: &GenerationConfig,
     rng: &mut impl Rng,
-    mut on_token: impl FnMut(usize, u32),
+    on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generation>> {
+    Ok(generate_groups_timed(model, prompts, group, cfg, rng, on_token)?.0)
+}
+
+/// `generate_groups_with`, also returning the seconds spent before the first token was
+/// sampled: the reduced-precision sampling copy, when there is one, and the prompt prefill.
+pub fn generate_groups_timed(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &GenerationConfig,
+    rng: &mut impl Rng,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<(Vec<Generation>, f64)> {
+    let start = std::time::Instant::now();
     if prompts.is_empty() || group == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0.0));
     }
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(Error::Invalid(format!("prompt {i} is empty")));
@@ -123,7 +137,7 @@ pub fn generate_groups_with(
         })
         .collect();
     if cfg.max_new_tokens == 0 {
-        return Ok(out);
+        return Ok((out, start.elapsed().as_secs_f64()));
     }
     let mut cache = KvCache::new(&model.cfg, total);
     let input = Tensor::from_vec(ids, (prompts.len(), plen), device)?;
@@ -141,6 +155,7 @@ pub fn generate_groups_with(
         key_mask = rows.iter().map(|&r| key_mask[r as usize].clone()).collect();
     }
     let mut logits = model.logits_infer(&last)?;
+    let prefill = start.elapsed().as_secs_f64();
     let mut next_pos: Vec<u32> = (0..b).map(|r| prompts[r / group].len() as u32).collect();
     for step in 0..cfg.max_new_tokens {
         let rows = logits.squeeze(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
@@ -179,7 +194,7 @@ pub fn generate_groups_with(
         let h = model.forward_infer(&input, &pos, &key_mask, Some(&mut cache))?;
         logits = model.logits_infer(&h)?;
     }
-    Ok(out)
+    Ok((out, prefill))
 }
 
 /// `generate_groups_with` without a streaming callback.
