@@ -9,6 +9,7 @@
 //! Elsewhere a portable loop computes the same products (slowly), so results never depend on
 //! whether the instruction exists beyond f32 rounding.
 
+use crate::attention::wide_simd;
 use crate::error::{Error, Result};
 use crate::linear::Mat;
 use candle_core::{DType, Tensor};
@@ -69,13 +70,20 @@ thread_local! {
     static MATMUL: std::cell::Cell<Precision> = const { std::cell::Cell::new(Precision::F32) };
 }
 
-/// `f` rounded to the nearest bf16 (ties to even), as its bit pattern.
+/// `f` rounded to the nearest bf16 (ties to even), as its bit pattern; NaN stays NaN.
+/// Branch-free, so the packing loops vectorize.
+#[inline(always)]
 pub fn to_bf16(f: f32) -> u16 {
     let b = f.to_bits();
-    if f.is_nan() {
-        return 0x7fc0;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { 0x7fc0 } else { rounded }) as u16
+}
+
+/// Two values as one word of bf16s, the first in the low half.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | ((to_bf16(hi) as u32) << 16)
 }
 
 fn from_bf16(h: u16) -> f32 {
@@ -116,22 +124,16 @@ impl PackedBf16 {
         let pairs = inp.div_ceil(2).next_multiple_of(TILE_PAIRS);
         let panels = out.div_ceil(LANES).next_multiple_of(PANELS_PER_BLOCK);
         let mut data = vec![0u32; panels * pairs * LANES];
-        let at = |k: usize, n: usize| {
-            if k < inp {
-                b.data[k * b.rs + n * b.cs]
-            } else {
-                0.0
-            }
-        };
+        let wide = wide_simd();
         data.par_chunks_mut(pairs * LANES)
             .enumerate()
             .for_each(|(p, panel)| {
-                for lane in 0..LANES.min(out.saturating_sub(p * LANES)) {
-                    let n = p * LANES + lane;
-                    for k in 0..inp.div_ceil(2) {
-                        panel[k * LANES + lane] = pair_word(&[at(2 * k, n), at(2 * k + 1, n)]);
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: `wide_simd` checked that the CPU has AVX-512.
+                    return unsafe { pack_panel_avx512(b, p, panel) };
                 }
+                pack_panel(b, p, panel)
             });
         PackedBf16 {
             out,
@@ -179,20 +181,17 @@ impl PackedBf16 {
         // a as bf16 pairs, rows padded with zeros to whole row blocks.
         let block_rows = kernel.block_rows();
         let mut xp = vec![0u32; rows.next_multiple_of(block_rows) * self.pairs];
-        let at = |m: usize, k: usize| {
-            if k < a.cols {
-                a.data[m * a.rs + k * a.cs]
-            } else {
-                0.0
-            }
-        };
-        xp.par_chunks_mut(self.pairs)
-            .take(rows)
+        let wide = wide_simd();
+        xp.par_chunks_mut(self.pairs * LANES)
+            .take(rows.div_ceil(LANES))
             .enumerate()
-            .for_each(|(m, dst)| {
-                for (k, d) in dst[..a.cols.div_ceil(2)].iter_mut().enumerate() {
-                    *d = pair_word(&[at(m, 2 * k), at(m, 2 * k + 1)]);
+            .for_each(|(blk, dst)| {
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: `wide_simd` checked that the CPU has AVX-512.
+                    return unsafe { pack_rows_avx512(a, blk * LANES, self.pairs, dst) };
                 }
+                pack_rows(a, blk * LANES, self.pairs, dst)
             });
         // Tasks own runs of panel pairs (columns of y) and write only those columns.
         let blocks = self.data.len() / (self.pairs * LANES * PANELS_PER_BLOCK);
@@ -279,11 +278,81 @@ impl std::fmt::Debug for PackedBf16 {
     }
 }
 
-/// Two bf16 values (the second 0 when the pair is short) in one word, the first in the low half.
-fn pair_word(pair: &[f32]) -> u32 {
-    let lo = to_bf16(pair[0]) as u32;
-    let hi = pair.get(1).map_or(0, |&v| to_bf16(v) as u32);
-    lo | (hi << 16)
+/// Packs panel `p` (outputs 16p..16p+16) of the right operand `b` [K, N]: word (k, lane) =
+/// (b[2k, n], b[2k+1, n]). Reads along whichever dimension of `b` is contiguous.
+#[inline(always)]
+fn pack_panel(b: Mat<f32>, p: usize, panel: &mut [u32]) {
+    let (inp, n0) = (b.rows, p * LANES);
+    let lanes = LANES.min(b.cols.saturating_sub(n0));
+    let at = |k: usize, n: usize| {
+        if k < inp {
+            b.data[k * b.rs + n * b.cs]
+        } else {
+            0.0
+        }
+    };
+    if b.cs == 1 {
+        // rows of b contiguous: 16 neighbours of two rows per pair
+        for k in 0..inp.div_ceil(2) {
+            let dst = &mut panel[k * LANES..][..lanes];
+            for (l, d) in dst.iter_mut().enumerate() {
+                *d = pair(at(2 * k, n0 + l), at(2 * k + 1, n0 + l));
+            }
+        }
+    } else {
+        // columns of b contiguous (a weight [out, in] read as its transpose): one per lane
+        for l in 0..lanes {
+            for k in 0..inp.div_ceil(2) {
+                panel[k * LANES + l] = pair(at(2 * k, n0 + l), at(2 * k + 1, n0 + l));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_panel_avx512(b: Mat<f32>, p: usize, panel: &mut [u32]) {
+    pack_panel(b, p, panel)
+}
+
+/// Packs rows m0..m0+16 of the left operand `a` [M, K] into `dst` (`pairs` words per row):
+/// word (m, k) = (a[m, 2k], a[m, 2k+1]). Row by row when rows are contiguous, else 16 rows
+/// at a time along the contiguous columns (the transposed gradient of a weight's backward).
+#[inline(always)]
+fn pack_rows(a: Mat<f32>, m0: usize, pairs: usize, dst: &mut [u32]) {
+    let rows = LANES.min(a.rows.saturating_sub(m0));
+    let kp = a.cols.div_ceil(2);
+    let at = |m: usize, k: usize| {
+        if k < a.cols {
+            a.data[m * a.rs + k * a.cs]
+        } else {
+            0.0
+        }
+    };
+    if a.cs == 1 {
+        for i in 0..rows {
+            let row = &a.data[(m0 + i) * a.rs..][..a.cols];
+            let out = &mut dst[i * pairs..][..kp];
+            for (d, c) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *d = pair(c[0], c[1]);
+            }
+            if a.cols % 2 == 1 {
+                out[kp - 1] = pair(row[a.cols - 1], 0.0);
+            }
+        }
+    } else {
+        for k in 0..kp {
+            for i in 0..rows {
+                dst[i * pairs + k] = pair(at(m0 + i, 2 * k), at(m0 + i, 2 * k + 1));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_rows_avx512(a: Mat<f32>, m0: usize, pairs: usize, dst: &mut [u32]) {
+    pack_rows(a, m0, pairs, dst)
 }
 
 /// Panels per kernel call (2 x 16 outputs) and rows per AVX512 kernel call: 2 x 12
@@ -577,6 +646,32 @@ mod tests {
                     assert!((*a as f64 - b).abs() <= tol, "{k:?}: {a} vs {b}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn strided_operands_pack_like_contiguous_ones() {
+        // a given as its transpose's storage, b [K, N] row-major: the layouts of the weight
+        // backward (gᵀ · x) and of dx = g · W.
+        let (m, k, n) = (21, 37, 19);
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+        let at = a.t().unwrap().contiguous().unwrap().flatten_all().unwrap();
+        let at = at.to_vec1::<f32>().unwrap();
+        let bs = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a_view = Mat::rows(&at, m).t();
+        let packed = PackedBf16::pack_b(Mat::rows(&bs, n));
+        let mut y = vec![0f32; m * n];
+        packed.matmul_into(&mut y, a_view, Kernel::best());
+        let av = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bt = b.t().unwrap().contiguous().unwrap().flatten_all().unwrap();
+        let want = reference(&av, &bt.to_vec1::<f32>().unwrap(), m, n, k);
+        for (got, want) in y.iter().zip(&want) {
+            assert!(
+                (*got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{got} vs {want}"
+            );
         }
     }
 
