@@ -1,13 +1,15 @@
-//! Sampling in bf16: a linear layer's weight rounded to bf16 once and packed for the
-//! AVX512-BF16 dot-product instruction, which multiplies bf16 pairs and accumulates in f32.
+//! bf16 matmuls with f32 accumulation, on the CPU's own bf16 instructions: AMX tiles where
+//! the CPU has `amx_bf16`, else AVX512-BF16 dot products, else a portable loop computing the
+//! same products (picked once, at run time).
 //!
-//! Only generation reads these copies. The log-probs GRPO differentiates always come from the
-//! f32 teacher-forced pass, as TRL and verl do with vLLM rollouts, so rounding the sampler's
-//! weights changes which tokens get sampled but never the gradient's arithmetic. On a CPU
-//! with `avx512_bf16` the instruction does twice the multiply-adds of an f32 FMA per cycle
-//! and the weights stream at half the bytes; decoding is bound by exactly those two things.
-//! Elsewhere a portable loop computes the same products (slowly), so results never depend on
-//! whether the instruction exists beyond f32 rounding.
+//! Two users. Sampling: `Transformer::sampling_copy` rounds each projection weight to bf16
+//! once per rollout and packs it here. The log-probs GRPO differentiates still come from the
+//! f32 teacher-forced pass, as TRL and verl do with vLLM rollouts, so rounding the sampler
+//! changes which tokens get sampled but never the gradient's arithmetic. Training, opt-in:
+//! `with_matmul_precision` makes the teacher-forced pass's large matmuls (`linear.rs`) pack
+//! both f32 operands on the fly, like torch's `set_float32_matmul_precision("medium")`.
+//! Decoding is bound by weight bandwidth and multiply-adds, and bf16 halves the first; AMX
+//! multiplies whole 16x32 tiles per instruction.
 
 use crate::attention::wide_simd;
 use crate::error::{Error, Result};
@@ -18,7 +20,7 @@ use rayon::prelude::*;
 /// Outputs per packed panel: one 512-bit register of f32 accumulators.
 const LANES: usize = 16;
 
-/// How generation computes its matmuls. Teacher forcing is always f32.
+/// The precision of a run's sampling or training matmuls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -37,7 +39,7 @@ impl Precision {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             other => Err(Error::Invalid(format!(
-                "unknown sampling precision `{other}` (choose one of: {})",
+                "unknown precision `{other}` (choose one of: {})",
                 Self::NAMES
             ))),
         }
