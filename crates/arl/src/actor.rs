@@ -52,6 +52,19 @@ pub trait Policy {
     /// Differentiable log-probabilities of `completions[i]` given `prompts[i]`.
     fn log_probs(&self, prompts: &[&Example], completions: &[&[u32]]) -> Result<TokenLogProbs>;
 
+    /// Length in tokens of `prompt` as [`Policy::log_probs`] feeds it (sizes micro-batches);
+    /// 0 where [`Policy::train_bytes`] ignores lengths.
+    fn prompt_tokens(&self, _prompt: &Example) -> Result<usize> {
+        Ok(0)
+    }
+
+    /// Estimated bytes of activations that [`Policy::log_probs`] keeps for the backward pass
+    /// on `rows` rows padded to `prompt` + `completion` tokens: what sizes the micro-batches
+    /// of `grpo.micro_batch = 0`. 0 (the default) = small enough to ignore.
+    fn train_bytes(&self, _rows: usize, _prompt: usize, _completion: usize) -> u64 {
+        0
+    }
+
     /// The trainable parameters with stable names, in a fixed order (the optimizer's moments
     /// and the checkpoints are indexed by it).
     fn vars(&self) -> Vec<(String, Var)>;

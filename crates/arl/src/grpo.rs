@@ -27,7 +27,11 @@ pub struct GrpoConfig {
     /// Optimizer steps per rollout batch (each over the whole batch).
     pub ppo_epochs: usize,
     /// Completions per forward/backward pass; gradients of micro-batches are accumulated into
-    /// one optimizer step. 0 = the whole batch at once.
+    /// one optimizer step (the same loss: it is normalized by the whole batch's tokens). 0 =
+    /// automatic: consecutive rows while the policy's estimate of the activations the pass keeps
+    /// stays within 512 MiB (`trainer::micro`). The tiny built-in model's batch is one pass
+    /// (its figures bit for bit); SmolLM2-135M rows of ~120 tokens go two or three at a time,
+    /// which bounds a step's peak memory (float sums then run in another order).
     pub micro_batch: usize,
     /// Truncated importance sampling against the sampler: each token's loss is weighted by
     /// `min(p_trainer / p_sampler, cap)`, where `p_trainer` is the f32 teacher-forced pass

@@ -222,6 +222,20 @@ impl Policy for TransformerPolicy {
         })
     }
 
+    fn prompt_tokens(&self, prompt: &Example) -> Result<usize> {
+        Ok(self.prompt_ids(prompt)?.len())
+    }
+
+    fn train_bytes(&self, rows: usize, prompt: usize, completion: usize) -> u64 {
+        let t = &self.model.transformer;
+        activation_bytes(
+            &t.cfg,
+            t.dtype().size_in_bytes(),
+            prompt + completion,
+            completion,
+        ) * rows as u64
+    }
+
     fn vars(&self) -> Vec<(String, Var)> {
         if self.config.lora.is_some() {
             self.model.transformer.lora_vars()
@@ -232,5 +246,53 @@ impl Policy for TransformerPolicy {
 
     fn device(&self) -> Device {
         self.model.transformer.device().clone()
+    }
+}
+
+/// What a training forward of one row of `len` tokens, `completion` of them scored, keeps for
+/// the backward: per layer and token the outputs of the two norms, the q/k/v projections, the
+/// rotated q and k, attention, its output projection, the two residual sums, gate, up, their
+/// product and the down projection (6 hidden + 3 q + 3 kv + 3 intermediate wide), plus the
+/// attention probabilities (heads x len); then the embedding and the final norm, and the
+/// logits of the scored tokens. Within a few percent of SmolLM2's measured footprint.
+fn activation_bytes(
+    cfg: &policy::Config,
+    dtype_bytes: usize,
+    len: usize,
+    completion: usize,
+) -> u64 {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let layer = 6 * h + 3 * q + 3 * kv + 3 * i + cfg.num_attention_heads * len;
+    let values = len * (cfg.num_hidden_layers * layer + 2 * h) + completion * cfg.vocab_size;
+    (values * dtype_bytes) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trainer::micro::ACTIVATION_BUDGET;
+
+    #[test]
+    fn the_default_tiny_batch_is_one_micro_batch_and_smollm2_rows_are_split() {
+        // configs/builtin.toml's warm-start model: 48 rows, prompts under 80 tokens (55 seen),
+        // completions <= 96. Half the budget: room for longer prompts.
+        let tiny = policy::Config {
+            vocab_size: 768,
+            hidden_size: 128,
+            intermediate_size: 384,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 4,
+            head_dim: 32,
+            ..policy::Config::smollm2_135m()
+        };
+        assert!(48 * activation_bytes(&tiny, 4, 80 + 96, 96) < ACTIVATION_BUDGET / 2);
+        // A SmolLM2 row of the bench config (58 + 64 tokens): measured about 172 MB of forward
+        // activations per row (24 such rows: 3,950 MiB); the estimate is a little above.
+        let row = activation_bytes(&policy::Config::smollm2_135m(), 4, 58 + 64, 64);
+        assert!((172_000_000..200_000_000).contains(&row), "{row}");
+        assert!(3 * row > ACTIVATION_BUDGET && 2 * row <= ACTIVATION_BUDGET);
     }
 }

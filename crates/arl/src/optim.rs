@@ -3,7 +3,7 @@
 //! global-norm gradient clipping.
 
 use anyhow::{Context, Result};
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor, Var, WithDType};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -69,8 +69,8 @@ impl OptimConfig {
     }
 }
 
-/// AdamW state: step count and first/second moments, one pair per var.
-#[derive(Clone)]
+/// AdamW state: step count and first/second moments, one pair per var. The moments and the
+/// parameters are updated in place; [`AdamW::snapshot`] is the deep copy a lookahead keeps.
 pub struct AdamW {
     pub config: OptimConfig,
     /// Updates applied so far (bias correction uses it).
@@ -96,6 +96,17 @@ impl AdamW {
         })
     }
 
+    /// A copy that later steps leave alone (they write the moments in place).
+    pub fn snapshot(&self) -> Result<Self> {
+        let copy = |ts: &[Tensor]| ts.iter().map(Tensor::copy).collect::<Result<Vec<_>, _>>();
+        Ok(AdamW {
+            config: self.config.clone(),
+            t: self.t,
+            m: copy(&self.m)?,
+            v: copy(&self.v)?,
+        })
+    }
+
     /// One update with learning rate `lr`:
     /// `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g²`,
     /// `p = p (1 - lr wd) - lr m̂ / (sqrt(v̂) + eps)`.
@@ -108,10 +119,37 @@ impl AdamW {
             // A gradient can carry the op graph it was computed from (and with it the forward
             // pass); the moments outlive the step, so they must not hold on to it.
             let g = &g.detach();
+            let p = var.as_tensor();
+            if in_place(&[p, g, &self.m[i], &self.v[i]]) {
+                // No new moment or parameter buffers: on SmolLM2 they were 1.6 GB a step,
+                // freed into the allocator's heap in pieces the next step could not all reuse.
+                self.m[i].inplace_op2(
+                    g,
+                    &Moment {
+                        beta: c.beta1,
+                        square: false,
+                    },
+                )?;
+                self.v[i].inplace_op2(
+                    g,
+                    &Moment {
+                        beta: c.beta2,
+                        square: true,
+                    },
+                )?;
+                let update = Update {
+                    inv_bc1: 1.0 / bc1,
+                    inv_bc2: 1.0 / bc2,
+                    eps: c.eps,
+                    decay: 1.0 - lr * c.weight_decay,
+                    lr,
+                };
+                p.inplace_op3(&self.m[i], &self.v[i], &update)?;
+                continue;
+            }
             let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let p = var.as_tensor();
             let next = ((p * (1.0 - lr * c.weight_decay))? - (update * lr)?)?;
             var.set(&next)?;
             self.m[i] = m.detach();
@@ -157,6 +195,152 @@ impl AdamW {
         }
         self.t = t;
         Ok(())
+    }
+}
+
+/// The in-place update applies: CPU tensors of one float type, each laid out contiguously.
+fn in_place(ts: &[&Tensor]) -> bool {
+    let dtype = ts[0].dtype();
+    ts.iter().all(|t| {
+        t.device().is_cpu()
+            && t.dtype() == dtype
+            && matches!(dtype, candle_core::DType::F32 | candle_core::DType::F64)
+            && t.layout().is_contiguous()
+    })
+}
+
+/// `f64::sqrt` and `f32::sqrt`, which candle's `sqrt` calls.
+trait Real: WithDType {
+    fn sqrt(self) -> Self;
+}
+impl Real for f32 {
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+impl Real for f64 {
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// Where a contiguous tensor's elements lie in its storage.
+fn elems(l: &Layout) -> candle_core::Result<std::ops::Range<usize>> {
+    l.contiguous_offsets()
+        .map(|(a, b)| a..b)
+        .ok_or_else(|| candle_core::Error::Msg("adamw: a non-contiguous tensor".into()))
+}
+
+/// `m = b m + (1-b) g` (with `square`, `g²`), in place. Every product by a scalar is written as
+/// candle's affine `x * a + 0` computes it, so the bits are those of the tensor expressions.
+struct Moment {
+    beta: f64,
+    square: bool,
+}
+
+impl Moment {
+    fn run<T: Real>(
+        &self,
+        m: &mut [T],
+        lm: &Layout,
+        g: &[T],
+        lg: &Layout,
+    ) -> candle_core::Result<()> {
+        let (b, c, z) = (
+            T::from_f64(self.beta),
+            T::from_f64(1.0 - self.beta),
+            T::zero(),
+        );
+        let (rm, rg) = (elems(lm)?, elems(lg)?);
+        for (m, &g) in m[rm].iter_mut().zip(&g[rg]) {
+            let g = if self.square { g * g } else { g };
+            *m = (*m * b + z) + (g * c + z);
+        }
+        Ok(())
+    }
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+    fn cpu_fwd(
+        &self,
+        m: &mut CpuStorage,
+        lm: &Layout,
+        g: &CpuStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<()> {
+        match (m, g) {
+            (CpuStorage::F32(m), CpuStorage::F32(g)) => self.run(m, lm, g, lg),
+            (CpuStorage::F64(m), CpuStorage::F64(g)) => self.run(m, lm, g, lg),
+            _ => candle_core::bail!("adamw: moments and gradients must be f32 or f64 alike"),
+        }
+    }
+}
+
+/// `p = p (1 - lr wd) - lr m̂ / (sqrt(v̂) + eps)` from the updated moments, in place, in the
+/// order and roundings of the tensor expressions (`x / s` is candle's `x * (1/s) + 0`).
+struct Update {
+    inv_bc1: f64,
+    inv_bc2: f64,
+    eps: f64,
+    decay: f64,
+    lr: f64,
+}
+
+impl Update {
+    fn run<T: Real>(
+        &self,
+        p: &mut [T],
+        lp: &Layout,
+        m: &[T],
+        lm: &Layout,
+        v: &[T],
+        lv: &Layout,
+    ) -> candle_core::Result<()> {
+        let f = T::from_f64;
+        let (i1, i2, eps, decay, lr, one, z) = (
+            f(self.inv_bc1),
+            f(self.inv_bc2),
+            f(self.eps),
+            f(self.decay),
+            f(self.lr),
+            T::one(),
+            T::zero(),
+        );
+        let (rp, rm, rv) = (elems(lp)?, elems(lm)?, elems(lv)?);
+        for ((p, &m), &v) in p[rp].iter_mut().zip(&m[rm]).zip(&v[rv]) {
+            let den = (v * i2 + z).sqrt() * one + eps;
+            let u = (m * i1 + z) / den;
+            *p = (*p * decay + z) - (u * lr + z);
+        }
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+    fn cpu_fwd(
+        &self,
+        p: &mut CpuStorage,
+        lp: &Layout,
+        m: &CpuStorage,
+        lm: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<()> {
+        match (p, m, v) {
+            (CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                self.run(p, lp, m, lm, v, lv)
+            }
+            (CpuStorage::F64(p), CpuStorage::F64(m), CpuStorage::F64(v)) => {
+                self.run(p, lp, m, lm, v, lv)
+            }
+            _ => candle_core::bail!("adamw: parameters and moments must be f32 or f64 alike"),
+        }
     }
 }
 

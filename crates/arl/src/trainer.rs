@@ -26,6 +26,7 @@ use std::time::Instant;
 
 pub use crate::metrics::Timing;
 
+pub(crate) mod micro;
 mod select;
 
 /// A new run must not land on an earlier one: checked before anything is written.
@@ -476,8 +477,9 @@ impl Trainer {
             self.state.optimizer_steps += self.config.grpo.ppo_epochs as u64;
             return Ok(s); // every group had zero spread or was excluded: no signal
         }
-        let reference = self.reference_log_probs(rows)?;
-        let mut old: Vec<Option<Tensor>> = vec![None; reference.len()];
+        let chunks = self.micro_batches(rows)?;
+        let reference = self.reference_log_probs(&chunks)?;
+        let mut old: Vec<Option<Tensor>> = vec![None; chunks.len()];
         let (mut loss_sum, mut kl, mut ent, mut clipped, mut toks, mut norms) =
             (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         let mut sampler_gap = 0.0;
@@ -487,7 +489,7 @@ impl Trainer {
                 .optim
                 .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
             self.state.optimizer_steps += 1;
-            let Some((mut grads, d)) = self.batch_gradient(rows, &mut old, &reference)? else {
+            let Some((mut grads, d)) = self.batch_gradient(&chunks, &mut old, &reference)? else {
                 s.nonfinite_skips += 1;
                 continue;
             };
@@ -523,23 +525,21 @@ impl Trainer {
         Ok(s)
     }
 
-    /// Gradient of the GRPO loss over all rows (micro-batches accumulated), or `None` when the
-    /// loss is not finite. `old[i]` holds micro-batch `i`'s log-probs from the first epoch.
+    /// Gradient of the GRPO loss over all rows (the micro-batches `chunks`, accumulated), or
+    /// `None` when the loss is not finite. `old[i]` holds micro-batch `i`'s log-probs from the
+    /// first epoch.
     fn batch_gradient(
         &self,
-        rows: &[Row],
+        chunks: &[&[Row]],
         old: &mut [Option<Tensor>],
         reference: &[Option<Tensor>],
     ) -> Result<Option<(Vec<Tensor>, Diag)>> {
         let g = &self.config.grpo;
-        let total_tokens = rows.iter().map(|r| r.tokens.len()).sum::<usize>().max(1) as f64;
-        let mut grads: Vec<Tensor> = self
-            .vars
-            .iter()
-            .map(|(_, v)| v.as_tensor().zeros_like())
-            .collect::<candle_core::Result<_>>()?;
+        let rows = chunks.iter().flat_map(|c| c.iter());
+        let total_tokens = rows.map(|r| r.tokens.len()).sum::<usize>().max(1) as f64;
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.vars.len()];
         let mut d = Diag::default();
-        for (i, chunk) in rows.chunks(self.micro_batch(rows.len())).enumerate() {
+        for (i, chunk) in chunks.iter().enumerate() {
             let examples: Vec<&Example> = chunk
                 .iter()
                 .map(|r| &self.data.train.examples[r.example])
@@ -576,18 +576,31 @@ impl Trainer {
             if !loss.is_finite() {
                 return Ok(None);
             }
-            let store = l.loss.backward()?;
-            for (acc, (_, var)) in grads.iter_mut().zip(&self.vars) {
-                if let Some(gv) = store.get(var.as_tensor()) {
-                    *acc = (&*acc + gv)?;
-                }
-            }
+            let mut store = l.loss.backward()?;
             d.loss += loss;
             d.kl += l.kl_sum;
             d.entropy += l.entropy_sum;
             d.clipped += l.clipped_tokens;
             d.tokens += l.tokens;
+            // The micro-batch's activations go before the sums are made.
+            drop((l, lp));
+            for (acc, (_, var)) in grads.iter_mut().zip(&self.vars) {
+                // Detached: a gradient can reference the forward graph through its op, which
+                // would keep every activation of the micro-batch alive until the optimizer step.
+                if let Some(g) = store.remove(var.as_tensor()).map(|g| g.detach()) {
+                    *acc = Some(match acc.take() {
+                        Some(sum) => (sum + g)?,
+                        None => g,
+                    });
+                }
+            }
         }
+        // A var the loss does not reach gets a zero gradient.
+        let grads = grads
+            .into_iter()
+            .zip(&self.vars)
+            .map(|(g, (_, v))| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
         Ok(Some((grads, d)))
     }
 
@@ -602,16 +615,16 @@ impl Trainer {
         if rows.is_empty() {
             return Ok(None);
         }
-        let n = rows.chunks(self.micro_batch(rows.len())).count();
+        let chunks = self.micro_batches(&rows)?;
+        let n = chunks.len();
         let (mut old, reference) = (vec![None; n], vec![None; n]);
         Ok(self
-            .batch_gradient(&rows, &mut old, &reference)?
+            .batch_gradient(&chunks, &mut old, &reference)?
             .map(|(g, _)| g))
     }
 
     /// Log-probs of the rows under the frozen reference, per micro-batch (`None` without KL).
-    fn reference_log_probs(&self, rows: &[Row]) -> Result<Vec<Option<Tensor>>> {
-        let chunks: Vec<&[Row]> = rows.chunks(self.micro_batch(rows.len())).collect();
+    fn reference_log_probs(&self, chunks: &[&[Row]]) -> Result<Vec<Option<Tensor>>> {
         let Some(reference) = &self.reference else {
             return Ok(vec![None; chunks.len()]);
         };
@@ -800,11 +813,22 @@ impl Trainer {
         self.config.run.steps * self.config.grpo.ppo_epochs as u64
     }
 
-    fn micro_batch(&self, rows: usize) -> usize {
-        match self.config.grpo.micro_batch {
-            0 => rows.max(1),
-            m => m,
+    /// The rows of an update as its micro-batches, in order: `grpo.micro_batch` rows each, or
+    /// with 0 as many as fit [`micro::ACTIVATION_BUDGET`] by the policy's estimate.
+    fn micro_batches<'a>(&self, rows: &'a [Row]) -> Result<Vec<&'a [Row]>> {
+        if let m @ 1.. = self.config.grpo.micro_batch {
+            return Ok(rows.chunks(m).collect());
         }
+        let lens = rows
+            .iter()
+            .map(|r| {
+                let prompt = &self.data.train.examples[r.example];
+                Ok((self.policy.prompt_tokens(prompt)?, r.tokens.len()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cost = |n, p, c| self.policy.train_bytes(n, p, c);
+        let ranges = micro::budget_ranges(&lens, micro::ACTIVATION_BUDGET, cost);
+        Ok(ranges.into_iter().map(|r| &rows[r]).collect())
     }
 }
 

@@ -82,6 +82,55 @@ fn adamw_matches_candle_nn() {
     assert_eq!(adam.t, 5);
 }
 
+/// The in-place update (contiguous f32 on the CPU) against the tensor expressions it replaces,
+/// which a non-contiguous gradient still takes: the same bits, step after step. A snapshot
+/// taken in between is left alone by later steps.
+#[test]
+fn in_place_adamw_has_the_bits_of_the_tensor_expressions() {
+    let cfg = OptimConfig {
+        lr: 0.05,
+        beta1: 0.8,
+        beta2: 0.95,
+        eps: 1e-6,
+        weight_decay: 0.1,
+        ..OptimConfig::default()
+    };
+    let d = &Device::Cpu;
+    // the [2, 3] var; a transposed [3, 2] gradient is non-contiguous
+    let var = |vs: Vec<Var>| vec![("p".to_string(), vs[0].clone())];
+    let (fast, slow) = (var(vars(0.3)), var(vars(0.3)));
+    let grad = |step: usize| {
+        let s = step as f32;
+        let g: Vec<f32> = (0..6)
+            .map(|i| (i as f32 - 2.5) * (s + 1.0) * 0.37 - s)
+            .collect();
+        Tensor::from_vec(g, (3, 2), d).unwrap().t().unwrap()
+    };
+    let lr = |step: usize| 0.05 / (step + 1) as f64;
+    let bits =
+        |v: &Var| -> Vec<u32> { values(v.as_tensor()).iter().map(|x| x.to_bits()).collect() };
+    let mut a = AdamW::new(&fast, cfg.clone()).unwrap();
+    let mut b = AdamW::new(&slow, cfg).unwrap();
+    let (mut kept, mut after) = (None, Vec::new());
+    for step in 0..6 {
+        assert!(!grad(step).is_contiguous());
+        a.step(&fast, &[grad(step).contiguous().unwrap()], lr(step))
+            .unwrap();
+        b.step(&slow, &[grad(step)], lr(step)).unwrap();
+        assert_eq!(bits(&fast[0].1), bits(&slow[0].1), "step {}", step + 1);
+        after.push(bits(&fast[0].1));
+        if step == 2 {
+            kept = Some((a.snapshot().unwrap(), fast[0].1.as_tensor().copy().unwrap()));
+        }
+    }
+    // from the snapshot after step 3, step 4 again: the parameters step 4 gave the first time
+    let (mut snap, params) = kept.unwrap();
+    let again = vec![("p".to_string(), Var::from_tensor(&params).unwrap())];
+    snap.step(&again, &[grad(3).contiguous().unwrap()], lr(3))
+        .unwrap();
+    assert_eq!(bits(&again[0].1), after[3]);
+}
+
 /// The first update by hand: with zero moments, `m̂ = g` and `v̂ = g²`, so each parameter
 /// moves by `lr · g / (|g| + eps)` plus the decay.
 #[test]

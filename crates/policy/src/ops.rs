@@ -291,6 +291,9 @@ impl FloatOp<2> for RmsNormOp {
     fn bwd(&self, [x, w]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads<2> {
         // With xh = x * inv, inv = 1/sqrt(mean(x²) + eps):
         //   dx = inv * (g*w - xh * mean(g*w*xh)),   dw = Σ_rows g * xh.
+        // Detached, or dw (a parameter gradient, kept until the optimizer step) would hold
+        // `x` and with it the whole forward graph.
+        let (x, w) = (&x.detach(), &w.detach());
         let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?
             .recip()?;

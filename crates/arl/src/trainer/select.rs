@@ -51,7 +51,7 @@ impl Measure for Selection<'_> {
     fn probe(&mut self, classes: &[usize]) -> Result<Vec<BatchScores>> {
         let t = &mut *self.trainer;
         let params = ParamSnapshot::take(&t.vars)?;
-        let optimizer = t.optimizer.clone();
+        let optimizer = t.optimizer.snapshot()?;
         let optimizer_steps = t.state.optimizer_steps;
         let probe_seed: u64 = t.rng.gen();
         let main_rng = t.rng.clone();
@@ -65,7 +65,7 @@ impl Measure for Selection<'_> {
             }
             scores.push(t.select_eval(self.time)?);
             params.restore(&t.vars)?;
-            t.optimizer = optimizer.clone();
+            t.optimizer = optimizer.snapshot()?;
             t.state.optimizer_steps = optimizer_steps;
         }
         t.rng = main_rng;
