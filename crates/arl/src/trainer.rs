@@ -539,6 +539,9 @@ impl Trainer {
         let total_tokens = rows.map(|r| r.tokens.len()).sum::<usize>().max(1) as f64;
         let mut grads: Vec<Option<Tensor>> = vec![None; self.vars.len()];
         let mut d = Diag::default();
+        // No weight changes until this returns: bf16 matmuls pack each weight once.
+        #[cfg(feature = "transformer")]
+        let _packs = policy::bf16::cache_weight_packs();
         for (i, chunk) in chunks.iter().enumerate() {
             let examples: Vec<&Example> = chunk
                 .iter()

@@ -70,6 +70,40 @@ pub fn matmul_precision() -> Precision {
 
 thread_local! {
     static MATMUL: std::cell::Cell<Precision> = const { std::cell::Cell::new(Precision::F32) };
+    static WEIGHT_PACKS: std::cell::RefCell<Option<WeightPacks>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Packed weights by (address, rows, cols, row stride, column stride) of the view packed.
+type WeightPacks = std::collections::HashMap<[usize; 5], std::sync::Arc<PackedBf16>>;
+
+/// While the returned guard lives, bf16 training matmuls on this thread pack each weight once
+/// (per orientation) instead of once per micro-batch. Hold it only while no weight changes:
+/// the trainer holds it for one gradient computation (every micro-batch's forward and
+/// backward) and drops it before the optimizer step.
+pub fn cache_weight_packs() -> WeightPackScope {
+    WEIGHT_PACKS.with(|c| *c.borrow_mut() = Some(WeightPacks::new()));
+    WeightPackScope(())
+}
+
+pub struct WeightPackScope(());
+
+impl Drop for WeightPackScope {
+    fn drop(&mut self) {
+        WEIGHT_PACKS.with(|c| *c.borrow_mut() = None);
+    }
+}
+
+/// `w` (a weight, read as the right operand) packed, from the scope's cache when there is one.
+pub(crate) fn packed_weight(w: Mat<f32>) -> std::sync::Arc<PackedBf16> {
+    let key = [w.data.as_ptr() as usize, w.rows, w.cols, w.rs, w.cs];
+    WEIGHT_PACKS.with(|c| match c.borrow_mut().as_mut() {
+        Some(cache) => cache
+            .entry(key)
+            .or_insert_with(|| std::sync::Arc::new(PackedBf16::pack_b(w)))
+            .clone(),
+        None => std::sync::Arc::new(PackedBf16::pack_b(w)),
+    })
 }
 
 /// `f` rounded to the nearest bf16 (ties to even), as its bit pattern; NaN stays NaN.

@@ -9,7 +9,9 @@
 //! its forward writes the logits once and keeps them for the backward, which turns them into
 //! their own gradient in place, so no other [tokens, vocab] buffer is ever allocated.
 
-use crate::bf16::{matmul_precision, with_matmul_precision, Kernel, PackedBf16, Precision};
+use crate::bf16::{
+    matmul_precision, packed_weight, with_matmul_precision, Kernel, PackedBf16, Precision,
+};
 use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use crate::ops::{fused_ok, par_out};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
@@ -134,9 +136,23 @@ pub(crate) fn for_gemm<T: Float>(n: usize) -> Vec<T> {
 /// `dst` (row-major [a.rows, b.cols]) `= a · b`, on all threads; in bf16 (f32 accumulation)
 /// when `bf16::set_matmul_precision` asks for it and the product is large enough to gain.
 pub(crate) fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>) {
+    gemm_packing(dst, a, b, false)
+}
+
+/// `gemm_into` where `b` is a weight: in bf16 its packing is reused across the micro-batches
+/// of a gradient computation (`bf16::cache_weight_packs`).
+pub(crate) fn gemm_into_weight<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>) {
+    gemm_packing(dst, a, b, true)
+}
+
+fn gemm_packing<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, weight: bool) {
     if a.rows * a.cols * b.cols >= BF16_MIN_WORK && matmul_precision() == Precision::Bf16 {
         if let (Some(dst), Some(a), Some(b)) = (T::f32_mut(dst), a.f32(), b.f32()) {
-            PackedBf16::pack_b(b).matmul_into(dst, a, Kernel::best());
+            if weight {
+                packed_weight(b).matmul_into(dst, a, Kernel::best());
+            } else {
+                PackedBf16::pack_b(b).matmul_into(dst, a, Kernel::best());
+            }
             return;
         }
     }
@@ -227,7 +243,7 @@ impl FloatOp<2> for Linear {
         *dims.last_mut().unwrap() = out;
         let x = Mat::rows(x, inp);
         let mut y = for_gemm(x.rows * out);
-        gemm_into(&mut y, x, Mat::rows(w, inp).t());
+        gemm_into_weight(&mut y, x, Mat::rows(w, inp).t());
         Ok((y, Shape::from(dims)))
     }
     fn bwd(&self, [x, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
@@ -280,7 +296,11 @@ impl FloatOp<2> for Product {
             candle_core::bail!("product: {}x{} times {}x{}", a.rows, a.cols, b.rows, b.cols);
         }
         let mut c = for_gemm(a.rows * b.cols);
-        gemm_into(&mut c, a, b);
+        if self.ta {
+            gemm_into(&mut c, a, b) // dW = gᵀ · x: b is an activation
+        } else {
+            gemm_into_weight(&mut c, a, b) // dx = g · W
+        }
         Ok((c, Shape::from((a.rows, b.cols))))
     }
 }
@@ -325,7 +345,7 @@ fn check_targets(tg: &[u32], n: usize, v: usize) -> Result<()> {
 fn logits_of<T: Float + 'static>(h: &[T], w: &[T], hid: usize) -> Vec<T> {
     let (h, w) = (Mat::rows(h, hid), Mat::rows(w, hid));
     let mut z = for_gemm(h.rows * w.rows);
-    gemm_into(&mut z, h, w.t());
+    gemm_into_weight(&mut z, h, w.t());
     z
 }
 
@@ -459,7 +479,7 @@ impl OutputLogProbsBwd {
         let (dh, dw) = out.split_at_mut(dh_len);
         let dm = Mat::rows(&d[..], v);
         if self.need_dh {
-            gemm_into(dh, dm, Mat::rows(w, hid));
+            gemm_into_weight(dh, dm, Mat::rows(w, hid));
         }
         if self.need_dw {
             gemm_into(dw, dm.t(), Mat::rows(h, hid));
