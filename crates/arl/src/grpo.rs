@@ -77,7 +77,8 @@ pub struct GrpoLoss {
 /// loss  = Σ_tokens mask * (w * pg + β kl) / token_normalizer
 /// ```
 ///
-/// `w` is the truncated importance weight of the sampler (`is_weight`, 1 without it). `old`,
+/// `w` is the truncated importance weight of the sampler (`is_weight`, 1 without it); ε and β
+/// are `g.clip_eps` and `g.kl_beta`. `old`,
 /// `reference` and `is_weight` are `[B, T]` constants, `advantages` is `[B]`. `token_normalizer` is
 /// the number of real tokens of the whole rollout batch, so that accumulating micro-batches
 /// gives exactly the full-batch token mean.
@@ -87,10 +88,10 @@ pub fn grpo_loss(
     reference: Option<&Tensor>,
     is_weight: Option<&Tensor>,
     advantages: &Tensor,
-    clip_eps: f64,
-    kl_beta: f64,
+    g: &GrpoConfig,
     token_normalizer: f64,
 ) -> Result<GrpoLoss> {
+    let (clip_eps, kl_beta) = (g.clip_eps, g.kl_beta);
     let mask = &new.mask;
     let adv = advantages
         .unsqueeze(1)?
@@ -147,7 +148,8 @@ mod tests {
             .slice_assign(&[1..2, 0..1], &Tensor::new(&[[0.057f32]], &dev).unwrap())
             .unwrap();
         let adv = Tensor::new(&[1.0f32, -2.0], &dev).unwrap();
-        let l = grpo_loss(&new, &old, None, weight, &adv, 0.2, 0.0, 5.0).unwrap();
+        let g = GrpoConfig::default(); // clip 0.2, no KL
+        let l = grpo_loss(&new, &old, None, weight, &adv, &g, 5.0).unwrap();
         let g = l.loss.backward().unwrap();
         let g = g.get(lp.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
         (scalar(&l.loss).unwrap(), g)

@@ -571,8 +571,7 @@ impl Trainer {
                 reference[i].as_ref(),
                 is_weight.as_ref(),
                 &adv,
-                g.clip_eps,
-                g.kl_beta,
+                g,
                 total_tokens,
             )?;
             let loss = scalar(&l.loss)?;

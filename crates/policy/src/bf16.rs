@@ -482,6 +482,14 @@ unsafe fn block_avx512(b: &Block) {
     }
 }
 
+/// 32 bf16 pairs seen as the dot-product instruction's operand type (same 512 bits).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_bh(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
+    // SAFETY: both are plain 512-bit vectors.
+    unsafe { std::mem::transmute::<std::arch::x86_64::__m512i, std::arch::x86_64::__m512bh>(v) }
+}
+
 /// Two panels x `R` rows: for each input pair, 2 weight loads, `R` broadcasts of the row's
 /// pair, `2·R` dot-product accumulations.
 #[cfg(target_arch = "x86_64")]
@@ -499,7 +507,8 @@ unsafe fn kernel<const R: usize>(b: &Block) {
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let xv = _mm512_set1_epi32(*x.add(r * b.pairs + k) as i32);
             for (a, v) in acc_r.iter_mut().zip(&wv) {
-                *a = _mm512_dpbf16_ps(*a, std::mem::transmute(*v), std::mem::transmute(xv));
+                let (w, x) = (as_bh(*v), as_bh(xv));
+                *a = _mm512_dpbf16_ps(*a, w, x);
             }
         }
     }
