@@ -29,8 +29,8 @@ pub struct GrpoConfig {
     /// Completions per forward/backward pass; gradients of micro-batches are accumulated into
     /// one optimizer step (the same loss: it is normalized by the whole batch's tokens). 0 =
     /// automatic: consecutive rows while the policy's estimate of the activations the pass keeps
-    /// stays within 512 MiB (`trainer::micro`). The tiny built-in model's batch is one pass
-    /// (its figures bit for bit); SmolLM2-135M rows of ~120 tokens go two or three at a time,
+    /// stays within 1 GiB (`trainer::micro`). The tiny built-in model's batch is one pass
+    /// (its figures bit for bit); SmolLM2-135M rows of ~120 tokens go about five at a time,
     /// which bounds a step's peak memory (float sums then run in another order).
     pub micro_batch: usize,
     /// Truncated importance sampling against the sampler: each token's loss is weighted by

@@ -293,6 +293,7 @@ mod tests {
         // activations per row (24 such rows: 3,950 MiB); the estimate is a little above.
         let row = activation_bytes(&policy::Config::smollm2_135m(), 4, 58 + 64, 64);
         assert!((172_000_000..200_000_000).contains(&row), "{row}");
-        assert!(3 * row > ACTIVATION_BUDGET && 2 * row <= ACTIVATION_BUDGET);
+        // at 1 GiB, five rows per pass
+        assert!(6 * row > ACTIVATION_BUDGET && 5 * row <= ACTIVATION_BUDGET);
     }
 }
