@@ -179,10 +179,6 @@ impl PackedBf16 {
         }
     }
 
-    pub fn out_features(&self) -> usize {
-        self.out
-    }
-
     /// `x · Wᵀ` for `x` [..., in] (f32), as f32 [..., out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
