@@ -12,6 +12,7 @@ use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use crate::linear::{for_gemm, gemm_seq, Mat};
 use crate::ops::{exp_normalize, n_threads};
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// Queries q [B, H, T, D], keys k [B, KVH, S, D] (both after the rotary embedding) and
@@ -178,12 +179,10 @@ fn attend_row(a: &CachedArgs, bi: usize, yb: &mut [f32]) {
                     wj.fill(0.0);
                     continue;
                 }
-                let mut sum = 0f32;
-                for x in wj.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
+                // Only sampling copies run this: the approximate exp vectorizes.
+                wj.iter_mut()
+                    .for_each(|x| *x = crate::ops::exp_approx(*x - max));
+                let inv = 1.0 / wj.iter().sum::<f32>();
                 wj.iter_mut().for_each(|x| *x *= inv);
             }
             for si in 0..visible {
@@ -286,20 +285,14 @@ fn par_tasks<T: Send>(
         return;
     }
     let per = n.div_ceil(n_threads().clamp(1, n.max(1)));
-    std::thread::scope(|sc| {
-        for (c, (ac, bc)) in a
-            .chunks_mut(per * a_per)
-            .zip(b.chunks_mut(per * b_per))
-            .enumerate()
-        {
-            let f = &f;
-            sc.spawn(move || {
-                for (j, (ai, bi)) in ac.chunks_mut(a_per).zip(bc.chunks_mut(b_per)).enumerate() {
-                    f(c * per + j, ai, bi);
-                }
-            });
-        }
-    });
+    a.par_chunks_mut(per * a_per)
+        .zip(b.par_chunks_mut(per * b_per))
+        .enumerate()
+        .for_each(|(c, (ac, bc))| {
+            for (j, (ai, bi)) in ac.chunks_mut(a_per).zip(bc.chunks_mut(b_per)).enumerate() {
+                f(c * per + j, ai, bi);
+            }
+        });
 }
 
 impl AttentionOp {

@@ -3,13 +3,14 @@
 //! Prompts are left-padded so every row's next token sits in the same column; the padding is
 //! masked out of attention and positions count real tokens only, so a row's output does not
 //! depend on what else is in the batch. Sampling itself runs on the host in f64 over one
-//! [B,V] logits matrix per step.
+//! [B,V] logits matrix per step (in f32 with a vectorized exp for a reduced-precision sampler).
 
 use crate::bf16::Precision;
 use crate::error::{Error, Result};
 use crate::transformer::{KvCache, Transformer};
 use candle_core::{DType, Tensor};
 use rand::Rng;
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationConfig {
@@ -157,12 +158,23 @@ pub fn generate_groups_timed(
     let mut logits = model.logits_infer(&last)?;
     let prefill = start.elapsed().as_secs_f64();
     let mut next_pos: Vec<u32> = (0..b).map(|r| prompts[r / group].len() as u32).collect();
+    // A reduced-precision sampler also samples in f32 with a vectorized exp (plain
+    // temperature sampling, GRPO's case); exact f32 sampling stays in f64 with libm.
+    let approximate = cfg.precision != Precision::F32
+        && cfg.temperature > 0.0
+        && cfg.top_k == 0
+        && cfg.top_p >= 1.0;
     for step in 0..cfg.max_new_tokens {
-        let rows = logits.squeeze(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
         let mut next = Vec::with_capacity(b);
         let mut produced = vec![false; b];
         let active: Vec<bool> = out.iter().map(|g| !g.finished).collect();
-        let picks = sample_rows(&rows, &active, cfg, rng);
+        let picks = if approximate {
+            let rows = logits.flatten_all()?.to_vec1::<f32>()?;
+            sample_rows_approx(&rows, &active, cfg.temperature, rng)
+        } else {
+            let rows = logits.squeeze(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+            sample_rows(&rows, &active, cfg, rng)
+        };
         for (i, pick) in picks.into_iter().enumerate() {
             let Some((tok, lp)) = pick else {
                 next.push(0u32);
@@ -324,17 +336,97 @@ fn sample_rows(
     }
     let chunk = rows.len().div_ceil(threads);
     let mut out = vec![None; rows.len()];
-    std::thread::scope(|s| {
-        for (c, slot) in out.chunks_mut(chunk).enumerate() {
-            let one = &one;
-            s.spawn(move || {
-                for (j, o) in slot.iter_mut().enumerate() {
-                    *o = one(c * chunk + j);
-                }
-            });
+    out.par_chunks_mut(chunk).enumerate().for_each(|(c, slot)| {
+        for (j, o) in slot.iter_mut().enumerate() {
+            *o = one(c * chunk + j);
         }
     });
     out
+}
+
+/// `sample_rows` for a reduced-precision sampler: `rows` is the [B, V] logits matrix in f32,
+/// sampled at temperature `t` with no truncation. One uniform draw per active row, in row
+/// order, as `sample_rows` takes them.
+fn sample_rows_approx(
+    rows: &[f32],
+    active: &[bool],
+    t: f64,
+    rng: &mut impl Rng,
+) -> Vec<Option<(u32, f32)>> {
+    let draws: Vec<f64> = active
+        .iter()
+        .map(|&a| if a { rng.gen::<f64>() } else { 0.0 })
+        .collect();
+    let vocab = rows.len() / active.len().max(1);
+    let mut out = vec![None; active.len()];
+    out.par_iter_mut().enumerate().for_each(|(i, o)| {
+        if active[i] {
+            let row = &rows[i * vocab..][..vocab];
+            #[cfg(target_arch = "x86_64")]
+            if crate::attention::wide_simd() {
+                // SAFETY: `wide_simd` checked that the CPU has AVX-512F.
+                *o = Some(unsafe { sample_approx_avx512(row, t as f32, draws[i]) });
+                return;
+            }
+            *o = Some(sample_approx(row, t as f32, draws[i]));
+        }
+    });
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sample_approx_avx512(row: &[f32], t: f32, u: f64) -> (u32, f32) {
+    sample_approx(row, t, u)
+}
+
+/// Inverse-CDF draw from softmax(row / t) with `u` in [0, 1): weights by
+/// [`crate::ops::exp_approx`], summed in blocks of 64 (in f64 across blocks), so finding the
+/// draw scans one block. Returns the token and its log-probability.
+#[inline(always)]
+fn sample_approx(row: &[f32], t: f32, u: f64) -> (u32, f32) {
+    const BLOCK: usize = 64;
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let inv_t = 1.0 / t;
+    let w: Vec<f32> = row
+        .iter()
+        .map(|&x| crate::ops::exp_approx((x - max) * inv_t))
+        .collect();
+    let sums: Vec<f64> = w
+        .chunks(BLOCK)
+        .map(|c| {
+            let mut lanes = [0f32; 16];
+            for part in c.chunks(16) {
+                for (l, &x) in lanes.iter_mut().zip(part) {
+                    *l += x;
+                }
+            }
+            lanes.iter().sum::<f32>() as f64
+        })
+        .collect();
+    let z: f64 = sums.iter().sum();
+    let lp = |i: usize| ((row[i] - max) * inv_t) - z.ln() as f32;
+    let target = u * z;
+    let mut acc = 0f64;
+    for (blk, &s) in sums.iter().enumerate() {
+        if acc + s < target {
+            acc += s;
+            continue;
+        }
+        for (j, &x) in w[blk * BLOCK..][..(row.len() - blk * BLOCK).min(BLOCK)]
+            .iter()
+            .enumerate()
+        {
+            acc += x as f64;
+            if acc >= target {
+                let i = blk * BLOCK + j;
+                return (i as u32, lp(i));
+            }
+        }
+    }
+    // Rounding left the target just above the total: the last token with weight.
+    let i = w.iter().rposition(|&x| x > 0.0).unwrap_or(row.len() - 1);
+    (i as u32, lp(i))
 }
 
 fn argmax(row: &[f64]) -> usize {
@@ -345,4 +437,35 @@ fn argmax(row: &[f64]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approximate_sampling_draws_what_exact_sampling_draws() {
+        let mut rng = crate::seeded_rng(3);
+        // A long-tailed row over 5,000 tokens (the approximate path's blocks and its tail).
+        let row: Vec<f32> = (0..5000).map(|_| rng.gen_range(-8.0f32..4.0)).collect();
+        let wide: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+        let cfg = GenerationConfig {
+            temperature: 0.7,
+            ..GenerationConfig::default()
+        };
+        let (mut same, n) = (0, 2000);
+        for k in 0..n {
+            let u = (k as f64 + 0.5) / n as f64;
+            let (want, _) = sample(&wide, &cfg, u);
+            let (got, got_lp) = sample_approx(&row, 0.7, u);
+            same += usize::from(got == want);
+            // The drawn token's log-prob agrees with the exact one to f32 rounding.
+            let max = wide.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = wide.iter().map(|x| ((x - max) / 0.7).exp()).sum();
+            let exact = ((wide[got as usize] - max) / 0.7 - z.ln()) as f32;
+            assert!((got_lp - exact).abs() < 1e-4, "{got_lp} vs {exact}");
+        }
+        // Draws differ only where u falls within rounding of a token boundary.
+        assert!(same >= n - 4, "{same} of {n} draws agree");
+    }
 }

@@ -20,7 +20,7 @@ use crate::bf16::{PackedBf16, Precision};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lora::{self, LoraConfig, LoraLinear};
-use crate::ops::{attention_probs, fused_ok, rms_norm, rope_to_heads, swiglu};
+use crate::ops::{attention_probs, fused_ok, rms_norm, rope_to_heads, swiglu, swiglu_approx};
 use crate::weights::{Init, Pass, WeightSource};
 use candle_core::{DType, Device, Tensor, Var};
 use std::borrow::Cow;
@@ -280,7 +280,13 @@ impl Mlp {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let g = self.gate_proj.forward(x, pass)?;
         let u = self.up_proj.forward(x, pass)?;
-        self.down_proj.forward(&swiglu(&g, &u)?, pass)
+        // A reduced-precision sampling copy may approximate `exp` too.
+        let h = if self.gate_proj.sampler.is_some() && pass == Pass::Infer {
+            swiglu_approx(&g, &u)?
+        } else {
+            swiglu(&g, &u)?
+        };
+        self.down_proj.forward(&h, pass)
     }
 }
 
