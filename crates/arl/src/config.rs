@@ -290,8 +290,13 @@ impl TrainConfig {
             fix(p);
         }
         #[cfg(feature = "transformer")]
-        if let Some(p) = self.warm_start.as_mut().and_then(|w| w.cache.as_mut()) {
-            fix(p);
+        if let Some(w) = self.warm_start.as_mut() {
+            if let Some(p) = w.cache.as_mut() {
+                fix(p);
+            }
+            if let Some(p) = w.base.as_mut().filter(|p| p.as_os_str() != "smollm2") {
+                fix(p);
+            }
         }
         #[cfg(feature = "transformer")]
         if let PolicyConfig::Transformer(t) = &mut self.policy {

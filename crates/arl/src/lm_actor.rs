@@ -62,7 +62,7 @@ pub struct TransformerConfig {
     pub train_precision: policy::Precision,
 }
 
-fn is_f32(p: &policy::Precision) -> bool {
+pub(crate) fn is_f32(p: &policy::Precision) -> bool {
     *p == policy::Precision::F32
 }
 
@@ -75,7 +75,7 @@ fn train_precision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<policy::Pre
     precision_field(d, "train_precision")
 }
 
-fn precision_field<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn precision_field<'de, D: serde::Deserializer<'de>>(
     d: D,
     field: &str,
 ) -> Result<policy::Precision, D::Error> {
@@ -255,7 +255,7 @@ impl Policy for TransformerPolicy {
 /// product and the down projection (6 hidden + 3 q + 3 kv + 3 intermediate wide), plus the
 /// attention probabilities (heads x len); then the embedding and the final norm, and the
 /// logits of the scored tokens. Within a few percent of SmolLM2's measured footprint.
-fn activation_bytes(
+pub(crate) fn activation_bytes(
     cfg: &policy::Config,
     dtype_bytes: usize,
     len: usize,

@@ -1,4 +1,5 @@
-//! Supervised warm start for the tiny transformer policy.
+//! Supervised warm start: the tiny transformer policy built from scratch, or a real model
+//! (`base`, e.g. SmolLM2) fine-tuned on the same corpus.
 //!
 //! RL needs a starting policy that already writes task-shaped text and samples good and bad
 //! behaviour with moderate probability, or GRPO's groups have no spread to learn from. The
@@ -10,8 +11,13 @@
 //! HF folder (`model.safetensors`, `config.json`, `tokenizer.json`), so `arlrr generate`,
 //! `arlrr eval` and `[policy] kind = "transformer"` load it like any downloaded model.
 //!
-//! Building it takes a minute or two on a laptop CPU, so [`cached`] keeps it under the cache
-//! folder keyed by a hash of its config: the second `arlrr train` starts RL at once.
+//! With `base`, the base model's tokenizer and shape replace the tiny ones and the fine-tuned
+//! weights (LoRA merged in) are saved the same way: an instruction-tuned model never writes the
+//! task's phrases, so without this its GRPO groups have no reward spread to learn from.
+//!
+//! Building it takes a minute or two on a laptop CPU (SmolLM2: several), so [`cached`] keeps
+//! it under the cache folder keyed by a hash of its config: the second `arlrr train` starts RL
+//! at once.
 
 use crate::optim::{clip_grads, global_norm, AdamW, LrSchedule, OptimConfig};
 use anyhow::{Context, Result};
@@ -58,6 +64,24 @@ pub struct WarmStartConfig {
     pub lr: f64,
     /// Seeds the corpus, the initial weights and the batch order.
     pub seed: u64,
+    /// A model to fine-tune instead of building the tiny one: `"smollm2"` (the fetched
+    /// SmolLM2-135M-Instruct), a `.gguf` file or an HF folder. Its tokenizer and shape are
+    /// used, so `vocab_size` .. `max_positions` (the tiny model's) are ignored. Part of the
+    /// cache key by name: rebuild (`arlrr sft`) after changing the file behind a path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<PathBuf>,
+    /// With `base`: LoRA adapters during fine-tuning, merged into the saved weights (absent =
+    /// full fine-tuning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::lm_actor::LoraSection>,
+    /// Matmul precision of the fine-tuning passes, `"f32"` or `"bf16"` (as
+    /// `[policy] train_precision`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::lm_actor::is_f32",
+        deserialize_with = "train_precision"
+    )]
+    pub train_precision: policy::Precision,
     /// Where cached warm starts live; default `$ARLRR_CACHE`, else `~/.cache/arlrr`. Not part
     /// of the cache key.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +105,9 @@ impl Default for WarmStartConfig {
             batch_size: 32,
             lr: 3e-3,
             seed: 0,
+            base: None,
+            lora: None,
+            train_precision: policy::Precision::F32,
             cache: None,
         }
     }
@@ -115,6 +142,18 @@ impl WarmStartConfig {
             "must divide hidden_size into an even head size",
         )?;
         f("lr", self.lr > 0.0, "must be positive")?;
+        f("steps", self.steps > 0, "must be at least 1")?;
+        if let Some(l) = &self.lora {
+            f(
+                "lora",
+                self.base.is_some(),
+                "needs `warm_start.base` (the tiny model is trained in full)",
+            )?;
+            lora_config(l)?;
+        }
+        if let Some(b) = &self.base {
+            base_path(b)?;
+        }
         f(
             "vocab_size",
             self.vocab_size >= 259,
@@ -151,6 +190,50 @@ impl WarmStartConfig {
             eos_token_id: Some(eos),
         }
     }
+}
+
+fn train_precision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<policy::Precision, D::Error> {
+    crate::lm_actor::precision_field(d, "train_precision")
+}
+
+/// The file or folder `warm_start.base` names, checked to exist.
+fn base_path(base: &Path) -> Result<PathBuf> {
+    if base.as_os_str() == "smollm2" {
+        return rubric::assets::smollm2_gguf()
+            .map_err(|e| anyhow::anyhow!("field `warm_start.base`: {e}"));
+    }
+    anyhow::ensure!(
+        base.exists(),
+        "field `warm_start.base`: `{}` is neither a named model (smollm2) nor an existing \
+         .gguf file or HF folder",
+        base.display()
+    );
+    Ok(base.to_path_buf())
+}
+
+/// `warm_start.lora` as the policy crate's adapter config, its targets checked against the
+/// projections the transformer has.
+fn lora_config(l: &crate::lm_actor::LoraSection) -> Result<policy::LoraConfig> {
+    let targets = l
+        .targets
+        .iter()
+        .map(|t| {
+            policy::LoraTarget::parse(t).map_err(|_| {
+                anyhow::anyhow!(
+                    "field `warm_start.lora.targets`: `{t}` is not a projection of the \
+                     transformer (choose from q, k, v, o, gate, up, down)"
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let cfg = policy::LoraConfig {
+        rank: l.rank,
+        alpha: l.alpha,
+        targets,
+    };
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("field `warm_start.lora`: {e}"))?;
+    Ok(cfg)
 }
 
 /// `$ARLRR_CACHE` if set, else `$XDG_CACHE_HOME/arlrr`, else `~/.cache/arlrr`.
@@ -198,51 +281,86 @@ pub struct SftLine {
     pub grad_norm: f64,
 }
 
-/// Teacher-forced supervised fine-tuning: minimizes the mean NLL per completion token of
-/// `pairs` (prompt ids, completion ids ending with the stop token) in random batches.
-/// Returns one line per step.
+/// How [`sft`] trains.
+#[derive(Debug, Clone)]
+pub struct SftOptions {
+    pub steps: u64,
+    /// (prompt, response) pairs per optimizer step.
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+    /// Seeds the batch order.
+    pub seed: u64,
+    /// Matmul precision of the forward and backward passes.
+    pub precision: policy::Precision,
+}
+
+/// Teacher-forced supervised fine-tuning of `vars` (the model's trainable parameters):
+/// minimizes the mean NLL per completion token of `pairs` (prompt ids, completion ids ending
+/// with the stop token) in random batches. A batch is run in micro-batches that keep about
+/// the trainer's activation budget, their gradients summed (one micro-batch for the tiny
+/// model). Returns one line per step.
 pub fn sft(
     model: &policy::Transformer,
+    vars: &[(String, candle_core::Var)],
     pairs: &[(Vec<u32>, Vec<u32>)],
-    steps: u64,
-    batch_size: usize,
-    optim: OptimConfig,
-    seed: u64,
+    o: &SftOptions,
     mut on_step: impl FnMut(&SftLine),
 ) -> Result<Vec<SftLine>> {
     anyhow::ensure!(
         !pairs.is_empty(),
         "no (prompt, response) pairs to fine-tune on"
     );
-    let vars = model.named_vars();
-    let mut opt = AdamW::new(&vars, optim.clone())?;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut lines = Vec::with_capacity(steps as usize);
-    for step in 0..steps {
-        let batch: Vec<(Vec<u32>, Vec<u32>)> = (0..batch_size)
+    let optim = &o.optim;
+    let mut opt = AdamW::new(vars, optim.clone())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let mut lines = Vec::with_capacity(o.steps as usize);
+    for step in 0..o.steps {
+        let batch: Vec<(Vec<u32>, Vec<u32>)> = (0..o.batch_size)
             .map(|_| pairs[rng.gen_range(0..pairs.len())].clone())
             .collect();
-        let lp = policy::completion_log_probs(model, &batch, 1.0)?;
-        let tokens = lp.mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
-        let loss = (lp.logp.sum_all()?.neg()? / tokens)?;
-        let grads_store = loss.backward()?;
-        let mut grads = vars
-            .iter()
-            .map(|(_, v)| match grads_store.get(v.as_tensor()) {
-                Some(g) => Ok(g.detach()),
-                None => v.as_tensor().zeros_like(),
-            })
+        let lens: Vec<(usize, usize)> = batch.iter().map(|(p, c)| (p.len(), c.len())).collect();
+        let ranges = crate::trainer::micro::budget_ranges(
+            &lens,
+            crate::trainer::micro::ACTIVATION_BUDGET,
+            |n, p, c| crate::lm_actor::activation_bytes(&model.cfg, 4, p + c, c) * n as u64,
+        );
+        let tokens = lens.iter().map(|l| l.1).sum::<usize>().max(1) as f64;
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut loss = 0.0;
+        {
+            let _packs = policy::bf16::cache_weight_packs();
+            for r in ranges {
+                let lp = policy::bf16::with_matmul_precision(o.precision, || {
+                    policy::completion_log_probs(model, &batch[r], 1.0)
+                })?;
+                let part = (lp.logp.sum_all()?.neg()? / tokens)?;
+                loss += part.to_scalar::<f32>()? as f64;
+                let store = part.backward()?;
+                for (g, (_, v)) in grads.iter_mut().zip(vars) {
+                    if let Some(new) = store.get(v.as_tensor()) {
+                        *g = Some(match g.take() {
+                            Some(old) => (old + new)?,
+                            None => new.detach(),
+                        });
+                    }
+                }
+            }
+        }
+        let mut grads = grads
+            .into_iter()
+            .zip(vars)
+            .map(|(g, (_, v))| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<Vec<Tensor>>>()?;
         let norm = global_norm(&grads)?;
-        let lr = optim.lr_at(step, steps);
+        let lr = optim.lr_at(step, o.steps);
         if norm.is_finite() {
             clip_grads(&mut grads, norm, optim.grad_clip)?;
-            opt.step(&vars, &grads, lr)?;
+            opt.step(vars, &grads, lr)?;
         }
         let line = SftLine {
             step: step + 1,
             lr,
-            loss: loss.to_scalar::<f32>()? as f64,
+            loss,
             grad_norm: norm,
         };
         on_step(&line);
@@ -256,62 +374,70 @@ pub fn sft(
 pub fn build(cfg: &WarmStartConfig, out: &Path, mut on: impl FnMut(Progress)) -> Result<()> {
     cfg.validate()?;
     let corpus = corpus(cfg);
-    on(Progress::Tokenizer);
-    // The pieces exactly as encoding sees them: a chat prompt splits at its special tokens.
-    let texts = corpus
-        .iter()
-        .step_by(cfg.responses_per_prompt)
-        .map(|(ex, _)| format!("user\n{}", ex.prompt[0].content))
-        .chain(["assistant\n".to_string(), "\n".to_string()])
-        .chain(corpus.iter().map(|(_, r)| r.clone()))
-        .collect::<Vec<_>>();
-    let tokenizer = policy::train_bpe(texts.iter(), cfg.vocab_size, cfg.max_token_chars)?;
-    let eos = tokenizer.eos_id;
+    let mut model = match &cfg.base {
+        Some(base) => {
+            let path = base_path(base)?;
+            policy::Model::load(&path)
+                .with_context(|| format!("field `warm_start.base`: loading {}", path.display()))?
+        }
+        None => {
+            on(Progress::Tokenizer);
+            tiny_model(cfg, &corpus)?
+        }
+    };
+    let (tokenizer, max_positions) = (&model.tokenizer, model.config.max_position_embeddings);
+    // The stop token generation ends a turn with, so the policy learns to stop.
+    let stop = tokenizer.eos_id;
     let pairs = corpus
         .iter()
         .map(|(ex, r)| {
             let prompt = tokenizer.chat_prompt(&ex.prompt)?;
             let mut resp = tokenizer.encode(r)?;
-            resp.push(eos);
+            resp.push(stop);
+            let field = if cfg.base.is_some() {
+                "the base model's max_position_embeddings"
+            } else {
+                "warm_start.max_positions"
+            };
             anyhow::ensure!(
-                prompt.len() + resp.len() <= cfg.max_positions,
-                "`{}`: prompt + response are {} tokens, over warm_start.max_positions = {}",
+                prompt.len() + resp.len() <= max_positions,
+                "`{}`: prompt + response are {} tokens, over {field} = {max_positions}",
                 ex.id,
                 prompt.len() + resp.len(),
-                cfg.max_positions
             );
             Ok((prompt, resp))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mcfg = cfg.model_config(tokenizer.vocab_size(), eos);
-    let transformer = policy::Transformer::random(&mcfg, DType::F32, &Device::Cpu, cfg.seed)?;
-    let optim = OptimConfig {
-        lr: cfg.lr,
-        warmup_steps: (cfg.steps / 20).max(1),
-        schedule: LrSchedule::Cosine,
-        ..OptimConfig::default()
+    let lora = cfg.lora.as_ref().map(lora_config).transpose()?;
+    if let Some(l) = &lora {
+        model.transformer.add_lora(l, cfg.seed)?;
+    }
+    let vars = if lora.is_some() {
+        model.transformer.lora_vars()
+    } else {
+        model.transformer.named_vars()
+    };
+    let options = SftOptions {
+        steps: cfg.steps,
+        batch_size: cfg.batch_size,
+        optim: OptimConfig {
+            lr: cfg.lr,
+            warmup_steps: (cfg.steps / 20).max(1),
+            schedule: LrSchedule::Cosine,
+            ..OptimConfig::default()
+        },
+        seed: cfg.seed,
+        precision: cfg.train_precision,
     };
     let total = cfg.steps;
-    let lines = sft(
-        &transformer,
-        &pairs,
-        cfg.steps,
-        cfg.batch_size,
-        optim,
-        cfg.seed,
-        |l| {
-            on(Progress::Step {
-                step: l.step,
-                total,
-                loss: l.loss,
-            })
-        },
-    )?;
-    let model = policy::Model {
-        config: mcfg,
-        tokenizer,
-        transformer,
-    };
+    let lines = sft(&model.transformer, &vars, &pairs, &options, |l| {
+        on(Progress::Step {
+            step: l.step,
+            total,
+            loss: l.loss,
+        })
+    })?;
+    model.transformer.merge_lora()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     model
         .save(out)
@@ -327,6 +453,30 @@ pub fn build(cfg: &WarmStartConfig, out: &Path, mut on: impl FnMut(Progress)) ->
         toml::to_string_pretty(cfg)?.as_bytes(),
     )?;
     Ok(())
+}
+
+/// The tiny model before fine-tuning: a BPE tokenizer trained on the corpus and random
+/// weights.
+fn tiny_model(
+    cfg: &WarmStartConfig,
+    corpus: &[(rubric::Example, String)],
+) -> Result<policy::Model> {
+    // The pieces exactly as encoding sees them: a chat prompt splits at its special tokens.
+    let texts = corpus
+        .iter()
+        .step_by(cfg.responses_per_prompt)
+        .map(|(ex, _)| format!("user\n{}", ex.prompt[0].content))
+        .chain(["assistant\n".to_string(), "\n".to_string()])
+        .chain(corpus.iter().map(|(_, r)| r.clone()))
+        .collect::<Vec<_>>();
+    let tokenizer = policy::train_bpe(texts.iter(), cfg.vocab_size, cfg.max_token_chars)?;
+    let config = cfg.model_config(tokenizer.vocab_size(), tokenizer.eos_id);
+    let transformer = policy::Transformer::random(&config, DType::F32, &Device::Cpu, cfg.seed)?;
+    Ok(policy::Model {
+        config,
+        tokenizer,
+        transformer,
+    })
 }
 
 /// The cached warm start for `cfg`, built first when missing: `<cache>/warm-start/<key>`.

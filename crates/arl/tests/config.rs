@@ -145,8 +145,42 @@ fn the_documented_warm_start_fields_are_the_real_ones() {
         .map(|l| format!("{}\n", l.trim_start_matches("# ")))
         .collect();
     let table: toml::Table = toml::from_str(&section).unwrap_or_else(|e| panic!("{e}"));
-    let w: arl::sft::WarmStartConfig = table["warm_start"].clone().try_into().unwrap();
+    let mut w: arl::sft::WarmStartConfig = table["warm_start"].clone().try_into().unwrap();
+    // the real-model fields are documented with example values; the rest with the defaults
+    assert_eq!(w.base.take(), Some("smollm2".into()), "{section}");
+    assert!(w.lora.take().is_some(), "{section}");
     assert_eq!(w, arl::sft::WarmStartConfig::default(), "{section}");
+}
+
+#[test]
+fn a_warm_start_of_an_unknown_base_or_lora_target_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");
+    let (head, rest) = base.split_once("kind = \"categorical\"").unwrap();
+    let (_, tail) = rest.split_once("max_tokens = 6").unwrap();
+    let with = |section: &str| {
+        let toml = format!(
+            "{head}kind = \"transformer\"\nmodel = \"warm-start\"{tail}\n[warm_start]\n{section}"
+        );
+        let cfg = TrainConfig::from_toml(&toml).unwrap();
+        cfg.validate().unwrap_err().to_string()
+    };
+    let e = with("base = \"llama-7b\"");
+    assert!(
+        e.contains("warm_start.base") && e.contains("llama-7b") && !e.contains('\n'),
+        "{e}"
+    );
+    let e = with(
+        "base = \"smollm2\"\nlora = { rank = 8, alpha = 16.0, targets = [\"q\", \"c_attn\"] }",
+    );
+    assert!(
+        e.contains("warm_start.lora.targets") && e.contains("c_attn") && !e.contains('\n'),
+        "{e}"
+    );
+    let e = with("lora = { rank = 8, alpha = 16.0, targets = [\"q\"] }");
+    assert!(e.contains("warm_start.lora") && e.contains("base"), "{e}");
+    let e = with("base = \"smollm2\"\nlora = { rank = 0, alpha = 16.0, targets = [\"q\"] }");
+    assert!(e.contains("warm_start.lora") && e.contains("rank"), "{e}");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `arlrr sft`: builds a warm start (tokenizer + tiny transformer + supervised fine-tuning) into
+//! `arlrr sft`: builds a warm start (the tiny transformer from scratch, or `warm_start.base`
+//! such as SmolLM2, fine-tuned on the built-in task) into
 //! a folder, from a run config's `[warm_start]` section.
 
 use anyhow::{Context, Result};

@@ -530,6 +530,18 @@ impl Transformer {
         self.set_base_frozen(false);
     }
 
+    /// Folds each adapter into its base weight (`W + scale · B A`) and removes the adapters:
+    /// the same function with plain weights, which is how a LoRA warm start is saved.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for lin in self.linears_mut() {
+            if lin.lora.is_some() {
+                lin.weight.set(&lin.merged_weight()?)?;
+            }
+        }
+        self.remove_lora();
+        Ok(())
+    }
+
     /// Every projection that can carry a LoRA adapter, layer by layer.
     fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
         self.layers.iter_mut().flat_map(Block::linears_mut)

@@ -396,3 +396,35 @@ fn bf16_sampling_copy_follows_the_f32_model() {
         greedy(policy::Precision::Bf16)
     );
 }
+
+#[test]
+fn merging_lora_keeps_the_function_and_removes_the_adapters() {
+    let mut m = model(Arch::Llama, 6);
+    let lcfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: LoraTarget::ALL.to_vec(),
+    };
+    m.add_lora(&lcfg, 2).unwrap();
+    for (_, v) in m.lora_vars() {
+        // non-zero B, so the adapters change the function
+        v.set(&(v.as_tensor().ones_like().unwrap() * 0.05).unwrap())
+            .unwrap();
+    }
+    let ids = [5u32, 9, 3, 17, 8];
+    let before = logits_of(&m, &ids);
+    m.merge_lora().unwrap();
+    assert!(m.lora_vars().is_empty() && !m.base_frozen());
+    let after = logits_of(&m, &ids);
+    let scale = before.abs().unwrap().max_all().unwrap();
+    let gap = max_abs_diff(&before, &after);
+    assert!(
+        gap < 1e-5 * scale.to_scalar::<f32>().unwrap() as f64,
+        "gap {gap}"
+    );
+    // and the merged weights are what the model saves: a fresh load computes the same
+    let dir = tempfile::tempdir().unwrap();
+    policy::save_hf(&m, dir.path()).unwrap();
+    let loaded = policy::load_hf(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(max_abs_diff(&after, &logits_of(&loaded, &ids)), 0.0);
+}
