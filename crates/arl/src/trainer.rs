@@ -666,30 +666,37 @@ impl Trainer {
             .0)
     }
 
-    /// The selectors' fixed validation batch (mean scores, and per example for paired
-    /// selection).
+    /// The selectors' fixed batch: examples, and responses per example
+    /// ([`schedule::PhaseConfig::select_batch`]).
+    pub(crate) fn select_batch(&self) -> (usize, usize) {
+        let g = &self.config.grpo;
+        let val = self.data.val.len();
+        self.config
+            .phases
+            .select_batch(val, g.prompts_per_step, g.group_size)
+    }
+
+    /// The selectors' fixed validation batch (mean scores, per example for paired selection,
+    /// per response for the spread filter).
     pub(crate) fn select_eval(&mut self, time: &mut Timing) -> Result<BatchScores> {
         let t = Instant::now();
-        let p = &self.config.phases;
-        let n = p.select_size.clamp(1, self.data.val.len());
+        let (n, samples) = self.select_batch();
         let seed = self.config.run.seed ^ 0x5e1e_c7ed;
-        let r = self.evaluate_split(None, n, p.select_samples.max(1), seed, 0, true);
+        let r = self.evaluate_split(None, n, samples, seed, 0, true);
         time.eval += t.elapsed().as_secs_f64();
-        let (report, examples) = r?;
+        let (report, rewards) = r?;
         let finite = |x: f64| x.is_finite().then_some(x);
         let classes = report.class_scores(&self.data.classes.names);
-        Ok(BatchScores {
-            measured: Measured {
-                step: self.state.step,
-                overall: finite(report.overall.score),
-                classes: classes.into_iter().map(finite).collect(),
-            },
-            examples,
-        })
+        let measured = Measured {
+            step: self.state.step,
+            overall: finite(report.overall.score),
+            classes: classes.into_iter().map(finite).collect(),
+        };
+        Ok(BatchScores::new(measured, rewards))
     }
 
     /// Scores the first `n` examples of `split` (validation when `None`), and each example's
-    /// mean overall score. `selection`: the selectors' measurement, with the run's judge
+    /// response rewards. `selection`: the selectors' measurement, with the run's judge
     /// noise and `phases.paired`'s sampling (validation and test are clean and unpaired).
     fn evaluate_split(
         &mut self,
@@ -699,7 +706,7 @@ impl Trainer {
         seed: u64,
         resamples: usize,
         selection: bool,
-    ) -> Result<(EvalReport, Vec<Option<f64>>)> {
+    ) -> Result<(EvalReport, Vec<Vec<Option<RewardVector>>>)> {
         let assigned;
         let (examples, class_of) = match split {
             None => (&self.data.val.examples, &self.data.val_classes),
