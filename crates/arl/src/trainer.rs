@@ -14,7 +14,7 @@ use crate::optim::{clip_grads, global_norm, AdamW};
 use crate::setup::Parts;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
-use judge::Judge;
+use judge::{Judge, JudgeStats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rubric::runfile::{self, Jsonl};
@@ -269,7 +269,7 @@ impl Trainer {
                 time.select = t.elapsed().as_secs_f64();
                 if let Some(kept) = kept {
                     // the chosen probe's steps are the phase's first steps
-                    self.write_kept(kept, time.select, &mut on_step)?;
+                    self.write_kept(kept, time.select, &judge_before, &mut on_step)?;
                     continue;
                 }
             }
@@ -402,14 +402,22 @@ impl Trainer {
 
     /// `phases.keep_probe`: writes the kept probe's steps as the new phase's first steps (the
     /// run's state is already the probe's). `select_s`: the selection's wall time, which holds
-    /// theirs. A checkpoint falls on the last of them only: the state of the steps before it
-    /// was not kept.
+    /// theirs; the selection's other judge work (since `judge_before`) goes to the first line,
+    /// as it does to a boundary's step. A checkpoint falls on the last of them only: the state
+    /// of the steps before it was not kept.
     fn write_kept(
         &mut self,
-        kept: select::KeptSteps,
+        mut kept: select::KeptSteps,
         select_s: f64,
+        judge_before: &JudgeStats,
         on_step: &mut impl FnMut(&StepMetrics),
     ) -> Result<()> {
+        let selection = JudgeDelta::between(judge_before, &self.judge.stats());
+        let later = kept.steps[1..].iter().map(|k| k.metrics.judge);
+        let first = later.fold(selection, JudgeDelta::less);
+        let m0 = &mut kept.steps[0].metrics;
+        let own_validation = m0.judge.verdicts - m0.train_verdicts;
+        (m0.judge, m0.train_verdicts) = (first, first.verdicts - own_validation);
         let n = kept.steps.len();
         for (i, k) in kept.steps.into_iter().enumerate() {
             self.state.step += 1;

@@ -283,11 +283,19 @@ fn keep_probe_resumes_bit_for_bit_across_a_boundary() {
         .collect();
     assert!(kept[..3].contains(&2) && kept[3] == 0, "{kept:?}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = metrics
+    let lines: Vec<StepMetrics> = metrics
         .lines()
-        .map(|l| serde_json::from_str::<StepMetrics>(l).unwrap().step)
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let steps: Vec<u64> = lines.iter().map(|m| m.step).collect();
     assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "one line per step");
+    // the selection's verdicts are counted on the phase's first line, as without keep_probe
+    if kept[0] == 2 {
+        assert!(
+            lines[0].train_verdicts > 2 * lines[1].train_verdicts,
+            "{lines:?}"
+        );
+    }
     let evals = std::fs::read_to_string(run.join("eval.jsonl")).unwrap();
     let eval_steps: Vec<u64> = evals
         .lines()

@@ -101,8 +101,9 @@ impl Trainer {
     }
 
     /// A probe step that may be kept: one GRPO step with its metrics line, the judge-noise
-    /// tally of its own verdicts, and validation when due after it (not the last probe step,
-    /// whose state the run continues from). `j`: the step's index in the probe.
+    /// tally of its own verdicts (the selection's measurements are not tallied), and
+    /// validation when due after it (not the last probe step, whose state the run continues
+    /// from). `j`: the step's index in the probe.
     fn keepable_step(&mut self, target: &Target, only: Option<usize>, j: u64) -> Result<KeptStep> {
         let mut time = Timing::default();
         let judge_before = self.judge.stats();
@@ -114,9 +115,8 @@ impl Trainer {
             .optim
             .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
         let (rollout, adv, update) = self.grpo_step(target, only, &mut time)?;
-        let judge_after = self.judge.stats();
-        let verdicts = judge_after.verdicts - judge_before.verdicts;
-        let judge = JudgeDelta::between(&judge_before, &judge_after);
+        let verdicts = self.judge.stats().verdicts - judge_before.verdicts;
+        let judge = JudgeDelta::default(); // set below, the validation's included
         let mut metrics = self.metrics_line(lr, &rollout, &adv, update, judge, verdicts);
         let noise = self.noise.as_ref().map(|n| n.take());
         let (step, every) = (self.state.step + j + 1, self.config.eval.every);
@@ -130,6 +130,7 @@ impl Trainer {
             None
         };
         metrics.time_s = time;
+        metrics.judge = JudgeDelta::between(&judge_before, &self.judge.stats());
         Ok(KeptStep {
             metrics,
             val,
