@@ -407,6 +407,17 @@ impl TrainConfig {
         if let Some(d) = self.phases.guard_drop.filter(|d| *d <= 0.0) {
             bail!("field `phases.guard_drop`: must be positive (leave it out to turn the guard off), got {d}");
         }
+        let p = &self.phases;
+        if p.keep_probe && p.guard_drop.is_some() {
+            bail!("fields `phases.keep_probe` and `phases.guard_drop`: the guard does not check kept probe steps; turn one off");
+        }
+        if p.keep_probe && p.probe_steps > p.length {
+            bail!(
+                "field `phases.keep_probe`: the kept probe steps ({}) must fit in a phase (`phases.length` = {})",
+                p.probe_steps,
+                p.length
+            );
+        }
         let anchor = self.objective.anchor;
         if anchor <= 0.0 || anchor > 1.0 {
             bail!("field `objective.anchor`: must be in (0, 1] (1 = pure ARL-RR), got {anchor}");

@@ -7,7 +7,7 @@ use anyhow::Result;
 use judge::Judge;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rubric::{summarize, Example, Summary};
+use rubric::{summarize, Example, RewardVector, Summary};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -77,13 +77,13 @@ impl Evaluator<'_> {
         Ok(self.evaluate_examples(policy, set)?.0)
     }
 
-    /// [`Evaluator::evaluate`], and per example the mean overall score of its scored
-    /// responses (`None` = none scored).
+    /// [`Evaluator::evaluate`], and per example the rewards of its responses (`None` =
+    /// excluded).
     pub fn evaluate_examples(
         &self,
         policy: &mut dyn Policy,
         set: &EvalSet<'_>,
-    ) -> Result<(EvalReport, Vec<Option<f64>>)> {
+    ) -> Result<(EvalReport, Vec<Vec<Option<RewardVector>>>)> {
         let Evaluator {
             judge,
             rt,
@@ -122,13 +122,11 @@ impl Evaluator<'_> {
         }
         let k = set.class_names.len();
         let graded = grade(rt, judge, &items, None, k, retries, noise)?;
-        let mut per_example = Vec::with_capacity(completions.len());
         let mut rewards = graded.rewards.iter();
-        for group in &completions {
-            let scores = rewards.by_ref().take(group.len()).flatten();
-            let mean = schedule::mean_std(scores.filter_map(|r| r.overall));
-            per_example.push(mean.map(|m| m.0));
-        }
+        let per_example = completions
+            .iter()
+            .map(|group| rewards.by_ref().take(group.len()).cloned().collect())
+            .collect();
         let mut overall = Vec::new();
         let mut per_class = vec![Vec::new(); k];
         let mut excluded = 0;

@@ -156,6 +156,17 @@ impl JudgeDelta {
             retries: b.retries - a.retries,
         }
     }
+
+    /// These counters less `o`'s (a part of them).
+    pub fn less(self, o: JudgeDelta) -> JudgeDelta {
+        JudgeDelta {
+            verdicts: self.verdicts - o.verdicts,
+            calls: self.calls - o.calls,
+            cache_hits: self.cache_hits - o.cache_hits,
+            failures: self.failures - o.failures,
+            retries: self.retries - o.retries,
+        }
+    }
 }
 
 /// Wall-clock seconds by activity (not reproducible; excluded from resume comparisons).

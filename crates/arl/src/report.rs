@@ -161,6 +161,9 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
         if c.phases.guard_drop.is_some() {
             writeln!(r, "phases ended early by the phase guard: {early}\n")?;
         }
+        if let Some(line) = selection_cost(schedule, metrics) {
+            writeln!(r, "{line}\n")?;
+        }
     }
     if !metrics.is_empty() {
         let n = metrics.len() as f64;
@@ -232,4 +235,38 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
         }
     }
     Ok(write_atomic(&run_dir.join("report.md"), r.as_bytes())?)
+}
+
+/// The cost per phase boundary: the selection's wall time (the `time_s.select` of the phase's
+/// first metrics line: measurements and probes, less the probe steps kept as training steps),
+/// its probe steps and the fixed batch; `None` without recorded costs.
+fn selection_cost(schedule: &[Decision], metrics: &[StepMetrics]) -> Option<String> {
+    let costs: Vec<_> = schedule.iter().filter_map(|d| Some((d, d.cost?))).collect();
+    let (_, first) = costs.first()?;
+    let n = costs.len() as f64;
+    let secs: Vec<f64> = costs
+        .iter()
+        .filter_map(|(d, _)| metrics.iter().find(|m| m.step == d.step + 1))
+        .map(|m| m.time_s.select)
+        .collect();
+    let sum =
+        |f: &dyn Fn(&schedule::SelectCost) -> u64| costs.iter().map(|(_, c)| f(c)).sum::<u64>();
+    let skipped: usize = costs.iter().map(|(d, _)| d.skipped.len()).sum();
+    let time = match schedule::mean_std(secs.iter().copied()) {
+        Some((mean, _)) => format!(
+            "{mean:.1} s (max {:.1} s)",
+            secs.iter().copied().fold(0.0, f64::max)
+        ),
+        None => "-".into(),
+    };
+    Some(format!(
+        "**Selection cost per phase boundary: {time}** over {} boundaries; {:.1} probe steps per boundary ({} of {} kept as training steps); {} class probes skipped for zero spread; fixed batch {} examples × {} responses.",
+        costs.len(),
+        sum(&|c| c.probe_steps) as f64 / n,
+        sum(&|c| c.kept_steps),
+        sum(&|c| c.probe_steps),
+        skipped,
+        first.select_size,
+        first.select_samples
+    ))
 }

@@ -76,7 +76,11 @@ pub fn build_judge(cfg: &JudgeSection) -> Result<Arc<dyn judge::Judge>> {
 pub fn load_task(cfg: &TrainConfig) -> Result<TaskData> {
     let train = rubric::load(&cfg.data.train)?;
     let val = rubric::load(&cfg.data.val)?;
-    let mut data = TaskData::new(train, val, &cfg.data.classes, cfg.phases.select_size)?;
+    let g = &cfg.grpo;
+    let (select_size, _) = cfg
+        .phases
+        .select_batch(val.len(), g.prompts_per_step, g.group_size);
+    let mut data = TaskData::new(train, val, &cfg.data.classes, select_size)?;
     data.test = cfg.data.test.as_deref().map(rubric::load).transpose()?;
     Ok(data)
 }

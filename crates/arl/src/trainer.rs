@@ -14,7 +14,7 @@ use crate::optim::{clip_grads, global_norm, AdamW};
 use crate::setup::Parts;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
-use judge::Judge;
+use judge::{Judge, JudgeStats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rubric::runfile::{self, Jsonl};
@@ -259,7 +259,7 @@ impl Trainer {
                     .boundary(self.state.step, &self.config.phases)
             {
                 let t = Instant::now();
-                let decision = self.select_class(&mut Timing::default())?;
+                let (decision, kept) = self.select_class(&mut Timing::default())?;
                 self.log_decision(&decision)?;
                 if self.guarding() && !self.config.phases.selector.measures() {
                     // the guard needs the score the phase starts from
@@ -267,6 +267,11 @@ impl Trainer {
                     self.state.phase.start_score = start.measured.overall;
                 }
                 time.select = t.elapsed().as_secs_f64();
+                if let Some(kept) = kept {
+                    // the chosen probe's steps are the phase's first steps
+                    self.write_kept(kept, time.select, &judge_before, &mut on_step)?;
+                    continue;
+                }
             }
 
             // 2. one GRPO step toward the objective
@@ -294,62 +299,13 @@ impl Trainer {
             let train_verdicts = self.judge.stats().verdicts - judge_before.verdicts;
 
             // 4. validation, metrics, checkpoint
-            let due = self.config.eval.every > 0
-                && self.state.step.is_multiple_of(self.config.eval.every);
-            let val = if due || self.state.step == total {
-                let t = Instant::now();
-                let v = self.validate()?;
-                time.eval = t.elapsed().as_secs_f64();
-                let line = EvalLine {
-                    step: self.state.step,
-                    report: v.clone(),
-                };
-                append_eval(&mut self.evals, "eval.jsonl", &line)?;
-                Some(v)
-            } else {
-                None
-            };
-            let (overall, classes) = reward_stats(&rollout.rewards, &self.data.classes.names);
-            let m = StepMetrics {
-                step: self.state.step,
-                phase: self.state.phase.index,
-                active_class: self.active_class_name(),
-                lr,
-                overall,
-                objective_group_std: schedule::mean_std(adv.group_std.iter().copied())
-                    .map_or(0.0, |a| a.0),
-                classes,
-                groups: adv.zero_spread.len(),
-                zero_spread_share: zero_spread_share(&adv),
-                samples: rollout.rewards.iter().map(Vec::len).sum(),
-                excluded_samples: rollout
-                    .rewards
-                    .iter()
-                    .flatten()
-                    .filter(|r| r.is_none())
-                    .count(),
-                failed_verdicts: rollout.failed_verdicts,
-                retried_verdicts: rollout.retried_verdicts,
-                judge: JudgeDelta::between(&judge_before, &self.judge.stats()),
-                train_verdicts,
-                update,
-                val,
-                judge_noise: self.noise_stats(),
-                time_s: time,
-                generated_tokens: rollout
-                    .completions
-                    .iter()
-                    .flatten()
-                    .map(|c| c.tokens.len())
-                    .sum(),
-            };
-            append_checked(&mut self.metrics, "metrics.jsonl", &m)?;
-            self.state.metrics_lines += 1;
-            on_step(&m);
-            let every = self.config.run.checkpoint_every;
-            if (every > 0 && self.state.step.is_multiple_of(every)) || self.state.step == total {
-                self.checkpoint()?;
-            }
+            let val = self.validate_if_due(&mut time)?;
+            let judge = JudgeDelta::between(&judge_before, &self.judge.stats());
+            let mut m = self.metrics_line(lr, &rollout, &adv, update, judge, train_verdicts);
+            m.val = val;
+            m.judge_noise = self.noise_stats();
+            m.time_s = time;
+            self.write_step(&m, true, &mut on_step)?;
         }
         self.test_split(total)?;
         crate::report::write(
@@ -358,6 +314,136 @@ impl Trainer {
             &self.data.classes.names,
             &crate::report::RunRecords::read(&self.run_dir)?,
         )
+    }
+
+    /// Validation (`[eval]`) after the step just completed, when due (every `eval.every`
+    /// steps and at the end), written to `eval.jsonl`; its time goes to `time.eval`.
+    fn validate_if_due(&mut self, time: &mut Timing) -> Result<Option<EvalReport>> {
+        let (step, every) = (self.state.step, self.config.eval.every);
+        let due = every > 0 && step.is_multiple_of(every);
+        if !due && step != self.config.run.steps {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let v = self.validate()?;
+        time.eval = t.elapsed().as_secs_f64();
+        let line = EvalLine {
+            step,
+            report: v.clone(),
+        };
+        append_eval(&mut self.evals, "eval.jsonl", &line)?;
+        Ok(Some(v))
+    }
+
+    /// The metrics line of the step just completed (`val`, `judge_noise` and `time_s` left
+    /// for the caller).
+    fn metrics_line(
+        &self,
+        lr: f64,
+        rollout: &Rollout,
+        adv: &schedule::BatchAdvantages,
+        update: UpdateStats,
+        judge: JudgeDelta,
+        train_verdicts: u64,
+    ) -> StepMetrics {
+        let (overall, classes) = reward_stats(&rollout.rewards, &self.data.classes.names);
+        StepMetrics {
+            step: self.state.step,
+            phase: self.state.phase.index,
+            active_class: self.active_class_name(),
+            lr,
+            overall,
+            objective_group_std: schedule::mean_std(adv.group_std.iter().copied())
+                .map_or(0.0, |a| a.0),
+            classes,
+            groups: adv.zero_spread.len(),
+            zero_spread_share: zero_spread_share(adv),
+            samples: rollout.rewards.iter().map(Vec::len).sum(),
+            excluded_samples: rollout
+                .rewards
+                .iter()
+                .flatten()
+                .filter(|r| r.is_none())
+                .count(),
+            failed_verdicts: rollout.failed_verdicts,
+            retried_verdicts: rollout.retried_verdicts,
+            judge,
+            train_verdicts,
+            update,
+            val: None,
+            judge_noise: None,
+            time_s: Timing::default(),
+            generated_tokens: rollout
+                .completions
+                .iter()
+                .flatten()
+                .map(|c| c.tokens.len())
+                .sum(),
+        }
+    }
+
+    /// Appends a step's metrics line, then checkpoints when one is due (and `checkpoint`).
+    fn write_step(
+        &mut self,
+        m: &StepMetrics,
+        checkpoint: bool,
+        on_step: &mut impl FnMut(&StepMetrics),
+    ) -> Result<()> {
+        append_checked(&mut self.metrics, "metrics.jsonl", m)?;
+        self.state.metrics_lines += 1;
+        on_step(m);
+        let (step, every) = (self.state.step, self.config.run.checkpoint_every);
+        let due = (every > 0 && step.is_multiple_of(every)) || step == self.config.run.steps;
+        if checkpoint && due {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// `phases.keep_probe`: writes the kept probe's steps as the new phase's first steps (the
+    /// run's state is already the probe's). `select_s`: the selection's wall time, which holds
+    /// theirs; the selection's other judge work (since `judge_before`) goes to the first line,
+    /// as it does to a boundary's step. A checkpoint falls on the last of them only: the state
+    /// of the steps before it was not kept.
+    fn write_kept(
+        &mut self,
+        mut kept: select::KeptSteps,
+        select_s: f64,
+        judge_before: &JudgeStats,
+        on_step: &mut impl FnMut(&StepMetrics),
+    ) -> Result<()> {
+        let selection = JudgeDelta::between(judge_before, &self.judge.stats());
+        let later = kept.steps[1..].iter().map(|k| k.metrics.judge);
+        let first = later.fold(selection, JudgeDelta::less);
+        let m0 = &mut kept.steps[0].metrics;
+        let own_validation = m0.judge.verdicts - m0.train_verdicts;
+        (m0.judge, m0.train_verdicts) = (first, first.verdicts - own_validation);
+        let n = kept.steps.len();
+        for (i, k) in kept.steps.into_iter().enumerate() {
+            self.state.step += 1;
+            let mut m = k.metrics;
+            (m.step, m.phase) = (self.state.step, self.state.phase.index);
+            m.active_class = self.active_class_name();
+            if i == 0 {
+                m.time_s.select = (select_s - kept.secs).max(0.0);
+            }
+            let last = i + 1 == n;
+            m.val = match k.val {
+                _ if last => self.validate_if_due(&mut m.time_s)?,
+                Some(report) => {
+                    let line = EvalLine {
+                        step: m.step,
+                        report,
+                    };
+                    append_eval(&mut self.evals, "eval.jsonl", &line)?;
+                    Some(line.report)
+                }
+                None => None,
+            };
+            m.judge_noise = k.noise.map(|c| self.count_noise(c));
+            self.write_step(&m, last, on_step)?;
+        }
+        Ok(())
     }
 
     /// Scores the policy on the held-out test split (when the config names one) into
@@ -666,30 +752,37 @@ impl Trainer {
             .0)
     }
 
-    /// The selectors' fixed validation batch (mean scores, and per example for paired
-    /// selection).
+    /// The selectors' fixed batch: examples, and responses per example
+    /// ([`schedule::PhaseConfig::select_batch`]).
+    pub(crate) fn select_batch(&self) -> (usize, usize) {
+        let g = &self.config.grpo;
+        let val = self.data.val.len();
+        self.config
+            .phases
+            .select_batch(val, g.prompts_per_step, g.group_size)
+    }
+
+    /// The selectors' fixed validation batch (mean scores, per example for paired selection,
+    /// per response for the spread filter).
     pub(crate) fn select_eval(&mut self, time: &mut Timing) -> Result<BatchScores> {
         let t = Instant::now();
-        let p = &self.config.phases;
-        let n = p.select_size.clamp(1, self.data.val.len());
+        let (n, samples) = self.select_batch();
         let seed = self.config.run.seed ^ 0x5e1e_c7ed;
-        let r = self.evaluate_split(None, n, p.select_samples.max(1), seed, 0, true);
+        let r = self.evaluate_split(None, n, samples, seed, 0, true);
         time.eval += t.elapsed().as_secs_f64();
-        let (report, examples) = r?;
+        let (report, rewards) = r?;
         let finite = |x: f64| x.is_finite().then_some(x);
         let classes = report.class_scores(&self.data.classes.names);
-        Ok(BatchScores {
-            measured: Measured {
-                step: self.state.step,
-                overall: finite(report.overall.score),
-                classes: classes.into_iter().map(finite).collect(),
-            },
-            examples,
-        })
+        let measured = Measured {
+            step: self.state.step,
+            overall: finite(report.overall.score),
+            classes: classes.into_iter().map(finite).collect(),
+        };
+        Ok(BatchScores::new(measured, rewards))
     }
 
     /// Scores the first `n` examples of `split` (validation when `None`), and each example's
-    /// mean overall score. `selection`: the selectors' measurement, with the run's judge
+    /// response rewards. `selection`: the selectors' measurement, with the run's judge
     /// noise and `phases.paired`'s sampling (validation and test are clean and unpaired).
     fn evaluate_split(
         &mut self,
@@ -699,7 +792,7 @@ impl Trainer {
         seed: u64,
         resamples: usize,
         selection: bool,
-    ) -> Result<(EvalReport, Vec<Option<f64>>)> {
+    ) -> Result<(EvalReport, Vec<Vec<Option<RewardVector>>>)> {
         let assigned;
         let (examples, class_of) = match split {
             None => (&self.data.val.examples, &self.data.val_classes),
@@ -729,12 +822,17 @@ impl Trainer {
     /// The step's judge-noise tally (taken) and the run's so far; `None` without noise.
     fn noise_stats(&mut self) -> Option<NoiseStats> {
         let step = self.noise.as_ref()?.take();
+        Some(self.count_noise(step))
+    }
+
+    /// Adds a step's judge-noise tally to the run's.
+    fn count_noise(&mut self, step: Confusion) -> NoiseStats {
         self.noise_total = self.noise_total.plus(step);
-        Some(NoiseStats {
+        NoiseStats {
             step,
             macro_f1: step.macro_f1(),
             cumulative_macro_f1: self.noise_total.macro_f1(),
-        })
+        }
     }
 
     /// Macro F1 of every noisy training verdict of the run against the clean judge, and the

@@ -51,12 +51,20 @@ fn variant_knobs_are_validated_with_their_field() {
         let e = err(&format!("[objective]\nanchor = {bad}"));
         assert!(e.contains("objective.anchor") && !e.contains('\n'), "{e}");
     }
+    let e = err("[phases]\nkeep_probe = true\nguard_drop = 0.05");
+    assert!(
+        e.contains("phases.keep_probe") && e.contains("phases.guard_drop"),
+        "{e}"
+    );
+    let e = err("[phases]\nkeep_probe = true\nprobe_steps = 3\nlength = 2");
+    assert!(e.contains("phases.keep_probe") && e.contains("(3)"), "{e}");
     let e = err("[objective]\nanchor = 0.5\ngrade_active_class_only = true");
     assert!(
         e.contains("objective.anchor") && e.contains("objective.grade_active_class_only"),
         "{e}"
     );
-    let ok = "[objective]\nanchor = 0.5\n[phases]\nguard_drop = 0.05\npaired = true";
+    let ok =
+        "[objective]\nanchor = 0.5\n[phases]\nguard_drop = 0.05\npaired = true\nskip_flat = true";
     let cfg = TrainConfig::from_toml(&format!("{base}{ok}")).unwrap();
     cfg.validate().unwrap();
     assert_eq!(
@@ -75,7 +83,9 @@ fn variant_knobs_are_validated_with_their_field() {
     let plain = TrainConfig::from_toml(&base).unwrap();
     let text = plain.to_toml().unwrap();
     assert!(
-        !text.contains("anchor") && !text.contains("guard_drop") && !text.contains("paired"),
+        !["anchor", "guard_drop", "paired", "skip_flat", "keep_probe"]
+            .iter()
+            .any(|f| text.contains(f)),
         "{text}"
     );
 }

@@ -266,11 +266,48 @@ fn resume_from_a_checkpoint_reproduces_the_metrics() {
     let variants =
         "\nguard_drop = 0.01\npaired = true\n[objective]\nkind = \"alternating\"\nanchor = 0.5";
     for extra in ["", variants] {
-        resume_reproduces(extra);
+        resume_reproduces(&format!("\nprobe_steps = 1{extra}"), 4);
     }
 }
 
-fn resume_reproduces(variants: &str) {
+/// `keep_probe`: boundaries at 0, 3, 6, 9 with two kept steps each (not at 9: they would run
+/// past step 10), a validation due inside the kept steps (4), a checkpoint on the last kept
+/// step (5), resumed from there across the boundaries at 6 and 9.
+#[test]
+fn keep_probe_resumes_bit_for_bit_across_a_boundary() {
+    let (_dir, run) =
+        resume_reproduces("\nprobe_steps = 2\nkeep_probe = true\nskip_flat = true", 5);
+    let kept: Vec<u64> = decisions(&run)
+        .iter()
+        .map(|d| d.cost.unwrap().kept_steps)
+        .collect();
+    assert!(kept[..3].contains(&2) && kept[3] == 0, "{kept:?}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<StepMetrics> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = lines.iter().map(|m| m.step).collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "one line per step");
+    // the selection's verdicts are counted on the phase's first line, as without keep_probe
+    if kept[0] == 2 {
+        assert!(
+            lines[0].train_verdicts > 2 * lines[1].train_verdicts,
+            "{lines:?}"
+        );
+    }
+    let evals = std::fs::read_to_string(run.join("eval.jsonl")).unwrap();
+    let eval_steps: Vec<u64> = evals
+        .lines()
+        .map(|l| serde_json::from_str::<arl::eval::EvalLine>(l).unwrap().step)
+        .collect();
+    assert_eq!(eval_steps, [0, 4, 8, 10]);
+}
+
+/// Runs 10 steps, then 7 with checkpoints every `every` (the last one's removed) resumed to
+/// 10 from step `every`; both must agree bit for bit (metrics without times, schedule,
+/// final weights and optimizer). Returns the resumed run (its folder, and the folder's owner).
+fn resume_reproduces(variants: &str, every: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let strip = |text: &str| -> Vec<serde_json::Value> {
         text.lines()
             .map(|l| {
@@ -280,11 +317,14 @@ fn resume_reproduces(variants: &str) {
             })
             .collect()
     };
-    let extra = if variants.is_empty() {
-        "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"lookahead\"\nlength = 3\nprobe_steps = 1\nselect_samples = 2".to_string()
+    let objective = if variants.contains("[objective]") {
+        ""
     } else {
-        format!("[phases]\nselector = \"lookahead\"\nlength = 3\nprobe_steps = 1\nselect_samples = 2{variants}")
+        "\n[objective]\nkind = \"alternating\""
     };
+    let extra = format!(
+        "[phases]\nselector = \"lookahead\"\nlength = 3\nselect_samples = 2{variants}{objective}"
+    );
     let base = |dir: &std::path::Path, steps: u64, every: u64| {
         let mut cfg = config(dir, RUBRIC, VOCAB, &extra);
         cfg.grpo.kl_beta = 0.05;
@@ -303,9 +343,9 @@ fn resume_reproduces(variants: &str) {
         .unwrap();
     let full = std::fs::read_to_string(a.path().join("run/metrics.jsonl")).unwrap();
 
-    // the interrupted run: 7 steps with a checkpoint at 4 (and 7), then back to step 4
+    // the interrupted run: 7 steps with a checkpoint at `every` (and 7), then back there
     let b = tempfile::tempdir().unwrap();
-    let mut cfg = base(b.path(), 7, 4);
+    let mut cfg = base(b.path(), 7, every);
     cfg.run.keep_checkpoints = 0;
     Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap())
         .unwrap()
@@ -314,20 +354,28 @@ fn resume_reproduces(variants: &str) {
     let run = b.path().join("run");
     std::fs::remove_dir_all(run.join("checkpoints/step-00000007")).unwrap();
     // resume with the full step count
-    let mut cfg = base(b.path(), 10, 4);
+    let mut cfg = base(b.path(), 10, every);
     cfg.run.dir = run.clone();
     let parts = Parts::from_config(&cfg).unwrap();
     let mut t = Trainer::resume_with(&run, cfg, parts).unwrap();
-    assert_eq!(t.state.step, 4);
+    assert_eq!(t.state.step, every);
     t.run(|_| {}).unwrap();
     let resumed = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(strip(&full), strip(&resumed));
-    let s_full = std::fs::read_to_string(a.path().join("run/schedule.jsonl")).unwrap();
-    let s_res = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
-    assert_eq!(s_full, s_res);
-    if !variants.is_empty() {
+    for f in [
+        "schedule.jsonl",
+        "eval.jsonl",
+        "checkpoints/step-00000010/policy.safetensors",
+        "checkpoints/step-00000010/optimizer.safetensors",
+    ] {
+        let full = std::fs::read(a.path().join("run").join(f)).unwrap();
+        assert!(full == std::fs::read(run.join(f)).unwrap(), "{f} differs");
+    }
+    if variants.contains("guard_drop") {
+        let s_full = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
         assert!(s_full.contains("\"guard\""), "the guard trips: {s_full}");
     }
+    (b, run)
 }
 
 /// Makes every log-prob NaN on the chosen calls.

@@ -16,7 +16,8 @@ pub use objective::{
     group_advantages, mean_std, BatchAdvantages, ObjectiveKind, ScaleRewards, Target, Weights,
 };
 pub use phase::{
-    decide, paired_gain, probe_candidates, BatchScores, Candidate, Choices, Decision, GuardTrip,
-    Measure, Measured, PhaseConfig, PhaseState, Plan, SelectorKind,
+    decide, paired_gain, probe_candidates, rank_key, spreads, BatchScores, Candidate, Choices,
+    Decision, GuardTrip, Measure, Measured, PhaseConfig, PhaseState, Plan, SelectCost,
+    SelectorKind, Skipped,
 };
 pub use task::TaskData;

@@ -2,7 +2,9 @@
 //! next phase optimizes, from measured task performance. Each choice is a [`Decision`] that
 //! carries the numbers behind it (one line of `schedule.jsonl`).
 
+use crate::objective::Target;
 use anyhow::{bail, ensure, Context, Result};
+use rubric::RewardVector;
 use serde::{Deserialize, Serialize};
 
 /// `[phases]` (used by `objective.kind = "alternating"`).
@@ -21,9 +23,11 @@ pub struct PhaseConfig {
     pub top_m: usize,
     /// `ucb`: exploration constant `c` in `mean_gain + c * sqrt(2 ln N / n_k)`.
     pub ucb_c: f64,
-    /// Validation examples (the first ones) in the selectors' fixed batch.
+    /// Validation examples (the first ones) in the selectors' fixed batch; 0 (the default)
+    /// = auto, see [`PhaseConfig::select_batch`].
     pub select_size: usize,
-    /// Responses sampled per example of the fixed batch (same seed for every candidate).
+    /// Responses sampled per example of the fixed batch (same seed for every candidate); 0
+    /// (the default) = auto, see [`PhaseConfig::select_batch`].
     pub select_samples: usize,
     /// Phase guard (off when absent): end a phase early when the overall score on the fixed
     /// batch, measured after each step, has dropped by more than this since the phase began.
@@ -34,6 +38,15 @@ pub struct PhaseConfig {
     /// each lookahead candidate records its paired gain and standard error.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub paired: bool,
+    /// `lookahead`: probe only the classes whose reward spreads on the fixed batch's base
+    /// measurement (a class without spread gives GRPO no signal); the others are recorded in
+    /// the decision's `skipped`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skip_flat: bool,
+    /// `lookahead`: the chosen class's probe steps become the first steps of its phase (its
+    /// parameters, optimizer and rng are kept, not retrained from the snapshot).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep_probe: bool,
 }
 
 impl Default for PhaseConfig {
@@ -45,11 +58,39 @@ impl Default for PhaseConfig {
             probe_steps: 2,
             top_m: 0,
             ucb_c: 0.5,
-            select_size: 16,
-            select_samples: 4,
+            select_size: 0,
+            select_samples: 0,
             guard_drop: None,
             paired: false,
+            skip_flat: false,
+            keep_probe: false,
         }
+    }
+}
+
+impl PhaseConfig {
+    /// The selectors' fixed batch, `(examples, responses per example)`, for a validation split
+    /// of `val_len` examples and training steps of `prompts_per_step` × `group_size`
+    /// responses. A value set in the config is kept (the examples capped at the split). 0 =
+    /// auto: `group_size` responses per example, at least 2 (a class's spread within an
+    /// example shows) and at most 8; as many examples as make up the responses of two
+    /// training steps, at least 4, at most the split. One measurement then costs about the
+    /// sampling of two steps.
+    pub fn select_batch(
+        &self,
+        val_len: usize,
+        prompts_per_step: usize,
+        group_size: usize,
+    ) -> (usize, usize) {
+        let samples = match self.select_samples {
+            0 => group_size.clamp(2, 8),
+            n => n,
+        };
+        let size = match self.select_size {
+            0 => (2 * prompts_per_step * group_size).div_ceil(samples).max(4),
+            n => n,
+        };
+        (size.clamp(1, val_len.max(1)), samples)
     }
 }
 
@@ -184,12 +225,40 @@ pub struct Decision {
     /// The phase guard ended the previous phase early (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardTrip>,
+    /// `phases.skip_flat`: the classes the lookahead did not probe, and why (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+    /// What the selection ran (absent in a service run's decisions). Its wall time is the
+    /// phase's first metrics line's `time_s.select`, kept out of here so that the file
+    /// reproduces byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<SelectCost>,
+}
+
+/// A class the lookahead left out of its probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub class: String,
+    pub reason: String,
+}
+
+/// The work of one selection, for the report's cost per phase boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SelectCost {
+    /// Training steps run by the lookahead's probes (candidates × `probe_steps`).
+    pub probe_steps: u64,
+    /// Of those, the steps kept as the phase's first steps (`phases.keep_probe`).
+    pub kept_steps: u64,
+    /// The fixed batch measured: examples, and responses per example.
+    pub select_size: usize,
+    pub select_samples: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     pub class: String,
-    /// What the selector maximized: lookahead = overall score after the probe, gradient =
+    /// What the selector maximized: lookahead = overall score after the probe (deficit when
+    /// `skip_flat` found no class with spread), gradient =
     /// cosine with the overall gradient, deficit = points share × (1 − score), ucb = bound
     /// (null = untried, tried first).
     #[serde(with = "finite_or_null")]
@@ -343,13 +412,7 @@ impl PhaseState {
         candidates: Vec<Candidate>,
         base: Option<&Measured>,
     ) -> Result<Decision> {
-        let key = |c: &Candidate| {
-            if c.score.is_nan() {
-                f64::NEG_INFINITY
-            } else {
-                c.score
-            }
-        };
+        let key = |c: &Candidate| rank_key(c.score);
         let best = candidates
             .iter()
             .enumerate()
@@ -375,8 +438,35 @@ impl PhaseState {
             base_class_scores: base.map_or_else(|| vec![None; names.len()], |b| b.classes.clone()),
             candidates,
             guard,
+            skipped: Vec::new(),
+            cost: None,
         })
     }
+}
+
+/// What [`PhaseState::commit`] ranks a candidate's score by: NaN last. Of equal keys the
+/// earlier candidate wins.
+pub fn rank_key(score: f64) -> f64 {
+    if score.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        score
+    }
+}
+
+/// Whether `target`'s reward spreads on a measured batch (`rewards[example][response]`, `None`
+/// = excluded): the responses of some example differ, which is what GRPO learns from. With
+/// one response per example there is no group: then whether the examples differ.
+pub fn spreads(target: &Target, rewards: &[Vec<Option<RewardVector>>], n_classes: usize) -> bool {
+    let pooled: Vec<Vec<Option<RewardVector>>>;
+    let groups = if rewards.iter().all(|g| g.len() < 2) {
+        pooled = vec![rewards.iter().flatten().cloned().collect()];
+        &pooled[..]
+    } else {
+        rewards
+    };
+    let adv = target.advantages(groups, n_classes, 0.0);
+    adv.zero_spread.iter().any(|z| !z)
 }
 
 /// Lookahead candidates from the probes' overall scores: ranked by the score, with the gain
@@ -421,6 +511,24 @@ pub struct BatchScores {
     /// Per example of the batch, the mean overall score of its scored responses (`None` =
     /// none scored); what paired selection compares.
     pub examples: Vec<Option<f64>>,
+    /// `[example][response]`: each response's rewards (`None` = excluded); where
+    /// `skip_flat` reads each class's spread.
+    pub rewards: Vec<Vec<Option<RewardVector>>>,
+}
+
+impl BatchScores {
+    /// The scores with `examples` (each example's mean overall score) taken from `rewards`.
+    pub fn new(measured: Measured, rewards: Vec<Vec<Option<RewardVector>>>) -> BatchScores {
+        let examples = rewards
+            .iter()
+            .map(|g| crate::mean_std(g.iter().flatten().filter_map(|r| r.overall)).map(|m| m.0))
+            .collect();
+        BatchScores {
+            measured,
+            examples,
+            rewards,
+        }
+    }
 }
 
 /// What a selector asks of whoever holds the policy and can measure it at once.
@@ -433,6 +541,10 @@ pub trait Measure {
     /// Gradient: per class, the cosine and the dot product of its policy gradient with the
     /// overall score's.
     fn align(&mut self, classes: &[usize]) -> Result<Vec<(f64, f64)>>;
+    /// The reward a phase on `class` trains (what `skip_flat` checks for spread).
+    fn target(&self, class: usize) -> Result<Target> {
+        Ok(Target::Class(class))
+    }
 }
 
 /// Chooses the class of the phase starting at `step`, measuring through `owner` what the
@@ -454,7 +566,30 @@ pub fn decide(
         None
     };
     let base_scores = base.as_ref().map(|b| &b.measured);
-    let candidates = match state.plan(cfg, at, base_scores)? {
+    let (mut at, mut plan_cfg) = (at, cfg.clone());
+    let mut skipped = Vec::new();
+    let spreading: Vec<usize>;
+    if let (SelectorKind::Lookahead, true, Some(b)) = (cfg.selector, cfg.skip_flat, &base) {
+        let mut keep = Vec::new();
+        for &k in at.trainable {
+            if spreads(&owner.target(k)?, &b.rewards, at.names.len()) {
+                keep.push(k);
+            } else {
+                skipped.push(Skipped {
+                    class: at.names[k].clone(),
+                    reason: flat_reason(&b.rewards),
+                });
+            }
+        }
+        spreading = keep;
+        if spreading.is_empty() {
+            // nothing to learn from anywhere: the largest deficit, unprobed
+            plan_cfg.selector = SelectorKind::Deficit;
+        } else {
+            at.trainable = &spreading;
+        }
+    }
+    let candidates = match state.plan(&plan_cfg, at, base_scores)? {
         Plan::Decide(c) => c,
         Plan::Probe(classes) => {
             let probes = owner.probe(&classes)?;
@@ -481,7 +616,18 @@ pub fn decide(
             })
             .collect(),
     };
-    state.commit(step, cfg.selector, at.names, candidates, base_scores)
+    let mut d = state.commit(step, cfg.selector, at.names, candidates, base_scores)?;
+    d.skipped = skipped;
+    Ok(d)
+}
+
+fn flat_reason(rewards: &[Vec<Option<RewardVector>>]) -> String {
+    let most = rewards.iter().map(Vec::len).max().unwrap_or(0);
+    if most < 2 {
+        "the same reward on every example of the selection batch (one response each)".into()
+    } else {
+        format!("no reward spread within any example's {most} responses on the selection batch")
+    }
 }
 
 #[cfg(test)]
@@ -695,5 +841,157 @@ mod tests {
         let one = paired_gain(&[Some(0.1)], &[Some(0.3)]).unwrap();
         assert!((one.0 - 0.2).abs() < 1e-12 && one.1.is_none());
         assert_eq!(paired_gain(&[None], &[Some(0.3)]), None);
+    }
+
+    #[test]
+    fn the_fixed_batch_defaults_from_the_group_and_keeps_set_values() {
+        let auto = PhaseConfig::default();
+        // 2 prompts × 4 responses per step: 4 responses each, 2 steps' worth = 4 examples
+        assert_eq!(auto.select_batch(100, 2, 4), (4, 4));
+        assert_eq!(auto.select_batch(100, 8, 8), (16, 8));
+        // a group of 1 still gets 2 responses (spread shows), at least 4 examples
+        assert_eq!(auto.select_batch(100, 1, 1), (4, 2));
+        assert_eq!(auto.select_batch(100, 16, 32), (100, 8));
+        // never more examples than the split holds
+        assert_eq!(auto.select_batch(3, 8, 8), (3, 8));
+        let set = PhaseConfig {
+            select_size: 12,
+            select_samples: 1,
+            ..PhaseConfig::default()
+        };
+        assert_eq!(set.select_batch(100, 8, 8), (12, 1));
+        assert_eq!(set.select_batch(5, 8, 8), (5, 1));
+    }
+
+    /// A policy owner whose base measurement is `base` and whose probe of class `k` scores
+    /// `0.5 + 0.1 k`; records what it was asked to probe.
+    struct Owner {
+        base: BatchScores,
+        probed: Vec<Vec<usize>>,
+    }
+
+    impl Measure for Owner {
+        fn measure(&mut self) -> Result<BatchScores> {
+            Ok(self.base.clone())
+        }
+        fn probe(&mut self, classes: &[usize]) -> Result<Vec<BatchScores>> {
+            self.probed.push(classes.to_vec());
+            let score = |k: usize| {
+                let mut b = self.base.clone();
+                b.measured.overall = Some(0.5 + 0.1 * k as f64);
+                b
+            };
+            Ok(classes.iter().map(|&k| score(k)).collect())
+        }
+        fn align(&mut self, _: &[usize]) -> Result<Vec<(f64, f64)>> {
+            unreachable!("lookahead does not ask for gradients")
+        }
+    }
+
+    /// `rewards[example][response]` = the three classes' rewards.
+    fn owner(rewards: &[&[[f64; 3]]]) -> Owner {
+        let rewards: Vec<Vec<Option<RewardVector>>> = rewards
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|r| {
+                        Some(RewardVector {
+                            overall: Some(r.iter().sum::<f64>() / 3.0),
+                            classes: r.iter().map(|&x| Some(x)).collect(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Owner {
+            base: BatchScores::new(measured(0.5, &[Some(0.5), Some(0.5), Some(0.2)]), rewards),
+            probed: Vec::new(),
+        }
+    }
+
+    fn decide_with(cfg: &PhaseConfig, o: &mut Owner) -> Decision {
+        let (n, w) = (names(), [0.2, 0.3, 0.5]);
+        decide(
+            &mut PhaseState::default(),
+            cfg,
+            at(&n, &[0, 1, 2], &w),
+            0,
+            o,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn skip_flat_probes_only_the_classes_whose_rewards_spread() {
+        let cfg = PhaseConfig {
+            skip_flat: true,
+            ..PhaseConfig::default()
+        };
+        // a spreads within example 0; b differs only between the examples; c within example 1
+        let two = [[0.0, 0.0, 0.5], [1.0, 0.0, 0.5]];
+        let other = [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]];
+        let mut o = owner(&[&two, &other]);
+        let d = decide_with(&cfg, &mut o);
+        assert_eq!(o.probed, [vec![0, 2]]);
+        assert_eq!(d.chosen, "c");
+        assert_eq!(d.candidates.len(), 2);
+        assert_eq!(d.skipped.len(), 1);
+        assert_eq!(d.skipped[0].class, "b");
+        assert!(
+            d.skipped[0].reason.contains("2 responses"),
+            "{:?}",
+            d.skipped
+        );
+        // the record says so in schedule.jsonl, and reads back
+        let line = serde_json::to_string(&d).unwrap();
+        assert!(line.contains("\"skipped\""), "{line}");
+        assert_eq!(serde_json::from_str::<Decision>(&line).unwrap(), d);
+
+        // off: every class is probed and nothing is recorded as skipped
+        let mut o = owner(&[&two, &other]);
+        let d = decide_with(&PhaseConfig::default(), &mut o);
+        assert_eq!((o.probed, d.skipped.len()), (vec![vec![0, 1, 2]], 0));
+        assert!(!serde_json::to_string(&d).unwrap().contains("skipped"));
+
+        // one class spreads: chosen without a probe
+        let mut o = owner(&[&[[0.0, 1.0, 0.5], [1.0, 1.0, 0.5]]]);
+        let d = decide_with(&cfg, &mut o);
+        assert!(o.probed.is_empty());
+        assert_eq!((d.chosen.as_str(), d.skipped.len()), ("a", 2));
+
+        // none spreads: the largest deficit (c: 0.5 × (1 − 0.2)), unprobed
+        let mut o = owner(&[&[[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]]]);
+        let d = decide_with(&cfg, &mut o);
+        assert!(o.probed.is_empty());
+        assert_eq!((d.chosen.as_str(), d.skipped.len()), ("c", 3));
+        assert_eq!(d.selector, SelectorKind::Lookahead);
+
+        // one response per example: spread across the examples counts
+        let mut o = owner(&[&[[0.0, 0.0, 0.5]], &[[1.0, 0.0, 0.5]], &[[1.0, 1.0, 0.5]]]);
+        let d = decide_with(&cfg, &mut o);
+        assert_eq!(o.probed, [vec![0, 1]]);
+        assert_eq!(d.skipped[0].class, "c");
+        assert!(d.skipped[0].reason.contains("one response each"));
+    }
+
+    #[test]
+    fn spread_is_read_through_the_phase_target() {
+        // class 0 is flat, class 1 spreads: anchored to the overall score, class 0 spreads too
+        let g = vec![
+            Some(RewardVector {
+                overall: Some(0.0),
+                classes: vec![Some(1.0), Some(0.0)],
+            }),
+            Some(RewardVector {
+                overall: Some(1.0),
+                classes: vec![Some(1.0), Some(1.0)],
+            }),
+            None,
+        ];
+        let rewards = [g];
+        assert!(!spreads(&Target::Class(0), &rewards, 2));
+        assert!(spreads(&Target::Class(1), &rewards, 2));
+        let anchored = Target::anchored(0, 0.5, Target::Overall);
+        assert!(spreads(&anchored, &rewards, 2));
     }
 }

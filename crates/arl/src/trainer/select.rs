@@ -4,16 +4,54 @@
 
 use super::Trainer;
 use crate::actor::ParamSnapshot;
+use crate::eval::EvalReport;
 use crate::grpo::scalar;
-use crate::metrics::Timing;
+use crate::metrics::{JudgeDelta, StepMetrics, Timing};
+use crate::noise::Confusion;
+use crate::optim::AdamW;
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use schedule::{BatchScores, Choices, Decision, Measure, Target};
+use schedule::{
+    rank_key, BatchScores, Choices, Decision, Measure, SelectCost, SelectorKind, Target,
+};
+use std::time::Instant;
+
+/// A probe step kept as a step of the run (`phases.keep_probe`).
+pub(crate) struct KeptStep {
+    /// Its metrics line; step, phase and class are set when it is written.
+    pub metrics: StepMetrics,
+    /// Validation after it, when due and it is not the last kept step.
+    pub val: Option<EvalReport>,
+    /// Its judge-noise tally.
+    pub noise: Option<Confusion>,
+}
+
+/// The chosen probe's steps, and their wall seconds (part of the selection's).
+pub(crate) struct KeptSteps {
+    pub steps: Vec<KeptStep>,
+    pub secs: f64,
+}
+
+/// The state a probe's steps advanced: what becomes the run's when its class is chosen.
+struct Probe {
+    class: usize,
+    score: f64,
+    params: ParamSnapshot,
+    optimizer: AdamW,
+    optimizer_steps: u64,
+    rng: ChaCha8Rng,
+    kept: KeptSteps,
+}
 
 impl Trainer {
-    /// Picks the class of the phase starting now and updates the phase state.
-    pub(crate) fn select_class(&mut self, time: &mut Timing) -> Result<Decision> {
+    /// Picks the class of the phase starting now and updates the phase state. With
+    /// `phases.keep_probe`, the chosen class's probe is now the run's state, and its steps
+    /// come back to be written as the phase's first.
+    pub(crate) fn select_class(
+        &mut self,
+        time: &mut Timing,
+    ) -> Result<(Decision, Option<KeptSteps>)> {
         let cfg = self.config.phases.clone();
         let (names, trainable) = (self.data.classes.names.clone(), self.data.trainable.clone());
         let weights = self.data.select_weights.clone();
@@ -23,14 +61,81 @@ impl Trainer {
             select_weights: &weights,
         };
         let step = self.state.step;
+        // the kept steps must fit in the run
+        let keep = cfg.keep_probe
+            && cfg.selector == SelectorKind::Lookahead
+            && cfg.probe_steps > 0
+            && step + cfg.probe_steps <= self.config.run.steps;
         let mut phase = std::mem::take(&mut self.state.phase);
         let mut owner = Selection {
             trainer: self,
             time,
+            keep,
+            best: None,
+            probe_steps: 0,
         };
         let decision = schedule::decide(&mut phase, &cfg, at, step, &mut owner);
+        let Selection {
+            best, probe_steps, ..
+        } = owner;
         self.state.phase = phase;
-        decision
+        let mut decision = decision?;
+        let kept = match best {
+            Some(p) if names[p.class] == decision.chosen => {
+                p.params.restore(&self.vars)?;
+                self.optimizer = p.optimizer;
+                self.state.optimizer_steps = p.optimizer_steps;
+                self.rng = p.rng;
+                Some(p.kept)
+            }
+            _ => None,
+        };
+        let (select_size, select_samples) = self.select_batch();
+        decision.cost = Some(SelectCost {
+            probe_steps,
+            kept_steps: kept.as_ref().map_or(0, |k| k.steps.len() as u64),
+            select_size,
+            select_samples,
+        });
+        Ok((decision, kept))
+    }
+
+    /// A probe step that may be kept: one GRPO step with its metrics line, the judge-noise
+    /// tally of its own verdicts (the selection's measurements are not tallied), and
+    /// validation when due after it (not the last probe step, whose state the run continues
+    /// from). `j`: the step's index in the probe.
+    fn keepable_step(&mut self, target: &Target, only: Option<usize>, j: u64) -> Result<KeptStep> {
+        let mut time = Timing::default();
+        let judge_before = self.judge.stats();
+        if let Some(n) = &self.noise {
+            n.take(); // the selection's measurements are not this step's
+        }
+        let lr = self
+            .config
+            .optim
+            .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
+        let (rollout, adv, update) = self.grpo_step(target, only, &mut time)?;
+        let verdicts = self.judge.stats().verdicts - judge_before.verdicts;
+        let judge = JudgeDelta::default(); // set below, the validation's included
+        let mut metrics = self.metrics_line(lr, &rollout, &adv, update, judge, verdicts);
+        let noise = self.noise.as_ref().map(|n| n.take());
+        let (step, every) = (self.state.step + j + 1, self.config.eval.every);
+        let due = every > 0 && step.is_multiple_of(every);
+        let val = if due && j + 1 < self.config.phases.probe_steps {
+            let t = Instant::now();
+            let v = self.validate()?;
+            time.eval = t.elapsed().as_secs_f64();
+            Some(v)
+        } else {
+            None
+        };
+        metrics.time_s = time;
+        metrics.judge = JudgeDelta::between(&judge_before, &self.judge.stats());
+        Ok(KeptStep {
+            metrics,
+            val,
+            noise,
+        })
     }
 }
 
@@ -38,6 +143,12 @@ impl Trainer {
 struct Selection<'a> {
     trainer: &'a mut Trainer,
     time: &'a mut Timing,
+    /// `keep_probe` applies: the best probe so far is kept in `best` (one snapshot besides
+    /// the base, whatever the number of candidates).
+    keep: bool,
+    best: Option<Probe>,
+    /// Probe steps run.
+    probe_steps: u64,
 }
 
 impl Measure for Selection<'_> {
@@ -47,7 +158,8 @@ impl Measure for Selection<'_> {
 
     /// From one snapshot of policy and optimizer, trains each class's phase reward for
     /// `probe_steps` steps (same prompts and sampling noise for all), scores the fixed batch,
-    /// restores.
+    /// restores. With `keep`, the best probe's state is kept aside, ranked as
+    /// [`schedule::PhaseState::commit`] ranks (ties to the earlier class).
     fn probe(&mut self, classes: &[usize]) -> Result<Vec<BatchScores>> {
         let t = &mut *self.trainer;
         let params = ParamSnapshot::take(&t.vars)?;
@@ -59,17 +171,46 @@ impl Measure for Selection<'_> {
         for &k in classes {
             t.rng = ChaCha8Rng::seed_from_u64(probe_seed);
             let target = t.phase_target(k)?;
-            for _ in 0..t.config.phases.probe_steps {
-                let only = t.config.objective.grade_active_class_only.then_some(k);
-                t.grpo_step(&target, only, self.time)?;
+            let only = t.config.objective.grade_active_class_only.then_some(k);
+            let (mut steps, start) = (Vec::new(), Instant::now());
+            for j in 0..t.config.phases.probe_steps {
+                if self.keep {
+                    steps.push(t.keepable_step(&target, only, j)?);
+                } else {
+                    t.grpo_step(&target, only, self.time)?;
+                }
+                self.probe_steps += 1;
             }
-            scores.push(t.select_eval(self.time)?);
+            let secs = start.elapsed().as_secs_f64();
+            let measured = t.select_eval(self.time)?;
+            let score = measured.measured.overall.unwrap_or(f64::NAN);
+            scores.push(measured);
+            let probe_optimizer = std::mem::replace(&mut t.optimizer, optimizer.snapshot()?);
+            let better = match &self.best {
+                None => true,
+                Some(b) => rank_key(score) > rank_key(b.score),
+            };
+            if self.keep && better {
+                self.best = None; // one kept probe at a time
+                self.best = Some(Probe {
+                    class: k,
+                    score,
+                    params: ParamSnapshot::take(&t.vars)?,
+                    optimizer: probe_optimizer,
+                    optimizer_steps: t.state.optimizer_steps,
+                    rng: t.rng.clone(),
+                    kept: KeptSteps { steps, secs },
+                });
+            }
             params.restore(&t.vars)?;
-            t.optimizer = optimizer.snapshot()?;
             t.state.optimizer_steps = optimizer_steps;
         }
         t.rng = main_rng;
         Ok(scores)
+    }
+
+    fn target(&self, class: usize) -> Result<Target> {
+        self.trainer.phase_target(class)
     }
 
     /// On one fresh rollout batch graded on every class, the cosine (and dot product) of each
