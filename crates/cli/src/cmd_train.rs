@@ -25,6 +25,10 @@ pub struct Args {
     /// Override `warm_start.steps`, the supervised fine-tuning steps of the warm start.
     #[arg(long, conflicts_with = "resume")]
     pub sft_steps: Option<u64>,
+    /// Override `[judge]`: a kind (`rules`, `embedding`) or a judge config file (e.g.
+    /// configs/judges/embedding.toml; its paths are relative to it).
+    #[arg(long, conflicts_with = "resume")]
+    pub judge: Option<String>,
 }
 
 /// The compiled-in default config (`configs/builtin.toml`): the tiny transformer, warm-started
@@ -133,6 +137,9 @@ pub fn run(a: Args) -> Result<()> {
             }
             if let (Some(s), Some(w)) = (a.sft_steps, &mut cfg.warm_start) {
                 w.steps = s;
+            }
+            if let Some(j) = &a.judge {
+                cfg.judge = arl::config::JudgeSection::parse_arg(j)?;
             }
             start(cfg, &origin, a.quiet)?
         }
