@@ -67,6 +67,14 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
         c.grpo.prompts_per_step, c.grpo.group_size, c.run.seed,
         if variants.is_empty() { String::new() } else { format!("; variants: {}", variants.join(", ")) }
     )?;
+    if c.judge.kind == judge::JudgeKind::Embedding {
+        // Its figures must never pass for an LLM grader's.
+        writeln!(
+            r,
+            "**Judge: `embedding` (MiniLM sentence similarity): approximate.** Every score below \
+             is the embedding judge's, not a grading LLM's.\n"
+        )?;
+    }
     let vals: Vec<(u64, &crate::eval::EvalReport)> =
         evals.iter().map(|e| (e.step, &e.report)).collect();
     if let (Some((s0, first)), Some((s1, last))) = (vals.first(), vals.last()) {

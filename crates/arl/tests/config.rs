@@ -247,3 +247,20 @@ fn sampling_precision_and_truncated_is_are_checked() {
         "{text}"
     );
 }
+
+#[test]
+fn a_report_of_an_embedding_judged_run_says_it_is_approximate() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");
+    let mut cfg = TrainConfig::from_toml(&toml).unwrap();
+    let (run, classes) = (dir.path().join("run"), vec!["accuracy".to_string()]);
+    std::fs::create_dir_all(&run).unwrap();
+    let report = |cfg: &TrainConfig| {
+        let records = arl::report::RunRecords::read(&run).unwrap();
+        arl::report::write(&run, cfg, &classes, &records).unwrap();
+        std::fs::read_to_string(run.join("report.md")).unwrap()
+    };
+    assert!(!report(&cfg).contains("approximate"));
+    cfg.judge.kind = judge::JudgeKind::Embedding;
+    assert!(report(&cfg).contains("`embedding` (MiniLM sentence similarity): approximate"));
+}
