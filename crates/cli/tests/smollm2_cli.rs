@@ -1,11 +1,12 @@
-//! The real-model config `configs/builtin-smollm2.toml`: two GRPO steps of SmolLM2-135M-Instruct
-//! (the fetched GGUF, f32 on the CPU, LoRA) on the built-in task with the rule judge, through the
-//! real binary: selection, rollouts, update, validation, test split, checkpoint and report.
-//! Uses the real asset (fetched on first use).
+//! The real-model config `configs/builtin-smollm2.toml`: a SmolLM2-135M-Instruct warm start (the
+//! fetched GGUF, LoRA SFT merged into the saved weights), then two GRPO steps of it on the
+//! built-in task with the rule judge, through the real binary: warm start, selection, rollouts,
+//! update, validation, test split, checkpoint and report. Uses the real asset (fetched on first
+//! use).
 //!
-//! The shipped config is run with only its sample counts shrunk (validation, test and lookahead
-//! batches, new tokens), so the test stays within CI minutes on 2 cores: every 135M-parameter
-//! sample costs about a second here. Model, LoRA, judge, GRPO, objective and selector are as shipped.
+//! The shipped config is run with only its counts shrunk (warm-start steps, validation, test and
+//! lookahead batches, new tokens), so the test stays within CI minutes on 2 cores. Model, LoRA,
+//! judge, GRPO, objective and selector are as shipped.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,6 +31,16 @@ fn builtin_smollm2_config_runs_two_steps() {
     set("eval", "test_size", 4);
     set("phases", "select_size", 2);
     set("phases", "select_samples", 1);
+    set("warm_start", "steps", 2);
+    set("warm_start", "batch_size", 2);
+    let rows = cfg["grpo"]["prompts_per_step"].as_integer().unwrap()
+        * cfg["grpo"]["group_size"].as_integer().unwrap();
+    // the warm start is cached here, not in the user's cache
+    let cache = dir.path().join("cache").display().to_string();
+    cfg["warm_start"]
+        .as_table_mut()
+        .unwrap()
+        .insert("cache".into(), toml::Value::String(cache));
     let config = dir.path().join("builtin-smollm2.toml");
     std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
@@ -51,7 +62,7 @@ fn builtin_smollm2_config_runs_two_steps() {
         .collect();
     assert_eq!(metrics.len(), 2);
     for m in &metrics {
-        assert_eq!(m["samples"], 2 * 4, "{m}");
+        assert_eq!(m["samples"], rows, "{m}");
         assert_eq!(m["excluded_samples"], 0, "{m}");
     }
     let tests = std::fs::read_to_string(run.join("test.jsonl")).unwrap();
@@ -63,6 +74,12 @@ fn builtin_smollm2_config_runs_two_steps() {
     assert!(run
         .join("checkpoints/step-00000002/policy.safetensors")
         .exists());
+    // RL started from the fine-tuned SmolLM2, saved as a plain HF folder in the cache
+    let saved: toml::Table =
+        toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    let model = Path::new(saved["policy"]["model"].as_str().unwrap());
+    assert!(model.starts_with(dir.path().join("cache")), "{model:?}");
+    assert!(model.join("model.safetensors").exists() && model.join("tokenizer.json").exists());
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(report.contains("**Test score: "), "{report}");
 }
