@@ -628,6 +628,9 @@ impl Trainer {
         // No weight changes until this returns: bf16 matmuls pack each weight once.
         #[cfg(feature = "transformer")]
         let _packs = policy::bf16::cache_weight_packs();
+        // The linear layers sum their weight gradients in place across micro-batches.
+        #[cfg(feature = "transformer")]
+        let sink = policy::grad_sink::install_grad_sink();
         for (i, chunk) in chunks.iter().enumerate() {
             let examples: Vec<&Example> = chunk
                 .iter()
@@ -675,13 +678,12 @@ impl Trainer {
             for (acc, (_, var)) in grads.iter_mut().zip(&self.vars) {
                 // Detached: a gradient can reference the forward graph through its op, which
                 // would keep every activation of the micro-batch alive until the optimizer step.
-                if let Some(g) = store.remove(var.as_tensor()).map(|g| g.detach()) {
-                    *acc = Some(match acc.take() {
-                        Some(sum) => (sum + g)?,
-                        None => g,
-                    });
-                }
+                add_grad(acc, store.remove(var.as_tensor()).map(|g| g.detach()))?;
             }
+        }
+        #[cfg(feature = "transformer")]
+        for (acc, (_, var)) in grads.iter_mut().zip(&self.vars) {
+            add_grad(acc, sink.take(var.as_tensor()))?;
         }
         // A var the loss does not reach gets a zero gradient.
         let grads = grads
@@ -930,6 +932,17 @@ impl Trainer {
         let ranges = micro::budget_ranges(&lens, micro::ACTIVATION_BUDGET, cost);
         Ok(ranges.into_iter().map(|r| &rows[r]).collect())
     }
+}
+
+/// `acc += g` (`acc = g` when empty).
+fn add_grad(acc: &mut Option<Tensor>, g: Option<Tensor>) -> Result<()> {
+    if let Some(g) = g {
+        *acc = Some(match acc.take() {
+            Some(sum) => (sum + g)?,
+            None => g,
+        });
+    }
+    Ok(())
 }
 
 #[derive(Default)]

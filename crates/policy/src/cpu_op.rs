@@ -20,6 +20,9 @@ pub(crate) trait Float:
     + 'static
 {
     fn exp(self) -> Self;
+    /// `exp` within a few ulp, vectorizable (`ops::exp_approx` for f32; f64 keeps `exp`):
+    /// for the reduced-precision training kernels only.
+    fn exp_fast(self) -> Self;
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
     fn from_f64(v: f64) -> Self;
@@ -41,6 +44,10 @@ macro_rules! impl_float {
         impl Float for $t {
             fn exp(self) -> Self {
                 $t::exp(self)
+            }
+            #[inline(always)]
+            fn exp_fast(self) -> Self {
+                impl_float!(@fast $is_f32, self)
             }
             fn ln(self) -> Self {
                 $t::ln(self)
@@ -83,6 +90,12 @@ macro_rules! impl_float {
     };
     (@f32 yes, $s:expr) => {
         Some($s)
+    };
+    (@fast yes, $x:expr) => {
+        crate::ops::exp_approx($x)
+    };
+    (@fast no, $x:expr) => {
+        $x.exp()
     };
     (@f32 no, $s:expr) => {{
         let _ = $s;

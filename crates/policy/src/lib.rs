@@ -19,6 +19,7 @@ mod cpu_op;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod grad_sink;
 mod linear;
 pub mod logprobs;
 pub mod lora;

@@ -13,10 +13,11 @@ use crate::bf16::{
     matmul_precision, packed_weight, with_matmul_precision, Kernel, PackedBf16, Precision,
 };
 use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
-use crate::ops::{fused_ok, par_out};
+use crate::grad_sink::{self, GradSink};
+use crate::ops::{fast_training, fused_ok, par_out, wide};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// `x @ w^T (+ b)` for `x` of any rank: the `Linear` op below on the CPU, the flattened
 /// matmul elsewhere.
@@ -216,16 +217,19 @@ fn width(l: &Layout) -> Result<usize> {
 }
 
 /// `x · Wᵀ` for `x` [..., in] and `W` [out, in], as one graph node with a gemm backward.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Linear {
     /// The matmul precision at the forward, which the backward reuses.
     precision: Precision,
+    /// Where the weight's gradient goes when the weight is a parameter (`grad_sink`).
+    sink: Option<Arc<GradSink>>,
 }
 
 impl Linear {
     pub(crate) fn new() -> Self {
         Linear {
             precision: matmul_precision(),
+            sink: grad_sink::current(),
         }
     }
 }
@@ -264,7 +268,14 @@ impl Linear {
             None
         };
         let dw = if w.track_op() {
-            Some(g.apply_op2_no_bwd(x, &Cpu(Product { ta: true }))?)
+            let dw = g.apply_op2_no_bwd(x, &Cpu(Product { ta: true }))?;
+            match &self.sink {
+                Some(sink) if w.is_variable() => {
+                    sink.add(w, dw)?;
+                    None
+                }
+                _ => Some(dw),
+            }
         } else {
             None
         };
@@ -318,8 +329,12 @@ pub(crate) struct OutputLogProbs {
     keep_logits: bool,
     targets: Vec<u32>,
     logits: Mutex<Option<CpuStorage>>,
+    /// Each row's log-sum-exp, kept with the logits: the backward needs no second pass.
+    lse: Mutex<Option<CpuStorage>>,
     /// The matmul precision at the forward, which the backward reuses.
     precision: Precision,
+    /// `Float::exp_fast` in both passes (`ops::fast_training`).
+    fast: bool,
 }
 
 impl OutputLogProbs {
@@ -329,7 +344,9 @@ impl OutputLogProbs {
             keep_logits,
             targets,
             logits: Mutex::new(None),
+            lse: Mutex::new(None),
             precision: matmul_precision(),
+            fast: fast_training(),
         }
     }
 }
@@ -349,8 +366,52 @@ fn logits_of<T: Float + 'static>(h: &[T], w: &[T], hid: usize) -> Vec<T> {
     z
 }
 
-/// Max and log-sum-exp of `row * inv_t`, and the entropy of its softmax, in two passes.
-fn row_stats<T: Float>(row: &[T], inv_t: T) -> (T, T) {
+/// `row_stats` with `Float::exp_fast` and sixteen partial sums per quantity (another
+/// summation order), so that it vectorizes.
+fn row_stats_fast<T: Float>(row: &[T], inv_t: T) -> (T, T) {
+    const L: usize = 16;
+    wide(|| {
+        let (body, tail) = row.split_at(row.len() - row.len() % L);
+        let mut m = [row[0]; L];
+        for c in body.chunks_exact(L) {
+            for (m, &v) in m.iter_mut().zip(c) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let m = m
+            .iter()
+            .chain(tail)
+            .fold(row[0], |a, &b| if b > a { b } else { a })
+            * inv_t;
+        let (mut s, mut sz) = ([T::zero(); L], [T::zero(); L]);
+        for c in body.chunks_exact(L) {
+            for ((s, sz), &v) in s.iter_mut().zip(&mut sz).zip(c) {
+                let z = v * inv_t;
+                let e = (z - m).exp_fast();
+                *s = *s + e;
+                *sz = *sz + e * z;
+            }
+        }
+        let (mut s1, mut sz1) = (T::zero(), T::zero());
+        for &v in tail {
+            let z = v * inv_t;
+            let e = (z - m).exp_fast();
+            s1 = s1 + e;
+            sz1 = sz1 + e * z;
+        }
+        let s = s.iter().fold(s1, |a, &b| a + b);
+        let sz = sz.iter().fold(sz1, |a, &b| a + b);
+        let lse = m + s.ln();
+        (lse, lse - sz / s)
+    })
+}
+
+/// Log-sum-exp of `row * inv_t` and the entropy of its softmax, in two passes (with
+/// `Float::exp_fast` when `FAST`).
+fn row_stats<T: Float, const FAST: bool>(row: &[T], inv_t: T) -> (T, T) {
+    if FAST {
+        return row_stats_fast(row, inv_t);
+    }
     let mut m = row[0];
     for &v in row {
         if v > m {
@@ -362,7 +423,11 @@ fn row_stats<T: Float>(row: &[T], inv_t: T) -> (T, T) {
     let (mut s, mut sz) = (T::zero(), T::zero());
     for &v in row {
         let z = v * inv_t;
-        let e = (z - m).exp();
+        let e = if FAST {
+            (z - m).exp_fast()
+        } else {
+            (z - m).exp()
+        };
         s = s + e;
         sz = sz + e * z;
     }
@@ -384,18 +449,26 @@ impl FloatOp<2> for OutputLogProbs {
         check_targets(tg, n, v)?;
         let z = logits_of(h, w, hid);
         let inv_t = T::from_f64(self.inv_t);
-        let mut out = vec![T::zero(); 2 * n];
-        par_out(&mut out, 2, z.len(), |r0, out| {
-            for (j, o) in out.chunks_exact_mut(2).enumerate() {
+        // (log-prob, entropy, lse) per row; the lse stays for the backward.
+        let mut stats = vec![T::zero(); 3 * n];
+        let fast = self.fast;
+        par_out(&mut stats, 3, z.len(), |r0, out| {
+            for (j, o) in out.chunks_exact_mut(3).enumerate() {
                 let r = r0 + j;
                 let row = &z[r * v..(r + 1) * v];
-                let (lse, ent) = row_stats(row, inv_t);
-                o[0] = row[tg[r] as usize] * inv_t - lse;
-                o[1] = ent;
+                let (lse, ent) = if fast {
+                    row_stats::<T, true>(row, inv_t)
+                } else {
+                    row_stats::<T, false>(row, inv_t)
+                };
+                o.copy_from_slice(&[row[tg[r] as usize] * inv_t - lse, ent, lse]);
             }
         });
+        let out = stats.chunks_exact(3).flat_map(|o| [o[0], o[1]]).collect();
         if self.keep_logits {
             *self.logits.lock().unwrap() = Some(T::storage(z));
+            let lse = stats.chunks_exact(3).map(|o| o[2]).collect();
+            *self.lse.lock().unwrap() = Some(T::storage(lse));
         }
         Ok((out, Shape::from((n, 2))))
     }
@@ -408,8 +481,10 @@ impl FloatOp<2> for OutputLogProbs {
             inv_t: self.inv_t,
             targets: self.targets.clone(),
             logits: Mutex::new(self.logits.lock().unwrap().take()),
+            lse: Mutex::new(self.lse.lock().unwrap().take()),
             need_dh,
             need_dw,
+            fast: self.fast,
         });
         let d = with_matmul_precision(self.precision, || {
             h.apply_op3_no_bwd(w, &grad.contiguous()?, &back)
@@ -433,8 +508,10 @@ struct OutputLogProbsBwd {
     inv_t: f64,
     targets: Vec<u32>,
     logits: Mutex<Option<CpuStorage>>,
+    lse: Mutex<Option<CpuStorage>>,
     need_dh: bool,
     need_dw: bool,
+    fast: bool,
 }
 
 impl OutputLogProbsBwd {
@@ -443,7 +520,7 @@ impl OutputLogProbsBwd {
         h: &[T],
         w: &[T],
         g: &[T],
-        z: Option<Vec<T>>,
+        kept: Option<(Vec<T>, Vec<T>)>,
         hid: usize,
     ) -> Result<Vec<T>> {
         let tg = &self.targets;
@@ -455,19 +532,26 @@ impl OutputLogProbsBwd {
         if g.chunks_exact(2).any(|r| r[1] != T::zero()) {
             candle_core::bail!("the entropy from the output projection has no gradient: detach it");
         }
-        let mut d = match z {
-            Some(z) if z.len() == n * v => z,
-            _ => logits_of(h, w, hid),
-        };
         let inv_t = T::from_f64(self.inv_t);
+        let fast = self.fast;
+        let (mut d, lse) = match kept {
+            Some((z, lse)) if z.len() == n * v && lse.len() == n => (z, Some(lse)),
+            _ => (logits_of(h, w, hid), None),
+        };
         let work = d.len();
         par_out(&mut d, v, work, |r0, rows| {
             for (j, row) in rows.chunks_exact_mut(v).enumerate() {
                 let r = r0 + j;
                 let gi = g[2 * r] * inv_t;
-                let (lse, _) = row_stats(row, inv_t);
-                for x in row.iter_mut() {
-                    *x = T::zero() - gi * (*x * inv_t - lse).exp();
+                let lse = match (&lse, fast) {
+                    (Some(l), _) => l[r],
+                    (None, true) => row_stats::<T, true>(row, inv_t).0,
+                    (None, false) => row_stats::<T, false>(row, inv_t).0,
+                };
+                if fast {
+                    logit_grads::<T, true>(row, gi, inv_t, lse);
+                } else {
+                    logit_grads::<T, false>(row, gi, inv_t, lse);
                 }
                 let t = tg[r] as usize;
                 row[t] = row[t] + gi;
@@ -488,6 +572,21 @@ impl OutputLogProbsBwd {
     }
 }
 
+/// A row of logits z overwritten by `-gi · softmax(z / T)` (`lse` its log-sum-exp).
+fn logit_grads<T: Float, const FAST: bool>(row: &mut [T], gi: T, inv_t: T, lse: T) {
+    if FAST {
+        wide(|| {
+            for x in row.iter_mut() {
+                *x = T::zero() - gi * (*x * inv_t - lse).exp_fast();
+            }
+        })
+    } else {
+        for x in row.iter_mut() {
+            *x = T::zero() - gi * (*x * inv_t - lse).exp();
+        }
+    }
+}
+
 impl FloatOp<3> for OutputLogProbsBwd {
     fn name(&self) -> &'static str {
         "policy-output-log-probs-bwd"
@@ -498,7 +597,8 @@ impl FloatOp<3> for OutputLogProbsBwd {
         check_targets(&self.targets, n, v)?;
         // The kept logits, unless they were of another float type (then they are recomputed).
         let z = self.logits.lock().unwrap().take().and_then(T::vec);
-        let out = self.go(h, w, g, z, hid)?;
+        let lse = self.lse.lock().unwrap().take().and_then(T::vec);
+        let out = self.go(h, w, g, z.zip(lse), hid)?;
         let len = usize::from(self.need_dh) * n * hid + usize::from(self.need_dw) * v * hid;
         Ok((out, Shape::from(len)))
     }
@@ -569,6 +669,35 @@ pub(crate) mod tests {
             .unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&w).is_none() && g.get(&x).is_some());
+    }
+
+    #[test]
+    fn a_grad_sink_takes_the_weight_gradient_out_of_the_store_with_the_same_bits() {
+        let x = Var::from_tensor(&uniform(&[4, 3, 5], 1)).unwrap();
+        let w = Var::from_tensor(&uniform(&[7, 5], 2)).unwrap();
+        let probe = uniform(&[4, 3, 7], 3);
+        let grads = |rows: std::ops::Range<usize>| {
+            let x = x.as_tensor().narrow(0, rows.start, rows.len()).unwrap();
+            let y = x.apply_op2(w.as_tensor(), Cpu(Linear::new())).unwrap();
+            let p = probe.narrow(0, rows.start, rows.len()).unwrap();
+            (y * p).unwrap().sum_all().unwrap().backward().unwrap()
+        };
+        // two micro-batches summed as the trainer did before the sink: 0 + g1, then + g2
+        let want = (grads(0..2).get(&w).unwrap() + grads(2..4).get(&w).unwrap()).unwrap();
+        let scope = crate::grad_sink::install_grad_sink();
+        let (g1, g2) = (grads(0..2), grads(2..4));
+        assert!(g1.get(&w).is_none() && g2.get(&w).is_none());
+        assert!(g1.get(&x).is_some(), "inputs still get their gradient");
+        let got = scope.take(w.as_tensor()).unwrap();
+        assert_eq!(
+            got.to_vec2::<f64>().unwrap(),
+            want.to_vec2::<f64>().unwrap()
+        );
+        // a weight that is not a parameter (here a product) keeps its gradient in the store
+        let w2 = (w.as_tensor() * 2.0).unwrap();
+        let y = x.as_tensor().apply_op2(&w2, Cpu(Linear::new())).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&w).is_some());
     }
 
     #[test]

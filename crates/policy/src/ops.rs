@@ -14,6 +14,33 @@ use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
 use candle_core::{DType, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+/// Whether a training op built now may take reduced-precision shortcuts in its forward and
+/// backward (`Float::exp_fast`, another summation order): only under bf16 training matmuls
+/// (`bf16::with_matmul_precision`), whose rounding is far coarser. The f32 path keeps the
+/// exact kernels, so seeded f32 runs reproduce bit for bit.
+pub(crate) fn fast_training() -> bool {
+    crate::bf16::matmul_precision() == crate::bf16::Precision::Bf16
+}
+
+/// Runs `f` compiled for AVX-512 when the CPU has it: the closure is inlined into the
+/// wrapper, so its loops vectorize 16 wide and `exp_approx`'s `floor` is one instruction
+/// (the baseline x86-64 target has no SSE4.1 rounding, and calls libm for it).
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if crate::attention::wide_simd() {
+        // SAFETY: `wide_simd` checked that the CPU has AVX-512F.
+        return unsafe { wide_avx512(f) };
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// True where the custom CPU kernels apply (they are written for f32 and f64).
 pub(crate) fn fused_ok(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
@@ -22,9 +49,13 @@ pub(crate) fn fused_ok(x: &Tensor) -> bool {
 /// RMSNorm, `x / sqrt(mean(x²) + eps) * w`, with a backward pass.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
     if fused_ok(x) {
-        return Ok(x
-            .contiguous()?
-            .apply_op2(&w.contiguous()?, Cpu(RmsNormOp { eps }))?);
+        return Ok(x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            Cpu(RmsNormOp {
+                eps,
+                fast: fast_training(),
+            }),
+        )?);
     }
     rms_norm_primitive(x, w, eps)
 }
@@ -102,9 +133,12 @@ pub(crate) fn attention_probs(scores: &Tensor, bias: &Tensor, scale: f64) -> cra
 /// `silu(gate) * up`.
 pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor> {
     if fused_ok(gate) {
-        return Ok(gate
-            .contiguous()?
-            .apply_op2(&up.contiguous()?, Cpu(SwiGlu))?);
+        return Ok(gate.contiguous()?.apply_op2(
+            &up.contiguous()?,
+            Cpu(SwiGlu {
+                fast: fast_training(),
+            }),
+        )?);
     }
     Ok((gate.silu()? * up)?)
 }
@@ -320,6 +354,9 @@ impl FloatOp<1> for SoftmaxLast {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RmsNormOp {
     pub eps: f64,
+    /// The backward as one pass over the rows (`RmsNormBwd`) instead of candle primitives,
+    /// whose summation order the f32 path keeps (`fast_training`).
+    pub fast: bool,
 }
 
 fn rms_rows<T: Copy + Send + Sync + Float>(x: &[T], w: &[T], d: usize, eps: f64) -> Vec<T> {
@@ -360,6 +397,15 @@ impl FloatOp<2> for RmsNormOp {
         // Detached, or dw (a parameter gradient, kept until the optimizer step) would hold
         // `x` and with it the whole forward graph.
         let (x, w) = (&x.detach(), &w.detach());
+        if self.fast {
+            let d = w.dim(0)?;
+            let rows = x.elem_count() / d;
+            let both =
+                x.apply_op3_no_bwd(w, &g.contiguous()?, &Cpu(RmsNormBwd { eps: self.eps }))?;
+            let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
+            let dw = both.narrow(0, rows, 1)?.reshape(d)?;
+            return Ok([Some(dx), Some(dw)]);
+        }
         let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?
             .recip()?;
@@ -370,6 +416,60 @@ impl FloatOp<2> for RmsNormOp {
         let d = w.dim(0)?;
         let dw = (g * xh)?.reshape(((), d))?.sum(0)?;
         Ok([Some(dx), Some(dw)])
+    }
+}
+
+/// The backward of `RmsNormOp` on (x, w, g) in one pass over the rows: [rows + 1, d] holding
+/// dx, then dw (summed per thread, then across threads).
+#[derive(Debug, Clone, Copy)]
+struct RmsNormBwd {
+    eps: f64,
+}
+
+impl FloatOp<3> for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "policy-rms-norm-bwd"
+    }
+    fn fwd<T: Float>(&self, [(x, _), (w, _), (g, _)]: [Arg<T>; 3]) -> Result<(Vec<T>, Shape)> {
+        let d = w.len();
+        let rows = x.len() / d.max(1);
+        let (eps, n) = (T::from_f64(self.eps), T::from_f64(d as f64));
+        let mut out = vec![T::zero(); x.len() + d];
+        let (dx, dw) = out.split_at_mut(x.len());
+        let per = rows.div_ceil(n_threads()).max(1) * d;
+        let partial = |(dx, (x, g)): (&mut [T], (&[T], &[T]))| {
+            let mut dw = vec![T::zero(); d];
+            for ((o, x), g) in dx
+                .chunks_exact_mut(d)
+                .zip(x.chunks_exact(d))
+                .zip(g.chunks_exact(d))
+            {
+                let (mut ss, mut gwx) = (T::zero(), T::zero());
+                for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
+                    ss = ss + x * x;
+                    gwx = gwx + g * w * x;
+                }
+                let inv = T::one() / (ss / n + eps).sqrt();
+                let m = gwx * inv / n;
+                for ((((o, &x), &g), &w), dw) in o.iter_mut().zip(x).zip(g).zip(w).zip(&mut dw) {
+                    let xh = x * inv;
+                    *o = inv * (g * w - xh * m);
+                    *dw = *dw + g * xh;
+                }
+            }
+            dw
+        };
+        let sum = |a: Vec<T>, b: Vec<T>| a.iter().zip(&b).map(|(&a, &b)| a + b).collect();
+        let total: Vec<T> = if x.len() < PAR_MIN {
+            partial((dx, (x, g)))
+        } else {
+            dx.par_chunks_mut(per)
+                .zip(x.par_chunks(per).zip(g.par_chunks(per)))
+                .map(partial)
+                .reduce(|| vec![T::zero(); d], sum)
+        };
+        dw.copy_from_slice(&total);
+        Ok((out, Shape::from((rows + 1, d))))
     }
 }
 
@@ -522,7 +622,10 @@ impl FloatOp<3> for Rope {
 /// SwiGLU, `silu(gate) * up`, with a backward that recomputes `silu` instead of keeping it:
 /// one [tokens, intermediate] tensor less per layer, and both cores busy.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SwiGlu;
+pub(crate) struct SwiGlu {
+    /// `Float::exp_fast`, and both gradients in one pass (`fast_training`).
+    pub fast: bool,
+}
 
 /// Which backward product `SwiGluBwd` computes: d/dgate (`true`) or d/dup.
 #[derive(Debug, Clone, Copy)]
@@ -553,6 +656,50 @@ fn sigmoid<T: Float + Copy>(x: T) -> T {
     T::one() / (T::one() + (T::zero() - x).exp())
 }
 
+#[inline(always)]
+fn sigmoid_fast<T: Float + Copy>(x: T) -> T {
+    T::one() / (T::one() + (T::zero() - x).exp_fast())
+}
+
+/// Both gradients of SwiGLU, d/dgate then d/dup, in one pass with one `exp_fast` per
+/// element: [2 · n] for inputs of n elements.
+#[derive(Debug, Clone, Copy)]
+struct SwiGluBwdBoth;
+
+impl FloatOp<3> for SwiGluBwdBoth {
+    fn name(&self) -> &'static str {
+        "policy-swiglu-bwd-both"
+    }
+    fn fwd<T: Float>(&self, [(g, _), (u, _), (dy, _)]: [Arg<T>; 3]) -> Result<(Vec<T>, Shape)> {
+        let n = g.len();
+        let mut out = vec![T::zero(); 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        let kernel = |(k, (dg, du)): (usize, (&mut [T], &mut [T]))| {
+            let r = k * SWIGLU_CHUNK..;
+            let (g, u, dy) = (&g[r.clone()], &u[r.clone()], &dy[r]);
+            wide(|| {
+                for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dy) {
+                    let s = sigmoid_fast(g);
+                    *dg = dy * u * s * (T::one() + g * (T::one() - s));
+                    *du = dy * g * s;
+                }
+            })
+        };
+        if n < PAR_MIN {
+            kernel((0, (dg, du)));
+        } else {
+            dg.par_chunks_mut(SWIGLU_CHUNK)
+                .zip(du.par_chunks_mut(SWIGLU_CHUNK))
+                .enumerate()
+                .for_each(kernel);
+        }
+        Ok((out, Shape::from(2 * n)))
+    }
+}
+
+/// Elements per task of `SwiGluBwdBoth`.
+const SWIGLU_CHUNK: usize = 1 << 14;
+
 impl FloatOp<2> for SwiGlu {
     fn name(&self) -> &'static str {
         "policy-swiglu"
@@ -561,11 +708,32 @@ impl FloatOp<2> for SwiGlu {
         if l1.dims() != l2.dims() {
             candle_core::bail!("swiglu: gate {:?} vs up {:?}", l1.dims(), l2.dims());
         }
-        let out = swiglu_map(g, u, None, |g, u, _| g * sigmoid(g) * u);
+        let out = if self.fast {
+            let mut out = g.to_vec();
+            let out_len = out.len();
+            par_out(&mut out, SWIGLU_CHUNK, out_len / 8, |r0, o| {
+                let u = &u[r0 * SWIGLU_CHUNK..][..o.len()];
+                wide(|| {
+                    for (x, &u) in o.iter_mut().zip(u) {
+                        *x = *x * sigmoid_fast(*x) * u;
+                    }
+                })
+            });
+            out
+        } else {
+            swiglu_map(g, u, None, |g, u, _| g * sigmoid(g) * u)
+        };
         Ok((out, l1.shape().clone()))
     }
     fn bwd(&self, [gate, up]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Grads<2> {
         let grad = grad.contiguous()?;
+        if self.fast {
+            let both = gate.apply_op3_no_bwd(up, &grad, &Cpu(SwiGluBwdBoth))?;
+            let n = gate.elem_count();
+            let dg = both.narrow(0, 0, n)?.reshape(gate.shape())?;
+            let du = both.narrow(0, n, n)?.reshape(gate.shape())?;
+            return Ok([Some(dg), Some(du)]);
+        }
         let dg = gate.apply_op3_no_bwd(up, &grad, &Cpu(SwiGluBwd { gate: true }))?;
         let du = gate.apply_op3_no_bwd(up, &grad, &Cpu(SwiGluBwd { gate: false }))?;
         Ok([Some(dg), Some(du)])
@@ -605,6 +773,67 @@ mod tests {
         assert!(worst < 5e-7, "worst relative error {worst}");
         assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_approx(0.0), 1.0);
+    }
+
+    /// Under bf16 training matmuls RMSNorm, SwiGLU and the output projection take their fast
+    /// kernels (`exp_fast`, one-pass backwards, another summation order); below the bf16
+    /// matmul size these are the only difference, and it stays at f32 rounding.
+    #[test]
+    fn fast_training_kernels_match_the_exact_ones() {
+        use crate::bf16::{with_matmul_precision, Precision};
+        use crate::linear::OutputLogProbs;
+        use candle_core::Var;
+        let dev = candle_core::Device::Cpu;
+        let t = |shape: &[usize], s: f64| Tensor::randn(0f32, s as f32, shape, &dev).unwrap();
+        let (x, w, gate, up) = (
+            t(&[3, 5, 64], 2.0),
+            t(&[64], 1.0),
+            t(&[3, 5, 96], 3.0),
+            t(&[3, 5, 96], 1.0),
+        );
+        let (h, wo) = (t(&[12, 32], 1.0), t(&[300, 32], 1.0));
+        let targets: Vec<u32> = (0..12).map(|i| i * 23 % 300).collect();
+        let run = |p: Precision| {
+            with_matmul_precision(p, || {
+                let vars: Vec<Var> = [&x, &w, &gate, &up, &h, &wo]
+                    .iter()
+                    .map(|t| Var::from_tensor(t).unwrap())
+                    .collect();
+                let [x, w, gate, up, h, wo] = [0, 1, 2, 3, 4, 5].map(|i| vars[i].as_tensor());
+                let norm = rms_norm(x, w, 1e-5).unwrap();
+                let act = swiglu(gate, up).unwrap();
+                let op = Cpu(OutputLogProbs::new(0.8, true, targets.clone()));
+                let lp = h.apply_op2(wo, op).unwrap().narrow(1, 0, 1).unwrap();
+                let loss = ((norm.sqr().unwrap().sum_all().unwrap()
+                    + act.sin().unwrap().sum_all().unwrap())
+                .unwrap()
+                    + lp.sum_all().unwrap())
+                .unwrap();
+                let grads = loss.backward().unwrap();
+                let mut out = vec![norm, act, lp];
+                out.extend(vars.iter().map(|v| grads.get(v).unwrap().clone()));
+                out
+            })
+        };
+        let (exact, fast) = (run(Precision::F32), run(Precision::Bf16));
+        for (i, (a, b)) in exact.iter().zip(&fast).enumerate() {
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(
+                diff <= 2e-5 * scale,
+                "tensor {i}: max difference {diff} at scale {scale}"
+            );
+        }
+        // they are other kernels, not the same ones
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(exact.iter().zip(&fast).any(|(a, b)| bits(a) != bits(b)));
     }
 
     #[test]
