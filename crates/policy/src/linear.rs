@@ -335,6 +335,8 @@ pub(crate) struct OutputLogProbs {
     precision: Precision,
     /// `Float::exp_fast` in both passes (`ops::fast_training`).
     fast: bool,
+    /// Where a parameter weight's gradient goes under `fast` (`grad_sink`).
+    sink: Option<Arc<GradSink>>,
 }
 
 impl OutputLogProbs {
@@ -347,6 +349,7 @@ impl OutputLogProbs {
             lse: Mutex::new(None),
             precision: matmul_precision(),
             fast: fast_training(),
+            sink: fast_training().then(grad_sink::current).flatten(),
         }
     }
 }
@@ -497,7 +500,13 @@ impl FloatOp<2> for OutputLogProbs {
         let dw = need_dw
             .then(|| d.narrow(0, dh_len, v * hid)?.reshape((v, hid)))
             .transpose()?;
-        Ok([dh, dw])
+        match (dw, &self.sink) {
+            (Some(dw), Some(sink)) if w.is_variable() => {
+                sink.add(w, dw)?;
+                Ok([dh, None])
+            }
+            (dw, _) => Ok([dh, dw]),
+        }
     }
 }
 

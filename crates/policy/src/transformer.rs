@@ -724,9 +724,11 @@ impl Transformer {
         let mask = self.attention_mask(key_mask, cached, t, fused)?;
         let (cos, sin) = self.rotary.at(positions, t)?;
         let emb = pass.base(&self.embed_tokens);
-        let mut x =
-            emb.index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = crate::ops::embedding(&emb, &ids.flatten_all()?)?.reshape((
+            b,
+            t,
+            self.cfg.hidden_size,
+        ))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let p = match &mut past {
                 PastMode::None => Past::None,
