@@ -59,9 +59,16 @@ pub trait Policy {
     }
 
     /// Estimated bytes of activations that [`Policy::log_probs`] keeps for the backward pass
-    /// on `rows` rows padded to `prompt` + `completion` tokens: what sizes the micro-batches
-    /// of `grpo.micro_batch = 0`. 0 (the default) = small enough to ignore.
-    fn train_bytes(&self, _rows: usize, _prompt: usize, _completion: usize) -> u64 {
+    /// on `rows` rows padded to `prompt` + `completion` tokens, `prompts` of them distinct
+    /// (consecutive rows of one prompt): what sizes the micro-batches of
+    /// `grpo.micro_batch = 0`. 0 (the default) = small enough to ignore.
+    fn train_bytes(
+        &self,
+        _rows: usize,
+        _prompts: usize,
+        _prompt: usize,
+        _completion: usize,
+    ) -> u64 {
         0
     }
 

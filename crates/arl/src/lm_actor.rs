@@ -226,14 +226,16 @@ impl Policy for TransformerPolicy {
         Ok(self.prompt_ids(prompt)?.len())
     }
 
-    fn train_bytes(&self, rows: usize, prompt: usize, completion: usize) -> u64 {
+    fn train_bytes(&self, rows: usize, prompts: usize, prompt: usize, completion: usize) -> u64 {
         let t = &self.model.transformer;
-        activation_bytes(
-            &t.cfg,
-            t.dtype().size_in_bytes(),
-            prompt + completion,
-            completion,
-        ) * rows as u64
+        let bytes = t.dtype().size_in_bytes();
+        if self.config.share_prompt {
+            // each prompt's pass once; each completion's tokens attend to prompt + completion
+            let prompt_pass = pass_bytes(&t.cfg, bytes, prompt, prompt, 0);
+            let row = pass_bytes(&t.cfg, bytes, completion, prompt + completion, completion);
+            return prompt_pass * prompts as u64 + row * rows as u64;
+        }
+        activation_bytes(&t.cfg, bytes, prompt + completion, completion) * rows as u64
     }
 
     fn vars(&self) -> Vec<(String, Var)> {
@@ -261,11 +263,23 @@ pub(crate) fn activation_bytes(
     len: usize,
     completion: usize,
 ) -> u64 {
+    pass_bytes(cfg, dtype_bytes, len, len, completion)
+}
+
+/// `activation_bytes` of a pass of `tokens` tokens that attend to `keys` keys each (a shared
+/// prompt's completions see the prompt's keys too), `scored` of them through the output.
+fn pass_bytes(
+    cfg: &policy::Config,
+    dtype_bytes: usize,
+    tokens: usize,
+    keys: usize,
+    scored: usize,
+) -> u64 {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let q = cfg.num_attention_heads * cfg.head_dim;
     let kv = cfg.num_key_value_heads * cfg.head_dim;
-    let layer = 6 * h + 3 * q + 3 * kv + 3 * i + cfg.num_attention_heads * len;
-    let values = len * (cfg.num_hidden_layers * layer + 2 * h) + completion * cfg.vocab_size;
+    let layer = 6 * h + 3 * q + 3 * kv + 3 * i + cfg.num_attention_heads * keys;
+    let values = tokens * (cfg.num_hidden_layers * layer + 2 * h) + scored * cfg.vocab_size;
     (values * dtype_bytes) as u64
 }
 

@@ -322,7 +322,9 @@ pub fn sft(
         let ranges = crate::trainer::micro::budget_ranges(
             &lens,
             crate::trainer::micro::ACTIVATION_BUDGET,
-            |n, p, c| crate::lm_actor::activation_bytes(&model.cfg, 4, p + c, c) * n as u64,
+            |rows, p, c| {
+                crate::lm_actor::activation_bytes(&model.cfg, 4, p + c, c) * rows.len() as u64
+            },
         );
         let tokens = lens.iter().map(|l| l.1).sum::<usize>().max(1) as f64;
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];

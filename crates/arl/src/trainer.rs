@@ -928,7 +928,15 @@ impl Trainer {
                 Ok((self.policy.prompt_tokens(prompt)?, r.tokens.len()))
             })
             .collect::<Result<Vec<_>>>()?;
-        let cost = |n, p, c| self.policy.train_bytes(n, p, c);
+        // distinct prompts: runs of rows of one example (a group's rows are consecutive)
+        let prompts = |r: std::ops::Range<usize>| {
+            1 + rows[r]
+                .windows(2)
+                .filter(|w| w[0].example != w[1].example)
+                .count()
+        };
+        let cost =
+            |r: std::ops::Range<usize>, p, c| self.policy.train_bytes(r.len(), prompts(r), p, c);
         let ranges = micro::budget_ranges(&lens, micro::ACTIVATION_BUDGET, cost);
         Ok(ranges.into_iter().map(|r| &rows[r]).collect())
     }

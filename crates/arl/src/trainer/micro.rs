@@ -11,19 +11,19 @@ use std::ops::Range;
 pub(crate) const ACTIVATION_BUDGET: u64 = 1 << 30;
 
 /// Consecutive ranges covering rows `0..lens.len()` in order; row `r` is (prompt tokens,
-/// completion tokens). A range of `n` rows costs `cost(n, longest prompt, longest completion)`
+/// completion tokens). A range of rows costs `cost(rows, longest prompt, longest completion)`
 /// (the batch pads to both) and grows while that stays within `budget`; a row over the budget
 /// on its own gets a range to itself.
 pub(crate) fn budget_ranges(
     lens: &[(usize, usize)],
     budget: u64,
-    cost: impl Fn(usize, usize, usize) -> u64,
+    cost: impl Fn(Range<usize>, usize, usize) -> u64,
 ) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut p, mut c) = (0, 0, 0);
     for (i, &(rp, rc)) in lens.iter().enumerate() {
         let (np, nc) = (p.max(rp), c.max(rc));
-        if i > start && cost(i + 1 - start, np, nc) > budget {
+        if i > start && cost(start..i + 1, np, nc) > budget {
             out.push(start..i);
             (start, p, c) = (i, rp, rc);
         } else {
@@ -40,9 +40,9 @@ pub(crate) fn budget_ranges(
 mod tests {
     use super::*;
 
-    /// Bytes of `n` rows padded to `p + c` tokens at 1 byte a token.
-    fn tokens(n: usize, p: usize, c: usize) -> u64 {
-        (n * (p + c)) as u64
+    /// Bytes of the rows padded to `p + c` tokens at 1 byte a token.
+    fn tokens(rows: Range<usize>, p: usize, c: usize) -> u64 {
+        (rows.len() * (p + c)) as u64
     }
 
     #[test]
@@ -66,7 +66,7 @@ mod tests {
             let p = lens[r.clone()].iter().map(|x| x.0).max().unwrap();
             let c = lens[r.clone()].iter().map(|x| x.1).max().unwrap();
             // only a single row may exceed the budget (row 4: 18 tokens fit, 2 rows would not)
-            assert!(tokens(r.len(), p, c) <= 20 || r.len() == 1);
+            assert!(tokens(r.clone(), p, c) <= 20 || r.len() == 1);
             next = r.end;
         }
         assert_eq!(next, lens.len(), "every row");
