@@ -344,6 +344,17 @@ impl InplaceOp3 for Update {
     }
 }
 
+/// `acc += g` (`acc = g` when empty): a running gradient sum over micro-batches.
+pub(crate) fn add_grad(acc: &mut Option<Tensor>, g: Option<Tensor>) -> Result<()> {
+    if let Some(g) = g {
+        *acc = Some(match acc.take() {
+            Some(sum) => (sum + g)?,
+            None => g,
+        });
+    }
+    Ok(())
+}
+
 /// Global L2 norm of a gradient list (f64; NaN/inf propagate so the caller can skip).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut sq = 0.0f64;

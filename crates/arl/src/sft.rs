@@ -19,7 +19,7 @@
 //! it under the cache folder keyed by a hash of its config: the second `arlrr train` starts RL
 //! at once.
 
-use crate::optim::{clip_grads, global_norm, AdamW, LrSchedule, OptimConfig};
+use crate::optim::{add_grad, clip_grads, global_norm, AdamW, LrSchedule, OptimConfig};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -331,6 +331,8 @@ pub fn sft(
         let mut loss = 0.0;
         {
             let _packs = policy::bf16::cache_weight_packs();
+            // the linear layers sum their weight gradients in place across micro-batches
+            let sink = policy::grad_sink::install_grad_sink();
             for r in ranges {
                 let lp = policy::bf16::with_matmul_precision(o.precision, || {
                     policy::completion_log_probs(model, &batch[r], 1.0)
@@ -339,13 +341,11 @@ pub fn sft(
                 loss += part.to_scalar::<f32>()? as f64;
                 let store = part.backward()?;
                 for (g, (_, v)) in grads.iter_mut().zip(vars) {
-                    if let Some(new) = store.get(v.as_tensor()) {
-                        *g = Some(match g.take() {
-                            Some(old) => (old + new)?,
-                            None => new.detach(),
-                        });
-                    }
+                    add_grad(g, store.get(v.as_tensor()).map(Tensor::detach))?;
                 }
+            }
+            for (g, (_, v)) in grads.iter_mut().zip(vars) {
+                add_grad(g, sink.take(v.as_tensor()))?;
             }
         }
         let mut grads = grads

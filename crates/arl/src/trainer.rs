@@ -10,7 +10,7 @@ use crate::grading::{grade, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
 use crate::metrics::{reward_stats, zero_spread_share, JudgeDelta, StepMetrics, UpdateStats};
 use crate::noise::{Confusion, Noise, NoiseStats};
-use crate::optim::{clip_grads, global_norm, AdamW};
+use crate::optim::{add_grad, clip_grads, global_norm, AdamW};
 use crate::setup::Parts;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
@@ -940,17 +940,6 @@ impl Trainer {
         let ranges = micro::budget_ranges(&lens, micro::ACTIVATION_BUDGET, cost);
         Ok(ranges.into_iter().map(|r| &rows[r]).collect())
     }
-}
-
-/// `acc += g` (`acc = g` when empty).
-fn add_grad(acc: &mut Option<Tensor>, g: Option<Tensor>) -> Result<()> {
-    if let Some(g) = g {
-        *acc = Some(match acc.take() {
-            Some(sum) => (sum + g)?,
-            None => g,
-        });
-    }
-    Ok(())
 }
 
 #[derive(Default)]
