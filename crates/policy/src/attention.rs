@@ -26,6 +26,8 @@ pub(crate) struct AttentionOp {
     key_mask: Arc<Vec<Vec<u8>>>,
     probs: Mutex<Option<CpuStorage>>,
     keep_probs: bool,
+    /// The softmax's `exp` by `Float::exp_fast` (`ops::fast_training`).
+    fast: bool,
 }
 
 impl AttentionOp {
@@ -36,6 +38,7 @@ impl AttentionOp {
             key_mask,
             probs: Mutex::new(None),
             keep_probs,
+            fast: crate::ops::fast_training(),
         }
     }
 }
@@ -317,7 +320,11 @@ impl AttentionOp {
                     m = *z;
                 }
             }
-            exp_normalize(row, m);
+            if self.fast {
+                crate::ops::exp_normalize_fast(row, m);
+            } else {
+                exp_normalize(row, m);
+            }
         }
     }
 

@@ -323,6 +323,31 @@ pub(crate) fn exp_normalize<T: Float>(row: &mut [T], max: T) {
     }
 }
 
+/// `exp_normalize` with `Float::exp_fast` and sixteen partial sums (another summation
+/// order), so that it vectorizes: for the reduced-precision training kernels.
+pub(crate) fn exp_normalize_fast<T: Float>(row: &mut [T], max: T) {
+    const L: usize = 16;
+    wide(|| {
+        let mut sums = [T::zero(); L];
+        let split = row.len() - row.len() % L;
+        for c in row[..split].chunks_exact_mut(L) {
+            for (x, s) in c.iter_mut().zip(&mut sums) {
+                *x = (*x - max).exp_fast();
+                *s = *s + *x;
+            }
+        }
+        let mut sum = T::zero();
+        for x in row[split..].iter_mut() {
+            *x = (*x - max).exp_fast();
+            sum = sum + *x;
+        }
+        let inv = T::one() / sums.iter().fold(sum, |a, &b| a + b);
+        for x in row.iter_mut() {
+            *x = *x * inv;
+        }
+    })
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SoftmaxLast {
     pub log: bool,
@@ -815,7 +840,7 @@ mod tests {
         assert_eq!(exp_approx(0.0), 1.0);
     }
 
-    /// Under bf16 training matmuls RMSNorm, SwiGLU and the output projection take their fast
+    /// Under bf16 training matmuls RMSNorm, SwiGLU, attention and the output projection take their fast
     /// kernels (`exp_fast`, one-pass backwards, another summation order); below the bf16
     /// matmul size these are the only difference, and it stays at f32 rounding.
     #[test]
@@ -833,13 +858,24 @@ mod tests {
         );
         let (h, wo) = (t(&[12, 32], 1.0), t(&[300, 32], 1.0));
         let targets: Vec<u32> = (0..12).map(|i| i * 23 % 300).collect();
+        // attention: q [B, H, T, D], k [B, KVH, S, D], v [B, S, KVH, D]; row 1 left-padded
+        let (q, k, v) = (
+            t(&[2, 4, 20, 8], 1.0),
+            t(&[2, 2, 20, 8], 1.0),
+            t(&[2, 20, 2, 8], 1.0),
+        );
+        let mut pad = vec![1u8; 20];
+        pad[..3].fill(0);
+        let keys = std::sync::Arc::new(vec![vec![1u8; 20], pad]);
         let run = |p: Precision| {
             with_matmul_precision(p, || {
-                let vars: Vec<Var> = [&x, &w, &gate, &up, &h, &wo]
+                let vars: Vec<Var> = [&x, &w, &gate, &up, &h, &wo, &q, &k, &v]
                     .iter()
                     .map(|t| Var::from_tensor(t).unwrap())
                     .collect();
-                let [x, w, gate, up, h, wo] = [0, 1, 2, 3, 4, 5].map(|i| vars[i].as_tensor());
+                let [x, w, gate, up, h, wo, q, k, v] =
+                    [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| vars[i].as_tensor());
+                let y = crate::attention::attention(q, k, v, &keys, 0.35, -1e9).unwrap();
                 let norm = rms_norm(x, w, 1e-5).unwrap();
                 let act = swiglu(gate, up).unwrap();
                 let op = Cpu(OutputLogProbs::new(0.8, true, targets.clone()));
@@ -849,8 +885,9 @@ mod tests {
                 .unwrap()
                     + lp.sum_all().unwrap())
                 .unwrap();
+                let loss = (loss + y.sin().unwrap().sum_all().unwrap()).unwrap();
                 let grads = loss.backward().unwrap();
-                let mut out = vec![norm, act, lp];
+                let mut out = vec![norm, act, lp, y];
                 out.extend(vars.iter().map(|v| grads.get(v).unwrap().clone()));
                 out
             })
