@@ -376,6 +376,11 @@ fn end_flat_and_resample_flat_resume_bit_for_bit() {
     // the window that tripped (steps 4 and 5) spans the checkpoint resumed from (4)
     let trip = decisions(&run).into_iter().find_map(|d| d.guard).unwrap();
     assert_eq!((trip.step, trip.flat.unwrap().len()), (5, 2));
+    // with kept probe steps (the phase's first steps, counted in the window)
+    let kept = format!("{flat}\nkeep_probe = true");
+    let (_dir, run) = resume_reproduces_with(&kept, 4, |c| c.optim.lr = 1.0);
+    let schedule = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
+    assert!(schedule.contains("\"flat\""), "{schedule}");
     let resample = |c: &mut arl::TrainConfig| {
         c.grpo.resample_flat = Some(arl::grpo::ResampleFlat { max_rounds: 3 })
     };
