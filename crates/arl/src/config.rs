@@ -372,6 +372,11 @@ impl TrainConfig {
         if g.adv_eps < 0.0 {
             bail!("field `grpo.adv_eps`: must not be negative");
         }
+        if g.resample_flat.is_some_and(|r| r.max_rounds == 0) {
+            bail!(
+                "field `grpo.resample_flat.max_rounds`: must be at least 1 (the step's own round)"
+            );
+        }
         let o = &self.optim;
         if o.lr <= 0.0 {
             bail!("field `optim.lr`: must be positive");
@@ -408,6 +413,17 @@ impl TrainConfig {
             bail!("field `phases.guard_drop`: must be positive (leave it out to turn the guard off), got {d}");
         }
         let p = &self.phases;
+        if let Some(f) = p.end_flat {
+            if !(f.share > 0.0 && f.share <= 1.0) {
+                bail!(
+                    "field `phases.end_flat.share`: must be in (0, 1], got {}",
+                    f.share
+                );
+            }
+            if f.window == 0 {
+                bail!("field `phases.end_flat.window`: must be at least 1");
+            }
+        }
         if p.keep_probe && p.guard_drop.is_some() {
             bail!("fields `phases.keep_probe` and `phases.guard_drop`: the guard does not check kept probe steps; turn one off");
         }

@@ -39,6 +39,20 @@ pub struct GrpoConfig {
     /// for a reduced-precision sampler (`[policy] sample_precision`); absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated_is_cap: Option<f64>,
+    /// DAPO's dynamic sampling (verl's `filter_groups`; off when absent): groups whose
+    /// objective reward has no spread are set aside and further prompts sampled until
+    /// `prompts_per_step` groups spread or `max_rounds` generation rounds were made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample_flat: Option<ResampleFlat>,
+}
+
+/// `grpo.resample_flat = { max_rounds = 3 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResampleFlat {
+    /// Generation rounds per step at most, the step's own included (at least 1). Each further
+    /// round samples as many prompts as groups with spread are still missing.
+    pub max_rounds: usize,
 }
 
 impl Default for GrpoConfig {
@@ -53,6 +67,7 @@ impl Default for GrpoConfig {
             ppo_epochs: 1,
             micro_batch: 0,
             truncated_is_cap: None,
+            resample_flat: None,
         }
     }
 }

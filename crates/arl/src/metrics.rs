@@ -26,9 +26,13 @@ pub struct StepMetrics {
     pub objective_group_std: f64,
     /// Per class (only classes with data in this batch).
     pub classes: BTreeMap<String, RewardStats>,
+    /// Groups sampled (with `grpo.resample_flat`, every round's).
     pub groups: usize,
     /// Groups whose target reward had zero spread (no signal), as a share of `groups`.
     pub zero_spread_share: f64,
+    /// `grpo.resample_flat`: the step's generation rounds and the groups it trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample: Option<Resampled>,
     pub samples: usize,
     /// Samples left out of the update because a judge verdict failed after retries.
     pub excluded_samples: usize,
@@ -50,6 +54,20 @@ pub struct StepMetrics {
     /// figure for `arlrr bench`, not written, so metrics.jsonl keeps its fields.
     #[serde(skip)]
     pub generated_tokens: usize,
+}
+
+/// What a step's dynamic sampling (`grpo.resample_flat`) did. The step's other figures
+/// (`groups`, `zero_spread_share`, rewards, samples, times) count every sampled group.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Resampled {
+    /// Generation rounds made (1: the step's own only).
+    pub rounds: usize,
+    /// Groups sampled over the rounds (= `groups`).
+    pub sampled_groups: usize,
+    /// Groups in the update (`grpo.prompts_per_step`: those with spread first).
+    pub trained_groups: usize,
+    /// Share of the update's groups without spread (filled in when too few spread).
+    pub trained_zero_spread_share: f64,
 }
 
 /// Mean and std over samples, and the mean within-group std.

@@ -450,6 +450,7 @@ mod tests {
             classes: Default::default(),
             groups: 1,
             zero_spread_share: 0.0,
+            resample: None,
             samples: 2,
             excluded_samples: 0,
             failed_verdicts: 0,

@@ -2,7 +2,7 @@
 
 use crate::config::TrainConfig;
 use crate::eval::EvalLine;
-use crate::metrics::StepMetrics;
+use crate::metrics::{Resampled, StepMetrics};
 use crate::noise::Confusion;
 use anyhow::Result;
 use rubric::runfile::{read_jsonl_if_exists, write_atomic};
@@ -39,6 +39,12 @@ pub fn variants(c: &TrainConfig) -> Vec<String> {
     }
     if let Some(d) = c.phases.guard_drop {
         v.push(format!("phase guard {d}"));
+    }
+    if let Some(f) = c.phases.end_flat {
+        v.push(format!(
+            "end_flat (share {} over {} steps)",
+            f.share, f.window
+        ));
     }
     if c.phases.paired {
         v.push("paired selection".to_string());
@@ -165,9 +171,25 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
         }
         let seq: Vec<&str> = schedule.iter().map(|d| d.chosen.as_str()).collect();
         writeln!(r, "\nsequence: {}\n", seq.join(" → "))?;
-        let early = schedule.iter().filter(|d| d.guard.is_some()).count();
+        let trips = |flat: bool| {
+            let trips = schedule.iter().filter_map(|d| d.guard.as_ref());
+            trips.filter(|g| g.flat.is_some() == flat).count()
+        };
         if c.phases.guard_drop.is_some() {
-            writeln!(r, "phases ended early by the phase guard: {early}\n")?;
+            writeln!(
+                r,
+                "phases ended early by the phase guard: {}\n",
+                trips(false)
+            )?;
+        }
+        if let Some(f) = c.phases.end_flat {
+            writeln!(
+                r,
+                "phases ended early by end_flat (zero-spread share ≥ {} over {} steps): {}\n",
+                f.share,
+                f.window,
+                trips(true)
+            )?;
         }
         if let Some(line) = selection_cost(schedule, metrics) {
             writeln!(r, "{line}\n")?;
@@ -182,6 +204,16 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
             "- share of zero-spread groups: {:.3}",
             mean(&|m| m.zero_spread_share)
         )?;
+        if c.grpo.resample_flat.is_some() {
+            let re = |f: &dyn Fn(&Resampled) -> f64| mean(&|m| m.resample.as_ref().map_or(0.0, f));
+            writeln!(
+                r,
+                "- `grpo.resample_flat`: the share above counts every sampled group; of the groups trained on, {:.3} had zero spread; {:.2} generation rounds and {:.1} groups sampled per step",
+                re(&|s| s.trained_zero_spread_share),
+                re(&|s| s.rounds as f64),
+                re(&|s| s.sampled_groups as f64)
+            )?;
+        }
         writeln!(
             r,
             "- within-group std, overall (points-scalarized) reward: {:.4}",

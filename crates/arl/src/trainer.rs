@@ -8,7 +8,9 @@ use crate::config::TrainConfig;
 use crate::eval::{EvalLine, EvalReport, EvalSet, Evaluator};
 use crate::grading::{grade, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
-use crate::metrics::{reward_stats, zero_spread_share, JudgeDelta, StepMetrics, UpdateStats};
+use crate::metrics::{
+    reward_stats, zero_spread_share, JudgeDelta, Resampled, StepMetrics, UpdateStats,
+};
 use crate::noise::{Confusion, Noise, NoiseStats};
 use crate::optim::{add_grad, clip_grads, global_norm, AdamW};
 use crate::setup::Parts;
@@ -93,6 +95,26 @@ pub(crate) struct Rollout {
     pub rewards: Vec<Vec<Option<RewardVector>>>,
     pub failed_verdicts: usize,
     pub retried_verdicts: usize,
+}
+
+impl Rollout {
+    /// Adds a further round's groups after these.
+    fn append(&mut self, more: Rollout) {
+        self.prompts.extend(more.prompts);
+        self.completions.extend(more.completions);
+        self.rewards.extend(more.rewards);
+        self.failed_verdicts += more.failed_verdicts;
+        self.retried_verdicts += more.retried_verdicts;
+    }
+}
+
+/// A GRPO step's rollout (every group sampled), the objective's advantages on it, the
+/// update, and what dynamic sampling did (`grpo.resample_flat`).
+pub(crate) struct Stepped {
+    pub rollout: Rollout,
+    pub adv: schedule::BatchAdvantages,
+    pub update: UpdateStats,
+    pub resample: Option<Resampled>,
 }
 
 /// One completion in an update.
@@ -281,27 +303,18 @@ impl Trainer {
                 .config
                 .optim
                 .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
-            let (rollout, adv, update) = self.grpo_step(&target, only, &mut time)?;
+            let stepped = self.grpo_step(&target, only, &mut time)?;
             self.state.step += 1;
 
-            // 3. the phase guard: a drop on the fixed batch ends the phase before its length
-            let phases = &self.config.phases;
-            if self.guarding()
-                && self.state.step < total
-                && !self.state.phase.boundary(self.state.step, phases)
-            {
-                let t = Instant::now();
-                let now = self.select_eval(&mut Timing::default())?.measured.overall;
-                let phases = &self.config.phases;
-                self.state.phase.check_guard(phases, self.state.step, now);
-                time.select += t.elapsed().as_secs_f64();
-            }
+            // 3. `end_flat` (no spread left) or the phase guard (a drop on the fixed batch)
+            // may end the phase before its length
+            self.end_phase_early(zero_spread_share(&stepped.adv), &mut time)?;
             let train_verdicts = self.judge.stats().verdicts - judge_before.verdicts;
 
             // 4. validation, metrics, checkpoint
             let val = self.validate_if_due(&mut time)?;
             let judge = JudgeDelta::between(&judge_before, &self.judge.stats());
-            let mut m = self.metrics_line(lr, &rollout, &adv, update, judge, train_verdicts);
+            let mut m = self.metrics_line(lr, stepped, judge, train_verdicts);
             m.val = val;
             m.judge_noise = self.noise_stats();
             m.time_s = time;
@@ -314,6 +327,30 @@ impl Trainer {
             &self.data.classes.names,
             &crate::report::RunRecords::read(&self.run_dir)?,
         )
+    }
+
+    /// After the step just completed (the last of a phase's kept probe steps included), whose
+    /// groups had zero spread in `share` of the cases: `end_flat` and the phase guard may end
+    /// the phase, so that the next step is a boundary. The guard's measurement goes to
+    /// `time.select`.
+    fn end_phase_early(&mut self, share: f64, time: &mut Timing) -> Result<()> {
+        if !self.alternating() {
+            return Ok(());
+        }
+        let (step, phases) = (self.state.step, &self.config.phases);
+        self.state.phase.note_flat(phases, share);
+        if step >= self.config.run.steps || self.state.phase.boundary(step, phases) {
+            return Ok(());
+        }
+        if self.state.phase.check_flat(phases, step) || !self.guarding() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let now = self.select_eval(&mut Timing::default())?.measured.overall;
+        let phases = &self.config.phases;
+        self.state.phase.check_guard(phases, step, now);
+        time.select += t.elapsed().as_secs_f64();
+        Ok(())
     }
 
     /// Validation (`[eval]`) after the step just completed, when due (every `eval.every`
@@ -340,12 +377,16 @@ impl Trainer {
     fn metrics_line(
         &self,
         lr: f64,
-        rollout: &Rollout,
-        adv: &schedule::BatchAdvantages,
-        update: UpdateStats,
+        stepped: Stepped,
         judge: JudgeDelta,
         train_verdicts: u64,
     ) -> StepMetrics {
+        let Stepped {
+            rollout,
+            adv,
+            update,
+            resample,
+        } = stepped;
         let (overall, classes) = reward_stats(&rollout.rewards, &self.data.classes.names);
         StepMetrics {
             step: self.state.step,
@@ -357,7 +398,8 @@ impl Trainer {
                 .map_or(0.0, |a| a.0),
             classes,
             groups: adv.zero_spread.len(),
-            zero_spread_share: zero_spread_share(adv),
+            zero_spread_share: zero_spread_share(&adv),
+            resample,
             samples: rollout.rewards.iter().map(Vec::len).sum(),
             excluded_samples: rollout
                 .rewards
@@ -441,6 +483,12 @@ impl Trainer {
                 None => None,
             };
             m.judge_noise = k.noise.map(|c| self.count_noise(c));
+            if last {
+                self.end_phase_early(m.zero_spread_share, &mut m.time_s)?;
+            } else {
+                let phases = &self.config.phases;
+                self.state.phase.note_flat(phases, m.zero_spread_share);
+            }
             self.write_step(&m, last, on_step)?;
         }
         Ok(())
@@ -473,15 +521,60 @@ impl Trainer {
         target: &Target,
         only_class: Option<usize>,
         time: &mut Timing,
-    ) -> Result<(Rollout, schedule::BatchAdvantages, UpdateStats)> {
-        let rollout = self.rollout(only_class, time)?;
-        let adv = self.advantages(target, &rollout.rewards);
-        let rows = rows(&rollout, &adv.advantages);
+    ) -> Result<Stepped> {
+        let want = self.config.grpo.prompts_per_step;
+        let mut rollout = self.rollout(want, only_class, time)?;
+        let mut adv = self.advantages(target, &rollout.rewards);
+        let (rows, resample) = match self.config.grpo.resample_flat {
+            None => (rows(&rollout, &adv.advantages), None),
+            Some(r) => {
+                // DAPO's dynamic sampling: more prompts for the groups without spread (a
+                // group's spread does not depend on the others, so each round adds to it)
+                let mut rounds = 1;
+                loop {
+                    let spread = adv.zero_spread.iter().filter(|z| !**z).count();
+                    if spread >= want || rounds >= r.max_rounds {
+                        break;
+                    }
+                    let more = self.rollout(want - spread, only_class, time)?;
+                    rollout.append(more);
+                    adv = self.advantages(target, &rollout.rewards);
+                    rounds += 1;
+                }
+                // the update: `want` groups, those with spread first, in sampling order
+                let mut keep: Vec<usize> = (0..rollout.rewards.len()).collect();
+                keep.sort_by_key(|&i| adv.zero_spread[i]);
+                keep.truncate(want);
+                keep.sort_unstable();
+                let kept: Vec<_> = keep.iter().map(|&i| rollout.rewards[i].clone()).collect();
+                let trained = self.advantages(target, &kept);
+                let mut advantages: Vec<Vec<Option<f64>>> = rollout
+                    .rewards
+                    .iter()
+                    .map(|g| vec![None; g.len()])
+                    .collect();
+                for (&i, a) in keep.iter().zip(trained.advantages.iter()) {
+                    advantages[i].clone_from(a);
+                }
+                let stats = Resampled {
+                    rounds,
+                    sampled_groups: rollout.rewards.len(),
+                    trained_groups: keep.len(),
+                    trained_zero_spread_share: zero_spread_share(&trained),
+                };
+                (rows(&rollout, &advantages), Some(stats))
+            }
+        };
         let (t, optimizer) = (Instant::now(), time.optimizer);
         let update = self.update(&rows, time)?;
         // the optimizer's steps are timed apart, so `train` is the forward and backward passes
         time.train += t.elapsed().as_secs_f64() - (time.optimizer - optimizer);
-        Ok((rollout, adv, update))
+        Ok(Stepped {
+            rollout,
+            adv,
+            update,
+            resample,
+        })
     }
 
     /// The advantages of `target` on a rollout's rewards, as `[grpo]` scales them.
@@ -494,14 +587,15 @@ impl Trainer {
         target.scaled_advantages(rewards, self.data.classes.len(), g.adv_eps, g.scale_rewards)
     }
 
-    /// Samples prompts, generates `G` completions each, grades them.
+    /// Samples `n` prompts, generates `G` completions each, grades them.
     pub(crate) fn rollout(
         &mut self,
+        n: usize,
         only_class: Option<usize>,
         time: &mut Timing,
     ) -> Result<Rollout> {
         let g = &self.config.grpo;
-        let prompts: Vec<usize> = (0..g.prompts_per_step)
+        let prompts: Vec<usize> = (0..n)
             .map(|_| self.rng.gen_range(0..self.data.train.len()))
             .collect();
         let examples: Vec<&Example> = prompts

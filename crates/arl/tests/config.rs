@@ -91,6 +91,62 @@ fn variant_knobs_are_validated_with_their_field() {
 }
 
 #[test]
+fn end_flat_and_resample_flat_are_validated_with_their_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");
+    let parse = |extra: &str| TrainConfig::from_toml(&format!("{base}{extra}"));
+    let err = |extra: &str| parse(extra).unwrap().validate().unwrap_err().to_string();
+    for bad in ["0.0", "1.5", "-0.2"] {
+        let e = err(&format!("[phases]\nend_flat = {{ share = {bad} }}"));
+        assert!(
+            e.contains("phases.end_flat.share") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+    let e = err("[phases]\nend_flat = { share = 0.75, window = 0 }");
+    assert!(
+        e.contains("phases.end_flat.window") && !e.contains('\n'),
+        "{e}"
+    );
+    let e = parse("[phases]\nend_flat = { share = 0.75, windows = 2 }").unwrap_err();
+    assert!(e.to_string().contains("windows"), "{e}");
+    let toml = base.replace(
+        "group_size = 8",
+        "group_size = 8\nresample_flat = { max_rounds = 0 }",
+    );
+    let e = TrainConfig::from_toml(&toml)
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("grpo.resample_flat.max_rounds") && !e.contains('\n'),
+        "{e}"
+    );
+    // set: the window defaults to 2, and both round-trip through the written config
+    let toml = base.replace(
+        "group_size = 8",
+        "group_size = 8\nresample_flat = { max_rounds = 3 }",
+    );
+    let cfg =
+        TrainConfig::from_toml(&format!("{toml}[phases]\nend_flat = {{ share = 0.75 }}")).unwrap();
+    cfg.validate().unwrap();
+    let f = cfg.phases.end_flat.unwrap();
+    assert_eq!((f.share, f.window), (0.75, 2));
+    assert_eq!(cfg.grpo.resample_flat.unwrap().max_rounds, 3);
+    assert_eq!(
+        cfg,
+        TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap()
+    );
+    // off by default, and then absent from the written config
+    let text = parse("").unwrap().to_toml().unwrap();
+    assert!(
+        !text.contains("end_flat") && !text.contains("resample_flat"),
+        "{text}"
+    );
+}
+
+#[test]
 fn builtin_task_knobs_are_validated_and_reach_the_written_data() {
     let dir = tempfile::tempdir().unwrap();
     let base = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");

@@ -228,16 +228,98 @@ fn the_phase_guard_ends_a_phase_early_on_a_drop() {
     // a phase runs its 10 steps unless the guard ended it, and then the decision says so
     for pair in ds.windows(2) {
         let ran = pair[1].step - pair[0].step;
-        match pair[1].guard {
+        match &pair[1].guard {
             Some(trip) => {
                 assert!(ran < 10 && trip.step == pair[1].step, "{pair:?}");
-                assert!(trip.drop > 0.01, "{trip:?}");
+                assert!(trip.drop.unwrap() > 0.01, "{trip:?}");
             }
             None => assert_eq!(ran, 10, "{pair:?}"),
         }
     }
     let report = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
     assert!(report.contains("variants: phase guard 0.01"), "{report}");
+}
+
+/// `phases.end_flat`: a phase ends after the first of its steps whose last `window` steps'
+/// zero-spread shares average at least `share` (unless it ends there anyway), and only then;
+/// the next decision records those shares.
+#[test]
+fn end_flat_ends_a_phase_when_its_groups_stop_spreading() {
+    let (share, window, length) = (0.5, 2, 10);
+    let extra = format!("[objective]\nkind = \"alternating\"\n[phases]\nselector = \"round_robin\"\nlength = {length}\nend_flat = {{ share = {share}, window = {window} }}");
+    let (_, _, steps, dir) = train(&extra);
+    let ds = decisions(&dir.path().join("run"));
+    let mut trips = 0;
+    for (i, d) in ds.iter().enumerate() {
+        let end = ds.get(i + 1).map_or(30, |n| n.step);
+        let shares: Vec<f64> = steps
+            .iter()
+            .filter(|m| m.step > d.step && m.step <= end)
+            .map(|m| m.zero_spread_share)
+            .collect();
+        let flat_at = shares
+            .windows(window)
+            .position(|w| w.iter().sum::<f64>() / window as f64 >= share)
+            .map(|j| d.step + (j + window) as u64);
+        match ds.get(i + 1).and_then(|n| n.guard.as_ref()) {
+            Some(trip) => {
+                trips += 1;
+                assert!(end - d.step < length, "{d:?}");
+                assert_eq!(Some(trip.step), flat_at, "{trip:?}");
+                let last = &shares[shares.len() - window..];
+                assert_eq!(trip.flat.as_deref(), Some(last), "{trip:?}");
+            }
+            // the phase ran out (or the run ended) before any flat window, or at it
+            None => {
+                assert!(end - d.step == length || end == 30, "{d:?}");
+                assert!(flat_at.is_none_or(|s| s == end), "{d:?} {shares:?}");
+            }
+        }
+    }
+    assert!(trips > 0, "the constructed run goes flat: {ds:?}");
+    let report = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    let line =
+        format!("phases ended early by end_flat (zero-spread share ≥ 0.5 over 2 steps): {trips}");
+    assert!(report.contains(&line), "{report}");
+    assert!(report.contains("variants: end_flat"), "{report}");
+}
+
+/// `grpo.resample_flat`: rounds go on until `prompts_per_step` groups spread (or the last
+/// round), the update holds no flat group when enough spread, and every sampled group counts.
+#[test]
+fn resample_flat_trains_on_groups_with_spread_and_counts_every_sampled_group() {
+    let extra =
+        "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"round_robin\"\nlength = 5";
+    let resample = |c: &mut arl::TrainConfig| {
+        c.grpo.resample_flat = Some(arl::grpo::ResampleFlat { max_rounds: 3 })
+    };
+    let (_, _, steps, dir) = train_with(extra, resample);
+    for m in &steps {
+        let r = m.resample.expect("every step records its rounds");
+        let flat = (m.zero_spread_share * m.groups as f64).round() as usize;
+        let spread = m.groups - flat;
+        assert_eq!((r.sampled_groups, r.trained_groups), (m.groups, 4), "{m:?}");
+        assert_eq!(m.samples, 8 * m.groups);
+        assert!(
+            (1..=3).contains(&r.rounds) && m.groups <= 4 + 2 * 4,
+            "{m:?}"
+        );
+        if r.rounds < 3 {
+            assert!(spread >= 4, "stopped early only with enough spread: {m:?}");
+        }
+        let missing = 4usize.saturating_sub(spread);
+        assert_eq!(r.trained_zero_spread_share, missing as f64 / 4.0, "{m:?}");
+        // a flat group adds no row: 8 per trained group with spread
+        assert_eq!(m.update.rows, 8 * (4 - missing), "{m:?}");
+    }
+    assert!(steps.iter().any(|m| m.resample.unwrap().rounds > 1));
+    let report = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(report.contains("`grpo.resample_flat`"), "{report}");
+    // off: nothing recorded
+    let (_, _, plain, dir) = train_with(extra, |c| c.run.steps = 2);
+    assert!(plain.iter().all(|m| m.resample.is_none() && m.groups == 4));
+    let text = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    assert!(!text.contains("resample"), "{text}");
 }
 
 #[test]
@@ -268,6 +350,46 @@ fn resume_from_a_checkpoint_reproduces_the_metrics() {
     for extra in ["", variants] {
         resume_reproduces(&format!("\nprobe_steps = 1{extra}"), 4);
     }
+}
+
+/// `end_flat` (its window's shares are phase state, one in it at the checkpoint) and
+/// `resample_flat` (further rounds draw on the run's rng) resume bit for bit.
+#[test]
+fn end_flat_and_resample_flat_resume_bit_for_bit() {
+    // a large step size: classes saturate within the 10 steps
+    let flat = "\nprobe_steps = 1\nend_flat = { share = 0.125, window = 2 }";
+    let (_dir, run) = resume_reproduces_with(flat, 4, |c| c.optim.lr = 1.0);
+    let schedule = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let shares: Vec<f64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<StepMetrics>(l)
+                .unwrap()
+                .zero_spread_share
+        })
+        .collect();
+    assert!(
+        schedule.contains("\"flat\""),
+        "end_flat trips: {shares:?} {schedule}"
+    );
+    // the window that tripped (steps 4 and 5) spans the checkpoint resumed from (4)
+    let trip = decisions(&run).into_iter().find_map(|d| d.guard).unwrap();
+    assert_eq!((trip.step, trip.flat.unwrap().len()), (5, 2));
+    // with kept probe steps (the phase's first steps, counted in the window)
+    let kept = format!("{flat}\nkeep_probe = true");
+    let (_dir, run) = resume_reproduces_with(&kept, 4, |c| c.optim.lr = 1.0);
+    let schedule = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
+    assert!(schedule.contains("\"flat\""), "{schedule}");
+    let resample = |c: &mut arl::TrainConfig| {
+        c.grpo.resample_flat = Some(arl::grpo::ResampleFlat { max_rounds: 3 })
+    };
+    let (_dir, run) = resume_reproduces_with("\nprobe_steps = 1\nkeep_probe = true", 4, resample);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("\"rounds\":2") || metrics.contains("\"rounds\":3"),
+        "{metrics}"
+    );
 }
 
 /// `keep_probe`: boundaries at 0, 3, 6, 9 with two kept steps each (not at 9: they would run
@@ -308,6 +430,15 @@ fn keep_probe_resumes_bit_for_bit_across_a_boundary() {
 /// 10 from step `every`; both must agree bit for bit (metrics without times, schedule,
 /// final weights and optimizer). Returns the resumed run (its folder, and the folder's owner).
 fn resume_reproduces(variants: &str, every: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    resume_reproduces_with(variants, every, |_| {})
+}
+
+/// [`resume_reproduces`] with `edit` applied to every config.
+fn resume_reproduces_with(
+    variants: &str,
+    every: u64,
+    edit: impl Fn(&mut arl::TrainConfig),
+) -> (tempfile::TempDir, std::path::PathBuf) {
     let strip = |text: &str| -> Vec<serde_json::Value> {
         text.lines()
             .map(|l| {
@@ -333,6 +464,7 @@ fn resume_reproduces(variants: &str, every: u64) -> (tempfile::TempDir, std::pat
         cfg.run.steps = steps;
         cfg.run.checkpoint_every = every;
         cfg.eval.every = 4;
+        edit(&mut cfg);
         cfg
     };
     let a = tempfile::tempdir().unwrap();

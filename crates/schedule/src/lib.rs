@@ -17,7 +17,7 @@ pub use objective::{
 };
 pub use phase::{
     decide, paired_gain, probe_candidates, rank_key, spreads, BatchScores, Candidate, Choices,
-    Decision, GuardTrip, Measure, Measured, PhaseConfig, PhaseState, Plan, SelectCost,
+    Decision, EndFlat, GuardTrip, Measure, Measured, PhaseConfig, PhaseState, Plan, SelectCost,
     SelectorKind, Skipped,
 };
 pub use task::TaskData;

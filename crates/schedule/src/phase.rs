@@ -47,6 +47,28 @@ pub struct PhaseConfig {
     /// parameters, optimizer and rng are kept, not retrained from the snapshot).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keep_probe: bool,
+    /// ARL-RR schedule variant (alternating runs; off when absent): end a phase early when
+    /// its class has stopped giving GRPO signal, i.e. the zero-spread share of the active
+    /// class's groups, averaged over the phase's last `window` steps, is at least `share`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_flat: Option<EndFlat>,
+}
+
+/// `phases.end_flat = { share = 0.75, window = 2 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndFlat {
+    /// Zero-spread share (mean over the window's steps) at which the phase ends, in (0, 1].
+    pub share: f64,
+    /// Steps of the phase the share is averaged over (at least 1; default 2).
+    #[serde(default = "EndFlat::default_window")]
+    pub window: u64,
+}
+
+impl EndFlat {
+    fn default_window() -> u64 {
+        2
+    }
 }
 
 impl Default for PhaseConfig {
@@ -64,6 +86,7 @@ impl Default for PhaseConfig {
             paired: false,
             skip_flat: false,
             keep_probe: false,
+            end_flat: None,
         }
     }
 }
@@ -119,20 +142,30 @@ pub struct PhaseState {
     /// guard, whose phases all began at multiples of `length`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
-    /// The phase guard ended the active phase: the next step is a boundary.
+    /// The phase guard (or `end_flat`) ended the active phase: the next step is a boundary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tripped: Option<GuardTrip>,
+    /// `end_flat`: the zero-spread shares of the active phase's last `window` steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flat_shares: Vec<f64>,
 }
 
-/// The phase guard's record of a phase it ended early.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// The record of a phase ended early: by the phase guard (a drop of the score) or by
+/// `end_flat` (no signal left).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardTrip {
-    /// Steps completed when the drop was measured (the next phase starts there).
+    /// Steps completed when it was measured (the next phase starts there).
     pub step: u64,
-    /// Overall score on the fixed batch then.
-    pub score: f64,
-    /// `start_score - score` (more than `guard_drop`).
-    pub drop: f64,
+    /// Phase guard: the overall score on the fixed batch then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Phase guard: `start_score - score` (more than `guard_drop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop: Option<f64>,
+    /// `end_flat`: the zero-spread shares of the phase's last `window` steps (their mean is
+    /// at least `end_flat.share`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flat: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -164,7 +197,43 @@ impl PhaseState {
         };
         let drop = start - score;
         if drop > limit {
-            self.tripped = Some(GuardTrip { step, score, drop });
+            self.tripped = Some(GuardTrip {
+                step,
+                score: Some(score),
+                drop: Some(drop),
+                flat: None,
+            });
+        }
+        self.tripped.is_some()
+    }
+
+    /// `end_flat`, after a step of the active phase whose groups had zero spread on its
+    /// objective in `share` of the cases: keeps the phase's last `window` shares.
+    pub fn note_flat(&mut self, cfg: &PhaseConfig, share: f64) {
+        let Some(f) = cfg.end_flat else {
+            return;
+        };
+        self.flat_shares.push(share);
+        let extra = self.flat_shares.len().saturating_sub(f.window as usize);
+        self.flat_shares.drain(..extra);
+    }
+
+    /// `end_flat`, after `step` steps inside a phase: ends the phase (the next step is a
+    /// boundary) when its last `window` steps' zero-spread shares average at least
+    /// `end_flat.share`. Returns whether the phase is ended (by this or the guard).
+    pub fn check_flat(&mut self, cfg: &PhaseConfig, step: u64) -> bool {
+        let Some(f) = cfg.end_flat else {
+            return self.tripped.is_some();
+        };
+        let n = self.flat_shares.len();
+        let mean = self.flat_shares.iter().sum::<f64>() / n.max(1) as f64;
+        if self.tripped.is_none() && n as u64 >= f.window && mean >= f.share {
+            self.tripped = Some(GuardTrip {
+                step,
+                score: None,
+                drop: None,
+                flat: Some(self.flat_shares.clone()),
+            });
         }
         self.tripped.is_some()
     }
@@ -222,7 +291,7 @@ pub struct Decision {
     pub base_class_scores: Vec<Option<f64>>,
     /// Every candidate with the number it was ranked by.
     pub candidates: Vec<Candidate>,
-    /// The phase guard ended the previous phase early (absent otherwise).
+    /// The phase guard or `end_flat` ended the previous phase early (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardTrip>,
     /// `phases.skip_flat`: the classes the lookahead did not probe, and why (absent when none).
@@ -428,6 +497,7 @@ impl PhaseState {
         self.active = Some(chosen);
         self.start_score = base_score;
         self.started_at = Some(step);
+        self.flat_shares.clear();
         let guard = self.tripped.take();
         Ok(Decision {
             step,
@@ -514,6 +584,9 @@ pub struct BatchScores {
     /// `[example][response]`: each response's rewards (`None` = excluded); where
     /// `skip_flat` reads each class's spread.
     pub rewards: Vec<Vec<Option<RewardVector>>>,
+    /// A lookahead probe's measurement: no group of the probe's steps had reward spread, so
+    /// it made no update and its score is the base's (not a measured gain).
+    pub flat_probe: bool,
 }
 
 impl BatchScores {
@@ -527,6 +600,7 @@ impl BatchScores {
             measured,
             examples,
             rewards,
+            flat_probe: false,
         }
     }
 }
@@ -602,6 +676,23 @@ pub fn decide(
                     let gain = paired_gain(&base.examples, &p.examples);
                     (c.detail, c.gain_se) = gain.unwrap_or((f64::NAN, None));
                 }
+            }
+            let flat = |p: &BatchScores| cfg.skip_flat && p.flat_probe;
+            if probes.iter().any(flat) && !probes.iter().all(flat) {
+                // a probe that made no update measured nothing: its class cannot be trained
+                // now, and its "gain" of 0 must not beat measured (if negative) gains
+                let mut kept = Vec::new();
+                for (c, p) in c.into_iter().zip(&probes) {
+                    if flat(p) {
+                        skipped.push(Skipped {
+                            reason: "its probe's groups had no reward spread on the training prompts: no update".into(),
+                            class: c.class,
+                        });
+                    } else {
+                        kept.push(c);
+                    }
+                }
+                c = kept;
             }
             c
         }
@@ -814,8 +905,8 @@ mod tests {
         let d = st.commit(12, cfg.selector, &n, c, Some(&base)).unwrap();
         let trip = d.guard.expect("the decision records the early end");
         assert_eq!(trip.step, 12);
-        assert!((trip.drop - 0.1).abs() < 1e-12 && trip.score == 0.4);
-        assert_eq!((st.started_at, st.tripped), (Some(12), None));
+        assert!((trip.drop.unwrap() - 0.1).abs() < 1e-12 && trip.score == Some(0.4));
+        assert_eq!((st.started_at, &st.tripped), (Some(12), &None));
         assert!(!st.boundary(16, &cfg) && st.boundary(17, &cfg));
         // the record is left out of schedule.jsonl when there is none
         let line = serde_json::to_string(&Decision { guard: None, ..d }).unwrap();
@@ -823,6 +914,82 @@ mod tests {
             !line.contains("guard") && !line.contains("gain_se"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn end_flat_ends_a_phase_whose_last_steps_had_no_spread() {
+        let n = names();
+        let cfg = PhaseConfig {
+            end_flat: Some(EndFlat {
+                share: 0.75,
+                window: 2,
+            }),
+            ..PhaseConfig::default()
+        };
+        let mut st = PhaseState::default();
+        let c = probe_candidates(&n, &[1], &[0.6], None);
+        st.commit(10, cfg.selector, &n, c.clone(), None).unwrap();
+        // one flat step is not a window; 1.0 then 0.25 averages below 0.75
+        for (step, share) in [(11, 1.0), (12, 0.25), (13, 0.75)] {
+            st.note_flat(&cfg, share);
+            assert!(!st.check_flat(&cfg, step), "step {step}");
+            assert!(!st.boundary(step, &cfg));
+        }
+        // 0.75 and 1.0: the phase ends after step 14, not at 15
+        st.note_flat(&cfg, 1.0);
+        assert!(st.check_flat(&cfg, 14));
+        assert!(st.boundary(14, &cfg));
+        // the window's shares survive a checkpoint (serde) and old states still load
+        let back: PhaseState = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
+        let old: PhaseState =
+            serde_json::from_str(r#"{"index":1,"active":0,"start_score":null,"arms":[]}"#).unwrap();
+        assert!(old.flat_shares.is_empty() && old.tripped.is_none());
+        let d = st.commit(14, cfg.selector, &n, c, None).unwrap();
+        let trip = d.guard.clone().expect("the decision records the early end");
+        assert_eq!(
+            (trip.step, trip.flat, trip.score),
+            (14, Some(vec![0.75, 1.0]), None)
+        );
+        let line = serde_json::to_string(&d).unwrap();
+        assert!(
+            line.contains(r#""guard":{"step":14,"flat":[0.75,1.0]}"#),
+            "{line}"
+        );
+        // a new phase starts with an empty window
+        assert!(st.flat_shares.is_empty());
+        st.note_flat(&cfg, 1.0);
+        assert!(!st.check_flat(&cfg, 15));
+        // off: nothing is kept and nothing ends
+        let mut off = PhaseState::default();
+        off.note_flat(&PhaseConfig::default(), 1.0);
+        assert!(off.flat_shares.is_empty());
+        assert!(!off.check_flat(&PhaseConfig::default(), 1));
+    }
+
+    #[test]
+    fn skip_flat_does_not_choose_a_probe_that_made_no_update() {
+        let cfg = PhaseConfig {
+            skip_flat: true,
+            ..PhaseConfig::default()
+        };
+        // every class spreads on the fixed batch
+        let g = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]];
+        // class 2's probe (the best score, 0.7) made no update: class 1 (0.6) is chosen
+        let mut o = owner(&[&g]);
+        o.flat = vec![2];
+        let d = decide_with(&cfg, &mut o);
+        assert_eq!(d.chosen, "b");
+        assert_eq!(d.candidates.len(), 2);
+        assert_eq!(d.skipped[0].class, "c");
+        assert!(d.skipped[0].reason.contains("no update"), "{:?}", d.skipped);
+        // every probe flat: nothing to prefer, the ranking stands
+        o.flat = vec![0, 1, 2];
+        let d = decide_with(&cfg, &mut o);
+        assert_eq!((d.chosen.as_str(), d.skipped.len()), ("c", 0));
+        // without skip_flat the flat probe is ranked as before
+        o.flat = vec![2];
+        assert_eq!(decide_with(&PhaseConfig::default(), &mut o).chosen, "c");
     }
 
     #[test]
@@ -868,6 +1035,8 @@ mod tests {
     struct Owner {
         base: BatchScores,
         probed: Vec<Vec<usize>>,
+        /// Classes whose probe made no update.
+        flat: Vec<usize>,
     }
 
     impl Measure for Owner {
@@ -879,6 +1048,7 @@ mod tests {
             let score = |k: usize| {
                 let mut b = self.base.clone();
                 b.measured.overall = Some(0.5 + 0.1 * k as f64);
+                b.flat_probe = self.flat.contains(&k);
                 b
             };
             Ok(classes.iter().map(|&k| score(k)).collect())
@@ -906,6 +1076,7 @@ mod tests {
         Owner {
             base: BatchScores::new(measured(0.5, &[Some(0.5), Some(0.5), Some(0.2)]), rewards),
             probed: Vec::new(),
+            flat: Vec::new(),
         }
     }
 

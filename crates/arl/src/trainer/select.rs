@@ -37,6 +37,8 @@ pub(crate) struct KeptSteps {
 struct Probe {
     class: usize,
     score: f64,
+    /// `skip_flat` and no step of the probe had a group with spread (ranks after the others).
+    flat: bool,
     params: ParamSnapshot,
     optimizer: AdamW,
     optimizer_steps: u64,
@@ -114,10 +116,10 @@ impl Trainer {
             .config
             .optim
             .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
-        let (rollout, adv, update) = self.grpo_step(target, only, &mut time)?;
+        let stepped = self.grpo_step(target, only, &mut time)?;
         let verdicts = self.judge.stats().verdicts - judge_before.verdicts;
         let judge = JudgeDelta::default(); // set below, the validation's included
-        let mut metrics = self.metrics_line(lr, &rollout, &adv, update, judge, verdicts);
+        let mut metrics = self.metrics_line(lr, stepped, judge, verdicts);
         let noise = self.noise.as_ref().map(|n| n.take());
         let (step, every) = (self.state.step + j + 1, self.config.eval.every);
         let due = every > 0 && step.is_multiple_of(every);
@@ -173,28 +175,36 @@ impl Measure for Selection<'_> {
             let target = t.phase_target(k)?;
             let only = t.config.objective.grade_active_class_only.then_some(k);
             let (mut steps, start) = (Vec::new(), Instant::now());
+            let mut rows = 0;
             for j in 0..t.config.phases.probe_steps {
                 if self.keep {
-                    steps.push(t.keepable_step(&target, only, j)?);
+                    let step = t.keepable_step(&target, only, j)?;
+                    rows += step.metrics.update.rows;
+                    steps.push(step);
                 } else {
-                    t.grpo_step(&target, only, self.time)?;
+                    rows += t.grpo_step(&target, only, self.time)?.update.rows;
                 }
                 self.probe_steps += 1;
             }
             let secs = start.elapsed().as_secs_f64();
-            let measured = t.select_eval(self.time)?;
+            let mut measured = t.select_eval(self.time)?;
+            measured.flat_probe = t.config.phases.probe_steps > 0 && rows == 0;
             let score = measured.measured.overall.unwrap_or(f64::NAN);
+            let flat = t.config.phases.skip_flat && measured.flat_probe;
             scores.push(measured);
             let probe_optimizer = std::mem::replace(&mut t.optimizer, optimizer.snapshot()?);
+            // as `schedule::decide` ranks: a flat probe after the others, then the score
+            let key = |flat: bool, score: f64| (!flat, rank_key(score));
             let better = match &self.best {
                 None => true,
-                Some(b) => rank_key(score) > rank_key(b.score),
+                Some(b) => key(flat, score) > key(b.flat, b.score),
             };
             if self.keep && better {
                 self.best = None; // one kept probe at a time
                 self.best = Some(Probe {
                     class: k,
                     score,
+                    flat,
                     params: ParamSnapshot::take(&t.vars)?,
                     optimizer: probe_optimizer,
                     optimizer_steps: t.state.optimizer_steps,
@@ -217,7 +227,7 @@ impl Measure for Selection<'_> {
     /// class's policy gradient with the overall score's.
     fn align(&mut self, classes: &[usize]) -> Result<Vec<(f64, f64)>> {
         let t = &mut *self.trainer;
-        let rollout = t.rollout(None, self.time)?;
+        let rollout = t.rollout(t.config.grpo.prompts_per_step, None, self.time)?;
         let overall = t.policy_gradient(&rollout, &Target::Overall)?;
         let mut out = Vec::new();
         for &k in classes {
