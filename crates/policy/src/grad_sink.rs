@@ -61,7 +61,7 @@ impl GradSink {
     pub(crate) fn add(&self, weight: &Tensor, grad: Tensor) -> Result<()> {
         let mut sums = self.sums.lock().expect("grad sink");
         match sums.get(&weight.id()) {
-            Some(sum) => sum.inplace_op2(&grad, &AddAssign),
+            Some(sum) => sum.inplace_op2(&grad, &Inplace(AddAssign)),
             None => {
                 let whole = {
                     let (storage, layout) = grad.storage_and_layout();
@@ -86,27 +86,22 @@ impl GradSink {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(weight.detach().zeros_like()?),
         };
-        sum.inplace_op2(&grad.contiguous()?, &AddRows(ids))
+        sum.inplace_op2(&grad.contiguous()?, &Inplace(AddRows(ids)))
     }
 }
 
-/// `table[ids[i]] += rows[i]` for a table [V, H] and rows [N, H].
-struct AddRows<'a>(&'a [u32]);
-
-fn add_rows<T: Float>(table: &mut [T], rows: &[T], ids: &[u32]) -> Result<()> {
-    let h = rows.len() / ids.len().max(1);
-    for (&id, row) in ids.iter().zip(rows.chunks_exact(h.max(1))) {
-        let Some(dst) = table.get_mut(id as usize * h..(id as usize + 1) * h) else {
-            candle_core::bail!("add-rows: row {id} outside the table");
-        };
-        dst.iter_mut().zip(row).for_each(|(a, &b)| *a = *a + b);
-    }
-    Ok(())
+/// An in-place op `a ∘= b` on the slices of two contiguous tensors of one float type.
+trait InPlace {
+    const NAME: &'static str;
+    fn apply<T: Float>(&self, a: &mut [T], b: &[T]) -> Result<()>;
 }
 
-impl InplaceOp2 for AddRows<'_> {
+/// An `InPlace` as a candle in-place op.
+struct Inplace<O>(O);
+
+impl<O: InPlace> InplaceOp2 for Inplace<O> {
     fn name(&self) -> &'static str {
-        "policy-add-rows"
+        O::NAME
     }
     fn cpu_fwd(
         &self,
@@ -117,16 +112,12 @@ impl InplaceOp2 for AddRows<'_> {
     ) -> Result<()> {
         let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
         else {
-            candle_core::bail!("add-rows needs contiguous tensors");
+            candle_core::bail!("{} needs contiguous tensors", O::NAME);
         };
         match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                add_rows(&mut a[a0..a1], &b[b0..b1], self.0)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                add_rows(&mut a[a0..a1], &b[b0..b1], self.0)
-            }
-            (a, b) => candle_core::bail!("add-rows of {:?} and {:?}", a.dtype(), b.dtype()),
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => self.0.apply(&mut a[a0..a1], &b[b0..b1]),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => self.0.apply(&mut a[a0..a1], &b[b0..b1]),
+            (a, b) => candle_core::bail!("{} of {:?} and {:?}", O::NAME, a.dtype(), b.dtype()),
         }
     }
 }
@@ -134,34 +125,31 @@ impl InplaceOp2 for AddRows<'_> {
 /// `a += b` element by element, on all threads.
 struct AddAssign;
 
-fn add_slices<T: Float>(a: &mut [T], b: &[T]) {
-    a.par_chunks_mut(1 << 16)
-        .zip(b.par_chunks(1 << 16))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a = *a + b));
+impl InPlace for AddAssign {
+    const NAME: &'static str = "policy-add-assign";
+    fn apply<T: Float>(&self, a: &mut [T], b: &[T]) -> Result<()> {
+        if a.len() != b.len() {
+            candle_core::bail!("add-assign: {} values vs {}", a.len(), b.len());
+        }
+        a.par_chunks_mut(1 << 16)
+            .zip(b.par_chunks(1 << 16))
+            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a = *a + b));
+        Ok(())
+    }
 }
 
-impl InplaceOp2 for AddAssign {
-    fn name(&self) -> &'static str {
-        "policy-add-assign"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("add-assign needs contiguous tensors");
-        };
-        if a1 - a0 != b1 - b0 {
-            candle_core::bail!("add-assign: {:?} vs {:?}", l1.dims(), l2.dims());
-        }
-        match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => add_slices(&mut a[a0..a1], &b[b0..b1]),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => add_slices(&mut a[a0..a1], &b[b0..b1]),
-            (a, b) => candle_core::bail!("add-assign of {:?} and {:?}", a.dtype(), b.dtype()),
+/// `table[ids[i]] += rows[i]` for a table [V, H] (`a`) and rows [N, H] (`b`).
+struct AddRows<'a>(&'a [u32]);
+
+impl InPlace for AddRows<'_> {
+    const NAME: &'static str = "policy-add-rows";
+    fn apply<T: Float>(&self, table: &mut [T], rows: &[T]) -> Result<()> {
+        let h = rows.len() / self.0.len().max(1);
+        for (&id, row) in self.0.iter().zip(rows.chunks_exact(h.max(1))) {
+            let Some(dst) = table.get_mut(id as usize * h..(id as usize + 1) * h) else {
+                candle_core::bail!("add-rows: row {id} outside the table");
+            };
+            dst.iter_mut().zip(row).for_each(|(a, &b)| *a = *a + b);
         }
         Ok(())
     }
