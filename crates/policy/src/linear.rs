@@ -409,10 +409,10 @@ fn row_stats_fast<T: Float>(row: &[T], inv_t: T) -> (T, T) {
     })
 }
 
-/// Log-sum-exp of `row * inv_t` and the entropy of its softmax, in two passes (with
-/// `Float::exp_fast` when `FAST`).
-fn row_stats<T: Float, const FAST: bool>(row: &[T], inv_t: T) -> (T, T) {
-    if FAST {
+/// Log-sum-exp of `row * inv_t` and the entropy of its softmax, in two passes (`fast`:
+/// `row_stats_fast`).
+fn row_stats<T: Float>(row: &[T], inv_t: T, fast: bool) -> (T, T) {
+    if fast {
         return row_stats_fast(row, inv_t);
     }
     let mut m = row[0];
@@ -426,11 +426,7 @@ fn row_stats<T: Float, const FAST: bool>(row: &[T], inv_t: T) -> (T, T) {
     let (mut s, mut sz) = (T::zero(), T::zero());
     for &v in row {
         let z = v * inv_t;
-        let e = if FAST {
-            (z - m).exp_fast()
-        } else {
-            (z - m).exp()
-        };
+        let e = (z - m).exp();
         s = s + e;
         sz = sz + e * z;
     }
@@ -459,11 +455,7 @@ impl FloatOp<2> for OutputLogProbs {
             for (j, o) in out.chunks_exact_mut(3).enumerate() {
                 let r = r0 + j;
                 let row = &z[r * v..(r + 1) * v];
-                let (lse, ent) = if fast {
-                    row_stats::<T, true>(row, inv_t)
-                } else {
-                    row_stats::<T, false>(row, inv_t)
-                };
+                let (lse, ent) = row_stats(row, inv_t, fast);
                 o.copy_from_slice(&[row[tg[r] as usize] * inv_t - lse, ent, lse]);
             }
         });
@@ -552,10 +544,9 @@ impl OutputLogProbsBwd {
             for (j, row) in rows.chunks_exact_mut(v).enumerate() {
                 let r = r0 + j;
                 let gi = g[2 * r] * inv_t;
-                let lse = match (&lse, fast) {
-                    (Some(l), _) => l[r],
-                    (None, true) => row_stats::<T, true>(row, inv_t).0,
-                    (None, false) => row_stats::<T, false>(row, inv_t).0,
+                let lse = match &lse {
+                    Some(l) => l[r],
+                    None => row_stats(row, inv_t, fast).0,
                 };
                 if fast {
                     logit_grads::<T, true>(row, gi, inv_t, lse);
