@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod classes;
 pub mod error;
 pub mod grades;
+pub mod limits;
 pub mod load;
 pub mod model;
 pub mod runfile;
