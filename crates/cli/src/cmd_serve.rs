@@ -6,7 +6,6 @@ use arl::{ObjectiveKind, SelectorKind, Weights};
 use schedule::PhaseConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -83,6 +82,14 @@ pub struct Args {
     /// Most connections open at once (more wait until one closes); keep it under `ulimit -n`.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// Seconds a write may wait for the client to read its answer; the connection is closed
+    /// after (clients that pipeline requests and never read cannot hold a connection).
+    #[arg(long, default_value_t = 30.0)]
+    write_timeout_secs: f64,
+    /// Seconds a connection with no request being answered may move no byte before it is
+    /// closed.
+    #[arg(long, default_value_t = 60.0)]
+    idle_timeout_secs: f64,
     /// `gdpo`: completions per prompt that form one group, collected across OpenRLHF requests
     /// (OpenRLHF 0.9.1 and later send one completion per request: n_samples_per_prompt).
     /// 0 = a group is a prompt's completions within one request.
@@ -157,28 +164,27 @@ pub fn run(args: Args) -> Result<()> {
         judge_config.cache = Some(args.state_dir.join("judge-cache.sqlite"));
     }
     let judge = judge::from_config(&judge_config)?;
-    let token = match &args.token_env {
-        None => None,
-        Some(var) => Some(
-            std::env::var(var)
-                .ok()
-                .filter(|t| !t.trim().is_empty())
-                .with_context(|| format!("--token-env {var}: the variable is unset or empty"))?,
-        ),
+    let token = args.token_env.as_deref().map(server_token).transpose()?;
+    let secs =
+        |flag: &str, v: f64| rubric::limits::duration_secs(flag, v).map_err(anyhow::Error::msg);
+    let limits = server::Limits {
+        max_body_bytes: body_bytes(args.max_body_mib)?,
+        request_timeout: secs("--request-timeout-secs", args.request_timeout_secs)?,
+        max_completions: args.max_completions,
+        header_timeout: secs("--header-timeout-secs", args.header_timeout_secs)?,
+        max_connections: args.max_connections,
+        write_timeout: secs("--write-timeout-secs", args.write_timeout_secs)?,
+        idle_timeout: secs("--idle-timeout-secs", args.idle_timeout_secs)?,
     };
-    for (flag, secs) in [
-        ("--request-timeout-secs", args.request_timeout_secs),
-        ("--header-timeout-secs", args.header_timeout_secs),
-        ("--group-window-secs", args.group_window_secs),
-    ] {
-        anyhow::ensure!(
-            secs > 0.0 && secs.is_finite(),
-            "{flag} must be a positive number of seconds"
-        );
-    }
+    let group_window = secs("--group-window-secs", args.group_window_secs)?;
     anyhow::ensure!(
-        args.max_connections > 0,
-        "--max-connections must be at least 1"
+        (1..=MAX_CONNECTIONS).contains(&args.max_connections),
+        "--max-connections must be in 1..={MAX_CONNECTIONS}, got {}",
+        args.max_connections
+    );
+    anyhow::ensure!(
+        args.max_completions > 0,
+        "--max-completions must be at least 1"
     );
     // the listener, the judge cache and the runtime keep a few descriptors of their own
     let reserved = 64;
@@ -213,16 +219,10 @@ pub fn run(args: Args) -> Result<()> {
         },
         state_dir: args.state_dir.clone(),
         token,
-        limits: server::Limits {
-            max_body_bytes: args.max_body_mib << 20,
-            request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
-            max_completions: args.max_completions,
-            header_timeout: Duration::from_secs_f64(args.header_timeout_secs),
-            max_connections: args.max_connections,
-        },
+        limits,
         groups: server::GroupSettings {
             size: args.group_size,
-            window: Duration::from_secs_f64(args.group_window_secs),
+            window: group_window,
         },
     })?;
     let status = service.status();
@@ -247,6 +247,59 @@ pub fn run(args: Args) -> Result<()> {
         &args.host,
         args.port,
         |addr| format!("arlrr serve: listening on http://{addr}"),
-        |listener| async move { Ok(server::api::serve(listener, service).await?) },
+        |listener| async move {
+            let stop = stop_signal()?;
+            server::conn::serve(listener, service, stop).await?;
+            eprintln!("arlrr serve: stopped");
+            Ok(())
+        },
     )
+}
+
+/// Most connections `--max-connections` may allow (each needs a file descriptor).
+const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// Largest body `--max-body-mib` may allow: 4 GiB, far above any batch of rewards.
+const MAX_BODY_MIB: usize = 4096;
+
+/// `--max-body-mib` in bytes, in range (a huge value must not wrap to 0 and refuse everything).
+fn body_bytes(mib: usize) -> Result<usize> {
+    anyhow::ensure!(
+        (1..=MAX_BODY_MIB).contains(&mib),
+        "--max-body-mib must be in 1..={MAX_BODY_MIB}, got {mib}"
+    );
+    Ok(mib << 20)
+}
+
+/// The bearer token from the environment variable `var`, without surrounding whitespace (a
+/// token written with `echo` keeps its newline; the client's is trimmed the same way).
+fn server_token(var: &str) -> Result<String> {
+    let value = std::env::var(var)
+        .with_context(|| format!("--token-env {var}: the variable is unset or not UTF-8"))?;
+    let token = value.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "--token-env {var}: the variable is empty"
+    );
+    anyhow::ensure!(
+        token.chars().all(|c| c.is_ascii_graphic()),
+        "--token-env {var}: the token holds a space, a control character or a non-ASCII \
+         character, which an `Authorization: Bearer` header cannot carry"
+    );
+    Ok(token.to_string())
+}
+
+/// Resolves at the first SIGTERM or SIGINT: the service then stops accepting connections and
+/// answers the requests in flight before it exits.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("arlrr serve: stopping: no new connections; answering the requests in flight");
+    })
 }

@@ -27,7 +27,10 @@ mod tests {
     #[test]
     fn accepts_the_range_and_names_the_field_outside_it() {
         assert_eq!(duration_secs("x", 1.5), Ok(Duration::from_millis(1500)));
-        assert_eq!(duration_secs("x", MAX_SECS), Ok(Duration::from_secs(604_800)));
+        assert_eq!(
+            duration_secs("x", MAX_SECS),
+            Ok(Duration::from_secs(604_800))
+        );
         for bad in [0.0, -1.0, 1e30, f64::NAN, f64::INFINITY, MAX_SECS + 1.0] {
             let e = duration_secs("`timeout_secs`", bad).unwrap_err();
             assert!(e.starts_with("`timeout_secs` must be"), "{e}");

@@ -78,7 +78,11 @@ fn main() {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/openrlhf/reward", listener.local_addr().unwrap());
-        tokio::spawn(server::api::serve(listener, service));
+        tokio::spawn(server::conn::serve(
+            listener,
+            service,
+            std::future::pending(),
+        ));
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(requests)
             .timeout(Duration::from_secs(120))

@@ -214,6 +214,28 @@ fn grading_failed(failures: Vec<(usize, &str, GradeFailure)>) -> ApiError {
     }
 }
 
+/// The schedule state could not be saved, so what the request would have changed (a report,
+/// a count of completions) was not taken: 500, and the schedule is unchanged. The path and the
+/// OS error are for the operator's log, not the client.
+fn state_not_saved(what: &str, cause: &str) -> ApiError {
+    eprintln!("arlrr serve: error: {what}, schedule state not saved: {cause}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "state_write_failed",
+        format!(
+            "the schedule state could not be saved, so {what} and the schedule is unchanged; \
+             retry later (verdicts already graded are cached); the service log says why"
+        ),
+    )
+}
+
+/// Counts `n` graded completions toward the schedule's steps before their rewards go out.
+fn count(service: &Service, n: usize) -> Result<(), ApiError> {
+    service
+        .count_completions(n as u64)
+        .map_err(|e| state_not_saved("the completions were not counted", &format!("{e:#}")))
+}
+
 /// The reward vector as JSON: per-class values by name, `null` = no signal.
 fn class_map(service: &Service, r: &RewardVector) -> Map<String, Value> {
     service
@@ -441,7 +463,7 @@ pub async fn openrlhf_reward(
     if gdpo {
         logs.insert("arlrr/group_size".into(), json!(group_size));
     }
-    service.count_completions(n as u64);
+    count(&service, n)?;
     Ok(Json(json!({
         "rewards": reward,
         "scores": scores,
@@ -592,7 +614,9 @@ pub async fn native_rewards(
             json!({"prompt_id": service.data.examples[e].id, "completions": completions})
         })
         .collect();
-    service.count_completions(total as u64);
+    // only graded completions are training data: a judge outage must not move the schedule
+    let graded_ok = graded.iter().flatten().filter(|g| g.is_ok()).count();
+    count(&service, graded_ok)?;
     Ok(Json(json!({
         "objective": status.objective,
         "active_class": active.map(|k| service.class_names[k].clone()),
@@ -725,19 +749,7 @@ pub async fn schedule_report(
                 field: Some(e.field),
                 ..ApiError::new(StatusCode::CONFLICT, "schedule_conflict", e.message)
             },
-            ReportFault::Io => {
-                // the path and OS error are for the operator, not the client
-                eprintln!(
-                    "arlrr serve: error: report not applied, schedule state not saved: {}",
-                    e.message
-                );
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "state_write_failed",
-                    "the schedule state could not be saved, so the report was not applied and \
-                     the schedule is unchanged; the service log says why",
-                )
-            }
+            ReportFault::Io => state_not_saved("the report was not applied", &e.message),
         })?;
         (d, s.status())
     };
@@ -768,6 +780,7 @@ pub async fn metrics(State(service): State<Arc<Service>>) -> Response {
         active_class: active,
         step,
         phase,
+        group_waiting: service.groups.waiting(),
     });
     (
         [(
@@ -777,6 +790,13 @@ pub async fn metrics(State(service): State<Arc<Service>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 7235) and the token is taken without surrounding whitespace.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares in time independent of where the strings differ.
@@ -799,9 +819,15 @@ async fn guard(State(service): State<Arc<Service>>, req: Request, next: Next) ->
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes())),
+            .and_then(bearer_token)
+            .is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())),
     };
+    let too_large = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&n| n > service.limits.max_body_bytes as u64);
     let response = if !authorized {
         let mut r = ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -814,6 +840,17 @@ async fn guard(State(service): State<Arc<Service>>, req: Request, next: Next) ->
             "Bearer".parse().expect("valid header"),
         );
         r
+    } else if let Some(n) = too_large {
+        // said up front: answered at once, not after waiting for a body that is never read
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!(
+                "the body is {n} bytes (Content-Length); the limit is {} bytes (--max-body-mib)",
+                service.limits.max_body_bytes
+            ),
+        )
+        .into_response()
     } else {
         let limit = service.limits.request_timeout;
         match tokio::time::timeout(limit, next.run(req)).await {
@@ -877,44 +914,4 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(service.limits.max_body_bytes))
         .with_state(service)
-}
-
-/// Serves until the process ends, over HTTP/1.1. A connection is closed when a request's
-/// headers take longer than `--header-timeout-secs` (slowloris; idle keep-alive connections
-/// close after the same time), and at most `--max-connections` are open at once: more wait in
-/// the listen backlog until one closes, so the process keeps file descriptors to answer with.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    service: Arc<Service>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let limits = service.limits.clone();
-    let app = hyper_util::service::TowerToHyperService::new(router(service));
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    loop {
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // e.g. out of file descriptors: wait for connections to close, keep serving
-                eprintln!("arlrr serve: warning: accepting a connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let app = app.clone();
-        tokio::spawn(async move {
-            // errors here are the client's (a dropped or slow connection); nothing to answer
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), app)
-                .await;
-            drop(slot);
-        });
-    }
 }

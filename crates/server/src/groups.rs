@@ -7,6 +7,11 @@
 //! the others of its prompt (same example) until the group is full or the window since the
 //! group's first completion has passed; then every member gets its reward from the group's
 //! normalization.
+//!
+//! A member whose request is abandoned (the client hung up, or the request timed out) leaves
+//! its group when its request's future is dropped ([`Ticket`]'s `Drop`), so a client's retry
+//! of that completion is one member, not two, and the group is not filled by a completion
+//! nobody waits for.
 
 use rubric::RewardVector;
 use schedule::Target;
@@ -48,7 +53,22 @@ pub struct Grouped {
 struct Open {
     id: u64,
     deadline: Instant,
-    members: Vec<(RewardVector, oneshot::Sender<Grouped>)>,
+    /// `(member id, reward vector, where its reward goes)`.
+    members: Vec<(u64, RewardVector, oneshot::Sender<Grouped>)>,
+}
+
+/// The open groups by example, and the last id given to a group or member.
+#[derive(Default)]
+struct Groups {
+    last_id: u64,
+    open: HashMap<usize, Open>,
+}
+
+impl Groups {
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
 }
 
 /// The groups being filled, by example.
@@ -56,15 +76,27 @@ pub struct Collector {
     settings: GroupSettings,
     classes: usize,
     eps: f64,
-    open: Mutex<(u64, HashMap<usize, Open>)>,
+    groups: Mutex<Groups>,
 }
 
-/// A completion's place in a group; [`Collector::wait`] gives its reward.
-pub struct Ticket {
+/// A completion's place in a group; [`Collector::wait`] gives its reward. Dropped unanswered
+/// (its request abandoned), it takes its completion out of the group.
+pub struct Ticket<'a> {
+    collector: &'a Collector,
     example: usize,
-    id: u64,
+    group: u64,
+    member: u64,
     deadline: Instant,
     rx: oneshot::Receiver<Grouped>,
+    answered: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.collector.leave(self.example, self.group, self.member);
+        }
+    }
 }
 
 impl Collector {
@@ -73,7 +105,7 @@ impl Collector {
             settings,
             classes,
             eps,
-            open: Mutex::new((0, HashMap::new())),
+            groups: Mutex::new(Groups::default()),
         }
     }
 
@@ -83,28 +115,36 @@ impl Collector {
 
     /// Adds a graded completion of `example` to its open group (opening one when none is);
     /// a group that becomes full is normalized and answered at once.
-    pub fn join(&self, example: usize, reward: RewardVector) -> Ticket {
+    pub fn join(&self, example: usize, reward: RewardVector) -> Ticket<'_> {
         let (tx, rx) = oneshot::channel();
-        let mut guard = self.open.lock().expect("groups lock");
-        let (next_id, open) = &mut *guard;
-        let group = open.entry(example).or_insert_with(|| {
-            *next_id += 1;
-            Open {
-                id: *next_id,
-                deadline: Instant::now() + self.settings.window,
-                members: Vec::new(),
-            }
-        });
-        group.members.push((reward, tx));
+        let mut groups = self.groups.lock().expect("groups lock");
+        let member = groups.next_id();
+        if !groups.open.contains_key(&example) {
+            let id = groups.next_id();
+            let deadline = Instant::now() + self.settings.window;
+            groups.open.insert(
+                example,
+                Open {
+                    id,
+                    deadline,
+                    members: Vec::new(),
+                },
+            );
+        }
+        let group = groups.open.get_mut(&example).expect("just inserted");
+        group.members.push((member, reward, tx));
         let ticket = Ticket {
+            collector: self,
             example,
-            id: group.id,
+            group: group.id,
+            member,
             deadline: group.deadline,
             rx,
+            answered: false,
         };
         if group.members.len() >= self.settings.size {
-            let full = open.remove(&example).expect("just used");
-            drop(guard);
+            let full = groups.open.remove(&example).expect("just used");
+            drop(groups);
             self.answer(full);
         }
         ticket
@@ -112,15 +152,15 @@ impl Collector {
 
     /// The reward of a joined completion: when its group is full, or at the group's deadline
     /// with the members that arrived.
-    pub async fn wait(&self, mut ticket: Ticket) -> Grouped {
+    pub async fn wait(&self, mut ticket: Ticket<'_>) -> Grouped {
         if let Ok(Ok(g)) = tokio::time::timeout_at(ticket.deadline, &mut ticket.rx).await {
+            ticket.answered = true;
             return g;
         }
         let late = {
-            let mut guard = self.open.lock().expect("groups lock");
-            let open = &mut guard.1;
-            match open.get(&ticket.example) {
-                Some(g) if g.id == ticket.id => open.remove(&ticket.example),
+            let mut groups = self.groups.lock().expect("groups lock");
+            match groups.open.get(&ticket.example) {
+                Some(g) if g.id == ticket.group => groups.open.remove(&ticket.example),
                 _ => None,
             }
         };
@@ -134,15 +174,37 @@ impl Collector {
             );
             self.answer(group);
         }
-        ticket.rx.await.unwrap_or(Grouped {
+        let g = (&mut ticket.rx).await.unwrap_or(Grouped {
             reward: None,
             group_size: 0,
-        })
+        });
+        ticket.answered = true;
+        g
+    }
+
+    /// Takes an abandoned member out of its group, if the group is still open; a group left
+    /// empty is closed.
+    fn leave(&self, example: usize, group: u64, member: u64) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        let Some(g) = groups.open.get_mut(&example).filter(|g| g.id == group) else {
+            return; // already answered
+        };
+        g.members.retain(|(m, _, _)| *m != member);
+        if g.members.is_empty() {
+            groups.open.remove(&example);
+        }
+    }
+
+    /// Completions waiting in open groups (for tests and metrics).
+    pub fn waiting(&self) -> usize {
+        let groups = self.groups.lock().expect("groups lock");
+        groups.open.values().map(|g| g.members.len()).sum()
     }
 
     /// Normalizes a group (GDPO over this one group) and sends each member its reward.
     fn answer(&self, group: Open) {
-        let (vectors, senders): (Vec<_>, Vec<_>) = group.members.into_iter().unzip();
+        let (vectors, senders): (Vec<_>, Vec<_>) =
+            group.members.into_iter().map(|(_, r, tx)| (r, tx)).unzip();
         let size = vectors.len();
         let groups = vec![vectors.into_iter().map(Some).collect::<Vec<_>>()];
         let rewards = Target::Decoupled

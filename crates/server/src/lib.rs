@@ -17,10 +17,16 @@
 //! request, or the completions of one prompt within one OpenRLHF request, or, with a group size
 //! set, a prompt's completions collected across OpenRLHF requests ([`groups`]).
 //!
-//! Connections: HTTP/1.1, closed when a request's headers take longer than the header
-//! timeout, at most `max_connections` at once ([`api::serve`]).
+//! Connections: HTTP/1.1, at most `max_connections` at once, closed when a request's headers,
+//! a write or an idle spell take too long; shutdown drains the requests in flight
+//! ([`conn::serve`]).
+//!
+//! Nothing counted is lost: a completion counts toward a step only once it is graded, and the
+//! count is saved before its reward is answered (or the answer is an error); one service holds
+//! a state folder at a time (`serve.lock`).
 
 pub mod api;
+pub mod conn;
 pub mod groups;
 pub mod metrics;
 pub mod prompts;
@@ -56,6 +62,10 @@ pub struct Limits {
     /// Most connections open at once; more wait in the listen backlog until one closes, so
     /// the process never runs out of file descriptors.
     pub max_connections: usize,
+    /// Time a write may wait for the client to read before the connection is closed.
+    pub write_timeout: Duration,
+    /// Time a connection with no request being answered may move no byte before it is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -67,6 +77,8 @@ impl Default for Limits {
             max_completions: 8192,
             header_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -299,21 +311,22 @@ impl Service {
         }
     }
 
-    /// Counts graded completions toward steps and logs a decision they trigger.
-    pub(crate) fn count_completions(&self, n: u64) {
+    /// Counts graded completions toward steps (`--completions-per-step`) and logs a decision
+    /// they trigger. The count is saved before this returns; on an error nothing is counted,
+    /// and the caller must not answer the rewards as if it had been.
+    pub(crate) fn count_completions(&self, n: u64) -> anyhow::Result<()> {
         let decided = self
             .scheduler
             .lock()
             .expect("scheduler lock")
-            .count_completions(n);
-        match decided {
-            Ok(Some(d)) => eprintln!(
+            .count_completions(n)?;
+        if let Some(d) = decided {
+            eprintln!(
                 "arlrr serve: step {}: phase {} trains `{}`",
                 d.step, d.phase, d.chosen
-            ),
-            Ok(None) => {}
-            Err(e) => eprintln!("arlrr serve: warning: schedule state not saved: {e:#}"),
+            );
         }
+        Ok(())
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Snapshot<'a> {
     pub active_class: Option<usize>,
     pub step: u64,
     pub phase: u64,
+    /// `gdpo --group-size`: completions waiting for the rest of their group.
+    pub group_waiting: usize,
 }
 
 fn escape(label: &str) -> String {
@@ -199,6 +201,15 @@ impl Metrics {
             w,
             "# TYPE arlrr_schedule_phase gauge\narlrr_schedule_phase {}",
             s.phase
+        );
+        let _ = writeln!(
+            w,
+            "# HELP arlrr_gdpo_waiting_completions Completions waiting for the rest of their GDPO group."
+        );
+        let _ = writeln!(
+            w,
+            "# TYPE arlrr_gdpo_waiting_completions gauge\narlrr_gdpo_waiting_completions {}",
+            s.group_waiting
         );
         out
     }

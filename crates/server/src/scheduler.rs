@@ -198,10 +198,119 @@ pub struct Scheduler {
     select_weights: Vec<f64>,
     state: ScheduleState,
     dir: PathBuf,
+    /// `serve.lock` in `dir`, locked for the scheduler's life: one service per state folder.
+    _lock: std::fs::File,
 }
 
 fn io_error(path: &Path, what: &str, e: std::io::Error) -> anyhow::Error {
     anyhow::anyhow!("{what} {}: {e}", path.display())
+}
+
+/// The lock file that keeps a second service off a state folder.
+pub const LOCK_FILE: &str = "serve.lock";
+
+/// Locks `dir` for this process (an advisory `flock` on `serve.lock`, released by the OS when
+/// the process ends, however it ends) and writes the process id into the file, so a second
+/// service on the same folder is refused with the first one's pid instead of overwriting its
+/// schedule.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_error(&path, "cannot open", e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            anyhow::bail!(
+                "{} is in use by another arlrr serve ({}); two services on one state folder \
+                 would overwrite each other's schedule: stop that one, or give this one another \
+                 --state-dir",
+                dir.display(),
+                if holder.is_empty() {
+                    "its process id is not written yet".to_string()
+                } else {
+                    format!("process {holder}")
+                }
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&path, "cannot lock", e)),
+    }
+    let pid = std::process::id();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{pid}"))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error(&path, "cannot write", e))?;
+    Ok(file)
+}
+
+/// A state read back from disk refers to classes, candidates and results by index: check
+/// every index and length before use, so a hand-edited or damaged file is a clear error at
+/// start, not a panic mid-request. `Err((field, what is wrong))`.
+fn check_state(state: &ScheduleState) -> Result<(), (String, String)> {
+    let n = state.classes.len();
+    let index = |field: &str, k: usize| {
+        if k < n {
+            Ok(())
+        } else {
+            Err((
+                field.to_string(),
+                format!(
+                    "is class {k}, but there are {n} classes (0 to {})",
+                    n.max(1) - 1
+                ),
+            ))
+        }
+    };
+    let measured = |field: &str, m: &Measured| {
+        if m.classes.len() == n {
+            Ok(())
+        } else {
+            Err((
+                format!("{field}.classes"),
+                format!("has {} entries for {n} classes", m.classes.len()),
+            ))
+        }
+    };
+    if let Some(k) = state.phase.active {
+        index("phase.active", k)?;
+    }
+    if !state.phase.arms.is_empty() && state.phase.arms.len() != n {
+        return Err((
+            "phase.arms".into(),
+            format!("has {} entries for {n} classes", state.phase.arms.len()),
+        ));
+    }
+    if let Some(v) = &state.validation {
+        measured("validation", v)?;
+    }
+    if let Some(p) = &state.probe {
+        for (i, &k) in p.candidates.iter().enumerate() {
+            index(&format!("probe.candidates[{i}]"), k)?;
+        }
+        if p.candidates.is_empty() || p.results.len() != p.candidates.len() {
+            return Err((
+                "probe.results".into(),
+                format!(
+                    "has {} entries for {} candidates (at least one)",
+                    p.results.len(),
+                    p.candidates.len()
+                ),
+            ));
+        }
+        if let Some(b) = &p.base {
+            measured("probe.base", b)?;
+        }
+    }
+    Ok(())
 }
 
 impl Scheduler {
@@ -242,6 +351,7 @@ impl Scheduler {
             }
         }
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "cannot create", e))?;
+        let lock = lock_state_dir(dir)?;
         let path = dir.join(STATE_FILE);
         let state = if path.exists() {
             let text = std::fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
@@ -276,6 +386,13 @@ impl Scheduler {
                 settings.phases.selector,
                 classes.join(", ")
             );
+            check_state(&state).map_err(|(field, message)| {
+                anyhow::anyhow!(
+                    "{}: `{field}` {message}; the file was edited or damaged: restore it, or use \
+                     another --state-dir (or remove that one) to start a new schedule",
+                    path.display()
+                )
+            })?;
             state
         } else {
             ScheduleState {
@@ -298,6 +415,7 @@ impl Scheduler {
             select_weights,
             state,
             dir: dir.to_path_buf(),
+            _lock: lock,
         };
         let fresh = !path.exists();
         let decided = s.advance()?;
@@ -508,6 +626,8 @@ impl Scheduler {
         self.state.pending_completions = pending % per_step;
         let steps = pending / per_step;
         if steps == 0 {
+            // the count itself is durable before the reward goes out: a restart loses nothing
+            self.save()?;
             return Ok(None);
         }
         self.state.step = self

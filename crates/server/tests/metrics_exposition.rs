@@ -209,6 +209,7 @@ fn snapshot(classes: &[String]) -> Snapshot<'_> {
         active_class: None,
         step: 0,
         phase: 0,
+        group_waiting: 0,
     }
 }
 
@@ -301,7 +302,11 @@ async fn the_live_metrics_page_after_known_requests() {
     let prompt = service.data().examples[0].prompt[0].content.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server::api::serve(listener, service));
+    tokio::spawn(server::conn::serve(
+        listener,
+        service,
+        std::future::pending(),
+    ));
     let client = reqwest::Client::new();
 
     // the known set: 3 graded + 2 malformed rewards, 1 OpenRLHF batch, 1 schedule, 4 healthz

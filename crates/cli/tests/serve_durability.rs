@@ -1,0 +1,451 @@
+//! `arlrr serve` never loses or double-counts a step: through the real binary over real HTTP,
+//! with restarts (SIGKILL and SIGTERM), an unwritable state folder, a judge outage, two
+//! services on one folder, abandoned GDPO requests and a hand-edited state file.
+
+use serde_json::{json, Value};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{chatml, get, post, serve_args, task, user_text, Serve, Task};
+
+/// The schedule's `(step, phase)`.
+async fn step_phase(client: &reqwest::Client, serve: &Serve) -> (u64, u64) {
+    let st = get(client, &format!("{}/v1/schedule", serve.url)).await;
+    (st["step"].as_u64().unwrap(), st["phase"].as_u64().unwrap())
+}
+
+/// One native reward request for `n` completions of `example`.
+async fn rewards(
+    client: &reqwest::Client,
+    serve: &Serve,
+    example: &Value,
+    n: usize,
+) -> (u16, Value) {
+    let completions: Vec<String> = (0..n).map(|i| format!("Rest it, take {i}.")).collect();
+    post(
+        client,
+        &format!("{}/v1/rewards", serve.url),
+        &json!({"prompt_id": example["prompt_id"], "completions": completions}),
+    )
+    .await
+}
+
+/// A sample's value on the `/metrics` page.
+async fn metric(client: &reqwest::Client, serve: &Serve, name: &str) -> f64 {
+    let page = client
+        .get(format!("{}/metrics", serve.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+        .parse()
+        .unwrap()
+}
+
+fn sigterm(serve: &Serve) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counted_completions_survive_restarts_and_are_refused_when_they_cannot_be_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
+    let state = dir.path().join("state");
+    let a = serve_args(
+        &train,
+        &judge,
+        &state,
+        &["--completions-per-step", "4", "--phase-steps", "1"],
+    );
+    let client = reqwest::Client::new();
+    let ex = &examples[0];
+
+    // 3 of 4, SIGKILL, then the 4th: the step completes
+    let serve = Serve::start(dir.path(), &a, &[]);
+    assert_eq!(step_phase(&client, &serve).await, (0, 1));
+    for _ in 0..3 {
+        assert_eq!(rewards(&client, &serve, ex, 1).await.0, 200);
+    }
+    serve.kill();
+    let serve = Serve::start(dir.path(), &a, &[]);
+    assert_eq!(rewards(&client, &serve, ex, 1).await.0, 200);
+    assert_eq!(
+        step_phase(&client, &serve).await,
+        (1, 2),
+        "counted completions lost"
+    );
+
+    // the same across a SIGTERM
+    assert_eq!(rewards(&client, &serve, ex, 3).await.0, 200);
+    let mut serve = serve;
+    sigterm(&serve);
+    assert!(serve.child.wait().unwrap().success(), "{}", serve.log());
+    let serve = Serve::start(dir.path(), &a, &[]);
+    assert_eq!(rewards(&client, &serve, ex, 1).await.0, 200);
+    assert_eq!(step_phase(&client, &serve).await, (2, 3));
+
+    // an unwritable state: the rewards are an error, and nothing is counted
+    let tmp = state.join("schedule_state.json.tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    for _ in 0..5 {
+        let (s, e) = rewards(&client, &serve, ex, 4).await;
+        assert_eq!(
+            (s, &e["error"]["type"]),
+            (500, &json!("state_write_failed")),
+            "{e}"
+        );
+    }
+    let body = json!({
+        "query": [format!("{}Rest it.<|im_end|>", chatml(&user_text(ex)))],
+        "prompts": [chatml(&user_text(ex))],
+        "labels": [ex["prompt_id"]],
+    });
+    let (s, e) = post(&client, &format!("{}/openrlhf/reward", serve.url), &body).await;
+    assert_eq!(
+        (s, &e["error"]["type"]),
+        (500, &json!("state_write_failed")),
+        "{e}"
+    );
+    assert_eq!(step_phase(&client, &serve).await, (2, 3));
+    std::fs::remove_dir(&tmp).unwrap();
+    assert_eq!(rewards(&client, &serve, ex, 4).await.0, 200);
+    assert_eq!(step_phase(&client, &serve).await, (3, 4));
+    drop(serve);
+    let serve = Serve::start(dir.path(), &a, &[]);
+    assert_eq!(step_phase(&client, &serve).await, (3, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_requests_in_flight_before_the_service_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
+    let state = dir.path().join("state");
+    // a GDPO group that never fills holds its request for the window: a request in flight
+    let a = serve_args(
+        &train,
+        &judge,
+        &state,
+        &[
+            "--objective",
+            "gdpo",
+            "--group-size",
+            "4",
+            "--group-window-secs",
+            "3",
+            "--completions-per-step",
+            "1",
+        ],
+    );
+    let mut serve = Serve::start(dir.path(), &a, &[]);
+    let ex = &examples[0];
+    let body = json!({
+        "query": [format!("{}Rest it.<|im_end|>", chatml(&user_text(ex)))],
+        "prompts": [chatml(&user_text(ex))],
+        "labels": [ex["prompt_id"]],
+    });
+    let client = reqwest::Client::new();
+    let url = format!("{}/openrlhf/reward", serve.url);
+    let in_flight = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { post(&client, &url, &body).await }
+    });
+    // SIGTERM once the request waits in its group (the service's gauge says so)
+    let started = Instant::now();
+    while metric(&client, &serve, "arlrr_gdpo_waiting_completions").await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sigterm(&serve);
+    let (s, r) = in_flight.await.unwrap();
+    assert_eq!(s, 200, "the request in flight was dropped: {r}");
+    assert_eq!(r["extra_logs"]["arlrr/group_size"], json!([1.0]), "{r}");
+    let exit = serve.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", serve.log());
+    assert!(serve.log().contains("stopping"), "{}", serve.log());
+    // and its completion was counted before the answer went out
+    let serve = Serve::start(dir.path(), &a, &[]);
+    let st = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(st["step"], 1, "{st}");
+}
+
+/// A judge server that answers every grading request with HTTP 500 while `down` is set, and
+/// with a verdict otherwise; counts the requests.
+async fn flaky_judge(down: Arc<AtomicBool>) -> String {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let down = down.clone();
+            async move {
+                if down.load(Ordering::SeqCst) {
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response()
+                } else {
+                    axum::Json(json!({"choices": [{"message": {"content":
+                        "{\"explanation\": \"fine\", \"criteria_met\": true}"}}]}))
+                    .into_response()
+                }
+            }
+        }),
+    );
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_whose_grading_failed_do_not_count_toward_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task {
+        train, examples, ..
+    } = task(dir.path());
+    let down = Arc::new(AtomicBool::new(true));
+    let base_url = flaky_judge(down.clone()).await;
+    let judge = dir.path().join("http.toml");
+    std::fs::write(
+        &judge,
+        format!(
+            "kind = \"http\"\n[http]\nbase_url = \"{base_url}\"\nmodel = \"m\"\nretries = 0\n\
+             backoff_initial_secs = 0.01\nbackoff_max_secs = 0.01\n"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(
+            &train,
+            &judge,
+            &state,
+            &["--completions-per-step", "2", "--phase-steps", "1"],
+        ),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let ex = &examples[0];
+    // a judge outage: failed completions are answered with an error and not counted, on the
+    // native endpoint as on OpenRLHF's, however often the client retries
+    for _ in 0..3 {
+        let (s, r) = rewards(&client, &serve, ex, 2).await;
+        assert_eq!(s, 200, "{r}");
+        let c = &r["items"][0]["completions"];
+        assert!(c[0]["error"].is_string() && c[1]["reward"].is_null(), "{r}");
+        let body = json!({
+            "query": [format!("{}Rest it.<|im_end|>", chatml(&user_text(ex)))],
+            "prompts": [chatml(&user_text(ex))],
+            "labels": [ex["prompt_id"]],
+        });
+        let (s, _) = post(&client, &format!("{}/openrlhf/reward", serve.url), &body).await;
+        assert_eq!(s, 503);
+    }
+    assert_eq!(
+        step_phase(&client, &serve).await,
+        (0, 1),
+        "a judge outage moved the schedule"
+    );
+    // the judge is back: the two graded completions make one step
+    down.store(false, Ordering::SeqCst);
+    let (s, r) = rewards(&client, &serve, ex, 2).await;
+    assert_eq!(s, 200, "{r}");
+    assert!(r["items"][0]["completions"][0]["error"].is_null(), "{r}");
+    assert_eq!(step_phase(&client, &serve).await, (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_service_on_one_state_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task { train, judge, .. } = task(dir.path());
+    let state = dir.path().join("state");
+    let a = serve_args(&train, &judge, &state, &["--phase-steps", "10"]);
+    let first = Serve::start(dir.path(), &a, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .arg("serve")
+        .args(["--port", "0"])
+        .args(&a)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a second service started on the folder"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(state.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains(&format!("process {}", first.child.id())),
+        "the other process is not named: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // the lock goes with its process, however it ends
+    first.kill();
+    let second = Serve::start(dir.path(), &a, &[]);
+    let client = reqwest::Client::new();
+    assert_eq!(step_phase(&client, &second).await, (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_gdpo_request_leaves_its_group_and_its_retry_is_one_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
+    let ex = &examples[3];
+    let ideal = ex["ideal_completions_data"]["ideal_completion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cs = [
+        ideal.clone(),
+        "I am not sure. Maybe start antibiotics right away.".to_string(),
+        format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
+        String::new(),
+    ];
+    let body = |texts: &[String]| {
+        let chat = chatml(&user_text(ex));
+        json!({
+            "query": texts.iter().map(|c| format!("{chat}{c}<|im_end|>")).collect::<Vec<_>>(),
+            "prompts": vec![chat; texts.len()],
+            "labels": vec![ex["prompt_id"].clone(); texts.len()],
+        })
+    };
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(
+            &train,
+            &judge,
+            &state,
+            &[
+                "--objective",
+                "gdpo",
+                "--group-size",
+                "4",
+                "--group-window-secs",
+                "20",
+            ],
+        ),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let url = format!("{}/openrlhf/reward", serve.url);
+    // the rewards of the whole group in one request
+    let (s, batch) = post(&client, &url, &body(&cs)).await;
+    assert_eq!(s, 200, "{batch}");
+    let want: Vec<f64> = batch["rewards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+
+    let send = |i: usize| {
+        let (client, url, b) = (client.clone(), url.clone(), body(&cs[i..=i]));
+        tokio::spawn(async move { post(&client, &url, &b).await })
+    };
+    let first = [send(0), send(1)];
+    // completion 2's client gives up after a moment, then retries
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(impatient
+        .post(&url)
+        .json(&body(&cs[2..3]))
+        .send()
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let retry = send(2);
+    let last = send(3);
+    let started = Instant::now();
+    let mut got = Vec::new();
+    for h in first.into_iter().chain([retry, last]) {
+        let (s, r) = h.await.unwrap();
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["extra_logs"]["arlrr/group_size"], json!([4.0]), "{r}");
+        got.push(r["rewards"][0].as_f64().unwrap());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the group waited for its window"
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edited_state_is_refused_with_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task { train, judge, .. } = task(dir.path());
+    let state = dir.path().join("state");
+    let a = serve_args(
+        &train,
+        &judge,
+        &state,
+        &["--selector", "lookahead", "--phase-steps", "2"],
+    );
+    drop(Serve::start(dir.path(), &a, &[]));
+    let file = state.join("schedule_state.json");
+    let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(saved["probe"]["candidates"].is_array(), "{saved}");
+    let edits: [(&str, fn(&mut Value)); 3] = [
+        ("phase.active", |s| s["phase"]["active"] = json!(99)),
+        ("probe.candidates[1]", |s| {
+            s["probe"]["candidates"][1] = json!(99)
+        }),
+        ("probe.results", |s| s["probe"]["results"] = json!([])),
+    ];
+    for (field, edit) in edits {
+        let mut s = saved.clone();
+        edit(&mut s);
+        std::fs::write(&file, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+            .arg("serve")
+            .args(["--port", "0"])
+            .args(&a)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{field}: {err}");
+        assert!(
+            err.contains(file.to_str().unwrap()) && err.contains(&format!("`{field}`")),
+            "{field}: {err}"
+        );
+    }
+    // the saved state itself still loads
+    std::fs::write(&file, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();
+    let serve = Serve::start(dir.path(), &a, &[]);
+    let st = get(
+        &reqwest::Client::new(),
+        &format!("{}/v1/schedule", serve.url),
+    )
+    .await;
+    assert_eq!(st["waiting_for"], "probe", "{st}");
+}
