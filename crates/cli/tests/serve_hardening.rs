@@ -559,3 +559,240 @@ print(json.dumps([ordered, shuffled]))
     assert!(ordered.iter().any(|r| r.abs() > 0.1), "{ordered:?}");
     assert_close(&shuffled, &ordered);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_their_answers_cannot_pin_the_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task { train, judge, .. } = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(
+            &train,
+            &judge,
+            &state,
+            &[
+                "--max-connections",
+                "5",
+                "--header-timeout-secs",
+                "2",
+                "--request-timeout-secs",
+                "5",
+                "--write-timeout-secs",
+                "1",
+                "--idle-timeout-secs",
+                "2",
+            ],
+        ),
+        &[],
+    );
+    let addr = serve.addr();
+    // five connections take every slot with pipelined /metrics requests (kilobytes each),
+    // whose answers they never read
+    let mut hogs = Vec::new();
+    for _ in 0..5 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let conn = socket.connect(addr.parse().unwrap()).await.unwrap();
+        let (read, mut write) = conn.into_split();
+        hogs.push(read);
+        tokio::spawn(async move {
+            for _ in 0..5000 {
+                if write
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    break; // the service closed it
+                }
+            }
+            // hold the write half open as a careless client would
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            drop(write);
+        });
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let health = client
+            .get(format!("{}/healthz", serve.url))
+            .send()
+            .await
+            .expect("/healthz went unanswered: the connection limit is pinned");
+        assert_eq!(health.status().as_u16(), 200);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(hogs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task { train, judge, .. } = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(
+            &train,
+            &judge,
+            &state,
+            &["--header-timeout-secs", "60", "--idle-timeout-secs", "1"],
+        ),
+        &[],
+    );
+    let mut c = tokio::net::TcpStream::connect(serve.addr()).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut all = Vec::new();
+        let _ = c.read_to_end(&mut all).await;
+        all
+    })
+    .await
+    .expect("an idle connection stayed open");
+    assert!(
+        String::from_utf8_lossy(&closed).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&closed)
+    );
+}
+
+#[test]
+fn absurd_durations_and_sizes_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task { train, judge, .. } = task(dir.path());
+    let state = dir.path().join("state");
+    for (flag, value) in [
+        ("--request-timeout-secs", "1e30"),
+        ("--header-timeout-secs", "1e20"),
+        ("--write-timeout-secs", "0"),
+        ("--idle-timeout-secs", "NaN"),
+        ("--group-window-secs", "-1"),
+        ("--max-body-mib", "17592186044416"),
+        ("--max-body-mib", "0"),
+        ("--max-connections", "0"),
+        ("--max-completions", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+            .arg("serve")
+            .args(["--port", "0"])
+            .args(serve_args(
+                &train,
+                &judge,
+                &state,
+                &[&format!("{flag}={value}")],
+            ))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_trimmed_on_both_sides_and_the_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task { train, judge, .. } = task(dir.path());
+    let state = dir.path().join("state");
+    let a = serve_args(&train, &judge, &state, &["--token-env", "MYTOK"]);
+    let serve = Serve::start(dir.path(), &a, &[("MYTOK", "s3cret\n")]);
+    let client = reqwest::Client::new();
+    let schedule = format!("{}/v1/schedule", serve.url);
+    for (header, status) in [
+        ("Bearer s3cret", 200),
+        ("bearer s3cret", 200),
+        ("BEARER  s3cret ", 200),
+        ("Bearer s3cret\t", 200),
+        ("Bearer s3cre", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+    ] {
+        let r = client
+            .get(&schedule)
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{header:?}");
+    }
+    drop(serve);
+    // a token no header can carry is refused at start, not answered 401 forever
+    for bad in ["s3 cret", "   ", "s3cr\u{e9}t"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+            .arg("serve")
+            .args(["--port", "0"])
+            .args(&a)
+            .env("MYTOK", bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {err}");
+        assert!(err.contains("MYTOK"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_content_length_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task { train, judge, .. } = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(&train, &judge, &state, &["--request-timeout-secs", "60"]),
+        &[],
+    );
+    let mut c = tokio::net::TcpStream::connect(serve.addr()).await.unwrap();
+    c.write_all(
+        b"POST /v1/rewards HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 99999999999\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut answer))
+        .await
+        .expect("no answer until the request timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_too_large"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_scores_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task { train, judge, .. } = task(dir.path());
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(&train, &judge, &state, &["--selector", "deficit"]),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let report = format!("{}/v1/schedule/report", serve.url);
+    for (body, field) in [
+        (
+            json!({"validation": {"overall": 7.5}}),
+            "validation.overall",
+        ),
+        (
+            json!({"validation": {"classes": {"accuracy": -0.2}}}),
+            "validation.classes.accuracy",
+        ),
+    ] {
+        let (s, e) = post(&client, &report, &body).await;
+        assert_eq!((s, &e["error"]["field"]), (400, &json!(field)), "{e}");
+    }
+    let (s, r) = post(
+        &client,
+        &report,
+        &json!({"validation": {"overall": 1.0, "classes": {"accuracy": 0.0}}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+}

@@ -88,8 +88,13 @@ struct Watched<S> {
 }
 
 impl<S> Watched<S> {
-    /// Notes the outcome of a write: progress, or the start of a wait for the client.
-    fn wrote<T>(&self, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+    /// Notes the outcome of a write or flush: the start of a wait for the client, or its end
+    /// (`moved`: bytes went out, which is progress; a flush with nothing to send is not).
+    fn wrote<T>(
+        &self,
+        poll: Poll<std::io::Result<T>>,
+        moved: impl Fn(&T) -> bool,
+    ) -> Poll<std::io::Result<T>> {
         let a = &self.activity;
         match &poll {
             Poll::Pending => {
@@ -100,9 +105,11 @@ impl<S> Watched<S> {
                     Ordering::Relaxed,
                 );
             }
-            Poll::Ready(_) => {
+            Poll::Ready(r) => {
                 a.write_blocked_ms.store(0, Ordering::Relaxed);
-                a.progress();
+                if r.as_ref().is_ok_and(moved) {
+                    a.progress();
+                }
             }
         }
         poll
@@ -131,7 +138,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.wrote(poll)
+        self.wrote(poll, |&n| n > 0)
     }
 
     fn poll_write_vectored(
@@ -140,7 +147,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.wrote(poll)
+        self.wrote(poll, |&n| n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -149,7 +156,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.wrote(poll)
+        self.wrote(poll, |_| false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -643,19 +643,20 @@ impl Scheduler {
 
     fn measured(&self, v: &ValidationScores) -> Result<Measured, ReportError> {
         let names = &self.state.classes;
-        let finite = |field: String, x: f64| {
-            if x.is_finite() {
+        // validation scores are clipped means, as `arlrr eval` and the service compute them
+        let score = |field: String, x: f64| {
+            if (0.0..=1.0).contains(&x) {
                 Ok(x)
             } else {
                 Err(ReportError::bad(
                     &field,
-                    format!("must be a finite number, got {x}"),
+                    format!("must be a score in [0, 1] (a clipped mean, as HealthBench reports), got {x}"),
                 ))
             }
         };
         let overall = v
             .overall
-            .map(|x| finite("validation.overall".into(), x))
+            .map(|x| score("validation.overall".into(), x))
             .transpose()?;
         let mut classes = vec![None; names.len()];
         for (name, &x) in &v.classes {
@@ -669,7 +670,7 @@ impl Scheduler {
                     ),
                 )
             })?;
-            classes[k] = Some(finite(field, x)?);
+            classes[k] = Some(score(field, x)?);
         }
         Ok(Measured {
             step: self.state.step,
