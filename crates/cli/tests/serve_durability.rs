@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{chatml, get, post, serve_args, task, user_text, Serve, Task};
+use common::{chatml, get, post, serve_args, serve_refused, task, user_text, Serve, Task};
 
 /// The schedule's `(step, phase)`.
 async fn step_phase(client: &reqwest::Client, serve: &Serve) -> (u64, u64) {
@@ -283,17 +283,8 @@ async fn a_second_service_on_one_state_folder_is_refused() {
     let state = dir.path().join("state");
     let a = serve_args(&train, &judge, &state, &["--phase-steps", "10"]);
     let first = Serve::start(dir.path(), &a, &[]);
-    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .arg("serve")
-        .args(["--port", "0"])
-        .args(&a)
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "a second service started on the folder"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = serve_refused(&a, &[]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(state.to_str().unwrap()), "{err}");
     assert!(
         err.contains(&format!("process {}", first.child.id())),
@@ -415,25 +406,17 @@ async fn a_hand_edited_state_is_refused_with_the_file_and_field() {
     let file = state.join("schedule_state.json");
     let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert!(saved["probe"]["candidates"].is_array(), "{saved}");
-    let edits: [(&str, fn(&mut Value)); 3] = [
-        ("phase.active", |s| s["phase"]["active"] = json!(99)),
-        ("probe.candidates[1]", |s| {
-            s["probe"]["candidates"][1] = json!(99)
-        }),
-        ("probe.results", |s| s["probe"]["results"] = json!([])),
+    let edits = [
+        ("phase.active", "/phase/active", json!(99)),
+        ("probe.candidates[1]", "/probe/candidates/1", json!(99)),
+        ("probe.results", "/probe/results", json!([])),
     ];
-    for (field, edit) in edits {
+    for (field, pointer, value) in edits {
         let mut s = saved.clone();
-        edit(&mut s);
+        *s.pointer_mut(pointer).unwrap() = value;
         std::fs::write(&file, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-            .arg("serve")
-            .args(["--port", "0"])
-            .args(&a)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{field}: {err}");
+        let (code, err) = serve_refused(&a, &[]);
+        assert_eq!(code, Some(1), "{field}: {err}");
         assert!(
             err.contains(file.to_str().unwrap()) && err.contains(&format!("`{field}`")),
             "{field}: {err}"

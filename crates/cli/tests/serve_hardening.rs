@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{chatml, get, post, serve_args, task, user_text, Serve, Task};
+use common::{chatml, get, post, serve_args, serve_refused, task, user_text, Serve, Task};
 
 /// Four responses of mixed quality, so that every class has spread within the group.
 fn completions(example: &Value) -> Vec<String> {
@@ -676,19 +676,9 @@ fn absurd_durations_and_sizes_are_refused_in_one_line() {
         ("--max-connections", "0"),
         ("--max-completions", "0"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-            .arg("serve")
-            .args(["--port", "0"])
-            .args(serve_args(
-                &train,
-                &judge,
-                &state,
-                &[&format!("{flag}={value}")],
-            ))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {err}");
+        let arg = format!("{flag}={value}");
+        let (code, err) = serve_refused(&serve_args(&train, &judge, &state, &[&arg]), &[]);
+        assert_eq!(code, Some(1), "{flag} {value}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{flag} {value}: {err}");
         assert!(err.contains(flag), "{flag} {value}: {err}");
     }
@@ -723,15 +713,8 @@ async fn the_token_is_trimmed_on_both_sides_and_the_scheme_is_case_insensitive()
     drop(serve);
     // a token no header can carry is refused at start, not answered 401 forever
     for bad in ["s3 cret", "   ", "s3cr\u{e9}t"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-            .arg("serve")
-            .args(["--port", "0"])
-            .args(&a)
-            .env("MYTOK", bad)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{bad:?}: {err}");
+        let (code, err) = serve_refused(&a, &[("MYTOK", bad)]);
+        assert_eq!(code, Some(1), "{bad:?}: {err}");
         assert!(err.contains("MYTOK"), "{err}");
     }
 }

@@ -191,3 +191,37 @@ pub fn kill_when(child: &mut Child, ready: impl Fn() -> bool) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
+
+/// `arlrr serve ARGS` that must refuse to start: its exit code and stderr. A service that
+/// starts instead is killed after a minute and fails the test (rather than hanging it).
+pub fn serve_refused(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        .arg("serve")
+        .args(["--port", "0"])
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(err.reopen().unwrap()))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "arlrr serve {args:?} started instead of refusing:\n{}",
+                std::fs::read_to_string(err.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code(),
+        std::fs::read_to_string(err.path()).unwrap_or_default(),
+    )
+}
