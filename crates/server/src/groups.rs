@@ -220,3 +220,46 @@ impl Collector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reward(x: f64) -> RewardVector {
+        RewardVector {
+            overall: Some(x),
+            classes: vec![Some(x)],
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_member_leaves_and_its_retry_fills_the_group() {
+        let groups = Collector::new(
+            GroupSettings {
+                size: 3,
+                window: Duration::from_secs(60),
+            },
+            1,
+            1e-6,
+        );
+        let first = groups.join(7, reward(0.0));
+        let abandoned = groups.join(7, reward(0.5));
+        assert_eq!(groups.waiting(), 2);
+        drop(abandoned);
+        assert_eq!(groups.waiting(), 1, "the abandoned member stayed");
+        let retry = groups.join(7, reward(0.5));
+        let last = groups.join(7, reward(1.0));
+        assert_eq!(groups.waiting(), 0, "three members fill the group");
+        let sizes = [
+            groups.wait(first).await,
+            groups.wait(retry).await,
+            groups.wait(last).await,
+        ]
+        .map(|g| g.group_size);
+        assert_eq!(sizes, [3, 3, 3]);
+        // a group whose only member left is gone: the next completion opens a new one
+        drop(groups.join(8, reward(0.0)));
+        assert_eq!(groups.waiting(), 0);
+        assert!(groups.groups.lock().unwrap().open.is_empty());
+    }
+}

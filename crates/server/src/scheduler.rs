@@ -920,15 +920,27 @@ mod tests {
             },
             completions_per_step: 4,
         };
-        let mut s = Scheduler::open(
-            dir.path(),
-            settings,
-            &classes(),
-            vec![0, 2],
-            vec![0.5, 0.0, 0.5],
-        )
-        .unwrap();
+        let open = || {
+            Scheduler::open(
+                dir.path(),
+                settings.clone(),
+                &classes(),
+                vec![0, 2],
+                vec![0.5, 0.0, 0.5],
+            )
+        };
+        let mut s = open().unwrap();
         assert!(s.count_completions(3).unwrap().is_none());
+        // a second scheduler on the folder is refused while the first holds it
+        let e = open().err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("process {}", std::process::id())),
+            "{e}"
+        );
+        // the partial count is on disk: a restart carries it
+        drop(s);
+        let mut s = open().unwrap();
+        assert_eq!(s.state().pending_completions, 3);
         assert_eq!(s.count_completions(1).unwrap().unwrap().chosen, "c");
         assert_eq!(s.state().step, 1);
     }
