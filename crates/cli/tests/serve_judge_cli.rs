@@ -111,7 +111,11 @@ async fn http_judge_grades_through_serve_judge_running_smollm2() {
                 last_error,
             }) => {
                 assert_eq!(*attempts, 2);
-                assert!(last_error.contains("no verdict JSON"), "{last_error}");
+                assert!(
+                    last_error.contains("no verdict JSON")
+                        || last_error.contains("conflicting verdict objects"),
+                    "{last_error}"
+                );
             }
             Err(other) => panic!("protocol failure: {other}"),
         }

@@ -8,7 +8,7 @@
 //! flight across all concurrent `grade` calls.
 
 use crate::prompt::{extract_verdict, grading_prompt, ParsedVerdict, PROMPT_VERSION};
-use crate::{CriterionGrade, GradeTask, Judge, JudgeFailure, JudgeStats};
+use crate::{CriterionGrade, GradeSink, GradeTask, Judge, JudgeFailure, JudgeStats};
 use async_trait::async_trait;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
@@ -355,7 +355,8 @@ impl HttpJudge {
     }
 
     /// One request; the permit bounds concurrency and is released before any backoff sleep.
-    async fn attempt(&self, prompt: &str) -> Result<ParsedVerdict, AttemptError> {
+    /// `reply` is the graded response, whose own verdict-like text the parser ignores.
+    async fn attempt(&self, prompt: &str, reply: &str) -> Result<ParsedVerdict, AttemptError> {
         let _permit = self
             .permits
             .acquire()
@@ -427,8 +428,8 @@ impl HttpJudge {
             .next()
             .and_then(|c| c.message.content)
             .unwrap_or_default();
-        extract_verdict(&answer).ok_or_else(|| AttemptError::Retryable {
-            message: format!("no verdict JSON in the answer: {:?}", excerpt(&answer)),
+        extract_verdict(&answer, reply).map_err(|e| AttemptError::Retryable {
+            message: format!("{e}: {:?}", excerpt(&answer)),
             retry_after: None,
         })
     }
@@ -443,7 +444,7 @@ impl HttpJudge {
         let mut attempts = 0;
         let outcome = loop {
             attempts += 1;
-            match self.attempt(&prompt).await {
+            match self.attempt(&prompt, task.response).await {
                 Ok(v) => break Ok(v),
                 Err(AttemptError::Fatal(message)) => break Err(JudgeFailure::Other(message)),
                 Err(AttemptError::Retryable {
@@ -509,10 +510,21 @@ impl Judge for HttpJudge {
     }
 
     async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        self.grade_reporting(tasks, &|_, _| {}).await
+    }
+
+    /// Each criterion's grade goes to `sink` as soon as its request (and retries) ended.
+    async fn grade_reporting(
+        &self,
+        tasks: &[GradeTask<'_>],
+        sink: &GradeSink<'_>,
+    ) -> Vec<Vec<CriterionGrade>> {
         let jobs = tasks.iter().enumerate().flat_map(|(ti, t)| {
-            t.criterion_indices()
-                .into_iter()
-                .map(move |ci| async move { (ti, self.grade_one(t, ci).await) })
+            t.criterion_indices().into_iter().map(move |ci| async move {
+                let grade = self.grade_one(t, ci).await;
+                sink(ti, std::slice::from_ref(&grade));
+                (ti, grade)
+            })
         });
         let mut out: Vec<Vec<CriterionGrade>> = tasks
             .iter()
