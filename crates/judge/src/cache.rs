@@ -92,15 +92,35 @@ impl VerdictCache {
             message,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err(format!("cannot create folder {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                err(match e.kind() {
+                    // the OS says "File exists", true but puzzling
+                    std::io::ErrorKind::AlreadyExists => {
+                        format!("{} is a file, not a folder", dir.display())
+                    }
+                    _ => format!("cannot create folder {}: {e}", dir.display()),
+                })
+            })?;
         }
+        // Created here first, so that a path SQLite cannot use fails with the OS's own reason
+        // (not a directory, permission denied, read-only file system) instead of SQLite's
+        // "unable to open database file".
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| err(format!("cannot create or open the file: {e}")))?;
         let conn = Connection::open(&path).map_err(|e| err(format!("cannot open: {e}")))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| err(e.to_string()))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| err(format!("cannot switch to WAL (is it a SQLite file?): {e}")))?;
+            .map_err(|e| {
+                err(match e.sqlite_error_code() {
+                    Some(rusqlite::ErrorCode::NotADatabase) => "not a SQLite file".into(),
+                    _ => format!("cannot switch to WAL: {e}"),
+                })
+            })?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(err(format!("journal mode is {mode}, WAL unavailable")));
         }

@@ -57,6 +57,14 @@ pub struct HttpJudgeConfig {
     pub api_key_env: Option<String>,
 }
 
+/// Most requests in flight: far above what any endpoint serves, far below where a semaphore
+/// or the open-file limit gives out.
+const MAX_CONCURRENCY: usize = 4096;
+
+/// Most retries per criterion: `1 + retries` attempts must not overflow, and a judge retrying
+/// a criterion more than this is down, not flaky.
+const MAX_RETRIES: u32 = 100;
+
 fn default_max_tokens() -> u32 {
     512
 }
@@ -97,17 +105,9 @@ impl HttpJudgeConfig {
         }
     }
 
-    /// Checks ranges; the message names the field.
+    /// Checks ranges; the message names the field. Every duration goes through
+    /// [`rubric::limits::duration_secs`], so none can panic a conversion later.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "`{name}` must be a positive number of seconds, got {v}"
-                ))
-            }
-        };
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
             return Err(format!(
                 "`base_url` must start with http:// or https://, got `{}`",
@@ -117,8 +117,17 @@ impl HttpJudgeConfig {
         if self.model.trim().is_empty() {
             return Err("`model` is empty".into());
         }
-        if self.concurrency == 0 {
-            return Err("`concurrency` must be at least 1".into());
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(format!(
+                "`concurrency` must be in 1..={MAX_CONCURRENCY}, got {}",
+                self.concurrency
+            ));
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(format!(
+                "`retries` must be at most {MAX_RETRIES}, got {}",
+                self.retries
+            ));
         }
         if self.max_tokens == 0 {
             return Err("`max_tokens` must be at least 1".into());
@@ -129,10 +138,14 @@ impl HttpJudgeConfig {
                 self.temperature
             ));
         }
-        positive("timeout_secs", self.timeout_secs)?;
-        positive("backoff_initial_secs", self.backoff_initial_secs)?;
-        positive("backoff_max_secs", self.backoff_max_secs)?;
-        positive("retry_after_max_secs", self.retry_after_max_secs)?;
+        for (field, secs) in [
+            ("`timeout_secs`", self.timeout_secs),
+            ("`backoff_initial_secs`", self.backoff_initial_secs),
+            ("`backoff_max_secs`", self.backoff_max_secs),
+            ("`retry_after_max_secs`", self.retry_after_max_secs),
+        ] {
+            rubric::limits::duration_secs(field, secs)?;
+        }
         Ok(())
     }
 
@@ -156,7 +169,10 @@ impl HttpJudgeConfig {
         let wish = server_wish
             .map(|d| d.as_secs_f64().min(self.retry_after_max_secs))
             .unwrap_or(0.0);
-        Duration::from_secs_f64(jittered.max(wish))
+        // Clamped, so that a config that skipped `validate` cannot panic the conversion either
+        // (a NaN field drops out of `max`, a negative wait is none).
+        let secs = jittered.max(wish).min(rubric::limits::MAX_SECS);
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
     }
 }
 

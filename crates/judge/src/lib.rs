@@ -26,7 +26,9 @@ pub mod serve;
 mod text;
 
 pub use cache::{CachedJudge, VerdictCache};
-pub use config::{from_config, ConfigError, EmbeddingJudgeConfig, JudgeConfig, JudgeKind};
+pub use config::{
+    from_config, BuildError, ConfigError, EmbeddingJudgeConfig, JudgeConfig, JudgeKind,
+};
 #[cfg(feature = "embedding")]
 pub use embedding::{EmbeddingJudge, SentenceEmbedder};
 pub use http::{HttpJudge, HttpJudgeConfig};

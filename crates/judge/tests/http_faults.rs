@@ -216,6 +216,32 @@ fn retry_after_reads_seconds_and_imf_fixdates_relative_to_now() {
     }
 }
 
+/// `backoff` cannot panic, whatever a config that skipped `validate` holds: a huge delay is
+/// cut to a week, a NaN or negative one is no delay.
+#[test]
+fn backoff_never_panics_on_an_unvalidated_config() {
+    use rand::{rngs::StdRng, SeedableRng};
+    let week = Duration::from_secs(7 * 86_400);
+    for (initial, max, wish, expect) in [
+        (1e30, 1e30, None, week),
+        (0.5, 1e30, Some(Duration::MAX), week),
+        (f64::INFINITY, f64::INFINITY, None, week),
+        (f64::NAN, f64::NAN, None, Duration::ZERO),
+        (-1.0, -1.0, None, Duration::ZERO),
+    ] {
+        let cfg = HttpJudgeConfig {
+            backoff_initial_secs: initial,
+            backoff_max_secs: max,
+            retry_after_max_secs: 1e30,
+            ..HttpJudgeConfig::new("http://127.0.0.1:9/v1", "m")
+        };
+        for retry in [1, 40] {
+            let d = cfg.backoff(retry, wish, &mut StdRng::seed_from_u64(3));
+            assert_eq!(d, expect, "{initial} {max} {wish:?} retry {retry}");
+        }
+    }
+}
+
 #[test]
 fn backoff_doubles_per_retry_up_to_the_cap_with_jitter_in_half_to_full() {
     use rand::{rngs::StdRng, SeedableRng};
