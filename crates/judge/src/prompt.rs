@@ -149,7 +149,10 @@ mod tests {
         let plain = r#"{"explanation": "ok", "criteria_met": true}"#;
         assert_eq!(extract_verdict(plain, "r"), verdict(true, "ok"));
         let fenced = "Sure!\n```json\n{\n  \"explanation\": \"no {brace} issue\",\n  \"criteria_met\": false\n}\n```\nDone.";
-        assert_eq!(extract_verdict(fenced, "r"), verdict(false, "no {brace} issue"));
+        assert_eq!(
+            extract_verdict(fenced, "r"),
+            verdict(false, "no {brace} issue")
+        );
         let nested_first = r#"I think {"note": {"x": 1}} then {"criteria_met": "True"}"#;
         assert_eq!(extract_verdict(nested_first, "r"), verdict(true, ""));
         let wrapped = r#"{"result": {"explanation": "inside", "criteria_met": false}}"#;
@@ -165,7 +168,11 @@ mod tests {
             r#"{"criteria_met": tru"#,
             "",
         ] {
-            assert_eq!(extract_verdict(answer, "r"), Err(NoVerdict::Missing), "{answer}");
+            assert_eq!(
+                extract_verdict(answer, "r"),
+                Err(NoVerdict::Missing),
+                "{answer}"
+            );
         }
     }
 

@@ -163,7 +163,10 @@ fn a_cache_that_cannot_be_created_says_so_without_blaming_the_config() {
     std::fs::write(&file, "").unwrap();
     for (cache, os_error) in [
         (file.join("cache.sqlite"), "is a file, not a folder"),
-        (file.join("sub/cache.sqlite"), "Not a directory (os error 20)"),
+        (
+            file.join("sub/cache.sqlite"),
+            "Not a directory (os error 20)",
+        ),
         (dir.path().to_path_buf(), "Is a directory (os error 21)"),
     ] {
         let mut cfg = JudgeConfig::of_kind(JudgeKind::Rules);
