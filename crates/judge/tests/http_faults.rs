@@ -414,8 +414,7 @@ async fn verdicts_answered_before_the_caller_gives_up_are_cached() {
     };
 
     let tasks = [task];
-    let grading = judge.grade(&tasks);
-    tokio::pin!(grading);
+    let mut grading = judge.grade(&tasks);
     let fast_ones_stored = async {
         while judge.cache().len().unwrap() < 8 {
             tokio::time::sleep(Duration::from_millis(5)).await;
