@@ -497,4 +497,30 @@ mod tests {
         // Draws differ only where u falls within rounding of a token boundary.
         assert!(same >= n - 4, "{same} of {n} draws agree");
     }
+
+    /// A cancelled generation stops before its next token and keeps the tokens so far, the
+    /// same ones an uncancelled generation starts with; cancelled before the prefill, none.
+    #[test]
+    fn cancelled_generation_stops_before_the_next_token() {
+        let cfg = crate::Config::tiny(crate::Arch::Llama);
+        let model = Transformer::random(&cfg, DType::F32, &candle_core::Device::Cpu, 1).unwrap();
+        let gen = GenerationConfig {
+            max_new_tokens: 20,
+            ..GenerationConfig::default()
+        };
+        let prompt = [vec![1u32, 2, 3]];
+        let full = generate(&model, &prompt, &gen, &mut crate::seeded_rng(5)).unwrap();
+        for (checks_allowed, tokens) in [(0, 0), (1, 0), (4, 3)] {
+            let asked = std::cell::Cell::new(0);
+            let cancelled = || {
+                asked.set(asked.get() + 1);
+                asked.get() > checks_allowed
+            };
+            let got =
+                generate_cancellable(&model, &prompt, &gen, &mut crate::seeded_rng(5), cancelled)
+                    .unwrap();
+            assert_eq!(got[0].tokens, full[0].tokens[..tokens], "{checks_allowed}");
+            assert!(!got[0].finished);
+        }
+    }
 }
