@@ -256,44 +256,10 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
         );
     }
 
-    let permit = state
-        .permits
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("semaphore never closed");
     let id = format!("chatcmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
-    let (model, request) = (state.model.clone(), id.clone());
-    let result = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let out = model.chat(&messages, max_tokens, temperature, &cancelled);
-        if cancelled.load(Ordering::Relaxed) {
-            log_abandoned(&request, max_tokens, &out);
-        }
-        out
-    })
-    .await;
-    let out = match result {
-        Ok(Ok(out)) => out,
-        Ok(Err(ChatError::Invalid(e))) => return bad_request(e, "messages"),
-        Ok(Err(ChatError::Failed(e))) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                format!("generation failed: {e}"),
-                None,
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                format!("generation panicked: {e}"),
-                None,
-            )
-        }
+    let out = match generate(&state, &id, messages, max_tokens, temperature).await {
+        Ok(out) => out,
+        Err(response) => return response,
     };
     Json(json!({
         "id": id,
@@ -312,6 +278,50 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
         }
     }))
     .into_response()
+}
+
+/// Runs one generation on a blocking thread once a permit is free. Dropping this future (the
+/// client went away) cancels the generation at its next token; the blocking thread keeps the
+/// permit until the generation has really ended.
+async fn generate(
+    state: &AppState,
+    id: &str,
+    messages: Vec<Message>,
+    max_tokens: usize,
+    temperature: f64,
+) -> Result<ChatOutput, Response> {
+    let permit = state
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore never closed");
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+    let (model, request) = (state.model.clone(), id.to_string());
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let out = model.chat(&messages, max_tokens, temperature, &cancelled);
+        if cancelled.load(Ordering::Relaxed) {
+            log_abandoned(&request, max_tokens, &out);
+        }
+        out
+    })
+    .await;
+    let server_error = |message: String| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            message,
+            None,
+        )
+    };
+    match result {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(ChatError::Invalid(e))) => Err(bad_request(e, "messages")),
+        Ok(Err(ChatError::Failed(e))) => Err(server_error(format!("generation failed: {e}"))),
+        Err(e) => Err(server_error(format!("generation panicked: {e}"))),
+    }
 }
 
 /// The log line of a generation whose client went away: what it cost before it stopped.
