@@ -121,9 +121,10 @@ pub fn run(args: GradeArgs) -> Result<()> {
     let dataset = crate::cmd_data::load(&args.data, args.format)?;
     let responses = read_responses(&args.responses, &dataset)?;
     let config = JudgeConfig::load(&args.judge)?;
-    // from_config names the cache file in its errors; the file the user gave is --judge
+    // a build error says what failed (the cache file, the API key's variable); the config
+    // that asked for it is --judge
     let judge = judge::from_config(&config)
-        .map_err(|e| anyhow::anyhow!("judge config {}: {}", args.judge.display(), e.message))?;
+        .with_context(|| format!("building the judge of --judge {}", args.judge.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,11 +2,11 @@
 //! fetched SmolLM2 GGUF, or any model the `policy` crate loads), so the HTTP judge works with
 //! no outside service. Slow on CPU; the protocol is the point.
 
-use anyhow::{Context, Result};
-use judge::serve::{ChatModel, ChatOutput, ServeOptions};
+use anyhow::Result;
+use judge::serve::{ChatError, ChatModel, ChatOutput, ServeOptions};
 use rubric::Message;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -49,23 +49,39 @@ impl ChatModel for PolicyChat {
         messages: &[Message],
         max_tokens: usize,
         temperature: f64,
-    ) -> Result<ChatOutput, String> {
-        let prompt_tokens = self
-            .model
-            .tokenizer
-            .chat_prompt(messages)
-            .map_err(|e| e.to_string())?
-            .len();
-        let seed = self.seed + self.requests.fetch_add(1, Ordering::Relaxed);
-        let (text, generation) = self
-            .model
-            .chat_batch(&[messages.to_vec()], max_tokens, temperature, seed)
-            .map_err(|e| e.to_string())?
-            .pop()
-            .ok_or("the model returned no answer")?;
+        cancelled: &AtomicBool,
+    ) -> Result<ChatOutput, ChatError> {
+        let failed = |e: policy::Error| ChatError::Failed(e.to_string());
+        let prompt = self.model.tokenizer.chat_prompt(messages).map_err(failed)?;
+        let context = self.model.config.max_position_embeddings;
+        if prompt.len() + max_tokens > context {
+            return Err(ChatError::Invalid(format!(
+                "the prompt is {} tokens and max_tokens is {max_tokens}: {} tokens exceed the \
+                 model's context of {context}; shorten the messages or lower max_tokens",
+                prompt.len(),
+                prompt.len() + max_tokens
+            )));
+        }
+        let seed = self
+            .seed
+            .wrapping_add(self.requests.fetch_add(1, Ordering::Relaxed));
+        let generation = policy::generate::generate_cancellable(
+            &self.model.transformer,
+            std::slice::from_ref(&prompt),
+            &self.model.generation_config(max_tokens, temperature),
+            &mut policy::seeded_rng(seed),
+            || cancelled.load(Ordering::Relaxed),
+        )
+        .map_err(failed)?
+        .pop()
+        .ok_or_else(|| ChatError::Failed("the model returned no answer".into()))?;
         Ok(ChatOutput {
-            text,
-            prompt_tokens,
+            text: self
+                .model
+                .tokenizer
+                .decode(&generation.tokens, true)
+                .map_err(failed)?,
+            prompt_tokens: prompt.len(),
             completion_tokens: generation.tokens.len(),
             truncated: !generation.finished,
         })
@@ -73,12 +89,23 @@ impl ChatModel for PolicyChat {
 }
 
 pub fn run(args: ServeJudgeArgs) -> Result<()> {
+    let options = ServeOptions {
+        default_max_tokens: args.default_max_tokens,
+        ..ServeOptions::default()
+    };
+    let limit = options.max_tokens_limit;
+    anyhow::ensure!(
+        (1..=limit).contains(&options.default_max_tokens),
+        "--default-max-tokens must be in 1..={limit}, got {}",
+        options.default_max_tokens
+    );
     let path = match args.model {
         Some(p) => p,
         None => rubric::assets::smollm2_gguf().map_err(anyhow::Error::msg)?,
     };
+    // policy's error names the file and the cause; as context it would say both twice
     let model =
-        policy::Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        policy::Model::load(&path).map_err(|e| anyhow::anyhow!("cannot load the model: {e}"))?;
     let name = args.name.unwrap_or_else(|| {
         path.file_stem()
             .map_or_else(|| "local".into(), |s| s.to_string_lossy().into_owned())
@@ -89,10 +116,6 @@ pub fn run(args: ServeJudgeArgs) -> Result<()> {
         seed: args.seed,
         requests: AtomicU64::new(0),
     });
-    let options = ServeOptions {
-        default_max_tokens: args.default_max_tokens,
-        ..ServeOptions::default()
-    };
     crate::serve_http(
         &args.host,
         args.port,

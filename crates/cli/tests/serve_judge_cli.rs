@@ -1,25 +1,55 @@
 //! `arlrr serve-judge` running the real SmolLM2-135M GGUF, graded over real HTTP by the HTTP
 //! judge. SmolLM2 is a weak grader; what is checked is the protocol: every criterion ends in a
-//! parsed verdict or an explicit failure, usage is reported, and nothing hangs.
+//! parsed verdict or an explicit failure, usage is reported, and nothing hangs. The server also
+//! stops generating for a client that left, and refuses a prompt beyond the model's context
+//! with a 400.
 
 use judge::{GradeTask, HttpJudge, HttpJudgeConfig, Judge, JudgeFailure};
 use rubric::{Criterion, Example, Message};
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
+/// A running `arlrr serve-judge`, killed when the test ends, however it ends.
+struct Server {
+    child: Child,
+    url: String,
+    /// Its stderr, where it logs.
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn start_server() -> (Server, String) {
+impl Server {
+    /// The first line of its log that contains `needle`, waiting up to `patience` for it.
+    fn wait_for_log(&self, needle: &str, patience: Duration) -> String {
+        let deadline = Instant::now() + patience;
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log after {patience:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn start_server() -> Server {
     let model = rubric::assets::smollm2_gguf().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve-judge.stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
         .args([
             "serve-judge",
@@ -31,13 +61,13 @@ fn start_server() -> (Server, String) {
             "smollm2",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("start arlrr serve-judge");
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let url = line
         .trim()
         .rsplit(' ')
@@ -45,12 +75,18 @@ fn start_server() -> (Server, String) {
         .filter(|u| u.starts_with("http://"))
         .unwrap_or_else(|| panic!("unexpected first line from serve-judge: {line:?}"))
         .to_string();
-    (server, url)
+    Server {
+        child,
+        url,
+        log,
+        _dir: dir,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_judge_grades_through_serve_judge_running_smollm2() {
-    let (_server, url) = start_server();
+    let server = start_server();
+    let url = server.url.clone();
     let models: serde_json::Value = reqwest::get(format!("{url}/models"))
         .await
         .unwrap()
@@ -111,7 +147,11 @@ async fn http_judge_grades_through_serve_judge_running_smollm2() {
                 last_error,
             }) => {
                 assert_eq!(*attempts, 2);
-                assert!(last_error.contains("no verdict JSON"), "{last_error}");
+                assert!(
+                    last_error.contains("no verdict JSON")
+                        || last_error.contains("conflicting verdict objects"),
+                    "{last_error}"
+                );
             }
             Err(other) => panic!("protocol failure: {other}"),
         }
@@ -121,4 +161,83 @@ async fn http_judge_grades_through_serve_judge_running_smollm2() {
         s.calls >= 2 && s.prompt_tokens > 100 && s.completion_tokens > 0,
         "{s:?}"
     );
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = client.post(url).json(body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// A request asking SmolLM2 to count, greedily: an answer that runs on.
+fn counting(max_tokens: usize) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+    })
+}
+
+/// A client that gives up stops its generation at the next token (the log says what it
+/// cost), and a prompt beyond the model's context is a 400 naming the lengths, not a 500 that
+/// clients retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_judge_stops_for_clients_that_left_and_refuses_prompts_beyond_the_context() {
+    let server = start_server();
+    let chat = format!("{}/chat/completions", server.url);
+    let client = reqwest::Client::new();
+    // Greedy decoding of this prompt does not stop within 64 tokens, nor within the second
+    // the client below waits.
+    let (status, body) = post(&client, &chat, &counting(64)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let gave_up = impatient.post(&chat).json(&counting(4000)).send().await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let line = server.wait_for_log("the client went away", Duration::from_secs(60));
+    let stopped_after: usize = line
+        .split("stopped after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(stopped_after < 4000, "{line}");
+
+    let (status, body) = post(&client, &chat, &counting(8)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 8, "{body}");
+
+    let beyond = json!({
+        "messages": [{"role": "user", "content": "word ".repeat(9000)}],
+        "max_tokens": 16,
+    });
+    let (status, body) = post(&client, &chat, &beyond).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("max_tokens is 16") && message.contains("context of 8192"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_default_max_tokens_out_of_range_is_refused_before_loading_the_model() {
+    for value in ["0", "5000"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+            .args(["serve-judge", "--model", "/nonexistent.gguf"])
+            .args(["--default-max-tokens", value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "--default-max-tokens must be in 1..=4096, got {value}"
+            )),
+            "{err}"
+        );
+    }
 }

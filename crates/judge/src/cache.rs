@@ -4,15 +4,15 @@
 //! Judge calls dominate training cost, and the same (prompt, response, criterion) comes back
 //! across runs, seeds and restarts. The file is shared: WAL mode lets several processes read
 //! while one writes, a busy timeout makes concurrent writers wait instead of failing, and a
-//! crash loses at most the batch being written. Only verdicts are cached, never failures: a
+//! crash loses at most the verdict being written. Only verdicts are cached, never failures: a
 //! timeout today says nothing about tomorrow.
 
-use crate::{CriterionGrade, GradeTask, Judge, JudgeStats};
+use crate::{CriterionGrade, GradeSink, GradeTask, Judge, JudgeStats};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -92,15 +92,35 @@ impl VerdictCache {
             message,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err(format!("cannot create folder {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                err(match e.kind() {
+                    // the OS says "File exists", true but puzzling
+                    std::io::ErrorKind::AlreadyExists => {
+                        format!("{} is a file, not a folder", dir.display())
+                    }
+                    _ => format!("cannot create folder {}: {e}", dir.display()),
+                })
+            })?;
         }
+        // Created here first, so that a path SQLite cannot use fails with the OS's own reason
+        // (not a directory, permission denied, read-only file system) instead of SQLite's
+        // "unable to open database file".
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| err(format!("cannot create or open the file: {e}")))?;
         let conn = Connection::open(&path).map_err(|e| err(format!("cannot open: {e}")))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| err(e.to_string()))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| err(format!("cannot switch to WAL (is it a SQLite file?): {e}")))?;
+            .map_err(|e| {
+                err(match e.sqlite_error_code() {
+                    Some(rusqlite::ErrorCode::NotADatabase) => "not a SQLite file".into(),
+                    _ => format!("cannot switch to WAL: {e}"),
+                })
+            })?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(err(format!("journal mode is {mode}, WAL unavailable")));
         }
@@ -215,9 +235,10 @@ impl VerdictCache {
 }
 
 /// Any judge with the cache in front: hits are answered from the file (`cached: true`,
-/// `attempts: 0`), misses go to the inner judge in one batch, and its successful verdicts are
-/// stored. A cache read or write error is logged to stderr once per batch and the batch is
-/// graded without the cache: the cache saves money, it must not stop a run.
+/// `attempts: 0`), misses go to the inner judge in one batch, and each of its successful
+/// verdicts is stored as soon as the inner judge reports it ([`Judge::grade_reporting`]). A
+/// cache read or write error is logged to stderr once per batch and the batch is graded
+/// without the cache: the cache saves money, it must not stop a run.
 pub struct CachedJudge<J> {
     inner: J,
     cache: VerdictCache,
@@ -274,6 +295,17 @@ impl<J: Judge> Judge for CachedJudge<J> {
     }
 
     async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        self.grade_reporting(tasks, &|_, _| {}).await
+    }
+
+    /// Hits go to `sink` at once. Each verdict of the inner judge is stored the moment the
+    /// inner judge reports it, so a caller that gives up midway (a request timeout drops this
+    /// future) has paid for no verdict it will have to ask for again.
+    async fn grade_reporting(
+        &self,
+        tasks: &[GradeTask<'_>],
+        sink: &GradeSink<'_>,
+    ) -> Vec<Vec<CriterionGrade>> {
         let (judge_id, version) = (self.inner.id(), self.inner.prompt_version());
         // Keys per task and criterion; `None` for an index the example lacks (the inner judge
         // reports it).
@@ -320,6 +352,10 @@ impl<J: Judge> Judge for CachedJudge<J> {
                     }
                 }
             }
+            let hits: Vec<CriterionGrade> = row.iter().flatten().cloned().collect();
+            if !hits.is_empty() {
+                sink(out.len(), &hits);
+            }
             out.push(row);
             miss_indices.push(misses);
         }
@@ -353,31 +389,40 @@ impl<J: Judge> Judge for CachedJudge<J> {
             })
             .collect();
         let sub_tasks: Vec<GradeTask<'_>> = pending.iter().map(|(_, t)| *t).collect();
-        let graded = self.inner.grade(&sub_tasks).await;
+        let store_failed = AtomicBool::new(false);
+        let store = |sub: usize, grades: &[CriterionGrade]| {
+            let ti = pending[sub].0;
+            let entries: Vec<(CacheKey, CachedVerdict)> = grades
+                .iter()
+                .filter_map(|g| {
+                    let value = *g.outcome.as_ref().ok()?;
+                    let slot = indices[ti].iter().position(|&i| i == g.criterion)?;
+                    let verdict = CachedVerdict {
+                        value,
+                        explanation: g.explanation.clone(),
+                        judge: g.judge.clone(),
+                    };
+                    Some((keys[ti][slot]?, verdict))
+                })
+                .collect();
+            if let Err(e) = self.cache.put_many(&entries) {
+                // once per batch: a full disk fails every write alike
+                if !store_failed.swap(true, Ordering::Relaxed) {
+                    self.note_cache_error(&e);
+                }
+            }
+            sink(ti, grades);
+        };
+        let graded = self.inner.grade_reporting(&sub_tasks, &store).await;
 
-        let mut to_store = Vec::new();
         for ((ti, _), grades) in pending.iter().zip(graded) {
-            let row = &mut out[*ti];
-            let mut slots = row.iter_mut().zip(&keys[*ti]).filter(|(g, _)| g.is_none());
+            let mut slots = out[*ti].iter_mut().filter(|g| g.is_none());
             for g in grades {
-                let Some((slot, key)) = slots.next() else {
+                let Some(slot) = slots.next() else {
                     break;
                 };
-                if let (Ok(value), Some(key)) = (&g.outcome, key) {
-                    to_store.push((
-                        *key,
-                        CachedVerdict {
-                            value: *value,
-                            explanation: g.explanation.clone(),
-                            judge: g.judge.clone(),
-                        },
-                    ));
-                }
                 *slot = Some(g);
             }
-        }
-        if let Err(e) = self.cache.put_many(&to_store) {
-            self.note_cache_error(&e);
         }
         out.into_iter()
             .zip(&indices)

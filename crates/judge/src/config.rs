@@ -81,6 +81,29 @@ fn default_batch() -> usize {
     32
 }
 
+/// Most texts per forward pass: a CPU gains nothing past a few dozen, and memory grows with
+/// every one.
+const MAX_BATCH_SIZE: usize = 1024;
+
+impl EmbeddingJudgeConfig {
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(-1.0..=1.0).contains(&self.threshold) {
+            return Err(format!(
+                "`threshold` must be a cosine similarity in [-1, 1], got {}",
+                self.threshold
+            ));
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(format!(
+                "`batch_size` must be in 1..={MAX_BATCH_SIZE}, got {}",
+                self.batch_size
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for EmbeddingJudgeConfig {
     fn default() -> Self {
         EmbeddingJudgeConfig {
@@ -91,11 +114,22 @@ impl Default for EmbeddingJudgeConfig {
     }
 }
 
-/// A config that cannot be read or built, naming the file (and the field where known).
+/// A config file that cannot be read or is invalid, naming the file (and the field where
+/// known).
 #[derive(Debug, thiserror::Error)]
 #[error("judge config {}: {message}", file.display())]
 pub struct ConfigError {
     pub file: PathBuf,
+    pub message: String,
+}
+
+/// Why [`from_config`] could not build the judge of a valid config: what failed (the cache
+/// file and the OS error, the API key's variable, the embedding model), in its own words. No
+/// file is blamed for it, since the config may come from a file or from a run config's
+/// `[judge]` section, and the caller knows which.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
     pub message: String,
 }
 
@@ -146,18 +180,17 @@ impl JudgeConfig {
             (JudgeKind::Http, Some(h)) => h.validate().map_err(|m| err(format!("[http] {m}")))?,
             _ => {}
         }
+        if let Some(e) = &cfg.embedding {
+            e.validate().map_err(|m| err(format!("[embedding] {m}")))?;
+        }
         Ok(cfg)
     }
 }
 
 /// Builds the judge a config describes, with the cache in front when `cache` is set. Loading
 /// the embedding model or opening the cache happens here, so errors surface before grading.
-pub fn from_config(config: &JudgeConfig) -> Result<Box<dyn Judge>, ConfigError> {
-    let origin = || config.cache.clone().unwrap_or_default();
-    let err = |message: String| ConfigError {
-        file: origin(),
-        message,
-    };
+pub fn from_config(config: &JudgeConfig) -> Result<Box<dyn Judge>, BuildError> {
+    let err = |message: String| BuildError { message };
     let judge: Box<dyn Judge> = match config.kind {
         JudgeKind::Rules => Box::new(RuleJudge::new()),
         JudgeKind::Http => {
@@ -182,9 +215,6 @@ pub fn from_config(config: &JudgeConfig) -> Result<Box<dyn Judge>, ConfigError> 
     };
     Ok(match &config.cache {
         None => judge,
-        Some(path) => Box::new(CachedJudge::open(judge, path).map_err(|e| ConfigError {
-            file: path.clone(),
-            message: e.to_string(),
-        })?),
+        Some(path) => Box::new(CachedJudge::open(judge, path).map_err(|e| err(e.to_string()))?),
     })
 }

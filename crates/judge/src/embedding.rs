@@ -163,15 +163,7 @@ impl EmbeddingJudge {
         embedder: impl Into<Arc<SentenceEmbedder>>,
         config: &EmbeddingJudgeConfig,
     ) -> Result<Self, String> {
-        if !(-1.0..=1.0).contains(&config.threshold) {
-            return Err(format!(
-                "`threshold` must be a cosine similarity in [-1, 1], got {}",
-                config.threshold
-            ));
-        }
-        if config.batch_size == 0 {
-            return Err("`batch_size` must be at least 1".into());
-        }
+        config.validate()?;
         Ok(EmbeddingJudge {
             embedder: embedder.into(),
             threshold: config.threshold,
@@ -184,6 +176,7 @@ impl EmbeddingJudge {
 
     /// Loads the model named by the config (or the fetched asset) and builds the judge.
     pub fn from_config(config: &EmbeddingJudgeConfig) -> Result<Self, String> {
+        config.validate()?; // before the model load, which takes seconds
         let embedder = match &config.model_dir {
             Some(dir) => SentenceEmbedder::load(dir),
             None => SentenceEmbedder::load_default(),

@@ -8,7 +8,7 @@
 //! flight across all concurrent `grade` calls.
 
 use crate::prompt::{extract_verdict, grading_prompt, ParsedVerdict, PROMPT_VERSION};
-use crate::{CriterionGrade, GradeTask, Judge, JudgeFailure, JudgeStats};
+use crate::{CriterionGrade, GradeSink, GradeTask, Judge, JudgeFailure, JudgeStats};
 use async_trait::async_trait;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
@@ -57,6 +57,14 @@ pub struct HttpJudgeConfig {
     pub api_key_env: Option<String>,
 }
 
+/// Most requests in flight: far above what any endpoint serves, far below where a semaphore
+/// or the open-file limit gives out.
+const MAX_CONCURRENCY: usize = 4096;
+
+/// Most retries per criterion: `1 + retries` attempts must not overflow, and a judge retrying
+/// a criterion more than this is down, not flaky.
+const MAX_RETRIES: u32 = 100;
+
 fn default_max_tokens() -> u32 {
     512
 }
@@ -97,17 +105,9 @@ impl HttpJudgeConfig {
         }
     }
 
-    /// Checks ranges; the message names the field.
+    /// Checks ranges; the message names the field. Every duration goes through
+    /// [`rubric::limits::duration_secs`], so none can panic a conversion later.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "`{name}` must be a positive number of seconds, got {v}"
-                ))
-            }
-        };
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
             return Err(format!(
                 "`base_url` must start with http:// or https://, got `{}`",
@@ -117,8 +117,17 @@ impl HttpJudgeConfig {
         if self.model.trim().is_empty() {
             return Err("`model` is empty".into());
         }
-        if self.concurrency == 0 {
-            return Err("`concurrency` must be at least 1".into());
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(format!(
+                "`concurrency` must be in 1..={MAX_CONCURRENCY}, got {}",
+                self.concurrency
+            ));
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(format!(
+                "`retries` must be at most {MAX_RETRIES}, got {}",
+                self.retries
+            ));
         }
         if self.max_tokens == 0 {
             return Err("`max_tokens` must be at least 1".into());
@@ -129,10 +138,14 @@ impl HttpJudgeConfig {
                 self.temperature
             ));
         }
-        positive("timeout_secs", self.timeout_secs)?;
-        positive("backoff_initial_secs", self.backoff_initial_secs)?;
-        positive("backoff_max_secs", self.backoff_max_secs)?;
-        positive("retry_after_max_secs", self.retry_after_max_secs)?;
+        for (field, secs) in [
+            ("`timeout_secs`", self.timeout_secs),
+            ("`backoff_initial_secs`", self.backoff_initial_secs),
+            ("`backoff_max_secs`", self.backoff_max_secs),
+            ("`retry_after_max_secs`", self.retry_after_max_secs),
+        ] {
+            rubric::limits::duration_secs(field, secs)?;
+        }
         Ok(())
     }
 
@@ -156,7 +169,10 @@ impl HttpJudgeConfig {
         let wish = server_wish
             .map(|d| d.as_secs_f64().min(self.retry_after_max_secs))
             .unwrap_or(0.0);
-        Duration::from_secs_f64(jittered.max(wish))
+        // Clamped, so that a config that skipped `validate` cannot panic the conversion either
+        // (a NaN field drops out of `max`, a negative wait is none).
+        let secs = jittered.max(wish).min(rubric::limits::MAX_SECS);
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
     }
 }
 
@@ -355,7 +371,8 @@ impl HttpJudge {
     }
 
     /// One request; the permit bounds concurrency and is released before any backoff sleep.
-    async fn attempt(&self, prompt: &str) -> Result<ParsedVerdict, AttemptError> {
+    /// `reply` is the graded response, whose own verdict-like text the parser ignores.
+    async fn attempt(&self, prompt: &str, reply: &str) -> Result<ParsedVerdict, AttemptError> {
         let _permit = self
             .permits
             .acquire()
@@ -427,8 +444,8 @@ impl HttpJudge {
             .next()
             .and_then(|c| c.message.content)
             .unwrap_or_default();
-        extract_verdict(&answer).ok_or_else(|| AttemptError::Retryable {
-            message: format!("no verdict JSON in the answer: {:?}", excerpt(&answer)),
+        extract_verdict(&answer, reply).map_err(|e| AttemptError::Retryable {
+            message: format!("{e}: {:?}", excerpt(&answer)),
             retry_after: None,
         })
     }
@@ -443,7 +460,7 @@ impl HttpJudge {
         let mut attempts = 0;
         let outcome = loop {
             attempts += 1;
-            match self.attempt(&prompt).await {
+            match self.attempt(&prompt, task.response).await {
                 Ok(v) => break Ok(v),
                 Err(AttemptError::Fatal(message)) => break Err(JudgeFailure::Other(message)),
                 Err(AttemptError::Retryable {
@@ -509,10 +526,21 @@ impl Judge for HttpJudge {
     }
 
     async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        self.grade_reporting(tasks, &|_, _| {}).await
+    }
+
+    /// Each criterion's grade goes to `sink` as soon as its request (and retries) ended.
+    async fn grade_reporting(
+        &self,
+        tasks: &[GradeTask<'_>],
+        sink: &GradeSink<'_>,
+    ) -> Vec<Vec<CriterionGrade>> {
         let jobs = tasks.iter().enumerate().flat_map(|(ti, t)| {
-            t.criterion_indices()
-                .into_iter()
-                .map(move |ci| async move { (ti, self.grade_one(t, ci).await) })
+            t.criterion_indices().into_iter().map(move |ci| async move {
+                let grade = self.grade_one(t, ci).await;
+                sink(ti, std::slice::from_ref(&grade));
+                (ti, grade)
+            })
         });
         let mut out: Vec<Vec<CriterionGrade>> = tasks
             .iter()

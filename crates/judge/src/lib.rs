@@ -26,7 +26,9 @@ pub mod serve;
 mod text;
 
 pub use cache::{CachedJudge, VerdictCache};
-pub use config::{from_config, ConfigError, EmbeddingJudgeConfig, JudgeConfig, JudgeKind};
+pub use config::{
+    from_config, BuildError, ConfigError, EmbeddingJudgeConfig, JudgeConfig, JudgeKind,
+};
 #[cfg(feature = "embedding")]
 pub use embedding::{EmbeddingJudge, SentenceEmbedder};
 pub use http::{HttpJudge, HttpJudgeConfig};
@@ -100,6 +102,10 @@ pub struct JudgeStats {
     pub completion_tokens: u64,
 }
 
+/// Where [`Judge::grade_reporting`] hands over grades as soon as they are known: the index of
+/// their task in the batch, and some of that task's grades (any subset, in any order).
+pub type GradeSink<'a> = dyn Fn(usize, &[CriterionGrade]) + Sync + 'a;
+
 #[async_trait]
 pub trait Judge: Send + Sync {
     /// Stable id; part of the cache key, so change it when verdicts would change.
@@ -114,6 +120,23 @@ pub trait Judge: Send + Sync {
     /// Grades a batch. The result has one entry per task, each with one grade per requested
     /// criterion, in the task's criterion order.
     async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>>;
+
+    /// [`Judge::grade`], also handing each grade to `sink` as soon as it is known, so that a
+    /// caller whose future is dropped midway (a request timeout) keeps the verdicts already
+    /// obtained: [`CachedJudge`] stores them as they arrive. The default reports every grade
+    /// once `grade` returns; a judge that obtains verdicts one at a time (HTTP) reports each
+    /// as it comes, and implements `grade` through this method.
+    async fn grade_reporting(
+        &self,
+        tasks: &[GradeTask<'_>],
+        sink: &GradeSink<'_>,
+    ) -> Vec<Vec<CriterionGrade>> {
+        let graded = self.grade(tasks).await;
+        for (task, grades) in graded.iter().enumerate() {
+            sink(task, grades);
+        }
+        graded
+    }
 
     fn stats(&self) -> JudgeStats {
         JudgeStats::default()
@@ -134,6 +157,13 @@ macro_rules! forward_judge {
             }
             async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
                 (**self).grade(tasks).await
+            }
+            async fn grade_reporting(
+                &self,
+                tasks: &[GradeTask<'_>],
+                sink: &GradeSink<'_>,
+            ) -> Vec<Vec<CriterionGrade>> {
+                (**self).grade_reporting(tasks, sink).await
             }
             fn stats(&self) -> JudgeStats {
                 (**self).stats()

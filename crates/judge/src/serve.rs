@@ -3,9 +3,11 @@
 //! `POST /v1/chat/completions`, `GET /v1/models`, and `GET /health`.
 //!
 //! Generation is CPU-bound and blocking, so it runs on blocking threads, at most
-//! `parallel` at a time (more would only split the same cores). Only what the judge and common
-//! clients need is implemented: no streaming, one choice; unsupported requests get an
-//! OpenAI-style error, not a silent approximation.
+//! `parallel` at a time (more would only split the same cores). A client that goes away (a
+//! timeout, a closed connection) drops its request, and that stops its generation at the next
+//! token: an abandoned answer would otherwise hold the cores from the requests still waiting.
+//! Only what the judge and common clients need is implemented: no streaming, one choice;
+//! unsupported requests get an OpenAI-style error, not a silent approximation.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,7 +17,7 @@ use axum::{Json, Router};
 use rubric::Message;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
@@ -25,13 +27,27 @@ pub trait ChatModel: Send + Sync + 'static {
     /// Name reported by `/v1/models` and in responses.
     fn id(&self) -> String;
 
-    /// Answers `messages` with at most `max_tokens` new tokens.
+    /// Answers `messages` with at most `max_tokens` new tokens. `cancelled` turns true when
+    /// the client has gone: check it before each new token and return what there is.
     fn chat(
         &self,
         messages: &[Message],
         max_tokens: usize,
         temperature: f64,
-    ) -> Result<ChatOutput, String>;
+        cancelled: &AtomicBool,
+    ) -> Result<ChatOutput, ChatError>;
+}
+
+/// Why a model gave no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    /// The request cannot be answered as sent, e.g. a prompt longer than the model's context:
+    /// a 400, which clients do not retry (they retry a 500, to the same end).
+    #[error("{0}")]
+    Invalid(String),
+    /// The model failed: a 500.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// One answer with the token counts reported as `usage`.
@@ -68,14 +84,26 @@ impl Default for ServeOptions {
 struct AppState {
     model: Arc<dyn ChatModel>,
     options: ServeOptions,
-    permits: Semaphore,
+    /// One per generation running; held by the blocking thread until the generation ends,
+    /// so a generation being cancelled never runs beside the next one.
+    permits: Arc<Semaphore>,
     next_id: AtomicU64,
+}
+
+/// Sets its flag when dropped: the request handler holds it, and axum drops the handler when
+/// the client goes away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The router; serve it with `axum::serve`.
 pub fn router(model: Arc<dyn ChatModel>, options: ServeOptions) -> Router {
     let state = Arc::new(AppState {
-        permits: Semaphore::new(options.parallel.max(1)),
+        permits: Arc::new(Semaphore::new(options.parallel.max(1))),
         model,
         options,
         next_id: AtomicU64::new(1),
@@ -228,36 +256,13 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
         );
     }
 
-    let _permit = state
-        .permits
-        .acquire()
-        .await
-        .expect("semaphore never closed");
-    let model = state.model.clone();
-    let result =
-        tokio::task::spawn_blocking(move || model.chat(&messages, max_tokens, temperature)).await;
-    let out = match result {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                format!("generation failed: {e}"),
-                None,
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                format!("generation panicked: {e}"),
-                None,
-            )
-        }
+    let id = format!("chatcmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+    let out = match generate(&state, &id, messages, max_tokens, temperature).await {
+        Ok(out) => out,
+        Err(response) => return response,
     };
-    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     Json(json!({
-        "id": format!("chatcmpl-{id}"),
+        "id": id,
         "object": "chat.completion",
         "created": unix_now(),
         "model": state.model.id(),
@@ -273,4 +278,59 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
         }
     }))
     .into_response()
+}
+
+/// Runs one generation on a blocking thread once a permit is free. Dropping this future (the
+/// client went away) cancels the generation at its next token; the blocking thread keeps the
+/// permit until the generation has really ended.
+async fn generate(
+    state: &AppState,
+    id: &str,
+    messages: Vec<Message>,
+    max_tokens: usize,
+    temperature: f64,
+) -> Result<ChatOutput, Response> {
+    let permit = state
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore never closed");
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+    let (model, request) = (state.model.clone(), id.to_string());
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let out = model.chat(&messages, max_tokens, temperature, &cancelled);
+        if cancelled.load(Ordering::Relaxed) {
+            log_abandoned(&request, max_tokens, &out);
+        }
+        out
+    })
+    .await;
+    let server_error = |message: String| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            message,
+            None,
+        )
+    };
+    match result {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(ChatError::Invalid(e))) => Err(bad_request(e, "messages")),
+        Ok(Err(ChatError::Failed(e))) => Err(server_error(format!("generation failed: {e}"))),
+        Err(e) => Err(server_error(format!("generation panicked: {e}"))),
+    }
+}
+
+/// The log line of a generation whose client went away: what it cost before it stopped.
+fn log_abandoned(request: &str, max_tokens: usize, out: &Result<ChatOutput, ChatError>) {
+    match out {
+        Ok(out) => eprintln!(
+            "{request}: the client went away; generation stopped after {} of {max_tokens} tokens",
+            out.completion_tokens
+        ),
+        Err(e) => eprintln!("{request}: the client went away; generation ended: {e}"),
+    }
 }

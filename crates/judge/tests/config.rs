@@ -109,3 +109,75 @@ fn shipped_judge_configs_parse() {
         assert!(kinds.contains(&kind), "no shipped config of kind {kind:?}");
     }
 }
+
+/// Every duration and size of a judge config is range-checked when the file is read, with an
+/// error naming the file and the field: none may panic a conversion at start or at the first
+/// retry (`Duration::from_secs_f64(1e30)`), or leave a semaphore or a counter to overflow.
+#[test]
+fn absurd_durations_and_sizes_are_refused_naming_the_file_and_field() {
+    let http = "kind = \"http\"\n[http]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n";
+    let mut cases: Vec<(String, &str)> = Vec::new();
+    for field in [
+        "timeout_secs",
+        "backoff_initial_secs",
+        "backoff_max_secs",
+        "retry_after_max_secs",
+    ] {
+        for value in ["1e30", "0.0", "-1.0", "nan", "inf", "604801.0"] {
+            cases.push((format!("{http}{field} = {value}\n"), field));
+        }
+    }
+    cases.push((format!("{http}concurrency = 1000000000\n"), "concurrency"));
+    cases.push((format!("{http}retries = 4294967295\n"), "retries"));
+    let embedding = "kind = \"embedding\"\n[embedding]\n";
+    cases.push((format!("{embedding}threshold = nan\n"), "threshold"));
+    cases.push((format!("{embedding}batch_size = 0\n"), "batch_size"));
+    cases.push((format!("{embedding}batch_size = 100000000\n"), "batch_size"));
+    for (text, field) in cases {
+        let err = JudgeConfig::parse(&text, Path::new("conf/judge.toml"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("judge config conf/judge.toml: ")
+                && err.contains(&format!("`{field}`"))
+                && !err.contains('\n'),
+            "{text} -> {err}"
+        );
+    }
+    // The largest accepted values build a judge without a panic.
+    let cfg = JudgeConfig::parse(
+        &format!("{http}timeout_secs = 604800\nbackoff_max_secs = 604800\nconcurrency = 4096\n"),
+        Path::new("j.toml"),
+    )
+    .unwrap();
+    from_config(&cfg).unwrap();
+}
+
+/// A cache file that cannot be created is the cache's failure, in the OS's words, with its
+/// path said once: not a fault of the judge config.
+#[test]
+fn a_cache_that_cannot_be_created_says_so_without_blaming_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    for (cache, os_error) in [
+        (file.join("cache.sqlite"), "is a file, not a folder"),
+        (
+            file.join("sub/cache.sqlite"),
+            "Not a directory (os error 20)",
+        ),
+        (dir.path().to_path_buf(), "Is a directory (os error 21)"),
+    ] {
+        let mut cfg = JudgeConfig::of_kind(JudgeKind::Rules);
+        cfg.cache = Some(cache.clone());
+        let err = from_config(&cfg).map(|_| ()).unwrap_err().to_string();
+        let path = cache.display().to_string();
+        assert!(
+            err.starts_with(&format!("judge cache {path}: ")) && err.contains(os_error),
+            "{err}"
+        );
+        assert_eq!(err.matches(&path).count(), 1, "the path once: {err}");
+        assert!(!err.contains("judge config"), "{err}");
+    }
+}

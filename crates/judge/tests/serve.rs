@@ -3,15 +3,18 @@
 //! the reply's length) so the protocol is checked exactly; the test with the real SmolLM2
 //! model lives with the `arlrr serve-judge` command.
 
-use judge::serve::{router, ChatModel, ChatOutput, ServeOptions};
+use judge::serve::{router, ChatError, ChatModel, ChatOutput, ServeOptions};
 use judge::{GradeTask, HttpJudge, HttpJudgeConfig, Judge, JudgeFailure};
 use rubric::{Criterion, Example, Message};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Says "met" when the reply inside `<reply>` is longer than 20 characters; fails on demand
-/// when the criterion says `explode`. Token counts are words, so usage is checkable.
+/// when the criterion says `explode`, and refuses a prompt that says `too long` as a model
+/// refuses one beyond its context. Token counts are words, so usage is checkable.
 struct LengthGrader;
 
 impl ChatModel for LengthGrader {
@@ -24,10 +27,17 @@ impl ChatModel for LengthGrader {
         messages: &[Message],
         max_tokens: usize,
         _temperature: f64,
-    ) -> Result<ChatOutput, String> {
-        let prompt = &messages.last().ok_or("no messages")?.content;
+        _cancelled: &AtomicBool,
+    ) -> Result<ChatOutput, ChatError> {
+        let prompt = &messages
+            .last()
+            .expect("the server refuses no messages")
+            .content;
         if prompt.contains("explode") {
-            return Err("the model exploded".into());
+            return Err(ChatError::Failed("the model exploded".into()));
+        }
+        if prompt.contains("too long") {
+            return Err(ChatError::Invalid("the prompt is 9000 tokens".into()));
         }
         let reply = prompt
             .split("<reply>")
@@ -53,9 +63,13 @@ impl ChatModel for LengthGrader {
 }
 
 async fn spawn() -> SocketAddr {
+    spawn_with(Arc::new(LengthGrader)).await
+}
+
+async fn spawn_with(model: Arc<dyn ChatModel>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router(Arc::new(LengthGrader), ServeOptions::default());
+    let app = router(model, ServeOptions::default());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
 }
@@ -179,10 +193,109 @@ async fn unsupported_or_malformed_requests_get_openai_errors() {
             "messages[0].content",
         ),
         (json!({"messages": "not a list"}), "body"),
+        (
+            json!({"messages": [{"role": "user", "content": "too long"}]}),
+            "messages",
+        ),
     ] {
         let (status, resp) = post(addr, body.clone()).await;
         assert_eq!(status, 400, "{body} -> {resp}");
         assert_eq!(resp["error"]["param"], param, "{body} -> {resp}");
         assert_eq!(resp["error"]["type"], "invalid_request_error");
     }
+}
+
+/// A model that emits a token each millisecond until `max_tokens` or until its client has
+/// gone, and counts what it does.
+#[derive(Default)]
+struct Ticking {
+    running: AtomicUsize,
+    most_running: AtomicUsize,
+    tokens: AtomicUsize,
+    finished: AtomicUsize,
+    stopped: AtomicUsize,
+}
+
+impl ChatModel for Ticking {
+    fn id(&self) -> String {
+        "ticking".into()
+    }
+
+    fn chat(
+        &self,
+        _messages: &[Message],
+        max_tokens: usize,
+        _temperature: f64,
+        cancelled: &AtomicBool,
+    ) -> Result<ChatOutput, ChatError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_running.fetch_max(now, Ordering::SeqCst);
+        let mut generated = 0;
+        while generated < max_tokens && !cancelled.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+            generated += 1;
+            self.tokens.fetch_add(1, Ordering::SeqCst);
+        }
+        let done = if generated == max_tokens {
+            &self.finished
+        } else {
+            &self.stopped
+        };
+        done.fetch_add(1, Ordering::SeqCst);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(ChatOutput {
+            text: "tick ".repeat(generated),
+            prompt_tokens: 1,
+            completion_tokens: generated,
+            truncated: generated == max_tokens,
+        })
+    }
+}
+
+/// Three clients give up on answers that would take 4 s each: the generation that had
+/// started stops at its next token, the waiting ones never finish, and the next request runs
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_stops_its_generation() {
+    let model = Arc::new(Ticking::default());
+    let addr = spawn_with(model.clone()).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let url = format!("http://{addr}/v1/chat/completions");
+    let long = json!({"messages": [{"role": "user", "content": "go on"}], "max_tokens": 4000});
+    let gave_up =
+        futures_util::future::join_all((0..3).map(|_| impatient.post(&url).json(&long).send()))
+            .await;
+    assert!(gave_up
+        .iter()
+        .all(|r| r.as_ref().is_err_and(|e| e.is_timeout())));
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while model.stopped.load(Ordering::SeqCst) == 0 || model.running.load(Ordering::SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "generation goes on for clients that left"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(model.finished.load(Ordering::SeqCst), 0);
+    let spent = model.tokens.load(Ordering::SeqCst);
+    assert!(spent < 4000, "{spent} tokens for clients that left");
+
+    let (status, body) = post(
+        addr,
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    assert_eq!(model.tokens.load(Ordering::SeqCst), spent + 5);
+    assert_eq!(model.finished.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        model.most_running.load(Ordering::SeqCst),
+        1,
+        "a generation ran beside another"
+    );
 }

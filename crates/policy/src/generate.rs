@@ -90,7 +90,33 @@ pub fn generate_groups_timed(
     group: usize,
     cfg: &GenerationConfig,
     rng: &mut impl Rng,
+    on_token: impl FnMut(usize, u32),
+) -> Result<(Vec<Generation>, f64)> {
+    generate_core(model, prompts, group, cfg, rng, on_token, || false)
+}
+
+/// `generate` that stops once `cancelled()` is true (asked before the prefill and before each
+/// new token), returning the tokens so far with `finished` false: a server stops generating
+/// for a client that has gone instead of paying for the whole answer.
+pub fn generate_cancellable(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+    rng: &mut impl Rng,
+    cancelled: impl Fn() -> bool,
+) -> Result<Vec<Generation>> {
+    Ok(generate_core(model, prompts, 1, cfg, rng, |_, _| {}, cancelled)?.0)
+}
+
+/// The one sampling loop behind every `generate*` function.
+fn generate_core(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &GenerationConfig,
+    rng: &mut impl Rng,
     mut on_token: impl FnMut(usize, u32),
+    cancelled: impl Fn() -> bool,
 ) -> Result<(Vec<Generation>, f64)> {
     let start = std::time::Instant::now();
     if prompts.is_empty() || group == 0 {
@@ -137,7 +163,7 @@ pub fn generate_groups_timed(
             finished: false,
         })
         .collect();
-    if cfg.max_new_tokens == 0 {
+    if cfg.max_new_tokens == 0 || cancelled() {
         return Ok((out, start.elapsed().as_secs_f64()));
     }
     let mut cache = KvCache::new(&model.cfg, total);
@@ -165,6 +191,9 @@ pub fn generate_groups_timed(
         && cfg.top_k == 0
         && cfg.top_p >= 1.0;
     for step in 0..cfg.max_new_tokens {
+        if cancelled() {
+            break;
+        }
         let mut next = Vec::with_capacity(b);
         let mut produced = vec![false; b];
         let active: Vec<bool> = out.iter().map(|g| !g.finished).collect();
@@ -467,5 +496,31 @@ mod tests {
         }
         // Draws differ only where u falls within rounding of a token boundary.
         assert!(same >= n - 4, "{same} of {n} draws agree");
+    }
+
+    /// A cancelled generation stops before its next token and keeps the tokens so far, the
+    /// same ones an uncancelled generation starts with; cancelled before the prefill, none.
+    #[test]
+    fn cancelled_generation_stops_before_the_next_token() {
+        let cfg = crate::Config::tiny(crate::Arch::Llama);
+        let model = Transformer::random(&cfg, DType::F32, &candle_core::Device::Cpu, 1).unwrap();
+        let gen = GenerationConfig {
+            max_new_tokens: 20,
+            ..GenerationConfig::default()
+        };
+        let prompt = [vec![1u32, 2, 3]];
+        let full = generate(&model, &prompt, &gen, &mut crate::seeded_rng(5)).unwrap();
+        for (checks_allowed, tokens) in [(0, 0), (1, 0), (4, 3)] {
+            let asked = std::cell::Cell::new(0);
+            let cancelled = || {
+                asked.set(asked.get() + 1);
+                asked.get() > checks_allowed
+            };
+            let got =
+                generate_cancellable(&model, &prompt, &gen, &mut crate::seeded_rng(5), cancelled)
+                    .unwrap();
+            assert_eq!(got[0].tokens, full[0].tokens[..tokens], "{checks_allowed}");
+            assert!(!got[0].finished);
+        }
     }
 }

@@ -150,6 +150,20 @@ async fn respond(fault: &Fault, headers: &HeaderMap, req: &Value) -> Response {
             tokio::time::sleep(Duration::from_millis(50)).await;
             completion(&verdict(true))
         }
+        // Hangs on its first request (each `hang-once-<name>` counts its own), then answers.
+        s if s.starts_with("hang-once") && n == 1 => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            completion(&verdict(false))
+        }
+        s if s.starts_with("hang-once") => completion(&verdict(true)),
+        // A judge model that repeats its prompt (the graded reply inside) before answering,
+        // or without answering; and one that quotes an example verdict before its own.
+        "echo" => completion(&format!("{prompt}\n{}", verdict(false))),
+        "echo-only" => completion(prompt),
+        "example-first" => completion(&format!(
+            "An answer looks like {{\"explanation\": \"...\", \"criteria_met\": true}}. Mine: {}",
+            verdict(false)
+        )),
         other => (StatusCode::BAD_REQUEST, format!("unknown scenario {other}")).into_response(),
     }
 }
