@@ -32,6 +32,16 @@ pub struct TokenLogProbs {
     pub entropy: Tensor,
 }
 
+/// A policy's bound on prompt length: a prompt of `n` tokens fits when `n + max_new_tokens`
+/// is at most `positions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptLimit {
+    /// The model's positions (context length).
+    pub positions: usize,
+    /// The longest response, in tokens.
+    pub max_new_tokens: usize,
+}
+
 /// What the trainer needs from a policy. Sampling randomness comes from the caller's seeded
 /// RNG, so a run resumed from a checkpoint draws the same samples.
 pub trait Policy {
@@ -56,6 +66,12 @@ pub trait Policy {
     /// 0 where [`Policy::train_bytes`] ignores lengths.
     fn prompt_tokens(&self, _prompt: &Example) -> Result<usize> {
         Ok(0)
+    }
+
+    /// What bounds a prompt's length: the model's positions and the response's
+    /// `max_new_tokens`; `None` where nothing does (the categorical policy).
+    fn prompt_limit(&self) -> Option<PromptLimit> {
+        None
     }
 
     /// Estimated bytes of activations that [`Policy::log_probs`] keeps for the backward pass

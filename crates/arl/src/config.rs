@@ -256,14 +256,15 @@ impl Default for ObjectiveConfig {
 }
 
 impl TrainConfig {
-    /// Reads a config file; relative paths inside it are resolved against its folder.
+    /// Reads a config file; relative paths inside it are resolved against its folder, to
+    /// absolute paths (so the run's saved `config.toml` means the same from any folder).
     pub fn from_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let mut cfg =
             Self::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        cfg.resolve_paths(&absolute(base.unwrap_or(Path::new(".")))?);
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
@@ -274,6 +275,16 @@ impl TrainConfig {
         parse_toml(text)
     }
 
+    /// Makes every path of the config absolute, a relative one taken from the working
+    /// directory: what a new run saves as its `config.toml`, so that `--resume` finds the
+    /// data, the judge cache and the model from any working directory.
+    pub fn absolutize(&mut self) -> Result<()> {
+        self.resolve_paths(&absolute(Path::new("."))?);
+        Ok(())
+    }
+
+    /// Joins every relative path field to `base`. A field that holds a path belongs here:
+    /// the run's saved config must not depend on the folder it was started from.
     fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -309,6 +320,10 @@ impl TrainConfig {
             fix(p);
         }
         if let Some(p) = &mut self.judge.cache {
+            fix(p);
+        }
+        let embedding = self.judge.embedding.as_mut();
+        if let Some(p) = embedding.and_then(|e| e.model_dir.as_mut()) {
             fix(p);
         }
     }
@@ -401,11 +416,10 @@ impl TrainConfig {
         if self.phases.ucb_c < 0.0 {
             bail!("field `phases.ucb_c`: must not be negative");
         }
-        if let Weights::Custom(w) = &self.objective.weights {
-            if let Some((name, _)) = w.iter().find(|(_, x)| **x < 0.0) {
-                bail!("field `objective.weights.{name}`: must not be negative");
-            }
-        }
+        self.objective
+            .weights
+            .check()
+            .map_err(|e| anyhow::anyhow!("field `objective.weights`: {e}"))?;
         if self.phases.length == 0 {
             bail!("field `phases.length`: must be at least 1");
         }
@@ -522,6 +536,11 @@ impl TrainConfig {
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
+}
+
+/// `path` made absolute against the working directory (not resolving symlinks).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
 }
 
 /// Parses TOML text into `T`; the error names the offending field and its line.

@@ -106,6 +106,19 @@ pub struct TransformerPolicy {
     prefill_secs: f64,
 }
 
+/// Loads a model file or folder; the error names `field` and the path, once (the policy
+/// crate's errors about a file name it).
+pub(crate) fn load_model(path: &std::path::Path, field: &str) -> Result<policy::Model> {
+    policy::Model::load(path).map_err(|e| {
+        let (e, shown) = (e.to_string(), path.display().to_string());
+        if e.contains(&shown) {
+            anyhow::anyhow!("{field}: {e}")
+        } else {
+            anyhow::anyhow!("{field}: loading {shown}: {e}")
+        }
+    })
+}
+
 impl TransformerPolicy {
     pub fn new(config: TransformerConfig) -> Result<Self> {
         let path = if config.model.as_os_str() == "smollm2" {
@@ -113,8 +126,7 @@ impl TransformerPolicy {
         } else {
             config.model.clone()
         };
-        let mut model = policy::Model::load(&path)
-            .with_context(|| format!("[policy] model: loading {}", path.display()))?;
+        let mut model = load_model(&path, "[policy] model")?;
         if let Some(l) = &config.lora {
             let targets = l
                 .targets
@@ -224,6 +236,13 @@ impl Policy for TransformerPolicy {
 
     fn prompt_tokens(&self, prompt: &Example) -> Result<usize> {
         Ok(self.prompt_ids(prompt)?.len())
+    }
+
+    fn prompt_limit(&self) -> Option<crate::actor::PromptLimit> {
+        Some(crate::actor::PromptLimit {
+            positions: self.model.transformer.cfg.max_position_embeddings,
+            max_new_tokens: self.config.max_new_tokens,
+        })
     }
 
     fn train_bytes(&self, rows: usize, prompts: usize, prompt: usize, completion: usize) -> u64 {

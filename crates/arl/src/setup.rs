@@ -29,8 +29,8 @@ pub fn prepare(cfg: &mut TrainConfig, on_warm_start: impl FnMut(WarmStartProgres
         cfg.run.dir = std::path::absolute(&cfg.run.dir)?;
         let data = cfg.run.dir.join("data");
         let spec = cfg.data.builtin_task.unwrap_or_default().spec();
-        rubric::builtin::write_splits(spec, &data)
-            .with_context(|| format!("writing the built-in task to {}", data.display()))?;
+        // the error names the file or folder
+        rubric::builtin::write_splits(spec, &data).context("writing the built-in task")?;
         cfg.data.train = data.join("train.jsonl");
         cfg.data.val = data.join("validation.jsonl");
         cfg.data.test = Some(data.join("test.jsonl"));
@@ -100,15 +100,73 @@ impl Parts {
 
     /// The data and the policy the config names, with a judge built beforehand; the cheap
     /// checks come first (the judge must grade the data) and the model loads last.
+    /// Every split's prompts are checked against the model's length before any step.
     pub fn with_judge(cfg: &TrainConfig, judge: Arc<dyn Judge>) -> Result<Parts> {
         let data = load_task(cfg)?;
         check_judge(&*judge, &data)?;
+        let policy = crate::build_policy(&cfg.policy)?;
+        for d in [Some(&data.train), Some(&data.val), data.test.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            check_prompt_lengths(&*policy, d, "`policy.max_new_tokens`")?;
+        }
         Ok(Parts {
-            policy: crate::build_policy(&cfg.policy)?,
+            policy,
             judge,
             data,
         })
     }
+}
+
+/// Every prompt of `data`, tokenized and rendered as the policy feeds it, must leave room
+/// for a whole response (`max_new`, the setting that sets its length, is named in the
+/// error): otherwise sampling it fails mid-run, at whatever step first draws it. The error
+/// names the first such example by file, line and id, counts the others, and says what to
+/// change.
+pub fn check_prompt_lengths(
+    policy: &dyn Policy,
+    data: &rubric::Dataset,
+    max_new: &str,
+) -> Result<()> {
+    let Some(limit) = policy.prompt_limit() else {
+        return Ok(());
+    };
+    let mut over = Vec::new();
+    for ex in &data.examples {
+        let tokens = policy.prompt_tokens(ex)?;
+        if tokens + limit.max_new_tokens > limit.positions {
+            over.push((ex, tokens));
+        }
+    }
+    let Some(&(ex, tokens)) = over.first() else {
+        return Ok(());
+    };
+    let (positions, new) = (limit.positions, limit.max_new_tokens);
+    let others = match over.len() - 1 {
+        0 => String::new(),
+        1 => " (and 1 more prompt of this file)".to_string(),
+        n => format!(" (and {n} more prompts of this file)"),
+    };
+    let advice = if tokens < positions {
+        format!(
+            "shorten the prompt, lower {max_new} to at most {}, or use a model with more \
+             positions",
+            positions - tokens
+        )
+    } else {
+        "shorten the prompt (alone it fills the model) or use a model with more positions"
+            .to_string()
+    };
+    bail!(
+        "{}:{}: field `prompt`: example `{}`: the prompt is {tokens} tokens, and with {max_new} \
+         = {new} prompt and response need {} positions, more than the model's {positions}\
+         {others}; {advice}",
+        data.source.display(),
+        ex.line,
+        ex.id,
+        tokens + new
+    )
 }
 
 /// Grades a few criteria of each data file's first example before any step, so a judge that
@@ -192,12 +250,17 @@ pub struct ModelOptions {
 /// The policy behind `--model`: a run directory or checkpoint folder (policy config from the
 /// run's `config.toml`, weights from the checkpoint), or with the `transformer` feature a
 /// `.gguf` file / HF folder as it is. Returns the policy and the run's class spec.
+/// Whether `--model` names a run directory or one of its checkpoint folders (not a model
+/// file or folder as it is).
+fn is_run(model: &Path) -> bool {
+    model.join("state.json").exists() || model.join("config.toml").exists()
+}
+
 pub fn load_model(
     model: &Path,
     opts: &ModelOptions,
 ) -> Result<(Box<dyn Policy>, rubric::ClassSpec)> {
-    let is_run = model.join("state.json").exists() || model.join("config.toml").exists();
-    if !is_run {
+    if !is_run(model) {
         #[cfg(feature = "transformer")]
         {
             let cfg = crate::lm_actor::TransformerConfig {
@@ -230,8 +293,18 @@ pub fn evaluate_model(
     samples: usize,
     seed: u64,
 ) -> Result<EvalReport> {
-    let (mut policy, class_spec) = load_model(model, opts)?;
+    anyhow::ensure!(
+        samples > 0,
+        "--samples: must be at least 1 (responses sampled per example), got 0"
+    );
     let dataset = rubric::load(data)?;
+    let (mut policy, class_spec) = load_model(model, opts)?;
+    let max_new = if is_run(model) {
+        "the run's `policy.max_new_tokens` (its config.toml)"
+    } else {
+        "`--max-new-tokens`"
+    };
+    check_prompt_lengths(&*policy, &dataset, max_new)?;
     let classes = rubric::MetaClasses::new(&class_spec, &[&dataset])?;
     let assignment = classes.assign(&dataset)?;
     let set = EvalSet {
@@ -247,7 +320,7 @@ pub fn evaluate_model(
         judge: &*judge_impl,
         rt: &rt,
         retries: judge.retries,
-        samples: samples.max(1),
+        samples,
         seed,
         resamples: rubric::score::BOOTSTRAP_RESAMPLES,
         noise: None,

@@ -379,8 +379,7 @@ pub fn build(cfg: &WarmStartConfig, out: &Path, mut on: impl FnMut(Progress)) ->
     let mut model = match &cfg.base {
         Some(base) => {
             let path = base_path(base)?;
-            policy::Model::load(&path)
-                .with_context(|| format!("field `warm_start.base`: loading {}", path.display()))?
+            crate::lm_actor::load_model(&path, "field `warm_start.base`")?
         }
         None => {
             on(Progress::Tokenizer);

@@ -31,15 +31,89 @@ pub use crate::metrics::Timing;
 pub(crate) mod micro;
 mod select;
 
-/// A new run must not land on an earlier one: checked before anything is written.
+/// A new run must not land on an earlier one: checked before anything is written. The error
+/// says what to do with the folder: resume a run that holds a checkpoint, start over
+/// (`--overwrite`) one that was stopped before its first.
 pub fn ensure_new_run(run_dir: &Path) -> Result<()> {
-    if run_dir.join("metrics.jsonl").exists() {
+    if !run_dir.join("metrics.jsonl").exists() {
+        return Ok(());
+    }
+    let dir = run_dir.display();
+    match checkpoint::latest(run_dir)? {
+        Some((_, state)) => bail!(
+            "{dir} already holds a run (its latest checkpoint is at step {}); continue it with \
+             `arlrr train --resume {dir}`, or write the new run elsewhere (`--out` or `run.dir`)",
+            state.step
+        ),
+        None => bail!(
+            "{dir} already holds a run, stopped before its first checkpoint, so there is \
+             nothing to resume; start over into it with `--overwrite`, write the new run \
+             elsewhere (`--out` or `run.dir`), or delete the folder"
+        ),
+    }
+}
+
+/// The run's `objective.weights` as a target over `classes`, the error naming the field.
+fn scalarized_target(config: &TrainConfig, classes: &[String]) -> Result<Target> {
+    let target = config.objective.weights.target(classes);
+    target.map_err(|e| anyhow::anyhow!("field `objective.weights`: {e}"))
+}
+
+/// Why `--resume` cannot continue a run without a checkpoint, and the way out.
+fn no_checkpoint(run_dir: &Path, config: &TrainConfig) -> anyhow::Error {
+    let dir = run_dir.display();
+    anyhow::anyhow!(
+        "{dir} holds no checkpoint to resume from: the run stopped before its first \
+         (`run.checkpoint_every` = {}). Start it over in that folder with `arlrr train --config \
+         {dir}/config.toml --overwrite`, or delete the folder",
+        config.run.checkpoint_every
+    )
+}
+
+/// The files a run writes into its folder besides `checkpoints/` and `data/`.
+const RUN_FILES: [&str; 10] = [
+    "config.toml",
+    "metrics.jsonl",
+    "schedule.jsonl",
+    "eval.jsonl",
+    "test.jsonl",
+    "reference.safetensors",
+    "report.md",
+    "validation.svg",
+    "schedule.svg",
+    "variance.svg",
+];
+
+/// `arlrr train --overwrite`: clears what a run stopped before its first checkpoint left in
+/// `run_dir` (its files and any half-written checkpoint; nothing else in the folder), so
+/// that a new run starts there. A folder holding a checkpoint is refused: that work is
+/// resumed, never thrown away by a flag.
+pub fn discard_unstarted_run(run_dir: &Path) -> Result<()> {
+    let dir = run_dir.display();
+    if let Some((_, state)) = checkpoint::latest(run_dir)? {
         bail!(
-            "{} already holds a run; continue it with `arlrr train --resume {0}` or set run.dir",
-            run_dir.display()
+            "--overwrite: {dir} holds a checkpoint at step {}, which is not thrown away; \
+             continue the run with `arlrr train --resume {dir}`, or delete the folder to start \
+             over",
+            state.step
         );
     }
-    Ok(())
+    let remove = |p: PathBuf, all: bool| -> Result<()> {
+        let gone = if all {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        match gone {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::Error::new(e)
+                .context(format!("--overwrite: cannot remove {}", p.display()))),
+            _ => Ok(()),
+        }
+    };
+    for name in RUN_FILES {
+        remove(run_dir.join(name), false)?;
+    }
+    remove(run_dir.join("checkpoints"), true)
 }
 
 /// Appends `value` to a run file that resume and the report read back. JSON has no NaN or
@@ -150,10 +224,13 @@ pub struct Trainer {
 
 impl Trainer {
     /// Starts a new run in `config.run.dir` (which must not hold one yet).
-    pub fn new(config: TrainConfig, parts: Parts) -> Result<Trainer> {
+    pub fn new(mut config: TrainConfig, parts: Parts) -> Result<Trainer> {
         config.validate()?;
         let run_dir = config.run.dir.clone();
         ensure_new_run(&run_dir)?;
+        // the saved config.toml names absolute paths: `--resume` works from any folder
+        config.absolutize()?;
+        scalarized_target(&config, &parts.data.classes.names)?; // a class-name typo
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
         runfile::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
@@ -168,15 +245,28 @@ impl Trainer {
     /// Continues the run in `run_dir` from its latest checkpoint, with parts built from the
     /// run's resolved `config.toml`.
     pub fn resume(run_dir: &Path) -> Result<Trainer> {
-        let config = TrainConfig::from_file(&run_dir.join("config.toml"))?;
+        let saved = run_dir.join("config.toml");
+        if !saved.exists() && run_dir.is_dir() {
+            bail!(
+                "{} is not a run directory (it has no config.toml): `--resume` takes the folder a \
+                 run was written to",
+                run_dir.display()
+            );
+        }
+        let config = TrainConfig::from_file(&saved)?;
+        if checkpoint::latest(run_dir)?.is_none() {
+            // before the data and the model load
+            return Err(no_checkpoint(run_dir, &config));
+        }
         let parts = Parts::from_config(&config)?;
         Trainer::resume_with(run_dir, config, parts)
     }
 
     pub fn resume_with(run_dir: &Path, mut config: TrainConfig, parts: Parts) -> Result<Trainer> {
         config.run.dir = run_dir.to_path_buf();
-        let (ckpt, state) = checkpoint::latest(run_dir)?
-            .with_context(|| format!("{} holds no checkpoint to resume from", run_dir.display()))?;
+        let Some((ckpt, state)) = checkpoint::latest(run_dir)? else {
+            return Err(no_checkpoint(run_dir, &config));
+        };
         let mut t = Trainer::assemble(config, run_dir.to_path_buf(), parts, state)?;
         t.policy.load(&ckpt.join("policy.safetensors"))?;
         t.optimizer
@@ -993,9 +1083,7 @@ impl Trainer {
 
     /// The `objective.weights` target.
     fn scalarized(&self) -> Result<Target> {
-        let names = &self.data.classes.names;
-        let target = self.config.objective.weights.target(names);
-        target.map_err(|e| anyhow::anyhow!("field `objective.weights`: {e}"))
+        scalarized_target(&self.config, &self.data.classes.names)
     }
 
     /// The class whose criteria alone are graded during training, when that switch is on.

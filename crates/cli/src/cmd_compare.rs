@@ -35,6 +35,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // before the folder or the built-in data are written
+    let seeds = usize::try_from(a.seeds).unwrap_or(usize::MAX);
+    arl::compare::check_counts(seeds, a.test_samples)?;
     let out = match a.out {
         Some(o) => o,
         None => {

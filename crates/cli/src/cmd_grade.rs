@@ -3,7 +3,9 @@
 //!
 //! The output is written through a temporary file and renamed into place at the end, so an
 //! error leaves no partial grades file behind. A criterion the judge failed on is written as
-//! `null` (never scored) and counted in the summary.
+//! `null` (never scored) and counted in the summary. When every verdict failed (with
+//! `--strict`: any), the file is still written, its nulls carrying the reasons, and the
+//! command exits 1 saying how many failed and why.
 
 use anyhow::{Context, Result};
 use judge::{GradeTask, Judge, JudgeConfig, JudgeFailure};
@@ -38,6 +40,10 @@ pub struct GradeArgs {
     /// Leave the completion text out of the grades file.
     #[arg(long)]
     no_completion: bool,
+    /// Exit non-zero when any verdict failed (by default only when every verdict failed;
+    /// the grades file is written either way, failures as `null`).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// One line of a responses file.
@@ -104,6 +110,20 @@ struct Tally {
     failed: usize,
     not_gradable: usize,
     exhausted: usize,
+    /// The first failed verdict: `file:line` of its response, the criterion, the reason.
+    first_failure: Option<String>,
+}
+
+impl Tally {
+    /// Why verdicts failed: "X not gradable by this judge, Y after exhausting retries, Z other".
+    fn reasons(&self) -> String {
+        format!(
+            "{} not gradable by this judge, {} after exhausting retries, {} other",
+            self.not_gradable,
+            self.exhausted,
+            self.failed - self.not_gradable - self.exhausted
+        )
+    }
 }
 
 /// A judge's grade as the grades format's verdict.
@@ -160,6 +180,10 @@ pub fn run(args: GradeArgs) -> Result<()> {
                 match &g.outcome {
                     Err(e) => {
                         tally.failed += 1;
+                        tally.first_failure.get_or_insert_with(|| {
+                            let at = args.responses.display();
+                            format!("{at}:{} rubrics[{}]: {e}", r.line, g.criterion)
+                        });
                         match e {
                             JudgeFailure::NotGradable(_) => tally.not_gradable += 1,
                             JudgeFailure::Exhausted { .. } => tally.exhausted += 1,
@@ -195,6 +219,26 @@ pub fn run(args: GradeArgs) -> Result<()> {
         &args.out,
         &*judge,
     );
+    let first = tally.first_failure.as_deref().unwrap_or_default();
+    if tally.verdicts > 0 && tally.failed == tally.verdicts {
+        anyhow::bail!(
+            "every verdict failed: {} of {} ({}); first: {first}. {} holds only nulls, which \
+             `arlrr score` leaves out",
+            tally.failed,
+            tally.verdicts,
+            tally.reasons(),
+            args.out.display()
+        );
+    }
+    if args.strict && tally.failed > 0 {
+        anyhow::bail!(
+            "--strict: {} of {} verdicts failed ({}); first: {first}. They are null in {}",
+            tally.failed,
+            tally.verdicts,
+            tally.reasons(),
+            args.out.display()
+        );
+    }
     Ok(())
 }
 
@@ -207,11 +251,9 @@ fn print_summary(t: &Tally, s: &judge::JudgeStats, secs: f64, out: &Path, judge:
         out.display()
     );
     eprintln!(
-        "failed verdicts (written as null): {} ({} not gradable by this judge, {} after exhausting retries, {} other)",
+        "failed verdicts (written as null): {} ({})",
         t.failed,
-        t.not_gradable,
-        t.exhausted,
-        t.failed - t.not_gradable - t.exhausted
+        t.reasons()
     );
     eprintln!(
         "cache: {} hits, {} misses; backend calls: {}, retries: {}; tokens: {} prompt, {} completion",

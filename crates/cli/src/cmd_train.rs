@@ -16,6 +16,10 @@ pub struct Args {
     /// Write the run here instead of the config's `run.dir`.
     #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
+    /// Start over in a run folder left by a run stopped before its first checkpoint (its
+    /// run files are replaced; a folder with a checkpoint is refused: resume it instead).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// No progress bar (one line per validation instead).
     #[arg(long)]
     pub quiet: bool,
@@ -140,6 +144,11 @@ pub fn run(a: Args) -> Result<()> {
             }
             if let Some(j) = &a.judge {
                 cfg.judge = arl::config::JudgeSection::parse_arg(j)?;
+            }
+            if a.overwrite {
+                // a config that cannot run is refused before the old run's files go
+                cfg.validate().context(origin.clone())?;
+                arl::trainer::discard_unstarted_run(&cfg.run.dir)?;
             }
             start(cfg, &origin, a.quiet)?
         }

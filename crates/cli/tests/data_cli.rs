@@ -340,3 +340,41 @@ fn builtin_knobs_through_the_binary() {
     let text = std::fs::read_to_string(d.join("train.jsonl")).unwrap();
     assert!(!text.contains("word_count") && text.contains("axis:accuracy"));
 }
+
+/// Issue #28, item 15: a file with no newline in sight (or one huge line) and a device that
+/// never ends are refused with one clear error instead of being read until the machine gives
+/// out.
+#[test]
+fn endless_or_huge_lines_and_devices_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.jsonl");
+    // one line of 17 MiB: above the longest line a data file may hold
+    std::fs::write(&huge, vec![b' '; 17 << 20]).unwrap();
+    let zero = std::path::Path::new("/dev/zero");
+    for (file, want) in [
+        (huge.as_path(), "huge.jsonl:1: field `(line)`: longer than"),
+        (zero, "/dev/zero: field `(file)`: not a regular file"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+            .args(["data", "stats"])
+            .arg(file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("{}: still reading after 20 s", file.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

@@ -375,3 +375,73 @@ fn second_run_in_a_new_process_is_served_from_the_cache_with_zero_requests() {
     );
     assert_eq!(a[0]["judge"], "http:counter");
 }
+
+/// Issue #28, item 15: `grade` exits non-zero when every verdict failed, saying how many and
+/// why; with `--strict` any failed verdict does. The grades file is written either way (its
+/// nulls carry the reasons).
+#[test]
+fn grade_fails_when_every_verdict_failed_and_strict_on_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path());
+    let judge = write(dir.path(), "judge.toml", "kind = \"rules\"\n");
+    let out = dir.path().join("grades.jsonl");
+    let out = out.to_str().unwrap();
+    // p1's third criterion has no `check`: the rule judge cannot grade it
+    let only_unchecked = write(
+        dir.path(),
+        "unchecked.jsonl",
+        "{\"prompt_id\":\"p1\",\"completion\":\"Rest.\"}\n",
+    );
+    let run = |responses: &str, extra: &[&str]| {
+        let mut args = vec!["grade", "--data", &data, "--responses", responses];
+        args.extend(["--judge", &judge, "--out", out]);
+        args.extend(extra);
+        arlrr(&args)
+    };
+    // a data file whose criteria have no check at all: every verdict fails
+    let unchecked_data = write(
+        dir.path(),
+        "nocheck.jsonl",
+        &(json!({"prompt_id": "q1", "prompt": [{"role": "user", "content": "Hi"}],
+                 "rubrics": [{"criterion": "Is kind", "points": 2, "tags": ["axis:accuracy"]},
+                             {"criterion": "Is brief", "points": 1, "tags": ["axis:accuracy"]}]})
+        .to_string()
+            + "\n"),
+    );
+    let responses = write(
+        dir.path(),
+        "q.jsonl",
+        "{\"prompt_id\":\"q1\",\"completion\":\"Hello.\"}\n{\"prompt_id\":\"q1\",\"completion\":\"Hi.\"}\n",
+    );
+    let res = arlrr(&[
+        "grade",
+        "--data",
+        &unchecked_data,
+        "--responses",
+        &responses,
+        "--judge",
+        &judge,
+        "--out",
+        out,
+    ]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(err.contains("every verdict failed: 4 of 4"), "{err}");
+    assert!(
+        err.contains("4 not gradable") && err.contains("q.jsonl:1"),
+        "{err}"
+    );
+    assert_eq!(read_lines(out).len(), 2, "written, all null");
+
+    // partial failures: exit 0 by default, non-zero with --strict
+    let partial = run(&only_unchecked, &[]);
+    ok(&partial);
+    let strict = run(&only_unchecked, &["--strict"]);
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert_eq!(strict.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("1 of 3 verdicts failed") && err.contains("--strict"),
+        "{err}"
+    );
+    assert_eq!(read_lines(out)[0]["met"], json!([false, false, null]));
+}

@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod common;
+use common::kill_when;
+
 fn arlrr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_arlrr"))
 }
@@ -384,4 +387,352 @@ fn data_split_writes_the_files_the_config_expects() {
         "clap names the missing --out and --test"
     );
     assert!(stderr(&out).contains("--out"), "{}", stderr(&out));
+}
+
+/// A tiny warm-started transformer of `positions` positions answering in up to 12 tokens, on
+/// the splits `train`, `val` and `test` (absolute paths); the warm start is cached in `dir`.
+fn tiny_transformer(dir: &Path, positions: usize, splits: [&PathBuf; 3]) -> PathBuf {
+    let [train, val, test] = splits.map(|p| p.display().to_string());
+    let text = format!(
+        r#"
+[run]
+steps = 1
+checkpoint_every = 1
+
+[data]
+train = "{train}"
+val = "{val}"
+test = "{test}"
+
+[policy]
+kind = "transformer"
+model = "warm-start"
+max_new_tokens = 12
+
+[warm_start]
+responses_per_prompt = 1
+vocab_size = 512
+hidden_size = 16
+intermediate_size = 32
+layers = 1
+heads = 2
+max_positions = {positions}
+steps = 1
+batch_size = 4
+cache = "{cache}"
+
+[grpo]
+prompts_per_step = 2
+group_size = 2
+
+[eval]
+samples = 1
+bootstrap = 10
+"#,
+        cache = dir.join("cache").display()
+    );
+    let path = dir.join("transformer.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `n` examples with a checkable rubric; the one at `long` (0-based), if any, with a prompt
+/// of 6,000 characters.
+fn write_prompts(path: &Path, n: usize, long: Option<usize>) {
+    let text: String = (0..n)
+        .map(|i| {
+            let (id, content) = if Some(i) == long {
+                (
+                    "p-long".to_string(),
+                    "Please read my whole history. ".repeat(200),
+                )
+            } else {
+                (
+                    format!("p{i}"),
+                    format!("I have a cold ({i}). What should I do?"),
+                )
+            };
+            let ex = serde_json::json!({
+                "prompt_id": id,
+                "prompt": [{"role": "user", "content": content}],
+                "rubrics": [{"criterion": "rest", "points": 2, "tags": ["axis:accuracy"],
+                             "check": {"kind": "contains_any", "phrases": ["rest"]}}],
+            });
+            format!("{ex}\n")
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Issue #28, item 13: a prompt longer than the model can take with its `max_new_tokens` is
+/// refused before step 1, in every split and in `eval`, naming the file, line and example and
+/// what to change; nothing of the run is written.
+#[test]
+fn an_over_long_prompt_is_refused_before_step_one_in_every_split_and_in_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (train_f, val_f, test_f) = (
+        d.join("train.jsonl"),
+        d.join("val.jsonl"),
+        d.join("test.jsonl"),
+    );
+    write_prompts(&train_f, 4, None);
+    write_prompts(&val_f, 4, None);
+    write_prompts(&test_f, 4, None);
+    // the short prompts fit: a run of one step, the model `eval` scores below
+    let good = tiny_transformer(d, 512, [&train_f, &val_f, &test_f]);
+    let run = d.join("run");
+    let out = train(&good, &run);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let long = |name: &str, line: usize| {
+        let p = d.join(name);
+        write_prompts(&p, 4, Some(line - 1));
+        p
+    };
+    let (train_l, val_l, test_l) = (
+        long("train-long.jsonl", 2),
+        long("val-long.jsonl", 3),
+        long("test-long.jsonl", 4),
+    );
+    for (splits, want) in [
+        ([&train_l, &val_f, &test_f], "train-long.jsonl:2"),
+        ([&train_f, &val_l, &test_f], "val-long.jsonl:3"),
+        ([&train_f, &val_f, &test_l], "test-long.jsonl:4"),
+    ] {
+        let config = tiny_transformer(d, 512, splits);
+        let refused = d.join("refused");
+        let out = train(&config, &refused);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{want}: {err}");
+        assert_eq!(
+            err.trim()
+                .lines()
+                .filter(|l| l.starts_with("error"))
+                .count(),
+            1,
+            "{err}"
+        );
+        for part in [
+            want,
+            "`p-long`",
+            "the model's 512",
+            "max_new_tokens",
+            "shorten",
+        ] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+        assert!(
+            !refused.join("metrics.jsonl").exists(),
+            "no step ran: {err}"
+        );
+    }
+
+    let out = arlrr()
+        .args(["eval", "--samples", "1", "--model"])
+        .arg(&run)
+        .arg("--data")
+        .arg(&val_l)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for part in [
+        "val-long.jsonl:3",
+        "`p-long`",
+        "the model's 512",
+        "max_new_tokens",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(out.stdout.is_empty(), "no table");
+}
+
+/// Issue #28, item 14: a run killed before its first checkpoint is no dead end. `--resume`
+/// and a new run into the folder both say what to do; `--overwrite` starts it over, and
+/// refuses a folder that holds checkpoints (that work is resumed, never thrown away).
+#[test]
+fn a_run_killed_before_its_first_checkpoint_can_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    // checkpoints only at the end of a run that does not end by itself
+    let config = example_config(dir.path(), |c| {
+        set(c, "run", "steps", 100_000_000);
+        set(c, "run", "checkpoint_every", 0);
+    });
+    let run = dir.path().join("run");
+    let mut child = arlrr()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    kill_when(&mut child, || lines(&metrics) >= 2);
+    assert!(!run.join("checkpoints").exists());
+
+    let resume = arlrr()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = stderr(&resume);
+    assert_eq!(resume.status.code(), Some(1), "{err}");
+    for part in ["no checkpoint", "--overwrite", "delete"] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    let again = train(&config, &run);
+    let err = stderr(&again);
+    assert_eq!(again.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--overwrite") && !err.contains("--resume"),
+        "{err}"
+    );
+
+    // start over: the killed run's lines are gone, the new run's are there
+    let over = |steps: &str| {
+        arlrr()
+            .args([
+                "train",
+                "--quiet",
+                "--overwrite",
+                "--steps",
+                steps,
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .unwrap()
+    };
+    let out = over("2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&metrics), 2);
+    assert!(run.join("checkpoints/step-00000002").exists());
+
+    // a run with a checkpoint is resumed, not overwritten
+    let out = over("3");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--resume") && err.contains("checkpoint"),
+        "{err}"
+    );
+    assert_eq!(lines(&metrics), 2, "untouched");
+    assert!(run.join("checkpoints/step-00000002").exists());
+}
+
+/// Issue #28, item 15: counts of zero (and one seed, which gives no interval) are refused
+/// before any work instead of reporting NaN or quietly using 1.
+#[test]
+fn zero_counts_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (vec!["--seeds", "0"], "--seeds"),
+        (vec!["--seeds", "1"], "--seeds"),
+        (
+            vec!["--seeds", "2", "--test-samples", "0"],
+            "--test-samples",
+        ),
+    ] {
+        let out_dir = dir.path().join("cmp");
+        let out = arlrr()
+            .args(["compare", "--steps", "1"])
+            .args(&args)
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("NaN") && out.stdout.is_empty(), "{args:?}");
+        assert!(!out_dir.exists(), "{args:?}: nothing written");
+    }
+
+    let config = example_config(dir.path(), |c| set(c, "run", "steps", 1));
+    let run = dir.path().join("run");
+    let out = train(&config, &run);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = arlrr()
+        .args(["eval", "--samples", "0", "--model"])
+        .arg(&run)
+        .arg("--data")
+        .arg(configs().join("data/tiny-val.jsonl"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--samples"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+/// Issue #28, item 15: an error says its reason once ("X: X" was the cause chain printed
+/// after a message that already held it).
+#[test]
+fn errors_say_their_reason_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = configs().join("data/tiny-val.jsonl");
+    let not_a_model = dir.path().join("folder");
+    std::fs::create_dir(&not_a_model).unwrap();
+    let missing = dir.path().join("missing");
+    let os = |a: &[&std::path::Path]| {
+        a.iter()
+            .map(|p| p.as_os_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (eval, generate) = (Path::new("eval"), Path::new("generate"));
+    let (model, data_flag) = (Path::new("--model"), Path::new("--data"));
+    let cases = [
+        // (arguments, the reason, the path that must appear once)
+        (
+            os(&[eval, model, &missing, data_flag, &data]),
+            "no such model file or folder",
+            Some(&missing),
+        ),
+        (
+            os(&[eval, model, &not_a_model, data_flag, &data]),
+            "No such file or directory",
+            Some(&not_a_model),
+        ),
+        (
+            os(&[
+                generate,
+                Path::new("--prompt"),
+                Path::new("hi"),
+                model,
+                &missing,
+            ]),
+            "no such model file or folder",
+            None,
+        ),
+    ];
+    for (args, reason, path) in cases {
+        let out = arlrr().args(&args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.matches(reason).count(), 1, "{args:?}: {err}");
+        if let Some(path) = path {
+            let path = path.display().to_string();
+            assert_eq!(err.matches(&*path).count(), 1, "the path once: {err}");
+        }
+    }
+
+    // a folder that cannot be created is named (the error was the OS's reason alone)
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "").unwrap();
+    let out = arlrr()
+        .args(["data", "builtin", "--out"])
+        .arg(blocker.join("data"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot create folder") && err.contains("blocker/data"),
+        "{err}"
+    );
 }

@@ -50,7 +50,23 @@ fn write_config(dir: &Path, lora: bool) -> PathBuf {
     } else {
         ""
     };
-    let text = format!(
+    let (data, cache) = (
+        dir.display().to_string(),
+        dir.join("cache").display().to_string(),
+    );
+    let text = config_text(&data, &cache, lora, "");
+    write_split(&dir.join("train.jsonl"), 8);
+    write_split(&dir.join("val.jsonl"), 4);
+    write_split(&dir.join("test.jsonl"), 4);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The run config: the splits in folder `data`, the warm start cached in `cache`, `lora` in
+/// `[policy]`, then the tables of `extra`.
+fn config_text(data: &str, cache: &str, lora: &str, extra: &str) -> String {
+    format!(
         r#"
 [run]
 seed = 3
@@ -59,9 +75,9 @@ checkpoint_every = 2
 keep_checkpoints = 0
 
 [data]
-train = "{dir}/train.jsonl"
-val = "{dir}/val.jsonl"
-test = "{dir}/test.jsonl"
+train = "{data}/train.jsonl"
+val = "{data}/val.jsonl"
+test = "{data}/test.jsonl"
 
 [policy]
 kind = "transformer"
@@ -110,16 +126,9 @@ size = 4
 samples = 1
 bootstrap = 10
 test_size = 4
-"#,
-        cache = dir.join("cache").display(),
-        dir = dir.display()
-    );
-    write_split(&dir.join("train.jsonl"), 8);
-    write_split(&dir.join("val.jsonl"), 4);
-    write_split(&dir.join("test.jsonl"), 4);
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+{extra}
+"#
+    )
 }
 
 fn train(config: &Path, out: &Path) {
@@ -238,4 +247,100 @@ fn sigkilled_transformer_run_resumes_exactly() {
 #[test]
 fn sigkilled_lora_run_resumes_exactly() {
     sigkilled_run_resumes_exactly(true);
+}
+
+/// Two classes by a mapping file (a path field of the config like the others).
+const CLASSES: &str = r#"
+[[class]]
+name = "substance"
+tags = ["axis:accuracy", "axis:completeness"]
+
+[[class]]
+name = "manner"
+tags = ["axis:communication_quality", "axis:context_awareness", "axis:instruction_following"]
+"#;
+
+/// Issue #28, item 1: a run started from a relative `--config` and `--out` records in its
+/// `config.toml` paths that resolve from anywhere (data splits, class mapping, judge cache,
+/// warm-start cache and model), so `--resume` continues it from another working directory,
+/// exactly.
+#[test]
+fn a_run_from_a_relative_config_resumes_from_another_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    let configs = project.join("configs");
+    std::fs::create_dir_all(configs.join("data")).unwrap();
+    write_split(&configs.join("data/train.jsonl"), 8);
+    write_split(&configs.join("data/val.jsonl"), 4);
+    write_split(&configs.join("data/test.jsonl"), 4);
+    std::fs::write(configs.join("classes.toml"), CLASSES).unwrap();
+    let extra = "[data.classes]\nscheme = { mapping = \"classes.toml\" }\n\n[judge]\ncache = \"judge.sqlite\"\n";
+    let text = config_text("data", "../cache", "", extra);
+    std::fs::write(configs.join("run.toml"), text).unwrap();
+
+    let res = arlrr()
+        .current_dir(&project)
+        .args(["train", "--quiet", "--config", "configs/run.toml"])
+        .args(["--out", "runs/relative"])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let run = project.join("runs/relative");
+    let saved: toml::Table =
+        toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    let fields = [
+        &saved["run"]["dir"],
+        &saved["data"]["train"],
+        &saved["data"]["val"],
+        &saved["data"]["test"],
+        &saved["data"]["classes"]["scheme"]["mapping"],
+        &saved["policy"]["model"],
+        &saved["judge"]["cache"],
+        &saved["warm_start"]["cache"],
+    ];
+    for f in fields {
+        let p = Path::new(f.as_str().unwrap());
+        assert!(p.is_absolute() && p.exists(), "{f} in {saved:#?}");
+    }
+    assert!(
+        project.join("configs/judge.sqlite").exists(),
+        "relative to the config"
+    );
+
+    // as a kill after the checkpoint at step 4 leaves it; the resumed steps find their
+    // verdicts in the judge cache, so the judge's counts differ and nothing else
+    let metrics = || {
+        let mut m = metrics_without_times(&run);
+        m.iter_mut().for_each(|l| {
+            l.as_object_mut().unwrap().remove("judge");
+        });
+        m
+    };
+    let whole = metrics();
+    for step in [6, STEPS] {
+        std::fs::remove_dir_all(run.join(format!("checkpoints/step-{step:08}"))).unwrap();
+    }
+    std::fs::remove_file(run.join("report.md")).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let res = arlrr()
+        .current_dir(&elsewhere)
+        .args(["train", "--quiet", "--resume", "../project/runs/relative"])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_eq!(metrics(), whole);
+    assert!(run.join("report.md").exists());
+    assert!(
+        !elsewhere.join("runs").exists(),
+        "nothing written beside the cwd"
+    );
 }

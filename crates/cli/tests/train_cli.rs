@@ -272,3 +272,38 @@ fn judge_noise_errors_name_file_and_field() {
         );
     }
 }
+
+/// Issue #28, item 15: scalarized weights that cannot train (all zero: no signal and no
+/// update; negative; a name that is no class) are refused before step 1, naming the field.
+#[test]
+fn scalarized_weights_that_cannot_train_are_refused_before_step_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for (weights, want) in [
+        ("{ accuracy = 0.0 }", "every weight is 0"),
+        ("{}", "every weight is 0"),
+        ("{ accuracy = 1.0, completeness = -0.5 }", "`completeness`"),
+        ("{ acuracy = 1.0 }", "`acuracy` is not a meta-class"),
+    ] {
+        let text = std::fs::read_to_string(write_config(dir.path(), 2, 0))
+            .unwrap()
+            .replace("kind = \"alternating\" ", "kind = \"scalarized\" ")
+            .replace("weights = \"points\" ", &format!("weights = {weights} "));
+        let config = dir.path().join("weights.toml");
+        std::fs::write(&config, text).unwrap();
+        let run = dir.path().join("run");
+        let out = arlrr()
+            .args(["train", "--quiet", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{weights}: {err}");
+        assert!(
+            err.contains("weights.toml") && err.contains("objective.weights") && err.contains(want),
+            "{weights}: {err}"
+        );
+        assert!(!run.exists(), "{weights}: nothing written: {err}");
+    }
+}

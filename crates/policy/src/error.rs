@@ -1,18 +1,22 @@
 //! One error type for the crate, so callers see which stage failed (file, format, tensor math).
+//!
+//! Each message already holds the reason of the error it wraps, so none of them exposes that
+//! error as its `source`: a caller printing the chain (anyhow's `{:#}`) would say it twice
+//! ("X: no such file: no such file").
 
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error("{path}: {source}")]
+    Candle(candle_core::Error),
+    #[error("{path}: {reason}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("invalid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("unsupported model: {0}")]
@@ -26,11 +30,23 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, reason: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            reason,
         }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(e)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Json(e)
     }
 }
 

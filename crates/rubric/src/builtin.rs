@@ -601,7 +601,7 @@ pub fn write_splits(
     dir: &std::path::Path,
 ) -> std::io::Result<Vec<(&'static str, std::path::PathBuf)>> {
     let splits = generate(spec).map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(dir)?;
+    crate::runfile::create_dir_all(dir)?;
     let mut out = Vec::new();
     for (name, examples) in [
         ("train", &splits.train),

@@ -217,8 +217,7 @@ fn criterion_tags(datasets: &[&Dataset], prefix: &str) -> BTreeSet<String> {
 }
 
 fn read_mapping(path: &Path) -> Result<MappingFile, DataError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DataError::new(path, 0, "(file)", format!("cannot read: {e}")))?;
+    let text = crate::read_text(path)?;
     let m: MappingFile = toml::from_str(&text).map_err(|e| {
         let line = e
             .span()

@@ -104,29 +104,89 @@ pub(crate) fn parse_line<T: serde::de::DeserializeOwned>(
     Ok(value)
 }
 
-/// Reads a JSONL file as text: a UTF-8 byte-order mark at the start is skipped, and bytes that
-/// are not UTF-8 are reported with their line.
+/// Longest line a JSONL file may hold: 16 MiB, hundreds of times a long HealthBench record.
+/// A longer one is not a record but a file without line breaks (or no text at all), which
+/// would otherwise be read whole into memory before any check.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// Reads a JSONL file (or another text file of lines) as text: a UTF-8 byte-order mark at the
+/// start is skipped, and bytes that are not UTF-8 are reported with their line. A device
+/// (`/dev/zero`, a terminal) is refused, and so is a line longer than [`MAX_LINE_BYTES`]:
+/// reading stops there instead of filling the memory. Pipes (`<(zcat data.jsonl.gz)`) are
+/// read like files.
 pub fn read_text(path: &std::path::Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| DataError::new(path, 0, "(file)", format!("cannot read: {e}")))?;
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Ok(text.to_string()),
-        Err(e) => {
-            let at = e.valid_up_to();
-            let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-            let col = at
-                - bytes[..at]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |i| i + 1)
-                + 1;
-            Err(DataError::new(
+    use std::io::{BufRead, Read};
+    let file_err = |m: String| DataError::new(path, 0, "(file)", m);
+    let cannot = |e: std::io::Error| file_err(format!("cannot read: {e}"));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let kind = file.metadata().map_err(cannot)?.file_type();
+    if let Some(what) = device(&kind) {
+        return Err(file_err(format!(
+            "not a regular file ({what}): it has no end to read to"
+        )));
+    }
+    let mut reader = std::io::BufReader::new(file);
+    let mut bytes = Vec::new();
+    for line in 1.. {
+        let start = bytes.len();
+        let limit = MAX_LINE_BYTES as u64 + 1; // the newline
+        let n = (&mut reader)
+            .take(limit)
+            .read_until(b'\n', &mut bytes)
+            .map_err(cannot)?;
+        if n == 0 {
+            break;
+        }
+        let mut text = &bytes[start..];
+        if line == 1 {
+            text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+        }
+        if n as u64 == limit && !text.ends_with(b"\n") {
+            return Err(DataError::new(
+                path,
+                line,
+                "(line)",
+                format!(
+                    "longer than {} MiB without a line break (a data file holds one record \
+                     per line)",
+                    MAX_LINE_BYTES >> 20
+                ),
+            ));
+        }
+        if let Err(e) = std::str::from_utf8(text) {
+            return Err(DataError::new(
                 path,
                 line,
                 "(file)",
-                format!("not UTF-8 text (invalid byte at column {col})"),
-            ))
+                format!(
+                    "not UTF-8 text (invalid byte at column {})",
+                    e.valid_up_to() + 1
+                ),
+            ));
         }
     }
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
+    Ok(String::from_utf8(bytes).expect("checked line by line"))
+}
+
+/// What kind of device `kind` is, when it is one: such a file has no end to read to.
+#[cfg(unix)]
+fn device(kind: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    }
+}
+
+#[cfg(not(unix))]
+fn device(_kind: &std::fs::FileType) -> Option<&'static str> {
+    None
 }

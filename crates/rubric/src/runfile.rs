@@ -28,6 +28,11 @@ fn folder(path: &Path) -> &Path {
     }
 }
 
+/// Creates the folder `dir` and its parents; the error names it.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| at(dir, "cannot create folder", e))
+}
+
 /// Replaces `path` with `bytes`: a temporary file in the same folder is written and synced,
 /// renamed over `path`, and the folder is synced so the rename itself survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -54,9 +54,36 @@ impl<'de> Deserialize<'de> for Weights {
 }
 
 impl Weights {
+    /// The rules a weights table must follow, whatever the classes: every weight finite and
+    /// not negative (a negative weight would reward failing its class's criteria, and
+    /// `Σ w_k r_k / Σ w_k` divides by the weights' sum), and at least one positive: all zero
+    /// is no reward, so no spread and no update, ever.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let Weights::Custom(map) = self else {
+            return Ok(());
+        };
+        if let Some((name, w)) = map.iter().find(|(_, w)| !(w.is_finite() && **w >= 0.0)) {
+            anyhow::bail!(
+                "the weight of `{name}` is {w}: weights must be finite and not negative (leave a \
+                 class out to weigh it 0)"
+            );
+        }
+        if map.values().all(|w| *w == 0.0) {
+            anyhow::bail!(
+                "every weight is 0: the scalarized reward would be 0 for every response, so no \
+                 group has spread and nothing trains; give at least one class a positive weight \
+                 (classes left out weigh 0), or use \"points\" or \"equal\""
+            );
+        }
+        Ok(())
+    }
+
     /// The scalarized target over `classes`; a weight for a name that is not a class is an
-    /// error naming it (a typo would otherwise weigh 0 in silence).
+    /// error naming it (a typo would otherwise weigh 0 in silence), and so are weights that
+    /// break [`Weights::check`]. The one place weights become a target: the trainer and the
+    /// reward service both come here.
     pub fn target(&self, classes: &[String]) -> anyhow::Result<Target> {
+        self.check()?;
         Ok(match self {
             Weights::Points => Target::Overall,
             Weights::Equal => Target::Weighted(vec![1.0; classes.len()]),
@@ -321,6 +348,32 @@ mod tests {
             overall: Some(overall),
             classes: classes.to_vec(),
         })
+    }
+
+    #[test]
+    fn weights_without_signal_or_with_a_sign_are_refused() {
+        let classes = ["a".to_string(), "b".to_string()];
+        let custom = |pairs: &[(&str, f64)]| {
+            Weights::Custom(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+        };
+        for zero in [
+            custom(&[]),
+            custom(&[("a", 0.0)]),
+            custom(&[("a", 0.0), ("b", 0.0)]),
+        ] {
+            let e = zero.target(&classes).unwrap_err().to_string();
+            assert!(e.starts_with("every weight is 0"), "{e}");
+        }
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let e = custom(&[("a", 1.0), ("b", bad)]).target(&classes);
+            let e = e.unwrap_err().to_string();
+            assert!(e.starts_with(&format!("the weight of `b` is {bad}")), "{e}");
+        }
+        assert_eq!(
+            custom(&[("b", 2.0)]).target(&classes).unwrap(),
+            Target::Weighted(vec![0.0, 2.0])
+        );
+        assert!(Weights::Equal.target(&classes).is_ok() && Weights::Points.check().is_ok());
     }
 
     #[test]

@@ -93,8 +93,24 @@ pub struct CompareSpec {
     pub test_samples: usize,
 }
 
+/// The counts a comparison needs (`--seeds`, `--test-samples`), checked before any work:
+/// one seed gives no confidence interval and no test, zero test samples no score.
+pub fn check_counts(seeds: usize, test_samples: usize) -> Result<()> {
+    if seeds < 2 {
+        bail!(
+            "--seeds: a comparison needs at least 2 seeds per method (got {seeds}): its \
+             confidence intervals and permutation test compare runs over seeds; 5 allow p = 0.008"
+        );
+    }
+    if test_samples == 0 {
+        bail!("--test-samples: must be at least 1 (responses per test example), got 0");
+    }
+    Ok(())
+}
+
 /// Trains every method on every seed and evaluates each final policy on the test split.
 pub fn run(spec: &CompareSpec, mut on_run: impl FnMut(&str, u64)) -> Result<Vec<RunResult>> {
+    check_counts(spec.seeds.len(), spec.test_samples)?;
     let test = rubric::load(&spec.test)?;
     let mut results = Vec::new();
     for m in &spec.methods {
@@ -110,7 +126,10 @@ pub fn run(spec: &CompareSpec, mut on_run: impl FnMut(&str, u64)) -> Result<Vec<
                 .out
                 .join(m.name().replace(':', "-"))
                 .join(format!("seed-{seed}"));
-            let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?;
+            let parts = Parts::from_config(&cfg)?;
+            // the test split is the comparison's own: its prompts must fit the model too
+            crate::setup::check_prompt_lengths(&*parts.policy, &test, "`policy.max_new_tokens`")?;
+            let mut t = Trainer::new(cfg.clone(), parts)?;
             t.run(|_| {})?;
             let report = t.evaluate_on(&test, spec.test_samples, seed ^ 0x7e57)?;
             let RunRecords { evals, metrics, .. } = RunRecords::read(&t.run_dir)?;
