@@ -682,6 +682,18 @@ fn absurd_durations_and_sizes_are_refused_in_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{flag} {value}: {err}");
         assert!(err.contains(flag), "{flag} {value}: {err}");
     }
+    // weights that give no signal are refused, not served as a constant reward
+    for weights in ["accuracy=0,completeness=0", "accuracy=-1"] {
+        let args = serve_args(
+            &train,
+            &judge,
+            &state,
+            &["--objective", "scalarized", "--weights", weights],
+        );
+        let (code, err) = serve_refused(&args, &[]);
+        assert_eq!(code, Some(1), "{weights}: {err}");
+        assert!(err.contains("--weights"), "{weights}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
