@@ -47,6 +47,11 @@ pub struct Args {
     /// `POST /v1/schedule/report`.
     #[arg(long, default_value_t = 0)]
     completions_per_step: u64,
+    /// Criteria graded per completion: `all`, or `active` (alternating only: the active
+    /// class's criteria alone, the judge saving ARL-RR offers; the other classes and the
+    /// overall score are answered as not graded).
+    #[arg(long, value_parser = parse_grade, default_value = "all")]
+    grade: server::GradeScope,
     /// Meta-classes: `axis` (default), `cluster`, `theme`, or a TOML mapping file.
     #[arg(long, default_value = "axis")]
     classes: String,
@@ -104,6 +109,14 @@ pub struct Args {
 fn parse_objective(s: &str) -> Result<ObjectiveKind, String> {
     serde_json::from_value(serde_json::Value::String(s.into()))
         .map_err(|_| format!("`{s}`: use alternating, scalarized or gdpo"))
+}
+
+fn parse_grade(s: &str) -> Result<server::GradeScope, String> {
+    match s {
+        "all" => Ok(server::GradeScope::All),
+        "active" => Ok(server::GradeScope::Active),
+        _ => Err(format!("`{s}`: use all or active")),
+    }
 }
 
 fn parse_selector(s: &str) -> Result<SelectorKind, String> {
@@ -220,6 +233,7 @@ pub fn run(args: Args) -> Result<()> {
         state_dir: args.state_dir.clone(),
         token,
         limits,
+        grade: args.grade,
         groups: server::GroupSettings {
             size: args.group_size,
             window: group_window,

@@ -14,7 +14,7 @@ use std::time::Duration;
 const RULES: &str = "kind = \"rules\"\n";
 
 mod common;
-use common::{chatml, get, post, serve_args, task, user_text, Serve, Task};
+use common::{chatml, get, metric, post, serve_args, task, user_text, Serve, Task};
 
 fn base_args<'a>(t: &'a Task, state: &'a Path) -> Vec<&'a str> {
     serve_args(&t.train, &t.judge, state, &[])
@@ -33,22 +33,6 @@ fn completions(example: &Value) -> Vec<String> {
         format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
         String::new(),
     ]
-}
-
-async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 /// What a completion should score, from `arlrr grade` verdicts.

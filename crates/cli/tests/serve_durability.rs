@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{chatml, get, post, serve_args, serve_refused, task, user_text, Serve, Task};
+use common::{
+    chatml, get, metric, post, serve_args, serve_refused, task, user_text, Serve, Task,
+};
 
 /// The schedule's `(step, phase)`.
 async fn step_phase(client: &reqwest::Client, serve: &Serve) -> (u64, u64) {
@@ -31,23 +33,6 @@ async fn rewards(
         &json!({"prompt_id": example["prompt_id"], "completions": completions}),
     )
     .await
-}
-
-/// A sample's value on the `/metrics` page.
-async fn metric(client: &reqwest::Client, serve: &Serve, name: &str) -> f64 {
-    let page = client
-        .get(format!("{}/metrics", serve.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
-        .parse()
-        .unwrap()
 }
 
 fn sigterm(serve: &Serve) {
@@ -172,7 +157,7 @@ async fn sigterm_answers_the_requests_in_flight_before_the_service_exits() {
     });
     // SIGTERM once the request waits in its group (the service's gauge says so)
     let started = Instant::now();
-    while metric(&client, &serve, "arlrr_gdpo_waiting_completions").await < 1.0 {
+    while metric(&client, &serve.url, "arlrr_gdpo_waiting_completions").await < 1.0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the request never arrived"

@@ -44,6 +44,7 @@ fn main() {
         token: None,
         limits: server::Limits::default(),
         groups: server::GroupSettings::default(),
+        grade: server::GradeScope::All,
     })
     .expect("build the service");
 

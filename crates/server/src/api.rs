@@ -6,7 +6,7 @@ use crate::{clip, GradeFailure, Objective, Service};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -229,6 +229,18 @@ fn state_not_saved(what: &str, cause: &str) -> ApiError {
     )
 }
 
+/// Header that marks a reward request as evaluation traffic (`x-arlrr-eval: 1`): graded and
+/// answered as any other, but never counted toward training steps.
+pub const EVAL_HEADER: &str = "x-arlrr-eval";
+
+/// Whether a request carries [`EVAL_HEADER`] set to `1`, `true` or `yes`.
+fn eval_traffic(headers: &HeaderMap) -> bool {
+    headers
+        .get(EVAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+}
+
 /// Counts `n` graded completions toward the schedule's steps before their rewards go out.
 fn count(service: &Service, n: usize) -> Result<(), ApiError> {
     service
@@ -297,6 +309,7 @@ pub struct OpenRlhfRequest {
 /// made up for an ungraded completion.
 pub async fn openrlhf_reward(
     State(service): State<Arc<Service>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req: OpenRlhfRequest = parse(body)?;
@@ -392,7 +405,14 @@ pub async fn openrlhf_reward(
             ));
         }
     }
-    let graded = service.grade(&matched).await;
+    // the class read once: the one graded (`--grade active`) is the one rewarded
+    let active = service
+        .scheduler
+        .lock()
+        .expect("scheduler lock")
+        .active_class();
+    let only = service.graded_class(active);
+    let graded = service.grade(&matched, only).await;
     let failures: Vec<(usize, &str, GradeFailure)> = graded
         .iter()
         .enumerate()
@@ -402,11 +422,6 @@ pub async fn openrlhf_reward(
         return Err(grading_failed(failures));
     }
     let rewards: Vec<RewardVector> = graded.into_iter().map(|g| g.expect("checked")).collect();
-    let active = service
-        .scheduler
-        .lock()
-        .expect("scheduler lock")
-        .active_class();
     let mut reward = vec![0.0; n];
     // the size of the group each GDPO reward was normalized in
     let mut group_size = vec![0.0; n];
@@ -434,9 +449,13 @@ pub async fn openrlhf_reward(
             }
         }
     }
+    // under `--grade active` the overall score is not graded: the active class's stands in
     let scores: Vec<f64> = rewards
         .iter()
-        .map(|r| r.overall.unwrap_or(0.0).clamp(0.0, 1.0))
+        .map(|r| {
+            let score = r.overall.or_else(|| only.and_then(|k| r.classes[k]));
+            score.unwrap_or(0.0).clamp(0.0, 1.0)
+        })
         .collect();
     let mut logs = Map::new();
     logs.insert(
@@ -463,7 +482,9 @@ pub async fn openrlhf_reward(
     if gdpo {
         logs.insert("arlrr/group_size".into(), json!(group_size));
     }
-    count(&service, n)?;
+    if !eval_traffic(&headers) {
+        count(&service, n)?;
+    }
     Ok(Json(json!({
         "rewards": reward,
         "scores": scores,
@@ -542,6 +563,7 @@ fn item_example(service: &Service, item: &NativeItem, index: usize) -> Result<us
 /// grading, with `error` saying why; the other completions are still answered).
 pub async fn native_rewards(
     State(service): State<Arc<Service>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     // a batch, or one item's fields at the top level
@@ -575,7 +597,12 @@ pub async fn native_rewards(
         .zip(&examples)
         .flat_map(|(item, &e)| item.completions.iter().map(move |c| (e, c.as_str())))
         .collect();
-    let mut graded = service.grade(&flat).await.into_iter();
+    let (active, status) = {
+        let s = service.scheduler.lock().expect("scheduler lock");
+        (s.active_class(), s.status())
+    };
+    let only = service.graded_class(active);
+    let mut graded = service.grade(&flat, only).await.into_iter();
     let graded: Vec<Vec<Result<RewardVector, GradeFailure>>> = items
         .iter()
         .map(|item| graded.by_ref().take(item.completions.len()).collect())
@@ -584,10 +611,6 @@ pub async fn native_rewards(
         .iter()
         .map(|g| g.iter().map(|r| r.as_ref().ok().cloned()).collect())
         .collect();
-    let (active, status) = {
-        let s = service.scheduler.lock().expect("scheduler lock");
-        (s.active_class(), s.status())
-    };
     let scalars = service.scalar_rewards(&groups, active);
     let out_items: Vec<Value> = graded
         .iter()
@@ -616,10 +639,17 @@ pub async fn native_rewards(
         .collect();
     // only graded completions are training data: a judge outage must not move the schedule
     let graded_ok = graded.iter().flatten().filter(|g| g.is_ok()).count();
-    count(&service, graded_ok)?;
+    if !eval_traffic(&headers) {
+        count(&service, graded_ok)?;
+    }
+    let graded_classes: Vec<&String> = match only {
+        Some(k) => vec![&service.class_names[k]],
+        None => service.class_names.iter().collect(),
+    };
     Ok(Json(json!({
         "objective": status.objective,
         "active_class": active.map(|k| service.class_names[k].clone()),
+        "graded_classes": graded_classes,
         "phase": status.phase,
         "step": status.step,
         "classes": service.class_names,
@@ -678,7 +708,7 @@ async fn score_validation(
             errors,
         ));
     }
-    let graded = service.grade(&flat).await;
+    let graded = service.grade(&flat, None).await;
     let ok: Vec<&RewardVector> = graded.iter().filter_map(|g| g.as_ref().ok()).collect();
     let failed = graded.len() - ok.len();
     let overall: Vec<f64> = ok.iter().filter_map(|r| r.overall).collect();

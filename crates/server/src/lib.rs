@@ -83,6 +83,18 @@ impl Default for Limits {
     }
 }
 
+/// Which criteria the service grades for a reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GradeScope {
+    /// Every criterion: every class's reward and the overall score are answered.
+    #[default]
+    All,
+    /// `alternating` only: the active class's criteria alone, as the trainer's
+    /// `grade_active_class_only` does; the other classes and the overall score are not graded
+    /// (`null`), and the verdicts not asked for are counted in `/metrics`.
+    Active,
+}
+
 /// What a service is built from.
 pub struct ServiceConfig {
     pub data: Dataset,
@@ -101,6 +113,8 @@ pub struct ServiceConfig {
     pub limits: Limits,
     /// GDPO groups collected across OpenRLHF requests.
     pub groups: GroupSettings,
+    /// Which criteria a reward request grades.
+    pub grade: GradeScope,
 }
 
 /// The objective resolved against the class list.
@@ -129,6 +143,7 @@ pub struct Service {
     pub(crate) token: Option<String>,
     pub(crate) limits: Limits,
     pub(crate) groups: groups::Collector,
+    pub(crate) grade: GradeScope,
 }
 
 /// Why a completion got no reward.
@@ -184,6 +199,11 @@ impl Service {
                     .map_err(|e| anyhow::anyhow!("--weights: {e}"))?,
             ),
         };
+        anyhow::ensure!(
+            config.grade == GradeScope::All || config.objective == ObjectiveKind::Alternating,
+            "--grade active applies to --objective alternating only (scalarized and gdpo reward \
+             every class, so every criterion is graded)"
+        );
         if config.groups.size > 0 {
             anyhow::ensure!(
                 config.objective == ObjectiveKind::Gdpo,
@@ -224,6 +244,7 @@ impl Service {
             token: config.token,
             limits: config.limits,
             groups: groups::Collector::new(config.groups, task.classes.names.len(), GDPO_EPS),
+            grade: config.grade,
         }))
     }
 
@@ -240,18 +261,45 @@ impl Service {
         self.scheduler.lock().expect("scheduler lock").status()
     }
 
-    /// Grades completions (`(example position, text)`) against their full rubrics in one
-    /// judge batch, failed verdicts retried as the trainer does ([`judge::grade_with_retries`]);
-    /// one reward vector or failure each, in order.
-    pub async fn grade(&self, items: &[(usize, &str)]) -> Vec<Result<RewardVector, GradeFailure>> {
-        let tasks: Vec<GradeTask<'_>> = items
+    /// The class whose criteria alone a reward request grades, given the active class now:
+    /// `Some` under `--grade active`, `None` (grade everything) otherwise.
+    pub fn graded_class(&self, active: Option<usize>) -> Option<usize> {
+        (self.grade == GradeScope::Active).then_some(active).flatten()
+    }
+
+    /// Grades completions (`(example position, text)`) in one judge batch, against their full
+    /// rubrics or, with `only = Some(k)`, against class `k`'s criteria alone (the other
+    /// classes and the overall score come out `None`); failed verdicts are retried as the
+    /// trainer does ([`judge::grade_with_retries`]). One reward vector or failure each, in
+    /// order.
+    pub async fn grade(
+        &self,
+        items: &[(usize, &str)],
+        only: Option<usize>,
+    ) -> Vec<Result<RewardVector, GradeFailure>> {
+        let wanted: Vec<Vec<usize>> = items
             .iter()
-            .map(|&(i, response)| GradeTask {
-                example: &self.data.examples[i],
-                response,
-                criteria: None,
+            .map(|&(i, _)| {
+                (0..self.data.examples[i].criteria.len())
+                    .filter(|&c| only.is_none_or(|k| self.class_of[i][c] == k))
+                    .collect()
             })
             .collect();
+        let tasks: Vec<GradeTask<'_>> = items
+            .iter()
+            .zip(&wanted)
+            .map(|(&(i, response), criteria)| GradeTask {
+                example: &self.data.examples[i],
+                response,
+                criteria: Some(criteria),
+            })
+            .collect();
+        let all: usize = items
+            .iter()
+            .map(|&(i, _)| self.data.examples[i].criteria.len())
+            .sum();
+        let asked: usize = wanted.iter().map(Vec::len).sum();
+        self.metrics.add_verdicts_saved((all - asked) as u64);
         let graded = judge::grade_with_retries(&*self.judge, &tasks, judge::DEFAULT_RETRIES).await;
         self.metrics.add_completions(items.len() as u64);
         let verdicts = match graded {
@@ -354,6 +402,7 @@ mod tests {
             token: None,
             limits: Limits::default(),
             groups: GroupSettings::default(),
+            grade: GradeScope::All,
         })
         .unwrap()
     }
@@ -369,7 +418,13 @@ mod tests {
                 .map(|j| rubric::builtin::sample_response(ex, j as f64 / 5.0, &mut rng))
                 .collect();
             let items: Vec<(usize, &str)> = texts.iter().map(|t| (e, t.as_str())).collect();
-            out.push(s.grade(&items).await.into_iter().map(Result::ok).collect());
+            out.push(
+                s.grade(&items, None)
+                    .await
+                    .into_iter()
+                    .map(Result::ok)
+                    .collect(),
+            );
         }
         out
     }

@@ -26,6 +26,8 @@ struct Inner {
     requests: BTreeMap<(String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
     completions: u64,
+    /// Criterion verdicts not asked for under `--grade active`.
+    verdicts_saved: u64,
 }
 
 /// The service's counters.
@@ -73,6 +75,11 @@ impl Metrics {
     /// Records completions graded.
     pub fn add_completions(&self, n: u64) {
         self.inner.lock().expect("metrics lock").completions += n;
+    }
+
+    /// Records verdicts not asked for (`--grade active`).
+    pub fn add_verdicts_saved(&self, n: u64) {
+        self.inner.lock().expect("metrics lock").verdicts_saved += n;
     }
 
     /// The `/metrics` page.
@@ -130,7 +137,7 @@ impl Metrics {
         } else {
             j.cache_hits as f64 / (j.cache_hits + j.cache_misses) as f64
         };
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "arlrr_completions_graded_total",
                 "Completions graded (rewards and validation reports).",
@@ -165,6 +172,11 @@ impl Metrics {
                 "arlrr_judge_cache_misses_total",
                 "Verdicts not in the cache.",
                 j.cache_misses,
+            ),
+            (
+                "arlrr_judge_verdicts_saved_total",
+                "Criterion verdicts not asked for: only the active class was graded (--grade active).",
+                m.verdicts_saved,
             ),
         ];
         for (name, help, value) in counters {

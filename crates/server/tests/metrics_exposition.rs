@@ -290,6 +290,7 @@ fn service(dir: &std::path::Path) -> Arc<Service> {
         token: None,
         limits: Limits::default(),
         groups: GroupSettings::default(),
+        grade: server::GradeScope::All,
     })
     .unwrap()
 }

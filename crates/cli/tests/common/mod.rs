@@ -225,3 +225,20 @@ pub fn serve_refused(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, Stri
         std::fs::read_to_string(err.path()).unwrap_or_default(),
     )
 }
+
+/// A sample's value on the service's `/metrics` page.
+pub async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        .parse()
+        .unwrap()
+}
