@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{
-    chatml, get, metric, post, serve_args, serve_refused, task, user_text, Serve, Task,
-};
+use common::{chatml, get, metric, post, serve_args, serve_refused, task, user_text, Serve, Task};
 
 /// The schedule's `(step, phase)`.
 async fn step_phase(client: &reqwest::Client, serve: &Serve) -> (u64, u64) {

@@ -28,12 +28,13 @@ async fn grade_active_asks_only_the_active_class_and_rewards_it_as_full_grading_
         examples,
     } = task(dir.path());
     let more = ["--phase-steps", "1", "--completions-per-step", "3"];
+    let (full_state, active_state) = (dir.path().join("full"), dir.path().join("active"));
     let full = Serve::start(
         dir.path(),
-        &serve_args(&train, &judge, &dir.path().join("full"), &more),
+        &serve_args(&train, &judge, &full_state, &more),
         &[],
     );
-    let mut args = serve_args(&train, &judge, &dir.path().join("active"), &more);
+    let mut args = serve_args(&train, &judge, &active_state, &more);
     args.extend(["--grade", "active"]);
     let active = Serve::start(dir.path(), &args, &[]);
     let client = reqwest::Client::new();
@@ -70,7 +71,12 @@ async fn grade_active_asks_only_the_active_class_and_rewards_it_as_full_grading_
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| r["tags"].as_array().unwrap().contains(&json!(format!("axis:{class}"))))
+            .filter(|r| {
+                r["tags"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(format!("axis:{class}")))
+            })
             .count() as f64;
         asked += in_class * 3.0;
         criteria += n * 3.0;

@@ -822,6 +822,21 @@ pub async fn metrics(State(service): State<Arc<Service>>) -> Response {
         .into_response()
 }
 
+/// Reads and discards, in the background, a refused body that a client is still sending, so
+/// that it reads the 413 instead of a broken pipe; only a body within twice the limit, and for
+/// at most the header timeout. A larger one is not waited for: the connection closes after the
+/// answer.
+fn drain_in_background(body: axum::body::Body, declared: u64, limits: &crate::Limits) {
+    use http_body_util::BodyExt;
+    if declared > 2 * limits.max_body_bytes as u64 {
+        return;
+    }
+    let mut body = body;
+    tokio::spawn(tokio::time::timeout(limits.header_timeout, async move {
+        while let Some(Ok(_)) = body.frame().await {}
+    }));
+}
+
 /// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
 /// (RFC 7235) and the token is taken without surrounding whitespace.
 fn bearer_token(value: &str) -> Option<&str> {
@@ -872,6 +887,7 @@ async fn guard(State(service): State<Arc<Service>>, req: Request, next: Next) ->
         r
     } else if let Some(n) = too_large {
         // said up front: answered at once, not after waiting for a body that is never read
+        drain_in_background(req.into_body(), n, &service.limits);
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",

@@ -264,7 +264,9 @@ impl Service {
     /// The class whose criteria alone a reward request grades, given the active class now:
     /// `Some` under `--grade active`, `None` (grade everything) otherwise.
     pub fn graded_class(&self, active: Option<usize>) -> Option<usize> {
-        (self.grade == GradeScope::Active).then_some(active).flatten()
+        (self.grade == GradeScope::Active)
+            .then_some(active)
+            .flatten()
     }
 
     /// Grades completions (`(example position, text)`) in one judge batch, against their full
