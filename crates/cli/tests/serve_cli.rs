@@ -14,25 +14,10 @@ use std::time::Duration;
 const RULES: &str = "kind = \"rules\"\n";
 
 mod common;
-use common::{chatml, get, metric, post, serve_args, task, user_text, Serve, Task};
+use common::{chatml, completions, get, metric, post, serve_args, task, user_text, Serve, Task};
 
 fn base_args<'a>(t: &'a Task, state: &'a Path) -> Vec<&'a str> {
     serve_args(&t.train, &t.judge, state, &[])
-}
-
-/// Responses of mixed quality built from each example's own ideal completion and rubric
-/// phrases, so that classes score differently.
-fn completions(example: &Value) -> Vec<String> {
-    let ideal = example["ideal_completions_data"]["ideal_completion"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    vec![
-        ideal.clone(),
-        "I am not sure. Maybe start antibiotics right away.".into(),
-        format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
-        String::new(),
-    ]
 }
 
 /// What a completion should score, from `arlrr grade` verdicts.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{chatml, get, metric, post, serve_args, serve_refused, task, user_text, Serve, Task};
+use common::{
+    completions, get, metric, openrlhf_body, post, serve_args, serve_refused, task, Serve, Task,
+};
 
 /// The schedule's `(step, phase)`.
 async fn step_phase(client: &reqwest::Client, serve: &Serve) -> (u64, u64) {
@@ -95,11 +97,7 @@ async fn counted_completions_survive_restarts_and_are_refused_when_they_cannot_b
             "{e}"
         );
     }
-    let body = json!({
-        "query": [format!("{}Rest it.<|im_end|>", chatml(&user_text(ex)))],
-        "prompts": [chatml(&user_text(ex))],
-        "labels": [ex["prompt_id"]],
-    });
+    let body = openrlhf_body(ex, &["Rest it.".to_string()]);
     let (s, e) = post(&client, &format!("{}/openrlhf/reward", serve.url), &body).await;
     assert_eq!(
         (s, &e["error"]["type"]),
@@ -142,11 +140,7 @@ async fn sigterm_answers_the_requests_in_flight_before_the_service_exits() {
     );
     let mut serve = Serve::start(dir.path(), &a, &[]);
     let ex = &examples[0];
-    let body = json!({
-        "query": [format!("{}Rest it.<|im_end|>", chatml(&user_text(ex)))],
-        "prompts": [chatml(&user_text(ex))],
-        "labels": [ex["prompt_id"]],
-    });
+    let body = openrlhf_body(ex, &["Rest it.".to_string()]);
     let client = reqwest::Client::new();
     let url = format!("{}/openrlhf/reward", serve.url);
     let in_flight = tokio::spawn({
@@ -238,11 +232,7 @@ async fn completions_whose_grading_failed_do_not_count_toward_steps() {
         assert_eq!(s, 200, "{r}");
         let c = &r["items"][0]["completions"];
         assert!(c[0]["error"].is_string() && c[1]["reward"].is_null(), "{r}");
-        let body = json!({
-            "query": [format!("{}Rest it.<|im_end|>", chatml(&user_text(ex)))],
-            "prompts": [chatml(&user_text(ex))],
-            "labels": [ex["prompt_id"]],
-        });
+        let body = openrlhf_body(ex, &["Rest it.".to_string()]);
         let (s, _) = post(&client, &format!("{}/openrlhf/reward", serve.url), &body).await;
         assert_eq!(s, 503);
     }
@@ -290,24 +280,7 @@ async fn an_abandoned_gdpo_request_leaves_its_group_and_its_retry_is_one_member(
         examples,
     } = task(dir.path());
     let ex = &examples[3];
-    let ideal = ex["ideal_completions_data"]["ideal_completion"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let cs = [
-        ideal.clone(),
-        "I am not sure. Maybe start antibiotics right away.".to_string(),
-        format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
-        String::new(),
-    ];
-    let body = |texts: &[String]| {
-        let chat = chatml(&user_text(ex));
-        json!({
-            "query": texts.iter().map(|c| format!("{chat}{c}<|im_end|>")).collect::<Vec<_>>(),
-            "prompts": vec![chat; texts.len()],
-            "labels": vec![ex["prompt_id"].clone(); texts.len()],
-        })
-    };
+    let cs = completions(ex);
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),
@@ -329,7 +302,7 @@ async fn an_abandoned_gdpo_request_leaves_its_group_and_its_retry_is_one_member(
     let client = reqwest::Client::new();
     let url = format!("{}/openrlhf/reward", serve.url);
     // the rewards of the whole group in one request
-    let (s, batch) = post(&client, &url, &body(&cs)).await;
+    let (s, batch) = post(&client, &url, &openrlhf_body(ex, &cs)).await;
     assert_eq!(s, 200, "{batch}");
     let want: Vec<f64> = batch["rewards"]
         .as_array()
@@ -339,7 +312,7 @@ async fn an_abandoned_gdpo_request_leaves_its_group_and_its_retry_is_one_member(
         .collect();
 
     let send = |i: usize| {
-        let (client, url, b) = (client.clone(), url.clone(), body(&cs[i..=i]));
+        let (client, url, b) = (client.clone(), url.clone(), openrlhf_body(ex, &cs[i..=i]));
         tokio::spawn(async move { post(&client, &url, &b).await })
     };
     let first = [send(0), send(1)];
@@ -350,7 +323,7 @@ async fn an_abandoned_gdpo_request_leaves_its_group_and_its_retry_is_one_member(
         .unwrap();
     assert!(impatient
         .post(&url)
-        .json(&body(&cs[2..3]))
+        .json(&openrlhf_body(ex, &cs[2..3]))
         .send()
         .await
         .is_err());

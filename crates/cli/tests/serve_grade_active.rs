@@ -5,19 +5,7 @@
 use serde_json::{json, Value};
 
 mod common;
-use common::{get, metric, post, serve_args, serve_refused, task, Serve, Task};
-
-fn completions(example: &Value) -> Vec<String> {
-    let ideal = example["ideal_completions_data"]["ideal_completion"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    vec![
-        ideal.clone(),
-        "I am not sure. Maybe start antibiotics right away.".into(),
-        format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
-    ]
-}
+use common::{completions, get, metric, post, serve_args, serve_refused, task, Serve, Task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grade_active_asks_only_the_active_class_and_rewards_it_as_full_grading_does() {
@@ -27,7 +15,7 @@ async fn grade_active_asks_only_the_active_class_and_rewards_it_as_full_grading_
         judge,
         examples,
     } = task(dir.path());
-    let more = ["--phase-steps", "1", "--completions-per-step", "3"];
+    let more = ["--phase-steps", "1", "--completions-per-step", "4"];
     let (full_state, active_state) = (dir.path().join("full"), dir.path().join("active"));
     let full = Serve::start(
         dir.path(),
@@ -78,8 +66,8 @@ async fn grade_active_asks_only_the_active_class_and_rewards_it_as_full_grading_
                     .contains(&json!(format!("axis:{class}")))
             })
             .count() as f64;
-        asked += in_class * 3.0;
-        criteria += n * 3.0;
+        asked += in_class * 4.0;
+        criteria += n * 4.0;
     }
     assert!(asked < criteria);
     assert_eq!(
@@ -119,7 +107,7 @@ async fn evaluation_traffic_is_answered_but_never_counted() {
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),
-        &serve_args(&train, &judge, &state, &["--completions-per-step", "3"]),
+        &serve_args(&train, &judge, &state, &["--completions-per-step", "4"]),
         &[],
     );
     let client = reqwest::Client::new();

@@ -10,21 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{chatml, get, post, serve_args, serve_refused, task, user_text, Serve, Task};
-
-/// Four responses of mixed quality, so that every class has spread within the group.
-fn completions(example: &Value) -> Vec<String> {
-    let ideal = example["ideal_completions_data"]["ideal_completion"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    vec![
-        ideal.clone(),
-        "I am not sure. Maybe start antibiotics right away.".into(),
-        format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
-        String::new(),
-    ]
-}
+use common::{
+    completions, get, openrlhf_body, post, serve_args, serve_refused, task, user_text, Serve, Task,
+};
 
 async fn raw(client: &reqwest::Client, url: &str, body: String) -> (u16, String) {
     let r = client
@@ -347,16 +335,6 @@ async fn error_answers_are_short_typed_and_json() {
             "{e}"
         );
     }
-}
-
-/// OpenRLHF's request for completions of one example.
-fn openrlhf_body(example: &Value, completions: &[String]) -> Value {
-    let chat = chatml(&user_text(example));
-    json!({
-        "query": completions.iter().map(|c| format!("{chat}{c}<|im_end|>")).collect::<Vec<_>>(),
-        "prompts": vec![chat; completions.len()],
-        "labels": vec![example["prompt_id"].clone(); completions.len()],
-    })
 }
 
 fn floats(v: &Value) -> Vec<f64> {

@@ -242,3 +242,28 @@ pub async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Four responses of mixed quality built from an example's own ideal completion, so that every
+/// class has spread within the group.
+pub fn completions(example: &Value) -> Vec<String> {
+    let ideal = example["ideal_completions_data"]["ideal_completion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    vec![
+        ideal.clone(),
+        "I am not sure. Maybe start antibiotics right away.".into(),
+        format!("{ideal} Do you have any other symptoms? Take 2 tablets."),
+        String::new(),
+    ]
+}
+
+/// OpenRLHF's request for completions of one example, as a ChatML-templating engine sends it.
+pub fn openrlhf_body(example: &Value, completions: &[String]) -> Value {
+    let chat = chatml(&user_text(example));
+    serde_json::json!({
+        "query": completions.iter().map(|c| format!("{chat}{c}<|im_end|>")).collect::<Vec<_>>(),
+        "prompts": vec![chat; completions.len()],
+        "labels": vec![example["prompt_id"].clone(); completions.len()],
+    })
+}
