@@ -22,6 +22,35 @@ const SCHEMA_VERSION: i64 = 1;
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why setting up the file failed: a lock another process holds (worth retrying), another
+/// SQLite error, or a file this build must not use.
+enum SetUp {
+    Busy(rusqlite::Error),
+    Sql(rusqlite::Error),
+    Refused(String),
+}
+
+impl From<rusqlite::Error> for SetUp {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                SetUp::Busy(e)
+            }
+            _ => SetUp::Sql(e),
+        }
+    }
+}
+
+/// 5-20 ms, varied by process and time, so that processes retrying together spread out.
+fn retry_pause() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let spread = (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % 16;
+    Duration::from_millis(5 + u64::from(spread))
+}
+
 /// Errors opening or using the cache file; they name the file.
 #[derive(Debug, thiserror::Error)]
 #[error("judge cache {}: {message}", path.display())]
@@ -113,48 +142,24 @@ impl VerdictCache {
         let conn = Connection::open(&path).map_err(|e| err(format!("cannot open: {e}")))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| err(e.to_string()))?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| {
-                err(match e.sqlite_error_code() {
-                    Some(rusqlite::ErrorCode::NotADatabase) => "not a SQLite file".into(),
-                    _ => format!("cannot switch to WAL: {e}"),
-                })
-            })?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(err(format!("journal mode is {mode}, WAL unavailable")));
-        }
-        conn.execute_batch(
-            "PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS verdicts (
-                 key BLOB PRIMARY KEY,
-                 judge TEXT NOT NULL,
-                 value REAL NOT NULL,
-                 explanation TEXT NOT NULL,
-                 created_unix INTEGER NOT NULL
-             ) WITHOUT ROWID;",
-        )
-        .map_err(|e| err(format!("cannot create tables: {e}")))?;
-        let version: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE name='schema'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| err(e.to_string()))?;
-        match version {
-            None => {
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', ?1)",
-                    [SCHEMA_VERSION],
-                )
-                .map_err(|e| err(e.to_string()))?;
-            }
-            Some(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(err(format!(
-                "schema version {v}, this build reads version {SCHEMA_VERSION}; use another file"
-            )))
+        // SQLite answers some lock conflicts at once, without calling the busy handler: the
+        // switch to WAL needs the file to itself, and a read that upgrades to a write while
+        // another process writes would deadlock. So the setup is retried here, within the
+        // same time a writer waits for a lock.
+        let started = std::time::Instant::now();
+        loop {
+            match Self::set_up(&conn) {
+                Ok(()) => break,
+                Err(SetUp::Busy(_)) if started.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(retry_pause());
+                }
+                Err(SetUp::Busy(e)) | Err(SetUp::Sql(e)) => {
+                    return Err(err(match e.sqlite_error_code() {
+                        Some(rusqlite::ErrorCode::NotADatabase) => "not a SQLite file".into(),
+                        _ => format!("cannot set up the file: {e}"),
+                    }))
+                }
+                Err(SetUp::Refused(message)) => return Err(err(message)),
             }
         }
         Ok(VerdictCache {
@@ -172,6 +177,43 @@ impl VerdictCache {
             path: self.path.clone(),
             message: e.to_string(),
         }
+    }
+
+    /// Switches the file to WAL and creates or checks the tables, all idempotent.
+    fn set_up(conn: &Connection) -> Result<(), SetUp> {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(SetUp::from)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(SetUp::Refused(format!(
+                "journal mode is {mode}, WAL unavailable"
+            )));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS verdicts (
+                 key BLOB PRIMARY KEY,
+                 judge TEXT NOT NULL,
+                 value REAL NOT NULL,
+                 explanation TEXT NOT NULL,
+                 created_unix INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        )?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', ?1)",
+            [SCHEMA_VERSION],
+        )?;
+        let version: i64 =
+            conn.query_row("SELECT value FROM meta WHERE name='schema'", [], |r| {
+                r.get(0)
+            })?;
+        if version != SCHEMA_VERSION {
+            return Err(SetUp::Refused(format!(
+                "schema version {version}, this build reads version {SCHEMA_VERSION}; use another file"
+            )));
+        }
+        Ok(())
     }
 
     /// Looks up many keys in one transaction; `None` where absent.
@@ -205,7 +247,9 @@ impl VerdictCache {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         let mut conn = self.conn.lock().expect("cache connection lock");
-        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.error(e))?;
         {
             let mut stmt = tx
                 .prepare_cached(

@@ -317,3 +317,59 @@ fn several_processes_writing_one_file_at_once_lose_nothing() {
         assert_eq!(got.as_ref(), Some(want));
     }
 }
+
+/// Many processes open fresh files at the same moment, as the workers of a multi-process run
+/// do on their first step. Switching a new file to WAL needs it alone, and SQLite reports that
+/// conflict without waiting; every process must still open every file (CI once saw
+/// "cannot switch to WAL: database is locked" here).
+#[test]
+fn processes_racing_to_create_the_same_files_all_open_them() {
+    const NAME: &str = "processes_racing_to_create_the_same_files_all_open_them";
+    const PROCESSES: u32 = 8;
+    const FILES: u32 = 25;
+    if let Ok(w) = std::env::var(CHILD_ENV) {
+        let dir = std::path::PathBuf::from(std::env::var(CHILD_DIR_ENV).unwrap());
+        let ex = example();
+        // All start together: each waits for the others' start files.
+        std::fs::write(dir.join(format!("start-{w}")), "").unwrap();
+        let mut polls = 0;
+        while (0..PROCESSES).any(|o| !dir.join(format!("start-{o}")).exists()) {
+            polls += 1;
+            assert!(polls < 30_000, "the other processes never started");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for f in 0..FILES {
+            let cache = VerdictCache::open(dir.join(format!("race-{f}.sqlite"))).unwrap();
+            cache
+                .put_many(&[writer_entry(&ex, w.parse().unwrap(), f)])
+                .unwrap();
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|w| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, w.to_string())
+                .env(CHILD_DIR_ENV, dir.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (w, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "process {w} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for f in 0..FILES {
+        let cache = VerdictCache::open(dir.path().join(format!("race-{f}.sqlite"))).unwrap();
+        assert_eq!(cache.len().unwrap(), u64::from(PROCESSES), "file {f}");
+    }
+}
