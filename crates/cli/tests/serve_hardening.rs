@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 use common::{
-    completions, get, openrlhf_body, post, serve_args, serve_refused, task, user_text, Serve, Task,
+    completions, get, metric, openrlhf_body, post, serve_args, serve_refused, task, user_text,
+    Serve, Task,
 };
 
 async fn raw(client: &reqwest::Client, url: &str, body: String) -> (u16, String) {
@@ -475,6 +476,111 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["extra_logs"]["arlrr/group_size"], json!([1.0]), "{r}");
     assert!(serve.log().contains("closed after"), "{}", serve.log());
+}
+
+/// `/v1/rewards` under gdpo, as engines send it when a prompt's completions are split across
+/// processes or calls (TRL with several processes, verl's reward loop): without `--group-size`
+/// a lone completion is refused before any judge call; with it, the parts of a group sent by
+/// different clients are normalized as one group, equal to the whole group sent at once, and
+/// each completion is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_gdpo_collects_a_group_split_across_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
+    let client = reqwest::Client::new();
+    let ex = &examples[3];
+    let cs = completions(ex);
+    let rewards = |answer: &Value| -> Vec<Option<f64>> {
+        answer["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|it| it["completions"].as_array().unwrap().clone())
+            .map(|c| c["reward"].as_f64())
+            .collect()
+    };
+    let body = |cs: &[String]| json!({"prompt_id": ex["prompt_id"], "completions": cs});
+
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(&train, &judge, &state, &["--objective", "gdpo"]),
+        &[],
+    );
+    let url = format!("{}/v1/rewards", serve.url);
+    let (s, whole) = post(&client, &url, &body(&cs)).await;
+    assert_eq!(s, 200, "{whole}");
+    let want = rewards(&whole);
+    assert!(
+        want.iter().any(|r| r.is_some_and(|r| r.abs() > 0.1)),
+        "{want:?}"
+    );
+    let calls = metric(&client, &serve.url, "arlrr_judge_calls_total").await;
+    let (s, e) = post(&client, &url, &body(&cs[..1])).await;
+    assert_eq!(s, 400, "a lone gdpo completion was answered: {e}");
+    assert_eq!(e["error"]["field"], json!("items[0].completions"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--group-size"),
+        "{e}"
+    );
+    let after = metric(&client, &serve.url, "arlrr_judge_calls_total").await;
+    assert_eq!(after, calls, "the refused completion was graded");
+    drop(serve);
+
+    let state = dir.path().join("state-grouped");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(
+            &train,
+            &judge,
+            &state,
+            &[
+                "--objective",
+                "gdpo",
+                "--group-size",
+                "4",
+                "--group-window-secs",
+                "30",
+                "--completions-per-step",
+                "4",
+            ],
+        ),
+        &[],
+    );
+    let url = format!("{}/v1/rewards", serve.url);
+    // two clients, two completions each, at once
+    let halves: Vec<_> = [cs[..2].to_vec(), cs[2..].to_vec()]
+        .into_iter()
+        .map(|half| {
+            let (client, url, body) = (client.clone(), url.clone(), body(&half));
+            tokio::spawn(async move { post(&client, &url, &body).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for h in halves {
+        let (s, r) = h.await.unwrap();
+        assert_eq!(s, 200, "{r}");
+        for c in r["items"][0]["completions"].as_array().unwrap() {
+            assert_eq!(c["group_size"], json!(4), "{r}");
+        }
+        got.extend(rewards(&r));
+    }
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g.unwrap() - w.unwrap()).abs() < 1e-9,
+            "split group {got:?} vs whole {want:?}"
+        );
+    }
+    let status = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(status["step"], json!(1), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

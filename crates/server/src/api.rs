@@ -1,5 +1,6 @@
 //! HTTP handlers, the auth/timeout/metrics middleware and the router.
 
+use crate::groups::Grouped;
 use crate::prompts::{id_of, response_from_query, MatchError};
 use crate::scheduler::{Report, ReportFault, ValidationScores};
 use crate::{clip, GradeFailure, Objective, Service};
@@ -272,6 +273,35 @@ fn group_by<K: Eq + std::hash::Hash + Copy>(keys: &[K]) -> Vec<Vec<usize>> {
     order
 }
 
+/// GDPO rewards of graded completions `(example, reward vector)` collected across requests
+/// into their prompts' groups ([`crate::groups`]), in order. All members join before any
+/// waits, so a request holding a whole group is answered at once.
+async fn collected(service: &Service, members: Vec<(usize, RewardVector)>) -> Vec<Grouped> {
+    let tickets: Vec<_> = members
+        .into_iter()
+        .map(|(e, r)| service.groups.join(e, r))
+        .collect();
+    let mut out = Vec::with_capacity(tickets.len());
+    for t in tickets {
+        out.push(service.groups.wait(t).await);
+    }
+    out
+}
+
+/// Under `gdpo` without `--group-size`, a prompt's completions must arrive together: a lone
+/// completion has no group to be normalized in, and its reward would be a silent null.
+fn lone_gdpo_completion(field: String, what: &str) -> ApiError {
+    ApiError::bad_request(
+        field,
+        format!(
+            "objective gdpo normalizes the completions of a prompt as a group, but {what}: \
+             start arlrr serve with --group-size <completions per prompt> to collect groups \
+             across requests (engines that send one completion per call: OpenRLHF 0.9.1 and \
+             later, verl's reward loop, TRL with several processes)"
+        ),
+    )
+}
+
 /// OpenRLHF's remote reward request, as its `remote_rm_fn_ray` sends it (OpenRLHF
 /// v0.6–v0.9.0, `openrlhf/utils/remote_rm_utils.py`, a batch per request) and its
 /// `SingleTurnAgentExecutor._fetch_rewards_via_http` (v0.9.1 on, one completion per request):
@@ -393,13 +423,10 @@ pub async fn openrlhf_reward(
     let collect = gdpo && service.groups.enabled();
     if gdpo && !collect {
         if let Some(lone) = groups.iter().find(|g| g.len() < 2) {
-            return Err(ApiError::bad_request(
-                "query",
-                format!(
-                    "objective gdpo normalizes the completions of a prompt as a group, but \
-                     query[{}] is the only completion of its prompt in this request (OpenRLHF \
-                     0.9.1 and later send one completion per request): start arlrr serve with \
-                     --group-size <n_samples_per_prompt> to collect groups across requests",
+            return Err(lone_gdpo_completion(
+                "query".into(),
+                &format!(
+                    "query[{}] is the only completion of its prompt in this request",
                     lone[0]
                 ),
             ));
@@ -426,13 +453,12 @@ pub async fn openrlhf_reward(
     // the size of the group each GDPO reward was normalized in
     let mut group_size = vec![0.0; n];
     if collect {
-        let tickets: Vec<_> = examples
+        let members: Vec<_> = examples
             .iter()
-            .zip(&rewards)
-            .map(|(&e, r)| service.groups.join(e, r.clone()))
+            .copied()
+            .zip(rewards.iter().cloned())
             .collect();
-        for (i, t) in tickets.into_iter().enumerate() {
-            let g = service.groups.wait(t).await;
+        for (i, g) in collected(&service, members).await.into_iter().enumerate() {
             reward[i] = g.reward.unwrap_or(0.0);
             group_size[i] = g.group_size as f64;
         }
@@ -561,6 +587,12 @@ fn item_example(service: &Service, item: &NativeItem, index: usize) -> Result<us
 /// `{"prompt_id", "completions": [{"reward", "overall", "classes": {name: value}, "error"}]}`
 /// where `reward` is the scalar under the objective and `null` means no signal (or a failed
 /// grading, with `error` saying why; the other completions are still answered).
+///
+/// Under `gdpo` each graded completion also has `group_size`, the size of the group its reward
+/// was normalized in. With `--group-size`, completions are collected by prompt across requests
+/// and processes ([`crate::groups`]): the answer waits until each of its completions' groups is
+/// full (or its window has passed). Without it, an item is a group, and an item with a single
+/// completion is refused (400): it has no group, and its reward would be a silent null.
 pub async fn native_rewards(
     State(service): State<Arc<Service>>,
     headers: HeaderMap,
@@ -592,6 +624,16 @@ pub async fn native_rewards(
             errors,
         ));
     }
+    let gdpo = service.objective == Objective::Gdpo;
+    let collect = gdpo && service.groups.enabled();
+    if gdpo && !collect {
+        if let Some(i) = items.iter().position(|it| it.completions.len() == 1) {
+            return Err(lone_gdpo_completion(
+                format!("items[{i}].completions"),
+                &format!("items[{i}] has a single completion"),
+            ));
+        }
+    }
     let flat: Vec<(usize, &str)> = items
         .iter()
         .zip(&examples)
@@ -611,16 +653,54 @@ pub async fn native_rewards(
         .iter()
         .map(|g| g.iter().map(|r| r.as_ref().ok().cloned()).collect())
         .collect();
-    let scalars = service.scalar_rewards(&groups, active);
+    // under collected GDPO, each graded completion's group and the size it was normalized in
+    let grouped: Vec<Vec<Option<Grouped>>> = if collect {
+        let members: Vec<(usize, RewardVector)> = groups
+            .iter()
+            .zip(&examples)
+            .flat_map(|(g, &e)| g.iter().flatten().map(move |r| (e, r.clone())))
+            .collect();
+        let mut answers = collected(&service, members).await.into_iter();
+        groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|r| r.as_ref().and_then(|_| answers.next()))
+                    .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let scalars: Vec<Vec<Option<f64>>> = if collect {
+        grouped
+            .iter()
+            .map(|g| g.iter().map(|x| x.and_then(|x| x.reward)).collect())
+            .collect()
+    } else {
+        service.scalar_rewards(&groups, active)
+    };
+    let group_size = |i: usize, j: usize, len: usize| match grouped.get(i) {
+        Some(g) => g[j].map_or(0, |x| x.group_size),
+        None => len,
+    };
     let out_items: Vec<Value> = graded
         .iter()
         .zip(&scalars)
         .zip(&examples)
-        .map(|((g, s), &e)| {
+        .enumerate()
+        .map(|(i, ((g, s), &e))| {
             let completions: Vec<Value> = g
                 .iter()
                 .zip(s)
-                .map(|(r, scalar)| match r {
+                .enumerate()
+                .map(|(j, (r, scalar))| match r {
+                    Ok(r) if gdpo => json!({
+                        "reward": scalar,
+                        "overall": r.overall,
+                        "classes": class_map(&service, r),
+                        "group_size": group_size(i, j, g.iter().filter(|r| r.is_ok()).count()),
+                    }),
                     Ok(r) => json!({
                         "reward": scalar,
                         "overall": r.overall,
