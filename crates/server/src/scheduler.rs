@@ -568,9 +568,10 @@ impl Scheduler {
                     format!("{step} is beyond {MAX_STEP} (2^53), the largest step the schedule counts to"),
                 ));
             }
-            self.state.step = step;
-            // A trainer resumed from an earlier checkpoint: the phase restarts there.
-            self.state.phase_start_step = self.state.phase_start_step.min(step);
+            // Steps are counted once, by number: a step the schedule has reached already (the
+            // same step from another rank, a retried report, a late one, or a trainer resumed
+            // from an earlier checkpoint redoing steps) changes nothing.
+            self.state.step = self.state.step.max(step);
         }
         if let Some(n) = report.steps {
             self.state.step = self
@@ -855,6 +856,26 @@ mod tests {
         assert_eq!(step(&mut s, 9).unwrap().chosen, "a");
         let log = std::fs::read_to_string(dir.path().join(DECISIONS_FILE)).unwrap();
         assert_eq!(log.lines().count(), 4);
+    }
+
+    #[test]
+    fn each_step_counts_once_whatever_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), SelectorKind::RoundRobin, 3);
+        // two ranks report every step, one of them late
+        for (a, b) in [(1, 1), (2, 1), (3, 2), (3, 3)] {
+            let decided = [step(&mut s, a), step(&mut s, b)];
+            assert_eq!(
+                decided.iter().flatten().count(),
+                usize::from(a == 3 && b == 2)
+            );
+            assert_eq!(s.state().step, a);
+        }
+        // the phase still ends three steps after it began, not after the late report
+        assert!(step(&mut s, 5).is_none());
+        assert_eq!(step(&mut s, 6).unwrap().chosen, "c");
+        let log = std::fs::read_to_string(dir.path().join(DECISIONS_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 3, "{log}");
     }
 
     #[test]
