@@ -17,7 +17,7 @@ use governor::clock::Clock;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Most requests per minute a judge config may set (about 16,700 a second: above any
@@ -64,29 +64,26 @@ impl Bucket {
         }
     }
 
-    /// Takes `n` cells (at most the burst: see [`RateLimits::acquire`]), sleeping until the
-    /// limiter allows it; `waiting` starts the wait's accounting the first time it sleeps.
-    async fn take<'a>(
-        &self,
-        n: u64,
-        waiting: &mut Option<Wait<'a>>,
-        start: &impl Fn() -> Wait<'a>,
-    ) {
-        let n = NonZeroU32::new(n.min(u64::from(self.per_minute.get())) as u32)
-            .unwrap_or(NonZeroU32::MIN);
-        loop {
-            match self.limiter.check_n(n) {
-                Ok(Ok(())) => return,
-                Ok(Err(not_until)) => {
-                    if waiting.is_none() {
-                        *waiting = Some(start());
-                    }
-                    tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
-                }
-                // `n` is clamped to the burst, so the limiter can always grant it.
-                Err(_) => unreachable!("{n} cells exceed a burst of {}", self.per_minute),
-            }
-        }
+    /// The cells a request of `n` takes: `n`, cut to the burst (see [`RateLimits::acquire`]).
+    fn cells(&self, n: u64) -> NonZeroU32 {
+        NonZeroU32::new(n.min(u64::from(self.per_minute.get())) as u32).unwrap_or(NonZeroU32::MIN)
+    }
+}
+
+/// Raised while the request whose turn it is sleeps for the limits (lowered however the sleep
+/// ends, cancellation included): those queued behind it are then waiting for the limits too.
+struct Sleeping<'a>(&'a AtomicBool);
+
+impl<'a> Sleeping<'a> {
+    fn raise(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Sleeping(flag)
+    }
+}
+
+impl Drop for Sleeping<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -109,6 +106,8 @@ pub struct RateLimits {
     tokens: Option<Bucket>,
     /// Held by the request whose turn it is; tokio's mutex is fair, so waiters go in order.
     queue: tokio::sync::Mutex<()>,
+    /// The request holding `queue` sleeps for the limits ([`Sleeping`]).
+    sleeping: AtomicBool,
     waits: AtomicU64,
     wait_nanos: AtomicU64,
 }
@@ -132,6 +131,7 @@ impl RateLimits {
             requests: requests_per_minute.map(Bucket::new),
             tokens: tokens_per_minute.map(Bucket::new),
             queue: tokio::sync::Mutex::new(()),
+            sleeping: AtomicBool::new(false),
             waits: AtomicU64::new(0),
             wait_nanos: AtomicU64::new(0),
         }
@@ -155,10 +155,11 @@ impl RateLimits {
         if self.requests.is_none() && self.tokens.is_none() {
             return;
         }
+        let arrived = tokio::time::Instant::now();
         let start = || {
             self.waits.fetch_add(1, Ordering::Relaxed);
             Wait {
-                since: tokio::time::Instant::now(),
+                since: arrived,
                 nanos: &self.wait_nanos,
             }
         };
@@ -166,20 +167,36 @@ impl RateLimits {
         let _turn = match self.queue.try_lock() {
             Ok(turn) => turn,
             Err(_) => {
-                waiting = Some(start());
+                // Behind a request that sleeps for the limits, this one waits for them too;
+                // behind one that is only taking its cells, it waits for nothing worth counting.
+                if self.sleeping.load(Ordering::Relaxed) {
+                    waiting = Some(start());
+                }
                 self.queue.lock().await
             }
         };
-        if let Some(b) = &self.requests {
-            b.take(1, &mut waiting, &start).await;
-        }
-        if let Some(b) = &self.tokens {
-            b.take(tokens, &mut waiting, &start).await;
+        let requests = self.requests.as_ref().map(|b| (b, NonZeroU32::MIN));
+        let tokens = self.tokens.as_ref().map(|b| (b, b.cells(tokens)));
+        for (bucket, n) in [requests, tokens].into_iter().flatten() {
+            loop {
+                match bucket.limiter.check_n(n) {
+                    Ok(Ok(())) => break,
+                    Ok(Err(not_until)) => {
+                        if waiting.is_none() {
+                            waiting = Some(start());
+                        }
+                        let _sleeping = Sleeping::raise(&self.sleeping);
+                        tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
+                    }
+                    // `cells` cut `n` to the burst, so the limiter can always grant it.
+                    Err(_) => unreachable!("{n} cells exceed a burst of {}", bucket.per_minute),
+                }
+            }
         }
     }
 
-    /// Requests that could not be sent at once: they waited for the limits (or for the
-    /// requests ahead of them that did).
+    /// Requests that could not be sent at once: they waited for the limits, or behind a request
+    /// that did.
     pub fn waits(&self) -> u64 {
         self.waits.load(Ordering::Relaxed)
     }
