@@ -5,15 +5,20 @@
 //! are not the JSON asked for. Each of those is retried a bounded number of times with
 //! exponential backoff and jitter (honouring `Retry-After`), and what still fails becomes an
 //! explicit [`JudgeFailure`], never a guessed verdict. A semaphore bounds the requests in
-//! flight across all concurrent `grade` calls.
+//! flight across all concurrent `grade` calls, and optional requests- and tokens-per-minute
+//! limits ([`crate::rate_limit`]) pace what is sent.
 
 use crate::prompt::{extract_verdict, grading_prompt, ParsedVerdict, PROMPT_VERSION};
+use crate::rate_limit::{
+    estimate_tokens, RateLimits, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE,
+};
 use crate::{CriterionGrade, GradeSink, GradeTask, Judge, JudgeFailure, JudgeStats};
 use async_trait::async_trait;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
@@ -55,6 +60,17 @@ pub struct HttpJudgeConfig {
     /// key itself never appears in config files, logs or `Debug` output.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Requests sent per minute at most (a provider's RPM), retries included; no limit when
+    /// absent. A burst of this many goes at once, then one every `60 / limit` seconds; a
+    /// request over the limit waits, it does not fail. verl's rate-limited reward manager
+    /// calls it `max_rpm`, accepted here too.
+    #[serde(default, alias = "max_rpm")]
+    pub max_requests_per_minute: Option<u64>,
+    /// Tokens sent per minute at most (a provider's TPM); no limit when absent. A request
+    /// counts as its estimate before it is sent ([`crate::rate_limit::estimate_tokens`]: the
+    /// prompt's UTF-8 bytes / 4 plus `max_tokens`). verl calls it `max_tpm`, accepted too.
+    #[serde(default, alias = "max_tpm")]
+    pub max_tokens_per_minute: Option<u64>,
 }
 
 /// Most requests in flight: far above what any endpoint serves, far below where a semaphore
@@ -102,6 +118,8 @@ impl HttpJudgeConfig {
             backoff_max_secs: default_backoff_max(),
             retry_after_max_secs: default_retry_after_max(),
             api_key_env: None,
+            max_requests_per_minute: None,
+            max_tokens_per_minute: None,
         }
     }
 
@@ -137,6 +155,29 @@ impl HttpJudgeConfig {
                 "`temperature` must be in [0, 2], got {}",
                 self.temperature
             ));
+        }
+        if let Some(rpm) = self.max_requests_per_minute {
+            if !(1..=MAX_REQUESTS_PER_MINUTE).contains(&rpm) {
+                return Err(format!(
+                    "`max_requests_per_minute` (`max_rpm`) must be in 1..={MAX_REQUESTS_PER_MINUTE} \
+                     (leave it out for no limit), got {rpm}"
+                ));
+            }
+        }
+        if let Some(tpm) = self.max_tokens_per_minute {
+            if !(1..=MAX_TOKENS_PER_MINUTE).contains(&tpm) {
+                return Err(format!(
+                    "`max_tokens_per_minute` (`max_tpm`) must be in 1..={MAX_TOKENS_PER_MINUTE} \
+                     (leave it out for no limit), got {tpm}"
+                ));
+            }
+            if tpm <= u64::from(self.max_tokens) {
+                return Err(format!(
+                    "`max_tokens_per_minute` (`max_tpm`) = {tpm} must exceed `max_tokens` = {}: \
+                     every request counts its whole reply cap against the limit",
+                    self.max_tokens
+                ));
+            }
         }
         for (field, secs) in [
             ("`timeout_secs`", self.timeout_secs),
@@ -244,6 +285,7 @@ pub struct HttpJudge {
     endpoint: String,
     client: reqwest::Client,
     permits: Semaphore,
+    limits: RateLimits,
     counters: Counters,
 }
 
@@ -351,9 +393,15 @@ impl HttpJudge {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| HttpJudgeError::Client(e.to_string()))?;
+        // `validate` bounded both limits far below `u32::MAX`.
+        let per_minute = |limit: Option<u64>| limit.and_then(|n| NonZeroU32::new(n as u32));
         Ok(HttpJudge {
             endpoint: config.endpoint(),
             permits: Semaphore::new(config.concurrency),
+            limits: RateLimits::new(
+                per_minute(config.max_requests_per_minute),
+                per_minute(config.max_tokens_per_minute),
+            ),
             config,
             client,
             counters: Counters::default(),
@@ -364,6 +412,11 @@ impl HttpJudge {
         &self.config
     }
 
+    /// The requests- and tokens-per-minute limits, and the waits they caused.
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
     /// Total backoff this judge has chosen to wait between attempts, over all criteria
     /// (including any sleep still in progress).
     pub fn backoff_total(&self) -> Duration {
@@ -371,13 +424,21 @@ impl HttpJudge {
     }
 
     /// One request; the permit bounds concurrency and is released before any backoff sleep.
-    /// `reply` is the graded response, whose own verdict-like text the parser ignores.
-    async fn attempt(&self, prompt: &str, reply: &str) -> Result<ParsedVerdict, AttemptError> {
+    /// With the permit held, the request waits for the rate limits (`tokens` is its estimate),
+    /// so that it is sent as soon as they allow. `reply` is the graded response, whose own
+    /// verdict-like text the parser ignores.
+    async fn attempt(
+        &self,
+        prompt: &str,
+        tokens: u64,
+        reply: &str,
+    ) -> Result<ParsedVerdict, AttemptError> {
         let _permit = self
             .permits
             .acquire()
             .await
             .expect("semaphore never closed");
+        self.limits.acquire(tokens).await;
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let request = ChatRequest {
             model: &self.config.model,
@@ -456,11 +517,12 @@ impl HttpJudge {
             return crate::rules::out_of_range(task, index);
         };
         let prompt = grading_prompt(&task.example.prompt, task.response, criterion);
+        let tokens = estimate_tokens(&prompt, self.config.max_tokens);
         let max_attempts = 1 + self.config.retries;
         let mut attempts = 0;
         let outcome = loop {
             attempts += 1;
-            match self.attempt(&prompt, task.response).await {
+            match self.attempt(&prompt, tokens, task.response).await {
                 Ok(v) => break Ok(v),
                 Err(AttemptError::Fatal(message)) => break Err(JudgeFailure::Other(message)),
                 Err(AttemptError::Retryable {
@@ -564,6 +626,10 @@ impl Judge for HttpJudge {
             retries: c.retries.load(Ordering::Relaxed),
             prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: c.completion_tokens.load(Ordering::Relaxed),
+            rate_limit_requests_per_minute: self.limits.requests_per_minute().map_or(0, u64::from),
+            rate_limit_tokens_per_minute: self.limits.tokens_per_minute().map_or(0, u64::from),
+            rate_limited_waits: self.limits.waits(),
+            rate_limit_wait_nanos: self.limits.wait_total().as_nanos() as u64,
             ..JudgeStats::default()
         }
     }

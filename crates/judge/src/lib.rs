@@ -5,7 +5,8 @@
 //!
 //! - [`RuleJudge`]: machine-checkable criteria (`check`), deterministic and free.
 //! - [`HttpJudge`]: any OpenAI-compatible chat completions endpoint, one request per
-//!   criterion, bounded retries and concurrency.
+//!   criterion, bounded retries and concurrency, optional requests- and tokens-per-minute
+//!   limits ([`rate_limit`]).
 //! - `EmbeddingJudge`: approximate local grading by sentence similarity (MiniLM; feature
 //!   `embedding`, on by default).
 //! - [`CachedJudge`]: a SQLite verdict cache in front of any of them.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod embedding;
 pub mod http;
 pub mod prompt;
+pub mod rate_limit;
 pub mod retry;
 pub mod rules;
 #[cfg(feature = "serve")]
@@ -100,6 +102,18 @@ pub struct JudgeStats {
     pub retries: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The HTTP judge's requests-per-minute limit; 0 when there is none (other judges too).
+    #[serde(default)]
+    pub rate_limit_requests_per_minute: u64,
+    /// The HTTP judge's tokens-per-minute limit; 0 when there is none.
+    #[serde(default)]
+    pub rate_limit_tokens_per_minute: u64,
+    /// Requests that waited for those limits before being sent.
+    #[serde(default)]
+    pub rate_limited_waits: u64,
+    /// Time those waits took, in nanoseconds (each counted when it ended or was cancelled).
+    #[serde(default)]
+    pub rate_limit_wait_nanos: u64,
 }
 
 /// Where [`Judge::grade_reporting`] hands over grades as soon as they are known: the index of

@@ -181,3 +181,66 @@ fn a_cache_that_cannot_be_created_says_so_without_blaming_the_config() {
         assert!(!err.contains("judge config"), "{err}");
     }
 }
+
+/// The HTTP judge's rate limits: read under their own names and verl's (`max_rpm`,
+/// `max_tpm`), absent = no limit, and range-checked when the file is read, the file and the
+/// field named.
+#[test]
+fn rate_limits_are_read_under_both_names_and_range_checked() {
+    let http = "kind = \"http\"\n[http]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n";
+    let limits = |text: &str| {
+        let h = JudgeConfig::parse(text, Path::new("j.toml"))
+            .unwrap()
+            .http
+            .unwrap();
+        (h.max_requests_per_minute, h.max_tokens_per_minute)
+    };
+    assert_eq!(limits(http), (None, None));
+    assert_eq!(
+        limits(&format!(
+            "{http}max_requests_per_minute = 500\nmax_tokens_per_minute = 100000\n"
+        )),
+        (Some(500), Some(100_000))
+    );
+    assert_eq!(
+        limits(&format!("{http}max_rpm = 500\nmax_tpm = 100000\n")),
+        (Some(500), Some(100_000))
+    );
+    for (line, field) in [
+        ("max_requests_per_minute = 0", "max_requests_per_minute"),
+        ("max_rpm = 0", "max_requests_per_minute"),
+        (
+            "max_requests_per_minute = 1000001",
+            "max_requests_per_minute",
+        ),
+        ("max_tokens_per_minute = 0", "max_tokens_per_minute"),
+        ("max_tpm = 1000000001", "max_tokens_per_minute"),
+        // not above the reply cap (`max_tokens`, 512 by default): no request could ever fit
+        ("max_tokens_per_minute = 512", "max_tokens_per_minute"),
+    ] {
+        let text = format!("{http}{line}\n");
+        let err = JudgeConfig::parse(&text, Path::new("conf/judge.toml"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("judge config conf/judge.toml: [http] ")
+                && err.contains(&format!("`{field}`"))
+                && !err.contains('\n'),
+            "{text} -> {err}"
+        );
+    }
+    // One limit under both names is refused rather than one silently winning.
+    assert!(JudgeConfig::parse(
+        &format!("{http}max_rpm = 5\nmax_requests_per_minute = 6\n"),
+        Path::new("j.toml")
+    )
+    .is_err());
+    // The largest accepted values build a judge without a panic.
+    let cfg = JudgeConfig::parse(
+        &format!("{http}max_rpm = 1000000\nmax_tpm = 1000000000\n"),
+        Path::new("j.toml"),
+    )
+    .unwrap();
+    from_config(&cfg).unwrap();
+}

@@ -137,7 +137,7 @@ impl Metrics {
         } else {
             j.cache_hits as f64 / (j.cache_hits + j.cache_misses) as f64
         };
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "arlrr_completions_graded_total",
                 "Completions graded (rewards and validation reports).",
@@ -178,11 +178,40 @@ impl Metrics {
                 "Criterion verdicts not asked for: only the active class was graded (--grade active).",
                 m.verdicts_saved,
             ),
+            (
+                "arlrr_judge_rate_limited_waits_total",
+                "Judge requests that waited for the rate limits before being sent.",
+                j.rate_limited_waits,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
                 w,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP arlrr_judge_rate_limit_wait_seconds_total Time judge requests spent waiting for the rate limits (each wait counted when it ended).\n\
+             # TYPE arlrr_judge_rate_limit_wait_seconds_total counter\n\
+             arlrr_judge_rate_limit_wait_seconds_total {}",
+            j.rate_limit_wait_nanos as f64 / 1e9
+        );
+        for (name, help, value) in [
+            (
+                "arlrr_judge_rate_limit_requests_per_minute",
+                "The HTTP judge's max_requests_per_minute; 0 = no limit.",
+                j.rate_limit_requests_per_minute,
+            ),
+            (
+                "arlrr_judge_rate_limit_tokens_per_minute",
+                "The HTTP judge's max_tokens_per_minute; 0 = no limit.",
+                j.rate_limit_tokens_per_minute,
+            ),
+        ] {
+            let _ = writeln!(
+                w,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
         let _ = writeln!(w, "# HELP arlrr_judge_cache_hit_rate Share of verdicts answered from the cache since start.");
