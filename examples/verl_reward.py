@@ -130,8 +130,15 @@ def to_verl(answer):
         raise _Retry("grading failed: %s" % c["error"])
     classes = c.get("classes") or {}
     names = answer.get("classes") or sorted(classes)
-    if answer.get("objective") == "gdpo" and c.get("reward") is None and any(_number(v) for v in classes.values()):
-        # an older service answers a one-completion gdpo item with a null reward instead of a 400
+    if (
+        answer.get("objective") == "gdpo"
+        and c.get("reward") is None
+        and "group_size" not in c
+        and any(_number(v) for v in classes.values())
+    ):
+        # a service that does not collect groups on /v1/rewards answers a one-completion gdpo
+        # item with a null reward (newer ones refuse it with a 400 naming --group-size); with
+        # --group-size, a group that closed with one member is null: no signal, 0.0 below
         raise ArlrrRewardError(
             "the service's gdpo got one completion of a prompt and no group: start it with "
             "--group-size <actor_rollout_ref.rollout.n>, or use verl's own algorithm.adv_estimator=gdpo"

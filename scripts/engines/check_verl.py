@@ -547,7 +547,7 @@ def main():
         whole.stop()
     try:
         grouped = Service(arlrr, work, ["--data", data, "--judge", judge, "--objective", "gdpo",
-                                        "--group-size", str(args.n), "--group-window-secs", "60"], "gdpo-grouped")
+                                        "--group-size", str(args.n), "--group-window-secs", "5"], "gdpo-grouped")
     except SystemExit as e:
         skip("service gdpo --group-size: %s" % e)
         grouped = None
@@ -561,6 +561,24 @@ def main():
             exp = [expect[(r[0], r[2])] for r in rows]
             check("service gdpo --group-size %d through verl's loop (async) = one request per group (%.1f s)"
                   % (args.n, time.time() - t0), all(close(g, e) for g, e in zip(got, exp)), "got %s want %s" % (got[:4], exp[:4]))
+            # the sync function runs in the worker's thread pool (min(32, cpus + 4) threads): with
+            # more responses in flight than threads, first members of groups hold every thread
+            cfg = verl_config(overrides(grouped.url, "compute_score", "naive", tok_dir, ["reward.num_workers=1"]))
+            t0 = time.time()
+            try:
+                out = compute_rm_score(cfg, data_proto, n_workers=1)
+            except Exception as e:
+                note("the same with the sync compute_score, 1 reward worker, %d threads, %d responses: after %.1f s "
+                     "(--group-window-secs 5) %s: %s" % (min(32, (os.cpu_count() or 1) + 4), len(rows),
+                     time.time() - t0, type(e).__name__, str(e)[:160]))
+                raise StopIteration
+            got = [float(x) for x in out.non_tensor_batch["score"]]
+            note("the same with the sync compute_score, 1 reward worker, %d threads, %d responses: %.1f s "
+                 "(--group-window-secs 5), %s" % (min(32, (os.cpu_count() or 1) + 4), len(rows), time.time() - t0,
+                 "equal" if all(close(g, e) for g, e in zip(got, exp)) else
+                 "NOT equal: groups were normalized partially when their window expired"))
+        except StopIteration:
+            pass
         except Exception as e:
             skip("service gdpo --group-size: this service does not collect groups on /v1/rewards: %s: %s"
                  % (type(e).__name__, str(e)[:200]))
