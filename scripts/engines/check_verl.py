@@ -163,6 +163,10 @@ def byte_tokenizer(path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     fast.save_pretrained(path)
     return fast
 
@@ -337,25 +341,49 @@ def main():
     data = os.path.join(work, "data", "train.jsonl")
     judge = os.path.join(ROOT, "configs", "judges", "rules.toml")
     examples = {}
-    with open(data) as f:
-        for line in f:
-            e = json.loads(line)
-            examples[e["prompt_id"]] = e
+    for path in (data, os.path.join(work, "data", "validation.jsonl")):
+        with open(path) as f:
+            for line in f:
+                e = json.loads(line)
+                examples[e["prompt_id"]] = e
     tok_dir = os.path.join(work, "tokenizer")
     tokenizer = byte_tokenizer(tok_dir)
 
     # 3 prompts x n responses; builtin-train-0004 has no instruction_following criterion (no signal)
+    # the rows as verl's own RLHFDataset reads them from the parquet scripts/engines/verl/to_parquet.py
+    # writes (reward_model.ground_truth = prompt id, extra_info.split)
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    to_parquet = os.path.join(ROOT, "scripts", "engines", "verl", "to_parquet.py")
+    val_data = os.path.join(work, "data", "validation.jsonl")
+    served = os.path.join(work, "served.jsonl")  # the service knows the validation prompts too
+    with open(served, "w") as f:
+        for path in (data, val_data):
+            with open(path) as g:
+                f.write(g.read())
+    datasets = {}
+    for name, path, split in (("train", data, "train"), ("val", val_data, "test")):
+        pq = os.path.join(work, name + ".parquet")
+        subprocess.run([sys.executable, to_parquet, path, pq, "--split", split], check=True, capture_output=True)
+        datasets[name] = RLHFDataset([pq], tokenizer, verl_config(["actor_rollout_ref.model.path=" + tok_dir]).data)
+
+    def dataset_rows(ds, picks, tag):
+        out = []
+        for k, idx in enumerate(picks):
+            item = ds[idx]
+            pid = item["reward_model"]["ground_truth"]
+            ex = examples[pid]
+            ideal = ex["ideal_completions_data"]["ideal_completion"]
+            texts = [ideal, "I am not sure. Maybe start antibiotics right away.",
+                     ideal + " Do you have any other symptoms? Take 2 tablets.", "See a doctor."]
+            for t in (texts * (args.n // 4 + 1))[: args.n]:
+                out.append((pid, item["raw_prompt"][-1]["content"], t, "%s-uid-%d" % (tag, k), item["extra_info"]))
+        return out
+
+    # builtin-train-0004 has no instruction_following criterion: no signal for that class
     ids = ["builtin-train-0000", "builtin-train-0004", "builtin-train-0005"]
-    rows, pairs = [], []
-    for k, pid in enumerate(ids):
-        ex = examples[pid]
-        ideal = ex["ideal_completions_data"]["ideal_completion"]
-        texts = [ideal, "I am not sure. Maybe start antibiotics right away.",
-                 ideal + " Do you have any other symptoms? Take 2 tablets.", "See a doctor."]
-        texts = (texts * (args.n // 4 + 1))[: args.n]
-        for t in texts:
-            rows.append((pid, ex["prompt"][0]["content"], t, "uid-%d" % k, {"split": "train", "index": k}))
-            pairs.append((pid, t))
+    rows = dataset_rows(datasets["train"], [int(i.rsplit("-", 1)[1]) for i in ids], "train")
+    assert [r[0] for r in rows[:: args.n]] == ids, [r[0] for r in rows]
     rows = rows[1::2] + rows[0::2]  # verl's balance_batch reorders; groups need not be adjacent
     pairs = [(r[0], r[2]) for r in rows]
     want, grade_cmd = grade_scores(arlrr, data, judge, pairs, work)
@@ -368,7 +396,7 @@ def main():
     data_proto = make_batch(tokenizer, rows)
     per_step = len(rows)
 
-    svc = Service(arlrr, work, ["--data", data, "--judge", judge, "--objective", "scalarized",
+    svc = Service(arlrr, work, ["--data", served, "--judge", judge, "--objective", "scalarized",
                                 "--completions-per-step", str(per_step), "--phase-steps", "1000"], "scalarized")
     try:
         # 1. naive, sync and async
@@ -401,12 +429,14 @@ def main():
               step == 2, "step %s" % step)
 
         # 4. validation rows are not counted
-        val_rows = [(r[0], r[1], r[2], r[3], {"split": "test", "index": 0}) for r in rows]
+        val_rows = dataset_rows(datasets["val"], [0, 1, 2], "val")
+        val_want, _ = grade_scores(arlrr, served, judge, [(r[0], r[2]) for r in val_rows], work)
         cfg = verl_config(overrides(svc.url, "compute_score_async", "naive", tok_dir))
         out = compute_rm_score(cfg, make_batch(tokenizer, val_rows))
         step2 = svc.get("/v1/schedule")["step"]
-        check("validation batch (extra_info.split=test) graded, not counted", step2 == step and
-              all(close(float(out.non_tensor_batch["overall"][i]), want[i]["overall"]) for i in range(len(rows))),
+        check("validation batch (%d rows of the validation parquet, extra_info.split=test) graded = arlrr grade, "
+              "not counted" % len(val_rows), step2 == step and
+              all(close(float(out.non_tensor_batch["overall"][i]), w["overall"]) for i, w in enumerate(val_want)),
               "step stays %s" % step2)
 
         # 2. verl's GDPO
