@@ -74,7 +74,8 @@ class ArlrrRewardError(RuntimeError):
 
 
 def _log(msg):
-    print(f"[arlrr reward_func] {msg}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"[arlrr reward_func] {msg}\n")  # one write: calls run in many threads
+    sys.stderr.flush()
 
 
 def _widen_loop_pool():
@@ -103,8 +104,11 @@ def _widen_this_pool():
     if REWARD_THREADS <= 0 or _POOL_WIDENED or _checked.is_set():
         return
     _checked.set()
+    thread = threading.current_thread()
+    if not thread.name.startswith("asyncio"):  # not asyncio's default pool (asyncio_0, ...)
+        return
     try:
-        ref = getattr(threading.current_thread(), "_args", (None,))[0]
+        ref = getattr(thread, "_args", (None,))[0]
         pool = ref() if isinstance(ref, weakref.ref) else None
         if isinstance(pool, ThreadPoolExecutor) and pool._max_workers < REWARD_THREADS:
             _log(f"widening the calling pool from {pool._max_workers} to {REWARD_THREADS} threads")
