@@ -226,6 +226,8 @@ def main():
     args = p.parse_args()
     with open(args.cases) as f:
         cases = json.load(f)
+    if len({c["prompt"] for c in cases}) != len(cases):
+        sys.exit("every case needs a prompt text of its own (the engine sees only the prompt)")
     if args.load == "outside":
         if args.engine != "replay":
             sys.exit("--load outside is for --engine replay")
