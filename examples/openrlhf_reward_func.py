@@ -17,7 +17,9 @@ one group:
         --data.input_key prompt --data.label_key prompt_id --data.apply_chat_template
 
 (0.9.1 to 0.10.1 name the flags `--remote_rm_url`, `--n_samples_per_prompt`,
-`--advantage_estimator`, `--input_key`, `--label_key`, `--apply_chat_template`.)
+`--advantage_estimator`, `--input_key`, `--label_key`, `--apply_chat_template`. 0.8.3 to 0.9.0
+call the function with a micro batch, as a Ray task, and read the same answer; older versions
+want a bare tensor of rewards.)
 
 What this file adds to the plain URL:
 - Retries. OpenRLHF retries neither a `.py` function nor its errors: a call that raises leaves
