@@ -17,6 +17,10 @@ these:
         --reward.remote_url http://127.0.0.1:8000/openrlhf/reward \
         --data.input_key prompt --data.label_key prompt_id --data.apply_chat_template
 
+On this URL path OpenRLHF tries each request 5 times, 1 s apart (a 4xx too), and cannot mark
+evaluation rollouts, which then count toward `--completions-per-step`; `openrlhf_reward_func.py`
+(`--reward.remote_url` set to the file) retries with backoff and marks them.
+
 Usage: python3 openrlhf_reward.py PROMPT_ID PROMPT_TEXT COMPLETION... prints the rewards.
 Environment: ARLRR_URL (default http://127.0.0.1:8000), ARLRR_TOKEN (bearer token, optional).
 """
