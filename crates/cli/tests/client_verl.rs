@@ -437,7 +437,6 @@ async fn a_one_completion_gdpo_call_without_group_size_is_an_error_not_a_zero() 
 /// concurrent async calls (as verl's reward loop makes them) get the rewards that one request
 /// with the whole group gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs --group-size collection on /v1/rewards (in progress on main)"]
 async fn service_gdpo_with_group_size_equals_one_request_with_the_whole_group() {
     let dir = tempfile::tempdir().unwrap();
     let t = task(dir.path());

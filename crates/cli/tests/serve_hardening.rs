@@ -581,6 +581,33 @@ async fn native_gdpo_collects_a_group_split_across_requests() {
     }
     let status = get(&client, &format!("{}/v1/schedule", serve.url)).await;
     assert_eq!(status["step"], json!(1), "{status}");
+
+    // evaluation traffic is never held for a group (nor refused): answered at once, not counted
+    let started = std::time::Instant::now();
+    let r = client
+        .post(&url)
+        .header("x-arlrr-eval", "1")
+        .json(&body(&cs[..1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r: Value = r.json().await.unwrap();
+    let c = &r["items"][0]["completions"][0];
+    assert_eq!(
+        (&c["group_size"], &c["reward"]),
+        (&json!(1), &Value::Null),
+        "{r}"
+    );
+    assert!(c["classes"].is_object(), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the evaluation completion waited for a training group"
+    );
+    let waiting = metric(&client, &serve.url, "arlrr_gdpo_waiting_completions").await;
+    assert_eq!(waiting, 0.0);
+    let status = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(status["step"], json!(1), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -874,4 +901,63 @@ async fn validation_scores_out_of_range_are_refused() {
     )
     .await;
     assert_eq!(s, 200, "{r}");
+}
+
+/// OpenRLHF's URL mode sends no headers, so an `eval:` label prefix marks its evaluation
+/// completions: graded and answered as any other, never counted, never held for a GDPO group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openrlhf_eval_labels_are_answered_but_never_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let Task {
+        train,
+        judge,
+        examples,
+    } = task(dir.path());
+    let client = reqwest::Client::new();
+    let ex = &examples[3];
+    let cs = completions(ex);
+    let state = dir.path().join("state");
+    let serve = Serve::start(
+        dir.path(),
+        &serve_args(
+            &train,
+            &judge,
+            &state,
+            &[
+                "--objective",
+                "gdpo",
+                "--group-size",
+                "4",
+                "--completions-per-step",
+                "1",
+            ],
+        ),
+        &[],
+    );
+    let url = format!("{}/openrlhf/reward", serve.url);
+    let mut body = openrlhf_body(ex, &cs[..1]);
+    let id = ex["prompt_id"].as_str().unwrap();
+    body["labels"] = json!([format!("eval:{id}")]);
+    let (s, r) = post(&client, &url, &body).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["extra_logs"]["arlrr/group_size"], json!([1.0]), "{r}");
+    let status = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(
+        status["step"],
+        json!(0),
+        "evaluation moved the schedule: {status}"
+    );
+
+    // a batch mixing evaluation and training is refused, naming the first training label
+    let mut mixed = openrlhf_body(ex, &cs[..2]);
+    mixed["labels"] = json!([format!("eval:{id}"), id]);
+    let (s, e) = post(&client, &url, &mixed).await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["error"]["field"], json!("labels[1]"), "{e}");
+
+    // the same completion as training traffic counts
+    let (s, r) = post(&client, &url, &openrlhf_body(ex, &cs)).await;
+    assert_eq!(s, 200, "{r}");
+    let status = get(&client, &format!("{}/v1/schedule", serve.url)).await;
+    assert_eq!(status["step"], json!(4), "{status}");
 }

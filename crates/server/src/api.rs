@@ -234,6 +234,10 @@ fn state_not_saved(what: &str, cause: &str) -> ApiError {
 /// answered as any other, but never counted toward training steps.
 pub const EVAL_HEADER: &str = "x-arlrr-eval";
 
+/// Label prefix that marks an OpenRLHF completion as evaluation traffic (`eval:<example id>`),
+/// for its URL mode, which sends no headers; the id after it is matched as usual.
+pub const EVAL_LABEL_PREFIX: &str = "eval:";
+
 /// Whether a request carries [`EVAL_HEADER`] set to `1`, `true` or `yes`.
 fn eval_traffic(headers: &HeaderMap) -> bool {
     headers
@@ -365,11 +369,36 @@ pub async fn openrlhf_reward(
             ));
         }
     }
+    // OpenRLHF's URL mode sends no headers: an `eval:` label prefix marks evaluation traffic
+    let eval_labels: Vec<bool> = (0..n)
+        .map(|i| {
+            req.labels.as_ref().is_some_and(|l| {
+                l[i].as_str()
+                    .is_some_and(|s| s.starts_with(EVAL_LABEL_PREFIX))
+            })
+        })
+        .collect();
+    if eval_labels.iter().any(|&e| e) && !eval_labels.iter().all(|&e| e) {
+        let i = eval_labels.iter().position(|&e| !e).expect("some are not");
+        return Err(ApiError::bad_request(
+            format!("labels[{i}]"),
+            format!(
+                "the request mixes evaluation (`{EVAL_LABEL_PREFIX}` labels) and training \
+                 completions; send them apart"
+            ),
+        ));
+    }
+    let eval = eval_traffic(&headers) || eval_labels.first() == Some(&true);
     let mut errors = Vec::new();
     let mut matched: Vec<(usize, &str)> = Vec::with_capacity(n);
     for i in 0..n {
         let label = req.labels.as_ref().map(|l| &l[i]);
-        let id = label.and_then(id_of);
+        let id = label
+            .and_then(id_of)
+            .map(|id| match id.strip_prefix(EVAL_LABEL_PREFIX) {
+                Some(rest) => rest.to_string(),
+                None => id,
+            });
         if let Some(l) = label.filter(|l| !l.is_null() && id.is_none()) {
             errors.push(ItemError {
                 index: i,
@@ -420,8 +449,10 @@ pub async fn openrlhf_reward(
     let examples: Vec<usize> = matched.iter().map(|m| m.0).collect();
     let groups = group_by(&examples);
     let gdpo = service.objective == Objective::Gdpo;
-    let collect = gdpo && service.groups.enabled();
-    if gdpo && !collect {
+    // evaluation traffic is never held for a training group: its prompts' completions are
+    // normalized within the request, and a lone one is answered without a GDPO reward
+    let collect = gdpo && service.groups.enabled() && !eval;
+    if gdpo && !collect && !eval {
         if let Some(lone) = groups.iter().find(|g| g.len() < 2) {
             return Err(lone_gdpo_completion(
                 "query".into(),
@@ -508,7 +539,7 @@ pub async fn openrlhf_reward(
     if gdpo {
         logs.insert("arlrr/group_size".into(), json!(group_size));
     }
-    if !eval_traffic(&headers) {
+    if !eval {
         count(&service, n)?;
     }
     Ok(Json(json!({
@@ -625,8 +656,11 @@ pub async fn native_rewards(
         ));
     }
     let gdpo = service.objective == Objective::Gdpo;
-    let collect = gdpo && service.groups.enabled();
-    if gdpo && !collect {
+    // evaluation traffic is never held for a training group: its prompts' completions are
+    // normalized within the request, and a lone one is answered without a GDPO reward
+    let eval = eval_traffic(&headers);
+    let collect = gdpo && service.groups.enabled() && !eval;
+    if gdpo && !collect && !eval {
         if let Some(i) = items.iter().position(|it| it.completions.len() == 1) {
             return Err(lone_gdpo_completion(
                 format!("items[{i}].completions"),
@@ -719,7 +753,7 @@ pub async fn native_rewards(
         .collect();
     // only graded completions are training data: a judge outage must not move the schedule
     let graded_ok = graded.iter().flatten().filter(|g| g.is_ok()).count();
-    if !eval_traffic(&headers) {
+    if !eval {
         count(&service, graded_ok)?;
     }
     let graded_classes: Vec<&String> = match only {
