@@ -237,7 +237,8 @@ class FailingJudge(http.server.BaseHTTPRequestHandler):
 
 def serve(a, work, name, extra, judge):
     state = os.path.join(work, name, "state")
-    os.makedirs(os.path.dirname(state), exist_ok=True)
+    shutil.rmtree(os.path.dirname(state), ignore_errors=True)  # no verdicts cached by a former run
+    os.makedirs(os.path.dirname(state))
     log = open(os.path.join(work, name, "serve.log"), "w")
     p = subprocess.Popen(
         [a.arlrr, "serve", "--data", a.data, "--judge", judge, "--state-dir", state,
