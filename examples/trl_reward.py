@@ -53,7 +53,9 @@ that step, so a phase change never splits a batch between two classes. `ArlrrSte
 also reports each step as it ends, so the service's step equals the trainer's (without it, it
 lags one step behind until the next generation). Evaluation calls (TRL calls reward functions
 in `evaluate()` too; the trainer's model is then not in training mode) are sent with
-`x-arlrr-eval: 1`, never counted, and report no step.
+`x-arlrr-eval: 1`, never counted, and report no step. Reported steps and
+`--completions-per-step` do not mix (both would move the schedule): with TRL's `trainer_state`
+serve without it, or set ARLRR_REPORT_STEPS=0 to count on the service instead.
 
 AsyncGRPO (`trl.experimental.async_grpo`) calls reward functions once per group, in a spawned
 process, with the dataset columns only: no `trainer_state`, no `log_metric`, and sums the
@@ -64,7 +66,7 @@ runs in the trainer's process; or, without the callback, count steps on the serv
 rollouts discarded as stale were graded and counted).
 
 Environment: ARLRR_URL (default http://127.0.0.1:8000), ARLRR_TOKEN (bearer token, optional),
-ARLRR_RETRIES (3), ARLRR_BACKOFF_SECS (1.0, doubled per try up to 30), ARLRR_STEP_WAIT_SECS
+ARLRR_RETRIES (3), ARLRR_REPORT_STEPS (1; 0 = never report), ARLRR_BACKOFF_SECS (1.0, doubled per try up to 30), ARLRR_STEP_WAIT_SECS
 (60), ARLRR_NO_SIGNAL (`0` or `none`), ARLRR_EVAL=1 (every call is evaluation traffic).
 """
 import hashlib
@@ -231,8 +233,10 @@ def _grade(prompts, completions, prompt_id=None, trainer_state=None, **kwargs):
     texts = [_text(c) for c in completions]
     ids = list(prompt_id) if prompt_id is not None else None
     evaluation = _is_eval(kwargs)
-    content = json.dumps([ids, None if ids else prompts, texts, evaluation], default=str)
-    # the same list object is handed to every reward function of one batch
+    step = getattr(trainer_state, "global_step", None)
+    content = json.dumps([ids, None if ids else prompts, texts, evaluation, step], default=str)
+    # the same list object is handed to every reward function of one batch (and the step is in
+    # the content: a new batch may land at a freed list's address with the same texts)
     key = (id(completions), hashlib.sha256(content.encode()).hexdigest())
     with _lock:
         pending = _answers.get(key)
@@ -260,7 +264,8 @@ def _grade(prompts, completions, prompt_id=None, trainer_state=None, **kwargs):
 
 def _fetch(prompts, texts, ids, trainer_state, evaluation, kwargs):
     step = getattr(trainer_state, "global_step", None)
-    if step is not None and not evaluation:
+    reporting = os.environ.get("ARLRR_REPORT_STEPS", "1") != "0"
+    if step is not None and not evaluation and reporting:
         _sync_step(int(step), _is_main(kwargs))
     everyone = list(range(len(texts)))
     answer, got = _post_rewards(prompts, texts, ids, everyone, evaluation)
