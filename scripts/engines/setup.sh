@@ -26,7 +26,7 @@ make_venv() {
 # The versions the docs' results were measured with.
 case "$want" in
     trl|all) make_venv trl "trl==1.16.0" "accelerate==1.16.0" "torch==2.15.0" ;;&
-    verl|all) make_venv verl "verl==0.9.1" ;;
+    verl|all) make_venv verl "verl[verl-core]==0.9.1" "torch==2.15.0" ;;
     trl) ;;
     *) echo "usage: $0 [trl|verl|all]" >&2; exit 2 ;;
 esac
