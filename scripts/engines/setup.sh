@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the RL engines' own code from PyPI into virtual environments outside the
-# repository, for scripts/engines/check_*.py (see docs/service.md, "Checked against the
-# engines"). CPU only; torch comes from PyPI. Usage: scripts/engines/setup.sh [trl|verl|all]
+# repository, for scripts/engines/check_*.py (see docs/service.md,
+# "Engines"). CPU only; torch comes from PyPI. Usage: scripts/engines/setup.sh [trl|verl|openrlhf|all]
 set -euo pipefail
 ROOT="${ARLRR_ENGINES_DIR:-$HOME/.cache/arlrr/engines}"
 PY="${PYTHON:-python3}"
@@ -26,7 +26,11 @@ make_venv() {
 # The versions the docs' results were measured with.
 case "$want" in
     trl|all) make_venv trl "trl==1.16.0" "accelerate==1.16.0" "torch==2.15.0" ;;&
-    verl|all) make_venv verl "verl[verl-core]==0.9.1" "torch==2.15.0" ;;
-    trl) ;;
-    *) echo "usage: $0 [trl|verl|all]" >&2; exit 2 ;;
+    verl|all) make_venv verl "verl[verl-core]==0.9.1" "torch==2.15.0" ;;&
+    # openrlhf pins flash-attn (built against CUDA) and deepspeed, which do not install on a
+    # CPU machine; its reward path (SingleTurnAgentExecutor) needs only aiohttp
+    openrlhf|all) make_venv openrlhf "aiohttp==3.14.5" \
+        && "$ROOT/openrlhf/bin/pip" install --quiet --no-deps "openrlhf==0.11.2" ;;
+    trl|verl) ;;
+    *) echo "usage: $0 [trl|verl|openrlhf|all]" >&2; exit 2 ;;
 esac
