@@ -33,22 +33,31 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| at(dir, "cannot create folder", e))
 }
 
-/// Replaces `path` with `bytes`: a temporary file in the same folder is written and synced,
-/// renamed over `path`, and the folder is synced so the rename itself survives a crash.
+/// Replaces `path` with `bytes`: a temporary file of a unique name in the same folder is
+/// written and synced, renamed over `path`, and the folder is synced so the rename itself
+/// survives a crash. A failed write removes its temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = folder(path);
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!("{name}.tmp"));
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(at(path, "cannot write", e));
+    let name = path.file_name().unwrap_or_default();
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut temp = tempfile::Builder::new();
+    temp.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        // the permissions a plain `File::create` gives (0666 less the umask), not tempfile's 0600
+        use std::os::unix::fs::PermissionsExt;
+        temp.permissions(std::fs::Permissions::from_mode(0o666));
     }
+    let write = || -> io::Result<()> {
+        let mut tmp = temp.tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        // on failure the temporary file is handed back and removed when dropped
+        tmp.persist(path).map(drop).map_err(|e| e.error)
+    };
+    write().map_err(|e| at(path, "cannot write", e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| at(dir, "cannot sync folder", e))
@@ -164,6 +173,16 @@ mod tests {
         step: u64,
     }
 
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn write_atomic_replaces_the_whole_file_and_leaves_no_temporary() {
         let dir = tempfile::tempdir().unwrap();
@@ -171,11 +190,38 @@ mod tests {
         write_atomic(&p, b"old").unwrap();
         write_atomic(&p, b"new content").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new content");
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        assert_eq!(names(dir.path()), ["state.json"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_files_get_the_usual_permissions_not_private_ones() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (p, q) = (dir.path().join("a.md"), dir.path().join("b.md"));
+        write_atomic(&p, b"x").unwrap();
+        File::create(&q).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), mode(&q));
+    }
+
+    #[test]
+    fn two_writers_of_one_file_never_share_a_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(p, &[t; 4096]).unwrap();
+                    }
+                });
+            }
+        });
+        let back = std::fs::read(&p).unwrap();
+        assert!(back.len() == 4096 && back.iter().all(|&b| b == back[0]), "a mixed file");
+        assert_eq!(names(dir.path()), ["state.json"]);
     }
 
     #[test]
@@ -189,7 +235,7 @@ mod tests {
         let err = write_atomic(&blocked, b"new").unwrap_err();
         assert!(err.to_string().contains("blocked"), "{err}");
         assert!(blocked.join("inside").is_dir());
-        assert!(!dir.path().join("blocked.tmp").exists());
+        assert_eq!(names(dir.path()), ["blocked", "out.md"], "a temporary file was left");
         let missing = dir.path().join("no-such-folder").join("x.md");
         let err = write_atomic(&missing, b"new").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
