@@ -220,7 +220,10 @@ mod tests {
             }
         });
         let back = std::fs::read(&p).unwrap();
-        assert!(back.len() == 4096 && back.iter().all(|&b| b == back[0]), "a mixed file");
+        assert!(
+            back.len() == 4096 && back.iter().all(|&b| b == back[0]),
+            "a mixed file"
+        );
         assert_eq!(names(dir.path()), ["state.json"]);
     }
 
@@ -235,7 +238,11 @@ mod tests {
         let err = write_atomic(&blocked, b"new").unwrap_err();
         assert!(err.to_string().contains("blocked"), "{err}");
         assert!(blocked.join("inside").is_dir());
-        assert_eq!(names(dir.path()), ["blocked", "out.md"], "a temporary file was left");
+        assert_eq!(
+            names(dir.path()),
+            ["blocked", "out.md"],
+            "a temporary file was left"
+        );
         let missing = dir.path().join("no-such-folder").join("x.md");
         let err = write_atomic(&missing, b"new").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
