@@ -1,19 +1,12 @@
 //! `arlrr bench grpo` on the categorical config: it runs and prints every figure; bad
 //! arguments are one-line errors. Timings are printed, never asserted.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn arlrr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{configs, run_arlrr};
 
 fn categorical() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs/builtin-categorical.toml")
+    configs()
+        .join("builtin-categorical.toml")
         .display()
         .to_string()
 }
@@ -22,7 +15,7 @@ fn categorical() -> String {
 fn the_grpo_bench_prints_and_writes_every_figure() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("figures.json");
-    let out = arlrr(&[
+    let out = run_arlrr(&[
         "bench",
         "grpo",
         "--config",
@@ -92,7 +85,7 @@ fn bad_steps_and_missing_configs_are_one_line_errors() {
         (vec!["--config", "no/such/bench.toml"], "no/such/bench.toml"),
     ];
     for (args, needle) in cases {
-        let out = arlrr(&[&["bench", "grpo"][..], &args].concat());
+        let out = run_arlrr(&[&["bench", "grpo"][..], &args].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");

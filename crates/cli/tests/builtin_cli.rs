@@ -4,26 +4,16 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
-fn configs() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+mod common;
+use common::{arlrr, configs, ok, read_jsonl as lines};
 
 #[test]
 fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let train = |run: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        let out = arlrr()
             .args([
                 "train",
                 "--quiet",
@@ -37,12 +27,7 @@ fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
             .env("ARLRR_CACHE", &cache)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stderr).to_string()
+        ok(&out)
     };
     let first = train(&dir.path().join("a"));
     assert!(first.contains("warm start (built)"), "{first}");
@@ -59,7 +44,7 @@ fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
     ] {
         assert!(warm[0].join(f).exists(), "{f} missing from the warm start");
     }
-    assert_eq!(lines(&warm[0].join("sft.jsonl")).len(), 3);
+    assert_eq!(lines(warm[0].join("sft.jsonl")).len(), 3);
     // the second run reuses it
     let run = dir.path().join("b");
     let second = train(&run);
@@ -75,7 +60,7 @@ fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let tests = lines(&run.join("test.jsonl"));
+    let tests = lines(run.join("test.jsonl"));
     assert_eq!(tests.len(), 2);
     assert_eq!(tests[0]["step"], 0);
     assert_eq!(tests[1]["step"], 2);
@@ -84,18 +69,14 @@ fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
     assert!(report.contains("## Test split"), "{report}");
     assert!(report.contains("**Test score: "), "{report}");
     // the trained policy loads as a plain model for `arlrr eval`
-    let eval = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+    let eval = arlrr()
         .args(["eval", "--samples", "1", "--model"])
         .arg(&run)
         .arg("--data")
         .arg(run.join("data/validation.jsonl"))
         .output()
         .unwrap();
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
+    ok(&eval);
     assert!(String::from_utf8_lossy(&eval.stdout).contains("overall"));
 }
 
@@ -103,7 +84,7 @@ fn default_train_builds_the_warm_start_once_and_reports_the_test_split() {
 fn categorical_builtin_runs_end_to_end_and_improves() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+    let out = arlrr()
         .args([
             "train",
             "--quiet",
@@ -114,11 +95,7 @@ fn categorical_builtin_runs_end_to_end_and_improves() {
         .arg(configs().join("builtin-categorical.toml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     for f in [
         "data/train.jsonl",
         "data/validation.jsonl",
@@ -132,7 +109,7 @@ fn categorical_builtin_runs_end_to_end_and_improves() {
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let evals = lines(&run.join("eval.jsonl"));
+    let evals = lines(run.join("eval.jsonl"));
     let first = evals.first().unwrap()["overall"]["score"].as_f64().unwrap();
     let last = evals.last().unwrap()["overall"]["score"].as_f64().unwrap();
     assert!(last - first >= 0.10, "validation {first:.3} -> {last:.3}");
@@ -146,7 +123,7 @@ fn categorical_builtin_runs_end_to_end_and_improves() {
         );
     }
     // the built-in data is valid native format
-    let stats = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+    let stats = arlrr()
         .args(["data", "stats", "--json"])
         .arg(run.join("data/test.jsonl"))
         .output()
@@ -160,7 +137,7 @@ fn categorical_builtin_runs_end_to_end_and_improves() {
 fn compare_writes_every_section_with_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cmp");
-    let res = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+    let res = arlrr()
         .args([
             "compare",
             "--seeds",
@@ -174,11 +151,7 @@ fn compare_writes_every_section_with_numbers() {
         ])
         .output()
         .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    ok(&res);
     let report = std::fs::read_to_string(out.join("compare.md")).unwrap();
     for section in [
         "**Verdict:**",

@@ -17,11 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{chatml, completions, get, openrlhf_body, post, serve_args, task, user_text, Serve};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{
+    assert_close, chatml, completions, fake_judge, floats, get, openrlhf_body, post, repo,
+    serve_args, task, user_text, Serve,
+};
 
 fn reward_func() -> PathBuf {
     repo().join("examples/openrlhf_reward_func.py")
@@ -260,27 +259,11 @@ async fn without_the_wide_pool_the_bounded_pool_starves_gdpo_groups() {
 
 /// A judge that answers HTTP 500 while `down` is set and a verdict otherwise; counts requests.
 async fn flaky_judge(down: Arc<AtomicBool>, calls: Arc<AtomicUsize>) -> String {
-    use axum::response::IntoResponse;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move || {
-            let (down, calls) = (down.clone(), calls.clone());
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                if down.load(Ordering::SeqCst) {
-                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response()
-                } else {
-                    axum::Json(json!({"choices": [{"message": {"content":
-                        "{\"explanation\": \"fine\", \"criteria_met\": true}"}}]}))
-                    .into_response()
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    fake_judge(move |_| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        down.load(Ordering::SeqCst)
+    })
+    .await
 }
 
 /// `openrlhf_reward_func.py ID PROMPT COMPLETION...` (one call per completion, all at once).
@@ -395,17 +378,8 @@ async fn the_reward_func_retries_a_judge_outage_and_never_makes_up_a_reward() {
     )
     .await;
     assert_eq!(s, 200, "{batch}");
-    let want: Vec<f64> = batch["rewards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
     assert_eq!(got.len(), 4);
-    assert!(
-        got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-9),
-        "{got:?} vs {want:?}"
-    );
+    assert_close(&got, &floats(&batch["rewards"]));
     // the outage counted nothing: one step for the retried group, one for the batch
     assert_eq!(step(&client, &serve).await, 2);
 

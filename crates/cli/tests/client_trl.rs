@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::{completions, get, metric, post, serve_args, task, Serve, Task};
+use common::{completions, fake_judge, get, metric, ok, post, serve_args, task, Serve, Task};
 
 /// What every snippet starts with: the client, a stand-in for the trainer TRL hands over
 /// (`log_metric` is its bound method; `model.training` is False in `evaluate()`) and `call`,
@@ -65,11 +65,7 @@ fn python(url: &str, code: &str, envs: &[(&str, &str)]) -> std::process::Child {
 /// The JSON a snippet printed.
 fn output(child: std::process::Child) -> Value {
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
     })
@@ -171,27 +167,14 @@ async fn per_class_functions_equal_the_service_classes_at_one_request_per_batch(
 /// A judge that answers HTTP 500 for every grading of a completion holding `FAILME`, and a
 /// verdict otherwise; counts the failed requests.
 async fn judge_failing_on_marker(failed: Arc<AtomicUsize>) -> String {
-    use axum::response::IntoResponse;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body: String| {
-            let failed = failed.clone();
-            async move {
-                if body.contains("FAILME") {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response()
-                } else {
-                    axum::Json(json!({"choices": [{"message": {"content":
-                        "{\"explanation\": \"fine\", \"criteria_met\": true}"}}]}))
-                    .into_response()
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    fake_judge(move |body| {
+        let fail = body.contains("FAILME");
+        if fail {
+            failed.fetch_add(1, Ordering::SeqCst);
+        }
+        fail
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,11 +267,7 @@ async fn steps_come_from_rank_0_once_and_evaluation_is_never_counted() {
     let out = python(&serve.url, &again, &[("RANK", "0")])
         .wait_with_output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert_eq!(reports().await, 3.0);
     assert_eq!(
         get(&client, &format!("{}/v1/schedule", serve.url)).await["step"],

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod common;
-use common::{completions, get, post, serve_args, task, Serve, Task};
+use common::{completions, fake_judge, get, ok, post, serve_args, task, Serve, Task};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -151,11 +151,7 @@ async fn the_verl_dict_is_the_services_answer_sync_async_and_batch() {
         json!(ids)
     );
     let out = python(&serve.url, &code);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = |r: &Value, i: usize| expected(r, &r["items"][0]["completions"][i]);
     assert_eq!(got, json!([c(&ra, 0), c(&rb, 0), c(&ra, 1), c(&rb, 1)]));
@@ -268,48 +264,23 @@ async fn evaluation_rows_are_graded_but_never_counted_as_steps() {
                 v.compute_score('x', 'Rest it.', ID, info)\n"
         .replace("ID", &format!("{id:?}"));
     let out = python(&serve.url, &code);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert_eq!(step(client.clone(), serve.url.clone()).await, 1);
     let code =
         "for i in range(4):\n    v.compute_score('x', 'Rest it %d.' % i, ID, {'split': 'train'})\n"
             .replace("ID", &format!("{id:?}"));
     let out = python(&serve.url, &code);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert_eq!(step(client, serve.url.clone()).await, 2);
 }
 
 /// A judge that answers HTTP 500 while `down` is set and a met verdict otherwise; counts calls.
 async fn flaky_judge(down: Arc<AtomicBool>, calls: Arc<AtomicUsize>) -> String {
-    use axum::response::IntoResponse;
-    use axum::routing::post;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(move || {
-            let (down, calls) = (down.clone(), calls.clone());
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                if down.load(Ordering::SeqCst) {
-                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response()
-                } else {
-                    axum::Json(json!({"choices": [{"message": {"content":
-                        "{\"explanation\": \"fine\", \"criteria_met\": true}"}}]}))
-                    .into_response()
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    fake_judge(move |_| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        down.load(Ordering::SeqCst)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,11 +359,7 @@ async fn a_failed_grading_is_retried_then_raised_never_a_zero() {
     }
     down.store(false, Ordering::SeqCst);
     let out = py.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     let answer = native(
         &client,

@@ -1,19 +1,11 @@
 //! `arlrr data stats` and `arlrr score` on the real HealthBench sample, through the binary.
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn arlrr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .args(args)
-        .output()
-        .expect("run arlrr")
-}
-
-fn sample() -> PathBuf {
-    rubric::assets::healthbench_sample().unwrap_or_else(|e| panic!("{e}"))
-}
+mod common;
+use common::{arlrr, run_arlrr, sample};
 
 fn json_of(out: &Output) -> Value {
     assert!(
@@ -27,7 +19,7 @@ fn json_of(out: &Output) -> Value {
 /// Every figure `data stats` prints, counted here from the raw JSONL with serde_json.
 #[test]
 fn stats_of_the_real_sample() {
-    let s = json_of(&arlrr(&[
+    let s = json_of(&run_arlrr(&[
         "data",
         "stats",
         "--json",
@@ -165,7 +157,7 @@ fn score_agrees_with_an_independent_implementation() {
     let dir = tempfile::tempdir().unwrap();
     let grades = dir.path().join("grades.jsonl");
     random_grades(&sample(), &grades, 2, 0x5eed);
-    let ours = json_of(&arlrr(&[
+    let ours = json_of(&run_arlrr(&[
         "score",
         "--json",
         "--data",
@@ -204,7 +196,7 @@ fn score_agrees_with_an_independent_implementation() {
 fn assert_clean_failure(args: &[&str], out_file: &Path, expect: &str) {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--out", out_file.to_str().unwrap()]);
-    let out = arlrr(&all);
+    let out = run_arlrr(&all);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected failure for {expect}");
     assert!(err.contains(expect), "stderr {err:?} lacks {expect:?}");
@@ -256,7 +248,7 @@ fn bad_input_gives_one_clear_error() {
             &out_file,
             field,
         );
-        let out = arlrr(&["data", "stats", f]);
+        let out = run_arlrr(&["data", "stats", f]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains(field));
     }
@@ -293,7 +285,7 @@ fn bad_input_gives_one_clear_error() {
     }
 
     // and the good pair writes the file
-    let out = arlrr(&[
+    let out = run_arlrr(&[
         "score",
         "--json",
         "--data",
@@ -317,7 +309,7 @@ fn builtin_knobs_through_the_binary() {
         let out = dir.path().join(name);
         let mut args = vec!["data", "builtin", "--out", out.to_str().unwrap()];
         args.extend(extra);
-        (arlrr(&args), out)
+        (run_arlrr(&args), out)
     };
     let (plain, a) = write("a", &[]);
     let (spelled, b) = write("b", &["--conflict", "1", "--shape", "builtin"]);
@@ -355,7 +347,7 @@ fn endless_or_huge_lines_and_devices_are_refused() {
         (huge.as_path(), "huge.jsonl:1: field `(line)`: longer than"),
         (zero, "/dev/zero: field `(file)`: not a regular file"),
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        let mut child = arlrr()
             .args(["data", "stats"])
             .arg(file)
             .stdout(std::process::Stdio::null())

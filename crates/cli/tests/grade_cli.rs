@@ -4,22 +4,11 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-fn arlrr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .args(args)
-        .output()
-        .expect("run arlrr")
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "arlrr failed: {stderr}");
-    stderr
-}
+mod common;
+use common::{ok, read_jsonl, run_arlrr};
 
 /// Three examples in the native format: checkable criteria plus one without a check.
 fn write_data(dir: &Path) -> String {
@@ -105,14 +94,6 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
-fn read_lines(path: &str) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,7 +114,7 @@ fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
     );
     let out = dir.path().join("grades.jsonl");
     let out = out.to_str().unwrap();
-    let stderr = ok(&arlrr(&[
+    let stderr = ok(&run_arlrr(&[
         "grade",
         "--data",
         &data,
@@ -157,7 +138,7 @@ fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
         "cache path is relative to the config"
     );
 
-    let lines = read_lines(out);
+    let lines = read_jsonl(out);
     assert_eq!(lines.len(), 5);
     assert_eq!(lines[0]["met"], json!([true, true, null]));
     assert_eq!(lines[0]["response_id"], "r1");
@@ -172,7 +153,7 @@ fn rule_judge_grades_into_the_score_format_with_nulls_for_failures() {
     assert_eq!(lines[4]["met"], json!([false, true, false, false]));
 
     // `arlrr score` reads what `grade` wrote.
-    let scored = arlrr(&["score", "--data", &data, "--grades", out, "--json"]);
+    let scored = run_arlrr(&["score", "--data", &data, "--grades", out, "--json"]);
     ok(&scored);
     let table: Value = serde_json::from_slice(&scored.stdout).unwrap();
     // By hand from the verdicts above: the two p1 rows hold a null and are left out, never
@@ -236,7 +217,7 @@ fn bad_responses_lines_are_named_and_leave_no_output() {
         ("\n\n{\"prompt_id\":\"p1\",\n", ":3: field `(json)`"),
     ] {
         let responses = write(dir.path(), "bad.jsonl", text);
-        let o = arlrr(&[
+        let o = run_arlrr(&[
             "grade",
             "--data",
             &data,
@@ -262,7 +243,7 @@ fn bad_responses_lines_are_named_and_leave_no_output() {
         "{\"prompt_id\":\"p1\",\"completion\":\"ok\"}\n",
     );
     let judge = write(dir.path(), "bad.toml", "kind = \"http\"\n");
-    let o = arlrr(&[
+    let o = run_arlrr(&[
         "grade",
         "--data",
         &data,
@@ -335,7 +316,7 @@ fn second_run_in_a_new_process_is_served_from_the_cache_with_zero_requests() {
     let first = dir.path().join("first.jsonl");
     let second = dir.path().join("second.jsonl");
     let run = |out: &Path| {
-        ok(&arlrr(&[
+        ok(&run_arlrr(&[
             "grade",
             "--data",
             &data,
@@ -364,8 +345,8 @@ fn second_run_in_a_new_process_is_served_from_the_cache_with_zero_requests() {
         "{s2}"
     );
     let (a, b) = (
-        read_lines(first.to_str().unwrap()),
-        read_lines(second.to_str().unwrap()),
+        read_jsonl(first.to_str().unwrap()),
+        read_jsonl(second.to_str().unwrap()),
     );
     assert_eq!(a[0]["met"], json!([true, true, true]));
     assert_eq!(a[1]["met"], json!([false]));
@@ -396,7 +377,7 @@ fn grade_fails_when_every_verdict_failed_and_strict_on_any() {
         let mut args = vec!["grade", "--data", &data, "--responses", responses];
         args.extend(["--judge", &judge, "--out", out]);
         args.extend(extra);
-        arlrr(&args)
+        run_arlrr(&args)
     };
     // a data file whose criteria have no check at all: every verdict fails
     let unchecked_data = write(
@@ -413,7 +394,7 @@ fn grade_fails_when_every_verdict_failed_and_strict_on_any() {
         "q.jsonl",
         "{\"prompt_id\":\"q1\",\"completion\":\"Hello.\"}\n{\"prompt_id\":\"q1\",\"completion\":\"Hi.\"}\n",
     );
-    let res = arlrr(&[
+    let res = run_arlrr(&[
         "grade",
         "--data",
         &unchecked_data,
@@ -431,7 +412,7 @@ fn grade_fails_when_every_verdict_failed_and_strict_on_any() {
         err.contains("4 not gradable") && err.contains("q.jsonl:1"),
         "{err}"
     );
-    assert_eq!(read_lines(out).len(), 2, "written, all null");
+    assert_eq!(read_jsonl(out).len(), 2, "written, all null");
 
     // partial failures: exit 0 by default, non-zero with --strict
     let partial = run(&only_unchecked, &[]);
@@ -443,5 +424,5 @@ fn grade_fails_when_every_verdict_failed_and_strict_on_any() {
         err.contains("1 of 3 verdicts failed") && err.contains("--strict"),
         "{err}"
     );
-    assert_eq!(read_lines(out)[0]["met"], json!([false, false, null]));
+    assert_eq!(read_jsonl(out)[0]["met"], json!([false, false, null]));
 }

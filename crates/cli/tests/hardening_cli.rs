@@ -3,22 +3,10 @@
 //! right file and field, and `arlrr data split`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 mod common;
-use common::kill_when;
-
-fn arlrr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_arlrr"))
-}
-
-fn configs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
-}
-
-fn sample() -> PathBuf {
-    rubric::assets::healthbench_sample().unwrap_or_else(|e| panic!("{e}"))
-}
+use common::{arlrr, configs, kill_when, sample, spawn_train};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -560,14 +548,7 @@ fn a_run_killed_before_its_first_checkpoint_can_start_over() {
         set(c, "run", "checkpoint_every", 0);
     });
     let run = dir.path().join("run");
-    let mut child = arlrr()
-        .args(["train", "--quiet", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&config, &run);
     let metrics = run.join("metrics.jsonl");
     let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
     kill_when(&mut child, || lines(&metrics) >= 2);

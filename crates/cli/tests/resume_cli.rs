@@ -4,10 +4,9 @@
 //! uninterrupted run ends: metrics, schedule, validation and test figures, weights, moments.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 mod common;
-use common::kill_when;
+use common::{arlrr, kill_when, metrics_without_times, ok, spawn_train};
 
 const STEPS: usize = 8;
 
@@ -34,10 +33,6 @@ fn write_split(path: &Path, n: usize) {
         })
         .collect();
     std::fs::write(path, text).unwrap();
-}
-
-fn arlrr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_arlrr"))
 }
 
 /// A tiny warm-started transformer (well under a second per run), with every
@@ -139,27 +134,11 @@ fn train(config: &Path, out: &Path) {
         .arg(out)
         .output()
         .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    ok(&res);
 }
 
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
-}
-
-fn metrics_without_times(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("time_s");
-            v
-        })
-        .collect()
 }
 
 fn bytes(path: &Path) -> Vec<u8> {
@@ -173,14 +152,7 @@ fn sigkilled_run_resumes_exactly(lora: bool) {
     train(&config, &a); // uninterrupted; also builds the warm start into the cache
 
     // the same run, killed once it has a checkpoint and has moved past it
-    let mut child = arlrr()
-        .args(["train", "--quiet", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&b)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&config, &b);
     let first = b.join("checkpoints/step-00000002/state.json");
     kill_when(&mut child, || {
         first.exists() && lines(&b.join("metrics.jsonl")) >= 3
@@ -195,11 +167,7 @@ fn sigkilled_run_resumes_exactly(lora: bool) {
         .arg(&b)
         .output()
         .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    ok(&res);
 
     let ma = metrics_without_times(&a);
     assert_eq!(ma.len(), STEPS);
@@ -284,11 +252,7 @@ fn a_run_from_a_relative_config_resumes_from_another_directory() {
         .args(["--out", "runs/relative"])
         .output()
         .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    ok(&res);
     let run = project.join("runs/relative");
     let saved: toml::Table =
         toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
@@ -332,11 +296,7 @@ fn a_run_from_a_relative_config_resumes_from_another_directory() {
         .args(["train", "--quiet", "--resume", "../project/runs/relative"])
         .output()
         .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    ok(&res);
     assert_eq!(metrics(), whole);
     assert!(run.join("report.md").exists());
     assert!(

@@ -14,7 +14,10 @@ use std::time::Duration;
 const RULES: &str = "kind = \"rules\"\n";
 
 mod common;
-use common::{chatml, completions, get, metric, post, serve_args, task, user_text, Serve, Task};
+use common::{
+    arlrr, chatml, close, completions, get, metric, ok, post, serve_args, task, user_text, Serve,
+    Task,
+};
 
 fn base_args<'a>(t: &'a Task, state: &'a Path) -> Vec<&'a str> {
     serve_args(&t.train, &t.judge, state, &[])
@@ -38,7 +41,7 @@ fn expected_rewards(dir: &Path, t: &Task, items: &[(&Value, &str)]) -> Vec<Expec
         .collect();
     let (resp, grades) = (dir.join("responses.jsonl"), dir.join("grades.jsonl"));
     std::fs::write(&resp, responses).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+    let out = arlrr()
         .args(["grade", "--data", t.train.to_str().unwrap(), "--judge"])
         .arg(&t.judge)
         .arg("--responses")
@@ -47,11 +50,7 @@ fn expected_rewards(dir: &Path, t: &Task, items: &[(&Value, &str)]) -> Vec<Expec
         .arg(&grades)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     std::fs::read_to_string(&grades)
         .unwrap()
         .lines()
@@ -112,10 +111,6 @@ fn check_extra_logs(answer: &Value, n: usize, active_index: f64) {
     for key in ["rewards", "scores"] {
         assert_eq!(answer[key].as_array().map(Vec::len), Some(n), "{key}");
     }
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-9
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,11 +621,7 @@ async fn a_killed_service_restarts_with_its_cache_and_schedule() {
     drop(serve);
     let mut other = base_args(&t, &state);
     other.extend(["--objective", "gdpo"]);
-    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .arg("serve")
-        .args(&other)
-        .output()
-        .unwrap();
+    let out = arlrr().arg("serve").args(&other).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--state-dir"));
 }

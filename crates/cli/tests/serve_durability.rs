@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    completions, get, metric, openrlhf_body, post, serve_args, serve_refused, task, Serve, Task,
+    assert_close, block, completions, fake_judge, floats, get, metric, names, openrlhf_body, post,
+    serve_args, serve_refused, task, unblock, Serve, Task,
 };
 
 /// The schedule's `(step, phase)`.
@@ -86,9 +87,11 @@ async fn counted_completions_survive_restarts_and_are_refused_when_they_cannot_b
     assert_eq!(rewards(&client, &serve, ex, 1).await.0, 200);
     assert_eq!(step_phase(&client, &serve).await, (2, 3));
 
-    // an unwritable state: the rewards are an error, and nothing is counted
-    let tmp = state.join("schedule_state.json.tmp");
-    std::fs::create_dir(&tmp).unwrap();
+    // an unwritable state (a directory in its place: the new state, written to a temporary file
+    // of its own, cannot be renamed over it): the rewards are an error, and nothing is counted
+    let saved = state.join("schedule_state.json");
+    let files = names(&state);
+    let content = block(&saved);
     for _ in 0..5 {
         let (s, e) = rewards(&client, &serve, ex, 4).await;
         assert_eq!(
@@ -105,7 +108,8 @@ async fn counted_completions_survive_restarts_and_are_refused_when_they_cannot_b
         "{e}"
     );
     assert_eq!(step_phase(&client, &serve).await, (2, 3));
-    std::fs::remove_dir(&tmp).unwrap();
+    assert_eq!(names(&state), files, "a temporary file was left behind");
+    unblock(&saved, &content);
     assert_eq!(rewards(&client, &serve, ex, 4).await.0, 200);
     assert_eq!(step_phase(&client, &serve).await, (3, 4));
     drop(serve);
@@ -169,30 +173,10 @@ async fn sigterm_answers_the_requests_in_flight_before_the_service_exits() {
     assert_eq!(st["step"], 1, "{st}");
 }
 
-/// A judge server that answers every grading request with HTTP 500 while `down` is set, and
-/// with a verdict otherwise; counts the requests.
+/// A judge that answers every grading request with HTTP 500 while `down` is set, and with a
+/// verdict otherwise.
 async fn flaky_judge(down: Arc<AtomicBool>) -> String {
-    use axum::routing::post;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(move || {
-            let down = down.clone();
-            async move {
-                if down.load(Ordering::SeqCst) {
-                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response()
-                } else {
-                    axum::Json(json!({"choices": [{"message": {"content":
-                        "{\"explanation\": \"fine\", \"criteria_met\": true}"}}]}))
-                    .into_response()
-                }
-            }
-        }),
-    );
-    use axum::response::IntoResponse;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    fake_judge(move |_| down.load(Ordering::SeqCst)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,12 +288,7 @@ async fn an_abandoned_gdpo_request_leaves_its_group_and_its_retry_is_one_member(
     // the rewards of the whole group in one request
     let (s, batch) = post(&client, &url, &openrlhf_body(ex, &cs)).await;
     assert_eq!(s, 200, "{batch}");
-    let want: Vec<f64> = batch["rewards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let want = floats(&batch["rewards"]);
 
     let send = |i: usize| {
         let (client, url, b) = (client.clone(), url.clone(), openrlhf_body(ex, &cs[i..=i]));
@@ -342,9 +321,7 @@ async fn an_abandoned_gdpo_request_leaves_its_group_and_its_retry_is_one_member(
         started.elapsed() < Duration::from_secs(10),
         "the group waited for its window"
     );
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
-    }
+    assert_close(&got, &want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 use common::{
-    completions, get, metric, openrlhf_body, post, serve_args, serve_refused, task, user_text,
-    Serve, Task,
+    assert_close, block, completions, floats, get, metric, names, ok, openrlhf_body, post,
+    serve_args, serve_refused, task, unblock, user_text, Serve, Task,
 };
 
 async fn raw(client: &reqwest::Client, url: &str, body: String) -> (u16, String) {
@@ -209,17 +209,18 @@ async fn a_failed_state_write_leaves_the_schedule_unchanged() {
     assert_eq!(before["phase"], 1);
     let active = before["active_class"].clone();
     let log = state.join("schedule.jsonl");
-    let tmp = state.join("schedule_state.json.tmp");
+    let saved = state.join("schedule_state.json");
 
-    // root ignores permissions: a directory in the file's place fails the write for anyone
-    for blocked in [&log, &tmp] {
+    // root ignores permissions: a directory in the file's place fails the write for anyone (the
+    // log cannot be appended to; the state, written to a temporary file of its own, cannot be
+    // renamed over it)
+    for blocked in [&log, &saved] {
         let lines = decisions(&state);
-        if blocked == &log {
-            std::fs::remove_file(&log).unwrap();
-        }
-        std::fs::create_dir(blocked).unwrap();
+        let files = names(&state);
+        let content = block(blocked);
         let (s, e) = post(&client, &report, &json!({"step": 2})).await;
         assert_eq!(s, 500, "{e}");
+        assert_eq!(names(&state), files, "a temporary file was left behind");
         assert_eq!(e["error"]["type"], "state_write_failed", "{e}");
         let text = e.to_string();
         assert!(
@@ -236,10 +237,8 @@ async fn a_failed_state_write_leaves_the_schedule_unchanged() {
         )
         .await;
         assert_eq!(r["active_class"], active, "rewards follow another class");
-        std::fs::remove_dir(blocked).unwrap();
-        if blocked == &log {
-            std::fs::write(&log, "").unwrap();
-        } else {
+        unblock(blocked, &content);
+        if blocked == &saved {
             assert_eq!(decisions(&state), lines, "a decision logged but not saved");
         }
     }
@@ -338,22 +337,6 @@ async fn error_answers_are_short_typed_and_json() {
     }
 }
 
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn assert_close(a: &[f64], b: &[f64]) {
-    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
-    assert!(
-        a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9),
-        "{a:?} vs {b:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -443,11 +426,7 @@ async fn gdpo_groups_openrlhf_completions_sent_one_per_request() {
         .env("ARLRR_URL", &serve.url)
         .output()
         .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let via_func: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_close(&floats(&via_func), &want);
 
@@ -660,11 +639,7 @@ print(json.dumps([ordered, shuffled]))
         .env("ARLRR_URL", &serve.url)
         .output()
         .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let both: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (ordered, shuffled) = (floats(&both[0]), floats(&both[1]));
     assert!(ordered.iter().any(|r| r.abs() > 0.1), "{ordered:?}");

@@ -7,25 +7,16 @@
 use judge::{GradeTask, HttpJudge, HttpJudgeConfig, Judge, JudgeFailure};
 use rubric::{Criterion, Example, Message};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{arlrr, post, Serve};
 
 /// A running `arlrr serve-judge`, killed when the test ends, however it ends.
 struct Server {
-    child: Child,
+    serve: Serve,
     url: String,
-    /// Its stderr, where it logs.
-    log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -33,7 +24,7 @@ impl Server {
     fn wait_for_log(&self, needle: &str, patience: Duration) -> String {
         let deadline = Instant::now() + patience;
         loop {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let log = self.serve.log();
             if let Some(line) = log.lines().find(|l| l.contains(needle)) {
                 return line.to_string();
             }
@@ -49,36 +40,13 @@ impl Server {
 fn start_server() -> Server {
     let model = rubric::assets::smollm2_gguf().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serve-judge.stderr");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
-        .args([
-            "serve-judge",
-            "--model",
-            model.to_str().unwrap(),
-            "--port",
-            "0",
-            "--name",
-            "smollm2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start arlrr serve-judge");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|u| u.starts_with("http://"))
-        .unwrap_or_else(|| panic!("unexpected first line from serve-judge: {line:?}"))
-        .to_string();
+    let mut command = arlrr();
+    command.arg("serve-judge");
+    let args = ["--model", model.to_str().unwrap(), "--name", "smollm2"];
+    let serve = Serve::spawn(dir.path(), command, &args);
     Server {
-        child,
-        url,
-        log,
+        url: serve.url.clone(),
+        serve,
         _dir: dir,
     }
 }
@@ -163,11 +131,6 @@ async fn http_judge_grades_through_serve_judge_running_smollm2() {
     );
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = client.post(url).json(body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 /// A request asking SmolLM2 to count, greedily: an answer that runs on.
 fn counting(max_tokens: usize) -> Value {
     json!({
@@ -226,7 +189,7 @@ async fn serve_judge_stops_for_clients_that_left_and_refuses_prompts_beyond_the_
 #[test]
 fn a_default_max_tokens_out_of_range_is_refused_before_loading_the_model() {
     for value in ["0", "5000"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+        let out = arlrr()
             .args(["serve-judge", "--model", "/nonexistent.gguf"])
             .args(["--default-max-tokens", value])
             .output()

@@ -7,25 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod common;
-use common::{metric, post, serve_args, task, Serve, Task};
+use common::{fake_judge, metric, post, serve_args, task, Serve, Task};
 
 /// A judge server that meets every criterion; counts the requests.
 async fn judge_server(requests: Arc<AtomicUsize>) -> String {
-    use axum::routing::post;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(move || {
-            requests.fetch_add(1, Ordering::SeqCst);
-            async move {
-                axum::Json(json!({"choices": [{"message": {"content":
-                    "{\"explanation\": \"fine\", \"criteria_met\": true}"}}]}))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    fake_judge(move |_| {
+        requests.fetch_add(1, Ordering::SeqCst);
+        false
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

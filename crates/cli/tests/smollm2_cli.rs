@@ -9,13 +9,15 @@
 //! judge, GRPO, objective and selector are as shipped.
 
 use std::path::Path;
-use std::process::Command;
+
+mod common;
+use common::{arlrr, configs, ok, read_jsonl};
 
 #[test]
 fn builtin_smollm2_config_runs_two_steps() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/builtin-smollm2.toml");
+    let shipped = configs().join("builtin-smollm2.toml");
     let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(shipped).unwrap()).unwrap();
     let mut set = |section: &str, key: &str, value: i64| {
         let table = cfg[section].as_table_mut().unwrap();
@@ -43,23 +45,15 @@ fn builtin_smollm2_config_runs_two_steps() {
         .insert("cache".into(), toml::Value::String(cache));
     let config = dir.path().join("builtin-smollm2.toml");
     std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+    let out = arlrr()
         .args(["train", "--quiet", "--steps", "2", "--config"])
         .arg(&config)
         .arg("--out")
         .arg(&run)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    ok(&out);
+    let metrics = read_jsonl(run.join("metrics.jsonl"));
     assert_eq!(metrics.len(), 2);
     for m in &metrics {
         assert_eq!(m["samples"], rows, "{m}");

@@ -3,15 +3,14 @@
 //! the runs that had finished; a bad grid is a one-line error naming the file and field.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
-fn arlrr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_arlrr"))
-}
+mod common;
+use common::{arlrr, configs, ok};
 
 fn base_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/builtin-categorical.toml")
+    configs().join("builtin-categorical.toml")
 }
 
 fn summaries(dir: &Path) -> Vec<(PathBuf, SystemTime, String)> {
@@ -84,11 +83,7 @@ fn a_killed_study_resumes_without_redoing_finished_runs() {
     // second attempt: finishes, reusing every run that had finished
     let done = args("2").output().unwrap();
     let stdout = String::from_utf8_lossy(&done.stdout);
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    ok(&done);
     let after = summaries(&out);
     // 2 regimes x 2 methods: 2 rates on seed 0, then seed 1 at the kept rate
     assert_eq!(after.len(), 12, "{stdout}");

@@ -1,18 +1,10 @@
 //! `arlrr train` / `arlrr eval` as a user runs them: the real binary, the example config.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 mod common;
-use common::kill_when;
-
-fn arlrr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_arlrr"))
-}
-
-fn configs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
-}
+use common::{arlrr, configs, kill_when, metrics_without_times, ok, spawn_train};
 
 /// The example config with absolute data paths and `[run]` overrides.
 fn write_config(dir: &Path, steps: u64, checkpoint_every: u64) -> PathBuf {
@@ -27,18 +19,6 @@ fn write_config(dir: &Path, steps: u64, checkpoint_every: u64) -> PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn metrics_without_times(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("time_s");
-            v
-        })
-        .collect()
 }
 
 #[test]
@@ -56,14 +36,7 @@ fn a_sigkilled_run_resumes_to_the_same_metrics() {
         .unwrap();
     assert!(status.success());
 
-    let mut child = arlrr()
-        .args(["train", "--quiet", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&b)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&config, &b);
     let first = b.join("checkpoints/step-00000005/state.json");
     kill_when(&mut child, || first.exists());
     let written = std::fs::read_to_string(b.join("metrics.jsonl"))
@@ -96,11 +69,7 @@ fn a_sigkilled_run_resumes_to_the_same_metrics() {
         .arg(configs().join("data/tiny-val.jsonl"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("overall") && text.contains("instruction_following"),
@@ -216,15 +185,7 @@ fn a_preset_run_measures_its_macro_f1_and_resumes_exactly() {
 
     // a noisy run killed after a checkpoint resumes to the same lines
     train(&config, &a);
-    let mut child = arlrr()
-        .args(["train", "--quiet", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&b)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&config, &b);
     let first = b.join("checkpoints/step-00000005/state.json");
     kill_when(&mut child, || first.exists());
     let status = arlrr()

@@ -1,12 +1,151 @@
-//! What the `arlrr serve` test binaries share: a running service and the built-in task.
+//! What the test binaries share: the `arlrr` binary and the repository's files, a running
+//! service and the built-in task, a judge server, and the checks on their answers.
 #![allow(dead_code)] // each test binary uses its own part
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// The `arlrr` binary under test, as a command to add arguments to.
+pub fn arlrr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_arlrr"))
+}
+
+/// `arlrr ARGS`, run to its end.
+pub fn run_arlrr(args: &[&str]) -> Output {
+    arlrr().args(args).output().expect("run arlrr")
+}
+
+/// Its stderr, after asserting that `out` is a success (the stderr says why not).
+pub fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "arlrr failed: {stderr}");
+    stderr
+}
+
+/// The repository's root folder.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The shipped configs (and their tiny data).
+pub fn configs() -> PathBuf {
+    repo().join("configs")
+}
+
+/// The HealthBench sample, fetched once.
+pub fn sample() -> PathBuf {
+    rubric::assets::healthbench_sample().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every line of a JSONL file.
+pub fn read_jsonl(path: impl AsRef<Path>) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A run's `metrics.jsonl` without its wall-clock times, to compare two runs.
+pub fn metrics_without_times(run: &Path) -> Vec<Value> {
+    let mut lines = read_jsonl(run.join("metrics.jsonl"));
+    for v in &mut lines {
+        v.as_object_mut().unwrap().remove("time_s");
+    }
+    lines
+}
+
+/// `arlrr train --quiet --config CONFIG --out OUT` started in the background (to be killed).
+pub fn spawn_train(config: &Path, out: &Path) -> Child {
+    arlrr()
+        .args(["train", "--quiet", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The numbers of a JSON array.
+pub fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Equal up to rounding.
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// As many numbers, each [`close`] to its peer.
+pub fn assert_close(a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    assert!(
+        a.iter().zip(b).all(|(x, y)| close(*x, *y)),
+        "{a:?} vs {b:?}"
+    );
+}
+
+/// An OpenAI-compatible judge on a loopback port (its base URL is returned): HTTP 500 for a
+/// request whose body `fails`, and a met verdict otherwise. `fails` sees every request, so it
+/// can count them too.
+pub async fn fake_judge(fails: impl Fn(&str) -> bool + Clone + Send + Sync + 'static) -> String {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: String| {
+            let failed = fails(&body);
+            async move {
+                if failed {
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response()
+                } else {
+                    axum::Json(serde_json::json!({"choices": [{"message": {"content":
+                        "{\"explanation\": \"fine\", \"criteria_met\": true}"}}]}))
+                    .into_response()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Puts a directory in the place of the file `path`, so that writing the file fails even for
+/// root (who ignores permissions): a new file renamed over a directory is refused. Returns
+/// the file's content, for [`unblock`].
+pub fn block(path: &Path) -> Vec<u8> {
+    let content = std::fs::read(path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    std::fs::create_dir(path).unwrap();
+    content
+}
+
+/// Undoes [`block`]: the file again, with the content it had.
+pub fn unblock(path: &Path, content: &[u8]) {
+    std::fs::remove_dir(path).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+/// The names in a folder, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
 
 /// A running `arlrr serve`; killed (SIGKILL) when dropped.
 pub struct Serve {
@@ -26,7 +165,7 @@ impl Drop for Serve {
 impl Serve {
     /// `arlrr serve ARGS` with extra environment variables; returns once it listens.
     pub fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Serve {
-        let mut serve = Command::new(env!("CARGO_BIN_EXE_arlrr"));
+        let mut serve = arlrr();
         serve.arg("serve").envs(envs.iter().copied());
         Self::spawn(dir, serve, args)
     }
@@ -100,24 +239,15 @@ pub struct Task {
 }
 
 pub fn task(dir: &Path) -> Task {
-    let out = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+    ok(&arlrr()
         .args(["data", "builtin", "--out"])
         .arg(dir.join("data"))
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap());
     let train = dir.join("data/train.jsonl");
     let judge = dir.join("rules.toml");
     std::fs::write(&judge, "kind = \"rules\"\n").unwrap();
-    let examples = std::fs::read_to_string(&train)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let examples = read_jsonl(&train);
     Task {
         train,
         judge,
@@ -196,7 +326,7 @@ pub fn kill_when(child: &mut Child, ready: impl Fn() -> bool) {
 /// starts instead is killed after a minute and fails the test (rather than hanging it).
 pub fn serve_refused(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
     let err = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arlrr"))
+    let mut child = arlrr()
         .arg("serve")
         .args(["--port", "0"])
         .args(args)
