@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    assert_close, block, completions, fake_judge, floats, get, metric, names, openrlhf_body, post,
-    serve_args, serve_refused, task, unblock, Serve, Task,
+    assert_close, block, completions, entries, fake_judge, floats, get, metric, openrlhf_body,
+    post, serve_args, serve_refused, task, unblock, Serve, Task,
 };
 
 /// The schedule's `(step, phase)`.
@@ -90,7 +90,7 @@ async fn counted_completions_survive_restarts_and_are_refused_when_they_cannot_b
     // an unwritable state (a directory in its place: the new state, written to a temporary file
     // of its own, cannot be renamed over it): the rewards are an error, and nothing is counted
     let saved = state.join("schedule_state.json");
-    let files = names(&state);
+    let files = entries(&state);
     let content = block(&saved);
     for _ in 0..5 {
         let (s, e) = rewards(&client, &serve, ex, 4).await;
@@ -108,7 +108,7 @@ async fn counted_completions_survive_restarts_and_are_refused_when_they_cannot_b
         "{e}"
     );
     assert_eq!(step_phase(&client, &serve).await, (2, 3));
-    assert_eq!(names(&state), files, "a temporary file was left behind");
+    assert_eq!(entries(&state), files, "a temporary file was left behind");
     unblock(&saved, &content);
     assert_eq!(rewards(&client, &serve, ex, 4).await.0, 200);
     assert_eq!(step_phase(&client, &serve).await, (3, 4));

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 use common::{
-    assert_close, block, completions, floats, get, metric, names, ok, openrlhf_body, post,
+    assert_close, block, completions, entries, floats, get, metric, ok, openrlhf_body, post,
     serve_args, serve_refused, task, unblock, user_text, Serve, Task,
 };
 
@@ -216,11 +216,11 @@ async fn a_failed_state_write_leaves_the_schedule_unchanged() {
     // renamed over it)
     for blocked in [&log, &saved] {
         let lines = decisions(&state);
-        let files = names(&state);
+        let files = entries(&state);
         let content = block(blocked);
         let (s, e) = post(&client, &report, &json!({"step": 2})).await;
         assert_eq!(s, 500, "{e}");
-        assert_eq!(names(&state), files, "a temporary file was left behind");
+        assert_eq!(entries(&state), files, "a temporary file was left behind");
         assert_eq!(e["error"]["type"], "state_write_failed", "{e}");
         let text = e.to_string();
         assert!(
