@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    assert_close, chatml, completions, fake_judge, floats, get, openrlhf_body, post, repo,
-    serve_args, task, user_text, Serve,
+    assert_close, chatml, completions, fake_judge, floats, get, http_judge, openrlhf_body, post,
+    repo, serve_args, task, user_text, Serve,
 };
 
 fn reward_func() -> PathBuf {
@@ -295,15 +295,7 @@ async fn the_reward_func_retries_a_judge_outage_and_never_makes_up_a_reward() {
     let down = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(AtomicUsize::new(0));
     let base_url = flaky_judge(down.clone(), calls.clone()).await;
-    let judge = dir.path().join("http.toml");
-    std::fs::write(
-        &judge,
-        format!(
-            "kind = \"http\"\n[http]\nbase_url = \"{base_url}\"\nmodel = \"m\"\nretries = 0\n\
-             backoff_initial_secs = 0.01\nbackoff_max_secs = 0.01\n"
-        ),
-    )
-    .unwrap();
+    let judge = http_judge(dir.path(), &base_url);
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),

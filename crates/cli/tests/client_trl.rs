@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::{completions, fake_judge, get, metric, ok, post, serve_args, task, Serve, Task};
+use common::{
+    completions, fake_judge, get, http_judge, metric, ok, post, serve_args, task, Serve, Task,
+};
 
 /// What every snippet starts with: the client, a stand-in for the trainer TRL hands over
 /// (`log_metric` is its bound method; `model.training` is False in `evaluate()`) and `call`,
@@ -185,15 +187,7 @@ async fn failed_gradings_are_retried_then_come_back_as_none_never_zero() {
     } = task(dir.path());
     let failed = Arc::new(AtomicUsize::new(0));
     let base_url = judge_failing_on_marker(failed.clone()).await;
-    let judge = dir.path().join("http.toml");
-    std::fs::write(
-        &judge,
-        format!(
-            "kind = \"http\"\n[http]\nbase_url = \"{base_url}\"\nmodel = \"m\"\nretries = 0\n\
-             backoff_initial_secs = 0.01\nbackoff_max_secs = 0.01\n"
-        ),
-    )
-    .unwrap();
+    let judge = http_judge(dir.path(), &base_url);
     let state = dir.path().join("state");
     let args = serve_args(&train, &judge, &state, &["--objective", "scalarized"]);
     let serve = Serve::start(dir.path(), &args, &[]);

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod common;
-use common::{completions, fake_judge, get, ok, post, serve_args, task, Serve, Task};
+use common::{completions, fake_judge, get, http_judge, ok, post, serve_args, task, Serve, Task};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -292,15 +292,7 @@ async fn a_failed_grading_is_retried_then_raised_never_a_zero() {
     let down = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(AtomicUsize::new(0));
     let base_url = flaky_judge(down.clone(), calls.clone()).await;
-    let judge = dir.path().join("http.toml");
-    std::fs::write(
-        &judge,
-        format!(
-            "kind = \"http\"\n[http]\nbase_url = \"{base_url}\"\nmodel = \"m\"\nretries = 0\n\
-             backoff_initial_secs = 0.01\nbackoff_max_secs = 0.01\n"
-        ),
-    )
-    .unwrap();
+    let judge = http_judge(dir.path(), &base_url);
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    assert_close, block, completions, entries, fake_judge, floats, get, metric, openrlhf_body,
-    post, serve_args, serve_refused, task, unblock, Serve, Task,
+    assert_close, block, completions, entries, fake_judge, floats, get, http_judge, metric,
+    openrlhf_body, post, serve_args, serve_refused, task, unblock, Serve, Task,
 };
 
 /// The schedule's `(step, phase)`.
@@ -187,15 +187,7 @@ async fn completions_whose_grading_failed_do_not_count_toward_steps() {
     } = task(dir.path());
     let down = Arc::new(AtomicBool::new(true));
     let base_url = flaky_judge(down.clone()).await;
-    let judge = dir.path().join("http.toml");
-    std::fs::write(
-        &judge,
-        format!(
-            "kind = \"http\"\n[http]\nbase_url = \"{base_url}\"\nmodel = \"m\"\nretries = 0\n\
-             backoff_initial_secs = 0.01\nbackoff_max_secs = 0.01\n"
-        ),
-    )
-    .unwrap();
+    let judge = http_judge(dir.path(), &base_url);
     let state = dir.path().join("state");
     let serve = Serve::start(
         dir.path(),

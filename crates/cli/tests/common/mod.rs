@@ -121,6 +121,21 @@ pub async fn fake_judge(fails: impl Fn(&str) -> bool + Clone + Send + Sync + 'st
     url
 }
 
+/// `http.toml` in `dir`: an HTTP judge at `base_url` that does not retry, so a failed grading
+/// shows at once.
+pub fn http_judge(dir: &Path, base_url: &str) -> PathBuf {
+    let judge = dir.join("http.toml");
+    std::fs::write(
+        &judge,
+        format!(
+            "kind = \"http\"\n[http]\nbase_url = \"{base_url}\"\nmodel = \"m\"\nretries = 0\n\
+             backoff_initial_secs = 0.01\nbackoff_max_secs = 0.01\n"
+        ),
+    )
+    .unwrap();
+    judge
+}
+
 /// Puts a directory in the place of the file `path`, so that writing the file fails even for
 /// root (who ignores permissions): a new file renamed over a directory is refused. Returns
 /// the file's content, for [`unblock`].
