@@ -987,14 +987,18 @@ mod tests {
         )
         .unwrap();
         let before = s.state().clone();
-        // a directory where the temporary state file goes fails the write, even for root
-        let tmp = dir.path().join(format!("{STATE_FILE}.tmp"));
-        std::fs::create_dir(&tmp).unwrap();
+        // a directory in the state file's place fails the write (the new state, written to a
+        // temporary file of its own, cannot be renamed over it), even for root
+        let saved = dir.path().join(STATE_FILE);
+        let content = std::fs::read(&saved).unwrap();
+        std::fs::remove_file(&saved).unwrap();
+        std::fs::create_dir(&saved).unwrap();
         assert!(s.count_completions(3).is_err());
         assert_eq!(s.state(), &before);
         let log = std::fs::read_to_string(dir.path().join(DECISIONS_FILE)).unwrap();
         assert_eq!(log.lines().count(), 1, "the failed decision was taken back");
-        std::fs::remove_dir(&tmp).unwrap();
+        std::fs::remove_dir(&saved).unwrap();
+        std::fs::write(&saved, content).unwrap();
         assert_eq!(s.count_completions(3).unwrap().unwrap().chosen, "b");
         assert_eq!((s.state().step, s.state().pending_completions), (1, 1));
     }
