@@ -12,10 +12,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// Crates whose cycles other work on issue 30 removes, printed here but not failed on: arl's
+/// (config, lm_actor, trainer, report, setup, sft) and rubric's (model and load share
+/// `Format`; builtin and load, classes and load through tests). Once one of them has no
+/// cycle the test fails until its name leaves this list.
+const PENDING: &[&str] = &["arl", "rubric"];
+
 #[test]
 fn no_crate_has_an_import_cycle_between_its_modules() {
     let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut found = Vec::new();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&crates)
         .unwrap()
         .map(|e| e.unwrap().path().join("src"))
@@ -27,10 +32,23 @@ fn no_crate_has_an_import_cycle_between_its_modules() {
         "no crates found under {}",
         crates.display()
     );
+    let (mut found, mut gone) = (Vec::new(), Vec::new());
     for src in &dirs {
-        found.extend(cycles(src));
+        let name = src.parent().unwrap().file_name().unwrap().to_string_lossy();
+        let c = cycles(src);
+        if !PENDING.contains(&name.as_ref()) {
+            found.extend(c);
+        } else if c.is_empty() {
+            gone.push(name.into_owned());
+        } else {
+            eprintln!("pending import cycles:\n{}", c.join("\n"));
+        }
     }
     assert!(found.is_empty(), "import cycles:\n{}", found.join("\n"));
+    assert!(
+        gone.is_empty(),
+        "no cycle left in {gone:?}: take it out of PENDING"
+    );
 }
 
 /// The checker itself: a cycle through `crate::`, through a root re-export and through
