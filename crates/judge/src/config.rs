@@ -17,6 +17,7 @@
 use crate::cache::CachedJudge;
 #[cfg(feature = "embedding")]
 use crate::embedding::EmbeddingJudge;
+use crate::embedding::EmbeddingJudgeConfig;
 use crate::http::{HttpJudge, HttpJudgeConfig};
 use crate::rules::RuleJudge;
 use crate::Judge;
@@ -54,64 +55,6 @@ pub struct JudgeConfig {
     /// Settings of the embedding judge; defaults apply when absent.
     #[serde(default)]
     pub embedding: Option<EmbeddingJudgeConfig>,
-}
-
-/// Settings of the embedding judge (the `[embedding]` table of a judge config).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbeddingJudgeConfig {
-    /// Folder with `config.json`, `model.safetensors` and `tokenizer.json`; default: the
-    /// fetched all-MiniLM-L6-v2 asset.
-    #[serde(default)]
-    pub model_dir: Option<PathBuf>,
-    /// Cosine similarity at or above which a criterion is met. With MiniLM, a rubric-style
-    /// criterion ("Advises the user to see a doctor") and a sentence doing it ("You should see
-    /// a doctor.") score about 0.4–0.6; unrelated sentences below 0.2.
-    #[serde(default = "default_threshold")]
-    pub threshold: f32,
-    /// Texts embedded per forward pass.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-}
-
-fn default_threshold() -> f32 {
-    0.35
-}
-fn default_batch() -> usize {
-    32
-}
-
-/// Most texts per forward pass: a CPU gains nothing past a few dozen, and memory grows with
-/// every one.
-const MAX_BATCH_SIZE: usize = 1024;
-
-impl EmbeddingJudgeConfig {
-    /// Checks ranges; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(-1.0..=1.0).contains(&self.threshold) {
-            return Err(format!(
-                "`threshold` must be a cosine similarity in [-1, 1], got {}",
-                self.threshold
-            ));
-        }
-        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
-            return Err(format!(
-                "`batch_size` must be in 1..={MAX_BATCH_SIZE}, got {}",
-                self.batch_size
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for EmbeddingJudgeConfig {
-    fn default() -> Self {
-        EmbeddingJudgeConfig {
-            model_dir: None,
-            threshold: default_threshold(),
-            batch_size: default_batch(),
-        }
-    }
 }
 
 /// A config file that cannot be read or is invalid, naming the file (and the field where

@@ -16,7 +16,6 @@
 
 pub mod cache;
 pub mod config;
-#[cfg(feature = "embedding")]
 pub mod embedding;
 pub mod http;
 pub mod prompt;
@@ -28,9 +27,8 @@ pub mod serve;
 mod text;
 
 pub use cache::{CachedJudge, VerdictCache};
-pub use config::{
-    from_config, BuildError, ConfigError, EmbeddingJudgeConfig, JudgeConfig, JudgeKind,
-};
+pub use config::{from_config, BuildError, ConfigError, JudgeConfig, JudgeKind};
+pub use embedding::EmbeddingJudgeConfig;
 #[cfg(feature = "embedding")]
 pub use embedding::{EmbeddingJudge, SentenceEmbedder};
 pub use http::{HttpJudge, HttpJudgeConfig};

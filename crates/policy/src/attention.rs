@@ -8,9 +8,10 @@
 //! probabilities are kept for the backward, and `v`, `y` and their gradients stay in the
 //! projections' [B, T, heads, D] layout, so no transposed copies are made.
 
-use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
-use crate::linear::{for_gemm, gemm_seq, Mat};
-use crate::ops::{exp_normalize, n_threads};
+use crate::cpu::{n_threads, wide_simd, Float, Mat};
+use crate::cpu_op::{Arg, Cpu, FloatOp, Grads};
+use crate::linear::{for_gemm, gemm_seq};
+use crate::ops::exp_normalize;
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ pub(crate) struct AttentionOp {
     key_mask: Arc<Vec<Vec<u8>>>,
     probs: Mutex<Option<CpuStorage>>,
     keep_probs: bool,
-    /// The softmax's `exp` by `Float::exp_fast` (`ops::fast_training`).
+    /// The softmax's `exp` by `Float::exp_fast` (`cpu::fast_training`).
     fast: bool,
 }
 
@@ -38,7 +39,7 @@ impl AttentionOp {
             key_mask,
             probs: Mutex::new(None),
             keep_probs,
-            fast: crate::ops::fast_training(),
+            fast: crate::cpu::fast_training(),
         }
     }
 }
@@ -120,20 +121,6 @@ pub(crate) fn cached_attention(
     Tensor::from_vec(y, (b, t, h * d), q.device())
 }
 
-/// Whether the CPU runs 512-bit vectors: the build targets baseline x86-64 (128-bit), so hot
-/// loops of our own are compiled a second time for AVX-512 and picked at run time.
-pub(crate) fn wide_simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *WIDE.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 struct CachedArgs<'a> {
     q: &'a [f32],
     k: &'a [f32],
@@ -184,7 +171,7 @@ fn attend_row(a: &CachedArgs, bi: usize, yb: &mut [f32]) {
                 }
                 // Only sampling copies run this: the approximate exp vectorizes.
                 wj.iter_mut()
-                    .for_each(|x| *x = crate::ops::exp_approx(*x - max));
+                    .for_each(|x| *x = crate::cpu::exp_approx(*x - max));
                 let inv = 1.0 / wj.iter().sum::<f32>();
                 wj.iter_mut().for_each(|x| *x *= inv);
             }
@@ -629,5 +616,79 @@ mod tests {
             -1e9,
         );
         assert!(e.unwrap_err().to_string().contains("do not fit"));
+    }
+
+    /// Under bf16 training matmuls RMSNorm, SwiGLU, attention and the output projection take their fast
+    /// kernels (`exp_fast`, one-pass backwards, another summation order); below the bf16
+    /// matmul size these are the only difference, and it stays at f32 rounding.
+    #[test]
+    fn fast_training_kernels_match_the_exact_ones() {
+        use crate::bf16::{with_matmul_precision, Precision};
+        use crate::linear::OutputLogProbs;
+        use crate::ops::{rms_norm, swiglu};
+        use candle_core::Var;
+        let dev = candle_core::Device::Cpu;
+        let t = |shape: &[usize], s: f64| Tensor::randn(0f32, s as f32, shape, &dev).unwrap();
+        let (x, w, gate, up) = (
+            t(&[3, 5, 64], 2.0),
+            t(&[64], 1.0),
+            t(&[3, 5, 96], 3.0),
+            t(&[3, 5, 96], 1.0),
+        );
+        let (h, wo) = (t(&[12, 32], 1.0), t(&[300, 32], 1.0));
+        let targets: Vec<u32> = (0..12).map(|i| i * 23 % 300).collect();
+        // attention: q [B, H, T, D], k [B, KVH, S, D], v [B, S, KVH, D]; row 1 left-padded
+        let (q, k, v) = (
+            t(&[2, 4, 20, 8], 1.0),
+            t(&[2, 2, 20, 8], 1.0),
+            t(&[2, 20, 2, 8], 1.0),
+        );
+        let mut pad = vec![1u8; 20];
+        pad[..3].fill(0);
+        let keys = std::sync::Arc::new(vec![vec![1u8; 20], pad]);
+        let run = |p: Precision| {
+            with_matmul_precision(p, || {
+                let vars: Vec<Var> = [&x, &w, &gate, &up, &h, &wo, &q, &k, &v]
+                    .iter()
+                    .map(|t| Var::from_tensor(t).unwrap())
+                    .collect();
+                let [x, w, gate, up, h, wo, q, k, v] =
+                    [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| vars[i].as_tensor());
+                let y = attention(q, k, v, &keys, 0.35, -1e9).unwrap();
+                let norm = rms_norm(x, w, 1e-5).unwrap();
+                let act = swiglu(gate, up).unwrap();
+                let op = Cpu(OutputLogProbs::new(0.8, true, targets.clone()));
+                let lp = h.apply_op2(wo, op).unwrap().narrow(1, 0, 1).unwrap();
+                let loss = ((norm.sqr().unwrap().sum_all().unwrap()
+                    + act.sin().unwrap().sum_all().unwrap())
+                .unwrap()
+                    + lp.sum_all().unwrap())
+                .unwrap();
+                let loss = (loss + y.sin().unwrap().sum_all().unwrap()).unwrap();
+                let grads = loss.backward().unwrap();
+                let mut out = vec![norm, act, lp, y];
+                out.extend(vars.iter().map(|v| grads.get(v).unwrap().clone()));
+                out
+            })
+        };
+        let (exact, fast) = (run(Precision::F32), run(Precision::Bf16));
+        for (i, (a, b)) in exact.iter().zip(&fast).enumerate() {
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(
+                diff <= 2e-5 * scale,
+                "tensor {i}: max difference {diff} at scale {scale}"
+            );
+        }
+        // they are other kernels, not the same ones
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(exact.iter().zip(&fast).any(|(a, b)| bits(a) != bits(b)));
     }
 }

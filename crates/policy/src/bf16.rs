@@ -11,65 +11,16 @@
 //! Decoding is bound by weight bandwidth and multiply-adds, and bf16 halves the first; AMX
 //! multiplies whole 16x32 tiles per instruction.
 
-use crate::attention::wide_simd;
+pub use crate::cpu::{matmul_precision, with_matmul_precision, Precision};
+use crate::cpu::{wide_simd, Mat};
 use crate::error::{Error, Result};
-use crate::linear::Mat;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 /// Outputs per packed panel: one 512-bit register of f32 accumulators.
 const LANES: usize = 16;
 
-/// The precision of a run's sampling or training matmuls.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// The model's own weights (exact: generation log-probs equal teacher-forced ones).
-    #[default]
-    F32,
-    /// Weights rounded to bf16, activations rounded to bf16 at each matmul, f32 accumulation.
-    Bf16,
-}
-
-impl Precision {
-    pub const NAMES: &'static str = "f32, bf16";
-
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(Error::Invalid(format!(
-                "unknown precision `{other}` (choose one of: {})",
-                Self::NAMES
-            ))),
-        }
-    }
-}
-
-/// The precision of the training matmuls on this thread (`linear.rs`'s `gemm_into`: the
-/// linear layers, the output projection and their backward passes), in the manner of torch's
-/// `set_float32_matmul_precision`: with bf16 the f32 operands are rounded to bf16 and
-/// multiplied with f32 accumulation; inputs, outputs, master weights and every other op stay
-/// f32. Each op records the precision of its forward and runs its backward at it, so a
-/// backward called outside the scope still matches its forward. Per thread, so concurrent
-/// runs of a study keep their own.
-pub fn with_matmul_precision<R>(p: Precision, f: impl FnOnce() -> R) -> R {
-    struct Restore(Precision);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            MATMUL.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(MATMUL.with(|c| c.replace(p)));
-    f()
-}
-
-pub fn matmul_precision() -> Precision {
-    MATMUL.with(|c| c.get())
-}
-
 thread_local! {
-    static MATMUL: std::cell::Cell<Precision> = const { std::cell::Cell::new(Precision::F32) };
     static WEIGHT_PACKS: std::cell::RefCell<Option<WeightPacks>> =
         const { std::cell::RefCell::new(None) };
 }

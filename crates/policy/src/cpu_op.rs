@@ -1,109 +1,18 @@
 //! Where the CPU custom ops meet candle. Each op implements `FloatOp<N>` once, generic over
 //! the float type; `Cpu(op)` is the candle `CustomOpN` that checks the arguments (one float
-//! type, contiguous), picks f32 or f64 and hands the op plain slices.
+//! type, contiguous), picks f32 or f64 and hands the op plain slices; `fused_ok` says which
+//! tensors the ops take (the wrappers fall back to candle's primitives for the others).
 
+use crate::cpu::Float;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 
-/// The little float arithmetic the kernels need, and the storage variant of each type.
-pub(crate) trait Float:
-    Copy
-    + PartialOrd
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-    + Send
-    + Sync
-    + 'static
-{
-    fn exp(self) -> Self;
-    /// `exp` within a few ulp, vectorizable (`ops::exp_approx` for f32; f64 keeps `exp`):
-    /// for the reduced-precision training kernels only.
-    fn exp_fast(self) -> Self;
-    fn ln(self) -> Self;
-    fn sqrt(self) -> Self;
-    fn from_f64(v: f64) -> Self;
-    fn zero() -> Self;
-    fn one() -> Self;
-    /// The data of `s` when it holds this type.
-    fn slice(s: &CpuStorage) -> Option<&[Self]>;
-    /// `s` itself when it holds this type.
-    fn vec(s: CpuStorage) -> Option<Vec<Self>>;
-    fn storage(v: Vec<Self>) -> CpuStorage;
-    /// `s` itself when this type is f32 (for the bf16 matmul, which reads f32).
-    fn f32_slice(s: &[Self]) -> Option<&[f32]>;
-    fn f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+/// True where the custom CPU kernels apply (they are written for f32 and f64).
+pub(crate) fn fused_ok(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
-
-// A macro: the two impls differ only in the type and its storage variant.
-macro_rules! impl_float {
-    ($t:ident, $variant:ident, $is_f32:tt) => {
-        impl Float for $t {
-            fn exp(self) -> Self {
-                $t::exp(self)
-            }
-            #[inline(always)]
-            fn exp_fast(self) -> Self {
-                impl_float!(@fast $is_f32, self)
-            }
-            fn ln(self) -> Self {
-                $t::ln(self)
-            }
-            fn sqrt(self) -> Self {
-                $t::sqrt(self)
-            }
-            #[allow(clippy::unnecessary_cast)] // f64 as f64 in the f64 impl
-            fn from_f64(v: f64) -> Self {
-                v as $t
-            }
-            fn zero() -> Self {
-                0.0
-            }
-            fn one() -> Self {
-                1.0
-            }
-            fn slice(s: &CpuStorage) -> Option<&[Self]> {
-                match s {
-                    CpuStorage::$variant(v) => Some(v),
-                    _ => None,
-                }
-            }
-            fn vec(s: CpuStorage) -> Option<Vec<Self>> {
-                match s {
-                    CpuStorage::$variant(v) => Some(v),
-                    _ => None,
-                }
-            }
-            fn storage(v: Vec<Self>) -> CpuStorage {
-                CpuStorage::$variant(v)
-            }
-            fn f32_slice(s: &[Self]) -> Option<&[f32]> {
-                impl_float!(@f32 $is_f32, s)
-            }
-            fn f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
-                impl_float!(@f32 $is_f32, s)
-            }
-        }
-    };
-    (@f32 yes, $s:expr) => {
-        Some($s)
-    };
-    (@fast yes, $x:expr) => {
-        crate::ops::exp_approx($x)
-    };
-    (@fast no, $x:expr) => {
-        $x.exp()
-    };
-    (@f32 no, $s:expr) => {{
-        let _ = $s;
-        None
-    }};
-}
-impl_float!(f32, F32, yes);
-impl_float!(f64, F64, no);
 
 /// One argument of a `FloatOp`: its contiguous data and its layout.
 pub(crate) type Arg<'a, T> = (&'a [T], &'a Layout);

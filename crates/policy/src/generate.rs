@@ -359,7 +359,7 @@ fn sample_rows(
         })
         .collect();
     let one = |i: usize| active[i].then(|| sample(&rows[i], cfg, draws[i]));
-    let threads = crate::ops::n_threads().min(rows.len());
+    let threads = crate::cpu::n_threads().min(rows.len());
     if threads <= 1 {
         return (0..rows.len()).map(one).collect();
     }
@@ -392,7 +392,7 @@ fn sample_rows_approx(
         if active[i] {
             let row = &rows[i * vocab..][..vocab];
             #[cfg(target_arch = "x86_64")]
-            if crate::attention::wide_simd() {
+            if crate::cpu::wide_simd() {
                 // SAFETY: `wide_simd` checked that the CPU has AVX-512F.
                 *o = Some(unsafe { sample_approx_avx512(row, t as f32, draws[i]) });
                 return;
@@ -410,7 +410,7 @@ unsafe fn sample_approx_avx512(row: &[f32], t: f32, u: f64) -> (u32, f32) {
 }
 
 /// Inverse-CDF draw from softmax(row / t) with `u` in [0, 1): weights by
-/// [`crate::ops::exp_approx`], summed in blocks of 64 (in f64 across blocks), so finding the
+/// [`crate::cpu::exp_approx`], summed in blocks of 64 (in f64 across blocks), so finding the
 /// draw scans one block. Returns the token and its log-probability.
 #[inline(always)]
 fn sample_approx(row: &[f32], t: f32, u: f64) -> (u32, f32) {
@@ -419,7 +419,7 @@ fn sample_approx(row: &[f32], t: f32, u: f64) -> (u32, f32) {
     let inv_t = 1.0 / t;
     let w: Vec<f32> = row
         .iter()
-        .map(|&x| crate::ops::exp_approx((x - max) * inv_t))
+        .map(|&x| crate::cpu::exp_approx((x - max) * inv_t))
         .collect();
     let sums: Vec<f64> = w
         .chunks(BLOCK)

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod bf16;
 pub mod bpe;
 pub mod config;
+mod cpu;
 mod cpu_op;
 pub mod error;
 pub mod generate;

@@ -9,12 +9,12 @@
 //! its forward writes the logits once and keeps them for the backward, which turns them into
 //! their own gradient in place, so no other [tokens, vocab] buffer is ever allocated.
 
-use crate::bf16::{
-    matmul_precision, packed_weight, with_matmul_precision, Kernel, PackedBf16, Precision,
+use crate::bf16::{packed_weight, Kernel, PackedBf16};
+use crate::cpu::{
+    fast_training, matmul_precision, par_out, wide, with_matmul_precision, Float, Mat, Precision,
 };
-use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
+use crate::cpu_op::{fused_ok, Arg, Cpu, FloatOp, Grads};
 use crate::grad_sink::{self, GradSink};
-use crate::ops::{fast_training, fused_ok, par_out, wide};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use std::sync::{Arc, Mutex};
@@ -74,56 +74,6 @@ fn out_dims(x: &Tensor, w: &Tensor) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-/// A matrix view: element (i, j) is `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat<'a, T> {
-    pub data: &'a [T],
-    pub rows: usize,
-    pub cols: usize,
-    pub rs: usize,
-    pub cs: usize,
-}
-
-impl<'a, T> Mat<'a, T> {
-    /// Contiguous `data` as `rows` rows of `cols` (its width).
-    pub fn rows(data: &'a [T], cols: usize) -> Self {
-        Mat {
-            data,
-            rows: data.len() / cols.max(1),
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-    pub fn t(self) -> Self {
-        Mat {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-    fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-impl<'a, T: Float> Mat<'a, T> {
-    /// The same view as f32, when `T` is f32.
-    fn f32(self) -> Option<Mat<'a, f32>> {
-        Some(Mat {
-            data: T::f32_slice(self.data)?,
-            rows: self.rows,
-            cols: self.cols,
-            rs: self.rs,
-            cs: self.cs,
-        })
-    }
-}
-
 /// A buffer gemm will overwrite completely, so it skips the zeroing pass `vec![0; n]` costs.
 #[allow(clippy::uninit_vec)]
 pub(crate) fn for_gemm<T: Float>(n: usize) -> Vec<T> {
@@ -135,7 +85,7 @@ pub(crate) fn for_gemm<T: Float>(n: usize) -> Vec<T> {
 }
 
 /// `dst` (row-major [a.rows, b.cols]) `= a · b`, on all threads; in bf16 (f32 accumulation)
-/// when `bf16::set_matmul_precision` asks for it and the product is large enough to gain.
+/// when `cpu::with_matmul_precision` asks for it and the product is large enough to gain.
 pub(crate) fn gemm_into<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>) {
     gemm_packing(dst, a, b, false)
 }
@@ -333,7 +283,7 @@ pub(crate) struct OutputLogProbs {
     lse: Mutex<Option<CpuStorage>>,
     /// The matmul precision at the forward, which the backward reuses.
     precision: Precision,
-    /// `Float::exp_fast` in both passes (`ops::fast_training`).
+    /// `Float::exp_fast` in both passes (`cpu::fast_training`).
     fast: bool,
     /// Where a parameter weight's gradient goes under `fast` (`grad_sink`).
     sink: Option<Arc<GradSink>>,

@@ -10,41 +10,10 @@
 //! versions (each op with a backward in candle) on other devices. Each op is a
 //! `cpu_op::FloatOp`, written once for f32 and f64.
 
-use crate::cpu_op::{Arg, Cpu, Float, FloatOp, Grads};
-use candle_core::{DType, Result, Shape, Tensor, D};
+use crate::cpu::{exp_approx, fast_training, n_threads, par_out, par_rows, wide, Float, PAR_MIN};
+use crate::cpu_op::{fused_ok, Arg, Cpu, FloatOp, Grads};
+use candle_core::{Result, Shape, Tensor, D};
 use rayon::prelude::*;
-
-/// Whether a training op built now may take reduced-precision shortcuts in its forward and
-/// backward (`Float::exp_fast`, another summation order): only under bf16 training matmuls
-/// (`bf16::with_matmul_precision`), whose rounding is far coarser. The f32 path keeps the
-/// exact kernels, so seeded f32 runs reproduce bit for bit.
-pub(crate) fn fast_training() -> bool {
-    crate::bf16::matmul_precision() == crate::bf16::Precision::Bf16
-}
-
-/// Runs `f` compiled for AVX-512 when the CPU has it: the closure is inlined into the
-/// wrapper, so its loops vectorize 16 wide and `exp_approx`'s `floor` is one instruction
-/// (the baseline x86-64 target has no SSE4.1 rounding, and calls libm for it).
-#[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if crate::attention::wide_simd() {
-        // SAFETY: `wide_simd` checked that the CPU has AVX-512F.
-        return unsafe { wide_avx512(f) };
-    }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-/// True where the custom CPU kernels apply (they are written for f32 and f64).
-pub(crate) fn fused_ok(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
-}
 
 /// Rows `ids` (u32, flat) of `table`. Under bf16 training with a gradient sink installed the
 /// table's gradient goes to the sink row by row, instead of candle's zeroed table-sized
@@ -208,7 +177,7 @@ pub(crate) fn swiglu_approx(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor>
     par_out(&mut out, d, work, |r0, o| {
         let u = &ud[r0 * d..][..o.len()];
         #[cfg(target_arch = "x86_64")]
-        if crate::attention::wide_simd() {
+        if crate::cpu::wide_simd() {
             // SAFETY: `wide_simd` checked that the CPU has AVX-512F.
             return unsafe { silu_mul_avx512(o, u) };
         }
@@ -228,86 +197,6 @@ fn silu_mul(g: &mut [f32], u: &[f32]) {
     for (x, &u) in g.iter_mut().zip(u) {
         *x = *x / (1.0 + exp_approx(-*x)) * u;
     }
-}
-
-/// `exp` in f32 without a libm call, so loops over it vectorize: x = n·ln2 + r with
-/// |r| ≤ ln2/2, then 2^n · e^r by a degree-6 Taylor polynomial (relative error below 3e-7,
-/// a few ulp). Below -87.3 it returns 0 (masked attention scores are -inf); above 88.7 it
-/// saturates at about 2^128's neighbour instead of inf. For reduced-precision sampling only:
-/// the f32 paths keep libm's correctly rounded `exp`.
-#[inline(always)]
-pub(crate) fn exp_approx(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let c = x.clamp(-87.3, 88.7);
-    let n = (c * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = c - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
-    if x < -87.3 {
-        0.0
-    } else {
-        p * scale
-    }
-}
-
-/// Below this many elements a kernel runs on the calling thread: spawning costs more.
-const PAR_MIN: usize = 1 << 15;
-
-/// Worker threads for the row kernels and sampling: asked once, since
-/// `available_parallelism` reads cgroup files on Linux (it showed up in decoding profiles).
-pub(crate) fn n_threads() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    })
-}
-
-/// Fills `out`, made of rows of width `d`, by calling `f(first_row, rows)` on contiguous runs
-/// of whole rows, split across threads when the tensor is large.
-/// `work` estimates the elements touched (the output size for element-wise kernels).
-pub(crate) fn par_out<T: Send>(
-    out: &mut [T],
-    d: usize,
-    work: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
-    let rows = out.len() / d.max(1);
-    let threads = n_threads().min(rows.max(1));
-    if threads <= 1 || work < PAR_MIN {
-        f(0, out);
-        return;
-    }
-    let per = rows.div_ceil(threads);
-    out.par_chunks_mut(per * d)
-        .enumerate()
-        .for_each(|(c, o)| f(c * per, o));
-}
-
-/// Applies `f(input_rows, output_rows)` to whole rows of width `d`, splitting the rows across
-/// the machine's threads when the tensor is large. candle's own CPU element-wise ops run on
-/// one thread, which on a 2-core machine leaves half of it idle outside matmuls.
-pub(crate) fn par_rows<T: Copy + Send + Sync>(
-    x: &[T],
-    out: &mut [T],
-    d: usize,
-    f: impl Fn(&[T], &mut [T]) + Sync,
-) {
-    let rows = x.len() / d.max(1);
-    let threads = n_threads().min(rows.max(1));
-    if threads <= 1 || x.len() < PAR_MIN {
-        f(x, out);
-        return;
-    }
-    let per = rows.div_ceil(threads) * d;
-    x.par_chunks(per)
-        .zip(out.par_chunks_mut(per))
-        .for_each(|(xi, oi)| f(xi, oi));
 }
 
 /// Softmax of a row in place, given its maximum: `exp(x - max)`, then divided by the sum.
@@ -826,92 +715,6 @@ impl FloatOp<3> for SwiGluBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_approx_is_within_a_few_ulp_of_exp() {
-        let mut worst = 0f64;
-        for i in 0..=200_000 {
-            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
-            let want = (x as f64).exp();
-            worst = worst.max(((exp_approx(x) as f64 - want) / want).abs());
-        }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_approx(0.0), 1.0);
-    }
-
-    /// Under bf16 training matmuls RMSNorm, SwiGLU, attention and the output projection take their fast
-    /// kernels (`exp_fast`, one-pass backwards, another summation order); below the bf16
-    /// matmul size these are the only difference, and it stays at f32 rounding.
-    #[test]
-    fn fast_training_kernels_match_the_exact_ones() {
-        use crate::bf16::{with_matmul_precision, Precision};
-        use crate::linear::OutputLogProbs;
-        use candle_core::Var;
-        let dev = candle_core::Device::Cpu;
-        let t = |shape: &[usize], s: f64| Tensor::randn(0f32, s as f32, shape, &dev).unwrap();
-        let (x, w, gate, up) = (
-            t(&[3, 5, 64], 2.0),
-            t(&[64], 1.0),
-            t(&[3, 5, 96], 3.0),
-            t(&[3, 5, 96], 1.0),
-        );
-        let (h, wo) = (t(&[12, 32], 1.0), t(&[300, 32], 1.0));
-        let targets: Vec<u32> = (0..12).map(|i| i * 23 % 300).collect();
-        // attention: q [B, H, T, D], k [B, KVH, S, D], v [B, S, KVH, D]; row 1 left-padded
-        let (q, k, v) = (
-            t(&[2, 4, 20, 8], 1.0),
-            t(&[2, 2, 20, 8], 1.0),
-            t(&[2, 20, 2, 8], 1.0),
-        );
-        let mut pad = vec![1u8; 20];
-        pad[..3].fill(0);
-        let keys = std::sync::Arc::new(vec![vec![1u8; 20], pad]);
-        let run = |p: Precision| {
-            with_matmul_precision(p, || {
-                let vars: Vec<Var> = [&x, &w, &gate, &up, &h, &wo, &q, &k, &v]
-                    .iter()
-                    .map(|t| Var::from_tensor(t).unwrap())
-                    .collect();
-                let [x, w, gate, up, h, wo, q, k, v] =
-                    [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| vars[i].as_tensor());
-                let y = crate::attention::attention(q, k, v, &keys, 0.35, -1e9).unwrap();
-                let norm = rms_norm(x, w, 1e-5).unwrap();
-                let act = swiglu(gate, up).unwrap();
-                let op = Cpu(OutputLogProbs::new(0.8, true, targets.clone()));
-                let lp = h.apply_op2(wo, op).unwrap().narrow(1, 0, 1).unwrap();
-                let loss = ((norm.sqr().unwrap().sum_all().unwrap()
-                    + act.sin().unwrap().sum_all().unwrap())
-                .unwrap()
-                    + lp.sum_all().unwrap())
-                .unwrap();
-                let loss = (loss + y.sin().unwrap().sum_all().unwrap()).unwrap();
-                let grads = loss.backward().unwrap();
-                let mut out = vec![norm, act, lp, y];
-                out.extend(vars.iter().map(|v| grads.get(v).unwrap().clone()));
-                out
-            })
-        };
-        let (exact, fast) = (run(Precision::F32), run(Precision::Bf16));
-        for (i, (a, b)) in exact.iter().zip(&fast).enumerate() {
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            let diff = diff.to_scalar::<f32>().unwrap();
-            assert!(
-                diff <= 2e-5 * scale,
-                "tensor {i}: max difference {diff} at scale {scale}"
-            );
-        }
-        // they are other kernels, not the same ones
-        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(exact.iter().zip(&fast).any(|(a, b)| bits(a) != bits(b)));
-    }
 
     #[test]
     fn approximate_swiglu_matches_the_exact_op() {

@@ -18,9 +18,10 @@
 use crate::attention::{attention, cached_attention};
 use crate::bf16::{PackedBf16, Precision};
 use crate::config::Config;
+use crate::cpu_op::fused_ok;
 use crate::error::{Error, Result};
 use crate::lora::{self, LoraConfig, LoraLinear};
-use crate::ops::{attention_probs, fused_ok, rms_norm, rope_to_heads, swiglu, swiglu_approx};
+use crate::ops::{attention_probs, rms_norm, rope_to_heads, swiglu, swiglu_approx};
 use crate::weights::{Init, Pass, WeightSource};
 use candle_core::{DType, Device, Tensor, Var};
 use std::borrow::Cow;
