@@ -746,6 +746,17 @@ mod tests {
     use super::*;
     use crate::score::example_score;
 
+    #[test]
+    fn native_records_round_trip() {
+        let splits = generate(BuiltinSpec::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("train.jsonl");
+        crate::write_jsonl(&splits.train, &p).unwrap();
+        let ds = crate::load(&p).unwrap();
+        assert_eq!(ds.format, crate::Format::Native);
+        assert_eq!(ds.examples, splits.train);
+    }
+
     fn grade(ex: &Example, response: &str) -> Vec<f64> {
         // a small independent grader for the check kinds the task uses
         fn met(check: &Check, response: &str) -> bool {

@@ -245,7 +245,8 @@ fn read_mapping(path: &Path) -> Result<MappingFile, DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::{parse, Format};
+    use crate::load::parse;
+    use crate::model::Format;
 
     fn data() -> Dataset {
         let text = r#"{"prompt":[{"role":"user","content":"q"}],"prompt_id":"a","example_tags":["theme:hedging"],"rubrics":[{"criterion":"x","points":3,"tags":["axis:accuracy","cluster:c1"]},{"criterion":"y","points":2,"tags":["axis:completeness"]}]}"#;

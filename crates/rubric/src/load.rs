@@ -2,36 +2,11 @@
 //! naming file, line and field; nothing is half-loaded.
 
 use crate::error::{parse_line, read_text};
-use crate::model::{Check, Criterion, Dataset, Example, Message};
+use crate::model::{Check, Criterion, Dataset, Example, Format, Message};
 use crate::DataError;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// The official HealthBench schema.
-    HealthBench,
-    /// HealthBench schema plus a machine-checkable `check` on rubric items.
-    Native,
-    /// WritingBench: five criteria per query, each scored 1–10.
-    WritingBench,
-}
-
-impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "healthbench" => Ok(Format::HealthBench),
-            "native" => Ok(Format::Native),
-            "writingbench" => Ok(Format::WritingBench),
-            other => Err(format!(
-                "unknown data format `{other}` (expected healthbench, native or writingbench)"
-            )),
-        }
-    }
-}
 
 /// Loads a data file, recognising its format from the first record.
 pub fn load(path: impl AsRef<Path>) -> Result<Dataset, DataError> {
@@ -409,19 +384,6 @@ mod tests {
         assert!(ex.criteria[0].text.contains("9-10: good"));
         assert_eq!(ex.tag_value("theme"), Some("academic_engineering"));
         assert_eq!(ds.get("wb-7").unwrap().prompt[0].content, "Write.");
-    }
-
-    #[test]
-    fn native_records_round_trip() {
-        let splits = crate::builtin::generate(crate::builtin::BuiltinSpec::default()).unwrap();
-        let dir = std::env::temp_dir().join(format!("arlrr-rt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("train.jsonl");
-        write_jsonl(&splits.train, &p).unwrap();
-        let ds = load(&p).unwrap();
-        assert_eq!(ds.format, Format::Native);
-        assert_eq!(ds.examples, splits.train);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -2,6 +2,32 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// The format of a rubric data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The official HealthBench schema.
+    HealthBench,
+    /// HealthBench schema plus a machine-checkable `check` on rubric items.
+    Native,
+    /// WritingBench: five criteria per query, each scored 1–10.
+    WritingBench,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "healthbench" => Ok(Format::HealthBench),
+            "native" => Ok(Format::Native),
+            "writingbench" => Ok(Format::WritingBench),
+            other => Err(format!(
+                "unknown data format `{other}` (expected healthbench, native or writingbench)"
+            )),
+        }
+    }
+}
+
 /// One chat message of the prompt conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -120,19 +146,14 @@ impl Example {
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub source: PathBuf,
-    pub format: crate::Format,
+    pub format: Format,
     pub graded: bool,
     pub examples: Vec<Example>,
     index: HashMap<String, usize>,
 }
 
 impl Dataset {
-    pub fn new(
-        source: PathBuf,
-        format: crate::Format,
-        graded: bool,
-        examples: Vec<Example>,
-    ) -> Self {
+    pub fn new(source: PathBuf, format: Format, graded: bool, examples: Vec<Example>) -> Self {
         let index = examples
             .iter()
             .enumerate()
