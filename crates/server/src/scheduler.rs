@@ -531,7 +531,10 @@ impl Scheduler {
             active_class: self.active_class().map(|k| names[k].clone()),
             phase_length: alternating.then_some(self.settings.phases.length),
             phase_start_step: alternating.then_some(self.state.phase.started_at.unwrap_or(0)),
-            steps_left_in_phase: (self.state.phase.end_step(&self.settings.phases))
+            steps_left_in_phase: self
+                .state
+                .phase
+                .end_step(&self.settings.phases)
                 .filter(|_| alternating && self.state.probe.is_none())
                 .map(|end| end.saturating_sub(self.state.step)),
             waiting_for: self.waiting_for(),
