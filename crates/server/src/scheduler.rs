@@ -459,12 +459,6 @@ impl Scheduler {
         self.state.phase.active
     }
 
-    /// The phase is over at the step reached ([`PhaseState::boundary`]).
-    fn phase_over(&self) -> bool {
-        let phases = &self.settings.phases;
-        self.state.phase.boundary(self.state.step, phases)
-    }
-
     /// Whether the selector needs a validation report made at or after the phase end.
     fn needs_validation(&self) -> bool {
         match self.settings.phases.selector {
@@ -492,8 +486,9 @@ impl Scheduler {
             return Some("probe");
         }
         let first = self.state.phase.active.is_none();
+        let phases = &self.settings.phases;
         (!first
-            && self.phase_over()
+            && self.state.phase.boundary(self.state.step, phases)
             && self.needs_validation()
             && self.fresh_validation().is_none())
         .then_some("validation")
@@ -742,7 +737,11 @@ impl Scheduler {
             );
             return self.commit(candidates, probe.base).map(Some);
         }
-        if !self.phase_over() {
+        if !self
+            .state
+            .phase
+            .boundary(self.state.step, &self.settings.phases)
+        {
             return Ok(None);
         }
         let first = self.state.phase.active.is_none();
