@@ -32,6 +32,8 @@ pub use categorical::{CategoricalConfig, CategoricalPolicy};
 pub use config::{JudgeSection, ObjectiveConfig, PolicyConfig, TrainConfig};
 pub use eval::{EvalReport, EvalSet, Evaluator};
 pub use metrics::StepMetrics;
-pub use schedule::{Decision, ObjectiveKind, PhaseConfig, SelectorKind, Target, TaskData, Weights};
+pub use schedule::{
+    Decision, DecisionRecord, ObjectiveKind, PhaseConfig, SelectorKind, Target, TaskData, Weights,
+};
 pub use setup::{build_judge, build_policy, Parts};
 pub use trainer::Trainer;

@@ -6,7 +6,7 @@ use crate::metrics::{Resampled, StepMetrics};
 use crate::noise::Confusion;
 use anyhow::Result;
 use rubric::runfile::{read_jsonl_if_exists, write_atomic};
-use schedule::Decision;
+use schedule::DecisionRecord;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
@@ -14,7 +14,7 @@ use std::path::Path;
 /// What a run wrote: its metrics, schedule decisions, validations and test scores.
 pub struct RunRecords {
     pub metrics: Vec<StepMetrics>,
-    pub schedule: Vec<Decision>,
+    pub schedule: Vec<DecisionRecord>,
     pub evals: Vec<EvalLine>,
     pub tests: Vec<EvalLine>,
 }
@@ -280,7 +280,7 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
 /// The cost per phase boundary: the selection's wall time (the `time_s.select` of the phase's
 /// first metrics line: measurements and probes, less the probe steps kept as training steps),
 /// its probe steps and the fixed batch; `None` without recorded costs.
-fn selection_cost(schedule: &[Decision], metrics: &[StepMetrics]) -> Option<String> {
+fn selection_cost(schedule: &[DecisionRecord], metrics: &[StepMetrics]) -> Option<String> {
     let costs: Vec<_> = schedule.iter().filter_map(|d| Some((d, d.cost?))).collect();
     let (_, first) = costs.first()?;
     let n = costs.len() as f64;

@@ -1040,7 +1040,8 @@ impl Trainer {
     }
 
     fn log_decision(&mut self, d: &Decision) -> Result<()> {
-        append_checked(&mut self.schedule, "schedule.jsonl", d)?;
+        let record = d.named(&self.data.classes.names);
+        append_checked(&mut self.schedule, "schedule.jsonl", &record)?;
         self.state.schedule_lines = self.schedule.lines;
         Ok(())
     }

@@ -136,7 +136,7 @@ fn lookahead_picks_the_class_that_lifts_the_overall_score() {
     let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
     t.run(|_| {}).unwrap();
     let line = std::fs::read_to_string(dir.path().join("run/schedule.jsonl")).unwrap();
-    let d: arl::Decision = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let d: arl::DecisionRecord = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     assert_eq!(d.chosen, "accuracy", "{d:?}");
     let score = |n: &str| d.candidates.iter().find(|c| c.class == n).unwrap().score;
     let base = d.base_score.unwrap();
@@ -166,7 +166,7 @@ fn every_selector_runs_and_logs_its_numbers() {
         let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
         t.run(|_| {}).unwrap();
         let text = std::fs::read_to_string(dir.path().join("run/schedule.jsonl")).unwrap();
-        let ds: Vec<arl::Decision> = text
+        let ds: Vec<arl::DecisionRecord> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
@@ -204,7 +204,7 @@ fn every_selector_runs_and_logs_its_numbers() {
     }
 }
 
-fn decisions(run: &std::path::Path) -> Vec<arl::Decision> {
+fn decisions(run: &std::path::Path) -> Vec<arl::DecisionRecord> {
     let text = std::fs::read_to_string(run.join("schedule.jsonl")).unwrap();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -176,14 +176,24 @@ pub struct Arm {
 
 impl PhaseState {
     /// Whether a new phase starts at `step`: none is active yet, the active one has run
-    /// `length` steps, or the phase guard ended it. Without the guard that is every multiple
-    /// of `length`.
+    /// `length` steps (see [`PhaseState::end_step`]), or the phase guard or `end_flat` ended
+    /// it. Without those that is every multiple of `length`. The one phase boundary: the
+    /// trainer and the reward service both ask it.
     pub fn boundary(&self, step: u64, cfg: &PhaseConfig) -> bool {
-        let ran_out = match self.started_at {
-            Some(start) => step.saturating_sub(start) >= cfg.length,
+        let ran_out = match self.end_step(cfg) {
+            Some(end) => step >= end,
+            // a checkpoint from before `started_at`: its phases began at multiples of `length`
             None => step.is_multiple_of(cfg.length),
         };
         self.active.is_none() || ran_out || self.tripped.is_some()
+    }
+
+    /// The step the active phase runs out at, `length` steps after it began (unless the
+    /// guard ends it first); `None` before the first phase, and in a checkpoint from before
+    /// `started_at`.
+    pub fn end_step(&self, cfg: &PhaseConfig) -> Option<u64> {
+        self.started_at
+            .map(|start| start.saturating_add(cfg.length))
     }
 
     /// The phase guard, after a step inside a phase, given the overall score on the fixed
@@ -250,7 +260,7 @@ impl PhaseState {
 
     /// `ucb` candidates: mean overall gain per phase of each class plus
     /// `c * sqrt(2 ln(total phases) / phases of that class)`; untried classes come first.
-    pub fn ucb_candidates(&self, trainable: &[usize], names: &[String], c: f64) -> Vec<Candidate> {
+    pub fn ucb_candidates(&self, trainable: &[usize], c: f64) -> Vec<Candidate> {
         let total: u64 = self.arms.iter().map(|a| a.pulls).sum();
         trainable
             .iter()
@@ -267,7 +277,7 @@ impl PhaseState {
                     mean + c * (2.0 * (total.max(1) as f64).ln() / a.pulls as f64).sqrt()
                 };
                 Candidate {
-                    class: names[k].clone(),
+                    class: k,
                     score: bound,
                     detail: mean,
                     gain_se: None,
@@ -277,26 +287,29 @@ impl PhaseState {
     }
 }
 
-/// One line of `schedule.jsonl`.
+/// The choice of a phase's class, with the numbers behind it. The classes are indices
+/// (`C = usize`) from the selector to the phase state; [`Decision::named`] names them for the
+/// record, one line of `schedule.jsonl` ([`DecisionRecord`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
+#[serde(bound(serialize = "C: ClassName", deserialize = "C: ClassName"))]
+pub struct Decision<C = usize> {
     /// The step the phase starts at.
     pub step: u64,
     pub phase: u64,
     pub selector: SelectorKind,
-    pub chosen: String,
+    pub chosen: C,
     /// Overall score on the fixed batch before the decision (when measured).
     pub base_score: Option<f64>,
     /// Per-class scores on the fixed batch (class order; null = no data).
     pub base_class_scores: Vec<Option<f64>>,
     /// Every candidate with the number it was ranked by.
-    pub candidates: Vec<Candidate>,
+    pub candidates: Vec<Candidate<C>>,
     /// The phase guard or `end_flat` ended the previous phase early (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardTrip>,
     /// `phases.skip_flat`: the classes the lookahead did not probe, and why (absent when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub skipped: Vec<Skipped>,
+    pub skipped: Vec<Skipped<C>>,
     /// What the selection ran (absent in a service run's decisions). Its wall time is the
     /// phase's first metrics line's `time_s.select`, kept out of here so that the file
     /// reproduces byte for byte.
@@ -304,10 +317,55 @@ pub struct Decision {
     pub cost: Option<SelectCost>,
 }
 
+/// One line of `schedule.jsonl`: a [`Decision`] with its classes named.
+pub type DecisionRecord = Decision<String>;
+
+/// How a class is named in a decision's record: by its name. Only names reach a file, so a
+/// decision whose classes are indices does not serialize.
+pub trait ClassName: Serialize + serde::de::DeserializeOwned {}
+
+impl ClassName for String {}
+
+impl Decision {
+    /// The record of this decision: the classes named by `names` (class order).
+    pub fn named(&self, names: &[String]) -> DecisionRecord {
+        let name = |k: usize| names[k].clone();
+        Decision {
+            step: self.step,
+            phase: self.phase,
+            selector: self.selector,
+            chosen: name(self.chosen),
+            base_score: self.base_score,
+            base_class_scores: self.base_class_scores.clone(),
+            candidates: self
+                .candidates
+                .iter()
+                .map(|c| Candidate {
+                    class: name(c.class),
+                    score: c.score,
+                    detail: c.detail,
+                    gain_se: c.gain_se,
+                })
+                .collect(),
+            guard: self.guard.clone(),
+            skipped: self
+                .skipped
+                .iter()
+                .map(|s| Skipped {
+                    class: name(s.class),
+                    reason: s.reason.clone(),
+                })
+                .collect(),
+            cost: self.cost,
+        }
+    }
+}
+
 /// A class the lookahead left out of its probes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Skipped {
-    pub class: String,
+#[serde(bound(serialize = "C: ClassName", deserialize = "C: ClassName"))]
+pub struct Skipped<C = usize> {
+    pub class: C,
     pub reason: String,
 }
 
@@ -323,9 +381,11 @@ pub struct SelectCost {
     pub select_samples: usize,
 }
 
+/// A class a selector ranked (`C`: an index, or a name in the record).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Candidate {
-    pub class: String,
+#[serde(bound(serialize = "C: ClassName", deserialize = "C: ClassName"))]
+pub struct Candidate<C = usize> {
+    pub class: C,
     /// What the selector maximized: lookahead = overall score after the probe (deficit when
     /// `skip_flat` found no class with spread), gradient =
     /// cosine with the overall gradient, deficit = points share × (1 − score), ucb = bound
@@ -419,7 +479,7 @@ impl PhaseState {
         let deficit = |k: usize| at.select_weights[k] * (1.0 - class_score(k));
         let one = |k: usize| {
             Plan::Decide(vec![Candidate {
-                class: names[k].clone(),
+                class: k,
                 score: 1.0,
                 detail: 0.0,
                 gain_se: None,
@@ -444,14 +504,14 @@ impl PhaseState {
                 trainable
                     .iter()
                     .map(|&k| Candidate {
-                        class: names[k].clone(),
+                        class: k,
                         score: deficit(k),
                         detail: class_score(k),
                         gain_se: None,
                     })
                     .collect(),
             ),
-            SelectorKind::Ucb => Plan::Decide(self.ucb_candidates(trainable, names, cfg.ucb_c)),
+            SelectorKind::Ucb => Plan::Decide(self.ucb_candidates(trainable, cfg.ucb_c)),
             SelectorKind::Lookahead => {
                 let mut probed = trainable.to_vec();
                 if cfg.top_m > 0 && cfg.top_m < probed.len() {
@@ -471,27 +531,21 @@ impl PhaseState {
         })
     }
 
-    /// Starts the phase of the best candidate (argmax; NaN ranks last, ties go to the earlier
-    /// class) at `step` and returns the record of the choice.
+    /// Starts the phase of the best candidate ([`best`]: the highest score, NaN last, ties
+    /// to the earlier candidate) at `step` and returns the choice. `classes`: how many
+    /// meta-classes there are.
     pub fn commit(
         &mut self,
         step: u64,
         selector: SelectorKind,
-        names: &[String],
+        classes: usize,
         candidates: Vec<Candidate>,
         base: Option<&Measured>,
     ) -> Result<Decision> {
-        let key = |c: &Candidate| rank_key(c.score);
-        let best = candidates
-            .iter()
-            .enumerate()
-            .max_by(|(i, a), (j, b)| key(a).total_cmp(&key(b)).then(j.cmp(i)))
-            .map(|(i, _)| i)
+        let best = best(candidates.iter().map(|c| Rank::of(c.score)))
             .context("the selector produced no candidate")?;
-        let chosen = names
-            .iter()
-            .position(|n| *n == candidates[best].class)
-            .context("a candidate is not a class")?;
+        let chosen = candidates[best].class;
+        ensure!(chosen < classes, "candidate {chosen} is not a class");
         let base_score = base.and_then(|b| b.overall);
         self.index += 1;
         self.active = Some(chosen);
@@ -503,9 +557,9 @@ impl PhaseState {
             step,
             phase: self.index,
             selector,
-            chosen: names[chosen].clone(),
+            chosen,
             base_score,
-            base_class_scores: base.map_or_else(|| vec![None; names.len()], |b| b.classes.clone()),
+            base_class_scores: base.map_or_else(|| vec![None; classes], |b| b.classes.clone()),
             candidates,
             guard,
             skipped: Vec::new(),
@@ -514,14 +568,62 @@ impl PhaseState {
     }
 }
 
-/// What [`PhaseState::commit`] ranks a candidate's score by: NaN last. Of equal keys the
-/// earlier candidate wins.
-pub fn rank_key(score: f64) -> f64 {
-    if score.is_nan() {
-        f64::NEG_INFINITY
-    } else {
-        score
+/// Where a candidate stands in a selection: the one ranking of every selector. A
+/// lookahead probe that made no update ranks after every probe that did, then the higher
+/// score ranks first, NaN last; of equal ranks the earlier candidate wins.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rank {
+    /// The candidate was measured after an update: `false` only for a lookahead probe that
+    /// made none under `skip_flat` (see [`Rank::of_probe`]).
+    pub updated: bool,
+    /// What the selector maximizes (a [`Candidate`]'s `score`).
+    pub score: f64,
+}
+
+impl Rank {
+    /// A candidate scored `score`.
+    pub fn of(score: f64) -> Rank {
+        Rank {
+            updated: true,
+            score,
+        }
     }
+
+    /// A lookahead probe's measurement: its overall score, ranked after the probes that made
+    /// an update when it made none and `phases.skip_flat` is on.
+    pub fn of_probe(cfg: &PhaseConfig, probe: &BatchScores) -> Rank {
+        Rank {
+            updated: !(cfg.skip_flat && probe.flat_probe),
+            score: probe.measured.overall.unwrap_or(f64::NAN),
+        }
+    }
+
+    /// Whether a candidate of this rank leads `earlier`, a candidate before it: it must rank
+    /// strictly higher, as ties go to the earlier candidate.
+    pub fn beats(self, earlier: Rank) -> bool {
+        let key = |r: Rank| {
+            let score = if r.score.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                r.score
+            };
+            (r.updated, score)
+        };
+        let ((a_up, a), (b_up, b)) = (key(self), key(earlier));
+        a_up.cmp(&b_up).then(a.total_cmp(&b)).is_gt()
+    }
+}
+
+/// The index of the best of candidates ranked in order: the first of the highest [`Rank`]
+/// (`None` when there is none).
+pub fn best(ranks: impl IntoIterator<Item = Rank>) -> Option<usize> {
+    let mut lead: Option<(usize, Rank)> = None;
+    for (i, r) in ranks.into_iter().enumerate() {
+        if lead.is_none_or(|(_, l)| r.beats(l)) {
+            lead = Some((i, r));
+        }
+    }
+    lead.map(|(i, _)| i)
 }
 
 /// Whether `target`'s reward spreads on a measured batch (`rewards[example][response]`, `None`
@@ -542,7 +644,6 @@ pub fn spreads(target: &Target, rewards: &[Vec<Option<RewardVector>>], n_classes
 /// Lookahead candidates from the probes' overall scores: ranked by the score, with the gain
 /// over the score before probing next to it.
 pub fn probe_candidates(
-    names: &[String],
     classes: &[usize],
     scores: &[f64],
     base_overall: Option<f64>,
@@ -551,7 +652,7 @@ pub fn probe_candidates(
         .iter()
         .zip(scores)
         .map(|(&k, &score)| Candidate {
-            class: names[k].clone(),
+            class: k,
             score,
             detail: base_overall.map_or(f64::NAN, |b| score - b),
             gain_se: None,
@@ -650,7 +751,7 @@ pub fn decide(
                 keep.push(k);
             } else {
                 skipped.push(Skipped {
-                    class: at.names[k].clone(),
+                    class: k,
                     reason: flat_reason(&b.rewards),
                 });
             }
@@ -667,23 +768,24 @@ pub fn decide(
         Plan::Decide(c) => c,
         Plan::Probe(classes) => {
             let probes = owner.probe(&classes)?;
-            let overall = |b: &BatchScores| b.measured.overall.unwrap_or(f64::NAN);
-            let scores: Vec<f64> = probes.iter().map(overall).collect();
+            let ranks: Vec<Rank> = probes.iter().map(|p| Rank::of_probe(cfg, p)).collect();
+            let scores: Vec<f64> = ranks.iter().map(|r| r.score).collect();
             let base_overall = base_scores.and_then(|b| b.overall);
-            let mut c = probe_candidates(at.names, &classes, &scores, base_overall);
+            let mut c = probe_candidates(&classes, &scores, base_overall);
             if let (true, Some(base)) = (cfg.paired, &base) {
                 for (c, p) in c.iter_mut().zip(&probes) {
                     let gain = paired_gain(&base.examples, &p.examples);
                     (c.detail, c.gain_se) = gain.unwrap_or((f64::NAN, None));
                 }
             }
-            let flat = |p: &BatchScores| cfg.skip_flat && p.flat_probe;
-            if probes.iter().any(flat) && !probes.iter().all(flat) {
+            let flat = |r: &Rank| !r.updated;
+            if ranks.iter().any(flat) && !ranks.iter().all(flat) {
                 // a probe that made no update measured nothing: its class cannot be trained
-                // now, and its "gain" of 0 must not beat measured (if negative) gains
+                // now, and its "gain" of 0 must not beat measured (if negative) gains; so it
+                // ranks last (`Rank`), and is left out of the candidates
                 let mut kept = Vec::new();
-                for (c, p) in c.into_iter().zip(&probes) {
-                    if flat(p) {
+                for (c, r) in c.into_iter().zip(&ranks) {
+                    if flat(r) {
                         skipped.push(Skipped {
                             reason: "its probe's groups had no reward spread on the training prompts: no update".into(),
                             class: c.class,
@@ -700,14 +802,15 @@ pub fn decide(
             .iter()
             .zip(owner.align(&classes)?)
             .map(|(&k, (cos, dot))| Candidate {
-                class: at.names[k].clone(),
+                class: k,
                 score: cos,
                 detail: dot,
                 gain_se: None,
             })
             .collect(),
     };
-    let mut d = state.commit(step, cfg.selector, at.names, candidates, base_scores)?;
+    let classes = at.names.len();
+    let mut d = state.commit(step, cfg.selector, classes, candidates, base_scores)?;
     d.skipped = skipped;
     Ok(d)
 }
@@ -727,7 +830,6 @@ mod tests {
 
     #[test]
     fn ucb_credits_the_ended_phase_and_tries_every_class_first() {
-        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let mut st = PhaseState {
             active: Some(0),
             start_score: Some(0.4),
@@ -736,7 +838,7 @@ mod tests {
         st.credit_ended_phase(3, Some(0.5));
         assert_eq!(st.arms[0].pulls, 1);
         assert!((st.arms[0].total_gain - 0.1).abs() < 1e-12);
-        let c = st.ucb_candidates(&[0, 1, 2], &names, 1.0);
+        let c = st.ucb_candidates(&[0, 1, 2], 1.0);
         assert!((c[0].detail - 0.1).abs() < 1e-12);
         // one phase in total: ln(1) = 0, so the bound is the mean
         assert!((c[0].score - 0.1).abs() < 1e-12);
@@ -749,7 +851,7 @@ mod tests {
         st.active = Some(1);
         st.start_score = Some(0.5);
         st.credit_ended_phase(3, Some(0.3));
-        let c = st.ucb_candidates(&[0, 1], &names, 1.0);
+        let c = st.ucb_candidates(&[0, 1], 1.0);
         let bonus = (2.0 * 2f64.ln()).sqrt();
         assert!((c[0].score - (0.1 + bonus)).abs() < 1e-12);
         assert!((c[1].score - (-0.2 + bonus)).abs() < 1e-12);
@@ -789,9 +891,9 @@ mod tests {
             let Plan::Decide(c) = st.plan(&cfg, at(&n, &[0, 2], &w), None).unwrap() else {
                 panic!("round robin decides at once");
             };
-            chosen.push(st.commit(step, cfg.selector, &n, c, None).unwrap().chosen);
+            chosen.push(st.commit(step, cfg.selector, 3, c, None).unwrap().chosen);
         }
-        assert_eq!(chosen, ["a", "c", "a"]);
+        assert_eq!(chosen, [0, 2, 0]);
         assert_eq!(st.index, 3);
     }
 
@@ -811,35 +913,65 @@ mod tests {
         let Plan::Decide(c) = st.plan(&one, at(&n, &[0, 1, 2], &w), Some(&base)).unwrap() else {
             panic!("one candidate needs no probe");
         };
-        assert_eq!(c[0].class, "c");
+        assert_eq!(c[0].class, 2);
     }
 
     #[test]
     fn commit_takes_the_argmax_with_nan_last_and_ties_to_the_earlier_class() {
-        let n = names();
-        let c = probe_candidates(&n, &[0, 1, 2], &[f64::NAN, 0.7, 0.7], Some(0.5));
+        let c = probe_candidates(&[0, 1, 2], &[f64::NAN, 0.7, 0.7], Some(0.5));
         assert!((c[1].detail - 0.2).abs() < 1e-12);
         let base = measured(0.5, &[None, Some(0.1), None]);
         let mut st = PhaseState::default();
         let d = st
-            .commit(7, SelectorKind::Lookahead, &n, c, Some(&base))
+            .commit(7, SelectorKind::Lookahead, 3, c, Some(&base))
             .unwrap();
-        assert_eq!((d.chosen.as_str(), d.step, d.phase), ("b", 7, 1));
+        assert_eq!((d.chosen, d.step, d.phase), (1, 7, 1));
         assert_eq!(d.base_class_scores, vec![None, Some(0.1), None]);
         assert_eq!((st.active, st.start_score), (Some(1), Some(0.5)));
         let nan = vec![Candidate {
-            class: "a".into(),
+            class: 0,
             score: f64::NAN,
             detail: 0.0,
             gain_se: None,
         }];
         assert_eq!(
-            st.commit(8, SelectorKind::Deficit, &n, nan, None)
+            st.commit(8, SelectorKind::Deficit, 3, nan, None)
                 .unwrap()
                 .chosen,
-            "a",
+            0,
             "a lone NaN candidate is still chosen"
         );
+    }
+
+    #[test]
+    fn the_ranking_puts_probes_without_update_and_nan_last_and_ties_to_the_earlier() {
+        let of = Rank::of;
+        assert_eq!(best([of(0.1), of(0.3), of(0.3), of(0.2)]), Some(1));
+        assert_eq!(best([of(f64::NAN), of(-5.0)]), Some(1));
+        assert_eq!(best([of(f64::NAN), of(f64::NAN)]), Some(0));
+        assert_eq!(best([]), None);
+        let flat = Rank {
+            updated: false,
+            score: 0.9,
+        };
+        assert_eq!(best([flat, of(0.1)]), Some(1));
+        assert_eq!(best([flat, flat]), Some(0));
+        assert!(of(f64::NAN).beats(flat) && !flat.beats(of(f64::NAN)));
+        // a probe is ranked by its overall score, made-no-update only under skip_flat
+        let mut probe = BatchScores::new(measured(0.4, &[]), Vec::new());
+        probe.flat_probe = true;
+        let on = PhaseConfig {
+            skip_flat: true,
+            ..PhaseConfig::default()
+        };
+        assert_eq!(
+            Rank::of_probe(&on, &probe),
+            Rank {
+                updated: false,
+                score: 0.4
+            }
+        );
+        assert_eq!(Rank::of_probe(&PhaseConfig::default(), &probe), of(0.4));
     }
 
     #[test]
@@ -859,20 +991,20 @@ mod tests {
 
     #[test]
     fn without_the_guard_phases_begin_at_multiples_of_the_length() {
-        let n = names();
         let cfg = PhaseConfig::default();
         let mut st = PhaseState::default();
         let mut starts = Vec::new();
         for step in 0..23 {
             if st.boundary(step, &cfg) {
                 starts.push(step);
-                let c = probe_candidates(&n, &[0], &[0.5], Some(0.5));
-                st.commit(step, cfg.selector, &n, c, None).unwrap();
+                let c = probe_candidates(&[0], &[0.5], Some(0.5));
+                st.commit(step, cfg.selector, 3, c, None).unwrap();
             }
             // no guard: a drop changes nothing
             assert!(!st.check_guard(&cfg, step + 1, Some(-1.0)));
         }
         assert_eq!(starts, [0, 5, 10, 15, 20]);
+        assert_eq!(st.end_step(&cfg), Some(25));
         // a checkpoint from before the guard (no `started_at`) keeps the same boundaries
         let old = PhaseState {
             active: Some(0),
@@ -880,6 +1012,7 @@ mod tests {
         };
         let old_starts: Vec<u64> = (1..23).filter(|&s| old.boundary(s, &cfg)).collect();
         assert_eq!(old_starts, [5, 10, 15, 20]);
+        assert_eq!(old.end_step(&cfg), None);
     }
 
     #[test]
@@ -891,8 +1024,8 @@ mod tests {
         };
         let base = measured(0.5, &[None, None, None]);
         let mut st = PhaseState::default();
-        let c = probe_candidates(&n, &[1], &[0.6], Some(0.5));
-        st.commit(10, cfg.selector, &n, c.clone(), Some(&base))
+        let c = probe_candidates(&[1], &[0.6], Some(0.5));
+        st.commit(10, cfg.selector, 3, c.clone(), Some(&base))
             .unwrap();
         assert!(!st.boundary(11, &cfg));
         // a drop of exactly guard_drop, or none measured, keeps the phase
@@ -902,14 +1035,14 @@ mod tests {
         // more than guard_drop: the phase ends after step 12, not at 15
         assert!(st.check_guard(&cfg, 12, Some(0.4)));
         assert!(st.boundary(12, &cfg));
-        let d = st.commit(12, cfg.selector, &n, c, Some(&base)).unwrap();
+        let d = st.commit(12, cfg.selector, 3, c, Some(&base)).unwrap();
         let trip = d.guard.expect("the decision records the early end");
         assert_eq!(trip.step, 12);
         assert!((trip.drop.unwrap() - 0.1).abs() < 1e-12 && trip.score == Some(0.4));
         assert_eq!((st.started_at, &st.tripped), (Some(12), &None));
         assert!(!st.boundary(16, &cfg) && st.boundary(17, &cfg));
         // the record is left out of schedule.jsonl when there is none
-        let line = serde_json::to_string(&Decision { guard: None, ..d }).unwrap();
+        let line = serde_json::to_string(&Decision { guard: None, ..d }.named(&n)).unwrap();
         assert!(
             !line.contains("guard") && !line.contains("gain_se"),
             "{line}"
@@ -927,8 +1060,8 @@ mod tests {
             ..PhaseConfig::default()
         };
         let mut st = PhaseState::default();
-        let c = probe_candidates(&n, &[1], &[0.6], None);
-        st.commit(10, cfg.selector, &n, c.clone(), None).unwrap();
+        let c = probe_candidates(&[1], &[0.6], None);
+        st.commit(10, cfg.selector, 3, c.clone(), None).unwrap();
         // one flat step is not a window; 1.0 then 0.25 averages below 0.75
         for (step, share) in [(11, 1.0), (12, 0.25), (13, 0.75)] {
             st.note_flat(&cfg, share);
@@ -945,13 +1078,13 @@ mod tests {
         let old: PhaseState =
             serde_json::from_str(r#"{"index":1,"active":0,"start_score":null,"arms":[]}"#).unwrap();
         assert!(old.flat_shares.is_empty() && old.tripped.is_none());
-        let d = st.commit(14, cfg.selector, &n, c, None).unwrap();
+        let d = st.commit(14, cfg.selector, 3, c, None).unwrap();
         let trip = d.guard.clone().expect("the decision records the early end");
         assert_eq!(
             (trip.step, trip.flat, trip.score),
             (14, Some(vec![0.75, 1.0]), None)
         );
-        let line = serde_json::to_string(&d).unwrap();
+        let line = serde_json::to_string(&d.named(&n)).unwrap();
         assert!(
             line.contains(r#""guard":{"step":14,"flat":[0.75,1.0]}"#),
             "{line}"
@@ -979,17 +1112,17 @@ mod tests {
         let mut o = owner(&[&g]);
         o.flat = vec![2];
         let d = decide_with(&cfg, &mut o);
-        assert_eq!(d.chosen, "b");
+        assert_eq!(d.chosen, 1);
         assert_eq!(d.candidates.len(), 2);
-        assert_eq!(d.skipped[0].class, "c");
+        assert_eq!(d.skipped[0].class, 2);
         assert!(d.skipped[0].reason.contains("no update"), "{:?}", d.skipped);
         // every probe flat: nothing to prefer, the ranking stands
         o.flat = vec![0, 1, 2];
         let d = decide_with(&cfg, &mut o);
-        assert_eq!((d.chosen.as_str(), d.skipped.len()), ("c", 0));
+        assert_eq!((d.chosen, d.skipped.len()), (2, 0));
         // without skip_flat the flat probe is ranked as before
         o.flat = vec![2];
-        assert_eq!(decide_with(&PhaseConfig::default(), &mut o).chosen, "c");
+        assert_eq!(decide_with(&PhaseConfig::default(), &mut o).chosen, 2);
     }
 
     #[test]
@@ -1104,44 +1237,51 @@ mod tests {
         let mut o = owner(&[&two, &other]);
         let d = decide_with(&cfg, &mut o);
         assert_eq!(o.probed, [vec![0, 2]]);
-        assert_eq!(d.chosen, "c");
+        assert_eq!(d.chosen, 2);
         assert_eq!(d.candidates.len(), 2);
         assert_eq!(d.skipped.len(), 1);
-        assert_eq!(d.skipped[0].class, "b");
+        assert_eq!(d.skipped[0].class, 1);
         assert!(
             d.skipped[0].reason.contains("2 responses"),
             "{:?}",
             d.skipped
         );
         // the record says so in schedule.jsonl, and reads back
-        let line = serde_json::to_string(&d).unwrap();
-        assert!(line.contains("\"skipped\""), "{line}");
-        assert_eq!(serde_json::from_str::<Decision>(&line).unwrap(), d);
+        let (n, record) = (names(), d.named(&names()));
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(line.contains(r#""skipped":[{"class":"b","#), "{line}");
+        assert!(line.contains(r#""chosen":"c""#), "{line}");
+        assert_eq!(
+            serde_json::from_str::<DecisionRecord>(&line).unwrap(),
+            record
+        );
 
         // off: every class is probed and nothing is recorded as skipped
         let mut o = owner(&[&two, &other]);
         let d = decide_with(&PhaseConfig::default(), &mut o);
         assert_eq!((o.probed, d.skipped.len()), (vec![vec![0, 1, 2]], 0));
-        assert!(!serde_json::to_string(&d).unwrap().contains("skipped"));
+        assert!(!serde_json::to_string(&d.named(&n))
+            .unwrap()
+            .contains("skipped"));
 
         // one class spreads: chosen without a probe
         let mut o = owner(&[&[[0.0, 1.0, 0.5], [1.0, 1.0, 0.5]]]);
         let d = decide_with(&cfg, &mut o);
         assert!(o.probed.is_empty());
-        assert_eq!((d.chosen.as_str(), d.skipped.len()), ("a", 2));
+        assert_eq!((d.chosen, d.skipped.len()), (0, 2));
 
         // none spreads: the largest deficit (c: 0.5 × (1 − 0.2)), unprobed
         let mut o = owner(&[&[[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]]]);
         let d = decide_with(&cfg, &mut o);
         assert!(o.probed.is_empty());
-        assert_eq!((d.chosen.as_str(), d.skipped.len()), ("c", 3));
+        assert_eq!((d.chosen, d.skipped.len()), (2, 3));
         assert_eq!(d.selector, SelectorKind::Lookahead);
 
         // one response per example: spread across the examples counts
         let mut o = owner(&[&[[0.0, 0.0, 0.5]], &[[1.0, 0.0, 0.5]], &[[1.0, 1.0, 0.5]]]);
         let d = decide_with(&cfg, &mut o);
         assert_eq!(o.probed, [vec![0, 1]]);
-        assert_eq!(d.skipped[0].class, "c");
+        assert_eq!(d.skipped[0].class, 2);
         assert!(d.skipped[0].reason.contains("one response each"));
     }
 

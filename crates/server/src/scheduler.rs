@@ -3,9 +3,10 @@
 //! In `arlrr train` the trainer owns the policy and measures validation itself; a remote
 //! engine owns the policy here, so the schedule advances on reports: training steps (or
 //! graded completions, `completions_per_step`), validation scores, and, for lookahead, the
-//! score of each probe. The decision rules and the decision record are the `schedule` crate's
-//! ([`PhaseState::plan`], [`PhaseState::commit`], [`Decision`]), the same the trainer runs, so
-//! a service run's `schedule.jsonl` reads like a trainer run's.
+//! score of each probe. The phase boundary, the decision rules and the decision record are
+//! the `schedule` crate's ([`PhaseState::boundary`], [`PhaseState::plan`],
+//! [`PhaseState::commit`], [`DecisionRecord`]), the same the trainer runs, so a service run's
+//! `schedule.jsonl` reads like a trainer run's.
 //!
 //! Selectors in service mode:
 //! - `fixed`, `round_robin`: need only step counts.
@@ -24,8 +25,8 @@
 //! `schedule.jsonl`.
 
 use schedule::{
-    probe_candidates, Choices, Decision, Measured, ObjectiveKind, PhaseConfig, PhaseState, Plan,
-    SelectorKind,
+    probe_candidates, Candidate, Choices, DecisionRecord, Measured, ObjectiveKind, PhaseConfig,
+    PhaseState, Plan, SelectorKind,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -73,15 +74,17 @@ pub struct ScheduleState {
     pub classes: Vec<String>,
     /// Latest training step reported (or counted from completions).
     pub step: u64,
-    /// Step at which the active phase began.
-    pub phase_start_step: u64,
+    /// The step the active phase began at, as files written before `phase.started_at` held
+    /// it carry it: read into `phase.started_at` on load, never written.
+    #[serde(default, skip_serializing)]
+    phase_start_step: Option<u64>,
     /// Completions graded since the last counted step (`completions_per_step`).
     pub pending_completions: u64,
     pub phase: PhaseState,
     /// Latest validation report.
     pub validation: Option<Measured>,
     pub probe: Option<Probe>,
-    pub last_decision: Option<Decision>,
+    pub last_decision: Option<DecisionRecord>,
 }
 
 /// A report from the trainer (`POST /v1/schedule/report`). `C` is a validation completion
@@ -174,7 +177,7 @@ pub struct Status {
     /// `"probe"` while a lookahead waits for probe results.
     pub waiting_for: Option<&'static str>,
     pub probe: Option<ProbeStatus>,
-    pub last_decision: Option<Decision>,
+    pub last_decision: Option<DecisionRecord>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -355,8 +358,14 @@ impl Scheduler {
         let path = dir.join(STATE_FILE);
         let state = if path.exists() {
             let text = std::fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
-            let state: ScheduleState = serde_json::from_slice(&text)
+            let mut state: ScheduleState = serde_json::from_slice(&text)
                 .map_err(|e| anyhow::anyhow!("{}: not a schedule state: {e}", path.display()))?;
+            if state.phase.active.is_some() && state.phase.started_at.is_none() {
+                // a file from before `phase.started_at`: its phase began at `phase_start_step`
+                state.phase.started_at = Some(state.phase_start_step.unwrap_or(0));
+            }
+            state.phase_start_step = None;
+            let start = state.phase.started_at.unwrap_or(0);
             anyhow::ensure!(
                 state.format == STATE_FORMAT,
                 "{}: state format {}, this build reads {STATE_FORMAT}",
@@ -364,12 +373,11 @@ impl Scheduler {
                 state.format
             );
             anyhow::ensure!(
-                state.step <= MAX_STEP && state.phase_start_step <= state.step,
-                "{}: step {} (phase start {}) is beyond {MAX_STEP} (2^53), the largest step the \
-                 schedule counts to; use another --state-dir (or remove that one)",
+                state.step <= MAX_STEP && start <= state.step,
+                "{}: step {} (phase start {start}) is beyond {MAX_STEP} (2^53), the largest step \
+                 the schedule counts to; use another --state-dir (or remove that one)",
                 path.display(),
                 state.step,
-                state.phase_start_step
             );
             anyhow::ensure!(
                 state.objective == settings.objective
@@ -401,7 +409,7 @@ impl Scheduler {
                 selector: settings.phases.selector,
                 classes: classes.to_vec(),
                 step: 0,
-                phase_start_step: 0,
+                phase_start_step: None,
                 pending_completions: 0,
                 phase: PhaseState::default(),
                 validation: None,
@@ -451,16 +459,6 @@ impl Scheduler {
         self.state.phase.active
     }
 
-    fn phase_end_step(&self) -> u64 {
-        self.state
-            .phase_start_step
-            .saturating_add(self.settings.phases.length)
-    }
-
-    fn phase_over(&self) -> bool {
-        self.state.phase.active.is_none() || self.state.step >= self.phase_end_step()
-    }
-
     /// Whether the selector needs a validation report made at or after the phase end.
     fn needs_validation(&self) -> bool {
         match self.settings.phases.selector {
@@ -473,12 +471,11 @@ impl Scheduler {
     /// The validation report the next decision may use: for the first phase whatever was
     /// reported (possibly nothing), later only one made at or after the phase end.
     fn fresh_validation(&self) -> Option<&Measured> {
-        let first = self.state.phase.active.is_none();
-        let end = self.phase_end_step();
+        let end = self.state.phase.end_step(&self.settings.phases);
         self.state
             .validation
             .as_ref()
-            .filter(|v| first || v.step >= end)
+            .filter(|v| end.is_none_or(|end| v.step >= end))
     }
 
     fn waiting_for(&self) -> Option<&'static str> {
@@ -489,8 +486,9 @@ impl Scheduler {
             return Some("probe");
         }
         let first = self.state.phase.active.is_none();
+        let phases = &self.settings.phases;
         (!first
-            && self.phase_over()
+            && self.state.phase.boundary(self.state.step, phases)
             && self.needs_validation()
             && self.fresh_validation().is_none())
         .then_some("validation")
@@ -527,9 +525,13 @@ impl Scheduler {
             phase: self.state.phase.index,
             active_class: self.active_class().map(|k| names[k].clone()),
             phase_length: alternating.then_some(self.settings.phases.length),
-            phase_start_step: alternating.then_some(self.state.phase_start_step),
-            steps_left_in_phase: (alternating && self.state.probe.is_none())
-                .then(|| self.phase_end_step().saturating_sub(self.state.step)),
+            phase_start_step: alternating.then_some(self.state.phase.started_at.unwrap_or(0)),
+            steps_left_in_phase: self
+                .state
+                .phase
+                .end_step(&self.settings.phases)
+                .filter(|_| alternating && self.state.probe.is_none())
+                .map(|end| end.saturating_sub(self.state.step)),
             waiting_for: self.waiting_for(),
             probe,
             last_decision: self.state.last_decision.clone(),
@@ -538,7 +540,7 @@ impl Scheduler {
 
     /// Takes a trainer report; returns the decision it triggered, if any. The state is saved
     /// before this returns; on any error the schedule is left exactly as it was.
-    pub fn report(&mut self, report: Report) -> Result<Option<Decision>, ReportError> {
+    pub fn report(&mut self, report: Report) -> Result<Option<DecisionRecord>, ReportError> {
         let before = self.state.clone();
         let result = self.apply(report);
         if result.is_err() {
@@ -547,7 +549,7 @@ impl Scheduler {
         result
     }
 
-    fn apply(&mut self, report: Report) -> Result<Option<Decision>, ReportError> {
+    fn apply(&mut self, report: Report) -> Result<Option<DecisionRecord>, ReportError> {
         if report.step.is_some() && report.steps.is_some() {
             return Err(ReportError::bad(
                 "steps",
@@ -609,7 +611,7 @@ impl Scheduler {
 
     /// Counts graded completions toward steps (`completions_per_step`); saves and may decide
     /// when a step completes. On an error the schedule is left as it was.
-    pub fn count_completions(&mut self, n: u64) -> anyhow::Result<Option<Decision>> {
+    pub fn count_completions(&mut self, n: u64) -> anyhow::Result<Option<DecisionRecord>> {
         let per_step = self.settings.completions_per_step;
         if per_step == 0 || n == 0 {
             return Ok(None);
@@ -622,7 +624,7 @@ impl Scheduler {
         result
     }
 
-    fn count(&mut self, n: u64, per_step: u64) -> anyhow::Result<Option<Decision>> {
+    fn count(&mut self, n: u64, per_step: u64) -> anyhow::Result<Option<DecisionRecord>> {
         let pending = self.state.pending_completions.saturating_add(n);
         self.state.pending_completions = pending % per_step;
         let steps = pending / per_step;
@@ -718,7 +720,7 @@ impl Scheduler {
 
     /// Decides the next class when the schedule allows it: the phase is over and the
     /// selector has what it needs (a fresh validation report, all probe results).
-    fn advance(&mut self) -> anyhow::Result<Option<Decision>> {
+    fn advance(&mut self) -> anyhow::Result<Option<DecisionRecord>> {
         if !self.alternating() {
             return Ok(None);
         }
@@ -729,14 +731,17 @@ impl Scheduler {
             let probe = self.state.probe.take().expect("checked above");
             let scores: Vec<f64> = probe.results.iter().flatten().copied().collect();
             let candidates = probe_candidates(
-                &self.state.classes,
                 &probe.candidates,
                 &scores,
                 probe.base.as_ref().and_then(|b| b.overall),
             );
             return self.commit(candidates, probe.base).map(Some);
         }
-        if !self.phase_over() {
+        if !self
+            .state
+            .phase
+            .boundary(self.state.step, &self.settings.phases)
+        {
             return Ok(None);
         }
         let first = self.state.phase.active.is_none();
@@ -771,25 +776,25 @@ impl Scheduler {
     /// Starts the phase of the best candidate and records the decision.
     fn commit(
         &mut self,
-        candidates: Vec<schedule::Candidate>,
+        candidates: Vec<Candidate>,
         base: Option<Measured>,
-    ) -> anyhow::Result<Decision> {
+    ) -> anyhow::Result<DecisionRecord> {
         let decision = self.state.phase.commit(
             self.state.step,
             self.settings.phases.selector,
-            &self.state.classes,
+            self.state.classes.len(),
             candidates,
             base.as_ref(),
         )?;
-        self.state.phase_start_step = self.state.step;
-        self.state.last_decision = Some(decision.clone());
-        Ok(decision)
+        let record = decision.named(&self.state.classes);
+        self.state.last_decision = Some(record.clone());
+        Ok(record)
     }
 
     /// Saves the state and the decision that led to it, if any: the decision line is appended
     /// to `schedule.jsonl`, then the state is written; when the state cannot be written the
     /// line is taken back, so the log never holds a decision the saved state does not.
-    fn persist(&self, decision: Option<&Decision>) -> anyhow::Result<()> {
+    fn persist(&self, decision: Option<&DecisionRecord>) -> anyhow::Result<()> {
         let Some(decision) = decision else {
             return self.save();
         };
@@ -834,7 +839,7 @@ mod tests {
         .unwrap()
     }
 
-    fn step(s: &mut Scheduler, step: u64) -> Option<Decision> {
+    fn step(s: &mut Scheduler, step: u64) -> Option<DecisionRecord> {
         s.report(Report {
             step: Some(step),
             ..Report::default()
@@ -1001,6 +1006,32 @@ mod tests {
         std::fs::write(&saved, content).unwrap();
         assert_eq!(s.count_completions(3).unwrap().unwrap().chosen, "b");
         assert_eq!((s.state().step, s.state().pending_completions), (1, 1));
+    }
+
+    #[test]
+    fn a_state_file_from_before_the_phase_start_in_the_phase_state_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), SelectorKind::RoundRobin, 3));
+        // a file of format 1 as written before: the phase start beside the phase state
+        let file = dir.path().join(STATE_FILE);
+        let mut saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert!(saved.get("phase_start_step").is_none(), "{saved}");
+        saved["step"] = 4.into();
+        saved["phase_start_step"] = 4.into();
+        saved["phase"]["active"] = 1.into();
+        saved["phase"].as_object_mut().unwrap().remove("started_at");
+        std::fs::write(&file, serde_json::to_vec(&saved).unwrap()).unwrap();
+        let mut s = open(dir.path(), SelectorKind::RoundRobin, 3);
+        assert_eq!(s.state().phase.started_at, Some(4));
+        let status = s.status();
+        assert_eq!(status.phase_start_step, Some(4));
+        assert_eq!(status.steps_left_in_phase, Some(3));
+        // the phase runs its length from there
+        assert!(step(&mut s, 6).is_none());
+        assert_eq!(step(&mut s, 7).unwrap().chosen, "c");
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert!(!written.contains("phase_start_step"), "{written}");
     }
 
     #[test]

@@ -12,9 +12,7 @@ use crate::optim::AdamW;
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use schedule::{
-    rank_key, BatchScores, Choices, Decision, Measure, SelectCost, SelectorKind, Target,
-};
+use schedule::{BatchScores, Choices, Decision, Measure, Rank, SelectCost, SelectorKind, Target};
 use std::time::Instant;
 
 /// A probe step kept as a step of the run (`phases.keep_probe`).
@@ -36,9 +34,8 @@ pub(crate) struct KeptSteps {
 /// The state a probe's steps advanced: what becomes the run's when its class is chosen.
 struct Probe {
     class: usize,
-    score: f64,
-    /// `skip_flat` and no step of the probe had a group with spread (ranks after the others).
-    flat: bool,
+    /// Where its measurement ranks among the probes ([`Rank::of_probe`]).
+    rank: Rank,
     params: ParamSnapshot,
     optimizer: AdamW,
     optimizer_steps: u64,
@@ -83,7 +80,7 @@ impl Trainer {
         self.state.phase = phase;
         let mut decision = decision?;
         let kept = match best {
-            Some(p) if names[p.class] == decision.chosen => {
+            Some(p) if p.class == decision.chosen => {
                 p.params.restore(&self.vars)?;
                 self.optimizer = p.optimizer;
                 self.state.optimizer_steps = p.optimizer_steps;
@@ -160,8 +157,8 @@ impl Measure for Selection<'_> {
 
     /// From one snapshot of policy and optimizer, trains each class's phase reward for
     /// `probe_steps` steps (same prompts and sampling noise for all), scores the fixed batch,
-    /// restores. With `keep`, the best probe's state is kept aside, ranked as
-    /// [`schedule::PhaseState::commit`] ranks (ties to the earlier class).
+    /// restores. With `keep`, the best probe's state so far is kept aside, by the ranking
+    /// [`schedule::decide`] chooses by ([`Rank`]).
     fn probe(&mut self, classes: &[usize]) -> Result<Vec<BatchScores>> {
         let t = &mut *self.trainer;
         let params = ParamSnapshot::take(&t.vars)?;
@@ -189,22 +186,14 @@ impl Measure for Selection<'_> {
             let secs = start.elapsed().as_secs_f64();
             let mut measured = t.select_eval(self.time)?;
             measured.flat_probe = t.config.phases.probe_steps > 0 && rows == 0;
-            let score = measured.measured.overall.unwrap_or(f64::NAN);
-            let flat = t.config.phases.skip_flat && measured.flat_probe;
+            let rank = Rank::of_probe(&t.config.phases, &measured);
             scores.push(measured);
             let probe_optimizer = std::mem::replace(&mut t.optimizer, optimizer.snapshot()?);
-            // as `schedule::decide` ranks: a flat probe after the others, then the score
-            let key = |flat: bool, score: f64| (!flat, rank_key(score));
-            let better = match &self.best {
-                None => true,
-                Some(b) => key(flat, score) > key(b.flat, b.score),
-            };
-            if self.keep && better {
+            if self.keep && self.best.as_ref().is_none_or(|b| rank.beats(b.rank)) {
                 self.best = None; // one kept probe at a time
                 self.best = Some(Probe {
                     class: k,
-                    score,
-                    flat,
+                    rank,
                     params: ParamSnapshot::take(&t.vars)?,
                     optimizer: probe_optimizer,
                     optimizer_steps: t.state.optimizer_steps,
