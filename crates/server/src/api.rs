@@ -189,6 +189,18 @@ fn check_count(service: &Service, n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Bad items of a batch, if any, as one 422 naming every one.
+fn all_valid(errors: Vec<ItemError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::items(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_items",
+        errors,
+    ))
+}
+
 /// Per-completion failures as an error answer: 500 for a data/judge mismatch (no retry helps),
 /// 503 otherwise (retrying, as OpenRLHF's client does, may succeed; verdicts already obtained
 /// are cached).
@@ -306,6 +318,29 @@ fn lone_gdpo_completion(field: String, what: &str) -> ApiError {
     )
 }
 
+/// How a reward request's completions are grouped under the objective.
+struct Grouping {
+    gdpo: bool,
+    /// GDPO groups are collected across requests (`--group-size`).
+    collect: bool,
+    /// A prompt's lone completion is refused ([`lone_gdpo_completion`]).
+    refuse_lone: bool,
+}
+
+impl Grouping {
+    /// Evaluation traffic is never held for a training group: its prompts' completions are
+    /// normalized within the request, and a lone one is answered without a GDPO reward.
+    fn of(service: &Service, eval: bool) -> Self {
+        let gdpo = service.objective == Objective::Gdpo;
+        let collect = gdpo && service.groups.enabled() && !eval;
+        Grouping {
+            gdpo,
+            collect,
+            refuse_lone: gdpo && !collect && !eval,
+        }
+    }
+}
+
 /// OpenRLHF's remote reward request, as its `remote_rm_fn_ray` sends it (OpenRLHF
 /// v0.6–v0.9.0, `openrlhf/utils/remote_rm_utils.py`, a batch per request) and its
 /// `SingleTurnAgentExecutor._fetch_rewards_via_http` (v0.9.1 on, one completion per request):
@@ -349,6 +384,55 @@ pub async fn openrlhf_reward(
     let req: OpenRlhfRequest = parse(body)?;
     let n = req.query.len();
     check_count(&service, n)?;
+    let prompts = openrlhf_prompts(&req)?;
+    let eval_labels = openrlhf_eval_labels(&req)?;
+    let eval = eval_traffic(&headers) || eval_labels;
+    let matched = match_queries(&service, &req, prompts)?;
+    let examples: Vec<usize> = matched.iter().map(|m| m.0).collect();
+    let groups = group_by(&examples);
+    let grouping = Grouping::of(&service, eval);
+    if grouping.refuse_lone {
+        if let Some(lone) = groups.iter().find(|g| g.len() < 2) {
+            return Err(lone_gdpo_completion(
+                "query".into(),
+                &format!(
+                    "query[{}] is the only completion of its prompt in this request",
+                    lone[0]
+                ),
+            ));
+        }
+    }
+    // the class read once: the one graded (`--grade active`) is the one rewarded
+    let active = service
+        .scheduler
+        .lock()
+        .expect("scheduler lock")
+        .active_class();
+    let only = service.graded_class(active);
+    let rewards = grade_queries(&service, &matched, only).await?;
+    let (reward, group_size) = if grouping.collect {
+        collected_rewards(&service, &examples, &rewards).await
+    } else {
+        request_rewards(&service, &groups, &rewards, active)
+    };
+    let scores = openrlhf_scores(&rewards, only);
+    let mut logs = openrlhf_logs(&service, &rewards, active);
+    if grouping.gdpo {
+        logs.insert("arlrr/group_size".into(), json!(group_size));
+    }
+    if !eval {
+        count(&service, n)?;
+    }
+    Ok(Json(json!({
+        "rewards": reward,
+        "scores": scores,
+        "extra_logs": logs,
+    })))
+}
+
+/// The prompt texts of an OpenRLHF request, one per query.
+fn openrlhf_prompts(req: &OpenRlhfRequest) -> Result<&[String], ApiError> {
+    let n = req.query.len();
     let Some(prompts) = &req.prompts else {
         return Err(ApiError::bad_request(
             "prompts",
@@ -369,8 +453,13 @@ pub async fn openrlhf_reward(
             ));
         }
     }
-    // OpenRLHF's URL mode sends no headers: an `eval:` label prefix marks evaluation traffic
-    let eval_labels: Vec<bool> = (0..n)
+    Ok(prompts)
+}
+
+/// Whether an OpenRLHF request is evaluation traffic by its labels: OpenRLHF's URL mode sends
+/// no headers, so an `eval:` label prefix marks it. A request that mixes the two is refused.
+fn openrlhf_eval_labels(req: &OpenRlhfRequest) -> Result<bool, ApiError> {
+    let eval_labels: Vec<bool> = (0..req.query.len())
         .map(|i| {
             req.labels.as_ref().is_some_and(|l| {
                 l[i].as_str()
@@ -388,89 +477,85 @@ pub async fn openrlhf_reward(
             ),
         ));
     }
-    let eval = eval_traffic(&headers) || eval_labels.first() == Some(&true);
-    let mut errors = Vec::new();
-    let mut matched: Vec<(usize, &str)> = Vec::with_capacity(n);
-    for i in 0..n {
-        let label = req.labels.as_ref().map(|l| &l[i]);
-        let id = label
-            .and_then(id_of)
-            .map(|id| match id.strip_prefix(EVAL_LABEL_PREFIX) {
-                Some(rest) => rest.to_string(),
-                None => id,
-            });
-        if let Some(l) = label.filter(|l| !l.is_null() && id.is_none()) {
-            errors.push(ItemError {
-                index: i,
-                field: format!("labels[{i}]"),
-                message: format!(
-                    "expected the example id (a string or number) or null, got {}",
-                    json_kind(l)
-                ),
-            });
-            continue;
-        }
-        let example = match service
-            .index
-            .find(&service.data, id.as_deref(), Some(&prompts[i]))
-        {
-            Ok(e) => e,
-            Err(e) => {
-                let field = if matches!(e, MatchError::UnknownId(_)) {
-                    format!("labels[{i}]")
-                } else {
-                    format!("prompts[{i}]")
-                };
-                errors.push(ItemError {
-                    index: i,
-                    field,
-                    message: e.to_string(),
-                });
-                continue;
-            }
-        };
-        match response_from_query(&req.query[i], &prompts[i]) {
-            Some(r) => matched.push((example, r)),
-            None => errors.push(ItemError {
-                index: i,
-                field: format!("query[{i}]"),
-                message: "the query does not contain its prompt (`prompts[i]`)".into(),
-            }),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::items(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_items",
-            errors,
-        ));
-    }
+    Ok(eval_labels.first() == Some(&true))
+}
 
-    let examples: Vec<usize> = matched.iter().map(|m| m.0).collect();
-    let groups = group_by(&examples);
-    let gdpo = service.objective == Objective::Gdpo;
-    // evaluation traffic is never held for a training group: its prompts' completions are
-    // normalized within the request, and a lone one is answered without a GDPO reward
-    let collect = gdpo && service.groups.enabled() && !eval;
-    if gdpo && !collect && !eval {
-        if let Some(lone) = groups.iter().find(|g| g.len() < 2) {
-            return Err(lone_gdpo_completion(
-                "query".into(),
-                &format!(
-                    "query[{}] is the only completion of its prompt in this request",
-                    lone[0]
-                ),
-            ));
+/// Each query's example (by its label, else its prompt text) and response (the query after
+/// its prompt); every query that cannot be matched is named in one 422.
+fn match_queries<'a>(
+    service: &Service,
+    req: &'a OpenRlhfRequest,
+    prompts: &[String],
+) -> Result<Vec<(usize, &'a str)>, ApiError> {
+    let mut errors = Vec::new();
+    let mut matched = Vec::with_capacity(req.query.len());
+    for (i, query) in req.query.iter().enumerate() {
+        let item = query_example(service, req.labels.as_ref().map(|l| &l[i]), &prompts[i], i)
+            .and_then(|example| match response_from_query(query, &prompts[i]) {
+                Some(r) => Ok((example, r)),
+                None => Err(ItemError {
+                    index: i,
+                    field: format!("query[{i}]"),
+                    message: "the query does not contain its prompt (`prompts[i]`)".into(),
+                }),
+            });
+        match item {
+            Ok(m) => matched.push(m),
+            Err(e) => errors.push(e),
         }
     }
-    // the class read once: the one graded (`--grade active`) is the one rewarded
-    let active = service
-        .scheduler
-        .lock()
-        .expect("scheduler lock")
-        .active_class();
-    let only = service.graded_class(active);
-    let graded = service.grade(&matched, only).await;
+    all_valid(errors)?;
+    Ok(matched)
+}
+
+/// The example of query `index`: by its label (the example id, without an `eval:` prefix) or,
+/// when the label is null or empty, by its prompt text.
+fn query_example(
+    service: &Service,
+    label: Option<&Value>,
+    prompt: &str,
+    index: usize,
+) -> Result<usize, ItemError> {
+    let id = label
+        .and_then(id_of)
+        .map(|id| match id.strip_prefix(EVAL_LABEL_PREFIX) {
+            Some(rest) => rest.to_string(),
+            None => id,
+        });
+    if let Some(l) = label.filter(|l| !l.is_null() && id.is_none()) {
+        return Err(ItemError {
+            index,
+            field: format!("labels[{index}]"),
+            message: format!(
+                "expected the example id (a string or number) or null, got {}",
+                json_kind(l)
+            ),
+        });
+    }
+    service
+        .index
+        .find(&service.data, id.as_deref(), Some(prompt))
+        .map_err(|e| {
+            let field = if matches!(e, MatchError::UnknownId(_)) {
+                format!("labels[{index}]")
+            } else {
+                format!("prompts[{index}]")
+            };
+            ItemError {
+                index,
+                field,
+                message: e.to_string(),
+            }
+        })
+}
+
+/// Grades the matched queries; a failure of any fails the request ([`grading_failed`]).
+async fn grade_queries(
+    service: &Service,
+    matched: &[(usize, &str)],
+    only: Option<usize>,
+) -> Result<Vec<RewardVector>, ApiError> {
+    let graded = service.grade(matched, only).await;
     let failures: Vec<(usize, &str, GradeFailure)> = graded
         .iter()
         .enumerate()
@@ -479,41 +564,71 @@ pub async fn openrlhf_reward(
     if !failures.is_empty() {
         return Err(grading_failed(failures));
     }
-    let rewards: Vec<RewardVector> = graded.into_iter().map(|g| g.expect("checked")).collect();
-    let mut reward = vec![0.0; n];
-    // the size of the group each GDPO reward was normalized in
-    let mut group_size = vec![0.0; n];
-    if collect {
-        let members: Vec<_> = examples
-            .iter()
-            .copied()
-            .zip(rewards.iter().cloned())
-            .collect();
-        for (i, g) in collected(&service, members).await.into_iter().enumerate() {
-            reward[i] = g.reward.unwrap_or(0.0);
-            group_size[i] = g.group_size as f64;
-        }
-    } else {
-        let grouped: Vec<Vec<Option<RewardVector>>> = groups
-            .iter()
-            .map(|g| g.iter().map(|&i| Some(rewards[i].clone())).collect())
-            .collect();
-        let scalars = service.scalar_rewards(&grouped, active);
-        for (g, values) in groups.iter().zip(scalars) {
-            for (&i, v) in g.iter().zip(values) {
-                reward[i] = v.unwrap_or(0.0);
-                group_size[i] = g.len() as f64;
-            }
+    Ok(graded.into_iter().map(|g| g.expect("checked")).collect())
+}
+
+/// The scalar reward of each query (no signal = 0.0) and the size of the group it was
+/// normalized in, under GDPO collected across requests.
+async fn collected_rewards(
+    service: &Service,
+    examples: &[usize],
+    rewards: &[RewardVector],
+) -> (Vec<f64>, Vec<f64>) {
+    let members: Vec<_> = examples
+        .iter()
+        .copied()
+        .zip(rewards.iter().cloned())
+        .collect();
+    collected(service, members)
+        .await
+        .into_iter()
+        .map(|g| (g.reward.unwrap_or(0.0), g.group_size as f64))
+        .unzip()
+}
+
+/// The scalar reward of each query (no signal = 0.0) and the size of the group it was
+/// normalized in, its prompt's queries in this request being its group.
+fn request_rewards(
+    service: &Service,
+    groups: &[Vec<usize>],
+    rewards: &[RewardVector],
+    active: Option<usize>,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut reward = vec![0.0; rewards.len()];
+    let mut group_size = vec![0.0; rewards.len()];
+    let grouped: Vec<Vec<Option<RewardVector>>> = groups
+        .iter()
+        .map(|g| g.iter().map(|&i| Some(rewards[i].clone())).collect())
+        .collect();
+    let scalars = service.scalar_rewards(&grouped, active);
+    for (g, values) in groups.iter().zip(scalars) {
+        for (&i, v) in g.iter().zip(values) {
+            reward[i] = v.unwrap_or(0.0);
+            group_size[i] = g.len() as f64;
         }
     }
-    // under `--grade active` the overall score is not graded: the active class's stands in
-    let scores: Vec<f64> = rewards
+    (reward, group_size)
+}
+
+/// The overall rubric score of each query clipped to [0, 1]; under `--grade active` the
+/// overall score is not graded: the active class's stands in.
+fn openrlhf_scores(rewards: &[RewardVector], only: Option<usize>) -> Vec<f64> {
+    rewards
         .iter()
         .map(|r| {
             let score = r.overall.or_else(|| only.and_then(|k| r.classes[k]));
             score.unwrap_or(0.0).clamp(0.0, 1.0)
         })
-        .collect();
+        .collect()
+}
+
+/// OpenRLHF's `extra_logs`: `arlrr/overall`, `arlrr/<class>` and `arlrr/<class>_defined`,
+/// `arlrr/active_class`, one value per query.
+fn openrlhf_logs(
+    service: &Service,
+    rewards: &[RewardVector],
+    active: Option<usize>,
+) -> Map<String, Value> {
     let mut logs = Map::new();
     logs.insert(
         "arlrr/overall".into(),
@@ -535,18 +650,11 @@ pub async fn openrlhf_reward(
         logs.insert(format!("arlrr/{name}_defined"), json!(defined));
     }
     let active_index = active.map_or(-1.0, |k| k as f64);
-    logs.insert("arlrr/active_class".into(), json!(vec![active_index; n]));
-    if gdpo {
-        logs.insert("arlrr/group_size".into(), json!(group_size));
-    }
-    if !eval {
-        count(&service, n)?;
-    }
-    Ok(Json(json!({
-        "rewards": reward,
-        "scores": scores,
-        "extra_logs": logs,
-    })))
+    logs.insert(
+        "arlrr/active_class".into(),
+        json!(vec![active_index; rewards.len()]),
+    );
+    logs
 }
 
 /// A prompt as a client may send it: plain text or chat messages.
@@ -629,38 +737,13 @@ pub async fn native_rewards(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    // a batch, or one item's fields at the top level
-    let value = json_body(body)?;
-    let items = if value.get("items").is_some() {
-        entries_and_messages_are_objects(&value, "items")?;
-        shape::<NativeBatch>(value)?.items
-    } else {
-        entries_are_objects(&value, "prompt", "prompt")?;
-        vec![shape::<NativeItem>(value)?]
-    };
+    let items = native_items(json_body(body)?)?;
     let total: usize = items.iter().map(|i| i.completions.len()).sum();
     check_count(&service, total)?;
-    let mut errors = Vec::new();
-    let mut examples = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        match item_example(&service, item, i) {
-            Ok(e) => examples.push(e),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::items(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_items",
-            errors,
-        ));
-    }
-    let gdpo = service.objective == Objective::Gdpo;
-    // evaluation traffic is never held for a training group: its prompts' completions are
-    // normalized within the request, and a lone one is answered without a GDPO reward
+    let examples = item_examples(&service, &items)?;
     let eval = eval_traffic(&headers);
-    let collect = gdpo && service.groups.enabled() && !eval;
-    if gdpo && !collect && !eval {
+    let grouping = Grouping::of(&service, eval);
+    if grouping.refuse_lone {
         if let Some(i) = items.iter().position(|it| it.completions.len() == 1) {
             return Err(lone_gdpo_completion(
                 format!("items[{i}].completions"),
@@ -668,45 +751,23 @@ pub async fn native_rewards(
             ));
         }
     }
-    let flat: Vec<(usize, &str)> = items
-        .iter()
-        .zip(&examples)
-        .flat_map(|(item, &e)| item.completions.iter().map(move |c| (e, c.as_str())))
-        .collect();
     let (active, status) = {
         let s = service.scheduler.lock().expect("scheduler lock");
         (s.active_class(), s.status())
     };
     let only = service.graded_class(active);
-    let mut graded = service.grade(&flat, only).await.into_iter();
-    let graded: Vec<Vec<Result<RewardVector, GradeFailure>>> = items
-        .iter()
-        .map(|item| graded.by_ref().take(item.completions.len()).collect())
-        .collect();
+    let graded = grade_items(&service, &items, &examples, only).await;
     let groups: Vec<Vec<Option<RewardVector>>> = graded
         .iter()
         .map(|g| g.iter().map(|r| r.as_ref().ok().cloned()).collect())
         .collect();
     // under collected GDPO, each graded completion's group and the size it was normalized in
-    let grouped: Vec<Vec<Option<Grouped>>> = if collect {
-        let members: Vec<(usize, RewardVector)> = groups
-            .iter()
-            .zip(&examples)
-            .flat_map(|(g, &e)| g.iter().flatten().map(move |r| (e, r.clone())))
-            .collect();
-        let mut answers = collected(&service, members).await.into_iter();
-        groups
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|r| r.as_ref().and_then(|_| answers.next()))
-                    .collect()
-            })
-            .collect()
+    let grouped = if grouping.collect {
+        collected_groups(&service, &groups, &examples).await
     } else {
         Vec::new()
     };
-    let scalars: Vec<Vec<Option<f64>>> = if collect {
+    let scalars: Vec<Vec<Option<f64>>> = if grouping.collect {
         grouped
             .iter()
             .map(|g| g.iter().map(|x| x.and_then(|x| x.reward)).collect())
@@ -714,43 +775,7 @@ pub async fn native_rewards(
     } else {
         service.scalar_rewards(&groups, active)
     };
-    let group_size = |i: usize, j: usize, len: usize| match grouped.get(i) {
-        Some(g) => g[j].map_or(0, |x| x.group_size),
-        None => len,
-    };
-    let out_items: Vec<Value> = graded
-        .iter()
-        .zip(&scalars)
-        .zip(&examples)
-        .enumerate()
-        .map(|(i, ((g, s), &e))| {
-            let completions: Vec<Value> = g
-                .iter()
-                .zip(s)
-                .enumerate()
-                .map(|(j, (r, scalar))| match r {
-                    Ok(r) if gdpo => json!({
-                        "reward": scalar,
-                        "overall": r.overall,
-                        "classes": class_map(&service, r),
-                        "group_size": group_size(i, j, g.iter().filter(|r| r.is_ok()).count()),
-                    }),
-                    Ok(r) => json!({
-                        "reward": scalar,
-                        "overall": r.overall,
-                        "classes": class_map(&service, r),
-                    }),
-                    Err(f) => json!({
-                        "reward": null,
-                        "overall": null,
-                        "classes": null,
-                        "error": format!("judge failed: {}", f.message()),
-                    }),
-                })
-                .collect();
-            json!({"prompt_id": service.data.examples[e].id, "completions": completions})
-        })
-        .collect();
+    let out_items = native_answers(&service, &graded, &scalars, &examples, &grouped);
     // only graded completions are training data: a judge outage must not move the schedule
     let graded_ok = graded.iter().flatten().filter(|g| g.is_ok()).count();
     if !eval {
@@ -769,6 +794,137 @@ pub async fn native_rewards(
         "classes": service.class_names,
         "items": out_items,
     })))
+}
+
+/// The items of a native request: a batch, or one item's fields at the top level.
+fn native_items(value: Value) -> Result<Vec<NativeItem>, ApiError> {
+    if value.get("items").is_some() {
+        entries_and_messages_are_objects(&value, "items")?;
+        Ok(shape::<NativeBatch>(value)?.items)
+    } else {
+        entries_are_objects(&value, "prompt", "prompt")?;
+        Ok(vec![shape::<NativeItem>(value)?])
+    }
+}
+
+/// Each item's example; every item that cannot be matched is named in one 422.
+fn item_examples(service: &Service, items: &[NativeItem]) -> Result<Vec<usize>, ApiError> {
+    let mut errors = Vec::new();
+    let mut examples = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item_example(service, item, i) {
+            Ok(e) => examples.push(e),
+            Err(e) => errors.push(e),
+        }
+    }
+    all_valid(errors)?;
+    Ok(examples)
+}
+
+/// Grades the completions of all items at once, answered per item.
+async fn grade_items(
+    service: &Service,
+    items: &[NativeItem],
+    examples: &[usize],
+    only: Option<usize>,
+) -> Vec<Vec<Result<RewardVector, GradeFailure>>> {
+    let flat: Vec<(usize, &str)> = items
+        .iter()
+        .zip(examples)
+        .flat_map(|(item, &e)| item.completions.iter().map(move |c| (e, c.as_str())))
+        .collect();
+    let mut graded = service.grade(&flat, only).await.into_iter();
+    items
+        .iter()
+        .map(|item| graded.by_ref().take(item.completions.len()).collect())
+        .collect()
+}
+
+/// Each graded completion's GDPO reward collected across requests, per item (`None` for a
+/// completion that failed grading).
+async fn collected_groups(
+    service: &Service,
+    groups: &[Vec<Option<RewardVector>>],
+    examples: &[usize],
+) -> Vec<Vec<Option<Grouped>>> {
+    let members: Vec<(usize, RewardVector)> = groups
+        .iter()
+        .zip(examples)
+        .flat_map(|(g, &e)| g.iter().flatten().map(move |r| (e, r.clone())))
+        .collect();
+    let mut answers = collected(service, members).await.into_iter();
+    groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|r| r.as_ref().and_then(|_| answers.next()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The answer's `items`: per item its `prompt_id` and its completions' answers. Under `gdpo`
+/// a graded completion's group size is its collected group's (`grouped`), else its item's
+/// graded completions.
+fn native_answers(
+    service: &Service,
+    graded: &[Vec<Result<RewardVector, GradeFailure>>],
+    scalars: &[Vec<Option<f64>>],
+    examples: &[usize],
+    grouped: &[Vec<Option<Grouped>>],
+) -> Vec<Value> {
+    let gdpo = service.objective == Objective::Gdpo;
+    graded
+        .iter()
+        .zip(scalars)
+        .zip(examples)
+        .enumerate()
+        .map(|(i, ((g, s), &e))| {
+            let graded_ok = g.iter().filter(|r| r.is_ok()).count();
+            let completions: Vec<Value> = g
+                .iter()
+                .zip(s)
+                .enumerate()
+                .map(|(j, (r, scalar))| {
+                    let group_size = gdpo.then(|| match grouped.get(i) {
+                        Some(g) => g[j].map_or(0, |x| x.group_size),
+                        None => graded_ok,
+                    });
+                    completion_answer(service, r, *scalar, group_size)
+                })
+                .collect();
+            json!({"prompt_id": service.data.examples[e].id, "completions": completions})
+        })
+        .collect()
+}
+
+/// One completion's answer: `reward`, `overall`, `classes` and, under `gdpo`, `group_size`;
+/// a failed grading has nulls and an `error`.
+fn completion_answer(
+    service: &Service,
+    graded: &Result<RewardVector, GradeFailure>,
+    scalar: Option<f64>,
+    group_size: Option<usize>,
+) -> Value {
+    match (graded, group_size) {
+        (Ok(r), Some(size)) => json!({
+            "reward": scalar,
+            "overall": r.overall,
+            "classes": class_map(service, r),
+            "group_size": size,
+        }),
+        (Ok(r), None) => json!({
+            "reward": scalar,
+            "overall": r.overall,
+            "classes": class_map(service, r),
+        }),
+        (Err(f), _) => json!({
+            "reward": null,
+            "overall": null,
+            "classes": null,
+            "error": format!("judge failed: {}", f.message()),
+        }),
+    }
 }
 
 /// `GET /v1/schedule`.
@@ -815,13 +971,7 @@ async fn score_validation(
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(ApiError::items(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_items",
-            errors,
-        ));
-    }
+    all_valid(errors)?;
     let graded = service.grade(&flat, None).await;
     let ok: Vec<&RewardVector> = graded.iter().filter_map(|g| g.as_ref().ok()).collect();
     let failed = graded.len() - ok.len();

@@ -86,172 +86,190 @@ impl Metrics {
     pub fn render(&self, s: &Snapshot<'_>) -> String {
         let m = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
-        let w = &mut out;
-        let _ = writeln!(
-            w,
-            "# HELP arlrr_requests_total HTTP requests answered, by endpoint and status code."
-        );
-        let _ = writeln!(w, "# TYPE arlrr_requests_total counter");
-        for ((endpoint, status), n) in &m.requests {
-            let _ = writeln!(
-                w,
-                "arlrr_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
-                escape(endpoint)
-            );
-        }
-        let _ = writeln!(
-            w,
-            "# HELP arlrr_request_duration_seconds Time from request to answer, by endpoint."
-        );
-        let _ = writeln!(w, "# TYPE arlrr_request_duration_seconds histogram");
-        for (endpoint, h) in &m.latency {
-            let e = escape(endpoint);
-            let mut cumulative = 0;
-            for (b, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-                cumulative += n;
-                let _ = writeln!(
-                    w,
-                    "arlrr_request_duration_seconds_bucket{{endpoint=\"{e}\",le=\"{b}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                w,
-                "arlrr_request_duration_seconds_bucket{{endpoint=\"{e}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                w,
-                "arlrr_request_duration_seconds_sum{{endpoint=\"{e}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                w,
-                "arlrr_request_duration_seconds_count{{endpoint=\"{e}\"}} {}",
-                h.count
-            );
-        }
-        let j = &s.judge;
-        let judge_calls = if s.cached { j.cache_misses } else { j.verdicts };
-        let hit_rate = if j.cache_hits + j.cache_misses == 0 {
-            0.0
-        } else {
-            j.cache_hits as f64 / (j.cache_hits + j.cache_misses) as f64
-        };
-        let counters: [(&str, &str, u64); 9] = [
-            (
-                "arlrr_completions_graded_total",
-                "Completions graded (rewards and validation reports).",
-                m.completions,
-            ),
-            (
-                "arlrr_judge_verdicts_total",
-                "Criterion verdicts asked for (cache hits included).",
-                j.verdicts,
-            ),
-            (
-                "arlrr_judge_calls_total",
-                "Criterion verdicts sent to the judge itself (cache misses).",
-                judge_calls,
-            ),
-            (
-                "arlrr_judge_backend_requests_total",
-                "Requests the judge sent to its backend (HTTP judges).",
-                j.calls,
-            ),
-            (
-                "arlrr_judge_failures_total",
-                "Verdicts that ended in an explicit failure.",
-                j.failures,
-            ),
-            (
-                "arlrr_judge_cache_hits_total",
-                "Verdicts answered from the SQLite cache.",
-                j.cache_hits,
-            ),
-            (
-                "arlrr_judge_cache_misses_total",
-                "Verdicts not in the cache.",
-                j.cache_misses,
-            ),
-            (
-                "arlrr_judge_verdicts_saved_total",
-                "Criterion verdicts not asked for: only the active class was graded (--grade active).",
-                m.verdicts_saved,
-            ),
-            (
-                "arlrr_judge_rate_limited_waits_total",
-                "Judge requests that waited for the rate limits before being sent.",
-                j.rate_limited_waits,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                w,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        let _ = writeln!(
-            w,
-            "# HELP arlrr_judge_rate_limit_wait_seconds_total Time judge requests spent waiting for the rate limits (each wait counted when it ended).\n\
-             # TYPE arlrr_judge_rate_limit_wait_seconds_total counter\n\
-             arlrr_judge_rate_limit_wait_seconds_total {}",
-            j.rate_limit_wait_nanos as f64 / 1e9
-        );
-        for (name, help, value) in [
-            (
-                "arlrr_judge_rate_limit_requests_per_minute",
-                "The HTTP judge's max_requests_per_minute; 0 = no limit.",
-                j.rate_limit_requests_per_minute,
-            ),
-            (
-                "arlrr_judge_rate_limit_tokens_per_minute",
-                "The HTTP judge's max_tokens_per_minute; 0 = no limit.",
-                j.rate_limit_tokens_per_minute,
-            ),
-        ] {
-            let _ = writeln!(
-                w,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
-        let _ = writeln!(w, "# HELP arlrr_judge_cache_hit_rate Share of verdicts answered from the cache since start.");
-        let _ = writeln!(
-            w,
-            "# TYPE arlrr_judge_cache_hit_rate gauge\narlrr_judge_cache_hit_rate {hit_rate}"
-        );
-        let _ = writeln!(
-            w,
-            "# HELP arlrr_active_class 1 for the meta-class the scalar reward follows now."
-        );
-        let _ = writeln!(w, "# TYPE arlrr_active_class gauge");
-        for (k, name) in s.classes.iter().enumerate() {
-            let on = u8::from(s.active_class == Some(k));
-            let _ = writeln!(w, "arlrr_active_class{{class=\"{}\"}} {on}", escape(name));
-        }
-        let _ = writeln!(
-            w,
-            "# HELP arlrr_schedule_step Latest training step reported."
-        );
-        let _ = writeln!(
-            w,
-            "# TYPE arlrr_schedule_step gauge\narlrr_schedule_step {}",
-            s.step
-        );
-        let _ = writeln!(w, "# HELP arlrr_schedule_phase Phases begun so far.");
-        let _ = writeln!(
-            w,
-            "# TYPE arlrr_schedule_phase gauge\narlrr_schedule_phase {}",
-            s.phase
-        );
-        let _ = writeln!(
-            w,
-            "# HELP arlrr_gdpo_waiting_completions Completions waiting for the rest of their GDPO group."
-        );
-        let _ = writeln!(
-            w,
-            "# TYPE arlrr_gdpo_waiting_completions gauge\narlrr_gdpo_waiting_completions {}",
-            s.group_waiting
-        );
+        write_requests(&mut out, &m.requests);
+        write_latency(&mut out, &m.latency);
+        write_judge(&mut out, &s.judge, s.cached, &m);
+        write_schedule(&mut out, s);
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric family.
+fn family(w: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric family with one unlabelled sample.
+fn single(w: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(w, name, kind, help);
+    let _ = writeln!(w, "{name} {value}");
+}
+
+/// `arlrr_requests_total`, by endpoint and status code.
+fn write_requests(w: &mut String, requests: &BTreeMap<(String, u16), u64>) {
+    family(
+        w,
+        "arlrr_requests_total",
+        "counter",
+        "HTTP requests answered, by endpoint and status code.",
+    );
+    for ((endpoint, status), n) in requests {
+        let _ = writeln!(
+            w,
+            "arlrr_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+            escape(endpoint)
+        );
+    }
+}
+
+/// `arlrr_request_duration_seconds`, a histogram per endpoint.
+fn write_latency(w: &mut String, latency: &BTreeMap<String, Histogram>) {
+    family(
+        w,
+        "arlrr_request_duration_seconds",
+        "histogram",
+        "Time from request to answer, by endpoint.",
+    );
+    for (endpoint, h) in latency {
+        let e = escape(endpoint);
+        let mut cumulative = 0;
+        for (b, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                w,
+                "arlrr_request_duration_seconds_bucket{{endpoint=\"{e}\",le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "arlrr_request_duration_seconds_bucket{{endpoint=\"{e}\",le=\"+Inf\"}} {}\n\
+             arlrr_request_duration_seconds_sum{{endpoint=\"{e}\"}} {}\n\
+             arlrr_request_duration_seconds_count{{endpoint=\"{e}\"}} {}",
+            h.count, h.sum, h.count
+        );
+    }
+}
+
+/// The judge's counters and gauges, and the service's completions and saved verdicts.
+fn write_judge(w: &mut String, j: &judge::JudgeStats, cached: bool, m: &Inner) {
+    let judge_calls = if cached { j.cache_misses } else { j.verdicts };
+    let hit_rate = if j.cache_hits + j.cache_misses == 0 {
+        0.0
+    } else {
+        j.cache_hits as f64 / (j.cache_hits + j.cache_misses) as f64
+    };
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "arlrr_completions_graded_total",
+            "Completions graded (rewards and validation reports).",
+            m.completions,
+        ),
+        (
+            "arlrr_judge_verdicts_total",
+            "Criterion verdicts asked for (cache hits included).",
+            j.verdicts,
+        ),
+        (
+            "arlrr_judge_calls_total",
+            "Criterion verdicts sent to the judge itself (cache misses).",
+            judge_calls,
+        ),
+        (
+            "arlrr_judge_backend_requests_total",
+            "Requests the judge sent to its backend (HTTP judges).",
+            j.calls,
+        ),
+        (
+            "arlrr_judge_failures_total",
+            "Verdicts that ended in an explicit failure.",
+            j.failures,
+        ),
+        (
+            "arlrr_judge_cache_hits_total",
+            "Verdicts answered from the SQLite cache.",
+            j.cache_hits,
+        ),
+        (
+            "arlrr_judge_cache_misses_total",
+            "Verdicts not in the cache.",
+            j.cache_misses,
+        ),
+        (
+            "arlrr_judge_verdicts_saved_total",
+            "Criterion verdicts not asked for: only the active class was graded (--grade active).",
+            m.verdicts_saved,
+        ),
+        (
+            "arlrr_judge_rate_limited_waits_total",
+            "Judge requests that waited for the rate limits before being sent.",
+            j.rate_limited_waits,
+        ),
+    ];
+    for (name, help, value) in counters {
+        single(w, name, "counter", help, value);
+    }
+    single(
+        w,
+        "arlrr_judge_rate_limit_wait_seconds_total",
+        "counter",
+        "Time judge requests spent waiting for the rate limits (each wait counted when it ended).",
+        j.rate_limit_wait_nanos as f64 / 1e9,
+    );
+    single(
+        w,
+        "arlrr_judge_rate_limit_requests_per_minute",
+        "gauge",
+        "The HTTP judge's max_requests_per_minute; 0 = no limit.",
+        j.rate_limit_requests_per_minute,
+    );
+    single(
+        w,
+        "arlrr_judge_rate_limit_tokens_per_minute",
+        "gauge",
+        "The HTTP judge's max_tokens_per_minute; 0 = no limit.",
+        j.rate_limit_tokens_per_minute,
+    );
+    single(
+        w,
+        "arlrr_judge_cache_hit_rate",
+        "gauge",
+        "Share of verdicts answered from the cache since start.",
+        hit_rate,
+    );
+}
+
+/// The schedule's gauges: the active class, the step, the phase and the GDPO completions
+/// waiting for their group.
+fn write_schedule(w: &mut String, s: &Snapshot<'_>) {
+    family(
+        w,
+        "arlrr_active_class",
+        "gauge",
+        "1 for the meta-class the scalar reward follows now.",
+    );
+    for (k, name) in s.classes.iter().enumerate() {
+        let on = u8::from(s.active_class == Some(k));
+        let _ = writeln!(w, "arlrr_active_class{{class=\"{}\"}} {on}", escape(name));
+    }
+    single(
+        w,
+        "arlrr_schedule_step",
+        "gauge",
+        "Latest training step reported.",
+        s.step,
+    );
+    single(
+        w,
+        "arlrr_schedule_phase",
+        "gauge",
+        "Phases begun so far.",
+        s.phase,
+    );
+    single(
+        w,
+        "arlrr_gdpo_waiting_completions",
+        "gauge",
+        "Completions waiting for the rest of their GDPO group.",
+        s.group_waiting,
+    );
 }
