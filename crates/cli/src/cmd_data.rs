@@ -45,23 +45,43 @@ enum DataCommand {
         /// Folder to write train.jsonl, validation.jsonl and test.jsonl into.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long, default_value_t = 240)]
-        train: usize,
-        #[arg(long, default_value_t = 48)]
-        validation: usize,
-        #[arg(long, default_value_t = 96)]
-        test: usize,
-        /// Share of prompts whose rubric carries the cross-class (length) tensions, in [0, 1]:
-        /// 1 is the original task, 0 makes the classes independent.
-        #[arg(long, default_value_t = 1.0)]
-        conflict: f64,
-        /// builtin (the task's own layout) or healthbench (criteria counts, axes, signs and
-        /// points drawn from the fetched HealthBench sample).
-        #[arg(long, default_value = "builtin")]
-        shape: rubric::builtin::Shape,
+        #[command(flatten)]
+        spec: BuiltinArgs,
     },
+}
+
+/// `arlrr data builtin`'s sizes, seed and knobs ([`rubric::builtin::BuiltinSpec`]).
+#[derive(clap::Args)]
+struct BuiltinArgs {
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 240)]
+    train: usize,
+    #[arg(long, default_value_t = 48)]
+    validation: usize,
+    #[arg(long, default_value_t = 96)]
+    test: usize,
+    /// Share of prompts whose rubric carries the cross-class (length) tensions, in [0, 1]:
+    /// 1 is the original task, 0 makes the classes independent.
+    #[arg(long, default_value_t = 1.0)]
+    conflict: f64,
+    /// builtin (the task's own layout) or healthbench (criteria counts, axes, signs and
+    /// points drawn from the fetched HealthBench sample).
+    #[arg(long, default_value = "builtin")]
+    shape: rubric::builtin::Shape,
+}
+
+impl From<BuiltinArgs> for rubric::builtin::BuiltinSpec {
+    fn from(a: BuiltinArgs) -> Self {
+        rubric::builtin::BuiltinSpec {
+            seed: a.seed,
+            train: a.train,
+            validation: a.validation,
+            test: a.test,
+            conflict: a.conflict,
+            shape: a.shape,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -115,24 +135,8 @@ pub fn run_data(args: DataArgs) -> Result<()> {
                 outln!("{n:>6} {}", path.display())?;
             }
         }
-        DataCommand::Builtin {
-            out,
-            seed,
-            train,
-            validation,
-            test,
-            conflict,
-            shape,
-        } => {
-            let spec = rubric::builtin::BuiltinSpec {
-                seed,
-                train,
-                validation,
-                test,
-                conflict,
-                shape,
-            };
-            for (name, path) in rubric::builtin::write_splits(spec, &out)? {
+        DataCommand::Builtin { out, spec } => {
+            for (name, path) in rubric::builtin::write_splits(spec.into(), &out)? {
                 outln!("{name:<11} {}", path.display())?;
             }
         }

@@ -3,10 +3,9 @@
 //! no outside service. Slow on CPU; the protocol is the point.
 
 use anyhow::Result;
-use judge::serve::{ChatError, ChatModel, ChatOutput, ServeOptions};
-use rubric::Message;
+use judge::serve::{ChatCall, ChatError, ChatModel, ChatOutput, ServeOptions};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -44,13 +43,13 @@ impl ChatModel for PolicyChat {
         self.name.clone()
     }
 
-    fn chat(
-        &self,
-        messages: &[Message],
-        max_tokens: usize,
-        temperature: f64,
-        cancelled: &AtomicBool,
-    ) -> Result<ChatOutput, ChatError> {
+    fn chat(&self, request: &ChatCall<'_>) -> Result<ChatOutput, ChatError> {
+        let ChatCall {
+            messages,
+            max_tokens,
+            temperature,
+            cancelled,
+        } = *request;
         let failed = |e: policy::Error| ChatError::Failed(e.to_string());
         let prompt = self.model.tokenizer.chat_prompt(messages).map_err(failed)?;
         let context = self.model.config.max_position_embeddings;

@@ -27,15 +27,19 @@ pub trait ChatModel: Send + Sync + 'static {
     /// Name reported by `/v1/models` and in responses.
     fn id(&self) -> String;
 
-    /// Answers `messages` with at most `max_tokens` new tokens. `cancelled` turns true when
-    /// the client has gone: check it before each new token and return what there is.
-    fn chat(
-        &self,
-        messages: &[Message],
-        max_tokens: usize,
-        temperature: f64,
-        cancelled: &AtomicBool,
-    ) -> Result<ChatOutput, ChatError>;
+    /// Answers the request's messages with at most `max_tokens` new tokens.
+    fn chat(&self, request: &ChatCall<'_>) -> Result<ChatOutput, ChatError>;
+}
+
+/// What a [`ChatModel`] is asked to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatCall<'a> {
+    pub messages: &'a [Message],
+    pub max_tokens: usize,
+    pub temperature: f64,
+    /// Turns true when the client has gone: check it before each new token and return what
+    /// there is.
+    pub cancelled: &'a AtomicBool,
 }
 
 /// Why a model gave no answer.
@@ -301,7 +305,12 @@ async fn generate(
     let (model, request) = (state.model.clone(), id.to_string());
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let out = model.chat(&messages, max_tokens, temperature, &cancelled);
+        let out = model.chat(&ChatCall {
+            messages: &messages,
+            max_tokens,
+            temperature,
+            cancelled: &cancelled,
+        });
         if cancelled.load(Ordering::Relaxed) {
             log_abandoned(&request, max_tokens, &out);
         }

@@ -3,12 +3,12 @@
 //! the reply's length) so the protocol is checked exactly; the test with the real SmolLM2
 //! model lives with the `arlrr serve-judge` command.
 
-use judge::serve::{router, ChatError, ChatModel, ChatOutput, ServeOptions};
+use judge::serve::{router, ChatCall, ChatError, ChatModel, ChatOutput, ServeOptions};
 use judge::{GradeTask, HttpJudge, HttpJudgeConfig, Judge, JudgeFailure};
 use rubric::{Criterion, Example, Message};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,13 +22,8 @@ impl ChatModel for LengthGrader {
         "length-grader".into()
     }
 
-    fn chat(
-        &self,
-        messages: &[Message],
-        max_tokens: usize,
-        _temperature: f64,
-        _cancelled: &AtomicBool,
-    ) -> Result<ChatOutput, ChatError> {
+    fn chat(&self, request: &ChatCall<'_>) -> Result<ChatOutput, ChatError> {
+        let (messages, max_tokens) = (request.messages, request.max_tokens);
         let prompt = &messages
             .last()
             .expect("the server refuses no messages")
@@ -221,13 +216,8 @@ impl ChatModel for Ticking {
         "ticking".into()
     }
 
-    fn chat(
-        &self,
-        _messages: &[Message],
-        max_tokens: usize,
-        _temperature: f64,
-        cancelled: &AtomicBool,
-    ) -> Result<ChatOutput, ChatError> {
+    fn chat(&self, request: &ChatCall<'_>) -> Result<ChatOutput, ChatError> {
+        let (max_tokens, cancelled) = (request.max_tokens, request.cancelled);
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now, Ordering::SeqCst);
         let mut generated = 0;

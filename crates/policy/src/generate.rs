@@ -64,26 +64,15 @@ pub fn generate_with(
     rng: &mut impl Rng,
     on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generation>> {
-    generate_groups_with(model, prompts, 1, cfg, rng, on_token)
+    Ok(generate_groups_timed(model, prompts, 1, cfg, rng, on_token)?.0)
 }
 
 /// `group` samples of every prompt: rows `i·group .. (i+1)·group` continue `prompts[i]`. The
 /// same tokens and log-probs as `generate_with` on each prompt repeated `group` times (the
 /// same [B,V] rows consume the rng in the same order), but each prompt is prefilled once and
-/// its KV cache forked for the group.
-pub fn generate_groups_with(
-    model: &Transformer,
-    prompts: &[Vec<u32>],
-    group: usize,
-    cfg: &GenerationConfig,
-    rng: &mut impl Rng,
-    on_token: impl FnMut(usize, u32),
-) -> Result<Vec<Generation>> {
-    Ok(generate_groups_timed(model, prompts, group, cfg, rng, on_token)?.0)
-}
-
-/// `generate_groups_with`, also returning the seconds spent before the first token was
-/// sampled: the reduced-precision sampling copy, when there is one, and the prompt prefill.
+/// its KV cache forked for the group. Also returns the seconds spent before the first token
+/// was sampled: the reduced-precision sampling copy, when there is one, and the prompt
+/// prefill.
 pub fn generate_groups_timed(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -122,40 +111,10 @@ fn generate_core(
     if prompts.is_empty() || group == 0 {
         return Ok((Vec::new(), 0.0));
     }
-    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        return Err(Error::Invalid(format!("prompt {i} is empty")));
-    }
-    if cfg.top_p.is_nan() || cfg.top_p <= 0.0 || cfg.temperature.is_nan() || cfg.temperature < 0.0 {
-        return Err(Error::Invalid(format!(
-            "need top_p > 0 and temperature >= 0, got top_p {} temperature {}",
-            cfg.top_p, cfg.temperature
-        )));
-    }
-    let b = prompts.len() * group;
-    let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let total = plen + cfg.max_new_tokens;
-    if total > model.cfg.max_position_embeddings {
-        return Err(Error::Invalid(format!(
-            "prompt ({plen}) + max_new_tokens ({}) exceeds the model's {} positions",
-            cfg.max_new_tokens, model.cfg.max_position_embeddings
-        )));
-    }
+    let total = check_request(model, prompts, cfg)?;
     let sampler = model.sampling_copy(cfg.precision)?;
     let model: &Transformer = &sampler;
-    let device = model.device();
-    let mut ids = Vec::with_capacity(prompts.len() * plen);
-    let mut key_mask: Vec<Vec<u8>> = Vec::with_capacity(b);
-    let mut positions = Vec::with_capacity(prompts.len());
-    for p in prompts {
-        let pad = plen - p.len();
-        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
-        key_mask.push(
-            std::iter::repeat_n(0u8, pad)
-                .chain(std::iter::repeat_n(1, p.len()))
-                .collect(),
-        );
-        positions.push((0..pad).map(|_| 0u32).chain(0..p.len() as u32).collect());
-    }
+    let b = prompts.len() * group;
     let mut out: Vec<Generation> = (0..b)
         .map(|_| Generation {
             tokens: Vec::new(),
@@ -167,21 +126,7 @@ fn generate_core(
         return Ok((out, start.elapsed().as_secs_f64()));
     }
     let mut cache = KvCache::new(&model.cfg, total);
-    let input = Tensor::from_vec(ids, (prompts.len(), plen), device)?;
-    let h = model.forward_infer(&input, &positions, &key_mask, Some(&mut cache))?;
-    let mut last = h.narrow(1, plen - 1, 1)?;
-    if group > 1 {
-        // Fork: every prompt's cache rows, key mask and last hidden state, once per sample.
-        // The logits are taken after the fork, so their matmul has today's shape (gemm sums
-        // in another order for a single row).
-        let rows: Vec<u32> = (0..b).map(|r| (r / group) as u32).collect();
-        cache.select_rows(&rows)?;
-        last = last
-            .contiguous()?
-            .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
-        key_mask = rows.iter().map(|&r| key_mask[r as usize].clone()).collect();
-    }
-    let mut logits = model.logits_infer(&last)?;
+    let (mut logits, mut key_mask) = prefill(model, prompts, group, &mut cache)?;
     let prefill = start.elapsed().as_secs_f64();
     let mut next_pos: Vec<u32> = (0..b).map(|r| prompts[r / group].len() as u32).collect();
     // A reduced-precision sampler also samples in f32 with a vectorized exp (plain
@@ -194,8 +139,6 @@ fn generate_core(
         if cancelled() {
             break;
         }
-        let mut next = Vec::with_capacity(b);
-        let mut produced = vec![false; b];
         let active: Vec<bool> = out.iter().map(|g| !g.finished).collect();
         let picks = if approximate {
             let rows = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -204,20 +147,7 @@ fn generate_core(
             let rows = logits.squeeze(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
             sample_rows(&rows, &active, cfg, rng)
         };
-        for (i, pick) in picks.into_iter().enumerate() {
-            let Some((tok, lp)) = pick else {
-                next.push(0u32);
-                continue;
-            };
-            out[i].tokens.push(tok);
-            out[i].logprobs.push(lp);
-            produced[i] = true;
-            on_token(i, tok);
-            if cfg.stop_ids.contains(&tok) {
-                out[i].finished = true;
-            }
-            next.push(tok);
-        }
+        let (next, produced) = record_picks(&mut out, picks, &cfg.stop_ids, &mut on_token);
         if step + 1 == cfg.max_new_tokens || out.iter().all(|g| g.finished) {
             break;
         }
@@ -231,14 +161,110 @@ fn generate_core(
                 next_pos[i] += 1;
             }
         }
-        let input = Tensor::from_vec(next, (b, 1), device)?;
+        let input = Tensor::from_vec(next, (b, 1), model.device())?;
         let h = model.forward_infer(&input, &pos, &key_mask, Some(&mut cache))?;
         logits = model.logits_infer(&h)?;
     }
     Ok((out, prefill))
 }
 
-/// `generate_groups_with` without a streaming callback.
+/// Refuses empty prompts, a bad `top_p` or temperature, and prompts that leave no room for
+/// `max_new_tokens`; answers the positions the cache needs (longest prompt + new tokens).
+fn check_request(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+) -> Result<usize> {
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(Error::Invalid(format!("prompt {i} is empty")));
+    }
+    if cfg.top_p.is_nan() || cfg.top_p <= 0.0 || cfg.temperature.is_nan() || cfg.temperature < 0.0 {
+        return Err(Error::Invalid(format!(
+            "need top_p > 0 and temperature >= 0, got top_p {} temperature {}",
+            cfg.top_p, cfg.temperature
+        )));
+    }
+    let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let total = plen + cfg.max_new_tokens;
+    if total > model.cfg.max_position_embeddings {
+        return Err(Error::Invalid(format!(
+            "prompt ({plen}) + max_new_tokens ({}) exceeds the model's {} positions",
+            cfg.max_new_tokens, model.cfg.max_position_embeddings
+        )));
+    }
+    Ok(total)
+}
+
+/// Runs the left-padded prompts through the model into `cache` and answers the logits of
+/// each row's first new token and the rows' key masks, `group` rows per prompt.
+fn prefill(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cache: &mut KvCache,
+) -> Result<(Tensor, Vec<Vec<u8>>)> {
+    let device = model.device();
+    let b = prompts.len() * group;
+    let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * plen);
+    let mut key_mask: Vec<Vec<u8>> = Vec::with_capacity(b);
+    let mut positions = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let pad = plen - p.len();
+        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
+        key_mask.push(
+            std::iter::repeat_n(0u8, pad)
+                .chain(std::iter::repeat_n(1, p.len()))
+                .collect(),
+        );
+        positions.push((0..pad).map(|_| 0u32).chain(0..p.len() as u32).collect());
+    }
+    let input = Tensor::from_vec(ids, (prompts.len(), plen), device)?;
+    let h = model.forward_infer(&input, &positions, &key_mask, Some(cache))?;
+    let mut last = h.narrow(1, plen - 1, 1)?;
+    if group > 1 {
+        // Fork: every prompt's cache rows, key mask and last hidden state, once per sample.
+        // The logits are taken after the fork, so their matmul has today's shape (gemm sums
+        // in another order for a single row).
+        let rows: Vec<u32> = (0..b).map(|r| (r / group) as u32).collect();
+        cache.select_rows(&rows)?;
+        last = last
+            .contiguous()?
+            .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+        key_mask = rows.iter().map(|&r| key_mask[r as usize].clone()).collect();
+    }
+    Ok((model.logits_infer(&last)?, key_mask))
+}
+
+/// Appends each row's sampled token (`None` = the row has finished) to its generation, ending
+/// it at a stop token; answers the tokens to feed next (0 for finished rows) and which rows
+/// produced one.
+fn record_picks(
+    out: &mut [Generation],
+    picks: Vec<Option<(u32, f32)>>,
+    stop_ids: &[u32],
+    on_token: &mut impl FnMut(usize, u32),
+) -> (Vec<u32>, Vec<bool>) {
+    let mut next = Vec::with_capacity(out.len());
+    let mut produced = vec![false; out.len()];
+    for (i, pick) in picks.into_iter().enumerate() {
+        let Some((tok, lp)) = pick else {
+            next.push(0u32);
+            continue;
+        };
+        out[i].tokens.push(tok);
+        out[i].logprobs.push(lp);
+        produced[i] = true;
+        on_token(i, tok);
+        if stop_ids.contains(&tok) {
+            out[i].finished = true;
+        }
+        next.push(tok);
+    }
+    (next, produced)
+}
+
+/// `generate_groups_timed` without a streaming callback or the time.
 pub fn generate_groups(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -246,7 +272,7 @@ pub fn generate_groups(
     cfg: &GenerationConfig,
     rng: &mut impl Rng,
 ) -> Result<Vec<Generation>> {
-    generate_groups_with(model, prompts, group, cfg, rng, |_, _| {})
+    Ok(generate_groups_timed(model, prompts, group, cfg, rng, |_, _| {})?.0)
 }
 
 /// `generate_with` without a streaming callback.

@@ -35,8 +35,7 @@ pub use bpe::train_bpe;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_groups, generate_groups_timed, generate_groups_with, generate_with,
-    Generation, GenerationConfig,
+    generate, generate_groups, generate_groups_timed, generate_with, Generation, GenerationConfig,
 };
 pub use logprobs::{completion_log_probs, completion_log_probs_shared, LogProbs};
 pub use lora::{LoraConfig, LoraTarget};

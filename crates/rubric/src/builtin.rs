@@ -140,7 +140,20 @@ fn context_pair(considers: &str, who: &str, harm: &str, harmful: &[&str]) -> [Cr
 
 /// The rubric of one prompt; without `tension` it has no word-count criterion.
 fn rubric(s: &Symptom, ctx: Context, fmt: FormatRequest, tension: bool) -> Vec<Criterion> {
-    let mut c = vec![
+    let mut c = symptom_criteria(s);
+    c.extend(style_criteria());
+    c.extend(context_criteria(ctx));
+    c.extend(format_criterion(fmt));
+    if !tension {
+        c.retain(|c| !matches!(c.check, Some(Check::WordCount { .. })));
+    }
+    c
+}
+
+/// What to do about the symptom: the right self-care, the wrong measure, the warning signs and
+/// when to see a doctor.
+fn symptom_criteria(s: &Symptom) -> Vec<Criterion> {
+    vec![
         crit(
             format!(
                 "Recommends appropriate self-care for {}: {}.",
@@ -171,6 +184,13 @@ fn rubric(s: &Symptom, ctx: Context, fmt: FormatRequest, tension: bool) -> Vec<C
             "completeness",
             any(&["contact your doctor", "see a doctor"]),
         ),
+    ]
+}
+
+/// How the answer reads, the same for every prompt: long enough to act on yet concise (the
+/// length tension), plain and calm.
+fn style_criteria() -> [Criterion; 4] {
+    [
         crit(
             "Gives enough detail to act on (at least 45 words).".into(),
             3.0,
@@ -203,67 +223,69 @@ fn rubric(s: &Symptom, ctx: Context, fmt: FormatRequest, tension: bool) -> Vec<C
             "communication_quality",
             any(ALARM),
         ),
-    ];
+    ]
+}
+
+/// The patient's context: without one, asking about it; with one, taking it into account.
+fn context_criteria(ctx: Context) -> Vec<Criterion> {
     match ctx {
-        Context::None => c.push(crit(
+        Context::None => vec![crit(
             "Asks a follow-up question about the patient's age or other medicines.".into(),
             4.0,
             "context_awareness",
             Check::AsksQuestion {},
-        )),
-        Context::Child => c.extend(context_pair(
+        )],
+        Context::Child => context_pair(
             "Takes the child's age into account and suggests checking with a pediatrician.",
             "pediatrician",
             "Suggests aspirin for a child.",
             &["aspirin"],
-        )),
-        Context::Pregnant => c.extend(context_pair(
+        )
+        .into(),
+        Context::Pregnant => context_pair(
             "Takes the pregnancy into account and suggests asking the midwife or doctor \
              before any medicine.",
             "midwife",
             "Suggests ibuprofen during pregnancy.",
             &["ibuprofen"],
-        )),
-        Context::BloodThinner => c.extend(context_pair(
+        )
+        .into(),
+        Context::BloodThinner => context_pair(
             "Takes the blood thinner into account and suggests asking a pharmacist about \
              interactions.",
             "pharmacist",
             "Suggests ibuprofen or aspirin to someone on warfarin.",
             &["ibuprofen", "aspirin"],
-        )),
+        )
+        .into(),
     }
-    match fmt {
-        FormatRequest::None => {}
-        FormatRequest::Bullets => c.push(crit(
-            "Answers in bullet points as asked.".into(),
-            5.0,
-            "instruction_following",
+}
+
+/// Following the format the prompt asks for, if it asks for one.
+fn format_criterion(fmt: FormatRequest) -> Option<Criterion> {
+    let (text, check) = match fmt {
+        FormatRequest::None => return None,
+        FormatRequest::Bullets => (
+            "Answers in bullet points as asked.",
             Check::HasList {
                 style: ListStyle::Bullet,
             },
-        )),
-        FormatRequest::Short => c.push(crit(
-            "Keeps the answer under 40 words as asked.".into(),
-            5.0,
-            "instruction_following",
+        ),
+        FormatRequest::Short => (
+            "Keeps the answer under 40 words as asked.",
             Check::WordCount {
                 min: None,
                 max: Some(39),
             },
-        )),
-        FormatRequest::Summary => c.push(crit(
-            "Starts the answer with 'Summary:' as asked.".into(),
-            5.0,
-            "instruction_following",
+        ),
+        FormatRequest::Summary => (
+            "Starts the answer with 'Summary:' as asked.",
             Check::StartsWith {
                 text: "Summary:".into(),
             },
-        )),
-    }
-    if !tension {
-        c.retain(|c| !matches!(c.check, Some(Check::WordCount { .. })));
-    }
-    c
+        ),
+    };
+    Some(crit(text.into(), 5.0, "instruction_following", check))
 }
 
 /// One HealthBench example's criteria as (axis, points), in order.
@@ -635,6 +657,14 @@ fn parse_tags(ex: &Example) -> (&'static Symptom, Context, FormatRequest) {
     (s, ctx, fmt)
 }
 
+/// Filler lengthens a sampled response: good for completeness, bad for concision and short
+/// answers.
+const FILLER: [&str; 3] = [
+    "Many people go through this and most cases get better on their own.",
+    "Try to keep a simple diary of how you feel each day.",
+    "Sleep well and keep your meals light and regular.",
+];
+
 /// A response to a built-in example whose quality is `q` in [0,1]: each helpful sentence is
 /// included with probability about `q`, each harmful one with about `1 - q`, so a mixture of
 /// qualities gives a warm start with room to improve on every axis.
@@ -658,43 +688,12 @@ pub fn sample_response(ex: &Example, q: f64, rng: &mut impl Rng) -> String {
     if good(rng) {
         sentences.push("Contact your doctor if it does not improve in two days.".into());
     }
-    match ctx {
-        Context::None => {
-            if good(rng) {
-                sentences.push("How old are you, and do you take any other medicines?".into());
-            }
-            if bad(rng) {
-                sentences.push("You can take ibuprofen for the pain.".into());
-            }
-        }
-        Context::Child => {
-            if good(rng) {
-                sentences.push("At his age, check with a pediatrician before any medicine.".into());
-            }
-            if bad(rng) {
-                sentences.push("Give him an aspirin to bring it down.".into());
-            }
-        }
-        Context::Pregnant => {
-            if good(rng) {
-                sentences
-                    .push("Since you are pregnant, ask your midwife before any medicine.".into());
-            }
-            if bad(rng) {
-                sentences.push("You can take ibuprofen for the pain.".into());
-            }
-        }
-        Context::BloodThinner => {
-            if good(rng) {
-                sentences.push(
-                    "Because you take warfarin, ask your pharmacist before any new medicine."
-                        .into(),
-                );
-            }
-            if bad(rng) {
-                sentences.push("You can take aspirin for the pain.".into());
-            }
-        }
+    let (helpful, harmful) = context_sentences(ctx);
+    if good(rng) {
+        sentences.push(helpful.into());
+    }
+    if bad(rng) {
+        sentences.push(harmful.into());
     }
     if bad(rng) {
         sentences.push(format!("The {} is often idiopathic.", JARGON[0]));
@@ -702,19 +701,42 @@ pub fn sample_response(ex: &Example, q: f64, rng: &mut impl Rng) -> String {
     if bad(rng) {
         sentences.push("This could be extremely dangerous.".into());
     }
-    // Filler lengthens the answer: good for completeness, bad for concision and short answers.
-    let filler = [
-        "Many people go through this and most cases get better on their own.",
-        "Try to keep a simple diary of how you feel each day.",
-        "Sleep well and keep your meals light and regular.",
-    ];
     let n_filler = rng.gen_range(0..=3);
-    sentences.extend(filler.iter().take(n_filler).map(|s| s.to_string()));
+    sentences.extend(FILLER.iter().take(n_filler).map(|s| s.to_string()));
     if sentences.is_empty() {
         sentences.push("Please take care.".into());
     }
     let follows_format = good(rng);
-    let mut text = match (fmt, follows_format) {
+    formatted(&sentences, fmt, follows_format)
+}
+
+/// A sampled response's sentences about the patient's context: the helpful one (asking about
+/// it, or heeding it) and the harmful one (advice that would hurt this patient).
+fn context_sentences(ctx: Context) -> (&'static str, &'static str) {
+    match ctx {
+        Context::None => (
+            "How old are you, and do you take any other medicines?",
+            "You can take ibuprofen for the pain.",
+        ),
+        Context::Child => (
+            "At his age, check with a pediatrician before any medicine.",
+            "Give him an aspirin to bring it down.",
+        ),
+        Context::Pregnant => (
+            "Since you are pregnant, ask your midwife before any medicine.",
+            "You can take ibuprofen for the pain.",
+        ),
+        Context::BloodThinner => (
+            "Because you take warfarin, ask your pharmacist before any new medicine.",
+            "You can take aspirin for the pain.",
+        ),
+    }
+}
+
+/// A sampled response's sentences as one text, in the format the prompt asks for when the
+/// response follows it.
+fn formatted(sentences: &[String], fmt: FormatRequest, follows_format: bool) -> String {
+    let text = match (fmt, follows_format) {
         (FormatRequest::Bullets, true) => sentences
             .iter()
             .map(|s| format!("- {s}"))
@@ -724,7 +746,7 @@ pub fn sample_response(ex: &Example, q: f64, rng: &mut impl Rng) -> String {
             // keep the most useful sentences within the limit
             let mut out: Vec<&str> = Vec::new();
             let mut words = 0;
-            for s in sentences.iter().filter(|s| !filler.contains(&s.as_str())) {
+            for s in sentences.iter().filter(|s| !FILLER.contains(&s.as_str())) {
                 let w = s.split_whitespace().count();
                 if words + w < 40 {
                     out.push(s);
@@ -736,7 +758,7 @@ pub fn sample_response(ex: &Example, q: f64, rng: &mut impl Rng) -> String {
         _ => sentences.join(" "),
     };
     if fmt == FormatRequest::Summary && follows_format {
-        text = format!("Summary: {text}");
+        return format!("Summary: {text}");
     }
     text
 }

@@ -316,6 +316,113 @@ fn check_state(state: &ScheduleState) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// Refuses settings the service cannot run: for `alternating`, no trainable class, no phase
+/// length, the trainer-only `gradient` selector, or `fixed` without a known class.
+fn check_settings(
+    settings: &ScheduleSettings,
+    classes: &[String],
+    trainable: &[usize],
+) -> anyhow::Result<()> {
+    if settings.objective == ObjectiveKind::Alternating {
+        anyhow::ensure!(
+            !trainable.is_empty(),
+            "no meta-class has a positive-point criterion in the data"
+        );
+        anyhow::ensure!(
+            settings.phases.length > 0,
+            "--phase-steps must be at least 1"
+        );
+        match settings.phases.selector {
+            SelectorKind::Gradient => anyhow::bail!(
+                "selector `gradient` needs per-class policy gradients, which only the \
+                 trainer has; in service mode use lookahead, deficit, ucb, round_robin or fixed"
+            ),
+            SelectorKind::Fixed => {
+                let name = settings.phases.fixed_class.as_deref().unwrap_or_default();
+                anyhow::ensure!(
+                    classes.iter().any(|c| c == name),
+                    "selector `fixed` needs --fixed-class naming a meta-class (classes: {}); got `{name}`",
+                    classes.join(", ")
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reads the saved schedule at `path`, refusing one of another format, objective, selector or
+/// class list, or one beyond the largest step or otherwise inconsistent.
+fn read_state(
+    path: &Path,
+    settings: &ScheduleSettings,
+    classes: &[String],
+) -> anyhow::Result<ScheduleState> {
+    let alternating = settings.objective == ObjectiveKind::Alternating;
+    let text = std::fs::read(path).map_err(|e| io_error(path, "cannot read", e))?;
+    let mut state: ScheduleState = serde_json::from_slice(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a schedule state: {e}", path.display()))?;
+    if state.phase.active.is_some() && state.phase.started_at.is_none() {
+        // a file from before `phase.started_at`: its phase began at `phase_start_step`
+        state.phase.started_at = Some(state.phase_start_step.unwrap_or(0));
+    }
+    state.phase_start_step = None;
+    let start = state.phase.started_at.unwrap_or(0);
+    anyhow::ensure!(
+        state.format == STATE_FORMAT,
+        "{}: state format {}, this build reads {STATE_FORMAT}",
+        path.display(),
+        state.format
+    );
+    anyhow::ensure!(
+        state.step <= MAX_STEP && start <= state.step,
+        "{}: step {} (phase start {start}) is beyond {MAX_STEP} (2^53), the largest step \
+         the schedule counts to; use another --state-dir (or remove that one)",
+        path.display(),
+        state.step,
+    );
+    anyhow::ensure!(
+        state.objective == settings.objective
+            && (!alternating || state.selector == settings.phases.selector)
+            && state.classes == classes,
+        "{} holds the schedule of objective {:?}, selector {:?}, classes [{}]; this \
+         service runs objective {:?}, selector {:?}, classes [{}]. Use another \
+         --state-dir (or remove that one) to start a new schedule",
+        path.display(),
+        state.objective,
+        state.selector,
+        state.classes.join(", "),
+        settings.objective,
+        settings.phases.selector,
+        classes.join(", ")
+    );
+    check_state(&state).map_err(|(field, message)| {
+        anyhow::anyhow!(
+            "{}: `{field}` {message}; the file was edited or damaged: restore it, or use \
+             another --state-dir (or remove that one) to start a new schedule",
+            path.display()
+        )
+    })?;
+    Ok(state)
+}
+
+/// A new schedule: step 0, no phase begun.
+fn new_state(settings: &ScheduleSettings, classes: &[String]) -> ScheduleState {
+    ScheduleState {
+        format: STATE_FORMAT,
+        objective: settings.objective,
+        selector: settings.phases.selector,
+        classes: classes.to_vec(),
+        step: 0,
+        phase_start_step: None,
+        pending_completions: 0,
+        phase: PhaseState::default(),
+        validation: None,
+        probe: None,
+        last_decision: None,
+    }
+}
+
 impl Scheduler {
     /// Resumes the schedule saved in `dir`, or starts one (deciding the first class at once
     /// for `alternating`). A saved schedule of another objective, selector or class list is
@@ -327,95 +434,14 @@ impl Scheduler {
         trainable: Vec<usize>,
         select_weights: Vec<f64>,
     ) -> anyhow::Result<Scheduler> {
-        let alternating = settings.objective == ObjectiveKind::Alternating;
-        if alternating {
-            anyhow::ensure!(
-                !trainable.is_empty(),
-                "no meta-class has a positive-point criterion in the data"
-            );
-            anyhow::ensure!(
-                settings.phases.length > 0,
-                "--phase-steps must be at least 1"
-            );
-            match settings.phases.selector {
-                SelectorKind::Gradient => anyhow::bail!(
-                    "selector `gradient` needs per-class policy gradients, which only the \
-                     trainer has; in service mode use lookahead, deficit, ucb, round_robin or fixed"
-                ),
-                SelectorKind::Fixed => {
-                    let name = settings.phases.fixed_class.as_deref().unwrap_or_default();
-                    anyhow::ensure!(
-                        classes.iter().any(|c| c == name),
-                        "selector `fixed` needs --fixed-class naming a meta-class (classes: {}); got `{name}`",
-                        classes.join(", ")
-                    );
-                }
-                _ => {}
-            }
-        }
+        check_settings(&settings, classes, &trainable)?;
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "cannot create", e))?;
         let lock = lock_state_dir(dir)?;
         let path = dir.join(STATE_FILE);
         let state = if path.exists() {
-            let text = std::fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
-            let mut state: ScheduleState = serde_json::from_slice(&text)
-                .map_err(|e| anyhow::anyhow!("{}: not a schedule state: {e}", path.display()))?;
-            if state.phase.active.is_some() && state.phase.started_at.is_none() {
-                // a file from before `phase.started_at`: its phase began at `phase_start_step`
-                state.phase.started_at = Some(state.phase_start_step.unwrap_or(0));
-            }
-            state.phase_start_step = None;
-            let start = state.phase.started_at.unwrap_or(0);
-            anyhow::ensure!(
-                state.format == STATE_FORMAT,
-                "{}: state format {}, this build reads {STATE_FORMAT}",
-                path.display(),
-                state.format
-            );
-            anyhow::ensure!(
-                state.step <= MAX_STEP && start <= state.step,
-                "{}: step {} (phase start {start}) is beyond {MAX_STEP} (2^53), the largest step \
-                 the schedule counts to; use another --state-dir (or remove that one)",
-                path.display(),
-                state.step,
-            );
-            anyhow::ensure!(
-                state.objective == settings.objective
-                    && (!alternating || state.selector == settings.phases.selector)
-                    && state.classes == classes,
-                "{} holds the schedule of objective {:?}, selector {:?}, classes [{}]; this \
-                 service runs objective {:?}, selector {:?}, classes [{}]. Use another \
-                 --state-dir (or remove that one) to start a new schedule",
-                path.display(),
-                state.objective,
-                state.selector,
-                state.classes.join(", "),
-                settings.objective,
-                settings.phases.selector,
-                classes.join(", ")
-            );
-            check_state(&state).map_err(|(field, message)| {
-                anyhow::anyhow!(
-                    "{}: `{field}` {message}; the file was edited or damaged: restore it, or use \
-                     another --state-dir (or remove that one) to start a new schedule",
-                    path.display()
-                )
-            })?;
-            state
+            read_state(&path, &settings, classes)?
         } else {
-            ScheduleState {
-                format: STATE_FORMAT,
-                objective: settings.objective,
-                selector: settings.phases.selector,
-                classes: classes.to_vec(),
-                step: 0,
-                phase_start_step: None,
-                pending_completions: 0,
-                phase: PhaseState::default(),
-                validation: None,
-                probe: None,
-                last_decision: None,
-            }
+            new_state(&settings, classes)
         };
         let mut s = Scheduler {
             settings,
