@@ -99,12 +99,28 @@ def is_eval(extra_info):
 
 def _request(ground_truth, solution_str, extra_info, token):
     body = json.dumps({"items": [{"prompt_id": str(ground_truth), "completions": [solution_str]}]}).encode()
+    return body, _headers(token, is_eval(extra_info))
+
+
+def _headers(token, evaluating):
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = "Bearer " + token
-    if is_eval(extra_info):
+    if evaluating:
         headers["x-arlrr-eval"] = "1"
-    return body, headers
+    return headers
+
+
+def _post(url, body, headers, timeout):
+    """POSTs a request to `/v1/rewards` and reads the answer: _Retry for what may pass."""
+    req = urllib.request.Request(url + "/v1/rewards", body, headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as e:
+        raise _http_failure(e.code, e.read().decode("utf-8", "replace")) from None
+    except (OSError, ValueError) as e:  # refused, reset, timed out, a broken answer
+        raise _Retry("arlrr serve at %s: %s" % (url, e)) from None
 
 
 def _http_failure(status, text):
@@ -157,25 +173,22 @@ def _retry_or_raise(attempt, retries, backoff, why):
     return min(backoff * 2**attempt, 30.0)
 
 
+def _retrying(call, retries, backoff):
+    """`call()`, called again after a backoff while it raises _Retry, `retries` times at most."""
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except _Retry as e:
+            time.sleep(_retry_or_raise(attempt, retries, backoff, str(e)))
+            attempt += 1
+
+
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
     """verl's custom reward function (sync: verl runs it in its thread pool)."""
     url, token, retries, backoff, timeout = _settings(kwargs)
     body, headers = _request(ground_truth, solution_str, extra_info, token)
-    attempt = 0
-    while True:
-        try:
-            req = urllib.request.Request(url + "/v1/rewards", body, headers)
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    answer = json.load(resp)
-            except urllib.error.HTTPError as e:
-                raise _http_failure(e.code, e.read().decode("utf-8", "replace")) from None
-            except (OSError, ValueError) as e:  # refused, reset, timed out, a broken answer
-                raise _Retry("arlrr serve at %s: %s" % (url, e)) from None
-            return to_verl(answer)
-        except _Retry as e:
-            time.sleep(_retry_or_raise(attempt, retries, backoff, str(e)))
-            attempt += 1
+    return _retrying(lambda: to_verl(_post(url, body, headers, timeout)), retries, backoff)
 
 
 async def _post_async(url, body, headers, timeout):
@@ -273,36 +286,23 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
         slots.append((item_of[key], len(completions)))
         completions.append(text)
     evaluating = all(is_eval(e) for e in extra_infos) if extra_infos else False
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    if evaluating:
-        headers["x-arlrr-eval"] = "1"
+    headers = _headers(token, evaluating)
     body = json.dumps({"items": items}).encode()
-    attempt = 0
-    while True:
-        try:
-            req = urllib.request.Request(url + "/v1/rewards", body, headers)
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    answer = json.load(resp)
-            except urllib.error.HTTPError as e:
-                raise _http_failure(e.code, e.read().decode("utf-8", "replace")) from None
-            except (OSError, ValueError) as e:
-                raise _Retry("arlrr serve at %s: %s" % (url, e)) from None
-            failed = [
-                c["error"] for item in answer["items"] for c in item["completions"] if c.get("error")
-            ]
-            if failed:
-                raise _Retry("grading failed for %d completions: %s" % (len(failed), failed[0]))
-            out = []
-            for i, j in slots:
-                one = dict(answer, items=[{"completions": [answer["items"][i]["completions"][j]]}])
-                out.append(to_verl(one))
-            return out
-        except _Retry as e:
-            time.sleep(_retry_or_raise(attempt, retries, backoff, str(e)))
-            attempt += 1
+
+    def scores():
+        answer = _post(url, body, headers, timeout)
+        failed = [
+            c["error"] for item in answer["items"] for c in item["completions"] if c.get("error")
+        ]
+        if failed:
+            raise _Retry("grading failed for %d completions: %s" % (len(failed), failed[0]))
+        out = []
+        for i, j in slots:
+            one = dict(answer, items=[{"completions": [answer["items"][i]["completions"][j]]}])
+            out.append(to_verl(one))
+        return out
+
+    return _retrying(scores, retries, backoff)
 
 
 if __name__ == "__main__":
