@@ -189,9 +189,13 @@ fn relative_links_in_readme_changelog_and_docs_resolve() {
     let mut bad = Vec::new();
     let mut count = 0;
     for file in &files {
-        let text = std::fs::read_to_string(file)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let shown = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let shown = file
+            .strip_prefix(&root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         for (n, line) in prose_lines(&text).iter().enumerate() {
             for target in link_targets(line) {
                 if has_scheme(&target) {
@@ -224,7 +228,10 @@ fn relative_links_in_readme_changelog_and_docs_resolve() {
             }
         }
     }
-    assert!(count > 20, "only {count} relative links found; is the pattern right?");
+    assert!(
+        count > 20,
+        "only {count} relative links found; is the pattern right?"
+    );
     assert!(
         bad.is_empty(),
         "links that do not resolve:\n{}",
@@ -238,8 +245,14 @@ fn the_link_parser_finds_what_it_should() {
         link_targets("see [a](docs/x.md#y) and [b](<c d.md> \"t\") and [e](f(g).md)"),
         ["docs/x.md#y", "c d.md", "f(g).md"]
     );
-    assert_eq!(prose_lines("a `[x](nope.md)` b\n```\n[y](nope.md)\n```\n"), ["a  b", "", "", ""]);
-    assert_eq!(slug("Where the code departs from `x.md`"), "where-the-code-departs-from-xmd");
+    assert_eq!(
+        prose_lines("a `[x](nope.md)` b\n```\n[y](nope.md)\n```\n"),
+        ["a  b", "", "", ""]
+    );
+    assert_eq!(
+        slug("Where the code departs from `x.md`"),
+        "where-the-code-departs-from-xmd"
+    );
     assert!(has_scheme("https://example.com") && has_scheme("mailto:a@b"));
     assert!(!has_scheme("docs/x.md") && !has_scheme("#a:b"));
 }
