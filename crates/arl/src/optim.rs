@@ -121,8 +121,9 @@ impl AdamW {
             let g = &g.detach();
             let p = var.as_tensor();
             if in_place(&[p, g, &self.m[i], &self.v[i]]) {
-                // No new moment or parameter buffers: on SmolLM2 they were 1.6 GB a step,
-                // freed into the allocator's heap in pieces the next step could not all reuse.
+                // No new moment or parameter buffers: new ones each step are model-sized
+                // allocations, freed into the allocator's heap in pieces the next step cannot
+                // all reuse (figure: docs/benchmarks.md, "Memory of a training step").
                 self.m[i].inplace_op2(
                     g,
                     &Moment {

@@ -104,7 +104,7 @@ fn stats_of_the_real_sample() {
     ] {
         assert_eq!(s[key], want[key], "{key}");
     }
-    // the sample as DESIGN.md describes it: 500 items, 5,965 physician criteria, 5 axes,
+    // the sample as docs/design.md (§4 Real assets) describes it: 500 items, 5,965 physician criteria, 5 axes,
     // one theme per example, multi-turn conversations among them
     assert_eq!(want["examples"], 500);
     assert_eq!(want["criteria"], 5965);

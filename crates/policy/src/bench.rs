@@ -36,7 +36,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             // 4,096 tokens as 16 x 256, then as 8 x 512 (attention 2x larger per row); both
-            // fit the 23 GB development machine since the fused custom ops of `ops.rs`.
+            // fit a small machine's memory thanks to the fused custom ops of `ops.rs`.
             train_batch: 16,
             prompt_len: 32,
             completion_len: 224,
@@ -254,7 +254,7 @@ pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!("machine: {threads} CPU threads (candle CPU backend, f32)");
-    // Neighbours on a shared machine make one peak reading swing by 1.5x, so the peak is
+    // Neighbours on a shared machine make one peak reading swing widely, so the peak is
     // measured again after every training step and each fraction is taken against the
     // highest reading so far: a lucky slow peak cannot flatter the result.
     let mut peak = matmul_peak_gflops(1024, 5)?;

@@ -53,10 +53,11 @@ pub fn seeded_rng(seed: u64) -> Rng {
 }
 
 /// Keeps freed tensor memory in the process instead of handing it back to the kernel. With
-/// glibc's defaults, buffers of a few MB (activations, gradients) were unmapped or trimmed when
-/// freed and faulted back in, zeroed by the kernel, on the next use: `clear_page_erms` was
-/// 10-20% of a SmolLM2 training step in `perf`, and this made the step ~10-15% faster. Binaries
-/// call it once at startup (the `arlrr` binary and the policy bench do); a no-op off glibc.
+/// glibc's defaults, buffers of a few MB (activations, gradients) are unmapped or trimmed when
+/// freed and faulted back in, zeroed by the kernel, on the next use: a visible share of a
+/// SmolLM2 training step in `perf` (docs/benchmarks.md, "The policy's own CPU training ops").
+/// Binaries call it once at startup (the `arlrr` binary and the policy bench do); a no-op off
+/// glibc.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters: the mmap threshold at glibc's 32 MiB

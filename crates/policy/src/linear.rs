@@ -38,8 +38,9 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> crate::Resul
 
 /// `linear` for inference (no autograd graph). With few rows (decoding) the product is
 /// computed as `W @ x^T`: gemm then streams the contiguous weight as its left operand instead
-/// of packing the whole weight matrix for every step, which measured up to 2x faster at batch
-/// 32 on SmolLM2's shapes; the small [out, rows] result is transposed back.
+/// of packing the whole weight matrix for every step, which is faster at decoding batch sizes
+/// on SmolLM2's shapes (docs/benchmarks.md, "Generation kernels"); the small [out, rows]
+/// result is transposed back.
 pub(crate) fn linear_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> crate::Result<Tensor> {
     let (rows, in_dim) = rows_of(x)?;
     let x2 = x.reshape((rows, in_dim))?;
@@ -58,7 +59,8 @@ pub(crate) fn linear_infer(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> crate:
 /// Up to this many rows `linear_infer` uses the `W @ x^T` form...
 const SMALL_ROWS: usize = 64;
 /// ...unless the output is this wide: for a vocabulary-sized output projection the plain form
-/// measured 10-30% faster at batch 32 (and needs no transposed copy of the wide result).
+/// is the faster one at decoding batch sizes (docs/benchmarks.md, "Generation kernels"), and
+/// it needs no transposed copy of the wide result.
 const SMALL_ROWS_MAX_OUT: usize = 16_384;
 
 /// (rows, width) of `x` seen as a matrix of its last dim.

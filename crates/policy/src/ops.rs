@@ -2,8 +2,9 @@
 //! rotary embedding, masked attention softmax and SwiGLU (the matmul ops are in `linear.rs`).
 //!
 //! Built from primitives (max, sub, exp, sum, div, ...) they are exact but keep several
-//! full-size intermediates per layer alive for backward; at SmolLM2 scale with 4,096-token
-//! batches that was 18.5 GB for one training step. These ops keep only what their backward
+//! full-size intermediates per layer alive for backward, which at SmolLM2 scale with
+//! 4,096-token batches outgrows a small machine's memory (docs/benchmarks.md, "The policy's
+//! own CPU training ops"). These ops keep only what their backward
 //! needs, run their loops on all threads (candle's CPU element-wise ops use one), and their
 //! `bwd` is the textbook Jacobian-vector product, checked against the primitive versions and
 //! by the finite-difference tests. The wrappers below pick them on the CPU and the primitive
@@ -172,7 +173,7 @@ pub(crate) fn swiglu_approx(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor>
     }
     let mut out = gd;
     let d = 256.min(out.len().max(1));
-    // One approximate exp costs about an eighth of a libm one: weigh the split accordingly.
+    // An approximate exp is far cheaper than a libm one: the split counts it as an eighth.
     let work = out.len() / 8;
     par_out(&mut out, d, work, |r0, o| {
         let u = &ud[r0 * d..][..o.len()];

@@ -3,7 +3,7 @@
 //! name from a `WeightSource` source and has a `forward`; the forward pass reads top to bottom.
 //!
 //! candle's fused `rms_norm`, `softmax_last_dim` and rotary kernels have no backward pass, so a
-//! model built from them trains silently wrong (DESIGN.md §5). Every op here either has a
+//! model built from them trains silently wrong (docs/design.md, §5 Known traps). Every op here either has a
 //! backward in candle (matmul, index select, add/mul/div, exp, sqrt, narrow, cat) or is one of
 //! our CPU custom ops with its own backward (`ops.rs`: RMSNorm, rotary embedding, masked
 //! softmax, SwiGLU; `linear.rs`: the linear layer and the output projection with the target

@@ -1,7 +1,7 @@
 //! Finite-difference gradient checks on tiny random models, in f64: every parameter kind
 //! (embedding, attention projections and biases, norms incl. QK-norm, MLP, untied lm_head,
 //! LoRA A/B) must get the gradient the loss actually has. This is the guard against
-//! gradient-dropping fused kernels (DESIGN.md §5).
+//! gradient-dropping fused kernels (docs/design.md, §5 Known traps).
 
 use candle_core::{DType, Device, Tensor, Var};
 use policy::{completion_log_probs, Arch, Config, LoraConfig, LoraTarget, Transformer};

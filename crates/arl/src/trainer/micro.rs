@@ -6,8 +6,9 @@ use std::ops::Range;
 /// Activation memory one micro-batch may keep for its backward under `grpo.micro_batch = 0`.
 /// The default `arlrr train` (tiny model, 48 rows of <= ~170 tokens: about 250 MB by
 /// `Policy::train_bytes`) stays one micro-batch, so its figures stay bit for bit; SmolLM2 rows
-/// of ~120 tokens (~180 MB each) go five at a time. 512 MiB (two or three rows) cost the
-/// SmolLM2 bench step ~20% of its train time for 3.3 GB peak; 1 GiB measured 3.6 GB.
+/// of ~120 tokens (~180 MB each) go five at a time. Half the budget (two or three rows per
+/// pass) made the SmolLM2 bench step's training markedly slower for little less peak memory
+/// (docs/benchmarks.md, "Memory of a training step").
 pub(crate) const ACTIVATION_BUDGET: u64 = 1 << 30;
 
 /// Consecutive ranges covering rows `0..lens.len()` in order; row `r` is (prompt tokens,
