@@ -479,6 +479,48 @@ mod tests {
 
     const OK: &str = "methods = [\"scalarized\", \"alternating:lookahead\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n";
 
+    /// The typed overrides give the config the TOML paths they name would: each run config
+    /// is the base with exactly those fields changed, and reads back from its TOML as itself.
+    #[test]
+    fn overrides_set_the_fields_they_name_and_nothing_else() {
+        let g = grid("methods = [\"scalarized\", \"alternating:lookahead+guard+paired\", \"alternating:round_robin+anchored\"]\nseeds = 1\nsteps = 7\nlrs = [0.05]\n[regimes]\nnoise = [\"exact\", \"healthbench-gpt41\"]\nconflict = [0]\nscale_rewards = [\"batch\"]\nshape = [\"healthbench\"]\n").unwrap();
+        for r in &g.regimes {
+            for m in &g.methods {
+                let cfg = g.run_config(r, m, 0.25, 4, Path::new("/tmp/x")).unwrap();
+                assert_eq!(
+                    TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap(),
+                    cfg
+                );
+                let mut want = g.base.clone();
+                want.run.dir = "/tmp/x".into();
+                (want.run.seed, want.run.steps, want.optim.lr) = (4, 7, 0.25);
+                let noisy = r.label().contains("gpt41");
+                want.judge.noise = noisy.then(|| noise_preset("healthbench-gpt41"));
+                want.data.builtin_task = Some(TaskKnobs {
+                    conflict: 0.0,
+                    shape: Shape::HealthBench,
+                });
+                want.grpo.scale_rewards = ScaleRewards::Batch;
+                want.objective.kind = m.objective;
+                if let Some(s) = m.selector {
+                    want.phases.selector = s;
+                    want.objective.grade_active_class_only = !m.has("anchored");
+                }
+                if m.has("guard") {
+                    want.phases.guard_drop = Some(0.05);
+                }
+                if m.has("paired") {
+                    want.phases.paired = true;
+                    want.phases.select_samples = 8;
+                }
+                if m.has("anchored") {
+                    want.objective.anchor = 0.5;
+                }
+                assert_eq!(cfg, want, "{} {}", r.label(), m.name);
+            }
+        }
+    }
+
     #[test]
     fn the_grid_is_the_product_of_its_axes() {
         let g = grid(&format!(
