@@ -44,14 +44,12 @@ pub struct PromptLimit {
 
 /// What the trainer needs from a policy. Sampling randomness comes from the caller's seeded
 /// RNG, so a run resumed from a checkpoint draws the same samples.
+/// Completions `[prompt][sample]`: what [`Policy::generate`] returns.
+pub type Groups = Vec<Vec<Completion>>;
+
 pub trait Policy {
     /// `n` completions for each prompt: result `[prompt][sample]`.
-    fn generate(
-        &mut self,
-        prompts: &[&Example],
-        n: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Vec<Vec<Completion>>>;
+    fn generate(&mut self, prompts: &[&Example], n: usize, rng: &mut ChaCha8Rng) -> Result<Groups>;
 
     /// Seconds of the last `generate` spent before decoding began (a reduced-precision copy
     /// of the weights, the prompt prefill); 0 for policies that do not split it out.

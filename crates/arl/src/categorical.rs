@@ -4,7 +4,7 @@
 //! answers. It exercises every trainer path (sampling, teacher-forced log-probs, gradients,
 //! checkpoints) in milliseconds, with responses the rule judge grades like real text.
 
-use crate::actor::{Completion, Policy, TokenLogProbs};
+use crate::actor::{Completion, Groups, Policy, TokenLogProbs};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::Rng;
@@ -126,12 +126,7 @@ pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl Policy for CategoricalPolicy {
-    fn generate(
-        &mut self,
-        prompts: &[&Example],
-        n: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Vec<Vec<Completion>>> {
+    fn generate(&mut self, prompts: &[&Example], n: usize, rng: &mut ChaCha8Rng) -> Result<Groups> {
         let scaled = (self.logits.as_tensor() / self.config.temperature)?;
         let logp: Vec<Vec<Vec<f32>>> = log_softmax(&scaled)?.to_vec3()?;
         let mut out = Vec::with_capacity(prompts.len());

@@ -145,9 +145,9 @@ pub fn save_snapshot(vars: &[(String, Var)], snap: &ParamSnapshot, path: &Path) 
         .zip(&snap.0)
         .map(|((n, _), t)| (n.clone(), t.clone()))
         .collect();
-    let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(&t, &tmp)?;
-    std::fs::rename(&tmp, path)?;
+    let bytes = safetensors::serialize(&t, None)?;
+    rubric::runfile::write_atomic(path, &bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

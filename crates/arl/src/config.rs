@@ -330,6 +330,20 @@ impl TrainConfig {
 
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<()> {
+        self.validate_data()?;
+        self.check_finite()?;
+        self.validate_policy()?;
+        self.validate_grpo()?;
+        self.validate_optim()?;
+        self.validate_phases()?;
+        if self.eval.samples == 0 {
+            bail!("field `eval.samples`: must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// `[data]`, the built-in task's knobs and `[warm_start]`.
+    fn validate_data(&self) -> Result<()> {
         if !self.data.builtin {
             if self.data.train.as_os_str().is_empty() {
                 bail!("field `data.train`: required (or `data.builtin = true`)");
@@ -358,8 +372,11 @@ impl TrainConfig {
                 }
             }
         }
-        self.check_finite()?;
-        self.validate_policy()?;
+        Ok(())
+    }
+
+    /// `[grpo]` (and `[judge.noise]`).
+    fn validate_grpo(&self) -> Result<()> {
         let g = &self.grpo;
         if g.prompts_per_step == 0 {
             bail!("field `grpo.prompts_per_step`: must be at least 1");
@@ -392,6 +409,11 @@ impl TrainConfig {
                 "field `grpo.resample_flat.max_rounds`: must be at least 1 (the step's own round)"
             );
         }
+        Ok(())
+    }
+
+    /// `[optim]`.
+    fn validate_optim(&self) -> Result<()> {
         let o = &self.optim;
         if o.lr <= 0.0 {
             bail!("field `optim.lr`: must be positive");
@@ -413,6 +435,11 @@ impl TrainConfig {
         if o.grad_clip < 0.0 {
             bail!("field `optim.grad_clip`: must not be negative (0 disables clipping)");
         }
+        Ok(())
+    }
+
+    /// `[phases]` and `[objective]`.
+    fn validate_phases(&self) -> Result<()> {
         if self.phases.ucb_c < 0.0 {
             bail!("field `phases.ucb_c`: must not be negative");
         }
@@ -454,9 +481,6 @@ impl TrainConfig {
         }
         if anchor < 1.0 && self.objective.grade_active_class_only {
             bail!("fields `objective.anchor` and `objective.grade_active_class_only`: an anchor below 1 needs every class graded; set grade_active_class_only = false");
-        }
-        if self.eval.samples == 0 {
-            bail!("field `eval.samples`: must be at least 1");
         }
         Ok(())
     }
@@ -544,7 +568,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 /// Parses TOML text into `T`; the error names the offending field and its line.
-pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     let de = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -6,10 +6,8 @@
 //! the tiny [`CategoricalPolicy`] and the rule judge exercise every path in milliseconds.
 
 pub mod actor;
-pub mod bench;
 pub mod categorical;
 pub mod checkpoint;
-pub mod compare;
 pub mod config;
 pub mod eval;
 pub mod grading;
@@ -17,21 +15,21 @@ pub mod grpo;
 #[cfg(feature = "transformer")]
 pub mod lm_actor;
 pub mod metrics;
+mod micro;
 pub mod noise;
 pub mod optim;
-pub mod plots;
-pub mod report;
+pub mod records;
 pub mod setup;
 #[cfg(feature = "transformer")]
 pub mod sft;
-pub mod study;
 pub mod trainer;
 
-pub use actor::{Completion, Policy, TokenLogProbs};
+pub use actor::{Completion, Groups, Policy, TokenLogProbs};
 pub use categorical::{CategoricalConfig, CategoricalPolicy};
 pub use config::{JudgeSection, ObjectiveConfig, PolicyConfig, TrainConfig};
 pub use eval::{EvalReport, EvalSet, Evaluator};
 pub use metrics::StepMetrics;
+pub use records::{RunData, RunRecords};
 pub use schedule::{
     Decision, DecisionRecord, ObjectiveKind, PhaseConfig, SelectorKind, Target, TaskData, Weights,
 };

@@ -1,7 +1,7 @@
 //! The transformer of the `policy` crate behind the trainer's [`Policy`] trait: ChatML prompts,
 //! batched sampling, teacher-forced log-probs with gradients, full or LoRA fine-tuning.
 
-use crate::actor::{Completion, Policy, TokenLogProbs};
+use crate::actor::{Completion, Groups, Policy, TokenLogProbs};
 use anyhow::{Context, Result};
 use candle_core::{Device, Var};
 use rand_chacha::ChaCha8Rng;
@@ -158,12 +158,7 @@ impl TransformerPolicy {
 }
 
 impl Policy for TransformerPolicy {
-    fn generate(
-        &mut self,
-        prompts: &[&Example],
-        n: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Vec<Vec<Completion>>> {
+    fn generate(&mut self, prompts: &[&Example], n: usize, rng: &mut ChaCha8Rng) -> Result<Groups> {
         let batch = prompts
             .iter()
             .map(|ex| self.prompt_ids(ex))
@@ -305,7 +300,7 @@ fn pass_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trainer::micro::ACTIVATION_BUDGET;
+    use crate::micro::ACTIVATION_BUDGET;
 
     #[test]
     fn the_default_tiny_batch_is_one_micro_batch_and_smollm2_rows_are_split() {

@@ -165,13 +165,27 @@ pub struct JudgeDelta {
 }
 
 impl JudgeDelta {
+    /// The counters `b` holds more than `a` (`b` read after `a`).
     pub fn between(a: &JudgeStats, b: &JudgeStats) -> JudgeDelta {
+        JudgeDelta::total(b).less(JudgeDelta::total(a))
+    }
+
+    /// All of the judge's counters so far.
+    fn total(s: &JudgeStats) -> JudgeDelta {
+        let JudgeStats {
+            verdicts,
+            calls,
+            cache_hits,
+            failures,
+            retries,
+            ..
+        } = *s;
         JudgeDelta {
-            verdicts: b.verdicts - a.verdicts,
-            calls: b.calls - a.calls,
-            cache_hits: b.cache_hits - a.cache_hits,
-            failures: b.failures - a.failures,
-            retries: b.retries - a.retries,
+            verdicts,
+            calls,
+            cache_hits,
+            failures,
+            retries,
         }
     }
 

@@ -319,13 +319,10 @@ pub fn sft(
             .map(|_| pairs[rng.gen_range(0..pairs.len())].clone())
             .collect();
         let lens: Vec<(usize, usize)> = batch.iter().map(|(p, c)| (p.len(), c.len())).collect();
-        let ranges = crate::trainer::micro::budget_ranges(
-            &lens,
-            crate::trainer::micro::ACTIVATION_BUDGET,
-            |rows, p, c| {
+        let ranges =
+            crate::micro::budget_ranges(&lens, crate::micro::ACTIVATION_BUDGET, |rows, p, c| {
                 crate::lm_actor::activation_bytes(&model.cfg, 4, p + c, c) * rows.len() as u64
-            },
-        );
+            });
         let tokens = lens.iter().map(|l| l.1).sum::<usize>().max(1) as f64;
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut loss = 0.0;

@@ -13,6 +13,7 @@ use crate::metrics::{
 };
 use crate::noise::{Confusion, Noise, NoiseStats};
 use crate::optim::{add_grad, clip_grads, global_norm, AdamW};
+use crate::records::{RunData, RunRecords};
 use crate::setup::Parts;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
@@ -28,7 +29,6 @@ use std::time::Instant;
 
 pub use crate::metrics::Timing;
 
-pub(crate) mod micro;
 mod select;
 
 /// A new run must not land on an earlier one: checked before anything is written. The error
@@ -185,6 +185,8 @@ impl Rollout {
 /// A GRPO step's rollout (every group sampled), the objective's advantages on it, the
 /// update, and what dynamic sampling did (`grpo.resample_flat`).
 pub(crate) struct Stepped {
+    /// The learning rate of the step's (first) optimizer step.
+    pub lr: f64,
     pub rollout: Rollout,
     pub adv: schedule::BatchAdvantages,
     pub update: UpdateStats,
@@ -344,8 +346,8 @@ impl Trainer {
     }
 
     /// Runs the remaining steps, calling `on_step` after each; writes a checkpoint at the end
-    /// and `report.md`.
-    pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> Result<()> {
+    /// and returns the run's records (the `lab` crate writes `report.md` from them).
+    pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> Result<RunData> {
         let total = self.config.run.steps;
         if self.state.step == 0 && self.evals.lines == 0 {
             let v = self.validate()?; // the starting policy, for the report's comparison
@@ -389,10 +391,6 @@ impl Trainer {
             // 2. one GRPO step toward the objective
             let target = self.target()?;
             let only = self.graded_class();
-            let lr = self
-                .config
-                .optim
-                .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
             let stepped = self.grpo_step(&target, only, &mut time)?;
             self.state.step += 1;
 
@@ -404,19 +402,19 @@ impl Trainer {
             // 4. validation, metrics, checkpoint
             let val = self.validate_if_due(&mut time)?;
             let judge = JudgeDelta::between(&judge_before, &self.judge.stats());
-            let mut m = self.metrics_line(lr, stepped, judge, train_verdicts);
+            let mut m = self.metrics_line(stepped, judge, train_verdicts);
             m.val = val;
             m.judge_noise = self.noise_stats();
             m.time_s = time;
             self.write_step(&m, true, &mut on_step)?;
         }
         self.test_split(total)?;
-        crate::report::write(
-            &self.run_dir,
-            &self.config,
-            &self.data.classes.names,
-            &crate::report::RunRecords::read(&self.run_dir)?,
-        )
+        Ok(RunData {
+            dir: self.run_dir.clone(),
+            config: self.config.clone(),
+            classes: self.data.classes.names.clone(),
+            records: RunRecords::read(&self.run_dir)?,
+        })
     }
 
     /// After the step just completed (the last of a phase's kept probe steps included), whose
@@ -466,12 +464,12 @@ impl Trainer {
     /// for the caller).
     fn metrics_line(
         &self,
-        lr: f64,
         stepped: Stepped,
         judge: JudgeDelta,
         train_verdicts: u64,
     ) -> StepMetrics {
         let Stepped {
+            lr,
             rollout,
             adv,
             update,
@@ -612,6 +610,7 @@ impl Trainer {
         only_class: Option<usize>,
         time: &mut Timing,
     ) -> Result<Stepped> {
+        let lrs = self.step_lrs();
         let want = self.config.grpo.prompts_per_step;
         let mut rollout = self.rollout(want, only_class, time)?;
         let mut adv = self.advantages(target, &rollout.rewards);
@@ -656,10 +655,11 @@ impl Trainer {
             }
         };
         let (t, optimizer) = (Instant::now(), time.optimizer);
-        let update = self.update(&rows, time)?;
+        let update = self.update(&rows, &lrs, time)?;
         // the optimizer's steps are timed apart, so `train` is the forward and backward passes
         time.train += t.elapsed().as_secs_f64() - (time.optimizer - optimizer);
         Ok(Stepped {
+            lr: lrs[0],
             rollout,
             adv,
             update,
@@ -737,7 +737,7 @@ impl Trainer {
 
     /// `ppo_epochs` AdamW steps on the rows, each over the whole batch (micro-batches
     /// accumulate gradients). A step whose loss or gradient is NaN/inf is skipped and counted.
-    fn update(&mut self, rows: &[Row], time: &mut Timing) -> Result<UpdateStats> {
+    fn update(&mut self, rows: &[Row], lrs: &[f64], time: &mut Timing) -> Result<UpdateStats> {
         let mut s = UpdateStats {
             rows: rows.len(),
             tokens: rows.iter().map(|r| r.tokens.len()).sum(),
@@ -753,11 +753,7 @@ impl Trainer {
         let (mut loss_sum, mut kl, mut ent, mut clipped, mut toks, mut norms) =
             (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         let mut sampler_gap = 0.0;
-        for _epoch in 0..self.config.grpo.ppo_epochs {
-            let lr = self
-                .config
-                .optim
-                .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
+        for &lr in lrs {
             self.state.optimizer_steps += 1;
             let Some((mut grads, d)) = self.batch_gradient(&chunks, &mut old, &reference)? else {
                 s.nonfinite_skips += 1;
@@ -1094,12 +1090,18 @@ impl Trainer {
             .flatten()
     }
 
-    fn total_optimizer_steps(&self) -> u64 {
-        self.config.run.steps * self.config.grpo.ppo_epochs as u64
+    /// The learning rate of each optimizer step of the next GRPO step (one per PPO epoch):
+    /// computed once per step.
+    fn step_lrs(&self) -> Vec<f64> {
+        let epochs = self.config.grpo.ppo_epochs as u64;
+        let (t, total) = (self.state.optimizer_steps, self.config.run.steps * epochs);
+        (0..epochs)
+            .map(|e| self.config.optim.lr_at(t + e, total))
+            .collect()
     }
 
     /// The rows of an update as its micro-batches, in order: `grpo.micro_batch` rows each, or
-    /// with 0 as many as fit [`micro::ACTIVATION_BUDGET`] by the policy's estimate.
+    /// with 0 as many as fit [`crate::micro::ACTIVATION_BUDGET`] by the policy's estimate.
     fn micro_batches<'a>(&self, rows: &'a [Row]) -> Result<Vec<&'a [Row]>> {
         if let m @ 1.. = self.config.grpo.micro_batch {
             return Ok(rows.chunks(m).collect());
@@ -1120,7 +1122,7 @@ impl Trainer {
         };
         let cost =
             |r: std::ops::Range<usize>, p, c| self.policy.train_bytes(r.len(), prompts(r), p, c);
-        let ranges = micro::budget_ranges(&lens, micro::ACTIVATION_BUDGET, cost);
+        let ranges = crate::micro::budget_ranges(&lens, crate::micro::ACTIVATION_BUDGET, cost);
         Ok(ranges.into_iter().map(|r| &rows[r]).collect())
     }
 }

@@ -185,9 +185,7 @@ fn every_shipped_run_config_parses_and_round_trips() {
             let text = std::fs::read_to_string(&path).unwrap();
             let table: toml::Table = toml::from_str(&text).unwrap();
             if table.contains_key("study") {
-                // a study grid (`arlrr study --grid`): it and every run config it makes check
-                arl::study::Grid::from_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
-                continue;
+                continue; // a study grid: crates/lab/tests/study.rs checks it
             }
             let cfg = TrainConfig::from_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
             let again = TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap();
@@ -302,21 +300,4 @@ fn sampling_precision_and_truncated_is_are_checked() {
         !text.contains("sample_precision") && !text.contains("truncated_is"),
         "{text}"
     );
-}
-
-#[test]
-fn a_report_of_an_embedding_judged_run_says_it_is_approximate() {
-    let dir = tempfile::tempdir().unwrap();
-    let toml = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");
-    let mut cfg = TrainConfig::from_toml(&toml).unwrap();
-    let (run, classes) = (dir.path().join("run"), vec!["accuracy".to_string()]);
-    std::fs::create_dir_all(&run).unwrap();
-    let report = |cfg: &TrainConfig| {
-        let records = arl::report::RunRecords::read(&run).unwrap();
-        arl::report::write(&run, cfg, &classes, &records).unwrap();
-        std::fs::read_to_string(run.join("report.md")).unwrap()
-    };
-    assert!(!report(&cfg).contains("approximate"));
-    cfg.judge.kind = judge::JudgeKind::Embedding;
-    assert!(report(&cfg).contains("`embedding` (MiniLM sentence similarity): approximate"));
 }

@@ -3,8 +3,8 @@
 //! (docs/benchmarks.md, "GRPO step"). Figures only: nothing here asserts a timing.
 
 use anyhow::{bail, Context, Result};
-use arl::bench::{GrpoBench, StepFigures};
 use arl::TrainConfig;
+use lab::bench::{GrpoBench, StepFigures};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -97,7 +97,7 @@ fn in_own_process(config: &Path, a: &GrpoArgs) -> Result<Vec<GrpoBench>> {
             config.display()
         );
     }
-    arl::bench::read_json(&json)
+    lab::bench::read_json(&json)
 }
 
 /// Trains `config` for `steps` GRPO steps in `out` (or a temporary folder) and prints the table.
@@ -107,7 +107,7 @@ fn bench(config: &Path, steps: u64, out: Option<&Path>) -> Result<GrpoBench> {
     // removed when the bench returns, on error too; unused with --out
     let tmp = tempfile::Builder::new().prefix("arlrr-bench-").tempdir()?;
     cfg.run.dir = out.map_or_else(|| tmp.path().join("run"), Path::to_path_buf);
-    if let Some(dir) = arl::bench::write_missing_healthbench_split(&cfg)? {
+    if let Some(dir) = lab::bench::write_missing_healthbench_split(&cfg)? {
         eprintln!(
             "wrote the HealthBench split (50 validation, 50 test, seed 0) into {}",
             dir.display()
@@ -120,7 +120,7 @@ fn bench(config: &Path, steps: u64, out: Option<&Path>) -> Result<GrpoBench> {
         cfg.run.dir.display()
     );
     let mut figures = Vec::new();
-    trainer.run(|m| {
+    let finished = trainer.run(|m| {
         let f = StepFigures::of(m);
         eprintln!(
             "step {}/{steps}: {:.1} s (generate {:.1}, train {:.1}, optimizer {:.1})",
@@ -128,6 +128,7 @@ fn bench(config: &Path, steps: u64, out: Option<&Path>) -> Result<GrpoBench> {
         );
         figures.push(f);
     })?;
+    lab::report::write_run(&finished)?;
     let bench = GrpoBench::new(origin, figures, policy::bench::peak_rss_mib());
     outln!("{}", bench.table())?;
     Ok(bench)

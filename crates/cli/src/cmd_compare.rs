@@ -1,8 +1,8 @@
 //! `arlrr compare`: ARL-RR against the baselines over several seeds with the same budget.
 
 use anyhow::{Context, Result};
-use arl::compare::{CompareSpec, Method};
 use arl::TrainConfig;
+use lab::compare::{CompareSpec, Method};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -37,7 +37,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     // before the folder or the built-in data are written
     let seeds = usize::try_from(a.seeds).unwrap_or(usize::MAX);
-    arl::compare::check_counts(seeds, a.test_samples)?;
+    lab::compare::check_counts(seeds, a.test_samples)?;
     let out = match a.out {
         Some(o) => o,
         None => {
@@ -87,9 +87,9 @@ pub fn run(a: Args) -> Result<()> {
         test_samples: a.test_samples,
     };
     std::fs::create_dir_all(&out)?;
-    let results = arl::compare::run(&spec, |m, s| eprintln!("training {m} seed {s}"))?;
+    let results = lab::compare::run(&spec, |m, s| eprintln!("training {m} seed {s}"))?;
     let classes = arl::setup::load_task(&spec.base)?.classes.names;
-    let verdict = arl::compare::write_report(&out, &spec, &results, &classes)?;
+    let verdict = lab::compare::write_report(&out, &spec, &results, &classes)?;
     outln!("{verdict}\nreport {}", out.join("compare.md").display())?;
     Ok(())
 }

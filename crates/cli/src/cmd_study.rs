@@ -2,7 +2,7 @@
 //! a regime map.
 
 use anyhow::Result;
-use arl::study::{self, Grid};
+use lab::study::{self, Grid};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

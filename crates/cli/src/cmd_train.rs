@@ -167,7 +167,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     bar.set_position(trainer.state.step);
     let mut last_val = None;
-    trainer.run(|m| {
+    let finished = trainer.run(|m| {
         bar.set_position(m.step);
         if let Some(v) = &m.val {
             last_val = Some(v.overall.score);
@@ -193,6 +193,7 @@ pub fn run(a: Args) -> Result<()> {
             m.judge.verdicts,
         ));
     })?;
+    lab::report::write_run(&finished)?;
     bar.finish();
     if let Some((f1, verdicts)) = trainer.judge_noise_f1() {
         let f1 = f1.map_or("-".into(), |f| format!("{f:.3}"));

@@ -12,11 +12,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Crates whose cycles other work on issue 30 removes, printed here but not failed on: arl's
-/// (config, lm_actor, trainer, report, setup, sft) and rubric's (model and load share
-/// `Format`; builtin and load, classes and load through tests). Once one of them has no
-/// cycle the test fails until its name leaves this list.
-const PENDING: &[&str] = &["arl"];
+/// Crates whose cycles other work removes, printed here but not failed on (none left: arl's
+/// and rubric's are gone). Once one of them has no cycle the test fails until its name leaves
+/// this list.
+const PENDING: &[&str] = &[];
 
 #[test]
 fn no_crate_has_an_import_cycle_between_its_modules() {

@@ -12,14 +12,16 @@
 
 pub mod objective;
 pub mod phase;
+pub mod stats;
 pub mod task;
 
 pub use objective::{
-    group_advantages, mean_std, BatchAdvantages, ObjectiveKind, ScaleRewards, Target, Weights,
+    group_advantages, BatchAdvantages, ObjectiveKind, ScaleRewards, Target, Weights,
 };
 pub use phase::{
     best, decide, paired_gain, probe_candidates, spreads, BatchScores, Candidate, Choices,
     ClassName, Decision, DecisionRecord, EndFlat, GuardTrip, Measure, Measured, PhaseConfig,
     PhaseState, Plan, Rank, SelectCost, SelectorKind, Skipped,
 };
+pub use stats::mean_std;
 pub use task::TaskData;

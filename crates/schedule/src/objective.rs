@@ -1,6 +1,7 @@
 //! What drives the advantages: one fixed scalarization, decoupled per-class normalization
 //! (GDPO), or one meta-class at a time (ARL-RR), and GRPO's group-normalized advantages.
 
+use crate::stats::mean_std;
 use rubric::RewardVector;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -295,17 +296,6 @@ pub struct BatchAdvantages {
     pub zero_spread: Vec<bool>,
 }
 
-/// Mean and population std of the defined values (`None` when fewer than one).
-pub fn mean_std(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
-    let v: Vec<f64> = values.into_iter().collect();
-    if v.is_empty() {
-        return None;
-    }
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
-    Some((mean, var.sqrt()))
-}
-
 /// Group-normalized advantages of one prompt's samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupAdvantages {
@@ -441,7 +431,7 @@ mod tests {
             let all = rewards.iter().flat_map(|g| g.iter().copied());
             let batch_std = mean_std(all).unwrap().1;
             for (i, rs) in rewards.iter().enumerate() {
-                let mean = rs.iter().sum::<f64>() / rs.len() as f64;
+                let mean = crate::stats::mean(rs);
                 let std = mean_std(rs.iter().copied()).unwrap().1;
                 for (j, r) in rs.iter().enumerate() {
                     if i == 2 {

@@ -236,7 +236,7 @@ impl PhaseState {
             return self.tripped.is_some();
         };
         let n = self.flat_shares.len();
-        let mean = self.flat_shares.iter().sum::<f64>() / n.max(1) as f64;
+        let mean = crate::stats::mean(&self.flat_shares);
         if self.tripped.is_none() && n as u64 >= f.window && mean >= f.share {
             self.tripped = Some(GuardTrip {
                 step,

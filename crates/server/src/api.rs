@@ -945,7 +945,7 @@ pub struct ValidationCompletion {
 
 /// Mean clipped to [0, 1], as HealthBench reports a dataset figure; `None` for no values.
 fn clipped_mean(values: &[f64]) -> Option<f64> {
-    (!values.is_empty()).then(|| (values.iter().sum::<f64>() / values.len() as f64).clamp(0.0, 1.0))
+    (!values.is_empty()).then(|| schedule::stats::mean(values).clamp(0.0, 1.0))
 }
 
 /// Grades validation completions and scores them as `arlrr eval` does: overall and per class,

@@ -432,9 +432,7 @@ mod tests {
     }
 
     fn mean_std(v: &[f64]) -> (f64, f64) {
-        let m = v.iter().sum::<f64>() / v.len() as f64;
-        let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
-        (m, var.sqrt())
+        schedule::mean_std(v.iter().copied()).expect("values")
     }
 
     #[tokio::test]

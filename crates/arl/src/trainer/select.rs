@@ -109,14 +109,10 @@ impl Trainer {
         if let Some(n) = &self.noise {
             n.take(); // the selection's measurements are not this step's
         }
-        let lr = self
-            .config
-            .optim
-            .lr_at(self.state.optimizer_steps, self.total_optimizer_steps());
         let stepped = self.grpo_step(target, only, &mut time)?;
         let verdicts = self.judge.stats().verdicts - judge_before.verdicts;
         let judge = JudgeDelta::default(); // set below, the validation's included
-        let mut metrics = self.metrics_line(lr, stepped, judge, verdicts);
+        let mut metrics = self.metrics_line(stepped, judge, verdicts);
         let noise = self.noise.as_ref().map(|n| n.take());
         let (step, every) = (self.state.step + j + 1, self.config.eval.every);
         let due = every > 0 && step.is_multiple_of(every);

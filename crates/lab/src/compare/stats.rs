@@ -1,19 +1,7 @@
 //! The statistics of a comparison over seeds: confidence intervals of means and of a
 //! difference (Student / Welch), and the exact permutation test.
 
-/// Mean of the values (0 for none).
-pub fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-/// Sample standard deviation (n - 1); 0 for fewer than two values.
-pub fn sd(v: &[f64]) -> f64 {
-    if v.len() < 2 {
-        return 0.0;
-    }
-    let m = mean(v);
-    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
-}
+pub use schedule::stats::{mean, sample_std as sd};
 
 /// The 97.5% quantile of Student's t with `df` degrees of freedom (the two-sided 95% critical
 /// value); `df` may be fractional (Welch). NaN when `df` is not positive.

@@ -2,9 +2,9 @@
 //! generate and train per second, and the peak memory, from the trainer's own step metrics.
 //! Wall-clock figures are printed and written, never asserted (the machine may be shared).
 
-use crate::metrics::StepMetrics;
-use crate::TrainConfig;
 use anyhow::{Context, Result};
+use arl::metrics::StepMetrics;
+use arl::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

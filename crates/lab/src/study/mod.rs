@@ -10,14 +10,14 @@
 mod grid;
 mod writeup;
 
-pub use grid::{show, Grid, Regime, StudyMethod, REGIME_KEYS, VARIANTS};
+pub use grid::{show, Grid, Override, Regime, StudyMethod, REGIME_KEYS, VARIANTS};
 pub use writeup::write_report;
 
 use crate::compare::stats::mean;
-use crate::eval::EvalLine;
-use crate::setup::Parts;
-use crate::trainer::Trainer;
 use anyhow::{bail, Context, Result};
+use arl::eval::EvalLine;
+use arl::setup::Parts;
+use arl::trainer::Trainer;
 use rubric::runfile::{self, read_jsonl_if_exists};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -163,47 +163,23 @@ pub fn run(
     // a warm start is built once here, not by every run thread at the same time
     let mut warm = grid.base.clone();
     warm.data.builtin = false;
-    crate::setup::prepare(&mut warm, |_| {})?;
+    arl::setup::prepare(&mut warm, |_| {})?;
     let counts = Mutex::new((0usize, 0usize));
     let cells: Vec<(usize, usize)> = (0..grid.regimes.len())
         .flat_map(|r| (0..grid.methods.len()).map(move |m| (r, m)))
         .collect();
 
     // 1. every learning rate on the tuning seeds
-    let first: Vec<RunKey> = cells
-        .iter()
-        .flat_map(|&(regime, method)| {
-            (0..grid.lrs.len()).flat_map(move |lr| {
-                (0..tune).map(move |seed| RunKey {
-                    regime,
-                    method,
-                    lr,
-                    seed,
-                })
-            })
-        })
-        .collect();
+    let first = tuning_keys(grid, &cells, tune);
     let done = execute(grid, out, &first, jobs, &counts, on_run)?;
-    let mut results: BTreeMap<(usize, usize, usize, u64), RunSummary> = first
+    let mut results: Results = first
         .iter()
         .zip(done)
         .map(|(k, s)| ((k.regime, k.method, k.lr, k.seed), s))
         .collect();
 
     // 2. the rest of the seeds at the rate that scored best on validation
-    let mut chosen = BTreeMap::new();
-    for &(r, m) in &cells {
-        let scores: Vec<f64> = (0..grid.lrs.len())
-            .map(|lr| {
-                let v: Vec<f64> = (0..tune)
-                    .map(|s| results[&(r, m, lr, s)].val_final)
-                    .collect();
-                mean(&v)
-            })
-            .collect();
-        let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
-        chosen.insert((r, m), (best, scores));
-    }
+    let chosen = choose_rates(grid, &cells, tune, &results);
     let second: Vec<RunKey> = cells
         .iter()
         .flat_map(|&(regime, method)| {
@@ -221,7 +197,65 @@ pub fn run(
         results.insert((k.regime, k.method, k.lr, k.seed), s);
     }
 
-    let cells = cells
+    let cells = make_cells(grid, &cells, &chosen, &results);
+    let (trained, reused) = *counts.lock().unwrap();
+    Ok(StudyOutcome {
+        cells,
+        trained,
+        reused,
+        wall_s: started.elapsed().as_secs_f64(),
+        jobs,
+    })
+}
+
+/// Summaries by (regime, method, learning rate, seed) index.
+type Results = BTreeMap<(usize, usize, usize, u64), RunSummary>;
+/// By (regime, method): the kept learning rate's index and every rate's mean validation score.
+type Chosen = BTreeMap<(usize, usize), (usize, Vec<f64>)>;
+
+/// Every (regime, method) cell at every learning rate on the `tune` tuning seeds.
+fn tuning_keys(grid: &Grid, cells: &[(usize, usize)], tune: u64) -> Vec<RunKey> {
+    cells
+        .iter()
+        .flat_map(|&(regime, method)| {
+            (0..grid.lrs.len()).flat_map(move |lr| {
+                (0..tune).map(move |seed| RunKey {
+                    regime,
+                    method,
+                    lr,
+                    seed,
+                })
+            })
+        })
+        .collect()
+}
+
+/// Each cell's learning rate with the best mean final validation score on the tuning seeds.
+fn choose_rates(grid: &Grid, cells: &[(usize, usize)], tune: u64, results: &Results) -> Chosen {
+    let mut chosen = Chosen::new();
+    for &(r, m) in cells {
+        let scores: Vec<f64> = (0..grid.lrs.len())
+            .map(|lr| {
+                let v: Vec<f64> = (0..tune)
+                    .map(|s| results[&(r, m, lr, s)].val_final)
+                    .collect();
+                mean(&v)
+            })
+            .collect();
+        let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+        chosen.insert((r, m), (best, scores));
+    }
+    chosen
+}
+
+/// The cells of the outcome: each with its kept rate's runs over all seeds.
+fn make_cells(
+    grid: &Grid,
+    cells: &[(usize, usize)],
+    chosen: &Chosen,
+    results: &Results,
+) -> Vec<Cell> {
+    cells
         .iter()
         .map(|&(regime, method)| {
             let (lr, scores) = &chosen[&(regime, method)];
@@ -240,15 +274,7 @@ pub fn run(
                     .collect(),
             }
         })
-        .collect();
-    let (trained, reused) = *counts.lock().unwrap();
-    Ok(StudyOutcome {
-        cells,
-        trained,
-        reused,
-        wall_s: started.elapsed().as_secs_f64(),
-        jobs,
-    })
+        .collect()
 }
 
 /// Runs `keys` on `jobs` threads; returns their summaries in order. The first failure stops
@@ -329,7 +355,7 @@ fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, 
         return Ok((s, false));
     }
     let t = Instant::now();
-    let mut trainer = if crate::checkpoint::latest(dir)?.is_some() {
+    let mut trainer = if arl::checkpoint::latest(dir)?.is_some() {
         Trainer::resume(dir)?
     } else {
         if dir.exists() {
@@ -338,10 +364,10 @@ fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, 
         std::fs::create_dir_all(dir)?;
         runfile::write_atomic(&stamp, fingerprint.as_bytes())?;
         let mut cfg = cfg;
-        crate::setup::prepare(&mut cfg, |_| {})?;
+        arl::setup::prepare(&mut cfg, |_| {})?;
         Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?
     };
-    trainer.run(|_| {})?;
+    crate::report::write_run(&trainer.run(|_| {})?)?;
     let s = summarize(dir, k.seed, grid.lrs[k.lr], t.elapsed().as_secs_f64())?;
     runfile::write_atomic(&summary, serde_json::to_string(&s)?.as_bytes())?;
     Ok((s, true))

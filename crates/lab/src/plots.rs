@@ -5,9 +5,9 @@
 //! elements that the viewer renders, and lays labels out with plotters' built-in width
 //! estimate, so no system font, font file or font library is needed to build or to draw.
 
-use crate::eval::EvalReport;
-use crate::metrics::StepMetrics;
 use anyhow::{Context, Result};
+use arl::eval::EvalReport;
+use arl::metrics::StepMetrics;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
@@ -263,7 +263,6 @@ pub fn write_run_plots(
     evals: &[(u64, &EvalReport)],
     classes: &[String],
 ) -> Result<Vec<PathBuf>> {
-    let color = |k: usize| PALETTE[k % PALETTE.len()];
     let mut out = Vec::new();
     let mut save = |name: &str, svg: String| -> Result<()> {
         let p = dir.join(name);
@@ -272,6 +271,43 @@ pub fn write_run_plots(
         Ok(())
     };
 
+    let series = validation_series(evals, classes);
+    save(
+        "validation.svg",
+        LineChart {
+            title: "Validation score (overall with 95% band; classes dashed)",
+            x_label: "training step",
+            y_label: "HealthBench-style score",
+            series,
+        }
+        .to_svg()?,
+    )?;
+
+    let steps: Vec<(u64, Option<String>)> = metrics
+        .iter()
+        .map(|m| (m.step, m.active_class.clone()))
+        .collect();
+    save(
+        "schedule.svg",
+        timeline_svg("Schedule: class optimized at each step", &steps, classes)?,
+    )?;
+
+    let series = variance_series(metrics, classes);
+    save(
+        "variance.svg",
+        LineChart {
+            title: "Within-group reward std per step (and zero-spread share)",
+            x_label: "training step",
+            y_label: "std within group / share",
+            series,
+        }
+        .to_svg()?,
+    )?;
+    Ok(out)
+}
+
+/// The overall validation score with its 95% band, and each class's score dashed.
+fn validation_series(evals: &[(u64, &EvalReport)], classes: &[String]) -> Vec<Series> {
     let mut series = vec![Series {
         band: evals
             .iter()
@@ -297,30 +333,16 @@ pub fn write_run_plots(
         if !pts.is_empty() {
             series.push(Series {
                 dashed: true,
-                ..Series::new(c.clone(), color(k), pts)
+                ..Series::new(c.clone(), PALETTE[k % PALETTE.len()], pts)
             });
         }
     }
-    save(
-        "validation.svg",
-        LineChart {
-            title: "Validation score (overall with 95% band; classes dashed)",
-            x_label: "training step",
-            y_label: "HealthBench-style score",
-            series,
-        }
-        .to_svg()?,
-    )?;
+    series
+}
 
-    let steps: Vec<(u64, Option<String>)> = metrics
-        .iter()
-        .map(|m| (m.step, m.active_class.clone()))
-        .collect();
-    save(
-        "schedule.svg",
-        timeline_svg("Schedule: class optimized at each step", &steps, classes)?,
-    )?;
-
+/// The within-group reward std per step: overall, driving reward, each class, and the
+/// zero-spread share.
+fn variance_series(metrics: &[StepMetrics], classes: &[String]) -> Vec<Series> {
     let pick = |f: &dyn Fn(&StepMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
         metrics
             .iter()
@@ -345,7 +367,7 @@ pub fn write_run_plots(
     for (k, c) in classes.iter().enumerate() {
         let pts = pick(&|m| m.classes.get(c).and_then(|s| s.group_std));
         if !pts.is_empty() {
-            series.push(Series::new(c.clone(), color(k), pts));
+            series.push(Series::new(c.clone(), PALETTE[k % PALETTE.len()], pts));
         }
     }
     series.push(Series {
@@ -356,17 +378,7 @@ pub fn write_run_plots(
             pick(&|m| Some(m.zero_spread_share)),
         )
     });
-    save(
-        "variance.svg",
-        LineChart {
-            title: "Within-group reward std per step (and zero-spread share)",
-            x_label: "training step",
-            y_label: "std within group / share",
-            series,
-        }
-        .to_svg()?,
-    )?;
-    Ok(out)
+    series
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! interval against R's `t.test`, the exact permutation test on cases counted by hand, and the
 //! variance-contraction table against a recomputation from the runs' `metrics.jsonl`.
 
+#[path = "../../arl/tests/common.rs"]
 mod common;
 
-use arl::compare::{self, diff_ci95, permutation_p, t975, CompareSpec, Method};
 use common::*;
+use lab::compare::{self, diff_ci95, permutation_p, t975, CompareSpec, Method};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;

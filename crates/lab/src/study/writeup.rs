@@ -2,7 +2,7 @@
 //! against scalarization), then efficiency per judge verdict and per step, the measured
 //! variance contraction, the selectors' evidence and the learning rates kept.
 
-use super::{Cell, Grid, RunSummary, StudyOutcome};
+use super::{Cell, DecisionEvidence, Grid, Regime, RunSummary, StudyOutcome};
 use crate::compare::stats::{ci95, diff_ci95, mean, min_permutation_p, permutation_p};
 use crate::plots::{LineChart, Series, PALETTE};
 use anyhow::Result;
@@ -18,6 +18,8 @@ const ALPHA: f64 = 0.05;
 struct View<'a> {
     grid: &'a Grid,
     cells: &'a [Cell],
+    /// the grid's method names, in its order
+    methods: Vec<&'a str>,
 }
 
 impl View<'_> {
@@ -99,15 +101,39 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
     let v = View {
         grid,
         cells: &outcome.cells,
+        methods: grid.methods.iter().map(|m| m.name.as_str()).collect(),
     };
-    let methods: Vec<&str> = grid.methods.iter().map(|m| m.name.as_str()).collect();
+    let mut r = String::new();
+    header(&mut r, &v, outcome)?;
+    let scal = v.method_index(ObjectiveKind::Scalarized);
+    regime_map(&mut r, &v)?;
+    let alternating: Vec<usize> = (0..v.methods.len())
+        .filter(|&m| grid.methods[m].alternating())
+        .collect();
+    let headline = match scal {
+        Some(s) if !alternating.is_empty() => against_scalarization(&mut r, &v, s, &alternating)?,
+        _ => String::new(),
+    };
+    if let Some(s) = scal {
+        efficiency(&mut r, &v, s)?;
+    }
+    variance_contraction(&mut r, &v, scal)?;
+    selector_evidence(&mut r, &v)?;
+    learning_rates(&mut r, &v)?;
+    curves(&mut r, &v, out)?;
+    runfile::write_atomic(&out.join("report.md"), r.as_bytes())?;
+    Ok(headline)
+}
+
+/// The title, the grid's shape and how to reproduce it.
+fn header(r: &mut String, v: &View, outcome: &StudyOutcome) -> Result<()> {
+    let (grid, methods) = (v.grid, &v.methods[..]);
     let run_s: f64 = outcome
         .cells
         .iter()
         .flat_map(|c| &c.runs)
         .map(|r| r.wall_s)
         .sum();
-    let mut r = String::new();
     writeln!(r, "# ARL-RR regime study\n")?;
     writeln!(
         r,
@@ -140,9 +166,12 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         outcome.wall_s,
         outcome.jobs
     )?;
+    Ok(())
+}
 
-    // regime map: test scores
-    let scal = v.method_index(ObjectiveKind::Scalarized);
+/// The regime map: test scores of every method in every regime, and the winner.
+fn regime_map(r: &mut String, v: &View) -> Result<()> {
+    let (grid, methods) = (v.grid, &v.methods[..]);
     writeln!(r, "## Regime map\n")?;
     writeln!(
         r,
@@ -190,142 +219,155 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         )?;
     }
     writeln!(r)?;
+    Ok(())
+}
 
-    // ARL-RR against scalarization
-    let alternating: Vec<usize> = (0..methods.len())
-        .filter(|&m| grid.methods[m].alternating())
-        .collect();
+/// Each alternating method against `scalarized` (method `s`), regime by regime; returns the
+/// headline (wins, ties and losses per method).
+fn against_scalarization(
+    r: &mut String,
+    v: &View,
+    s: usize,
+    alternating: &[usize],
+) -> Result<String> {
+    let (grid, methods) = (v.grid, &v.methods[..]);
     let mut headline = String::new();
-    if let (Some(s), false) = (scal, alternating.is_empty()) {
-        writeln!(r, "### Alternation against scalarization\n")?;
-        writeln!(
-            r,
-            "Each alternating method minus `scalarized` on test: difference [95% CI], exact \
-             permutation p; **win** or **loss** when p < {ALPHA}, tie otherwise (the smallest \
-             p {} seeds per side allow is {:.4}).\n",
-            grid.seeds,
-            min_permutation_p(grid.seeds as usize, grid.seeds as usize)
-        )?;
-        let names: Vec<&str> = alternating.iter().map(|&m| methods[m]).collect();
-        writeln!(r, "| regime | {} |", names.join(" | "))?;
-        writeln!(r, "|---|{}", "---|".repeat(names.len()))?;
-        let mut tally = vec![(0, 0, 0); alternating.len()];
-        for (ri, regime) in grid.regimes.iter().enumerate() {
-            let base = v.tests(ri, s);
-            let cells: Vec<String> = alternating
-                .iter()
-                .enumerate()
-                .map(|(i, &m)| {
-                    let t = v.tests(ri, m);
-                    let (d, half) = diff_ci95(&t, &base);
-                    let p = permutation_p(&t, &base);
-                    let word = if p < ALPHA && d > 0.0 {
-                        tally[i].0 += 1;
-                        "**win**"
-                    } else if p < ALPHA {
-                        tally[i].2 += 1;
-                        "**loss**"
-                    } else {
-                        tally[i].1 += 1;
-                        "tie"
-                    };
-                    format!(
-                        "{word} {d:+.3} [{:+.3}, {:+.3}], {}",
-                        d - half,
-                        d + half,
-                        p_text(p)
-                    )
-                })
-                .collect();
-            writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
-        }
-        writeln!(r)?;
-        for (i, &m) in alternating.iter().enumerate() {
-            let (w, t, l) = tally[i];
-            writeln!(
-                headline,
-                "{}: wins {w}, ties {t}, loses {l} of {} regimes against scalarized",
-                methods[m],
-                grid.regimes.len()
-            )?;
-        }
-        for line in headline.lines() {
-            writeln!(r, "- {line}")?;
-        }
-        writeln!(r)?;
+    writeln!(r, "### Alternation against scalarization\n")?;
+    writeln!(
+        r,
+        "Each alternating method minus `scalarized` on test: difference [95% CI], exact \
+         permutation p; **win** or **loss** when p < {ALPHA}, tie otherwise (the smallest \
+         p {} seeds per side allow is {:.4}).\n",
+        grid.seeds,
+        min_permutation_p(grid.seeds as usize, grid.seeds as usize)
+    )?;
+    let names: Vec<&str> = alternating.iter().map(|&m| methods[m]).collect();
+    writeln!(r, "| regime | {} |", names.join(" | "))?;
+    writeln!(r, "|---|{}", "---|".repeat(names.len()))?;
+    let mut tally = vec![(0, 0, 0); alternating.len()];
+    for (ri, regime) in grid.regimes.iter().enumerate() {
+        let base = v.tests(ri, s);
+        let cells: Vec<String> = alternating
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| {
+                let t = v.tests(ri, m);
+                let (d, half) = diff_ci95(&t, &base);
+                let p = permutation_p(&t, &base);
+                let word = if p < ALPHA && d > 0.0 {
+                    tally[i].0 += 1;
+                    "**win**"
+                } else if p < ALPHA {
+                    tally[i].2 += 1;
+                    "**loss**"
+                } else {
+                    tally[i].1 += 1;
+                    "tie"
+                };
+                format!(
+                    "{word} {d:+.3} [{:+.3}, {:+.3}], {}",
+                    d - half,
+                    d + half,
+                    p_text(p)
+                )
+            })
+            .collect();
+        writeln!(r, "| {} | {} |", regime.label(), cells.join(" | "))?;
     }
-
-    // efficiency
-    if let Some(s) = scal {
-        writeln!(r, "## Efficiency per judge verdict\n")?;
+    writeln!(r)?;
+    for (i, &m) in alternating.iter().enumerate() {
+        let (w, t, l) = tally[i];
         writeln!(
-            r,
-            "Judge verdicts spent on training and selection (validation excluded) until the \
-             method's mean validation curve first reaches `scalarized`'s final mean validation \
-             score; — = not within {} steps. With an LLM judge the verdicts are the bill. \
-             Alternating methods grade {} during training.\n",
-            grid.steps,
-            if grid.grade_active_class_only {
-                "only the active class's criteria (`grade_active_class_only`; anchored \
-                 alternation grades every class)"
-            } else {
-                "every class"
-            }
+            headline,
+            "{}: wins {w}, ties {t}, loses {l} of {} regimes against scalarized",
+            methods[m],
+            grid.regimes.len()
         )?;
-        efficiency_table(&mut r, &v, s, &methods, |(_, verdicts)| count(verdicts))?;
-        writeln!(r, "Total verdicts per run (mean over seeds):\n")?;
-        method_table(&mut r, grid, &methods, |ri, m| {
-            let t: Vec<f64> = v.cell(ri, m).runs.iter().map(spent).collect();
-            count(mean(&t))
-        })?;
-        writeln!(r, "### Score at equal judge cost\n")?;
-        writeln!(
-            r,
-            "Each method's final validation score minus `scalarized`'s validation score at the \
-             same verdict spend (each scalarized run's curve interpolated between its \
-             validations at the method's mean spend): difference [95% CI], exact permutation p, \
-             and the spend. Positive = better for the money. `>` = the method spent more than \
-             `scalarized`'s whole run and is compared with its final score.\n"
-        )?;
-        method_table(&mut r, grid, &methods, |ri, m| {
-            if m == s {
-                return "(reference)".into();
-            }
-            let runs = &v.cell(ri, m).runs;
-            let spend = mean(&runs.iter().map(spent).collect::<Vec<_>>());
-            let finals: Vec<f64> = runs.iter().map(|r| r.val_final).collect();
-            let at: Option<Vec<(f64, bool)>> = v
-                .cell(ri, s)
-                .runs
-                .iter()
-                .map(|r| at_cost(&cost_curve(r), spend))
-                .collect();
-            let Some(at) = at else {
-                return "—".into();
-            };
-            let beyond = at.iter().any(|a| a.1);
-            let base: Vec<f64> = at.iter().map(|a| a.0).collect();
-            let (d, half) = diff_ci95(&finals, &base);
-            format!(
-                "{d:+.3} [{:+.3}, {:+.3}], {} ({}{})",
-                d - half,
-                d + half,
-                p_text(permutation_p(&finals, &base)),
-                if beyond { ">" } else { "" },
-                count(spend)
-            )
-        })?;
-        writeln!(r, "## Efficiency per step\n")?;
-        writeln!(
-            r,
-            "Training steps until the mean validation curve first reaches `scalarized`'s final \
-             mean validation score (validation every {} steps); — = not within {} steps.\n",
-            grid.base.eval.every, grid.steps
-        )?;
-        efficiency_table(&mut r, &v, s, &methods, |(step, _)| step.to_string())?;
     }
+    for line in headline.lines() {
+        writeln!(r, "- {line}")?;
+    }
+    writeln!(r)?;
+    Ok(headline)
+}
 
-    // variance contraction
+/// Verdicts and steps until each method reaches `scalarized`'s (method `s`) final validation
+/// score, total verdicts, and the score at equal judge cost.
+fn efficiency(r: &mut String, v: &View, s: usize) -> Result<()> {
+    let (grid, methods) = (v.grid, &v.methods[..]);
+    writeln!(r, "## Efficiency per judge verdict\n")?;
+    writeln!(
+        r,
+        "Judge verdicts spent on training and selection (validation excluded) until the \
+         method's mean validation curve first reaches `scalarized`'s final mean validation \
+         score; — = not within {} steps. With an LLM judge the verdicts are the bill. \
+         Alternating methods grade {} during training.\n",
+        grid.steps,
+        if grid.grade_active_class_only {
+            "only the active class's criteria (`grade_active_class_only`; anchored \
+             alternation grades every class)"
+        } else {
+            "every class"
+        }
+    )?;
+    efficiency_table(r, v, s, methods, |(_, verdicts)| count(verdicts))?;
+    writeln!(r, "Total verdicts per run (mean over seeds):\n")?;
+    method_table(r, grid, methods, |ri, m| {
+        let t: Vec<f64> = v.cell(ri, m).runs.iter().map(spent).collect();
+        count(mean(&t))
+    })?;
+    writeln!(r, "### Score at equal judge cost\n")?;
+    writeln!(
+        r,
+        "Each method's final validation score minus `scalarized`'s validation score at the \
+         same verdict spend (each scalarized run's curve interpolated between its \
+         validations at the method's mean spend): difference [95% CI], exact permutation p, \
+         and the spend. Positive = better for the money. `>` = the method spent more than \
+         `scalarized`'s whole run and is compared with its final score.\n"
+    )?;
+    method_table(r, grid, methods, |ri, m| {
+        if m == s {
+            return "(reference)".into();
+        }
+        let runs = &v.cell(ri, m).runs;
+        let spend = mean(&runs.iter().map(spent).collect::<Vec<_>>());
+        let finals: Vec<f64> = runs.iter().map(|r| r.val_final).collect();
+        let at: Option<Vec<(f64, bool)>> = v
+            .cell(ri, s)
+            .runs
+            .iter()
+            .map(|r| at_cost(&cost_curve(r), spend))
+            .collect();
+        let Some(at) = at else {
+            return "—".into();
+        };
+        let beyond = at.iter().any(|a| a.1);
+        let base: Vec<f64> = at.iter().map(|a| a.0).collect();
+        let (d, half) = diff_ci95(&finals, &base);
+        format!(
+            "{d:+.3} [{:+.3}, {:+.3}], {} ({}{})",
+            d - half,
+            d + half,
+            p_text(permutation_p(&finals, &base)),
+            if beyond { ">" } else { "" },
+            count(spend)
+        )
+    })?;
+    writeln!(r, "## Efficiency per step\n")?;
+    writeln!(
+        r,
+        "Training steps until the mean validation curve first reaches `scalarized`'s final \
+         mean validation score (validation every {} steps); — = not within {} steps.\n",
+        grid.base.eval.every, grid.steps
+    )?;
+    efficiency_table(r, v, s, methods, |(step, _)| step.to_string())?;
+    Ok(())
+}
+
+/// The within-group reward std of `scalarized`'s runs (or the first method's) against each
+/// class's.
+fn variance_contraction(r: &mut String, v: &View, scal: Option<usize>) -> Result<()> {
+    let grid = v.grid;
     writeln!(r, "## Variance contraction\n")?;
     writeln!(
         r,
@@ -336,7 +378,7 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
          std / mean class std. Measured in `scalarized`'s runs; `judge F1` is the training \
          judge's measured macro F1 against the clean one (noisy regimes).\n"
     )?;
-    let classes: BTreeSet<String> = outcome
+    let classes: BTreeSet<String> = v
         .cells
         .iter()
         .flat_map(|c| &c.runs)
@@ -382,8 +424,12 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         )?;
     }
     writeln!(r)?;
+    Ok(())
+}
 
-    // selector evidence
+/// The lookahead selectors' evidence, per regime and probing method.
+fn selector_evidence(r: &mut String, v: &View) -> Result<()> {
+    let (grid, methods) = (v.grid, &v.methods[..]);
     let probing: Vec<usize> = (0..methods.len())
         .filter(|&m| {
             v.cells.iter().any(|c| {
@@ -412,76 +458,86 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         writeln!(r, "|---|---|---|---|---|---|---|---|---|---|")?;
         for (ri, regime) in grid.regimes.iter().enumerate() {
             for &m in &probing {
-                let d: Vec<_> = v
-                    .cell(ri, m)
-                    .runs
-                    .iter()
-                    .flat_map(|r| &r.decisions)
-                    .collect();
-                let pick = |f: &dyn Fn(&super::DecisionEvidence) -> Option<f64>| -> Vec<f64> {
-                    d.iter()
-                        .filter_map(|x| f(x))
-                        .filter(|x| x.is_finite())
-                        .collect()
-                };
-                let fmt = |x: &[f64]| {
-                    if x.is_empty() {
-                        "—".to_string()
-                    } else {
-                        format!("{:+.4}", mean(x))
-                    }
-                };
-                let gains = pick(&|x| x.predicted_gain);
-                let leads = pick(&|x| x.lead);
-                let ses = pick(&|x| x.gain_se);
-                let confident = pick(&|x| Some(f64::from(u8::from(x.lead? > 2.0 * x.gain_se?))));
-                let pairs: Vec<(f64, f64)> = d
-                    .iter()
-                    .filter_map(|x| Some((x.predicted_gain?, x.realized_gain?)))
-                    .filter(|(a, b)| a.is_finite() && b.is_finite())
-                    .collect();
-                let agree: Vec<f64> = pairs
-                    .iter()
-                    .map(|(a, b)| f64::from(u8::from((a > &0.0) == (b > &0.0))))
-                    .collect();
-                let share = |x: &[f64]| {
-                    if x.is_empty() {
-                        "—".to_string()
-                    } else {
-                        format!("{:.0}%", 100.0 * mean(x))
-                    }
-                };
-                let early = d.iter().filter(|x| x.after_early_end).count();
-                writeln!(
-                    r,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {early} |",
-                    regime.label(),
-                    methods[m],
-                    d.len(),
-                    fmt(&gains),
-                    fmt(&leads),
-                    if ses.is_empty() {
-                        "—".into()
-                    } else {
-                        format!("{:.4}", mean(&ses))
-                    },
-                    share(&confident),
-                    share(&agree),
-                    correlation(&pairs).map_or("—".into(), |c| format!("{c:+.2}")),
-                )?;
+                evidence_row(r, v, regime, ri, m)?;
             }
         }
         writeln!(r)?;
     }
+    Ok(())
+}
 
-    // learning rates
+/// One row of the selector evidence: method `m`'s decisions in regime `ri`.
+fn evidence_row(r: &mut String, v: &View, regime: &Regime, ri: usize, m: usize) -> Result<()> {
+    let d: Vec<_> = v
+        .cell(ri, m)
+        .runs
+        .iter()
+        .flat_map(|r| &r.decisions)
+        .collect();
+    let pick = |f: &dyn Fn(&DecisionEvidence) -> Option<f64>| -> Vec<f64> {
+        d.iter()
+            .filter_map(|x| f(x))
+            .filter(|x| x.is_finite())
+            .collect()
+    };
+    let fmt = |x: &[f64]| {
+        if x.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:+.4}", mean(x))
+        }
+    };
+    let gains = pick(&|x| x.predicted_gain);
+    let leads = pick(&|x| x.lead);
+    let ses = pick(&|x| x.gain_se);
+    let confident = pick(&|x| Some(f64::from(u8::from(x.lead? > 2.0 * x.gain_se?))));
+    let pairs: Vec<(f64, f64)> = d
+        .iter()
+        .filter_map(|x| Some((x.predicted_gain?, x.realized_gain?)))
+        .filter(|(a, b)| a.is_finite() && b.is_finite())
+        .collect();
+    let agree: Vec<f64> = pairs
+        .iter()
+        .map(|(a, b)| f64::from(u8::from((a > &0.0) == (b > &0.0))))
+        .collect();
+    let share = |x: &[f64]| {
+        if x.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:.0}%", 100.0 * mean(x))
+        }
+    };
+    let early = d.iter().filter(|x| x.after_early_end).count();
+    writeln!(
+        r,
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {early} |",
+        regime.label(),
+        v.methods[m],
+        d.len(),
+        fmt(&gains),
+        fmt(&leads),
+        if ses.is_empty() {
+            "—".into()
+        } else {
+            format!("{:.4}", mean(&ses))
+        },
+        share(&confident),
+        share(&agree),
+        correlation(&pairs).map_or("—".into(), |c| format!("{c:+.2}")),
+    )?;
+    Ok(())
+}
+
+/// Each candidate learning rate's mean final validation score, the kept one in bold.
+fn learning_rates(r: &mut String, v: &View) -> Result<()> {
+    let (grid, methods) = (v.grid, &v.methods[..]);
     writeln!(r, "## Learning rates kept\n")?;
     writeln!(
         r,
         "Mean final validation score of each candidate rate on the tuning seeds; the kept one in \
          bold.\n"
     )?;
-    method_table(&mut r, grid, &methods, |ri, m| {
+    method_table(r, grid, methods, |ri, m| {
         let c = v.cell(ri, m);
         c.lr_scores
             .iter()
@@ -495,8 +551,12 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
             .collect::<Vec<_>>()
             .join(", ")
     })?;
+    Ok(())
+}
 
-    // plots
+/// The mean validation curves, one plot per regime, written under `out/plots`.
+fn curves(r: &mut String, v: &View, out: &Path) -> Result<()> {
+    let (grid, methods) = (v.grid, &v.methods[..]);
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots)?;
     writeln!(r, "## Validation curves\n")?;
@@ -524,8 +584,7 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
         runfile::write_atomic(&plots.join(&name), chart.to_svg()?.as_bytes())?;
         writeln!(r, "![{title}](plots/{name})\n")?;
     }
-    runfile::write_atomic(&out.join("report.md"), r.as_bytes())?;
-    Ok(headline)
+    Ok(())
 }
 
 /// A table with the regimes as rows and the methods as columns, `cell(regime, method)` each.

@@ -1,9 +1,10 @@
 //! The grid file of `arlrr study`: a base run config, regime axes whose product is the grid,
 //! the methods, the seeds and the learning-rate candidates every method is tuned over.
 
-use crate::noise::NoiseConfig;
-use crate::TrainConfig;
 use anyhow::{bail, ensure, Context, Result};
+use arl::noise::NoiseConfig;
+use arl::TrainConfig;
+use rubric::builtin::{Shape, TaskKnobs};
 use schedule::{ObjectiveKind, ScaleRewards, SelectorKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -123,8 +124,11 @@ impl StudyMethod {
 /// One setting of every regime axis.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Regime {
-    /// `(key, value)` in [`REGIME_KEYS`] order, only the keys the grid varies.
+    /// `(key, value)` in [`REGIME_KEYS`] order, only the keys the grid varies, as the grid
+    /// wrote them (its labels, folder names and run fingerprints).
     pub settings: Vec<(String, toml::Value)>,
+    /// The same settings as the config fields they set.
+    pub overrides: Vec<Override>,
 }
 
 impl Regime {
@@ -190,100 +194,15 @@ impl Grid {
     }
 
     fn parse(text: &str, path: &Path) -> Result<Grid> {
-        let file: GridFile = crate::config::parse_toml(text)?;
+        let file: GridFile = arl::config::parse_toml(text)?;
         let s = &file.study;
-        ensure_field(s.seeds > 0, "study.seeds", "at least 1")?;
-        ensure_field(s.steps > 0, "study.steps", "at least 1")?;
-        ensure_field(
-            !s.lrs.is_empty(),
-            "study.lrs",
-            "empty: give at least one rate",
-        )?;
-        for (i, lr) in s.lrs.iter().enumerate() {
-            ensure_field(
-                lr.is_finite() && *lr > 0.0,
-                &format!("study.lrs[{i}]"),
-                "must be a positive number",
-            )?;
-        }
-        ensure_field(
-            s.tune_seeds <= s.seeds,
-            "study.tune_seeds",
-            "more than study.seeds",
-        )?;
-        ensure_field(
-            !s.methods.is_empty(),
-            "study.methods",
-            "empty: name a method",
-        )?;
-        let mut methods = Vec::new();
-        for (i, m) in s.methods.iter().enumerate() {
-            let method = StudyMethod::parse(m)
-                .map_err(|e| anyhow::anyhow!("field `study.methods[{i}]`: {e}"))?;
-            if methods.iter().any(|x: &StudyMethod| x.name == method.name) {
-                bail!("field `study.methods[{i}]`: `{m}` is listed twice");
-            }
-            methods.push(method);
-        }
-        let v = &file.variants;
-        ensure_field(
-            v.guard_drop.is_finite() && v.guard_drop > 0.0,
-            "variants.guard_drop",
-            "must be a positive number",
-        )?;
-        ensure_field(
-            v.anchor > 0.0 && v.anchor <= 1.0,
-            "variants.anchor",
-            "must be in (0, 1]",
-        )?;
-
+        check_study(s)?;
+        let methods = parse_methods(&s.methods)?;
+        check_variants(&file.variants)?;
         let base_path = path.parent().unwrap_or(Path::new(".")).join(&s.base);
         let base = TrainConfig::from_file(&base_path)
             .map_err(|e| anyhow::anyhow!("field `study.base`: {e}"))?;
-        for key in file.regimes.keys() {
-            if !REGIME_KEYS.contains(&key.as_str()) {
-                bail!(
-                    "field `regimes.{key}`: no such regime key (keys: {})",
-                    REGIME_KEYS.join(", ")
-                );
-            }
-        }
-        let mut axes: Vec<Vec<(String, toml::Value)>> = Vec::new();
-        for key in REGIME_KEYS {
-            let Some(values) = file.regimes.get(key) else {
-                continue;
-            };
-            ensure_field(
-                !values.is_empty(),
-                &format!("regimes.{key}"),
-                "empty axis: give at least one value",
-            )?;
-            for (i, value) in values.iter().enumerate() {
-                check_setting(key, value, &base)
-                    .map_err(|e| anyhow::anyhow!("field `regimes.{key}[{i}]`: {e}"))?;
-            }
-            axes.push(
-                values
-                    .iter()
-                    .map(|v| (key.to_string(), v.clone()))
-                    .collect(),
-            );
-        }
-        let mut regimes = vec![Regime {
-            settings: Vec::new(),
-        }];
-        for axis in axes {
-            regimes = regimes
-                .iter()
-                .flat_map(|r| {
-                    axis.iter().map(move |setting| {
-                        let mut settings = r.settings.clone();
-                        settings.push(setting.clone());
-                        Regime { settings }
-                    })
-                })
-                .collect();
-        }
+        let regimes = regimes(&file.regimes, &base)?;
         let grid = Grid {
             path: path.to_path_buf(),
             base_path,
@@ -314,7 +233,8 @@ impl Grid {
         Ok(grid)
     }
 
-    /// The run config of one cell, learning rate and seed, writing into `dir`.
+    /// The run config of one cell, learning rate and seed, writing into `dir`: the base
+    /// config with the fields the grid sets.
     pub fn run_config(
         &self,
         regime: &Regime,
@@ -323,78 +243,133 @@ impl Grid {
         seed: u64,
         dir: &Path,
     ) -> Result<TrainConfig> {
-        let mut t: toml::Table = toml::from_str(&self.base.to_toml()?)?;
-        let set = |t: &mut toml::Table, path: &str, v: toml::Value| {
-            let mut table = t;
-            let keys: Vec<&str> = path.split('.').collect();
-            for k in &keys[..keys.len() - 1] {
-                table = table
-                    .entry(k.to_string())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .expect("a config section is a table");
-            }
-            table.insert(keys[keys.len() - 1].to_string(), v);
-        };
-        set(&mut t, "run.dir", dir.display().to_string().into());
-        set(&mut t, "run.seed", toml::Value::Integer(seed as i64));
-        set(&mut t, "run.steps", toml::Value::Integer(self.steps as i64));
-        set(&mut t, "optim.lr", lr.into());
-        for (key, value) in &regime.settings {
-            match key.as_str() {
-                "noise" => match value.as_str() {
-                    Some("exact") => {
-                        if let Some(j) = t.get_mut("judge").and_then(|j| j.as_table_mut()) {
-                            j.remove("noise");
-                        }
-                    }
-                    _ => {
-                        let mut noise = toml::Table::new();
-                        noise.insert("preset".into(), value.clone());
-                        set(&mut t, "judge.noise", noise.into());
-                    }
-                },
-                "conflict" => set(&mut t, "data.builtin_task.conflict", as_float(value)),
-                "shape" => set(&mut t, "data.builtin_task.shape", value.clone()),
-                "scale_rewards" => set(&mut t, "grpo.scale_rewards", value.clone()),
-                other => bail!("no such regime key `{other}`"),
-            }
+        let mut cfg = self.base.clone();
+        cfg.run.dir = dir.to_path_buf();
+        cfg.run.seed = seed;
+        cfg.run.steps = self.steps;
+        cfg.optim.lr = lr;
+        for o in &regime.overrides {
+            o.apply(&mut cfg);
         }
-        let kind = serde_json::to_value(method.objective)?;
-        set(
-            &mut t,
-            "objective.kind",
-            kind.as_str().unwrap_or_default().into(),
-        );
+        cfg.objective.kind = method.objective;
         if let Some(sel) = method.selector {
-            let sel = serde_json::to_value(sel)?;
-            set(
-                &mut t,
-                "phases.selector",
-                sel.as_str().unwrap_or_default().into(),
-            );
+            cfg.phases.selector = sel;
         }
         if method.alternating() {
-            let only = self.grade_active_class_only && !method.has("anchored");
-            set(&mut t, "objective.grade_active_class_only", only.into());
+            cfg.objective.grade_active_class_only =
+                self.grade_active_class_only && !method.has("anchored");
         }
         if method.has("guard") {
-            set(&mut t, "phases.guard_drop", self.variants.guard_drop.into());
+            cfg.phases.guard_drop = Some(self.variants.guard_drop);
         }
         if method.has("paired") {
-            set(&mut t, "phases.paired", true.into());
+            cfg.phases.paired = true;
             if self.variants.paired_samples > 0 {
-                let n = self.variants.paired_samples as i64;
-                set(&mut t, "phases.select_samples", n.into());
+                cfg.phases.select_samples = self.variants.paired_samples;
             }
         }
         if method.has("anchored") {
-            set(&mut t, "objective.anchor", self.variants.anchor.into());
+            cfg.objective.anchor = self.variants.anchor;
         }
-        let cfg = TrainConfig::from_toml(&toml::to_string(&t)?)?;
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// `[study]`'s counts and rates.
+fn check_study(s: &StudySection) -> Result<()> {
+    ensure_field(s.seeds > 0, "study.seeds", "at least 1")?;
+    ensure_field(s.steps > 0, "study.steps", "at least 1")?;
+    ensure_field(
+        !s.lrs.is_empty(),
+        "study.lrs",
+        "empty: give at least one rate",
+    )?;
+    for (i, lr) in s.lrs.iter().enumerate() {
+        ensure_field(
+            lr.is_finite() && *lr > 0.0,
+            &format!("study.lrs[{i}]"),
+            "must be a positive number",
+        )?;
+    }
+    ensure_field(
+        s.tune_seeds <= s.seeds,
+        "study.tune_seeds",
+        "more than study.seeds",
+    )
+}
+
+/// `study.methods`, each parsed, none twice.
+fn parse_methods(names: &[String]) -> Result<Vec<StudyMethod>> {
+    ensure_field(!names.is_empty(), "study.methods", "empty: name a method")?;
+    let mut methods = Vec::new();
+    for (i, m) in names.iter().enumerate() {
+        let method = StudyMethod::parse(m)
+            .map_err(|e| anyhow::anyhow!("field `study.methods[{i}]`: {e}"))?;
+        if methods.iter().any(|x: &StudyMethod| x.name == method.name) {
+            bail!("field `study.methods[{i}]`: `{m}` is listed twice");
+        }
+        methods.push(method);
+    }
+    Ok(methods)
+}
+
+fn check_variants(v: &VariantParams) -> Result<()> {
+    ensure_field(
+        v.guard_drop.is_finite() && v.guard_drop > 0.0,
+        "variants.guard_drop",
+        "must be a positive number",
+    )?;
+    ensure_field(
+        v.anchor > 0.0 && v.anchor <= 1.0,
+        "variants.anchor",
+        "must be in (0, 1]",
+    )
+}
+
+/// The product of the regime axes, each value checked and typed (`base`: the config they
+/// change).
+fn regimes(axes: &BTreeMap<String, Vec<toml::Value>>, base: &TrainConfig) -> Result<Vec<Regime>> {
+    for key in axes.keys() {
+        if !REGIME_KEYS.contains(&key.as_str()) {
+            bail!(
+                "field `regimes.{key}`: no such regime key (keys: {})",
+                REGIME_KEYS.join(", ")
+            );
+        }
+    }
+    let mut regimes = vec![Regime {
+        settings: Vec::new(),
+        overrides: Vec::new(),
+    }];
+    for key in REGIME_KEYS {
+        let Some(values) = axes.get(key) else {
+            continue;
+        };
+        ensure_field(
+            !values.is_empty(),
+            &format!("regimes.{key}"),
+            "empty axis: give at least one value",
+        )?;
+        let mut axis = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let o = Override::parse(key, value, base)
+                .map_err(|e| anyhow::anyhow!("field `regimes.{key}[{i}]`: {e}"))?;
+            axis.push(((key.to_string(), value.clone()), o));
+        }
+        regimes = regimes
+            .iter()
+            .flat_map(|r| {
+                axis.iter().map(move |(setting, o)| {
+                    let mut r = r.clone();
+                    r.settings.push(setting.clone());
+                    r.overrides.push(o.clone());
+                    r
+                })
+            })
+            .collect();
+    }
+    Ok(regimes)
 }
 
 fn ensure_field(ok: bool, field: &str, why: &str) -> Result<()> {
@@ -404,52 +379,86 @@ fn ensure_field(ok: bool, field: &str, why: &str) -> Result<()> {
     Ok(())
 }
 
-fn as_float(v: &toml::Value) -> toml::Value {
-    match v {
-        toml::Value::Integer(i) => toml::Value::Float(*i as f64),
-        other => other.clone(),
+/// One regime setting as the run config field it sets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Override {
+    /// `judge.noise`: `None` for `exact` (the clean judge), else `{ preset = … }`.
+    Noise(Option<String>),
+    /// `data.builtin_task.conflict`
+    Conflict(f64),
+    /// `data.builtin_task.shape`
+    Shape(Shape),
+    /// `grpo.scale_rewards`
+    ScaleRewards(ScaleRewards),
+}
+
+impl Override {
+    /// Checks one regime value against its key (and the base config it changes).
+    fn parse(key: &str, value: &toml::Value, base: &TrainConfig) -> Result<Override> {
+        let text = || {
+            value
+                .as_str()
+                .with_context(|| format!("`{value}` is not a string"))
+        };
+        let o = match key {
+            "noise" => {
+                let v = text()?;
+                if v == "exact" {
+                    Override::Noise(None)
+                } else {
+                    noise_preset(v).validate().map_err(|e| {
+                        anyhow::anyhow!("`{v}` is neither `exact` nor a preset ({e})")
+                    })?;
+                    Override::Noise(Some(v.to_string()))
+                }
+            }
+            "conflict" => {
+                let c = match value {
+                    toml::Value::Integer(i) => *i as f64,
+                    v => v
+                        .as_float()
+                        .with_context(|| format!("`{value}` is not a number"))?,
+                };
+                ensure!((0.0..=1.0).contains(&c), "{c} is outside [0, 1]");
+                Override::Conflict(c)
+            }
+            "shape" => Override::Shape(
+                serde_json::from_value(text()?.into())
+                    .map_err(|_| anyhow::anyhow!("`{value}`: shapes are builtin, healthbench"))?,
+            ),
+            "scale_rewards" => Override::ScaleRewards(
+                serde_json::from_value(text()?.into())
+                    .map_err(|_| anyhow::anyhow!("`{value}`: choices are group, batch, none"))?,
+            ),
+            _ => unreachable!("keys are checked first"),
+        };
+        if matches!(key, "conflict" | "shape") && !base.data.builtin {
+            bail!("regime `{key}` changes the built-in task, but the base config sets no `data.builtin = true`");
+        }
+        Ok(o)
+    }
+
+    /// Sets the field in `cfg`.
+    fn apply(&self, cfg: &mut TrainConfig) {
+        fn task(cfg: &mut TrainConfig) -> &mut TaskKnobs {
+            cfg.data.builtin_task.get_or_insert_with(TaskKnobs::default)
+        }
+        match self {
+            Override::Noise(None) => cfg.judge.noise = None,
+            Override::Noise(Some(p)) => cfg.judge.noise = Some(noise_preset(p)),
+            Override::Conflict(c) => task(cfg).conflict = *c,
+            Override::Shape(s) => task(cfg).shape = *s,
+            Override::ScaleRewards(s) => cfg.grpo.scale_rewards = *s,
+        }
     }
 }
 
-/// Checks one regime value against its key (and the base config it changes).
-fn check_setting(key: &str, value: &toml::Value, base: &TrainConfig) -> Result<()> {
-    let text = || {
-        value
-            .as_str()
-            .with_context(|| format!("`{value}` is not a string"))
-    };
-    match key {
-        "noise" => {
-            let v = text()?;
-            if v != "exact" {
-                let n = NoiseConfig {
-                    preset: Some(v.to_string()),
-                    ..NoiseConfig::default()
-                };
-                n.validate()
-                    .map_err(|e| anyhow::anyhow!("`{v}` is neither `exact` nor a preset ({e})"))?;
-            }
-        }
-        "conflict" => {
-            let c = as_float(value)
-                .as_float()
-                .with_context(|| format!("`{value}` is not a number"))?;
-            ensure!((0.0..=1.0).contains(&c), "{c} is outside [0, 1]");
-        }
-        "shape" => {
-            serde_json::from_value::<rubric::builtin::Shape>(text()?.into())
-                .map_err(|_| anyhow::anyhow!("`{value}`: shapes are builtin, healthbench"))?;
-        }
-        "scale_rewards" => {
-            serde_json::from_value::<ScaleRewards>(text()?.into())
-                .map_err(|_| anyhow::anyhow!("`{value}`: choices are group, batch, none"))?;
-        }
-        _ => unreachable!("keys are checked first"),
+/// `[judge.noise]` with only `preset` set.
+fn noise_preset(preset: &str) -> NoiseConfig {
+    NoiseConfig {
+        preset: Some(preset.to_string()),
+        ..NoiseConfig::default()
     }
-    if matches!(key, "conflict" | "shape") && !base.data.builtin {
-        bail!("regime `{key}` changes the built-in task, but the base config sets no `data.builtin = true`");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -469,6 +478,48 @@ mod tests {
     }
 
     const OK: &str = "methods = [\"scalarized\", \"alternating:lookahead\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n";
+
+    /// The typed overrides give the config the TOML paths they name would: each run config
+    /// is the base with exactly those fields changed, and reads back from its TOML as itself.
+    #[test]
+    fn overrides_set_the_fields_they_name_and_nothing_else() {
+        let g = grid("methods = [\"scalarized\", \"alternating:lookahead+guard+paired\", \"alternating:round_robin+anchored\"]\nseeds = 1\nsteps = 7\nlrs = [0.05]\n[regimes]\nnoise = [\"exact\", \"healthbench-gpt41\"]\nconflict = [0]\nscale_rewards = [\"batch\"]\nshape = [\"healthbench\"]\n").unwrap();
+        for r in &g.regimes {
+            for m in &g.methods {
+                let cfg = g.run_config(r, m, 0.25, 4, Path::new("/tmp/x")).unwrap();
+                assert_eq!(
+                    TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap(),
+                    cfg
+                );
+                let mut want = g.base.clone();
+                want.run.dir = "/tmp/x".into();
+                (want.run.seed, want.run.steps, want.optim.lr) = (4, 7, 0.25);
+                let noisy = r.label().contains("gpt41");
+                want.judge.noise = noisy.then(|| noise_preset("healthbench-gpt41"));
+                want.data.builtin_task = Some(TaskKnobs {
+                    conflict: 0.0,
+                    shape: Shape::HealthBench,
+                });
+                want.grpo.scale_rewards = ScaleRewards::Batch;
+                want.objective.kind = m.objective;
+                if let Some(s) = m.selector {
+                    want.phases.selector = s;
+                    want.objective.grade_active_class_only = !m.has("anchored");
+                }
+                if m.has("guard") {
+                    want.phases.guard_drop = Some(0.05);
+                }
+                if m.has("paired") {
+                    want.phases.paired = true;
+                    want.phases.select_samples = 8;
+                }
+                if m.has("anchored") {
+                    want.objective.anchor = 0.5;
+                }
+                assert_eq!(cfg, want, "{} {}", r.label(), m.name);
+            }
+        }
+    }
 
     #[test]
     fn the_grid_is_the_product_of_its_axes() {

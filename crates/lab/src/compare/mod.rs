@@ -10,12 +10,12 @@ use stats::mean;
 pub use stats::{ci95, diff_ci95, min_permutation_p, permutation_p, t975};
 pub use writeup::write_report;
 
-use crate::eval::EvalReport;
 use crate::report::RunRecords;
-use crate::setup::Parts;
-use crate::trainer::Trainer;
-use crate::TrainConfig;
 use anyhow::{bail, Result};
+use arl::eval::EvalReport;
+use arl::setup::Parts;
+use arl::trainer::Trainer;
+use arl::TrainConfig;
 use schedule::{ObjectiveKind, SelectorKind};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -128,11 +128,12 @@ pub fn run(spec: &CompareSpec, mut on_run: impl FnMut(&str, u64)) -> Result<Vec<
                 .join(format!("seed-{seed}"));
             let parts = Parts::from_config(&cfg)?;
             // the test split is the comparison's own: its prompts must fit the model too
-            crate::setup::check_prompt_lengths(&*parts.policy, &test, "`policy.max_new_tokens`")?;
+            arl::setup::check_prompt_lengths(&*parts.policy, &test, "`policy.max_new_tokens`")?;
             let mut t = Trainer::new(cfg.clone(), parts)?;
-            t.run(|_| {})?;
+            let finished = t.run(|_| {})?;
+            crate::report::write_run(&finished)?;
             let report = t.evaluate_on(&test, spec.test_samples, seed ^ 0x7e57)?;
-            let RunRecords { evals, metrics, .. } = RunRecords::read(&t.run_dir)?;
+            let RunRecords { evals, metrics, .. } = finished.records;
             let mut class_group_std = BTreeMap::new();
             for c in t.class_names() {
                 let v: Vec<f64> = metrics
