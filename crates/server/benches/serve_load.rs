@@ -30,6 +30,7 @@ fn main() {
         classes: rubric::ClassSpec::default(),
         judge: Arc::new(judge),
         judge_cached: true,
+        retries: judge::DEFAULT_RETRIES,
         objective: schedule::ObjectiveKind::Alternating,
         weights: schedule::Weights::Points,
         schedule: server::ScheduleSettings {
