@@ -444,7 +444,8 @@ async fn grade_retries_a_failed_verdict_with_the_judge_configs_retries() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     // every odd request fails: the first attempt of each run
-    let url = common::fake_judge(move |_| counter.fetch_add(1, Ordering::SeqCst) % 2 == 0).await;
+    let url =
+        common::fake_judge(move |_| counter.fetch_add(1, Ordering::SeqCst).is_multiple_of(2)).await;
     let judge = common::http_judge(dir.path(), &url);
     let out = dir.path().join("grades.jsonl");
     let run = |judge: &Path| {
