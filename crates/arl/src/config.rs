@@ -151,6 +151,7 @@ impl JudgeSection {
             cache: self.cache.clone(),
             http: self.http.clone(),
             embedding: self.embedding.clone(),
+            retries: Some(self.retries),
         }
     }
 

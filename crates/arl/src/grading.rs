@@ -2,15 +2,10 @@
 //! responses whose verdicts still failed (counted, never scored as 0 or 1).
 
 use anyhow::Result;
-use judge::{GradeTask, Judge};
-use rubric::{Example, RewardVector};
+use judge::Judge;
+use rubric::RewardVector;
 
-/// One response to grade: its example, the class of each criterion and the text.
-pub struct ToGrade<'a> {
-    pub example: &'a Example,
-    pub class_of: &'a [usize],
-    pub response: &'a str,
-}
+pub use judge::ToGrade;
 
 /// Outcome of grading a batch.
 #[derive(Debug, Clone, Default)]
@@ -25,8 +20,9 @@ pub struct GradeOutcome {
 
 /// Grades `items`; with `only_class = Some(k)` only class `k`'s criteria are graded and the
 /// other classes' rewards are `None` (no signal). Failed verdicts are retried `retries` times
-/// ([`judge::grade_with_retries`]); rewards come from [`rubric::score::reward_vector`], after
-/// `noise` (training and selection only) has read the verdicts of every scored response.
+/// ([`judge::grade_classes`], the one grading path); rewards come from
+/// [`rubric::score::reward_vector`], after `noise` (training and selection only) has read the
+/// verdicts of every scored response into noisy ones.
 pub fn grade(
     rt: &tokio::runtime::Runtime,
     judge: &dyn Judge,
@@ -36,39 +32,20 @@ pub fn grade(
     retries: u32,
     noise: Option<&crate::noise::Noise>,
 ) -> Result<GradeOutcome> {
-    let wanted: Vec<Vec<usize>> = items
-        .iter()
-        .map(|it| {
-            (0..it.example.criteria.len())
-                .filter(|&i| only_class.is_none() || only_class == Some(it.class_of[i]))
-                .collect()
-        })
-        .collect();
-    let tasks: Vec<GradeTask<'_>> = items
-        .iter()
-        .zip(&wanted)
-        .map(|(it, w)| GradeTask {
-            example: it.example,
-            response: it.response,
-            criteria: Some(w),
-        })
-        .collect();
-    let verdicts = rt
-        .block_on(judge::grade_with_retries(judge, &tasks, retries))
+    let graded = rt
+        .block_on(judge::grade_classes(judge, items, only_class, retries))
         .map_err(anyhow::Error::msg)?;
     let mut out = GradeOutcome {
-        retried_verdicts: verdicts.retried,
+        retried_verdicts: graded.retried,
         ..GradeOutcome::default()
     };
-    for (n, it) in items.iter().enumerate() {
-        let failed = verdicts.failures(n).count();
+    for (it, verdicts) in items.iter().zip(&graded.verdicts) {
+        let failed = verdicts.iter().filter(|v| v.failure().is_some()).count();
         out.failed_verdicts += failed;
         out.rewards.push((failed == 0).then(|| {
-            let mut values = verdicts.values(n);
-            if let Some(noise) = noise {
-                noise.apply(it.example, it.class_of, it.response, &mut values);
-            }
-            rubric::score::reward_vector(it.example, it.class_of, n_classes, &values)
+            let noisy = noise.map(|n| n.apply(it.example, it.class_of, it.response, verdicts));
+            let read = noisy.as_deref().unwrap_or(verdicts);
+            rubric::score::reward_vector(it.example, it.class_of, n_classes, read)
         }));
     }
     Ok(out)

@@ -10,7 +10,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rubric::Example;
+use rubric::{Example, Verdict};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
@@ -145,15 +145,16 @@ pub struct Noise {
 }
 
 impl Noise {
-    /// Replaces each graded verdict of `response` (criteria in `example` order, `class_of`
-    /// their classes) by its noisy reading and tallies clean against noisy.
+    /// The noisy reading of `response`'s verdicts (of `example`'s criteria, `class_of` their
+    /// classes): each graded one flipped or kept, a failed one kept as it is; tallies clean
+    /// against noisy.
     pub fn apply(
         &self,
         example: &Example,
         class_of: &[usize],
         response: &str,
-        verdicts: &mut [Option<f64>],
-    ) {
+        verdicts: &[Verdict],
+    ) -> Vec<Verdict> {
         let mut h = Sha256::new();
         h.update(b"arlrr judge noise\0");
         h.update(self.seed.to_le_bytes());
@@ -162,20 +163,27 @@ impl Noise {
         h.update(response.as_bytes());
         // one uniform draw per criterion index, whether or not it is graded
         let mut draws = ChaCha8Rng::from_seed(h.finalize().into());
+        let n = verdicts.iter().map(|v| v.criterion + 1).max().unwrap_or(0);
+        let draws: Vec<f64> = (0..n).map(|_| draws.gen()).collect();
         let mut tally = self.tally.get();
-        for (i, v) in verdicts.iter_mut().enumerate() {
-            let u: f64 = draws.gen();
-            let Some(m) = *v else { continue };
-            let r = self.rates[class_of[i]];
-            let noisy = if u < m * r.fn_ + (1.0 - m) * r.fp {
-                1.0 - m
-            } else {
-                m
-            };
-            tally.add(m, noisy);
-            *v = Some(noisy);
-        }
+        let noisy = verdicts
+            .iter()
+            .map(|v| {
+                let Some(m) = v.value() else {
+                    return v.clone();
+                };
+                let r = self.rates[class_of[v.criterion]];
+                let noisy = if draws[v.criterion] < m * r.fn_ + (1.0 - m) * r.fp {
+                    1.0 - m
+                } else {
+                    m
+                };
+                tally.add(m, noisy);
+                v.with_value(noisy)
+            })
+            .collect();
         self.tally.set(tally);
+        noisy
     }
 
     /// The tally since the last call, and a fresh one.
@@ -257,6 +265,30 @@ mod tests {
         }
     }
 
+    /// 400 verdicts of value `clean`, without the one of criterion `skip`.
+    fn verdicts(clean: f64, skip: Option<usize>) -> Vec<Verdict> {
+        (0..400)
+            .filter(|&c| Some(c) != skip)
+            .map(|criterion| Verdict {
+                criterion,
+                outcome: Ok(clean),
+                explanation: String::new(),
+                judge: "rules".into(),
+                cached: false,
+                attempts: 0,
+            })
+            .collect()
+    }
+
+    /// The value of each criterion's verdict (`None`: none or failed), by criterion index.
+    fn values(verdicts: &[Verdict]) -> Vec<Option<f64>> {
+        let mut out = vec![None; 400];
+        for v in verdicts {
+            out[v.criterion] = v.value();
+        }
+        out
+    }
+
     fn parse(text: &str) -> NoiseConfig {
         toml::from_str(text).unwrap()
     }
@@ -269,9 +301,7 @@ mod tests {
             .resolve(&["a".into()], 7)
             .unwrap();
         let read = |noise: &Noise, text: &str, clean: f64| {
-            let mut v = vec![Some(clean); 400];
-            noise.apply(&ex, &class_of, text, &mut v);
-            v
+            values(&noise.apply(&ex, &class_of, text, &verdicts(clean, None)))
         };
         let a = read(&noise, "some answer", 1.0);
         assert_eq!(
@@ -291,13 +321,17 @@ mod tests {
         let b = read(&noise, "some answer", 0.0);
         assert!((flipped(&b, 0.0) - 0.2).abs() < 0.08, "fp rate");
         // not graded stays not graded, and does not shift the other criteria's draws
-        let mut v = vec![Some(1.0); 400];
-        v[3] = None;
-        noise.apply(&ex, &class_of, "some answer", &mut v);
+        let v = values(&noise.apply(&ex, &class_of, "some answer", &verdicts(1.0, Some(3))));
         assert_eq!(v[3], None);
         assert_eq!(v[4..], a[4..]);
+        // a failed verdict stays failed and is not read either
+        let mut failing = verdicts(1.0, None);
+        failing[5].outcome = Err(rubric::JudgeFailure::Other("timeout".into()));
+        let v = noise.apply(&ex, &class_of, "some answer", &failing);
+        assert_eq!(v[5], failing[5]);
+        assert_eq!(values(&v)[6..], a[6..]);
         let t = noise.take();
-        assert_eq!(t.verdicts(), 5.0 * 400.0 - 1.0, "every graded verdict read");
+        assert_eq!(t.verdicts(), 6.0 * 400.0 - 2.0, "every graded verdict read");
         assert_eq!(noise.take(), Confusion::default());
     }
 

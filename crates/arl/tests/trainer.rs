@@ -7,7 +7,7 @@ use arl::{EvalReport, Parts, StepMetrics, Trainer};
 use async_trait::async_trait;
 use common::*;
 use judge::rules::RuleJudge;
-use judge::{CriterionGrade, GradeTask, Judge, JudgeFailure, JudgeStats};
+use judge::{GradeTask, Judge, JudgeFailure, JudgeStats, Verdict};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -601,7 +601,7 @@ impl Judge for FlakyJudge {
     fn id(&self) -> String {
         "flaky".into()
     }
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
         let first = self
             .attempts
             .fetch_add(1, Ordering::SeqCst)

@@ -215,6 +215,7 @@ pub fn run(args: Args) -> Result<()> {
         classes: class_spec(&args.classes, args.catch_all),
         judge: Arc::from(judge),
         judge_cached: true,
+        retries: judge_config.retries(),
         objective: args.objective,
         weights: args.weights,
         schedule: server::ScheduleSettings {

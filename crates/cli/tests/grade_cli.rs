@@ -426,3 +426,64 @@ fn grade_fails_when_every_verdict_failed_and_strict_on_any() {
     );
     assert_eq!(read_jsonl(out)[0]["met"], json!([false, false, null]));
 }
+
+/// Issue 30: `arlrr grade` goes through the one grading path, so a failed verdict is asked for
+/// again with the judge config's `retries` (default 2): an HTTP judge that fails its first
+/// request (and does not retry the request itself) still yields the verdict. With
+/// `retries = 0` the same failure is written as `null` and counted, never as 0 or 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grade_retries_a_failed_verdict_with_the_judge_configs_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path());
+    // p2 has one criterion: one request per attempt
+    let responses = write(
+        dir.path(),
+        "responses.jsonl",
+        "{\"prompt_id\":\"p2\",\"completion\":\"- rest\\n- fluids\"}\n",
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    // every odd request fails: the first attempt of each run
+    let url =
+        common::fake_judge(move |_| counter.fetch_add(1, Ordering::SeqCst).is_multiple_of(2)).await;
+    let judge = common::http_judge(dir.path(), &url);
+    let out = dir.path().join("grades.jsonl");
+    let run = |judge: &Path| {
+        run_arlrr(&[
+            "grade",
+            "--data",
+            &data,
+            "--responses",
+            &responses,
+            "--judge",
+            judge.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let stderr = ok(&run(&judge));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "failed once, asked again");
+    assert!(stderr.contains("verdicts asked for again: 1"), "{stderr}");
+    assert!(
+        stderr.contains("failed verdicts (written as null): 0"),
+        "{stderr}"
+    );
+    let lines = read_jsonl(&out);
+    assert_eq!(lines[0]["met"], json!([true]));
+    assert_eq!(lines[0]["explanations"], json!(["fine"]));
+
+    // the config's `retries = 0`: no second attempt, the failure stays a failure
+    let text = std::fs::read_to_string(&judge).unwrap();
+    let no_retries = dir.path().join("no-retries.toml");
+    std::fs::write(&no_retries, format!("retries = 0\n{text}")).unwrap();
+    let res = run(&no_retries);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "one attempt");
+    assert!(
+        err.contains("every verdict failed: 1 of 1 (0 not gradable by this judge, 1 after exhausting retries"),
+        "{err}"
+    );
+    let lines = read_jsonl(&out);
+    assert_eq!(lines[0]["met"], json!([null]), "a failure, never 0 or 1");
+}

@@ -7,7 +7,7 @@
 //! crash loses at most the verdict being written. Only verdicts are cached, never failures: a
 //! timeout today says nothing about tomorrow.
 
-use crate::{CriterionGrade, GradeSink, GradeTask, Judge, JudgeStats};
+use crate::{GradeSink, GradeTask, Judge, JudgeStats, Verdict};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -328,33 +328,21 @@ impl<J: Judge> CachedJudge<J> {
     }
 }
 
-#[async_trait]
-impl<J: Judge> Judge for CachedJudge<J> {
-    fn id(&self) -> String {
-        self.inner.id()
-    }
+/// A batch as the cache sees it: per task, the criteria asked for and their keys (`None` for
+/// an index the example lacks; the inner judge reports it).
+struct Keyed {
+    indices: Vec<Vec<usize>>,
+    keys: Vec<Vec<Option<CacheKey>>>,
+}
 
-    fn prompt_version(&self) -> String {
-        self.inner.prompt_version()
-    }
+/// Per task, a verdict slot per criterion asked for (`None` until graded).
+type Rows = Vec<Vec<Option<Verdict>>>;
 
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
-        self.grade_reporting(tasks, &|_, _| {}).await
-    }
-
-    /// Hits go to `sink` at once. Each verdict of the inner judge is stored the moment the
-    /// inner judge reports it, so a caller that gives up midway (a request timeout drops this
-    /// future) has paid for no verdict it will have to ask for again.
-    async fn grade_reporting(
-        &self,
-        tasks: &[GradeTask<'_>],
-        sink: &GradeSink<'_>,
-    ) -> Vec<Vec<CriterionGrade>> {
+impl<J: Judge> CachedJudge<J> {
+    fn keys(&self, tasks: &[GradeTask<'_>]) -> Keyed {
         let (judge_id, version) = (self.inner.id(), self.inner.prompt_version());
-        // Keys per task and criterion; `None` for an index the example lacks (the inner judge
-        // reports it).
         let indices: Vec<Vec<usize>> = tasks.iter().map(|t| t.criterion_indices()).collect();
-        let keys: Vec<Vec<Option<CacheKey>>> = tasks
+        let keys = tasks
             .iter()
             .zip(&indices)
             .map(|(t, idx)| {
@@ -364,7 +352,13 @@ impl<J: Judge> Judge for CachedJudge<J> {
                     .collect()
             })
             .collect();
-        let flat: Vec<CacheKey> = keys.iter().flatten().flatten().copied().collect();
+        Keyed { indices, keys }
+    }
+
+    /// Answers what the cache holds (each task's hits go to `sink` at once) and counts hits
+    /// and misses; returns the rows and, per task, the criteria missed.
+    fn hits(&self, batch: &Keyed, sink: &GradeSink<'_>) -> (Rows, Vec<Vec<usize>>) {
+        let flat: Vec<CacheKey> = batch.keys.iter().flatten().flatten().copied().collect();
         let found = match self.cache.get_many(&flat) {
             Ok(f) => f,
             Err(e) => {
@@ -373,16 +367,15 @@ impl<J: Judge> Judge for CachedJudge<J> {
             }
         };
         let mut found = found.into_iter();
-
-        let mut out: Vec<Vec<Option<CriterionGrade>>> = Vec::with_capacity(tasks.len());
-        let mut miss_indices: Vec<Vec<usize>> = Vec::with_capacity(tasks.len());
-        for (idx, ks) in indices.iter().zip(&keys) {
+        let mut out: Rows = Vec::with_capacity(batch.indices.len());
+        let mut miss_indices: Vec<Vec<usize>> = Vec::with_capacity(batch.indices.len());
+        for (idx, ks) in batch.indices.iter().zip(&batch.keys) {
             let mut row = Vec::with_capacity(idx.len());
             let mut misses = Vec::new();
             for (&i, k) in idx.iter().zip(ks) {
                 let hit = k.and_then(|_| found.next().flatten());
                 match hit {
-                    Some(v) => row.push(Some(CriterionGrade {
+                    Some(v) => row.push(Some(Verdict {
                         criterion: i,
                         outcome: Ok(v.value),
                         explanation: v.explanation,
@@ -396,7 +389,7 @@ impl<J: Judge> Judge for CachedJudge<J> {
                     }
                 }
             }
-            let hits: Vec<CriterionGrade> = row.iter().flatten().cloned().collect();
+            let hits: Vec<Verdict> = row.iter().flatten().cloned().collect();
             if !hits.is_empty() {
                 sink(out.len(), &hits);
             }
@@ -404,21 +397,27 @@ impl<J: Judge> Judge for CachedJudge<J> {
             miss_indices.push(misses);
         }
         let n_miss: usize = miss_indices.iter().map(Vec::len).sum();
-        let n_total: usize = indices.iter().map(Vec::len).sum();
+        let n_total: usize = batch.indices.iter().map(Vec::len).sum();
         self.verdicts.fetch_add(n_total as u64, Ordering::Relaxed);
         self.hits
             .fetch_add((n_total - n_miss) as u64, Ordering::Relaxed);
         self.misses.fetch_add(n_miss as u64, Ordering::Relaxed);
-        if n_miss == 0 {
-            return out
-                .into_iter()
-                .map(|r| r.into_iter().map(|g| g.expect("all hits")).collect())
-                .collect();
-        }
+        (out, miss_indices)
+    }
 
+    /// Asks the inner judge for the `misses` in one batch, storing each successful verdict as
+    /// soon as it is reported (then handing it to `sink`), and fills the empty slots of `out`.
+    async fn grade_misses(
+        &self,
+        tasks: &[GradeTask<'_>],
+        batch: &Keyed,
+        misses: &[Vec<usize>],
+        out: &mut Rows,
+        sink: &GradeSink<'_>,
+    ) {
         let pending: Vec<(usize, GradeTask<'_>)> = tasks
             .iter()
-            .zip(&miss_indices)
+            .zip(misses)
             .enumerate()
             .filter(|(_, (_, m))| !m.is_empty())
             .map(|(ti, (t, m))| {
@@ -434,19 +433,19 @@ impl<J: Judge> Judge for CachedJudge<J> {
             .collect();
         let sub_tasks: Vec<GradeTask<'_>> = pending.iter().map(|(_, t)| *t).collect();
         let store_failed = AtomicBool::new(false);
-        let store = |sub: usize, grades: &[CriterionGrade]| {
+        let store = |sub: usize, grades: &[Verdict]| {
             let ti = pending[sub].0;
             let entries: Vec<(CacheKey, CachedVerdict)> = grades
                 .iter()
                 .filter_map(|g| {
-                    let value = *g.outcome.as_ref().ok()?;
-                    let slot = indices[ti].iter().position(|&i| i == g.criterion)?;
+                    let value = g.value()?;
+                    let slot = batch.indices[ti].iter().position(|&i| i == g.criterion)?;
                     let verdict = CachedVerdict {
                         value,
                         explanation: g.explanation.clone(),
                         judge: g.judge.clone(),
                     };
-                    Some((keys[ti][slot]?, verdict))
+                    Some((batch.keys[ti][slot]?, verdict))
                 })
                 .collect();
             if let Err(e) = self.cache.put_many(&entries) {
@@ -458,7 +457,6 @@ impl<J: Judge> Judge for CachedJudge<J> {
             sink(ti, grades);
         };
         let graded = self.inner.grade_reporting(&sub_tasks, &store).await;
-
         for ((ti, _), grades) in pending.iter().zip(graded) {
             let mut slots = out[*ti].iter_mut().filter(|g| g.is_none());
             for g in grades {
@@ -468,13 +466,41 @@ impl<J: Judge> Judge for CachedJudge<J> {
                 *slot = Some(g);
             }
         }
+    }
+}
+
+#[async_trait]
+impl<J: Judge> Judge for CachedJudge<J> {
+    fn id(&self) -> String {
+        self.inner.id()
+    }
+
+    fn prompt_version(&self) -> String {
+        self.inner.prompt_version()
+    }
+
+    /// Hits go to `sink` at once. Each verdict of the inner judge is stored the moment the
+    /// inner judge reports it, so a caller that gives up midway (a request timeout drops this
+    /// future) has paid for no verdict it will have to ask for again.
+    async fn grade_reporting(
+        &self,
+        tasks: &[GradeTask<'_>],
+        sink: &GradeSink<'_>,
+    ) -> Vec<Vec<Verdict>> {
+        let batch = self.keys(tasks);
+        let (mut out, misses) = self.hits(&batch, sink);
+        if misses.iter().any(|m| !m.is_empty()) {
+            self.grade_misses(tasks, &batch, &misses, &mut out, sink)
+                .await;
+        }
+        let judge_id = self.inner.id();
         out.into_iter()
-            .zip(&indices)
+            .zip(&batch.indices)
             .map(|(row, idx)| {
                 row.into_iter()
                     .zip(idx)
                     .map(|(g, &i)| {
-                        g.unwrap_or_else(|| CriterionGrade {
+                        g.unwrap_or_else(|| Verdict {
                             criterion: i,
                             outcome: Err(crate::JudgeFailure::Other(
                                 "inner judge returned fewer grades than asked for".into(),

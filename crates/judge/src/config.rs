@@ -3,6 +3,7 @@
 //! ```toml
 //! kind = "http"                 # rules | http | embedding
 //! cache = "judge-cache.sqlite"  # optional; relative paths are relative to this file's folder
+//! retries = 2                   # optional; times a failed verdict is asked for again
 //!
 //! [http]                        # required when kind = "http"; see HttpJudgeConfig
 //! base_url = "http://127.0.0.1:8080/v1"
@@ -55,6 +56,11 @@ pub struct JudgeConfig {
     /// Settings of the embedding judge; defaults apply when absent.
     #[serde(default)]
     pub embedding: Option<EmbeddingJudgeConfig>,
+    /// Times a failed verdict is asked for again ([`crate::grade_with_retries`], the one retry
+    /// policy); [`crate::DEFAULT_RETRIES`] when absent. (`[http] retries` is the HTTP judge's
+    /// own retrying of one request, inside each of these attempts.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
 }
 
 /// A config file that cannot be read or is invalid, naming the file (and the field where
@@ -84,7 +90,13 @@ impl JudgeConfig {
             cache: None,
             http: None,
             embedding: None,
+            retries: None,
         }
+    }
+
+    /// Times a failed verdict is asked for again: `retries`, or [`crate::DEFAULT_RETRIES`].
+    pub fn retries(&self) -> u32 {
+        self.retries.unwrap_or(crate::DEFAULT_RETRIES)
     }
 
     /// Reads a TOML file; a relative `cache` path is resolved against the file's folder, so a

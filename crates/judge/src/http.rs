@@ -12,7 +12,7 @@ use crate::prompt::{extract_verdict, grading_prompt, ParsedVerdict, PROMPT_VERSI
 use crate::rate_limit::{
     estimate_tokens, RateLimits, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE,
 };
-use crate::{CriterionGrade, GradeSink, GradeTask, Judge, JudgeFailure, JudgeStats};
+use crate::{GradeSink, GradeTask, Judge, JudgeFailure, JudgeStats, Verdict};
 use async_trait::async_trait;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
@@ -512,7 +512,7 @@ impl HttpJudge {
     }
 
     /// Grades one criterion with retries.
-    async fn grade_one(&self, task: &GradeTask<'_>, index: usize) -> CriterionGrade {
+    async fn grade_one(&self, task: &GradeTask<'_>, index: usize) -> Verdict {
         let Some(criterion) = task.example.criteria.get(index) else {
             return crate::rules::out_of_range(task, index);
         };
@@ -554,7 +554,7 @@ impl HttpJudge {
                 (Err(e), String::new())
             }
         };
-        CriterionGrade {
+        Verdict {
             criterion: index,
             outcome,
             explanation,
@@ -587,16 +587,12 @@ impl Judge for HttpJudge {
         PROMPT_VERSION.to_string()
     }
 
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
-        self.grade_reporting(tasks, &|_, _| {}).await
-    }
-
     /// Each criterion's grade goes to `sink` as soon as its request (and retries) ended.
     async fn grade_reporting(
         &self,
         tasks: &[GradeTask<'_>],
         sink: &GradeSink<'_>,
-    ) -> Vec<Vec<CriterionGrade>> {
+    ) -> Vec<Vec<Verdict>> {
         let jobs = tasks.iter().enumerate().flat_map(|(ti, t)| {
             t.criterion_indices().into_iter().map(move |ci| async move {
                 let grade = self.grade_one(t, ci).await;
@@ -604,7 +600,7 @@ impl Judge for HttpJudge {
                 (ti, grade)
             })
         });
-        let mut out: Vec<Vec<CriterionGrade>> = tasks
+        let mut out: Vec<Vec<Verdict>> = tasks
             .iter()
             .map(|t| {
                 Vec::with_capacity(t.criteria.map_or(t.example.criteria.len(), <[usize]>::len))

@@ -32,11 +32,13 @@ pub use embedding::EmbeddingJudgeConfig;
 #[cfg(feature = "embedding")]
 pub use embedding::{EmbeddingJudge, SentenceEmbedder};
 pub use http::{HttpJudge, HttpJudgeConfig};
-pub use retry::{grade_with_retries, Verdicts, DEFAULT_RETRIES};
+pub use retry::{grade_classes, grade_with_retries, Graded, ToGrade, DEFAULT_RETRIES};
 pub use rules::RuleJudge;
 
 use async_trait::async_trait;
 use rubric::Example;
+/// A verdict and its failure are the rubric crate's, one form from the judge to the rewards.
+pub use rubric::{JudgeFailure, Verdict};
 use std::sync::Arc;
 
 /// One response to grade against some criteria of one example.
@@ -56,34 +58,6 @@ impl GradeTask<'_> {
             None => (0..self.example.criteria.len()).collect(),
         }
     }
-}
-
-/// Why a criterion got no verdict.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum JudgeFailure {
-    /// This judge cannot grade this criterion (e.g. the rule judge and a criterion without `check`).
-    #[error("not gradable by this judge: {0}")]
-    NotGradable(String),
-    /// Retries were exhausted; the last error is kept.
-    #[error("gave up after {attempts} attempts: {last_error}")]
-    Exhausted { attempts: u32, last_error: String },
-    #[error("{0}")]
-    Other(String),
-}
-
-/// The verdict on one criterion.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CriterionGrade {
-    /// Index into `example.criteria`.
-    pub criterion: usize,
-    /// Met = 1.0, not met = 0.0, graded data in between; or an explicit failure.
-    pub outcome: Result<f64, JudgeFailure>,
-    pub explanation: String,
-    /// Id of the judge that produced it (model name, "rules", ...).
-    pub judge: String,
-    pub cached: bool,
-    /// Requests made for this verdict (0 for a cache hit or a rule).
-    pub attempts: u32,
 }
 
 /// Counters a judge keeps over its lifetime; the trainer logs their deltas per step.
@@ -114,9 +88,9 @@ pub struct JudgeStats {
     pub rate_limit_wait_nanos: u64,
 }
 
-/// Where [`Judge::grade_reporting`] hands over grades as soon as they are known: the index of
-/// their task in the batch, and some of that task's grades (any subset, in any order).
-pub type GradeSink<'a> = dyn Fn(usize, &[CriterionGrade]) + Sync + 'a;
+/// Where [`Judge::grade_reporting`] hands over verdicts as soon as they are known: the index of
+/// their task in the batch, and some of that task's verdicts (any subset, in any order).
+pub type GradeSink<'a> = dyn Fn(usize, &[Verdict]) + Sync + 'a;
 
 #[async_trait]
 pub trait Judge: Send + Sync {
@@ -129,20 +103,24 @@ pub trait Judge: Send + Sync {
         String::new()
     }
 
-    /// Grades a batch. The result has one entry per task, each with one grade per requested
-    /// criterion, in the task's criterion order.
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>>;
+    /// Grades a batch. The result has one entry per task, each with one verdict per requested
+    /// criterion, in the task's criterion order. A judge implements this method or
+    /// [`Judge::grade_reporting`] (each defaults to the other); callers that want the one
+    /// retry policy use [`grade_with_retries`].
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
+        self.grade_reporting(tasks, &|_, _| {}).await
+    }
 
-    /// [`Judge::grade`], also handing each grade to `sink` as soon as it is known, so that a
+    /// [`Judge::grade`], also handing each verdict to `sink` as soon as it is known, so that a
     /// caller whose future is dropped midway (a request timeout) keeps the verdicts already
-    /// obtained: [`CachedJudge`] stores them as they arrive. The default reports every grade
+    /// obtained: [`CachedJudge`] stores them as they arrive. The default reports every verdict
     /// once `grade` returns; a judge that obtains verdicts one at a time (HTTP) reports each
-    /// as it comes, and implements `grade` through this method.
+    /// as it comes, and implements only this method.
     async fn grade_reporting(
         &self,
         tasks: &[GradeTask<'_>],
         sink: &GradeSink<'_>,
-    ) -> Vec<Vec<CriterionGrade>> {
+    ) -> Vec<Vec<Verdict>> {
         let graded = self.grade(tasks).await;
         for (task, grades) in graded.iter().enumerate() {
             sink(task, grades);
@@ -167,14 +145,14 @@ macro_rules! forward_judge {
             fn prompt_version(&self) -> String {
                 (**self).prompt_version()
             }
-            async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+            async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
                 (**self).grade(tasks).await
             }
             async fn grade_reporting(
                 &self,
                 tasks: &[GradeTask<'_>],
                 sink: &GradeSink<'_>,
-            ) -> Vec<Vec<CriterionGrade>> {
+            ) -> Vec<Vec<Verdict>> {
                 (**self).grade_reporting(tasks, sink).await
             }
             fn stats(&self) -> JudgeStats {

@@ -1,59 +1,76 @@
-//! The one retry policy for judge failures, shared by the trainer, evaluation and the reward
-//! service: a failed verdict is asked for again, up to `retries` times, then recorded as a
+//! The one retry policy for judge failures, shared by the trainer, evaluation, the reward
+//! service and `arlrr grade`: a failed verdict is asked for again, up to `retries` times, then recorded as a
 //! failure; it is never scored as 0 or 1. A criterion the judge cannot grade at all
 //! ([`JudgeFailure::NotGradable`]) is not asked again: no retry changes that answer.
 
-use crate::{GradeTask, Judge, JudgeFailure};
+use crate::{GradeTask, Judge, JudgeFailure, Verdict};
+use rubric::Example;
 
 /// Times a failed verdict is asked for again unless configured otherwise.
 pub const DEFAULT_RETRIES: u32 = 2;
 
 /// The verdicts of a batch after the retries.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Verdicts {
-    /// `outcomes[task][criterion]`, indexed like `example.criteria`; `None` = not asked.
-    pub outcomes: Vec<Vec<Option<Result<f64, JudgeFailure>>>>,
+pub struct Graded {
+    /// Per task, the final verdict of each criterion asked for, in criterion order.
+    pub verdicts: Vec<Vec<Verdict>>,
     /// Verdicts asked for again.
     pub retried: usize,
 }
 
-impl Verdicts {
-    /// Task `task`'s verdict values (`None` = not asked or failed), for
-    /// `rubric::score::reward_vector`.
-    pub fn values(&self, task: usize) -> Vec<Option<f64>> {
-        self.outcomes[task]
-            .iter()
-            .map(|o| o.as_ref().and_then(|r| r.as_ref().ok().copied()))
-            .collect()
-    }
+/// One response to grade for rewards: its example, the class of each criterion and the text.
+#[derive(Debug, Clone, Copy)]
+pub struct ToGrade<'a> {
+    pub example: &'a Example,
+    pub class_of: &'a [usize],
+    pub response: &'a str,
+}
 
-    /// Task `task`'s failed verdicts: `(criterion, failure)`, in criterion order.
-    pub fn failures(&self, task: usize) -> impl Iterator<Item = (usize, &JudgeFailure)> {
-        self.outcomes[task]
-            .iter()
-            .enumerate()
-            .filter_map(|(i, o)| match o {
-                Some(Err(f)) => Some((i, f)),
-                _ => None,
-            })
+impl ToGrade<'_> {
+    /// The criteria of class `only`, in order; all of them when `only` is `None`.
+    pub fn criteria(&self, only: Option<usize>) -> Vec<usize> {
+        (0..self.example.criteria.len())
+            .filter(|&c| only.is_none_or(|k| self.class_of[c] == k))
+            .collect()
     }
 }
 
-/// Grades `tasks`, then asks again for the verdicts that failed (see the module doc).
-/// A judge that answers a different number of tasks or other criteria than it was asked for
-/// is an error (a bug in the judge, not a verdict).
+/// [`grade_with_retries`] on `items`, each against the criteria of class `only` (all of them
+/// when `None`): how the trainer, evaluation and the reward service grade for rewards.
+pub async fn grade_classes(
+    judge: &dyn Judge,
+    items: &[ToGrade<'_>],
+    only: Option<usize>,
+    retries: u32,
+) -> Result<Graded, String> {
+    let wanted: Vec<Vec<usize>> = items.iter().map(|it| it.criteria(only)).collect();
+    let tasks: Vec<GradeTask<'_>> = items
+        .iter()
+        .zip(&wanted)
+        .map(|(it, criteria)| GradeTask {
+            example: it.example,
+            response: it.response,
+            criteria: Some(criteria),
+        })
+        .collect();
+    grade_with_retries(judge, &tasks, retries).await
+}
+
+/// Grades `tasks`, then asks again for the verdicts that failed (see the module doc): the one
+/// grading path of the trainer, evaluation, the reward service and `arlrr grade`. A judge that
+/// answers a different number of tasks or other criteria than it was asked for is an error (a
+/// bug in the judge, not a verdict).
 pub async fn grade_with_retries(
     judge: &dyn Judge,
     tasks: &[GradeTask<'_>],
     retries: u32,
-) -> Result<Verdicts, String> {
-    let mut out = Verdicts {
-        outcomes: tasks
-            .iter()
-            .map(|t| vec![None; t.example.criteria.len()])
-            .collect(),
-        retried: 0,
-    };
+) -> Result<Graded, String> {
+    // per task and criterion index, the latest verdict
+    let mut latest: Vec<Vec<Option<Verdict>>> = tasks
+        .iter()
+        .map(|t| vec![None; t.example.criteria.len()])
+        .collect();
+    let mut retried = 0;
     // (task, criteria asked for); the first attempt sends the tasks as given
     let mut pending: Vec<(usize, Vec<usize>)> = tasks
         .iter()
@@ -68,7 +85,7 @@ pub async fn grade_with_retries(
         let batch: Vec<GradeTask<'_>> = if attempt == 0 {
             pending.iter().map(|(i, _)| tasks[*i]).collect()
         } else {
-            out.retried += pending.iter().map(|(_, c)| c.len()).sum::<usize>();
+            retried += pending.iter().map(|(_, c)| c.len()).sum::<usize>();
             pending
                 .iter()
                 .map(|(i, c)| GradeTask {
@@ -78,46 +95,63 @@ pub async fn grade_with_retries(
                 .collect()
         };
         let results = judge.grade(&batch).await;
-        if results.len() != batch.len() {
+        pending = record(judge, &pending, results, &mut latest)?;
+    }
+    Ok(Graded {
+        verdicts: latest
+            .into_iter()
+            .map(|row| row.into_iter().flatten().collect())
+            .collect(),
+        retried,
+    })
+}
+
+/// Stores one attempt's `results` for the `pending` (task, criteria) in `latest`, after checking
+/// that the judge answered what was asked; returns what to ask again.
+fn record(
+    judge: &dyn Judge,
+    pending: &[(usize, Vec<usize>)],
+    results: Vec<Vec<Verdict>>,
+    latest: &mut [Vec<Option<Verdict>>],
+) -> Result<Vec<(usize, Vec<usize>)>, String> {
+    if results.len() != pending.len() {
+        return Err(format!(
+            "judge `{}` returned {} results for {} tasks",
+            judge.id(),
+            results.len(),
+            pending.len()
+        ));
+    }
+    let mut next = Vec::new();
+    for ((i, asked), verdicts) in pending.iter().zip(results) {
+        let mut answered: Vec<usize> = verdicts.iter().map(|v| v.criterion).collect();
+        answered.sort_unstable();
+        let mut wanted = asked.clone();
+        wanted.sort_unstable();
+        if answered != wanted {
             return Err(format!(
-                "judge `{}` returned {} results for {} tasks",
-                judge.id(),
-                results.len(),
-                batch.len()
+                "judge `{}` returned grades for criteria {answered:?} when asked for {wanted:?}",
+                judge.id()
             ));
         }
-        let mut next = Vec::new();
-        for ((i, asked), grades) in pending.iter().zip(results) {
-            let mut answered: Vec<usize> = grades.iter().map(|g| g.criterion).collect();
-            answered.sort_unstable();
-            let mut wanted = asked.clone();
-            wanted.sort_unstable();
-            if answered != wanted {
-                return Err(format!(
-                    "judge `{}` returned grades for criteria {answered:?} when asked for {wanted:?}",
-                    judge.id()
-                ));
+        let mut again = Vec::new();
+        for v in verdicts {
+            if matches!(v.failure(), Some(f) if !matches!(f, JudgeFailure::NotGradable(_))) {
+                again.push(v.criterion);
             }
-            let mut again = Vec::new();
-            for g in grades {
-                if matches!(&g.outcome, Err(f) if !matches!(f, JudgeFailure::NotGradable(_))) {
-                    again.push(g.criterion);
-                }
-                out.outcomes[*i][g.criterion] = Some(g.outcome);
-            }
-            if !again.is_empty() {
-                next.push((*i, again));
-            }
+            let criterion = v.criterion;
+            latest[*i][criterion] = Some(v);
         }
-        pending = next;
+        if !again.is_empty() {
+            next.push((*i, again));
+        }
     }
-    Ok(out)
+    Ok(next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CriterionGrade;
     use rubric::{Criterion, Example};
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -132,14 +166,14 @@ mod tests {
         fn id(&self) -> String {
             "flaky".into()
         }
-        async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+        async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
             let call = self.calls.fetch_add(1, Ordering::SeqCst);
             tasks
                 .iter()
                 .map(|t| {
                     t.criterion_indices()
                         .into_iter()
-                        .map(|c| CriterionGrade {
+                        .map(|c| Verdict {
                             criterion: c,
                             outcome: match c {
                                 0 if call < self.fail_first => {
@@ -196,8 +230,13 @@ mod tests {
                 v.retried, 2,
                 "criterion 0 asked twice more, criterion 1 never"
             );
-            assert_eq!(v.values(0), vec![met.then_some(1.0), None]);
-            let failed: Vec<usize> = v.failures(0).map(|(c, _)| c).collect();
+            let values: Vec<Option<f64>> = v.verdicts[0].iter().map(Verdict::value).collect();
+            assert_eq!(values, vec![met.then_some(1.0), None]);
+            let failed: Vec<usize> = v.verdicts[0]
+                .iter()
+                .filter(|v| v.failure().is_some())
+                .map(|v| v.criterion)
+                .collect();
             assert_eq!(failed, if met { vec![1] } else { vec![0, 1] });
         }
     }

@@ -6,7 +6,7 @@
 //! put invented verdicts into rewards.
 
 use crate::text;
-use crate::{CriterionGrade, GradeTask, Judge, JudgeFailure, JudgeStats};
+use crate::{GradeTask, Judge, JudgeFailure, JudgeStats, Verdict};
 use async_trait::async_trait;
 use regex::{Regex, RegexBuilder};
 use rubric::{Check, Criterion};
@@ -121,7 +121,7 @@ impl RuleJudge {
         index: usize,
         criterion: &Criterion,
         response: &PreparedResponse<'_>,
-    ) -> CriterionGrade {
+    ) -> Verdict {
         let (outcome, explanation) = match &criterion.check {
             None => (
                 Err(JudgeFailure::NotGradable(
@@ -142,7 +142,7 @@ impl RuleJudge {
         if outcome.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        CriterionGrade {
+        Verdict {
             criterion: index,
             outcome,
             explanation,
@@ -153,7 +153,7 @@ impl RuleJudge {
     }
 
     /// Synchronous form of [`Judge::grade`], for callers outside an async runtime.
-    pub fn grade_sync(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+    pub fn grade_sync(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
         tasks
             .iter()
             .map(|task| {
@@ -172,8 +172,8 @@ impl RuleJudge {
 
 /// A grade for a criterion index the example does not have: a caller bug, reported per
 /// criterion rather than by panicking in the middle of a batch.
-pub(crate) fn out_of_range(task: &GradeTask<'_>, index: usize) -> CriterionGrade {
-    CriterionGrade {
+pub(crate) fn out_of_range(task: &GradeTask<'_>, index: usize) -> Verdict {
+    Verdict {
         criterion: index,
         outcome: Err(JudgeFailure::Other(format!(
             "criterion index {index} out of range: example `{}` has {} criteria",
@@ -232,7 +232,7 @@ impl Judge for RuleJudge {
         RULES_JUDGE_ID.to_string()
     }
 
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
         self.grade_sync(tasks)
     }
 

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use judge::cache::{CachedVerdict, TaskHasher};
-use judge::{CachedJudge, CriterionGrade, GradeTask, Judge, JudgeStats, RuleJudge, VerdictCache};
+use judge::{CachedJudge, GradeTask, Judge, JudgeStats, RuleJudge, Verdict, VerdictCache};
 use rubric::{Criterion, Example, Message};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,7 +21,7 @@ impl Judge for CountingRules {
     fn id(&self) -> String {
         self.rules.id()
     }
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
         let n: usize = tasks.iter().map(|t| t.criterion_indices().len()).sum();
         self.criteria_asked.fetch_add(n as u64, Ordering::Relaxed);
         self.rules.grade(tasks).await
@@ -59,7 +59,7 @@ fn example() -> Example {
     }
 }
 
-fn values(grades: &[Vec<CriterionGrade>]) -> Vec<Vec<Option<f64>>> {
+fn values(grades: &[Vec<Verdict>]) -> Vec<Vec<Option<f64>>> {
     grades
         .iter()
         .map(|t| t.iter().map(|g| g.outcome.clone().ok()).collect())

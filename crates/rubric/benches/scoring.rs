@@ -1,10 +1,10 @@
 //! Scoring throughput on a synthetic HealthBench-shaped set: 500 examples × 8 responses.
 use criterion::{criterion_group, criterion_main, Criterion as Bench};
 use rubric::score::{reward_vector, summarize, BOOTSTRAP_RESAMPLES};
-use rubric::{Criterion, Example, MetaClasses};
+use rubric::{Criterion, Example, MetaClasses, Verdict};
 
 /// An example, the class of each criterion, and per response the verdict of each criterion.
-type Graded = (Example, Vec<usize>, Vec<Vec<Option<f64>>>);
+type Graded = (Example, Vec<usize>, Vec<Vec<Verdict>>);
 
 fn data() -> Vec<Graded> {
     let axes = rubric::HEALTHBENCH_AXES;
@@ -30,7 +30,18 @@ fn data() -> Vec<Graded> {
             let mc = MetaClasses::axes();
             let class_of = (0..12).map(|j| mc.class_of(&ex, j).unwrap()).collect();
             let verdicts = (0..8)
-                .map(|r| (0..12).map(|j| Some(((i + j + r) % 2) as f64)).collect())
+                .map(|r| {
+                    (0..12)
+                        .map(|j| Verdict {
+                            criterion: j,
+                            outcome: Ok(((i + j + r) % 2) as f64),
+                            explanation: String::new(),
+                            judge: "bench".into(),
+                            cached: false,
+                            attempts: 1,
+                        })
+                        .collect()
+                })
                 .collect();
             (ex, class_of, verdicts)
         })

@@ -3,26 +3,39 @@
 
 use crate::error::{parse_line, read_text};
 use crate::model::Dataset;
+use crate::verdict::Verdict;
 use crate::DataError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// One criterion's verdict. `null` in JSON marks a judge failure: it is never scored.
+/// A [`Verdict`] as the grades file writes it, in the `met` list. `null` in JSON marks a judge
+/// failure: it is never scored.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum Verdict {
+pub enum MetValue {
     Met(bool),
     Graded(f64),
     Failed,
 }
 
-impl Verdict {
+impl MetValue {
+    /// How `verdict` is written: a failure as `null`; for graded data (`graded`) the number,
+    /// otherwise `true`/`false` for 1/0 and the number for anything in between.
+    pub fn of(verdict: &Verdict, graded: bool) -> MetValue {
+        match verdict.value() {
+            None => MetValue::Failed,
+            Some(v) if graded => MetValue::Graded(v),
+            Some(v) if v == 0.0 || v == 1.0 => MetValue::Met(v == 1.0),
+            Some(v) => MetValue::Graded(v),
+        }
+    }
+
     /// The verdict as a number in [0,1]; `None` for a failure.
     pub fn value(self) -> Option<f64> {
         match self {
-            Verdict::Met(b) => Some(if b { 1.0 } else { 0.0 }),
-            Verdict::Graded(x) => Some(x),
-            Verdict::Failed => None,
+            MetValue::Met(b) => Some(if b { 1.0 } else { 0.0 }),
+            MetValue::Graded(x) => Some(x),
+            MetValue::Failed => None,
         }
     }
 }
@@ -34,7 +47,7 @@ pub struct GradeLine {
     pub response_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion: Option<String>,
-    pub met: Vec<Verdict>,
+    pub met: Vec<MetValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,7 +98,7 @@ pub fn read_grades(path: &Path, dataset: &Dataset) -> Result<Vec<GradeLine>, Dat
             ));
         }
         for (j, v) in g.met.iter().enumerate() {
-            if let Verdict::Graded(x) = v {
+            if let MetValue::Graded(x) = v {
                 if !(0.0..=1.0).contains(x) {
                     return Err(DataError::new(
                         path,

@@ -5,6 +5,7 @@
 
 use crate::grades::GradeLine;
 use crate::model::{Criterion, Dataset, Example};
+use crate::verdict::Verdict;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -54,17 +55,20 @@ pub struct RewardVector {
 
 /// Rewards of one response given its verdicts and the class of each criterion
 /// (from [`crate::MetaClasses::assign`]): the one verdicts -> reward-vector formula of the
-/// trainer, evaluation and the reward service. `verdicts[i] = None` means criterion `i` was
-/// not graded (e.g. only one class was asked for); the overall score and each class are
-/// defined when all their criteria were graded and they hold positive points.
+/// trainer, evaluation and the reward service. A criterion without a verdict (e.g. only one
+/// class was asked for) or with a failed one counts as not graded; the overall score and each
+/// class are defined when all their criteria were graded and they hold positive points.
 pub fn reward_vector(
     example: &Example,
     class_of: &[usize],
     n_classes: usize,
-    verdicts: &[Option<f64>],
+    verdicts: &[Verdict],
 ) -> RewardVector {
-    debug_assert_eq!(example.criteria.len(), verdicts.len());
-    let value = |i: usize| verdicts[i];
+    let mut values = vec![None; example.criteria.len()];
+    for v in verdicts {
+        values[v.criterion] = v.value();
+    }
+    let value = |i: usize| values[i];
     RewardVector {
         overall: partial_score(&example.criteria, value, |_| true),
         classes: (0..n_classes)
@@ -235,11 +239,25 @@ mod tests {
             canary: None,
             line: 1,
         };
-        let r = reward_vector(&ex, &[0, 0, 1], 3, &[Some(1.0), Some(1.0), Some(1.0)]);
+        let verdicts = |values: &[f64]| -> Vec<Verdict> {
+            values
+                .iter()
+                .enumerate()
+                .map(|(criterion, &v)| Verdict {
+                    criterion,
+                    outcome: Ok(v),
+                    explanation: String::new(),
+                    judge: "j".into(),
+                    cached: false,
+                    attempts: 1,
+                })
+                .collect()
+        };
+        let r = reward_vector(&ex, &[0, 0, 1], 3, &verdicts(&[1.0, 1.0, 1.0]));
         assert_eq!(r.overall, Some(0.5));
         assert_eq!(r.classes, vec![Some(1.0), None, None]);
         // only class 0 graded: the overall score needs every verdict
-        let r = reward_vector(&ex, &[0, 0, 1], 3, &[Some(1.0), Some(0.0), None]);
+        let r = reward_vector(&ex, &[0, 0, 1], 3, &verdicts(&[1.0, 0.0]));
         assert_eq!(r.overall, None);
         assert_eq!(r.classes, vec![Some(5.0 / 8.0), None, None]);
     }

@@ -64,6 +64,7 @@ fn service(dir: &std::path::Path) -> Arc<server::Service> {
         classes: rubric::ClassSpec::default(),
         judge: Arc::new(judge),
         judge_cached: true,
+        retries: judge::DEFAULT_RETRIES,
         objective: schedule::ObjectiveKind::Alternating,
         weights: schedule::Weights::Points,
         schedule: server::ScheduleSettings {

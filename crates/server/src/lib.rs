@@ -33,7 +33,7 @@ pub mod prompts;
 pub mod scheduler;
 
 use anyhow::Result;
-use judge::{GradeTask, Judge, JudgeFailure};
+use judge::{Judge, JudgeFailure, ToGrade};
 use rubric::{ClassSpec, Dataset, RewardVector};
 use schedule::{ObjectiveKind, Target, Weights};
 use std::path::PathBuf;
@@ -102,6 +102,8 @@ pub struct ServiceConfig {
     pub judge: Arc<dyn Judge>,
     /// Whether `judge` has a verdict cache in front (then judge calls = cache misses).
     pub judge_cached: bool,
+    /// Times a failed verdict is asked for again (the judge config's `retries`).
+    pub retries: u32,
     pub objective: ObjectiveKind,
     /// `scalarized` weights.
     pub weights: Weights,
@@ -137,6 +139,7 @@ pub struct Service {
     pub(crate) index: prompts::PromptIndex,
     pub(crate) judge: Arc<dyn Judge>,
     pub(crate) judge_cached: bool,
+    pub(crate) retries: u32,
     pub(crate) objective: Objective,
     pub(crate) scheduler: Mutex<Scheduler>,
     pub(crate) metrics: metrics::Metrics,
@@ -238,6 +241,7 @@ impl Service {
             data: task.train,
             judge: config.judge,
             judge_cached: config.judge_cached,
+            retries: config.retries,
             objective,
             scheduler: Mutex::new(scheduler),
             metrics: metrics::Metrics::default(),
@@ -272,59 +276,52 @@ impl Service {
     /// Grades completions (`(example position, text)`) in one judge batch, against their full
     /// rubrics or, with `only = Some(k)`, against class `k`'s criteria alone (the other
     /// classes and the overall score come out `None`); failed verdicts are retried as the
-    /// trainer does ([`judge::grade_with_retries`]). One reward vector or failure each, in
-    /// order.
+    /// trainer does ([`judge::grade_classes`], the one grading path). One reward vector or
+    /// failure each, in order.
     pub async fn grade(
         &self,
         items: &[(usize, &str)],
         only: Option<usize>,
     ) -> Vec<Result<RewardVector, GradeFailure>> {
-        let wanted: Vec<Vec<usize>> = items
+        let items: Vec<ToGrade<'_>> = items
             .iter()
-            .map(|&(i, _)| {
-                (0..self.data.examples[i].criteria.len())
-                    .filter(|&c| only.is_none_or(|k| self.class_of[i][c] == k))
-                    .collect()
-            })
-            .collect();
-        let tasks: Vec<GradeTask<'_>> = items
-            .iter()
-            .zip(&wanted)
-            .map(|(&(i, response), criteria)| GradeTask {
+            .map(|&(i, response)| ToGrade {
                 example: &self.data.examples[i],
+                class_of: &self.class_of[i],
                 response,
-                criteria: Some(criteria),
             })
             .collect();
-        let all: usize = items
-            .iter()
-            .map(|&(i, _)| self.data.examples[i].criteria.len())
-            .sum();
-        let asked: usize = wanted.iter().map(Vec::len).sum();
+        let all: usize = items.iter().map(|it| it.example.criteria.len()).sum();
+        let asked: usize = items.iter().map(|it| it.criteria(only).len()).sum();
         self.metrics.add_verdicts_saved((all - asked) as u64);
-        let graded = judge::grade_with_retries(&*self.judge, &tasks, judge::DEFAULT_RETRIES).await;
+        let graded = judge::grade_classes(&*self.judge, &items, only, self.retries).await;
         self.metrics.add_completions(items.len() as u64);
-        let verdicts = match graded {
-            Ok(v) => v,
+        let graded = match graded {
+            Ok(g) => g,
             Err(e) => return vec![Err(GradeFailure::Transient(e)); items.len()],
         };
         items
             .iter()
-            .enumerate()
-            .map(|(n, &(i, _))| match verdicts.failures(n).next() {
-                Some((c, e)) => {
-                    let message = format!("criterion {c}: {e}");
-                    Err(match e {
-                        JudgeFailure::NotGradable(_) => GradeFailure::NotGradable(message),
-                        _ => GradeFailure::Transient(message),
-                    })
+            .zip(&graded.verdicts)
+            .map(|(it, verdicts)| {
+                match verdicts
+                    .iter()
+                    .find_map(|v| Some((v.criterion, v.failure()?)))
+                {
+                    Some((c, e)) => {
+                        let message = format!("criterion {c}: {e}");
+                        Err(match e {
+                            JudgeFailure::NotGradable(_) => GradeFailure::NotGradable(message),
+                            _ => GradeFailure::Transient(message),
+                        })
+                    }
+                    None => Ok(rubric::score::reward_vector(
+                        it.example,
+                        it.class_of,
+                        self.class_names.len(),
+                        verdicts,
+                    )),
                 }
-                None => Ok(rubric::score::reward_vector(
-                    &self.data.examples[i],
-                    &self.class_of[i],
-                    self.class_names.len(),
-                    &verdicts.values(n),
-                )),
             })
             .collect()
     }
@@ -393,6 +390,7 @@ mod tests {
             classes: ClassSpec::default(),
             judge: Arc::new(judge::RuleJudge::new()),
             judge_cached: false,
+            retries: judge::DEFAULT_RETRIES,
             objective,
             weights,
             schedule: ScheduleSettings {

@@ -279,6 +279,7 @@ fn service(dir: &std::path::Path) -> Arc<Service> {
         classes: rubric::ClassSpec::default(),
         judge: Arc::new(judge::RuleJudge::new()),
         judge_cached: false,
+        retries: judge::DEFAULT_RETRIES,
         objective,
         weights: Weights::Points,
         schedule: ScheduleSettings {

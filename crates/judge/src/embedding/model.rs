@@ -2,7 +2,7 @@
 
 use super::EmbeddingJudgeConfig;
 use crate::text::sentences;
-use crate::{CriterionGrade, GradeTask, Judge, JudgeFailure, JudgeStats};
+use crate::{GradeTask, Judge, JudgeFailure, JudgeStats, Verdict};
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -212,7 +212,7 @@ impl Judge for EmbeddingJudge {
         format!("embedding:{}:t={:.3}", self.embedder_name(), self.threshold)
     }
 
-    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<CriterionGrade>> {
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
         let responses: Vec<String> = tasks.iter().map(|t| t.response.to_string()).collect();
         let jobs: Vec<Job> = tasks
             .iter()
@@ -255,8 +255,8 @@ impl Judge for EmbeddingJudge {
         })
         .await;
 
-        let mut out: Vec<Vec<CriterionGrade>> = tasks.iter().map(|_| Vec::new()).collect();
-        let fail = |criterion: usize, message: String| CriterionGrade {
+        let mut out: Vec<Vec<Verdict>> = tasks.iter().map(|_| Vec::new()).collect();
+        let fail = |criterion: usize, message: String| Verdict {
             criterion,
             outcome: Err(JudgeFailure::Other(message)),
             explanation: String::new(),
@@ -316,7 +316,7 @@ impl EmbeddingJudge {
         criterion: &[f32],
         sentences: &[(usize, String)],
         vectors: &[Vec<f32>],
-    ) -> CriterionGrade {
+    ) -> Verdict {
         let best = sentences
             .iter()
             .map(|(id, s)| (cosine(criterion, &vectors[*id]), s))
@@ -335,7 +335,7 @@ impl EmbeddingJudge {
                 )
             }
         };
-        CriterionGrade {
+        Verdict {
             criterion: job.criterion,
             outcome: Ok(if met { 1.0 } else { 0.0 }),
             explanation,
@@ -348,8 +348,8 @@ impl EmbeddingJudge {
     fn fail_all(
         &self,
         tasks: &[GradeTask<'_>],
-        out: &mut [Vec<CriterionGrade>],
-        fail: impl Fn(usize) -> CriterionGrade,
+        out: &mut [Vec<Verdict>],
+        fail: impl Fn(usize) -> Verdict,
     ) {
         for (ti, t) in tasks.iter().enumerate() {
             for ci in t.criterion_indices() {

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use judge::{CriterionGrade, GradeTask, HttpJudge, HttpJudgeConfig, Judge, JudgeFailure};
+use judge::{GradeTask, HttpJudge, HttpJudgeConfig, Judge, JudgeFailure, Verdict};
 use rubric::{Criterion, Example, Message};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -212,7 +212,7 @@ pub fn example(scenarios: &[&str]) -> Example {
     }
 }
 
-pub async fn grade_all(judge: &HttpJudge, ex: &Example) -> Vec<CriterionGrade> {
+pub async fn grade_all(judge: &HttpJudge, ex: &Example) -> Vec<Verdict> {
     let task = GradeTask {
         example: ex,
         response: "Hello there.",
@@ -225,7 +225,7 @@ pub async fn grade_all(judge: &HttpJudge, ex: &Example) -> Vec<CriterionGrade> {
     out.remove(0)
 }
 
-pub fn assert_exhausted(g: &CriterionGrade, attempts: u32, needle: &str) {
+pub fn assert_exhausted(g: &Verdict, attempts: u32, needle: &str) {
     match &g.outcome {
         Err(JudgeFailure::Exhausted {
             attempts: a,
