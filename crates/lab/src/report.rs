@@ -282,11 +282,7 @@ fn diagnostics(
             .filter_map(|m| m.classes.get(name)?.group_std)
             .collect();
         if !v.is_empty() {
-            writeln!(
-                r,
-                "- within-group std, {name}: {:.4}",
-                v.iter().sum::<f64>() / v.len() as f64
-            )?;
+            writeln!(r, "- within-group std, {name}: {:.4}", mean(&v))?;
         }
     }
     let sum = |f: &dyn Fn(&StepMetrics) -> f64| metrics.iter().map(f).sum::<f64>();

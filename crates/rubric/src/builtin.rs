@@ -842,7 +842,7 @@ mod tests {
                     example_score(&ex.criteria, &grade(ex, &r)).unwrap()
                 })
                 .collect();
-            v.iter().sum::<f64>() / v.len() as f64
+            crate::moments::mean(&v)
         };
         let (low, mid, high) = (
             mean(0.0, &mut rng),
@@ -865,7 +865,7 @@ mod tests {
                 .unwrap()
             })
             .collect();
-        let ideal_mean = ideal.iter().sum::<f64>() / ideal.len() as f64;
+        let ideal_mean = crate::moments::mean(&ideal);
         assert!(ideal_mean > 0.6, "{ideal_mean}");
     }
 
@@ -998,7 +998,7 @@ mod tests {
                         example_score(&ex.criteria, &grade(ex, &r)).unwrap()
                     })
                     .collect();
-                v.iter().sum::<f64>() / v.len() as f64
+                crate::moments::mean(&v)
             };
             let (low, high) = (mean(0.0), mean(1.0));
             assert!(high - low > 0.3, "{low} -> {high}");

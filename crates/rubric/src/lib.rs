@@ -13,6 +13,7 @@ pub mod grades;
 pub mod limits;
 pub mod load;
 pub mod model;
+pub mod moments;
 pub mod responses;
 pub mod runfile;
 pub mod score;

@@ -5,6 +5,7 @@
 
 use crate::grades::GradeLine;
 use crate::model::{Criterion, Dataset, Example};
+use crate::moments;
 use crate::verdict::Verdict;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,7 @@ pub struct Summary {
 pub const BOOTSTRAP_RESAMPLES: usize = 1000;
 
 fn clipped_mean(values: &[f64]) -> f64 {
-    (values.iter().sum::<f64>() / values.len() as f64).clamp(0.0, 1.0)
+    moments::mean(values).clamp(0.0, 1.0)
 }
 
 /// Clipped mean and bootstrap std, as HealthBench computes them. NaN score for no values.
@@ -110,11 +111,9 @@ pub fn summarize(values: &[f64], resamples: usize, seed: u64) -> Summary {
             (s / n as f64).clamp(0.0, 1.0)
         })
         .collect();
-    let mu = means.iter().sum::<f64>() / resamples.max(1) as f64;
-    let var = means.iter().map(|m| (m - mu).powi(2)).sum::<f64>() / resamples.max(1) as f64;
     Summary {
         score: clipped_mean(values),
-        std: var.sqrt(),
+        std: moments::mean_std(means).map_or(0.0, |(_, std)| std),
         n,
     }
 }

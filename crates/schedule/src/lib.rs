@@ -12,7 +12,8 @@
 
 pub mod objective;
 pub mod phase;
-pub mod stats;
+/// Means and standard deviations, in the lowest crate so that dataset scores use them too.
+pub use rubric::moments as stats;
 pub mod task;
 
 pub use objective::{

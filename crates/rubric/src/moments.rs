@@ -1,5 +1,6 @@
 //! Means and standard deviations: one summation order for every figure of the workspace
-//! (the trainer's diagnostics, the reports, the comparisons and studies, the reward service).
+//! (the dataset scores and their bootstrap, the trainer's diagnostics, the reports, the
+//! comparisons and studies, the reward service). `schedule::stats` is this module.
 
 /// Mean of the values (0 for none).
 pub fn mean(v: &[f64]) -> f64 {
