@@ -2,7 +2,7 @@
 //! a regime map.
 
 use anyhow::Result;
-use lab::study::{self, Grid};
+use lab::study::{self, Grid, Made};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -35,18 +35,28 @@ pub fn run(a: Args) -> Result<()> {
         a.out.display()
     );
     let quiet = a.quiet;
-    let outcome = study::run(&grid, &a.out, a.jobs, &|label, s, fresh| {
-        if fresh && !quiet {
+    let outcome = study::run(&grid, &a.out, a.jobs, &|label, s, made| {
+        let why = match made {
+            Made::Reused => return,
+            Made::Trained => String::new(),
+            Made::Retrained { was } => format!(
+                ", trained again: the folder's run was made by code {}, this is code {}",
+                was.as_deref().unwrap_or("unrecorded"),
+                lab::CODE_VERSION
+            ),
+        };
+        if !quiet {
             eprintln!(
-                "done {label}: validation {:.3}, test {:.3} ({:.1} s)",
+                "done {label}: validation {:.3}, test {:.3} ({:.1} s){why}",
                 s.val_final, s.test_final, s.wall_s
             );
         }
     })?;
     let headline = study::write_report(&a.out, &grid, &outcome)?;
     outln!(
-        "{headline}trained {} run(s), reused {} in {:.0} s\nreport {}",
+        "{headline}trained {} run(s) ({} replacing runs made by other code), reused {} in {:.0} s\nreport {}",
         outcome.trained,
+        outcome.retrained,
         outcome.reused,
         outcome.wall_s,
         a.out.join("report.md").display()

@@ -1,6 +1,7 @@
 //! `arlrr study` through the real binary: a small grid (categorical policy, 2 seeds, 2
 //! regimes) writes the regime map; killed mid-way and run again, it finishes without redoing
-//! the runs that had finished; a bad grid is a one-line error naming the file and field.
+//! the runs that had finished, and a run made by other code is trained again, saying why; a bad
+//! grid is a one-line error naming the file and field.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -111,8 +112,56 @@ fn a_killed_study_resumes_without_redoing_finished_runs() {
 
     // a third run changes nothing and trains nothing
     let again = args("2").output().unwrap();
-    assert!(String::from_utf8_lossy(&again.stdout).contains("trained 0 run(s), reused 12"));
+    assert!(
+        String::from_utf8_lossy(&again.stdout)
+            .contains("trained 0 run(s) (0 replacing runs made by other code), reused 12"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     assert_eq!(summaries(&out), after);
+
+    // runs made by other code (another code version, or none recorded) are trained again from
+    // the start, and the study says why; the others are reused
+    let code = |p: &Path| p.parent().unwrap().join("study-code.txt");
+    let this_code = std::fs::read_to_string(code(&after[0].0)).unwrap();
+    assert_eq!(this_code.len(), 16, "{this_code}");
+    std::fs::write(code(&after[0].0), "0123456789abcdef").unwrap();
+    std::fs::remove_file(code(&after[1].0)).unwrap();
+    let fourth = args("2").output().unwrap();
+    ok(&fourth);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&fourth.stdout),
+        String::from_utf8_lossy(&fourth.stderr),
+    );
+    assert!(
+        stdout.contains("trained 2 run(s) (2 replacing runs made by other code), reused 10"),
+        "{stdout}"
+    );
+    for was in ["0123456789abcdef", "unrecorded"] {
+        let why = format!(
+            "trained again: the folder's run was made by code {was}, this is code {this_code}"
+        );
+        assert!(stderr.contains(&why), "{why}\n{stderr}");
+    }
+    let fifth = summaries(&out);
+    for (i, (a, b)) in after.iter().zip(&fifth).enumerate() {
+        let figures = |s: &str| {
+            let v: serde_json::Value = serde_json::from_str(s).unwrap();
+            (v["val_final"].clone(), v["test_final"].clone())
+        };
+        assert_eq!(figures(&a.2), figures(&b.2), "{}", a.0.display());
+        assert_eq!(
+            a.1 != b.1,
+            i < 2,
+            "{} retrained: {}",
+            a.0.display(),
+            a.1 != b.1
+        );
+        assert_eq!(std::fs::read_to_string(code(&b.0)).unwrap(), this_code);
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains(&format!("(code {this_code})")), "{report}");
+    assert!(report.contains("trained 2 run(s) (2 of them replacing runs made by other code)"));
 }
 
 #[test]

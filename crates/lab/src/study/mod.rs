@@ -91,8 +91,10 @@ pub struct Cell {
 
 pub struct StudyOutcome {
     pub cells: Vec<Cell>,
-    /// Runs this invocation trained (the others were finished before).
+    /// Runs this invocation trained (the others were finished before by this code).
     pub trained: usize,
+    /// Of those, runs that replaced a run made by other code.
+    pub retrained: usize,
     pub reused: usize,
     pub wall_s: f64,
     pub jobs: usize,
@@ -145,7 +147,7 @@ pub fn run(
     grid: &Grid,
     out: &Path,
     jobs: usize,
-    on_run: &(dyn Fn(&str, &RunSummary, bool) + Sync),
+    on_run: &(dyn Fn(&str, &RunSummary, &Made) + Sync),
 ) -> Result<StudyOutcome> {
     let started = Instant::now();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -164,7 +166,7 @@ pub fn run(
     let mut warm = grid.base.clone();
     warm.data.builtin = false;
     arl::setup::prepare(&mut warm, |_| {})?;
-    let counts = Mutex::new((0usize, 0usize));
+    let counts = Mutex::new((0usize, 0usize, 0usize));
     let cells: Vec<(usize, usize)> = (0..grid.regimes.len())
         .flat_map(|r| (0..grid.methods.len()).map(move |m| (r, m)))
         .collect();
@@ -198,14 +200,27 @@ pub fn run(
     }
 
     let cells = make_cells(grid, &cells, &chosen, &results);
-    let (trained, reused) = *counts.lock().unwrap();
+    let (trained, retrained, reused) = *counts.lock().unwrap();
     Ok(StudyOutcome {
         cells,
         trained,
+        retrained,
         reused,
         wall_s: started.elapsed().as_secs_f64(),
         jobs,
     })
+}
+
+/// How a run's summary came to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Made {
+    /// Finished before, by this code.
+    Reused,
+    /// Trained now (resumed from its checkpoint when it had one).
+    Trained,
+    /// Trained now from the start, replacing a run made by other code (`was`: that code's
+    /// version, or `None` when the run recorded none).
+    Retrained { was: Option<String> },
 }
 
 /// Summaries by (regime, method, learning rate, seed) index.
@@ -284,8 +299,8 @@ fn execute(
     out: &Path,
     keys: &[RunKey],
     jobs: usize,
-    counts: &Mutex<(usize, usize)>,
-    on_run: &(dyn Fn(&str, &RunSummary, bool) + Sync),
+    counts: &Mutex<(usize, usize, usize)>,
+    on_run: &(dyn Fn(&str, &RunSummary, &Made) + Sync),
 ) -> Result<Vec<RunSummary>> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -303,15 +318,15 @@ fn execute(
                 let r = finished_or_train(grid, k, &dir)
                     .with_context(|| format!("study run {} ({})", grid.label(k), dir.display()));
                 match &r {
-                    Ok((s, fresh)) => {
+                    Ok((s, made)) => {
                         let mut c = counts.lock().unwrap();
-                        if *fresh {
-                            c.0 += 1;
-                        } else {
-                            c.1 += 1;
+                        match made {
+                            Made::Reused => c.2 += 1,
+                            Made::Trained => c.0 += 1,
+                            Made::Retrained { .. } => (c.0, c.1) = (c.0 + 1, c.1 + 1),
                         }
                         drop(c);
-                        on_run(&grid.label(k), s, *fresh);
+                        on_run(&grid.label(k), s, made);
                     }
                     Err(_) => failed.store(true, Ordering::SeqCst),
                 }
@@ -329,9 +344,10 @@ fn execute(
     Ok(outs)
 }
 
-/// The run's summary: read back when it finished before, else trained (resumed from its last
-/// checkpoint when it has one) and summarized. `true` = trained now.
-fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, bool)> {
+/// The run's summary: read back when it finished before by this code, else trained (resumed
+/// from its last checkpoint when this code made it) and summarized. A folder made by other
+/// code (its `study-code.txt` differs, or it has none) is trained again from the start.
+fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, Made)> {
     let summary = dir.join("summary.json");
     // a run folder belongs to one config: a changed grid must not reuse or resume it
     let cfg = grid.run_config(
@@ -348,11 +364,22 @@ fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, 
             bail!("the folder holds a run of a different config (the grid changed since); give the study a new --out or delete the folder");
         }
     }
+    let code_stamp = dir.join("study-code.txt");
+    let mut made = Made::Trained;
+    if dir.exists() {
+        let was = std::fs::read_to_string(&code_stamp)
+            .ok()
+            .map(|c| c.trim().to_string());
+        if was.as_deref() != Some(crate::CODE_VERSION) {
+            std::fs::remove_dir_all(dir)?; // made by other code: neither reused nor resumed
+            made = Made::Retrained { was };
+        }
+    }
     if summary.exists() {
         let text = std::fs::read_to_string(&summary)?;
         let s = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a run summary", summary.display()))?;
-        return Ok((s, false));
+        return Ok((s, Made::Reused));
     }
     let t = Instant::now();
     let mut trainer = if arl::checkpoint::latest(dir)?.is_some() {
@@ -363,6 +390,7 @@ fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, 
         }
         std::fs::create_dir_all(dir)?;
         runfile::write_atomic(&stamp, fingerprint.as_bytes())?;
+        runfile::write_atomic(&code_stamp, crate::CODE_VERSION.as_bytes())?;
         let mut cfg = cfg;
         arl::setup::prepare(&mut cfg, |_| {})?;
         Trainer::new(cfg.clone(), Parts::from_config(&cfg)?)?
@@ -370,7 +398,7 @@ fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, 
     crate::report::write_run(&trainer.run(|_| {})?)?;
     let s = summarize(dir, k.seed, grid.lrs[k.lr], t.elapsed().as_secs_f64())?;
     runfile::write_atomic(&summary, serde_json::to_string(&s)?.as_bytes())?;
-    Ok((s, true))
+    Ok((s, made))
 }
 
 /// Reads the figures of a finished run from its files.

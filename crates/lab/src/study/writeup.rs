@@ -157,11 +157,15 @@ fn header(r: &mut String, v: &View, outcome: &StudyOutcome) -> Result<()> {
     writeln!(
         r,
         "Reproduce: `arlrr study --grid {}`. The kept runs' own wall times sum to {:.0} s \
-         (tuning runs at other rates not counted). The invocation that wrote this report \
-         trained {} run(s) and reused {} finished before, in {:.0} s wall, {} at a time.\n",
+         (tuning runs at other rates not counted). Every run was made by commit {} (code {}). \
+         The invocation that wrote this report trained {} run(s) ({} of them replacing runs \
+         made by other code) and reused {} finished before, in {:.0} s wall, {} at a time.\n",
         grid.path.display(),
         run_s,
+        crate::COMMIT,
+        crate::CODE_VERSION,
         outcome.trained,
+        outcome.retrained,
         outcome.reused,
         outcome.wall_s,
         outcome.jobs
