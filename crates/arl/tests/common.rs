@@ -82,3 +82,23 @@ bootstrap = 100
 pub fn config(dir: &Path, rubric: &str, vocab: &str, extra: &str) -> TrainConfig {
     TrainConfig::from_toml(&base_toml(dir, rubric, vocab, extra)).unwrap()
 }
+
+/// The shipped configs (`configs/*.toml`), split into run configs
+/// and study grids (those with a `[study]` table).
+pub fn shipped_configs() -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let (mut runs, mut grids) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let table: toml::Table = toml::from_str(&text).unwrap();
+            if table.contains_key("study") {
+                grids.push(path);
+            } else {
+                runs.push(path);
+            }
+        }
+    }
+    (runs, grids)
+}

@@ -176,24 +176,14 @@ fn the_example_config_parses_and_round_trips() {
 
 #[test]
 fn every_shipped_run_config_parses_and_round_trips() {
-    // run configs round-trip; study grids parse, with every run config they make
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            let table: toml::Table = toml::from_str(&text).unwrap();
-            if table.contains_key("study") {
-                continue; // a study grid: crates/lab/tests/study.rs checks it
-            }
-            let cfg = TrainConfig::from_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
-            let again = TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap();
-            assert_eq!(cfg, again, "{}", path.display());
-            n += 1;
-        }
+    // run configs round-trip; study grids: crates/lab/tests/study.rs
+    let (runs, _) = common::shipped_configs();
+    for path in &runs {
+        let cfg = TrainConfig::from_file(path).unwrap_or_else(|e| panic!("{e:#}"));
+        let again = TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap();
+        assert_eq!(cfg, again, "{}", path.display());
     }
-    assert!(n >= 5, "{n} configs");
+    assert!(runs.len() >= 5, "{} configs", runs.len())
 }
 
 #[test]

@@ -427,7 +427,7 @@ fn grade_fails_when_every_verdict_failed_and_strict_on_any() {
     assert_eq!(read_jsonl(out)[0]["met"], json!([false, false, null]));
 }
 
-/// Issue 30: `arlrr grade` goes through the one grading path, so a failed verdict is asked for
+/// `arlrr grade` goes through the one grading path, so a failed verdict is asked for
 /// again with the judge config's `retries` (default 2): an HTTP judge that fails its first
 /// request (and does not retry the request itself) still yields the verdict. With
 /// `retries = 0` the same failure is written as `null` and counted, never as 0 or 1.
