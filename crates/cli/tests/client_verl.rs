@@ -433,5 +433,20 @@ async fn service_gdpo_with_group_size_equals_one_request_with_the_whole_group() 
         .map(|c| expected(&whole, c))
         .collect();
     assert!(want.iter().any(|w| w["score"] != json!(0.0)), "{want:?}");
-    assert_eq!(got, want);
+    // the collected group is normalized in the order its members arrived, so the score's sums
+    // may differ from the one request's in the last bit; every other field is exact
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        let (gs, ws) = (g["score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
+        assert!(
+            (gs - ws).abs() <= 1e-12 * ws.abs().max(1.0),
+            "{got:?}\n{want:?}"
+        );
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("score");
+            v
+        };
+        assert_eq!(strip(g), strip(w));
+    }
 }
