@@ -47,8 +47,14 @@ pub struct RunConfig {
     pub dir: PathBuf,
     /// Seeds prompt sampling, generation and the bootstrap; the same seed gives the same run.
     pub seed: u64,
-    /// Rollout steps (each: one batch of prompts, `grpo.ppo_epochs` optimizer steps).
+    /// Rollout steps (each: one batch of prompts, `grpo.ppo_epochs` optimizer steps); with
+    /// `verdict_budget` the most steps the run may take.
     pub steps: u64,
+    /// Judge verdicts the run may spend on training and selection (validation and test not
+    /// counted): the run stops after the step that reaches it, or at `steps`, whichever comes
+    /// first; validation and test then score that step's policy. 0 = no budget.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub verdict_budget: u64,
     /// Write a checkpoint every this many steps (and at the end); 0 = only at the end.
     pub checkpoint_every: u64,
     /// Checkpoints kept on disk (oldest removed first); 0 keeps all.
@@ -61,10 +67,15 @@ impl Default for RunConfig {
             dir: PathBuf::from("runs/arlrr"),
             seed: 0,
             steps: 100,
+            verdict_budget: 0,
             checkpoint_every: 10,
             keep_checkpoints: 2,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `[data]`.

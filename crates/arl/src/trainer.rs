@@ -218,6 +218,9 @@ pub struct Trainer {
     /// `[judge.noise]`, and its tally over the steps written so far.
     noise: Option<Noise>,
     noise_total: Confusion,
+    /// Judge verdicts spent on training and selection by the steps written so far
+    /// (`run.verdict_budget`); on resume summed from `metrics.jsonl`.
+    spent: u64,
     metrics: Jsonl,
     schedule: Jsonl,
     evals: Jsonl,
@@ -283,6 +286,7 @@ impl Trainer {
         for m in written.iter().filter_map(|m| m.judge_noise) {
             t.noise_total = t.noise_total.plus(m.step);
         }
+        t.spent = written.iter().map(|m| m.train_verdicts).sum();
         t.schedule.truncate(t.state.schedule_lines)?;
         t.evals.truncate(t.state.eval_lines)?;
         Ok(t)
@@ -311,6 +315,7 @@ impl Trainer {
         Ok(Trainer {
             noise,
             noise_total: Confusion::default(),
+            spent: 0,
             metrics: Jsonl::open(&run_dir.join("metrics.jsonl"))?,
             schedule: Jsonl::open(&run_dir.join("schedule.jsonl"))?,
             evals: Jsonl::open(&run_dir.join("eval.jsonl"))?,
@@ -345,10 +350,10 @@ impl Trainer {
         &self.data.classes.names
     }
 
-    /// Runs the remaining steps, calling `on_step` after each; writes a checkpoint at the end
-    /// and returns the run's records (the `lab` crate writes `report.md` from them).
+    /// Runs the remaining steps (until `run.steps`, or until `run.verdict_budget` is spent),
+    /// calling `on_step` after each; writes a checkpoint at the end and returns the run's
+    /// records (the `lab` crate writes `report.md` from them).
     pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> Result<RunData> {
-        let total = self.config.run.steps;
         if self.state.step == 0 && self.evals.lines == 0 {
             let v = self.validate()?; // the starting policy, for the report's comparison
             append_eval(
@@ -358,7 +363,7 @@ impl Trainer {
             )?;
             self.test_split(0)?;
         }
-        while self.state.step < total {
+        while !self.finished() {
             let mut time = Timing::default();
             let judge_before = self.judge.stats();
             if let Some(n) = &self.noise {
@@ -393,11 +398,14 @@ impl Trainer {
             let only = self.graded_class();
             let stepped = self.grpo_step(&target, only, &mut time)?;
             self.state.step += 1;
+            let stepped_verdicts = self.judge.stats().verdicts - judge_before.verdicts;
+            self.spent += stepped_verdicts; // `finished` from here on counts this step
 
             // 3. `end_flat` (no spread left) or the phase guard (a drop on the fixed batch)
             // may end the phase before its length
             self.end_phase_early(zero_spread_share(&stepped.adv), &mut time)?;
             let train_verdicts = self.judge.stats().verdicts - judge_before.verdicts;
+            self.spent += train_verdicts - stepped_verdicts; // the guard's
 
             // 4. validation, metrics, checkpoint
             let val = self.validate_if_due(&mut time)?;
@@ -408,7 +416,7 @@ impl Trainer {
             m.time_s = time;
             self.write_step(&m, true, &mut on_step)?;
         }
-        self.test_split(total)?;
+        self.test_split(self.state.step)?;
         Ok(RunData {
             dir: self.run_dir.clone(),
             config: self.config.clone(),
@@ -427,7 +435,7 @@ impl Trainer {
         }
         let (step, phases) = (self.state.step, &self.config.phases);
         self.state.phase.note_flat(phases, share);
-        if step >= self.config.run.steps || self.state.phase.boundary(step, phases) {
+        if self.finished() || self.state.phase.boundary(step, phases) {
             return Ok(());
         }
         if self.state.phase.check_flat(phases, step) || !self.guarding() {
@@ -446,7 +454,7 @@ impl Trainer {
     fn validate_if_due(&mut self, time: &mut Timing) -> Result<Option<EvalReport>> {
         let (step, every) = (self.state.step, self.config.eval.every);
         let due = every > 0 && step.is_multiple_of(every);
-        if !due && step != self.config.run.steps {
+        if !due && !self.finished() {
             return Ok(None);
         }
         let t = Instant::now();
@@ -523,7 +531,7 @@ impl Trainer {
         self.state.metrics_lines += 1;
         on_step(m);
         let (step, every) = (self.state.step, self.config.run.checkpoint_every);
-        let due = (every > 0 && step.is_multiple_of(every)) || step == self.config.run.steps;
+        let due = (every > 0 && step.is_multiple_of(every)) || self.finished();
         if checkpoint && due {
             self.checkpoint()?;
         }
@@ -552,6 +560,7 @@ impl Trainer {
         for (i, k) in kept.steps.into_iter().enumerate() {
             self.state.step += 1;
             let mut m = k.metrics;
+            self.spent += m.train_verdicts;
             (m.step, m.phase) = (self.state.step, self.state.phase.index);
             m.active_class = self.active_class_name();
             if i == 0 {
@@ -1042,6 +1051,17 @@ impl Trainer {
         Ok(())
     }
 
+    /// The run has taken `run.steps` steps, or spent its `run.verdict_budget`.
+    pub fn finished(&self) -> bool {
+        let budget = self.config.run.verdict_budget;
+        self.state.step >= self.config.run.steps || (budget > 0 && self.spent >= budget)
+    }
+
+    /// Judge verdicts spent on training and selection so far.
+    pub fn verdicts_spent(&self) -> u64 {
+        self.spent
+    }
+
     pub(crate) fn alternating(&self) -> bool {
         self.config.objective.kind == ObjectiveKind::Alternating
     }
@@ -1091,10 +1111,17 @@ impl Trainer {
     }
 
     /// The learning rate of each optimizer step of the next GRPO step (one per PPO epoch):
-    /// computed once per step.
+    /// computed once per step. The schedule spans `run.steps`, or with `run.verdict_budget`
+    /// the optimizer steps the budget buys at the run's spend per step so far, if fewer.
     fn step_lrs(&self) -> Vec<f64> {
         let epochs = self.config.grpo.ppo_epochs as u64;
-        let (t, total) = (self.state.optimizer_steps, self.config.run.steps * epochs);
+        let (t, mut total) = (self.state.optimizer_steps, self.config.run.steps * epochs);
+        let budget = self.config.run.verdict_budget;
+        if budget > 0 && self.spent > 0 && t > 0 {
+            // the schedule spans the budget: the optimizer steps it buys at the spend so far
+            let projected = (t as f64 * budget as f64 / self.spent as f64).ceil() as u64;
+            total = total.min(projected.max(t + epochs));
+        }
         (0..epochs)
             .map(|e| self.config.optim.lr_at(t + e, total))
             .collect()

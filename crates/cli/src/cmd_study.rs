@@ -24,14 +24,17 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let grid = Grid::from_file(&a.grid)?;
+    let per_run = match grid.budget {
+        0 => format!("{} steps per run", grid.steps),
+        b => format!("{b} judge verdicts per run (at most {} steps)", grid.steps),
+    };
     eprintln!(
-        "study {}: {} regimes × {} methods, {} seeds, {} learning rates, {} steps per run → {}",
+        "study {}: {} regimes × {} methods, {} seeds, {} learning rates, {per_run} → {}",
         a.grid.display(),
         grid.regimes.len(),
         grid.methods.len(),
         grid.seeds,
         grid.lrs.len(),
-        grid.steps,
         a.out.display()
     );
     let quiet = a.quiet;

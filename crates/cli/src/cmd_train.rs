@@ -26,6 +26,10 @@ pub struct Args {
     /// Override `run.steps` (e.g. a quick smoke run of a config).
     #[arg(long, conflicts_with = "resume")]
     pub steps: Option<u64>,
+    /// Override `run.verdict_budget`: stop once this many judge verdicts are spent on
+    /// training and selection (`run.steps` stays the most steps the run may take).
+    #[arg(long, conflicts_with = "resume")]
+    pub verdict_budget: Option<u64>,
     /// Override `warm_start.steps`, the supervised fine-tuning steps of the warm start.
     #[arg(long, conflicts_with = "resume")]
     pub sft_steps: Option<u64>,
@@ -139,6 +143,9 @@ pub fn run(a: Args) -> Result<()> {
             if let Some(s) = a.steps {
                 cfg.run.steps = s;
             }
+            if let Some(b) = a.verdict_budget {
+                cfg.run.verdict_budget = b;
+            }
             if let (Some(s), Some(w)) = (a.sft_steps, &mut cfg.warm_start) {
                 w.steps = s;
             }
@@ -155,7 +162,12 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(dir)) => Trainer::resume(dir)?,
         (None, None) => unreachable!("a config or a run to resume"),
     };
-    let total = trainer.config.run.steps;
+    // with a verdict budget the bar counts verdicts, else steps
+    let budget = trainer.config.run.verdict_budget;
+    let (total, at) = match budget {
+        0 => (trainer.config.run.steps, trainer.state.step),
+        b => (b, trainer.verdicts_spent().min(b)),
+    };
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {
@@ -165,10 +177,12 @@ pub fn run(a: Args) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
             .expect("a valid template"),
     );
-    bar.set_position(trainer.state.step);
+    bar.set_position(at);
     let mut last_val = None;
+    let mut spent = at;
     let finished = trainer.run(|m| {
-        bar.set_position(m.step);
+        spent += m.train_verdicts;
+        bar.set_position(if budget > 0 { spent.min(budget) } else { m.step });
         if let Some(v) = &m.val {
             last_val = Some(v.overall.score);
             if a.quiet {
@@ -184,8 +198,13 @@ pub fn run(a: Args) -> Result<()> {
                 m.step
             ));
         }
+        let at_step = if budget > 0 {
+            format!("step {} ", m.step)
+        } else {
+            String::new()
+        };
         bar.set_message(format!(
-            "{} r={:.3} val={} zero-spread={:.2} judge={}",
+            "{at_step}{} r={:.3} val={} zero-spread={:.2} judge={}",
             m.active_class.as_deref().unwrap_or("-"),
             m.overall.mean.unwrap_or(f64::NAN),
             last_val.map_or("-".into(), |v: f64| format!("{v:.3}")),

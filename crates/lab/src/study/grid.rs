@@ -32,8 +32,14 @@ struct StudySection {
     base: PathBuf,
     methods: Vec<String>,
     seeds: u64,
+    #[serde(default)]
+    first_seed: u64,
     steps: u64,
+    #[serde(default)]
+    budget: u64,
     lrs: Vec<f64>,
+    #[serde(default = "two")]
+    widen: usize,
     #[serde(default)]
     tune_seeds: u64,
     #[serde(default)]
@@ -44,6 +50,10 @@ struct StudySection {
 
 fn yes() -> bool {
     true
+}
+
+fn two() -> usize {
+    2
 }
 
 /// `[variants]`: the parameters of the ARL-RR variants, shared by every method using them.
@@ -174,11 +184,20 @@ pub struct Grid {
     pub base: TrainConfig,
     pub regimes: Vec<Regime>,
     pub methods: Vec<StudyMethod>,
+    /// Seeds per cell: `first_seed`, `first_seed + 1`, …
     pub seeds: u64,
+    pub first_seed: u64,
     /// Seeds (the first ones) each learning rate is tried on before the best is kept.
     pub tune_seeds: u64,
+    /// Steps per run; with a `budget`, the most a run may take.
     pub steps: u64,
+    /// Judge verdicts (training and selection) per run, 0 = none: every run stops once it has
+    /// spent them (`run.verdict_budget`), so methods compare at equal judge cost.
+    pub budget: u64,
+    /// The learning rates every method is tuned over (before widening).
     pub lrs: Vec<f64>,
+    /// Rates the tuning may add on each side of `lrs` while a kept rate lies on its edge.
+    pub widen: usize,
     /// Runs at once (0 = the core count).
     pub jobs: usize,
     pub grade_active_class_only: bool,
@@ -210,13 +229,16 @@ impl Grid {
             regimes,
             methods,
             seeds: s.seeds,
+            first_seed: s.first_seed,
             tune_seeds: if s.tune_seeds == 0 {
                 s.seeds
             } else {
                 s.tune_seeds
             },
             steps: s.steps,
+            budget: s.budget,
             lrs: s.lrs.clone(),
+            widen: s.widen,
             jobs: s.jobs,
             grade_active_class_only: s.grade_active_class_only,
             variants: file.variants,
@@ -247,6 +269,7 @@ impl Grid {
         cfg.run.dir = dir.to_path_buf();
         cfg.run.seed = seed;
         cfg.run.steps = self.steps;
+        cfg.run.verdict_budget = self.budget;
         cfg.optim.lr = lr;
         for o in &regime.overrides {
             o.apply(&mut cfg);

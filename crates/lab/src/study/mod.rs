@@ -82,9 +82,13 @@ pub struct DecisionEvidence {
 pub struct Cell {
     pub regime: usize,
     pub method: usize,
-    /// The learning rate kept, and the mean final validation score of each candidate.
+    /// The learning rate kept, and the mean final validation score of each candidate (its
+    /// regime's rates, the widened ones included, in increasing order).
     pub lr: f64,
     pub lr_scores: Vec<(f64, f64)>,
+    /// The kept rate is still the lowest or highest its regime tried: widening reached
+    /// `study.widen` on that side.
+    pub at_cap: bool,
     /// The kept rate's runs, one per seed.
     pub runs: Vec<RunSummary>,
 }
@@ -126,6 +130,10 @@ impl Grid {
             "paired_samples": m.has("paired").then_some(self.variants.paired_samples),
             "anchor": m.has("anchored").then_some(self.variants.anchor),
         });
+        let mut what = what;
+        if self.budget > 0 {
+            what["budget"] = self.budget.into(); // absent otherwise: older runs keep theirs
+        }
         h.update(what.to_string().as_bytes());
         Ok(format!("{:x}", h.finalize()))
     }
@@ -143,6 +151,11 @@ impl Grid {
 
 /// Runs the grid into `out` (resuming what an earlier invocation left), `jobs` runs at a
 /// time (0 = the grid's `jobs`, else the core count). `on_run` hears each finished run.
+///
+/// Tuning: every rate on the tuning seeds; where any method's best rate lies on an edge of
+/// its regime's rates, that regime gets a further rate on that side for every method (a
+/// grid step beyond, at most `study.widen` per side), until every kept rate is interior or
+/// the cap is reached. Then the kept rate's runs on the other seeds.
 pub fn run(
     grid: &Grid,
     out: &Path,
@@ -171,22 +184,31 @@ pub fn run(
         .flat_map(|r| (0..grid.methods.len()).map(move |m| (r, m)))
         .collect();
 
-    // 1. every learning rate on the tuning seeds
-    let first = tuning_keys(grid, &cells, tune);
-    let done = execute(grid, out, &first, jobs, &counts, on_run)?;
-    let mut results: Results = first
-        .iter()
-        .zip(done)
-        .map(|(k, s)| ((k.regime, k.method, k.lr, k.seed), s))
-        .collect();
+    // 1. every rate on the tuning seeds, widening the rates while a kept one is on an edge
+    let mut grid = grid.clone(); // its `lrs` grow by the widened rates
+    let mut tuning = Tuning::new(&grid);
+    let mut results = Results::new();
+    let chosen = loop {
+        let keys: Vec<RunKey> = tuning_keys(&grid, &cells, &tuning.tried, tune)
+            .into_iter()
+            .filter(|k| !results.contains_key(&(k.regime, k.method, k.lr, k.seed)))
+            .collect();
+        let done = execute(&grid, out, &keys, jobs, &counts, on_run)?;
+        for (k, s) in keys.iter().zip(done) {
+            results.insert((k.regime, k.method, k.lr, k.seed), s);
+        }
+        let chosen = choose_rates(&grid, &cells, &tuning.tried, tune, &results);
+        if !tuning.widen(&mut grid, &chosen) {
+            break chosen;
+        }
+    };
 
     // 2. the rest of the seeds at the rate that scored best on validation
-    let chosen = choose_rates(grid, &cells, tune, &results);
     let second: Vec<RunKey> = cells
         .iter()
         .flat_map(|&(regime, method)| {
             let lr = chosen[&(regime, method)].0;
-            (tune..grid.seeds).map(move |seed| RunKey {
+            (grid.first_seed + tune..grid.first_seed + grid.seeds).map(move |seed| RunKey {
                 regime,
                 method,
                 lr,
@@ -194,12 +216,12 @@ pub fn run(
             })
         })
         .collect();
-    let done = execute(grid, out, &second, jobs, &counts, on_run)?;
+    let done = execute(&grid, out, &second, jobs, &counts, on_run)?;
     for (k, s) in second.iter().zip(done) {
         results.insert((k.regime, k.method, k.lr, k.seed), s);
     }
 
-    let cells = make_cells(grid, &cells, &chosen, &results);
+    let cells = make_cells(&grid, &cells, &tuning, &chosen, &results);
     let (trained, retrained, reused) = *counts.lock().unwrap();
     Ok(StudyOutcome {
         cells,
@@ -225,16 +247,101 @@ pub enum Made {
 
 /// Summaries by (regime, method, learning rate, seed) index.
 type Results = BTreeMap<(usize, usize, usize, u64), RunSummary>;
-/// By (regime, method): the kept learning rate's index and every rate's mean validation score.
-type Chosen = BTreeMap<(usize, usize), (usize, Vec<f64>)>;
+/// By (regime, method): the kept learning rate's index and every tried rate's index and mean
+/// validation score, in increasing rate order.
+type Chosen = BTreeMap<(usize, usize), (usize, Vec<(usize, f64)>)>;
 
-/// Every (regime, method) cell at every learning rate on the `tune` tuning seeds.
-fn tuning_keys(grid: &Grid, cells: &[(usize, usize)], tune: u64) -> Vec<RunKey> {
+/// The rates each regime tries (indices into the grid's `lrs`, which widening extends).
+struct Tuning {
+    /// Per regime, in increasing rate order.
+    tried: Vec<Vec<usize>>,
+    /// Per regime, rates added below and above the grid's.
+    added: Vec<(usize, usize)>,
+    /// The grid's spacing: the factor between neighbouring rates (geometric mean).
+    factor: f64,
+}
+
+impl Tuning {
+    fn new(grid: &Grid) -> Tuning {
+        let mut order: Vec<usize> = (0..grid.lrs.len()).collect();
+        order.sort_by(|&a, &b| grid.lrs[a].total_cmp(&grid.lrs[b]));
+        let (lo, hi) = (grid.lrs[order[0]], grid.lrs[order[order.len() - 1]]);
+        let factor = if order.len() > 1 && hi > lo {
+            (hi / lo).powf(1.0 / (order.len() - 1) as f64)
+        } else {
+            1.0
+        };
+        Tuning {
+            tried: vec![order; grid.regimes.len()],
+            added: vec![(0, 0); grid.regimes.len()],
+            factor,
+        }
+    }
+
+    /// Adds a rate beyond each edge of a regime's rates that some method kept, while that
+    /// side is under `grid.widen`; whether any was added.
+    fn widen(&mut self, grid: &mut Grid, chosen: &Chosen) -> bool {
+        if self.factor <= 1.0 {
+            return false; // one rate: nothing is tuned
+        }
+        let mut widened = false;
+        for r in 0..self.tried.len() {
+            let kept: Vec<usize> = (0..grid.methods.len())
+                .map(|m| chosen[&(r, m)].0)
+                .collect();
+            let (lo, hi) = (self.tried[r][0], *self.tried[r].last().expect("a rate"));
+            let mut add = |rate: f64, lrs: &mut Vec<f64>| {
+                let rate = three_digits(rate);
+                let i = match lrs.iter().position(|&x| x == rate) {
+                    Some(i) => i,
+                    None => {
+                        lrs.push(rate);
+                        lrs.len() - 1
+                    }
+                };
+                self.tried[r].push(i);
+                widened = true;
+            };
+            if kept.contains(&lo) && self.added[r].0 < grid.widen {
+                add(grid.lrs[lo] / self.factor, &mut grid.lrs);
+                self.added[r].0 += 1;
+            }
+            if kept.contains(&hi) && self.added[r].1 < grid.widen {
+                add(grid.lrs[hi] * self.factor, &mut grid.lrs);
+                self.added[r].1 += 1;
+            }
+            let lrs = &grid.lrs;
+            self.tried[r].sort_by(|&a, &b| lrs[a].total_cmp(&lrs[b]));
+        }
+        widened
+    }
+
+    /// The kept rate `lr` lies on an edge of regime `r`'s rates (after all widening).
+    fn on_edge(&self, r: usize, lr: usize) -> bool {
+        self.factor > 1.0 && (self.tried[r][0] == lr || self.tried[r].last() == Some(&lr))
+    }
+}
+
+/// `x` to three significant digits (a widened rate's folder name stays short).
+fn three_digits(x: f64) -> f64 {
+    format!("{x:.2e}").parse().expect("a formatted number")
+}
+
+/// Every (regime, method) cell at each of its regime's `tried` rates on the `tune` tuning
+/// seeds.
+fn tuning_keys(
+    grid: &Grid,
+    cells: &[(usize, usize)],
+    tried: &[Vec<usize>],
+    tune: u64,
+) -> Vec<RunKey> {
+    let seeds = grid.first_seed..grid.first_seed + tune;
     cells
         .iter()
         .flat_map(|&(regime, method)| {
-            (0..grid.lrs.len()).flat_map(move |lr| {
-                (0..tune).map(move |seed| RunKey {
+            let seeds = seeds.clone();
+            tried[regime].iter().flat_map(move |&lr| {
+                seeds.clone().map(move |seed| RunKey {
                     regime,
                     method,
                     lr,
@@ -245,20 +352,30 @@ fn tuning_keys(grid: &Grid, cells: &[(usize, usize)], tune: u64) -> Vec<RunKey> 
         .collect()
 }
 
-/// Each cell's learning rate with the best mean final validation score on the tuning seeds.
-fn choose_rates(grid: &Grid, cells: &[(usize, usize)], tune: u64, results: &Results) -> Chosen {
+/// Each cell's learning rate with the best mean final validation score on the tuning seeds
+/// (the lower rate on a tie).
+fn choose_rates(
+    grid: &Grid,
+    cells: &[(usize, usize)],
+    tried: &[Vec<usize>],
+    tune: u64,
+    results: &Results,
+) -> Chosen {
+    let seeds = grid.first_seed..grid.first_seed + tune;
     let mut chosen = Chosen::new();
     for &(r, m) in cells {
-        let scores: Vec<f64> = (0..grid.lrs.len())
-            .map(|lr| {
-                let v: Vec<f64> = (0..tune)
+        let scores: Vec<(usize, f64)> = tried[r]
+            .iter()
+            .map(|&lr| {
+                let v: Vec<f64> = seeds
+                    .clone()
                     .map(|s| results[&(r, m, lr, s)].val_final)
                     .collect();
-                mean(&v)
+                (lr, mean(&v))
             })
             .collect();
-        let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
-        chosen.insert((r, m), (best, scores));
+        let best = scores.iter().fold(scores[0], |b, &x| if x.1 > b.1 { x } else { b });
+        chosen.insert((r, m), (best.0, scores));
     }
     chosen
 }
@@ -267,6 +384,7 @@ fn choose_rates(grid: &Grid, cells: &[(usize, usize)], tune: u64, results: &Resu
 fn make_cells(
     grid: &Grid,
     cells: &[(usize, usize)],
+    tuning: &Tuning,
     chosen: &Chosen,
     results: &Results,
 ) -> Vec<Cell> {
@@ -278,13 +396,9 @@ fn make_cells(
                 regime,
                 method,
                 lr: grid.lrs[*lr],
-                lr_scores: grid
-                    .lrs
-                    .iter()
-                    .copied()
-                    .zip(scores.iter().copied())
-                    .collect(),
-                runs: (0..grid.seeds)
+                lr_scores: scores.iter().map(|&(i, s)| (grid.lrs[i], s)).collect(),
+                at_cap: tuning.on_edge(regime, *lr),
+                runs: (grid.first_seed..grid.first_seed + grid.seeds)
                     .map(|s| results[&(regime, method, *lr, s)].clone())
                     .collect(),
             }

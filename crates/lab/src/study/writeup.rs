@@ -75,6 +75,17 @@ impl View<'_> {
     }
 }
 
+/// `400 steps per run`, or the budget.
+fn per_run(grid: &Grid) -> String {
+    match grid.budget {
+        0 => format!("{} steps per run", grid.steps),
+        b => format!(
+            "a judge budget of {b} verdicts (training and selection) per run, at most {} steps",
+            grid.steps
+        ),
+    }
+}
+
 fn p_text(p: f64) -> String {
     if p.is_nan() {
         "n/a".into()
@@ -107,6 +118,9 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
     header(&mut r, &v, outcome)?;
     let scal = v.method_index(ObjectiveKind::Scalarized);
     regime_map(&mut r, &v)?;
+    if grid.budget > 0 {
+        spend(&mut r, &v)?;
+    }
     let alternating: Vec<usize> = (0..v.methods.len())
         .filter(|&m| grid.methods[m].alternating())
         .collect();
@@ -137,22 +151,34 @@ fn header(r: &mut String, v: &View, outcome: &StudyOutcome) -> Result<()> {
     writeln!(r, "# ARL-RR regime study\n")?;
     writeln!(
         r,
-        "Grid `{}`: base config `{}`, {} regimes × {} methods × {} seeds, {} steps per run. \
+        "Grid `{}`: base config `{}`, {} regimes × {} methods × {} seeds ({}–{}), {}. \
          Every method is tuned over the same learning rates {:?}: each rate is run on the first \
          {} seed(s), the one with the best mean final validation score is kept, and test \
-         figures are that rate's runs over all seeds.\n",
+         figures are that rate's runs over all seeds. {}\n",
         grid.path.display(),
         grid.base_path.display(),
         grid.regimes.len(),
         methods.len(),
         grid.seeds,
-        grid.steps,
+        grid.first_seed,
+        grid.first_seed + grid.seeds - 1,
+        per_run(grid),
         grid.lrs,
         if grid.lrs.len() == 1 {
             grid.seeds
         } else {
             grid.tune_seeds
         },
+        if grid.lrs.len() > 1 {
+            format!(
+                "Where any method's kept rate lay on an edge of a regime's rates, that \
+                 regime's rates were widened for every method, one grid step at a time, at most \
+                 {} per side (see \"Learning rates kept\").",
+                grid.widen
+            )
+        } else {
+            String::new()
+        }
     )?;
     writeln!(
         r,
@@ -179,10 +205,11 @@ fn regime_map(r: &mut String, v: &View) -> Result<()> {
     writeln!(r, "## Regime map\n")?;
     writeln!(
         r,
-        "Test score (HealthBench overall on the held-out split) after {} steps, mean ± 95% CI \
-         over {} seeds; the best mean in bold; the winner's exact permutation p against the \
-         runner-up.\n",
-        grid.steps, grid.seeds
+        "Test score (HealthBench overall on the held-out split) at the end of the run ({}), \
+         mean ± 95% CI over {} seeds; the best mean in bold; the winner's exact permutation p \
+         against the runner-up.\n",
+        per_run(grid),
+        grid.seeds
     )?;
     writeln!(r, "| regime | {} | winner |", methods.join(" | "))?;
     writeln!(r, "|---|{}---|", "---|".repeat(methods.len()))?;
@@ -293,6 +320,47 @@ fn against_scalarization(
     }
     writeln!(r)?;
     Ok(headline)
+}
+
+/// What each method's runs spent of the budget, in how many steps; the runs the step cap
+/// stopped first.
+fn spend(r: &mut String, v: &View) -> Result<()> {
+    let (grid, methods) = (v.grid, &v.methods[..]);
+    writeln!(r, "### Spend at the budget\n")?;
+    writeln!(
+        r,
+        "Judge verdicts each method's runs spent on training and selection, and the steps \
+         they took (means over seeds). A run stops after the step that reaches the budget \
+         of {} verdicts, so it may overspend by part of one step (or one selection).\n",
+        grid.budget
+    )?;
+    let mut short = Vec::new();
+    method_table(r, grid, methods, |ri, m| {
+        let runs = &v.cell(ri, m).runs;
+        let under = runs.iter().filter(|r| (spent(r) as u64) < grid.budget).count();
+        let spent: Vec<f64> = runs.iter().map(spent).collect();
+        let steps: Vec<f64> = runs.iter().map(|r| r.verdicts.len() as f64).collect();
+        if under > 0 {
+            short.push(format!(
+                "{} in {}: {under} run(s)",
+                methods[m],
+                grid.regimes[ri].label()
+            ));
+        }
+        format!("{} in {:.0} steps", count(mean(&spent)), mean(&steps))
+    })?;
+    if short.is_empty() {
+        writeln!(r, "Every run spent its budget within the step cap.\n")?;
+    } else {
+        writeln!(
+            r,
+            "**Stopped by the step cap ({} steps) before spending the budget** (compared at \
+             a smaller spend): {}.\n",
+            grid.steps,
+            short.join("; ")
+        )?;
+    }
+    Ok(())
 }
 
 /// Verdicts and steps until each method reaches `scalarized`'s (method `s`) final validation
@@ -538,12 +606,14 @@ fn learning_rates(r: &mut String, v: &View) -> Result<()> {
     writeln!(r, "## Learning rates kept\n")?;
     writeln!(
         r,
-        "Mean final validation score of each candidate rate on the tuning seeds; the kept one in \
-         bold.\n"
+        "Each method's score over rates: the mean final validation score of each candidate \
+         rate on the tuning seeds (the regime's widened rates included); the kept one in bold, \
+         marked `(cap)` where it still lies on an edge after widening stopped at its cap.\n"
     )?;
     method_table(r, grid, methods, |ri, m| {
         let c = v.cell(ri, m);
-        c.lr_scores
+        let rates = c
+            .lr_scores
             .iter()
             .map(|&(lr, s)| {
                 if lr == c.lr {
@@ -553,17 +623,47 @@ fn learning_rates(r: &mut String, v: &View) -> Result<()> {
                 }
             })
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        if c.at_cap {
+            format!("{rates} (cap)")
+        } else {
+            rates
+        }
     })?;
+    let capped: Vec<String> = v
+        .cells
+        .iter()
+        .filter(|c| c.at_cap)
+        .map(|c| format!("{} in {}", methods[c.method], grid.regimes[c.regime].label()))
+        .collect();
+    if grid.lrs.len() > 1 {
+        match capped.len() {
+            0 => writeln!(r, "Every kept rate is interior.\n")?,
+            n => writeln!(
+                r,
+                "{n} kept rate(s) lie on an edge at the cap ({} rates per side): {}.\n",
+                grid.widen,
+                capped.join("; ")
+            )?,
+        }
+    }
     Ok(())
 }
 
-/// The mean validation curves, one plot per regime, written under `out/plots`.
+/// The mean validation curves, two plots per regime (against steps and against judge
+/// verdicts), written under `out/plots`.
 fn curves(r: &mut String, v: &View, out: &Path) -> Result<()> {
     let (grid, methods) = (v.grid, &v.methods[..]);
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots)?;
     writeln!(r, "## Validation curves\n")?;
+    writeln!(
+        r,
+        "Per regime, the mean validation score over seeds against training steps, and against \
+         the judge verdicts spent on training and selection with its 95% band over seeds \
+         (each run's curve interpolated linearly between its validations, up to the spend \
+         every seed reached): the frontier a user with a judge budget reads.\n"
+    )?;
     for (ri, regime) in grid.regimes.iter().enumerate() {
         let series = (0..methods.len())
             .map(|m| {
@@ -586,9 +686,52 @@ fn curves(r: &mut String, v: &View, out: &Path) -> Result<()> {
         };
         let name = format!("{}.svg", regime.slug());
         runfile::write_atomic(&plots.join(&name), chart.to_svg()?.as_bytes())?;
-        writeln!(r, "![{title}](plots/{name})\n")?;
+        let cost = format!("{}-verdicts.svg", regime.slug());
+        runfile::write_atomic(&plots.join(&cost), verdict_chart(v, ri)?.as_bytes())?;
+        writeln!(r, "![{title}](plots/{name}) ![{title}, per verdict](plots/{cost})\n")?;
     }
     Ok(())
+}
+
+/// Regime `ri`'s validation score against judge verdicts: each method's mean over seeds
+/// with its 95% band.
+fn verdict_chart(v: &View, ri: usize) -> Result<String> {
+    const POINTS: usize = 24;
+    let series = (0..v.methods.len())
+        .map(|m| {
+            let curves: Vec<Vec<(f64, f64)>> =
+                v.cell(ri, m).runs.iter().map(cost_curve).collect();
+            let reach = curves
+                .iter()
+                .map(|c| c.last().map_or(0.0, |p| p.0))
+                .fold(f64::INFINITY, f64::min);
+            let (mut points, mut band) = (Vec::new(), Vec::new());
+            for i in 0..=POINTS {
+                let x = reach * i as f64 / POINTS as f64;
+                let ys: Option<Vec<f64>> = curves
+                    .iter()
+                    .map(|c| at_cost(c, x).map(|a| a.0))
+                    .collect();
+                if let Some(ys) = ys {
+                    let (y, half) = (mean(&ys), ci95(&ys));
+                    points.push((x, y));
+                    band.push((x, y - half, y + half));
+                }
+            }
+            let mut s = Series::new(v.methods[m], PALETTE[m % PALETTE.len()], points);
+            s.band = band;
+            s.dashed = m >= PALETTE.len();
+            s
+        })
+        .collect();
+    let title = format!("{}: score against judge cost", v.grid.regimes[ri].label());
+    LineChart {
+        title: &title,
+        x_label: "judge verdicts (training and selection)",
+        y_label: "validation score (mean, 95% band)",
+        series,
+    }
+    .to_svg()
 }
 
 /// A table with the regimes as rows and the methods as columns, `cell(regime, method)` each.
