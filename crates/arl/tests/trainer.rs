@@ -793,3 +793,96 @@ fn validation_is_logged_from_the_start() {
         "bootstrap std"
     );
 }
+
+/// `run.verdict_budget`: the run stops after the step whose verdicts reach the budget, long
+/// before `run.steps`, with its last validation, test and checkpoint on that step; its steps
+/// are the unbudgeted run's; a run stopped before the budget and resumed stops on the same
+/// step with the same lines; a cosine schedule decays over the steps the budget buys.
+#[test]
+fn a_verdict_budget_stops_the_run_on_the_step_that_spends_it() {
+    let strip = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("time_s");
+                v
+            })
+            .collect()
+    };
+    let run = |budget: u64, steps: u64, cosine: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(
+            dir.path(),
+            RUBRIC,
+            VOCAB,
+            "[objective]\nkind = \"scalarized\"",
+        );
+        cfg.data.test = Some(dir.path().join("val.jsonl"));
+        (cfg.run.steps, cfg.run.verdict_budget) = (steps, budget);
+        cfg.run.checkpoint_every = 3;
+        cfg.run.keep_checkpoints = 0;
+        if cosine {
+            cfg.optim.schedule = arl::optim::LrSchedule::Cosine;
+        }
+        let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+        let mut lines = Vec::new();
+        t.run(|m| lines.push(m.clone())).unwrap();
+        (dir, lines)
+    };
+    let (_full_dir, full) = run(0, 30, false);
+    let spent: Vec<u64> = full
+        .iter()
+        .scan(0, |s, m| {
+            *s += m.train_verdicts;
+            Some(*s)
+        })
+        .collect();
+    let budget = spent[6] - 1; // reached on step 7
+    let (dir, lines) = run(budget, 30, false);
+    assert_eq!(lines.len(), 7, "stops on the step that reaches the budget");
+    // the same steps; the last one also validates (its judge counts include validation's)
+    let same = |mut a: Vec<serde_json::Value>, mut b: Vec<serde_json::Value>| {
+        for v in [&mut a[6], &mut b[6]] {
+            let v = v.as_object_mut().unwrap();
+            (v.remove("val"), v.remove("judge"));
+        }
+        a == b
+    };
+    let metrics = dir.path().join("run/metrics.jsonl");
+    let full_metrics = strip(&_full_dir.path().join("run/metrics.jsonl"));
+    assert!(same(
+        strip(&metrics)[..7].to_vec(),
+        full_metrics[..7].to_vec()
+    ));
+    assert!(lines[6].val.is_some());
+    let steps_of = |f: &str| -> Vec<u64> {
+        let text = std::fs::read_to_string(dir.path().join("run").join(f)).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<arl::eval::EvalLine>(l).unwrap().step)
+            .collect()
+    };
+    assert_eq!(steps_of("eval.jsonl"), [0, 7]);
+    assert_eq!(steps_of("test.jsonl"), [0, 7]);
+    assert!(dir.path().join("run/checkpoints/step-00000007").is_dir());
+
+    // stopped by the step count at 5, resumed from its checkpoint at 3 under the budget:
+    // stops on step 7 again
+    let (cut, _) = run(budget, 5, false);
+    let run_dir = cut.path().join("run");
+    std::fs::remove_dir_all(run_dir.join("checkpoints/step-00000005")).unwrap();
+    let mut cfg = arl::TrainConfig::from_file(&run_dir.join("config.toml")).unwrap();
+    cfg.run.steps = 30;
+    let mut t =
+        Trainer::resume_with(&run_dir, cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+    assert_eq!((t.state.step, t.verdicts_spent()), (3, spent[2]));
+    t.run(|_| {}).unwrap();
+    assert!(strip(&run_dir.join("metrics.jsonl")) == strip(&metrics));
+
+    // cosine: the rate falls over the 7 steps the budget buys, not over the 30 of `run.steps`
+    let (_d, cosine) = run(budget, 30, true);
+    let (_d30, cosine30) = run(0, 30, true);
+    let lr: Vec<f64> = cosine.iter().map(|m| m.lr).collect();
+    assert!(lr.windows(2).all(|w| w[1] < w[0]), "{lr:?}");
+    assert!(lr[6] < 0.5 * lr[0] && lr[6] < cosine30[6].lr, "{lr:?}");
+}

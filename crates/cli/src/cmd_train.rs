@@ -182,7 +182,11 @@ pub fn run(a: Args) -> Result<()> {
     let mut spent = at;
     let finished = trainer.run(|m| {
         spent += m.train_verdicts;
-        bar.set_position(if budget > 0 { spent.min(budget) } else { m.step });
+        bar.set_position(if budget > 0 {
+            spent.min(budget)
+        } else {
+            m.step
+        });
         if let Some(v) = &m.val {
             last_val = Some(v.overall.score);
             if a.quiet {

@@ -42,7 +42,7 @@ fn a_killed_study_resumes_without_redoing_finished_runs() {
     std::fs::write(
         &grid,
         format!(
-            "[study]\nbase = {:?}\nmethods = [\"alternating:lookahead\", \"scalarized\"]\nseeds = 2\nsteps = 60\nlrs = [0.05, 0.1]\ntune_seeds = 1\n\n[regimes]\nnoise = [\"exact\", \"healthbench-gpt41\"]\n",
+            "[study]\nbase = {:?}\nmethods = [\"alternating:lookahead\", \"scalarized\"]\nseeds = 2\nsteps = 60\nlrs = [0.05, 0.1]\ntune_seeds = 1\nwiden = 0\n\n[regimes]\nnoise = [\"exact\", \"healthbench-gpt41\"]\n",
             base_config()
         ),
     )

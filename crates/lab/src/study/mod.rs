@@ -286,9 +286,7 @@ impl Tuning {
         }
         let mut widened = false;
         for r in 0..self.tried.len() {
-            let kept: Vec<usize> = (0..grid.methods.len())
-                .map(|m| chosen[&(r, m)].0)
-                .collect();
+            let kept: Vec<usize> = (0..grid.methods.len()).map(|m| chosen[&(r, m)].0).collect();
             let (lo, hi) = (self.tried[r][0], *self.tried[r].last().expect("a rate"));
             let mut add = |rate: f64, lrs: &mut Vec<f64>| {
                 let rate = three_digits(rate);
@@ -374,7 +372,9 @@ fn choose_rates(
                 (lr, mean(&v))
             })
             .collect();
-        let best = scores.iter().fold(scores[0], |b, &x| if x.1 > b.1 { x } else { b });
+        let best = scores
+            .iter()
+            .fold(scores[0], |b, &x| if x.1 > b.1 { x } else { b });
         chosen.insert((r, m), (best.0, scores));
     }
     chosen
@@ -615,4 +615,128 @@ fn evidence(schedule: &[serde_json::Value]) -> Vec<DecisionEvidence> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(body: &str) -> Grid {
+        let dir = tempfile::tempdir().unwrap();
+        let base = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/builtin-categorical.toml"
+        );
+        let path = dir.path().join("grid.toml");
+        std::fs::write(&path, format!("[study]\nbase = \"{base}\"\n{body}")).unwrap();
+        Grid::from_file(&path).unwrap()
+    }
+
+    fn summary(val_final: f64) -> RunSummary {
+        RunSummary {
+            seed: 0,
+            lr: 0.0,
+            val_final,
+            test_start: 0.0,
+            test_final: 0.0,
+            curve: Vec::new(),
+            verdicts: Vec::new(),
+            scalar_group_std: None,
+            class_group_std: BTreeMap::new(),
+            judge_f1: None,
+            decisions: Vec::new(),
+            wall_s: 0.0,
+        }
+    }
+
+    /// Tunes a grid whose scores are `score(method, rate)`, as `run` does; returns the
+    /// outcome's rates tried and kept per cell, and whether each kept rate is at the cap.
+    fn tune(body: &str, score: impl Fn(usize, f64) -> f64) -> Vec<(Vec<f64>, f64, bool)> {
+        let mut g = grid(body);
+        let cells: Vec<(usize, usize)> = (0..g.regimes.len())
+            .flat_map(|r| (0..g.methods.len()).map(move |m| (r, m)))
+            .collect();
+        let mut tuning = Tuning::new(&g);
+        let mut results = Results::new();
+        let chosen = loop {
+            for k in tuning_keys(&g, &cells, &tuning.tried, 1) {
+                let s = summary(score(k.method, g.lrs[k.lr]));
+                results.insert((k.regime, k.method, k.lr, k.seed), s);
+            }
+            let chosen = choose_rates(&g, &cells, &tuning.tried, 1, &results);
+            if !tuning.widen(&mut g, &chosen) {
+                break chosen;
+            }
+        };
+        cells
+            .iter()
+            .map(|&(r, m)| {
+                let (kept, scores) = &chosen[&(r, m)];
+                let rates = scores.iter().map(|&(i, _)| g.lrs[i]).collect();
+                (rates, g.lrs[*kept], tuning.on_edge(r, *kept))
+            })
+            .collect()
+    }
+
+    /// A kept rate on an edge widens the rates of every method, one grid step per round,
+    /// until every kept rate is interior or a side reaches `study.widen`.
+    #[test]
+    fn the_rates_widen_for_every_method_until_each_kept_one_is_interior_or_capped() {
+        let peak = |at: f64| move |rate: f64| -(rate / at).ln().powi(2);
+        let body =
+            "methods = [\"scalarized\", \"gdpo\"]\nseeds = 1\nsteps = 5\nlrs = [0.03, 0.1, 0.3]\n";
+        // scalarized peaks inside, gdpo at 1.0: both get the rates above 0.3
+        let out = tune(
+            body,
+            |m, r| if m == 0 { peak(0.1)(r) } else { peak(1.0)(r) },
+        );
+        // (0.949 kept, on the edge until 3.0 was tried)
+        let rates = vec![0.03, 0.1, 0.3, 0.949, 3.0];
+        assert_eq!(out[0], (rates.clone(), 0.1, false));
+        assert_eq!(out[1], (rates, 0.949, false));
+        // a method best at ever smaller rates stops at the cap, and is marked there
+        let capped = format!("{body}widen = 2\n");
+        let out = tune(&capped, |m, r| if m == 0 { peak(0.1)(r) } else { -r });
+        let rates = vec![0.003, 0.00949, 0.03, 0.1, 0.3];
+        assert_eq!(out[0], (rates.clone(), 0.1, false));
+        assert_eq!(out[1], (rates, 0.003, true));
+        // `widen = 0`: the grid as written, an edge marked as the cap
+        let fixed = format!("{body}widen = 0\n");
+        let out = tune(&fixed, |_, r| -r);
+        assert_eq!(out[0], (vec![0.03, 0.1, 0.3], 0.03, true));
+    }
+
+    /// `study.budget` reaches every run config, and only a budget changes the runs'
+    /// fingerprints (the runs of grids without one are reused as before); `first_seed`
+    /// shifts the seeds.
+    #[test]
+    fn a_budget_reaches_the_runs_and_their_fingerprints() {
+        let body = "methods = [\"scalarized\"]\nseeds = 2\nsteps = 50\nlrs = [0.1]\n";
+        let k = RunKey {
+            regime: 0,
+            method: 0,
+            lr: 0,
+            seed: 7,
+        };
+        let plain = grid(body);
+        let zero = grid(&format!("{body}budget = 0\n"));
+        let budget = grid(&format!("{body}budget = 9000\nfirst_seed = 7\n"));
+        assert_eq!(plain.fingerprint(k).unwrap(), zero.fingerprint(k).unwrap());
+        assert_ne!(
+            plain.fingerprint(k).unwrap(),
+            budget.fingerprint(k).unwrap()
+        );
+        let cfg = |g: &Grid| {
+            let (r, m) = (&g.regimes[0], &g.methods[0]);
+            g.run_config(r, m, 0.1, k.seed, Path::new("/tmp/x"))
+                .unwrap()
+        };
+        assert_eq!(cfg(&plain).run.verdict_budget, 0);
+        assert_eq!(
+            (cfg(&budget).run.verdict_budget, cfg(&budget).run.steps),
+            (9000, 50)
+        );
+        let keys = tuning_keys(&budget, &[(0, 0)], &[vec![0]], 2);
+        assert_eq!(keys.iter().map(|k| k.seed).collect::<Vec<_>>(), [7, 8]);
+    }
 }

@@ -337,7 +337,10 @@ fn spend(r: &mut String, v: &View) -> Result<()> {
     let mut short = Vec::new();
     method_table(r, grid, methods, |ri, m| {
         let runs = &v.cell(ri, m).runs;
-        let under = runs.iter().filter(|r| (spent(r) as u64) < grid.budget).count();
+        let under = runs
+            .iter()
+            .filter(|r| (spent(r) as u64) < grid.budget)
+            .count();
         let spent: Vec<f64> = runs.iter().map(spent).collect();
         let steps: Vec<f64> = runs.iter().map(|r| r.verdicts.len() as f64).collect();
         if under > 0 {
@@ -634,7 +637,13 @@ fn learning_rates(r: &mut String, v: &View) -> Result<()> {
         .cells
         .iter()
         .filter(|c| c.at_cap)
-        .map(|c| format!("{} in {}", methods[c.method], grid.regimes[c.regime].label()))
+        .map(|c| {
+            format!(
+                "{} in {}",
+                methods[c.method],
+                grid.regimes[c.regime].label()
+            )
+        })
         .collect();
     if grid.lrs.len() > 1 {
         match capped.len() {
@@ -688,7 +697,10 @@ fn curves(r: &mut String, v: &View, out: &Path) -> Result<()> {
         runfile::write_atomic(&plots.join(&name), chart.to_svg()?.as_bytes())?;
         let cost = format!("{}-verdicts.svg", regime.slug());
         runfile::write_atomic(&plots.join(&cost), verdict_chart(v, ri)?.as_bytes())?;
-        writeln!(r, "![{title}](plots/{name}) ![{title}, per verdict](plots/{cost})\n")?;
+        writeln!(
+            r,
+            "![{title}](plots/{name}) ![{title}, per verdict](plots/{cost})\n"
+        )?;
     }
     Ok(())
 }
@@ -699,8 +711,7 @@ fn verdict_chart(v: &View, ri: usize) -> Result<String> {
     const POINTS: usize = 24;
     let series = (0..v.methods.len())
         .map(|m| {
-            let curves: Vec<Vec<(f64, f64)>> =
-                v.cell(ri, m).runs.iter().map(cost_curve).collect();
+            let curves: Vec<Vec<(f64, f64)>> = v.cell(ri, m).runs.iter().map(cost_curve).collect();
             let reach = curves
                 .iter()
                 .map(|c| c.last().map_or(0.0, |p| p.0))
@@ -708,10 +719,8 @@ fn verdict_chart(v: &View, ri: usize) -> Result<String> {
             let (mut points, mut band) = (Vec::new(), Vec::new());
             for i in 0..=POINTS {
                 let x = reach * i as f64 / POINTS as f64;
-                let ys: Option<Vec<f64>> = curves
-                    .iter()
-                    .map(|c| at_cost(c, x).map(|a| a.0))
-                    .collect();
+                let ys: Option<Vec<f64>> =
+                    curves.iter().map(|c| at_cost(c, x).map(|a| a.0)).collect();
                 if let Some(ys) = ys {
                     let (y, half) = (mean(&ys), ci95(&ys));
                     points.push((x, y));
