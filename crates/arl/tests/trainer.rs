@@ -845,7 +845,8 @@ fn a_verdict_budget_stops_the_run_on_the_step_that_spends_it() {
     let same = |mut a: Vec<serde_json::Value>, mut b: Vec<serde_json::Value>| {
         for v in [&mut a[6], &mut b[6]] {
             let v = v.as_object_mut().unwrap();
-            (v.remove("val"), v.remove("judge"));
+            v.remove("val");
+            v.remove("judge");
         }
         a == b
     };
