@@ -8,6 +8,7 @@
 //! had none.
 
 mod grid;
+pub mod predict;
 mod writeup;
 
 pub use grid::{show, Grid, Override, Regime, StudyMethod, REGIME_KEYS, VARIANTS};
@@ -53,6 +54,12 @@ pub struct RunSummary {
     pub scalar_group_std: Option<f64>,
     /// Mean over steps of the within-group std of each class's reward.
     pub class_group_std: BTreeMap<String, f64>,
+    /// The same two figures over the run's first [`EARLY_STEPS`] steps only: what a short
+    /// pilot run shows (see [`predict`]).
+    #[serde(default)]
+    pub early_scalar_group_std: Option<f64>,
+    #[serde(default)]
+    pub early_class_group_std: BTreeMap<String, f64>,
     /// Macro F1 of the noisy training verdicts against the clean judge (noisy runs).
     pub judge_f1: Option<f64>,
     /// Phase decisions, with the evidence behind each.
@@ -515,6 +522,33 @@ fn finished_or_train(grid: &Grid, k: RunKey, dir: &Path) -> Result<(RunSummary, 
     Ok((s, made))
 }
 
+/// The steps a run's early figures cover.
+pub const EARLY_STEPS: usize = 10;
+
+/// Mean over `metrics` lines of the within-group std of the scalarized reward, and of each
+/// class's.
+fn group_stds(metrics: &[serde_json::Value]) -> (Option<f64>, BTreeMap<String, f64>) {
+    let f = |v: &serde_json::Value, path: &[&str]| -> Option<f64> {
+        path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
+    };
+    let scalar: Vec<f64> = metrics
+        .iter()
+        .filter_map(|m| f(m, &["overall", "group_std"]))
+        .collect();
+    let mut classes = BTreeMap::new();
+    for m in metrics {
+        if let Some(cs) = m.get("classes").and_then(|c| c.as_object()) {
+            for (name, c) in cs {
+                if let Some(s) = f(c, &["group_std"]) {
+                    classes.entry(name.clone()).or_insert_with(Vec::new).push(s);
+                }
+            }
+        }
+    }
+    let classes = classes.into_iter().map(|(k, v)| (k, mean(&v))).collect();
+    ((!scalar.is_empty()).then(|| mean(&scalar)), classes)
+}
+
 /// Reads the figures of a finished run from its files.
 pub fn summarize(dir: &Path, seed: u64, lr: f64, wall_s: f64) -> Result<RunSummary> {
     let evals: Vec<EvalLine> = read_jsonl_if_exists(&dir.join("eval.jsonl"))?;
@@ -539,23 +573,8 @@ pub fn summarize(dir: &Path, seed: u64, lr: f64, wall_s: f64) -> Result<RunSumma
             spent
         })
         .collect();
-    let scalar: Vec<f64> = metrics
-        .iter()
-        .filter_map(|m| f(m, &["overall", "group_std"]))
-        .collect();
-    let mut class_group_std = BTreeMap::new();
-    for m in &metrics {
-        if let Some(classes) = m.get("classes").and_then(|c| c.as_object()) {
-            for (name, c) in classes {
-                if let Some(s) = f(c, &["group_std"]) {
-                    class_group_std
-                        .entry(name.clone())
-                        .or_insert_with(Vec::new)
-                        .push(s);
-                }
-            }
-        }
-    }
+    let (scalar_group_std, class_group_std) = group_stds(&metrics);
+    let early = group_stds(&metrics[..metrics.len().min(EARLY_STEPS)]);
     let judge_f1 = metrics
         .last()
         .and_then(|m| f(m, &["judge_noise", "cumulative_macro_f1"]));
@@ -570,11 +589,10 @@ pub fn summarize(dir: &Path, seed: u64, lr: f64, wall_s: f64) -> Result<RunSumma
             .map(|e| (e.step, e.report.overall.score))
             .collect(),
         verdicts,
-        scalar_group_std: (!scalar.is_empty()).then(|| mean(&scalar)),
-        class_group_std: class_group_std
-            .into_iter()
-            .map(|(k, v)| (k, mean(&v)))
-            .collect(),
+        scalar_group_std,
+        class_group_std,
+        early_scalar_group_std: early.0,
+        early_class_group_std: early.1,
         judge_f1,
         decisions: evidence(&schedule),
         wall_s,
@@ -643,6 +661,8 @@ mod tests {
             verdicts: Vec::new(),
             scalar_group_std: None,
             class_group_std: BTreeMap::new(),
+            early_scalar_group_std: None,
+            early_class_group_std: BTreeMap::new(),
             judge_f1: None,
             decisions: Vec::new(),
             wall_s: 0.0,

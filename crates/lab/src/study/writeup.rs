@@ -134,6 +134,7 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
     variance_contraction(&mut r, &v, scal)?;
     selector_evidence(&mut r, &v)?;
     learning_rates(&mut r, &v)?;
+    super::predict::section(&mut r, grid, &outcome.cells)?;
     curves(&mut r, &v, out)?;
     runfile::write_atomic(&out.join("report.md"), r.as_bytes())?;
     Ok(headline)
