@@ -175,6 +175,15 @@ pub(crate) fn section(r: &mut String, grid: &Grid, cells: &[Cell]) -> Result<()>
     let fit_wins = fit_half.iter().filter(|&&i| label[i]).count();
     let majority = fit_wins * 2 > fit_half.len();
     let baseline = test_half.iter().filter(|&&i| label[i] == majority).count();
+    if fit_wins == 0 || fit_wins == fit_half.len() {
+        writeln!(
+            r,
+            "| every figure | none: every regime of the fit half has the same label, so no \
+             rule beats the majority | | | {baseline}/{} |\n",
+            test_half.len()
+        )?;
+        return Ok(());
+    }
     for f in features(grid, cells) {
         let points = |half: &[usize]| -> Option<Vec<(f64, bool)>> {
             half.iter()
