@@ -92,7 +92,9 @@ pub fn sample_criteria(
         .iter()
         .map(|it| {
             let n = it.example.criteria.len();
-            let k = ((share * n as f64).round() as usize).clamp(1, n.max(1)).min(n);
+            let k = ((share * n as f64).round() as usize)
+                .clamp(1, n.max(1))
+                .min(n);
             let mut picked = rand::seq::index::sample(rng, n, k).into_vec();
             picked.sort_unstable();
             picked
