@@ -101,3 +101,80 @@ pub fn sample_criteria(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use rubric::score::{estimated_reward_vector, reward_vector};
+    use rubric::{Criterion, Example, Verdict};
+    use schedule::Target;
+
+    /// The scalarized rewards the trainer optimizes (`objective.weights`: points, equal, a
+    /// table) of the estimates, averaged over every sample of `k` criteria, are those of the
+    /// full reward vector: the estimate of the scalar is unbiased too.
+    #[test]
+    fn scalarized_targets_of_the_estimate_average_to_the_full_ones() {
+        let criterion = |points| Criterion {
+            text: "c".into(),
+            points,
+            tags: vec![],
+            check: None,
+        };
+        let ex = Example {
+            id: "e".into(),
+            prompt: vec![],
+            criteria: [4.0, -3.0, 2.0, 5.0, 1.0].map(criterion).to_vec(),
+            tags: vec![],
+            ideal_completion: None,
+            canary: None,
+            line: 1,
+        };
+        let class_of = [0, 0, 1, 2, 2];
+        let met = [1.0, 1.0, 0.0, 1.0, 0.5];
+        let verdicts = |picked: &[usize]| -> Vec<Verdict> {
+            picked
+                .iter()
+                .map(|&criterion| Verdict {
+                    criterion,
+                    outcome: Ok(met[criterion]),
+                    explanation: String::new(),
+                    judge: "j".into(),
+                    cached: false,
+                    attempts: 1,
+                })
+                .collect()
+        };
+        let full = reward_vector(&ex, &class_of, 4, &verdicts(&[0, 1, 2, 3, 4]));
+        let targets = [
+            Target::Overall,
+            Target::Weighted(vec![1.0; 4]),
+            Target::Weighted(vec![2.0, 0.0, 1.0, 3.0]),
+        ];
+        for k in 1..=5usize {
+            let samples: Vec<Vec<usize>> = (0u32..32)
+                .filter(|m| m.count_ones() as usize == k)
+                .map(|m| (0..5).filter(|c| m & (1 << c) != 0).collect())
+                .collect();
+            for target in &targets {
+                let mean = samples
+                    .iter()
+                    .map(|s| {
+                        let r = estimated_reward_vector(
+                            &ex,
+                            &class_of,
+                            4,
+                            &verdicts(s),
+                            k as f64 / 5.0,
+                        );
+                        target.reward(&r).unwrap()
+                    })
+                    .sum::<f64>()
+                    / samples.len() as f64;
+                let want = target.reward(&full).unwrap();
+                assert!(
+                    (mean - want).abs() < 1e-12,
+                    "k={k} {target:?}: {mean} vs {want}"
+                );
+            }
+        }
+    }
+}
