@@ -794,11 +794,14 @@ fn validation_is_logged_from_the_start() {
     );
 }
 
+/// A training task the judge was asked: example id, response, criteria.
+type Asked = (String, String, Vec<usize>);
+
 /// The rule judge, recording each training task it is asked (example id, response, criteria
 /// asked); validation examples (ids `v…`) are not recorded.
 struct RecordingJudge {
     rules: RuleJudge,
-    asked: std::sync::Mutex<Vec<(String, String, Vec<usize>)>>,
+    asked: std::sync::Mutex<Vec<Asked>>,
 }
 
 #[async_trait]
@@ -823,7 +826,7 @@ impl Judge for RecordingJudge {
 
 /// A 3-step scalarized run with `objective.subsample` = `subsample` (none when empty): its
 /// steps and the training tasks its judge was asked.
-fn recorded_run(subsample: &str) -> (Vec<StepMetrics>, Vec<(String, String, Vec<usize>)>) {
+fn recorded_run(subsample: &str) -> (Vec<StepMetrics>, Vec<Asked>) {
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("[objective]\nkind = \"scalarized\"\n{subsample}");
     let mut cfg = config(dir.path(), RUBRIC, VOCAB, &extra);
@@ -864,7 +867,7 @@ fn subsampled_scalarized_spends_one_class_of_verdicts_on_the_same_prompts() {
     // step 1: the same prompts and responses (the subsets come from their own stream)
     assert_eq!(full_asked.len(), 3 * 32);
     assert_eq!(sub_asked.len(), 3 * 32);
-    let texts = |asked: &[(String, String, Vec<usize>)]| -> Vec<(String, String)> {
+    let texts = |asked: &[Asked]| -> Vec<(String, String)> {
         asked[..32]
             .iter()
             .map(|(id, r, _)| (id.clone(), r.clone()))
