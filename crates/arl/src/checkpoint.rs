@@ -26,6 +26,10 @@ pub struct RunState {
     pub optimizer_t: u64,
     pub phase: PhaseState,
     pub rng: RngState,
+    /// The stream that draws the criteria `objective.subsample` grades (apart from `rng`, so
+    /// prompts and responses are those of the same run without it); absent in other runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsample_rng: Option<RngState>,
     pub metrics_lines: u64,
     pub schedule_lines: u64,
     pub eval_lines: u64,

@@ -250,6 +250,88 @@ pub struct ObjectiveConfig {
     /// `anchor · r_active + (1 − anchor) · r_scalarized` (`weights`' target); 1 = pure ARL-RR.
     #[serde(skip_serializing_if = "is_one")]
     pub anchor: f64,
+    /// `scalarized` only, the cost-matched control of `grade_active_class_only`: each training
+    /// response is graded on a uniform random sample of its criteria, `max(1, round(share·n))`
+    /// of its `n`, and rewarded the unbiased (Horvitz–Thompson) estimate of its full reward.
+    /// A share in (0, 1], or `"one_class"`: 1/K for K meta-classes, alternation's verdicts per
+    /// step. Absent: every criterion graded. Validation, test and selection grade everything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subsample: Option<Subsample>,
+}
+
+/// `objective.subsample`: the share of each response's criteria graded during training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "SubsampleRaw", into = "SubsampleRaw")]
+pub enum Subsample {
+    /// This share of the criteria, in (0, 1].
+    Share(f64),
+    /// `"one_class"`: 1/K for the run's K meta-classes.
+    OneClass,
+}
+
+/// The TOML form of [`Subsample`]: a number or a name.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SubsampleRaw {
+    Share(f64),
+    Name(String),
+}
+
+impl TryFrom<SubsampleRaw> for Subsample {
+    type Error = String;
+    fn try_from(raw: SubsampleRaw) -> Result<Subsample, String> {
+        match raw {
+            SubsampleRaw::Share(x) => Ok(Subsample::Share(x)),
+            SubsampleRaw::Name(n) if n == Subsample::ONE_CLASS => Ok(Subsample::OneClass),
+            SubsampleRaw::Name(n) => Err(format!(
+                "`{n}`: a share in (0, 1] or \"{}\"",
+                Subsample::ONE_CLASS
+            )),
+        }
+    }
+}
+
+impl From<Subsample> for SubsampleRaw {
+    fn from(s: Subsample) -> SubsampleRaw {
+        match s {
+            Subsample::Share(x) => SubsampleRaw::Share(x),
+            Subsample::OneClass => SubsampleRaw::Name(Subsample::ONE_CLASS.into()),
+        }
+    }
+}
+
+impl Subsample {
+    pub const ONE_CLASS: &'static str = "one_class";
+
+    /// The share of the criteria graded in a run with `n_classes` meta-classes.
+    pub fn share(self, n_classes: usize) -> f64 {
+        match self {
+            Subsample::Share(x) => x,
+            Subsample::OneClass => 1.0 / n_classes.max(1) as f64,
+        }
+    }
+
+    /// A `[variants] subsample` or `--subsample` value: a share or `one_class`.
+    pub fn parse(text: &str) -> Result<Subsample> {
+        let s = match text.trim() {
+            Subsample::ONE_CLASS => Subsample::OneClass,
+            t => Subsample::Share(t.parse().map_err(|_| {
+                anyhow::anyhow!("`{t}`: a share in (0, 1] or \"{}\"", Subsample::ONE_CLASS)
+            })?),
+        };
+        s.check()?;
+        Ok(s)
+    }
+
+    /// The share's range, the error naming the field.
+    pub fn check(self) -> Result<()> {
+        if let Subsample::Share(x) = self {
+            if !(x > 0.0 && x <= 1.0) {
+                bail!("field `objective.subsample`: a share must be in (0, 1], got {x}");
+            }
+        }
+        Ok(())
+    }
 }
 
 fn is_one(x: &f64) -> bool {
@@ -263,6 +345,7 @@ impl Default for ObjectiveConfig {
             weights: Weights::Points,
             grade_active_class_only: false,
             anchor: 1.0,
+            subsample: None,
         }
     }
 }
@@ -490,6 +573,12 @@ impl TrainConfig {
         let anchor = self.objective.anchor;
         if anchor <= 0.0 || anchor > 1.0 {
             bail!("field `objective.anchor`: must be in (0, 1] (1 = pure ARL-RR), got {anchor}");
+        }
+        if let Some(s) = self.objective.subsample {
+            if self.objective.kind != ObjectiveKind::Scalarized {
+                bail!("field `objective.subsample`: only with `objective.kind = \"scalarized\"` (alternation saves verdicts with `grade_active_class_only`)");
+            }
+            s.check()?;
         }
         if anchor < 1.0 && self.objective.grade_active_class_only {
             bail!("fields `objective.anchor` and `objective.grade_active_class_only`: an anchor below 1 needs every class graded; set grade_active_class_only = false");

@@ -2,7 +2,7 @@
 //! and per-class HealthBench scores with bootstrap std.
 
 use crate::actor::Policy;
-use crate::grading::{grade, ToGrade};
+use crate::grading::{grade, Criteria, ToGrade};
 use anyhow::Result;
 use judge::Judge;
 use rand::SeedableRng;
@@ -121,7 +121,7 @@ impl Evaluator<'_> {
             }
         }
         let k = set.class_names.len();
-        let graded = grade(rt, judge, &items, None, k, retries, noise)?;
+        let graded = grade(rt, judge, &items, Criteria::Class(None), k, retries, noise)?;
         let mut rewards = graded.rewards.iter();
         let per_example = completions
             .iter()

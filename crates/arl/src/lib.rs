@@ -26,7 +26,7 @@ pub mod trainer;
 
 pub use actor::{Completion, Groups, Policy, TokenLogProbs};
 pub use categorical::{CategoricalConfig, CategoricalPolicy};
-pub use config::{JudgeSection, ObjectiveConfig, PolicyConfig, TrainConfig};
+pub use config::{JudgeSection, ObjectiveConfig, PolicyConfig, Subsample, TrainConfig};
 pub use eval::{EvalReport, EvalSet, Evaluator};
 pub use metrics::StepMetrics;
 pub use records::{RunData, RunRecords};

@@ -336,6 +336,29 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_of_the_criteria_reads_as_in_the_full_set() {
+        // `objective.subsample` grades a few criteria: each must read as it would among all
+        let ex = example();
+        let class_of = vec![0; 400];
+        let noise = parse("fp = 0.3\nfn = 0.3")
+            .resolve(&["a".into()], 7)
+            .unwrap();
+        let all = verdicts(1.0, None);
+        let full = values(&noise.apply(&ex, &class_of, "some answer", &all));
+        let picked = [3, 17, 250, 399];
+        let sample: Vec<Verdict> = picked.iter().map(|&c| all[c].clone()).collect();
+        let read = values(&noise.apply(&ex, &class_of, "some answer", &sample));
+        for c in 0..400 {
+            let want = if picked.contains(&c) { full[c] } else { None };
+            assert_eq!(read[c], want, "criterion {c}");
+        }
+        assert!(
+            picked.iter().any(|&c| full[c] == Some(0.0)),
+            "a flip among them"
+        );
+    }
+
+    #[test]
     fn macro_f1_is_the_mean_of_met_and_unmet_f1() {
         let mut c = Confusion::default();
         for (clean, noisy, n) in [(1.0, 1.0, 6), (0.0, 1.0, 2), (1.0, 0.0, 1), (0.0, 0.0, 3)] {

@@ -6,7 +6,7 @@ use crate::actor::{Completion, ParamSnapshot, Policy};
 use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
 use crate::eval::{EvalLine, EvalReport, EvalSet, Evaluator};
-use crate::grading::{grade, ToGrade};
+use crate::grading::{grade, sample_criteria, Criteria, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
 use crate::metrics::{
     reward_stats, zero_spread_share, JudgeDelta, Resampled, StepMetrics, UpdateStats,
@@ -52,6 +52,9 @@ pub fn ensure_new_run(run_dir: &Path) -> Result<()> {
         ),
     }
 }
+
+/// Xored into `run.seed` to seed the stream that draws `objective.subsample`'s criteria.
+const SUBSAMPLE_STREAM: u64 = 0x5ab5_a3b1_e000_c417;
 
 /// The run's `objective.weights` as a target over `classes`, the error naming the field.
 fn scalarized_target(config: &TrainConfig, classes: &[String]) -> Result<Target> {
@@ -215,6 +218,9 @@ pub struct Trainer {
     /// Frozen starting parameters for the KL penalty (`grpo.kl_beta > 0`).
     reference: Option<ParamSnapshot>,
     pub(crate) rng: ChaCha8Rng,
+    /// Draws the criteria `objective.subsample` grades; its own stream, so the prompts and
+    /// responses are those of the same run without subsampling.
+    subsample_rng: ChaCha8Rng,
     /// `[judge.noise]`, and its tally over the steps written so far.
     noise: Option<Noise>,
     noise_total: Confusion,
@@ -277,6 +283,9 @@ impl Trainer {
         t.optimizer
             .load(&ckpt.join("optimizer.safetensors"), t.state.optimizer_t)?;
         t.rng = t.state.rng.restore();
+        if let Some(r) = &t.state.subsample_rng {
+            t.subsample_rng = r.restore();
+        }
         if t.reference.is_some() {
             let r = checkpoint::load_snapshot(&t.vars, &run_dir.join("reference.safetensors"))?;
             t.reference = Some(r);
@@ -321,6 +330,7 @@ impl Trainer {
             evals: Jsonl::open(&run_dir.join("eval.jsonl"))?,
             tests: Jsonl::open(&run_dir.join("test.jsonl"))?,
             rng: ChaCha8Rng::seed_from_u64(config.run.seed),
+            subsample_rng: ChaCha8Rng::seed_from_u64(config.run.seed ^ SUBSAMPLE_STREAM),
             config,
             run_dir,
             state,
@@ -720,11 +730,17 @@ impl Trainer {
             })
             .collect();
         let k = self.data.classes.len();
+        let share = self.config.objective.subsample.map(|s| s.share(k));
+        let sample = share.map(|s| sample_criteria(&items, s, &mut self.subsample_rng));
+        let criteria = match &sample {
+            Some(sample) => Criteria::Sample(sample),
+            None => Criteria::Class(only_class),
+        };
         let graded = grade(
             &self.rt,
             &*self.judge,
             &items,
-            only_class,
+            criteria,
             k,
             self.config.judge.retries,
             self.noise.as_ref(),
@@ -1037,6 +1053,11 @@ impl Trainer {
     pub fn checkpoint(&mut self) -> Result<PathBuf> {
         self.state.optimizer_t = self.optimizer.t;
         self.state.rng = checkpoint::RngState::of(&self.rng);
+        self.state.subsample_rng = self
+            .config
+            .objective
+            .subsample
+            .map(|_| checkpoint::RngState::of(&self.subsample_rng));
         self.state.schedule_lines = self.schedule.lines;
         self.state.eval_lines = self.evals.lines;
         let dir = checkpoint::write(&self.run_dir, &*self.policy, &self.optimizer, &self.state)?;

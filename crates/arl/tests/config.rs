@@ -291,3 +291,54 @@ fn sampling_precision_and_truncated_is_are_checked() {
         "{text}"
     );
 }
+
+#[test]
+fn subsample_is_a_share_or_one_class_and_only_for_scalarized() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, "");
+    let parse = |extra: &str| TrainConfig::from_toml(&format!("{base}{extra}"));
+    let scalarized = |value: &str| {
+        parse(&format!(
+            "[objective]\nkind = \"scalarized\"\nsubsample = {value}"
+        ))
+    };
+    for (value, want) in [
+        ("\"one_class\"", arl::Subsample::OneClass),
+        ("0.25", arl::Subsample::Share(0.25)),
+        ("1", arl::Subsample::Share(1.0)),
+    ] {
+        let cfg = scalarized(value).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.objective.subsample, Some(want));
+        let text = cfg.to_toml().unwrap();
+        assert!(text.contains("subsample = "), "{text}");
+        assert_eq!(cfg, TrainConfig::from_toml(&text).unwrap(), "round trip");
+    }
+    assert_eq!(arl::Subsample::OneClass.share(5), 0.2);
+    for bad in ["0.0", "1.5", "-0.2"] {
+        let e = scalarized(bad).unwrap().validate().unwrap_err().to_string();
+        assert!(
+            e.contains("objective.subsample") && e.contains("(0, 1]"),
+            "{bad}: {e}"
+        );
+    }
+    for bad in ["\"half\"", "true"] {
+        let e = scalarized(bad).unwrap_err().to_string();
+        assert!(e.contains("objective.subsample"), "{bad}: {e}");
+    }
+    for kind in ["alternating", "gdpo"] {
+        let cfg = parse(&format!(
+            "[objective]\nkind = \"{kind}\"\nsubsample = \"one_class\""
+        ))
+        .unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("objective.subsample") && e.contains("scalarized"),
+            "{kind}: {e}"
+        );
+    }
+    // absent by default, and then absent from the written config
+    let plain = parse("[objective]\nkind = \"scalarized\"").unwrap();
+    assert_eq!(plain.objective.subsample, None);
+    assert!(!plain.to_toml().unwrap().contains("subsample"));
+}

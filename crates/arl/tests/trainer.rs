@@ -887,3 +887,106 @@ fn a_verdict_budget_stops_the_run_on_the_step_that_spends_it() {
     assert!(lr.windows(2).all(|w| w[1] < w[0]), "{lr:?}");
     assert!(lr[6] < 0.5 * lr[0] && lr[6] < cosine30[6].lr, "{lr:?}");
 }
+
+/// A training task the judge was asked: example id, response, criteria.
+type Asked = (String, String, Vec<usize>);
+
+/// The rule judge, recording each training task it is asked (example id, response, criteria
+/// asked); validation examples (ids `v…`) are not recorded.
+struct RecordingJudge {
+    rules: RuleJudge,
+    asked: std::sync::Mutex<Vec<Asked>>,
+}
+
+#[async_trait]
+impl Judge for RecordingJudge {
+    fn id(&self) -> String {
+        "recording".into()
+    }
+    async fn grade(&self, tasks: &[GradeTask<'_>]) -> Vec<Vec<Verdict>> {
+        {
+            let mut asked = self.asked.lock().unwrap();
+            for t in tasks.iter().filter(|t| t.example.id.starts_with('t')) {
+                let criteria = t.criterion_indices();
+                asked.push((t.example.id.clone(), t.response.to_string(), criteria));
+            }
+        }
+        self.rules.grade(tasks).await
+    }
+    fn stats(&self) -> JudgeStats {
+        self.rules.stats()
+    }
+}
+
+/// A 3-step scalarized run with `objective.subsample` = `subsample` (none when empty): its
+/// steps and the training tasks its judge was asked.
+fn recorded_run(subsample: &str) -> (Vec<StepMetrics>, Vec<Asked>) {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[objective]\nkind = \"scalarized\"\n{subsample}");
+    let mut cfg = config(dir.path(), RUBRIC, VOCAB, &extra);
+    cfg.run.steps = 3;
+    let judge = Arc::new(RecordingJudge {
+        rules: RuleJudge::new(),
+        asked: Default::default(),
+    });
+    let parts = Parts {
+        policy: arl::build_policy(&cfg.policy).unwrap(),
+        judge: judge.clone(),
+        data: arl::setup::load_task(&cfg).unwrap(),
+    };
+    let mut steps = Vec::new();
+    let mut t = Trainer::new(cfg, parts).unwrap();
+    t.run(|m| steps.push(m.clone())).unwrap();
+    let asked = judge.asked.lock().unwrap().clone();
+    (steps, asked)
+}
+
+#[test]
+fn subsampled_scalarized_spends_one_class_of_verdicts_on_the_same_prompts() {
+    let (full, full_asked) = recorded_run("");
+    let (sub, sub_asked) = recorded_run("subsample = \"one_class\"");
+    let (half, _) = recorded_run("subsample = 0.5");
+    // 4 prompts × 8 responses × 6 criteria; one_class: max(1, round(6/5)) = 1 per response,
+    // about 1/K (K = 5) of the verdicts, as grading one class per step; 0.5: 3 per response
+    for ((f, s), h) in full.iter().zip(&sub).zip(&half) {
+        assert_eq!(
+            (f.train_verdicts, s.train_verdicts, h.train_verdicts),
+            (192, 32, 96)
+        );
+        let share = s.train_verdicts as f64 / f.train_verdicts as f64;
+        assert!((share - 1.0 / 5.0).abs() < 0.05, "{share}");
+        // every response scored (an estimate, not "no signal")
+        assert_eq!((s.overall.n, s.classes.len()), (32, f.classes.len()));
+    }
+    // step 1: the same prompts and responses (the subsets come from their own stream)
+    assert_eq!(full_asked.len(), 3 * 32);
+    assert_eq!(sub_asked.len(), 3 * 32);
+    let texts = |asked: &[Asked]| -> Vec<(String, String)> {
+        asked[..32]
+            .iter()
+            .map(|(id, r, _)| (id.clone(), r.clone()))
+            .collect()
+    };
+    assert_eq!(texts(&full_asked), texts(&sub_asked));
+    assert!(full_asked.iter().all(|a| a.2.len() == 6));
+    assert!(sub_asked.iter().all(|a| a.2.len() == 1));
+    // the sampled criterion varies across responses: every one of the 6 drawn in 96
+    let drawn: std::collections::BTreeSet<usize> = sub_asked.iter().map(|a| a.2[0]).collect();
+    assert_eq!(drawn.len(), 6, "{drawn:?}");
+}
+
+#[test]
+fn subsampled_scalarized_resumes_bit_for_bit() {
+    let (_dir, run) = resume_reproduces(
+        "\n[objective]\nkind = \"scalarized\"\nsubsample = \"one_class\"",
+        4,
+    );
+    let state = std::fs::read_to_string(run.join("checkpoints/step-00000010/state.json")).unwrap();
+    assert!(state.contains("subsample_rng"), "{state}");
+    let (_dir, run) = resume_reproduces("\n[objective]\nkind = \"scalarized\"", 4);
+    let state = std::fs::read_to_string(run.join("checkpoints/step-00000010/state.json")).unwrap();
+    assert!(
+        !state.contains("subsample_rng"),
+        "absent without subsampling"
+    );
+}

@@ -32,7 +32,9 @@ pub use embedding::EmbeddingJudgeConfig;
 #[cfg(feature = "embedding")]
 pub use embedding::{EmbeddingJudge, SentenceEmbedder};
 pub use http::{HttpJudge, HttpJudgeConfig};
-pub use retry::{grade_classes, grade_with_retries, Graded, ToGrade, DEFAULT_RETRIES};
+pub use retry::{
+    grade_classes, grade_criteria, grade_with_retries, Graded, ToGrade, DEFAULT_RETRIES,
+};
 pub use rules::RuleJudge;
 
 use async_trait::async_trait;

@@ -44,9 +44,22 @@ pub async fn grade_classes(
     retries: u32,
 ) -> Result<Graded, String> {
     let wanted: Vec<Vec<usize>> = items.iter().map(|it| it.criteria(only)).collect();
+    grade_criteria(judge, items, &wanted, retries).await
+}
+
+/// [`grade_with_retries`] on `items`, item `i` against the criteria `wanted[i]` (indices into
+/// its example's criteria, in order): [`grade_classes`] and the trainer's sampled criteria
+/// (`objective.subsample`).
+pub async fn grade_criteria(
+    judge: &dyn Judge,
+    items: &[ToGrade<'_>],
+    wanted: &[Vec<usize>],
+    retries: u32,
+) -> Result<Graded, String> {
+    assert_eq!(items.len(), wanted.len(), "one criterion list per item");
     let tasks: Vec<GradeTask<'_>> = items
         .iter()
-        .zip(&wanted)
+        .zip(wanted)
         .map(|(it, criteria)| GradeTask {
             example: it.example,
             response: it.response,

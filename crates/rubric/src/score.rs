@@ -69,6 +69,42 @@ pub fn reward_vector(
     for v in verdicts {
         values[v.criterion] = v.value();
     }
+    rewards_of(example, class_of, n_classes, &values)
+}
+
+/// The Horvitz–Thompson estimate of [`reward_vector`] from the verdicts of a random sample of
+/// the criteria in which every criterion has the same probability `inclusion` (`k/n` for `k`
+/// of `n` drawn uniformly without replacement): the points earned, overall and per class, are
+/// `Σ_{c ∈ sample} points_c · met_c / inclusion`, over the same positive-points total as the
+/// full reward (known without grading). Its mean over samples is the full reward exactly, so
+/// it is not clipped (clipping would bias it; a single estimate may leave [-1, 1]). Defined
+/// where the full reward is (positive points), whether or not the sample holds one of the
+/// class's criteria; a failed verdict in the sample leaves its class and the overall `None`, as
+/// in [`reward_vector`]. With `inclusion = 1` and every criterion graded it is
+/// [`reward_vector`], bit for bit.
+pub fn estimated_reward_vector(
+    example: &Example,
+    class_of: &[usize],
+    n_classes: usize,
+    verdicts: &[Verdict],
+    inclusion: f64,
+) -> RewardVector {
+    debug_assert!(inclusion > 0.0 && inclusion <= 1.0, "{inclusion}");
+    // a criterion outside the sample adds nothing to the estimate
+    let mut values = vec![Some(0.0); example.criteria.len()];
+    for v in verdicts {
+        values[v.criterion] = v.value().map(|m| m / inclusion);
+    }
+    rewards_of(example, class_of, n_classes, &values)
+}
+
+/// [`partial_score`] overall and per class on per-criterion values (`None`: not graded).
+fn rewards_of(
+    example: &Example,
+    class_of: &[usize],
+    n_classes: usize,
+    values: &[Option<f64>],
+) -> RewardVector {
     let value = |i: usize| values[i];
     RewardVector {
         overall: partial_score(&example.criteria, value, |_| true),
@@ -259,6 +295,122 @@ mod tests {
         let r = reward_vector(&ex, &[0, 0, 1], 3, &verdicts(&[1.0, 0.0]));
         assert_eq!(r.overall, None);
         assert_eq!(r.classes, vec![Some(5.0 / 8.0), None, None]);
+    }
+
+    fn verdicts_of(criteria: &[usize], met: &[f64]) -> Vec<Verdict> {
+        criteria
+            .iter()
+            .map(|&criterion| Verdict {
+                criterion,
+                outcome: Ok(met[criterion]),
+                explanation: String::new(),
+                judge: "j".into(),
+                cached: false,
+                attempts: 1,
+            })
+            .collect()
+    }
+
+    /// Every `k`-subset of `0..n`, in lexicographic order.
+    fn subsets(n: usize, k: usize) -> Vec<Vec<usize>> {
+        if k == 0 {
+            return vec![vec![]];
+        }
+        (k - 1..n)
+            .flat_map(|last| {
+                subsets(last, k - 1).into_iter().map(move |mut s| {
+                    s.push(last);
+                    s
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_estimate_averaged_over_every_sample_is_the_full_reward() {
+        // classes: 0 mixes positive, negative and zero points; 1 has only a negative item
+        // (undefined); 2 one positive item; 3 has no criterion at all (undefined)
+        let ex = Example {
+            id: "x".into(),
+            prompt: vec![],
+            criteria: vec![
+                crit(5.0, "a"),
+                crit(3.0, "a"),
+                crit(-4.0, "b"),
+                crit(0.0, "a"),
+                crit(7.0, "c"),
+                crit(-2.0, "a"),
+            ],
+            tags: vec![],
+            ideal_completion: None,
+            canary: None,
+            line: 1,
+        };
+        let class_of = [0, 0, 1, 0, 2, 0];
+        let met = [1.0, 0.5, 1.0, 1.0, 0.0, 1.0];
+        let n = ex.criteria.len();
+        let full = reward_vector(&ex, &class_of, 4, &verdicts_of(&[0, 1, 2, 3, 4, 5], &met));
+        assert_eq!(full.classes[1], None);
+        assert_eq!(full.classes[3], None);
+        for k in 1..=n {
+            let samples = subsets(n, k);
+            let inclusion = k as f64 / n as f64;
+            let estimates: Vec<RewardVector> = samples
+                .iter()
+                .map(|s| {
+                    estimated_reward_vector(&ex, &class_of, 4, &verdicts_of(s, &met), inclusion)
+                })
+                .collect();
+            let mean = |get: &dyn Fn(&RewardVector) -> Option<f64>| -> Option<f64> {
+                let values: Option<Vec<f64>> = estimates.iter().map(get).collect();
+                values.map(|v| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            let close = |a: Option<f64>, b: Option<f64>, what: &str| match (a, b) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-12, "k={k} {what}: {a} vs {b}"),
+                _ => assert_eq!(a, b, "k={k} {what}: defined where the full reward is"),
+            };
+            close(mean(&|r| r.overall), full.overall, "overall");
+            for c in 0..4 {
+                close(
+                    mean(&|r| r.classes[c]),
+                    full.classes[c],
+                    &format!("class {c}"),
+                );
+            }
+            if k < n {
+                // single estimates spread (and are not clipped): not the full reward each time
+                let overall: Vec<f64> = estimates.iter().map(|r| r.overall.unwrap()).collect();
+                assert!(overall
+                    .iter()
+                    .any(|&o| (o - full.overall.unwrap()).abs() > 1e-6));
+            }
+        }
+        // every criterion in the sample: the full reward, bit for bit
+        let all = estimated_reward_vector(
+            &ex,
+            &class_of,
+            4,
+            &verdicts_of(&[0, 1, 2, 3, 4, 5], &met),
+            1.0,
+        );
+        assert_eq!(all, full);
+        // unclipped: class 2 alone, met, drawn with probability 1/6, reads 6
+        let one = estimated_reward_vector(
+            &ex,
+            &class_of,
+            4,
+            &verdicts_of(&[4], &[0.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            1.0 / 6.0,
+        );
+        assert!((one.classes[2].unwrap() - 6.0).abs() < 1e-12, "{one:?}");
+        // a failed verdict in the sample: its class and the overall undefined
+        let mut failed = verdicts_of(&[0, 4], &met);
+        failed[0].outcome = Err(crate::JudgeFailure::Other("timeout".into()));
+        let r = estimated_reward_vector(&ex, &class_of, 4, &failed, 2.0 / 6.0);
+        assert_eq!(
+            (r.overall, r.classes[0], r.classes[2]),
+            (None, None, Some(0.0))
+        );
     }
 
     #[test]

@@ -25,11 +25,18 @@ use std::path::PathBuf;
 pub struct Method {
     pub objective: ObjectiveKind,
     pub selector: Option<SelectorKind>,
+    /// `scalarized+subsample`: `objective.subsample = "one_class"`, the cost-matched control
+    /// of alternation's `grade_active_class_only`.
+    pub subsample: bool,
 }
+
+/// The suffix of `scalarized+subsample`.
+const SUBSAMPLE: &str = "+subsample";
 
 impl Method {
     pub fn name(&self) -> String {
-        match (self.objective, self.selector) {
+        let suffix = if self.subsample { SUBSAMPLE } else { "" };
+        let head = match (self.objective, self.selector) {
             (ObjectiveKind::Alternating, Some(s)) => {
                 format!(
                     "alternating:{}",
@@ -39,11 +46,23 @@ impl Method {
             (ObjectiveKind::Alternating, None) => "alternating".into(),
             (ObjectiveKind::Scalarized, _) => "scalarized".into(),
             (ObjectiveKind::Gdpo, _) => "gdpo".into(),
-        }
+        };
+        head + suffix
     }
 
-    /// `"scalarized"`, `"gdpo"`, `"alternating"` or `"alternating:<selector>"`.
+    /// `"scalarized"`, `"scalarized+subsample"`, `"gdpo"`, `"alternating"` or
+    /// `"alternating:<selector>"`.
     pub fn parse(s: &str) -> Result<Method> {
+        if let Some(head) = s.strip_suffix(SUBSAMPLE) {
+            let m = Method::parse(head)?;
+            if m.objective != ObjectiveKind::Scalarized {
+                bail!("method `{s}`: `{SUBSAMPLE}` needs `scalarized`");
+            }
+            return Ok(Method {
+                subsample: true,
+                ..m
+            });
+        }
         let (obj, sel) = match s.split_once(':') {
             Some((o, sel)) => (o, Some(sel)),
             None => (s, None),
@@ -65,6 +84,7 @@ impl Method {
         Ok(Method {
             objective,
             selector,
+            subsample: false,
         })
     }
 }
@@ -121,6 +141,9 @@ pub fn run(spec: &CompareSpec, mut on_run: impl FnMut(&str, u64)) -> Result<Vec<
             if let Some(s) = m.selector {
                 cfg.phases.selector = s;
             }
+            if m.subsample {
+                cfg.objective.subsample = Some(arl::Subsample::OneClass);
+            }
             cfg.run.seed = seed;
             cfg.run.dir = spec
                 .out
@@ -173,5 +196,11 @@ mod tests {
         assert_eq!(Method::parse("gdpo").unwrap().name(), "gdpo");
         assert!(Method::parse("gdpo:ucb").is_err());
         assert!(Method::parse("nope").is_err());
+        let m = Method::parse("scalarized+subsample").unwrap();
+        assert!(m.subsample && m.objective == ObjectiveKind::Scalarized);
+        assert_eq!(m.name(), "scalarized+subsample");
+        assert!(!Method::parse("scalarized").unwrap().subsample);
+        assert!(Method::parse("gdpo+subsample").is_err());
+        assert!(Method::parse("alternating:ucb+subsample").is_err());
     }
 }

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 /// The regime keys a grid may vary, in the order regime names list them.
 pub const REGIME_KEYS: [&str; 4] = ["noise", "conflict", "scale_rewards", "shape"];
 
-/// The variants an `alternating:<selector>` method may add with `+name`.
-pub const VARIANTS: [&str; 3] = ["guard", "paired", "anchored"];
+/// The variants a method may add with `+name`: `guard`, `paired` and `anchored` on
+/// `alternating:<selector>`, `subsample` on `scalarized`.
+pub const VARIANTS: [&str; 4] = ["guard", "paired", "anchored", "subsample"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +67,9 @@ pub struct VariantParams {
     pub paired_samples: usize,
     /// `+anchored`: `objective.anchor` (λ).
     pub anchor: f64,
+    /// `scalarized+subsample`: `objective.subsample`, a share or `"one_class"` (1/K of the
+    /// criteria, alternation's verdicts per step with `grade_active_class_only`).
+    pub subsample: arl::Subsample,
 }
 
 impl Default for VariantParams {
@@ -74,6 +78,7 @@ impl Default for VariantParams {
             guard_drop: 0.05,
             paired_samples: 8,
             anchor: 0.5,
+            subsample: arl::Subsample::OneClass,
         }
     }
 }
@@ -88,8 +93,8 @@ pub struct StudyMethod {
 }
 
 impl StudyMethod {
-    /// `scalarized`, `gdpo`, or `alternating:<selector>` with `+guard`, `+paired`,
-    /// `+anchored` added in any combination.
+    /// `scalarized` (`+subsample`: the cost-matched control), `gdpo`, or
+    /// `alternating:<selector>` with `+guard`, `+paired`, `+anchored` added in any combination.
     pub fn parse(s: &str) -> Result<StudyMethod> {
         let mut parts = s.split('+');
         let head = parts.next().unwrap_or_default();
@@ -102,8 +107,14 @@ impl StudyMethod {
                     VARIANTS.map(|v| format!("+{v}")).join(", ")
                 );
             }
+            if v == "subsample" {
+                if m.objective != ObjectiveKind::Scalarized {
+                    bail!("method `{s}`: `+subsample` needs `scalarized`");
+                }
+                continue;
+            }
             if m.selector.is_none() {
-                bail!("method `{s}`: variants need `alternating:<selector>`");
+                bail!("method `{s}`: `+{v}` needs `alternating:<selector>`");
             }
             if (v == "paired" || v == "guard") && m.selector != Some(SelectorKind::Lookahead) {
                 bail!("method `{s}`: `+{v}` needs the lookahead selector");
@@ -294,6 +305,9 @@ impl Grid {
         if method.has("anchored") {
             cfg.objective.anchor = self.variants.anchor;
         }
+        if method.has("subsample") {
+            cfg.objective.subsample = Some(self.variants.subsample);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -347,6 +361,11 @@ fn check_variants(v: &VariantParams) -> Result<()> {
         v.anchor > 0.0 && v.anchor <= 1.0,
         "variants.anchor",
         "must be in (0, 1]",
+    )?;
+    ensure_field(
+        v.subsample.check().is_ok(),
+        "variants.subsample",
+        "a share must be in (0, 1] (or \"one_class\")",
     )
 }
 
@@ -506,7 +525,7 @@ mod tests {
     /// is the base with exactly those fields changed, and reads back from its TOML as itself.
     #[test]
     fn overrides_set_the_fields_they_name_and_nothing_else() {
-        let g = grid("methods = [\"scalarized\", \"alternating:lookahead+guard+paired\", \"alternating:round_robin+anchored\"]\nseeds = 1\nsteps = 7\nlrs = [0.05]\n[regimes]\nnoise = [\"exact\", \"healthbench-gpt41\"]\nconflict = [0]\nscale_rewards = [\"batch\"]\nshape = [\"healthbench\"]\n").unwrap();
+        let g = grid("methods = [\"scalarized\", \"scalarized+subsample\", \"alternating:lookahead+guard+paired\", \"alternating:round_robin+anchored\"]\nseeds = 1\nsteps = 7\nlrs = [0.05]\n[regimes]\nnoise = [\"exact\", \"healthbench-gpt41\"]\nconflict = [0]\nscale_rewards = [\"batch\"]\nshape = [\"healthbench\"]\n").unwrap();
         for r in &g.regimes {
             for m in &g.methods {
                 let cfg = g.run_config(r, m, 0.25, 4, Path::new("/tmp/x")).unwrap();
@@ -538,6 +557,9 @@ mod tests {
                 }
                 if m.has("anchored") {
                     want.objective.anchor = 0.5;
+                }
+                if m.has("subsample") {
+                    want.objective.subsample = Some(arl::Subsample::OneClass);
                 }
                 assert_eq!(cfg, want, "{} {}", r.label(), m.name);
             }
@@ -609,6 +631,22 @@ mod tests {
                 "methods = [\"gdpo\"]\nseeds = 2\nsteps = 10\n",
                 "missing field `lrs`",
             ),
+            (
+                "methods = [\"gdpo+subsample\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[0]`: method `gdpo+subsample`: `+subsample` needs `scalarized`",
+            ),
+            (
+                "methods = [\"scalarized+guard\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "`+guard` needs `alternating:<selector>`",
+            ),
+            (
+                &format!("{OK}[variants]\nsubsample = 1.5\n"),
+                "field `variants.subsample`: a share must be in (0, 1]",
+            ),
+            (
+                &format!("{OK}[variants]\nsubsample = \"half\"\n"),
+                "field `variants.subsample`",
+            ),
         ];
         for (body, want) in cases {
             let err = grid(body).unwrap_err().to_string();
@@ -616,5 +654,55 @@ mod tests {
             assert!(err.contains(want), "{err}\n  wanted: {want}");
             assert_eq!(err.lines().count(), 1, "{err}");
         }
+    }
+
+    /// `scalarized+subsample` grades `[variants] subsample` of the criteria (1/K unless set);
+    /// its fingerprint names the share, and the other methods' fingerprints are unchanged.
+    #[test]
+    fn scalarized_subsample_is_the_cost_matched_control() {
+        use super::super::RunKey;
+        use sha2::Digest;
+        let methods = "methods = [\"scalarized\", \"scalarized+subsample\"]\nseeds = 1\nsteps = 5\nlrs = [0.05]\n";
+        let g = grid(methods).unwrap();
+        let m = &g.methods[1];
+        assert_eq!((m.objective, m.selector), (ObjectiveKind::Scalarized, None));
+        assert!(m.has("subsample") && !g.methods[0].has("subsample"));
+        let run = |g: &Grid, m: usize| {
+            g.run_config(&g.regimes[0], &g.methods[m], 0.05, 1, Path::new("/tmp/x"))
+                .unwrap()
+        };
+        let cfg = run(&g, 1);
+        assert_eq!(cfg.objective.subsample, Some(arl::Subsample::OneClass));
+        assert!(!cfg.objective.grade_active_class_only);
+        assert_eq!(run(&g, 0).objective.subsample, None);
+        let half = grid(&format!("{methods}[variants]\nsubsample = 0.5\n")).unwrap();
+        assert_eq!(
+            run(&half, 1).objective.subsample,
+            Some(arl::Subsample::Share(0.5))
+        );
+
+        let key = |method| RunKey {
+            regime: 0,
+            method,
+            lr: 0,
+            seed: 1,
+        };
+        let print = |g: &Grid, m: usize| g.fingerprint(key(m)).unwrap();
+        // the plain method's fingerprint, as written before `subsample` existed
+        let mut h = sha2::Sha256::new();
+        h.update(std::fs::read(&g.base_path).unwrap());
+        let old = serde_json::json!({
+            "regime": g.regimes[0].label(), "method": "scalarized", "lr": 0.05, "seed": 1,
+            "steps": 5, "grade_active_class_only": false, "guard_drop": null,
+            "paired_samples": null, "anchor": null,
+        });
+        h.update(old.to_string().as_bytes());
+        assert_eq!(print(&g, 0), format!("{:x}", h.finalize()));
+        assert_eq!(print(&g, 0), print(&half, 0));
+        assert_ne!(
+            print(&g, 1),
+            print(&half, 1),
+            "the share is part of the run"
+        );
     }
 }

@@ -126,7 +126,7 @@ impl Grid {
         let m = &self.methods[k.method];
         let mut h = Sha256::new();
         h.update(std::fs::read(&self.base_path)?);
-        let what = serde_json::json!({
+        let mut what = serde_json::json!({
             "regime": self.regimes[k.regime].label(),
             "method": m.name,
             "lr": self.lrs[k.lr],
@@ -137,9 +137,12 @@ impl Grid {
             "paired_samples": m.has("paired").then_some(self.variants.paired_samples),
             "anchor": m.has("anchored").then_some(self.variants.anchor),
         });
-        let mut what = what;
         if self.budget > 0 {
             what["budget"] = self.budget.into(); // absent otherwise: older runs keep theirs
+        }
+        // only where the method has it: the other runs' fingerprints stay what they were
+        if m.has("subsample") {
+            what["subsample"] = serde_json::to_value(self.variants.subsample)?;
         }
         h.update(what.to_string().as_bytes());
         Ok(format!("{:x}", h.finalize()))
