@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long)]
     test: Option<PathBuf>,
     /// Comma-separated methods: `alternating:<selector>` (lookahead, gradient, deficit, ucb,
-    /// round_robin, fixed), `scalarized`, `gdpo`.
+    /// round_robin, shuffled, fixed), `scalarized`, `gdpo`.
     #[arg(long, default_value = "alternating:lookahead,scalarized,gdpo")]
     methods: String,
     /// Seeds per method (0, 1, ..., N-1).

@@ -115,7 +115,7 @@ impl Grid {
         let m = &self.methods[k.method];
         let mut h = Sha256::new();
         h.update(std::fs::read(&self.base_path)?);
-        let what = serde_json::json!({
+        let mut what = serde_json::json!({
             "regime": self.regimes[k.regime].label(),
             "method": m.name,
             "lr": self.lrs[k.lr],
@@ -126,6 +126,20 @@ impl Grid {
             "paired_samples": m.has("paired").then_some(self.variants.paired_samples),
             "anchor": m.has("anchored").then_some(self.variants.anchor),
         });
+        // keys added since: present only when set, so earlier runs keep their fingerprints
+        let extra = what.as_object_mut().expect("an object");
+        if m.has("keep_probe") {
+            extra.insert("keep_probe".into(), true.into());
+        }
+        if let Some(n) = m.phase_length() {
+            extra.insert("phase_length".into(), n.into());
+        }
+        if let Some(file) = self.regimes[k.regime].classes_file() {
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("cannot read class mapping {}", file.display()))?;
+            let digest = format!("{:x}", Sha256::digest(&bytes));
+            extra.insert("classes_mapping_sha256".into(), digest.into());
+        }
         h.update(what.to_string().as_bytes());
         Ok(format!("{:x}", h.finalize()))
     }
