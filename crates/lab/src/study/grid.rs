@@ -304,10 +304,14 @@ impl Grid {
         };
         // every cell's config must parse and validate before any run starts
         for r in &grid.regimes {
-            for m in &grid.methods {
+            for (i, m) in grid.methods.iter().enumerate() {
                 grid.run_config(r, m, grid.lrs[0], 0, Path::new("."))
                     .map_err(|e| {
-                        anyhow::anyhow!("regime `{}`, method `{}`: {e}", r.label(), m.name)
+                        anyhow::anyhow!(
+                            "field `study.methods[{i}]`: method `{}` in regime `{}`: {e}",
+                            m.name,
+                            r.label()
+                        )
                     })?;
             }
         }
@@ -880,6 +884,10 @@ mod tests {
             (
                 &format!("{OK}[regimes]\nclasses = [\"axis\", \"no-such-mapping.toml\"]\n"),
                 "field `regimes.classes[1]`: `no-such-mapping.toml` is neither axis, cluster nor theme, nor a class mapping file",
+            ),
+            (
+                "methods = [\"gdpo\", \"alternating:lookahead+keep_probe+phase=1\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[1]`: method `alternating:lookahead+keep_probe+phase=1` in regime `base`: field `phases.keep_probe`",
             ),
             (
                 &format!("{OK}[regimes]\nclasses = [2]\n"),
