@@ -342,3 +342,59 @@ fn subsample_is_a_share_or_one_class_and_only_for_scalarized() {
     assert_eq!(plain.objective.subsample, None);
     assert!(!plain.to_toml().unwrap().contains("subsample"));
 }
+
+#[test]
+fn the_shuffled_selector_and_the_coarse_class_mapping_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let coarse = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/classes/builtin-coarse.toml");
+    let extra =
+        "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"shuffled\"\nlength = 3";
+    let toml = common::base_toml(dir.path(), common::RUBRIC, common::VOCAB, extra).replace(
+        "[data]\n",
+        &format!(
+            "[data]\nclasses = {{ scheme = {{ mapping = \"{}\" }} }}\n",
+            coarse.display()
+        ),
+    );
+    let cfg = TrainConfig::from_toml(&toml).unwrap();
+    assert_eq!(cfg.phases.selector, schedule::SelectorKind::Shuffled);
+    assert!(!cfg.phases.selector.measures());
+    assert_eq!(
+        cfg.data.classes.scheme,
+        rubric::ClassScheme::Mapping(coarse.clone())
+    );
+    cfg.validate().unwrap();
+    let text = cfg.to_toml().unwrap();
+    assert!(text.contains("selector = \"shuffled\""), "{text}");
+    assert_eq!(TrainConfig::from_toml(&text).unwrap(), cfg);
+    // the mapping puts every criterion of the built-in task, both shapes, in one of two classes
+    let spec = rubric::ClassSpec {
+        scheme: rubric::ClassScheme::Mapping(coarse),
+        catch_all: None,
+    };
+    for shape in [
+        rubric::builtin::Shape::Builtin,
+        rubric::builtin::Shape::HealthBench,
+    ] {
+        let splits = rubric::builtin::generate(rubric::builtin::BuiltinSpec {
+            shape,
+            ..Default::default()
+        })
+        .unwrap();
+        let classes = rubric::MetaClasses::new(&spec, &[]).unwrap();
+        assert_eq!(classes.names, ["content", "delivery"]);
+        let mut used = [0usize; 2];
+        for ex in [&splits.train, &splits.validation, &splits.test]
+            .into_iter()
+            .flatten()
+        {
+            for i in 0..ex.criteria.len() {
+                used[classes
+                    .class_of(ex, i)
+                    .expect("every criterion has a class")] += 1;
+            }
+        }
+        assert!(used.iter().all(|&n| n > 0), "{shape:?}: {used:?}");
+    }
+}

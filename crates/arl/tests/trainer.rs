@@ -154,7 +154,14 @@ fn lookahead_picks_the_class_that_lifts_the_overall_score() {
 
 #[test]
 fn every_selector_runs_and_logs_its_numbers() {
-    for sel in ["gradient", "deficit", "ucb", "round_robin", "lookahead"] {
+    for sel in [
+        "gradient",
+        "deficit",
+        "ucb",
+        "round_robin",
+        "shuffled",
+        "lookahead",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(
             dir.path(),
@@ -173,14 +180,21 @@ fn every_selector_runs_and_logs_its_numbers() {
         assert_eq!(ds.len(), 4, "{sel}");
         for d in &ds {
             let expected = match sel {
-                "round_robin" => 1,
+                "round_robin" | "shuffled" => 1,
                 "lookahead" => 2,
                 _ => 5,
             };
             assert_eq!(d.candidates.len(), expected, "{sel}: {d:?}");
-            if sel != "round_robin" {
-                assert!(d.base_score.is_some(), "{sel}");
-            }
+            let measures = !matches!(sel, "round_robin" | "shuffled");
+            assert_eq!(d.base_score.is_some(), measures, "{sel}");
+        }
+        if sel == "shuffled" {
+            // the first cycle's order at the run seed (7): four of the five classes
+            let names = rubric::MetaClasses::axes().names;
+            let order = schedule::shuffled_order(7, 0, &[0, 1, 2, 3, 4]);
+            let want: Vec<&str> = order[..4].iter().map(|&k| names[k].as_str()).collect();
+            let got: Vec<&str> = ds.iter().map(|d| d.chosen.as_str()).collect();
+            assert_eq!(got, want);
         }
         if sel == "round_robin" {
             let order: Vec<&str> = ds.iter().map(|d| d.chosen.as_str()).collect();
@@ -339,6 +353,65 @@ fn resume_from_a_checkpoint_reproduces_the_metrics() {
         "\nguard_drop = 0.01\npaired = true\n[objective]\nkind = \"alternating\"\nanchor = 0.5";
     for extra in ["", variants] {
         resume_reproduces(&format!("\nprobe_steps = 1{extra}"), 4);
+    }
+}
+
+/// `shuffled`: ten one-step phases over the five classes, resumed at step 4 (mid-cycle); the
+/// resumed run goes on with the same order, and each cycle visits every class once.
+#[test]
+fn shuffled_resumes_mid_cycle_in_the_same_order() {
+    let shuffled = |c: &mut arl::TrainConfig| {
+        c.phases.selector = schedule::SelectorKind::Shuffled;
+        c.phases.length = 1;
+    };
+    let (_dir, run) = resume_reproduces_with("", 4, shuffled);
+    let chosen: Vec<String> = decisions(&run).into_iter().map(|d| d.chosen).collect();
+    assert_eq!(chosen.len(), 10);
+    let names = rubric::MetaClasses::axes().names;
+    for cycle in [0, 1] {
+        let want: Vec<&String> = schedule::shuffled_order(7, cycle, &[0, 1, 2, 3, 4])
+            .into_iter()
+            .map(|k| &names[k])
+            .collect();
+        let got: Vec<&String> = chosen[5 * cycle as usize..][..5].iter().collect();
+        assert_eq!(got, want, "cycle {cycle}");
+    }
+    assert_ne!(chosen[..5], chosen[5..], "two cycles, two orders");
+}
+
+/// The coarse mapping (`configs/classes/builtin-coarse.toml`: content, delivery) on the
+/// five-axis task: two meta-classes, alternated by `shuffled`, and the run trains.
+#[test]
+fn two_coarse_classes_alternate_and_train() {
+    let coarse = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/classes/builtin-coarse.toml");
+    let (before, after, steps, dir) = train_with(
+        "[objective]\nkind = \"alternating\"\n[phases]\nselector = \"shuffled\"\nlength = 3",
+        |c| c.data.classes.scheme = rubric::ClassScheme::Mapping(coarse),
+    );
+    let names: Vec<&String> = after.classes.keys().collect();
+    assert_eq!(names, ["content", "delivery"]);
+    assert!(
+        after.overall.score > before.overall.score + 0.2,
+        "{} -> {}",
+        before.overall.score,
+        after.overall.score
+    );
+    let active: std::collections::BTreeSet<&str> = steps
+        .iter()
+        .map(|m| m.active_class.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        active.into_iter().collect::<Vec<_>>(),
+        ["content", "delivery"]
+    );
+    let chosen: Vec<String> = decisions(&dir.path().join("run"))
+        .into_iter()
+        .map(|d| d.chosen)
+        .collect();
+    assert_eq!(chosen.len(), 10, "30 steps / length 3");
+    for pair in chosen.chunks(2) {
+        assert_ne!(pair[0], pair[1], "each cycle visits both: {chosen:?}");
     }
 }
 

@@ -17,8 +17,8 @@ pub struct Args {
     #[arg(long)]
     test: Option<PathBuf>,
     /// Comma-separated methods: `alternating:<selector>` (lookahead, gradient, deficit, ucb,
-    /// round_robin, fixed), `scalarized`, `scalarized+subsample` (each response graded on
-    /// 1/K of its criteria, the unbiased estimate as reward), `gdpo`.
+    /// round_robin, shuffled, fixed), `scalarized`, `scalarized+subsample` (each response
+    /// graded on 1/K of its criteria, the unbiased estimate as reward), `gdpo`.
     #[arg(long, default_value = "alternating:lookahead,scalarized,gdpo")]
     methods: String,
     /// Seeds per method (0, 1, ..., N-1).

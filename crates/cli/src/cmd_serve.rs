@@ -24,7 +24,8 @@ pub struct Args {
     /// `class=weight,...` (missing classes weigh 0).
     #[arg(long, value_parser = parse_weights, default_value = "points")]
     weights: Weights,
-    /// Selector of the next class (alternating): round_robin, fixed, deficit, ucb, lookahead.
+    /// Selector of the next class (alternating): round_robin, shuffled, fixed, deficit, ucb,
+    /// lookahead.
     #[arg(long, value_parser = parse_selector, default_value = "round_robin")]
     selector: SelectorKind,
     /// Training steps per phase.
@@ -122,7 +123,7 @@ fn parse_grade(s: &str) -> Result<server::GradeScope, String> {
 fn parse_selector(s: &str) -> Result<SelectorKind, String> {
     serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
         format!(
-            "`{s}`: use round_robin, fixed, deficit, ucb or lookahead (gradient needs the trainer)"
+            "`{s}`: use round_robin, shuffled, fixed, deficit, ucb or lookahead (gradient needs the trainer)"
         )
     })
 }

@@ -20,9 +20,9 @@ pub use objective::{
     group_advantages, BatchAdvantages, ObjectiveKind, ScaleRewards, Target, Weights,
 };
 pub use phase::{
-    best, decide, paired_gain, probe_candidates, spreads, BatchScores, Candidate, Choices,
-    ClassName, Decision, DecisionRecord, EndFlat, GuardTrip, Measure, Measured, PhaseConfig,
-    PhaseState, Plan, Rank, SelectCost, SelectorKind, Skipped,
+    best, decide, paired_gain, probe_candidates, shuffled_order, spreads, BatchScores, Candidate,
+    Choices, ClassName, Cycle, Decision, DecisionRecord, EndFlat, GuardTrip, Measure, Measured,
+    PhaseConfig, PhaseState, Plan, Rank, SelectCost, SelectorKind, Skipped,
 };
 pub use stats::mean_std;
 pub use task::TaskData;

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct PhaseConfig {
     /// Steps per phase (`S`).
     pub length: u64,
-    /// `"lookahead"` (default), `"gradient"`, `"deficit"`, `"ucb"`, `"round_robin"`, `"fixed"`.
+    /// `"lookahead"` (default), `"gradient"`, `"deficit"`, `"ucb"`, `"round_robin"`,
+    /// `"shuffled"`, `"fixed"`.
     pub selector: SelectorKind,
     /// `fixed`: the class trained throughout (a class name, e.g. `"accuracy"`).
     pub fixed_class: Option<String>,
@@ -125,6 +126,10 @@ pub enum SelectorKind {
     Deficit,
     Ucb,
     RoundRobin,
+    /// Round robin in a random class order: cycles through the trainable classes, each cycle
+    /// in a fresh uniformly random order drawn from the run seed and the cycle's index alone
+    /// ([`shuffled_order`]); measures nothing.
+    Shuffled,
     Fixed,
 }
 
@@ -148,6 +153,54 @@ pub struct PhaseState {
     /// `end_flat`: the zero-spread shares of the active phase's last `window` steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flat_shares: Vec<f64>,
+    /// `shuffled`: the cycle in progress (absent before its first phase, and for the other
+    /// selectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<Cycle>,
+}
+
+/// `shuffled`'s cycle in progress: its order and how much of it the phases have visited. The
+/// order is kept (not only its index) so that a resumed run goes on with exactly it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cycle {
+    /// The cycle's index (0 = the run's first).
+    pub index: u64,
+    /// The classes in the order the cycle visits them.
+    pub order: Vec<usize>,
+    /// How many of `order` have been chosen.
+    pub next: usize,
+}
+
+/// `shuffled`: cycle `cycle`'s visiting order of `classes`, a uniformly random permutation
+/// (Fisher–Yates) drawn from a SplitMix64 stream seeded by `(seed, cycle)` alone, so no
+/// generator state needs saving and the trainer's own generator is never drawn from.
+pub fn shuffled_order(seed: u64, cycle: u64, classes: &[usize]) -> Vec<usize> {
+    // a fixed salt keeps this stream apart from any other use of the run seed
+    let mut state = splitmix64(&mut (seed ^ 0x7368_7566_666c_6564)).wrapping_add(cycle);
+    let mut state = splitmix64(&mut state);
+    let mut order = classes.to_vec();
+    for i in (1..order.len()).rev() {
+        let n = i as u64 + 1;
+        // rejection sampling: uniform in 0..n without modulo bias
+        let zone = u64::MAX - u64::MAX % n;
+        let j = loop {
+            let x = splitmix64(&mut state);
+            if x < zone {
+                break x % n;
+            }
+        };
+        order.swap(i, j as usize);
+    }
+    order
+}
+
+/// The next number of a SplitMix64 stream (Steele, Lea and Flood 2014).
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The record of a phase ended early: by the phase guard (a drop of the score) or by
@@ -246,6 +299,23 @@ impl PhaseState {
             });
         }
         self.tripped.is_some()
+    }
+
+    /// `shuffled`: the next class of the cycle in progress, a new cycle's order drawn when it
+    /// is done (or none has begun).
+    fn next_shuffled(&mut self, trainable: &[usize], seed: u64) -> usize {
+        let done = self.cycle.as_ref().is_none_or(|c| c.next >= c.order.len());
+        if done {
+            let index = self.cycle.as_ref().map_or(0, |c| c.index + 1);
+            self.cycle = Some(Cycle {
+                index,
+                order: shuffled_order(seed, index, trainable),
+                next: 0,
+            });
+        }
+        let c = self.cycle.as_mut().expect("set above");
+        c.next += 1;
+        c.order[c.next - 1]
     }
 
     /// At a phase boundary: credits the phase that just ended with the overall gain it made
@@ -437,6 +507,8 @@ pub struct Choices<'a> {
     pub trainable: &'a [usize],
     /// Each class's share of the positive points (`deficit` weighs by it).
     pub select_weights: &'a [f64],
+    /// The run seed (`shuffled` draws its cycles' orders from it).
+    pub seed: u64,
 }
 
 /// What the next decision needs from whoever holds the policy.
@@ -453,9 +525,13 @@ pub enum Plan {
 }
 
 impl SelectorKind {
-    /// Whether the selector reads scores of the current policy (fixed and round robin do not).
+    /// Whether the selector reads scores of the current policy (fixed, round robin and
+    /// shuffled do not).
     pub fn measures(self) -> bool {
-        !matches!(self, SelectorKind::Fixed | SelectorKind::RoundRobin)
+        !matches!(
+            self,
+            SelectorKind::Fixed | SelectorKind::RoundRobin | SelectorKind::Shuffled
+        )
     }
 }
 
@@ -500,6 +576,7 @@ impl PhaseState {
                 None => trainable[0],
                 Some(a) => *trainable.iter().find(|&&k| k > a).unwrap_or(&trainable[0]),
             }),
+            SelectorKind::Shuffled => one(self.next_shuffled(trainable, at.seed)),
             SelectorKind::Deficit => Plan::Decide(
                 trainable
                     .iter()
@@ -867,6 +944,7 @@ mod tests {
             names,
             trainable,
             select_weights: weights,
+            seed: 0,
         }
     }
 
@@ -895,6 +973,97 @@ mod tests {
         }
         assert_eq!(chosen, [0, 2, 0]);
         assert_eq!(st.index, 3);
+    }
+
+    /// `phases` decisions of `shuffled` over `trainable` (of five classes) at `seed`, from
+    /// `st`.
+    fn shuffled_run(
+        st: &mut PhaseState,
+        seed: u64,
+        trainable: &[usize],
+        phases: u64,
+    ) -> Vec<usize> {
+        let n: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let w = [0.2; 5];
+        let cfg = PhaseConfig {
+            selector: SelectorKind::Shuffled,
+            ..PhaseConfig::default()
+        };
+        let choices = Choices {
+            seed,
+            ..at(&n, trainable, &w)
+        };
+        (0..phases)
+            .map(|step| {
+                let Plan::Decide(c) = st.plan(&cfg, choices, None).unwrap() else {
+                    panic!("shuffled decides at once");
+                };
+                assert_eq!(c.len(), 1, "one candidate: nothing is measured");
+                st.commit(step, cfg.selector, 5, c, None).unwrap().chosen
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shuffled_visits_every_class_once_per_cycle_in_a_seeded_random_order() {
+        let trainable = [0, 1, 3, 4]; // class 2 has no positive points
+        let run = |seed| shuffled_run(&mut PhaseState::default(), seed, &trainable, 40);
+        let a = run(11);
+        for cycle in a.chunks(4) {
+            let mut sorted = cycle.to_vec();
+            sorted.sort_unstable();
+            assert_eq!(sorted, trainable, "each cycle a permutation: {a:?}");
+        }
+        // not round robin's fixed order, and the cycles differ from each other
+        let cycles: std::collections::BTreeSet<&[usize]> = a.chunks(4).collect();
+        assert!(cycles.len() > 3, "{a:?}");
+        assert_eq!(run(11), a, "deterministic");
+        assert_ne!(run(12), a, "another seed, another order");
+        // the order comes from (seed, cycle) alone
+        assert_eq!(&a[8..12], shuffled_order(11, 2, &trainable));
+    }
+
+    #[test]
+    fn shuffled_orders_are_uniform_permutations() {
+        let mut counts = std::collections::BTreeMap::new();
+        for cycle in 0..6000 {
+            *counts
+                .entry(shuffled_order(5, cycle, &[0, 1, 2]))
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 6, "{counts:?}");
+        // 1000 expected each, binomial sd ≈ 29
+        assert!(
+            counts.values().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
+        let firsts: Vec<usize> = (0..3000)
+            .map(|s| shuffled_order(s, 0, &[0, 1, 2, 3, 4])[0])
+            .collect();
+        for k in 0..5 {
+            let n = firsts.iter().filter(|&&f| f == k).count();
+            assert!((480..720).contains(&n), "class {k} first {n} times of 3000");
+        }
+    }
+
+    #[test]
+    fn shuffled_resumes_mid_cycle_in_the_same_order() {
+        let all = [0, 1, 2, 3, 4];
+        let full = shuffled_run(&mut PhaseState::default(), 3, &all, 13);
+        for stop in [1, 2, 5, 7] {
+            let mut st = PhaseState::default();
+            let mut got = shuffled_run(&mut st, 3, &all, stop);
+            let saved = serde_json::to_string(&st).unwrap();
+            let mut back: PhaseState = serde_json::from_str(&saved).unwrap();
+            assert_eq!(back, st);
+            got.extend(shuffled_run(&mut back, 3, &all, 13 - stop));
+            assert_eq!(got, full, "resumed after {stop} phases");
+        }
+        // a checkpoint from before `cycle` loads, and other selectors write none
+        let old: PhaseState =
+            serde_json::from_str(r#"{"index":2,"active":1,"start_score":null,"arms":[]}"#).unwrap();
+        assert_eq!(old.cycle, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("cycle"));
     }
 
     #[test]

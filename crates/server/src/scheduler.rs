@@ -9,7 +9,8 @@
 //! `schedule.jsonl` reads like a trainer run's.
 //!
 //! Selectors in service mode:
-//! - `fixed`, `round_robin`: need only step counts.
+//! - `fixed`, `round_robin`, `shuffled`: need only step counts (`shuffled`'s orders are
+//!   drawn from seed 0, the service having no run seed).
 //! - `deficit`, `ucb`: at a phase end they wait for a validation report made at or after that
 //!   step (the active class stays until it arrives); `ucb` scores a phase by the change of the
 //!   overall validation score across it.
@@ -335,7 +336,7 @@ fn check_settings(
         match settings.phases.selector {
             SelectorKind::Gradient => anyhow::bail!(
                 "selector `gradient` needs per-class policy gradients, which only the \
-                 trainer has; in service mode use lookahead, deficit, ucb, round_robin or fixed"
+                 trainer has; in service mode use lookahead, deficit, ucb, round_robin, shuffled or fixed"
             ),
             SelectorKind::Fixed => {
                 let name = settings.phases.fixed_class.as_deref().unwrap_or_default();
@@ -779,6 +780,8 @@ impl Scheduler {
             names: &self.state.classes,
             trainable: &self.trainable,
             select_weights: &self.select_weights,
+            // the service has no run seed: `shuffled` draws its orders from seed 0
+            seed: 0,
         };
         match self
             .state

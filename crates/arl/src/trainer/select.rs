@@ -58,6 +58,7 @@ impl Trainer {
             names: &names,
             trainable: &trainable,
             select_weights: &weights,
+            seed: self.config.run.seed,
         };
         let step = self.state.step;
         // the kept steps must fit in the run

@@ -193,6 +193,9 @@ mod tests {
         let m = Method::parse("alternating:round_robin").unwrap();
         assert_eq!(m.selector, Some(SelectorKind::RoundRobin));
         assert_eq!(m.name(), "alternating:round_robin");
+        let m = Method::parse("alternating:shuffled").unwrap();
+        assert_eq!(m.selector, Some(SelectorKind::Shuffled));
+        assert_eq!(m.name(), "alternating:shuffled");
         assert_eq!(Method::parse("gdpo").unwrap().name(), "gdpo");
         assert!(Method::parse("gdpo:ucb").is_err());
         assert!(Method::parse("nope").is_err());

@@ -5,17 +5,28 @@ use anyhow::{bail, ensure, Context, Result};
 use arl::noise::NoiseConfig;
 use arl::TrainConfig;
 use rubric::builtin::{Shape, TaskKnobs};
+use rubric::{ClassScheme, ClassSpec, MetaClasses};
 use schedule::{ObjectiveKind, ScaleRewards, SelectorKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The regime keys a grid may vary, in the order regime names list them.
-pub const REGIME_KEYS: [&str; 4] = ["noise", "conflict", "scale_rewards", "shape"];
+pub const REGIME_KEYS: [&str; 5] = ["noise", "conflict", "scale_rewards", "shape", "classes"];
 
-/// The variants a method may add with `+name`: `guard`, `paired` and `anchored` on
-/// `alternating:<selector>`, `subsample` on `scalarized`.
-pub const VARIANTS: [&str; 4] = ["guard", "paired", "anchored", "subsample"];
+/// The variants a method may add with `+name`: `subsample` on `scalarized`, the others on
+/// `alternating:<selector>` (`+phase=N` takes a value, the others none).
+pub const VARIANTS: [&str; 6] = [
+    "guard",
+    "paired",
+    "anchored",
+    "keep_probe",
+    "phase",
+    "subsample",
+];
+
+/// The variants only the lookahead selector takes.
+const LOOKAHEAD_ONLY: [&str; 3] = ["guard", "paired", "keep_probe"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,17 +105,25 @@ pub struct StudyMethod {
 
 impl StudyMethod {
     /// `scalarized` (`+subsample`: the cost-matched control), `gdpo`, or
-    /// `alternating:<selector>` with `+guard`, `+paired`, `+anchored` added in any combination.
+    /// `alternating:<selector>` with `+guard`, `+paired`, `+anchored`, `+keep_probe`,
+    /// `+phase=N` added in any combination, each at most once.
     pub fn parse(s: &str) -> Result<StudyMethod> {
         let mut parts = s.split('+');
         let head = parts.next().unwrap_or_default();
         let m = crate::compare::Method::parse(head)?;
         let variants: Vec<String> = parts.map(str::to_string).collect();
-        for v in &variants {
-            if !VARIANTS.contains(&v.as_str()) {
+        for (i, v) in variants.iter().enumerate() {
+            let (name, value) = split_variant(v);
+            if !VARIANTS.contains(&name) {
                 bail!(
                     "unknown variant `+{v}` in method `{s}` (variants: {})",
-                    VARIANTS.map(|v| format!("+{v}")).join(", ")
+                    VARIANTS
+                        .map(|v| if v == "phase" {
+                            "+phase=N".into()
+                        } else {
+                            format!("+{v}")
+                        })
+                        .join(", ")
                 );
             }
             if v == "subsample" {
@@ -116,8 +135,13 @@ impl StudyMethod {
             if m.selector.is_none() {
                 bail!("method `{s}`: `+{v}` needs `alternating:<selector>`");
             }
-            if (v == "paired" || v == "guard") && m.selector != Some(SelectorKind::Lookahead) {
+            if LOOKAHEAD_ONLY.contains(&name) && m.selector != Some(SelectorKind::Lookahead) {
                 bail!("method `{s}`: `+{v}` needs the lookahead selector");
+            }
+            check_variant_value(name, value)
+                .map_err(|e| anyhow::anyhow!("method `{s}`: `+{v}`: {e}"))?;
+            if variants[..i].iter().any(|w| split_variant(w).0 == name) {
+                bail!("method `{s}`: `+{name}` is given twice");
             }
         }
         Ok(StudyMethod {
@@ -128,18 +152,52 @@ impl StudyMethod {
         })
     }
 
+    /// Whether the method adds the variant named `variant` (`"phase"` for `+phase=N`).
     pub fn has(&self, variant: &str) -> bool {
-        self.variants.iter().any(|v| v == variant)
+        self.variants.iter().any(|v| split_variant(v).0 == variant)
+    }
+
+    /// `+phase=N`: the phase length `N`.
+    pub fn phase_length(&self) -> Option<u64> {
+        self.variants.iter().find_map(|v| match split_variant(v) {
+            ("phase", Some(n)) => n.parse().ok(),
+            _ => None,
+        })
     }
 
     pub fn alternating(&self) -> bool {
         self.objective == ObjectiveKind::Alternating
     }
 
-    /// The folder name of its runs.
+    /// The folder name of its runs (`alternating-lookahead+phase-5`).
     pub fn slug(&self) -> String {
-        self.name.replace(':', "-")
+        self.name.replace([':', '='], "-")
     }
+}
+
+/// `phase=5` → `("phase", Some("5"))`, `guard` → `("guard", None)`.
+fn split_variant(v: &str) -> (&str, Option<&str>) {
+    match v.split_once('=') {
+        Some((name, value)) => (name, Some(value)),
+        None => (v, None),
+    }
+}
+
+/// A variant's value: `phase` needs a positive integer written plainly, the others none.
+fn check_variant_value(name: &str, value: Option<&str>) -> Result<()> {
+    match (name, value) {
+        ("phase", Some(n)) => {
+            let ok = n.parse::<u64>().is_ok_and(|k| k > 0 && k.to_string() == n);
+            ensure!(
+                ok,
+                "the phase length must be a positive integer, like `+phase=5`"
+            );
+        }
+        ("phase", None) => bail!("give the phase length, like `+phase=5`"),
+        (_, Some(_)) => bail!("`+{name}` takes no value"),
+        (_, None) => {}
+    }
+    Ok(())
 }
 
 /// One setting of every regime axis.
@@ -172,11 +230,40 @@ impl Regime {
         }
         self.settings
             .iter()
-            .map(|(k, v)| format!("{k}-{}", show(v)))
+            .map(|(k, v)| format!("{k}-{}", slug_value(k, v)))
             .collect::<Vec<_>>()
             .join("_")
     }
+
+    /// The mapping file of its `classes` setting, when that is a file.
+    pub fn classes_file(&self) -> Option<&Path> {
+        self.overrides.iter().find_map(|o| match o {
+            Override::Classes(ClassScheme::Mapping(p)) => Some(p.as_path()),
+            _ => None,
+        })
+    }
 }
+
+/// A regime value in a folder name: as the grid wrote it, except a `classes` mapping file,
+/// named by its file stem with anything but letters, digits, `.`, `_` and `-` made `-`.
+fn slug_value(key: &str, v: &toml::Value) -> String {
+    let text = show(v);
+    if key != "classes" || CLASS_SCHEMES.contains(&text.as_str()) {
+        return text;
+    }
+    let stem = Path::new(&text)
+        .file_stem()
+        .map_or_else(|| text.clone(), |s| s.to_string_lossy().into_owned());
+    stem.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .collect()
+}
+
+/// The `classes` values that name a built-in grouping (any other is a mapping file).
+const CLASS_SCHEMES: [&str; 3] = ["axis", "cluster", "theme"];
 
 /// A TOML value as the grid wrote it, without quotes.
 pub fn show(v: &toml::Value) -> String {
@@ -232,7 +319,8 @@ impl Grid {
         let base_path = path.parent().unwrap_or(Path::new(".")).join(&s.base);
         let base = TrainConfig::from_file(&base_path)
             .map_err(|e| anyhow::anyhow!("field `study.base`: {e}"))?;
-        let regimes = regimes(&file.regimes, &base)?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+        let regimes = regimes(&file.regimes, &base, folder)?;
         let grid = Grid {
             path: path.to_path_buf(),
             base_path,
@@ -256,10 +344,14 @@ impl Grid {
         };
         // every cell's config must parse and validate before any run starts
         for r in &grid.regimes {
-            for m in &grid.methods {
+            for (i, m) in grid.methods.iter().enumerate() {
                 grid.run_config(r, m, grid.lrs[0], 0, Path::new("."))
                     .map_err(|e| {
-                        anyhow::anyhow!("regime `{}`, method `{}`: {e}", r.label(), m.name)
+                        anyhow::anyhow!(
+                            "field `study.methods[{i}]`: method `{}` in regime `{}`: {e}",
+                            m.name,
+                            r.label()
+                        )
                     })?;
             }
         }
@@ -307,6 +399,12 @@ impl Grid {
         }
         if method.has("subsample") {
             cfg.objective.subsample = Some(self.variants.subsample);
+        }
+        if method.has("keep_probe") {
+            cfg.phases.keep_probe = true;
+        }
+        if let Some(n) = method.phase_length() {
+            cfg.phases.length = n;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -370,8 +468,13 @@ fn check_variants(v: &VariantParams) -> Result<()> {
 }
 
 /// The product of the regime axes, each value checked and typed (`base`: the config they
-/// change).
-fn regimes(axes: &BTreeMap<String, Vec<toml::Value>>, base: &TrainConfig) -> Result<Vec<Regime>> {
+/// change; `folder`: the grid's, mapping files are relative to it). Two regimes may not share
+/// a folder name.
+fn regimes(
+    axes: &BTreeMap<String, Vec<toml::Value>>,
+    base: &TrainConfig,
+    folder: &Path,
+) -> Result<Vec<Regime>> {
     for key in axes.keys() {
         if !REGIME_KEYS.contains(&key.as_str()) {
             bail!(
@@ -395,8 +498,15 @@ fn regimes(axes: &BTreeMap<String, Vec<toml::Value>>, base: &TrainConfig) -> Res
         )?;
         let mut axis = Vec::new();
         for (i, value) in values.iter().enumerate() {
-            let o = Override::parse(key, value, base)
+            let o = Override::parse(key, value, base, folder)
                 .map_err(|e| anyhow::anyhow!("field `regimes.{key}[{i}]`: {e}"))?;
+            let slug = slug_value(key, value);
+            if let Some(j) = axis
+                .iter()
+                .position(|((_, v), _): &(_, Override)| slug_value(key, v) == slug)
+            {
+                bail!("field `regimes.{key}[{i}]`: its folder name `{key}-{slug}` is that of `regimes.{key}[{j}]`");
+            }
             axis.push(((key.to_string(), value.clone()), o));
         }
         regimes = regimes
@@ -432,11 +542,19 @@ pub enum Override {
     Shape(Shape),
     /// `grpo.scale_rewards`
     ScaleRewards(ScaleRewards),
+    /// `data.classes.scheme`: `axis`, `cluster`, `theme`, or a mapping file (resolved against
+    /// the grid's folder)
+    Classes(ClassScheme),
 }
 
 impl Override {
     /// Checks one regime value against its key (and the base config it changes).
-    fn parse(key: &str, value: &toml::Value, base: &TrainConfig) -> Result<Override> {
+    fn parse(
+        key: &str,
+        value: &toml::Value,
+        base: &TrainConfig,
+        folder: &Path,
+    ) -> Result<Override> {
         let text = || {
             value
                 .as_str()
@@ -472,6 +590,7 @@ impl Override {
                 serde_json::from_value(text()?.into())
                     .map_err(|_| anyhow::anyhow!("`{value}`: choices are group, batch, none"))?,
             ),
+            "classes" => Override::Classes(class_scheme(text()?, folder)?),
             _ => unreachable!("keys are checked first"),
         };
         if matches!(key, "conflict" | "shape") && !base.data.builtin {
@@ -491,8 +610,34 @@ impl Override {
             Override::Conflict(c) => task(cfg).conflict = *c,
             Override::Shape(s) => task(cfg).shape = *s,
             Override::ScaleRewards(s) => cfg.grpo.scale_rewards = *s,
+            Override::Classes(c) => cfg.data.classes.scheme = c.clone(),
         }
     }
+}
+
+/// A `classes` value: a built-in grouping, or a mapping file (relative to `folder`) that
+/// must read as one.
+fn class_scheme(v: &str, folder: &Path) -> Result<ClassScheme> {
+    let scheme = match v {
+        "axis" => ClassScheme::Axis,
+        "cluster" => ClassScheme::Cluster,
+        "theme" => ClassScheme::Theme,
+        path => ClassScheme::Mapping(folder.join(path)),
+    };
+    if let ClassScheme::Mapping(p) = &scheme {
+        let spec = ClassSpec {
+            scheme: scheme.clone(),
+            catch_all: None,
+        };
+        MetaClasses::new(&spec, &[]).map_err(|e| {
+            anyhow::anyhow!(
+                "`{v}` is neither axis, cluster nor theme, nor a class mapping file ({}: {})",
+                p.display(),
+                e.message
+            )
+        })?;
+    }
+    Ok(scheme)
 }
 
 /// `[judge.noise]` with only `preset` set.
@@ -508,7 +653,11 @@ mod tests {
     use super::*;
 
     fn grid(body: &str) -> Result<Grid> {
-        let dir = tempfile::tempdir().unwrap();
+        grid_in(&tempfile::tempdir().unwrap(), body)
+    }
+
+    /// The grid `body` written as `grid.toml` into `dir`, read back.
+    fn grid_in(dir: &tempfile::TempDir, body: &str) -> Result<Grid> {
         let base = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../configs/builtin-categorical.toml"
@@ -519,13 +668,20 @@ mod tests {
         Grid::from_file(&path)
     }
 
+    /// The shipped two-class mapping of the built-in task.
+    const COARSE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/classes/builtin-coarse.toml"
+    );
+
     const OK: &str = "methods = [\"scalarized\", \"alternating:lookahead\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n";
 
     /// The typed overrides give the config the TOML paths they name would: each run config
     /// is the base with exactly those fields changed, and reads back from its TOML as itself.
     #[test]
     fn overrides_set_the_fields_they_name_and_nothing_else() {
-        let g = grid("methods = [\"scalarized\", \"scalarized+subsample\", \"alternating:lookahead+guard+paired\", \"alternating:round_robin+anchored\"]\nseeds = 1\nsteps = 7\nlrs = [0.05]\n[regimes]\nnoise = [\"exact\", \"healthbench-gpt41\"]\nconflict = [0]\nscale_rewards = [\"batch\"]\nshape = [\"healthbench\"]\n").unwrap();
+        let g = grid(&format!("methods = [\"scalarized\", \"scalarized+subsample\", \"alternating:lookahead+guard+paired\", \"alternating:round_robin+anchored\", \"alternating:lookahead+keep_probe\", \"alternating:shuffled+phase=3\", \"alternating:lookahead+phase=12+keep_probe\"]\nseeds = 1\nsteps = 7\nlrs = [0.05]\n[regimes]\nnoise = [\"exact\", \"healthbench-gpt41\"]\nconflict = [0]\nscale_rewards = [\"batch\"]\nshape = [\"healthbench\"]\nclasses = [\"axis\", \"theme\", \"{COARSE}\"]\n")).unwrap();
+        assert_eq!(g.regimes.len(), 6);
         for r in &g.regimes {
             for m in &g.methods {
                 let cfg = g.run_config(r, m, 0.25, 4, Path::new("/tmp/x")).unwrap();
@@ -561,9 +717,123 @@ mod tests {
                 if m.has("subsample") {
                     want.objective.subsample = Some(arl::Subsample::OneClass);
                 }
+                want.phases.keep_probe = m.has("keep_probe");
+                match m.name.split_once("phase=") {
+                    Some((_, n)) => {
+                        want.phases.length = n[..n.find('+').unwrap_or(n.len())].parse().unwrap()
+                    }
+                    None => assert_eq!(m.phase_length(), None),
+                }
+                let label = r.label();
+                want.data.classes.scheme = if label.contains("coarse") {
+                    ClassScheme::Mapping(COARSE.into())
+                } else if label.contains("theme") {
+                    ClassScheme::Theme
+                } else {
+                    ClassScheme::Axis
+                };
                 assert_eq!(cfg, want, "{} {}", r.label(), m.name);
             }
         }
+    }
+
+    #[test]
+    fn new_variants_and_the_classes_axis_name_safe_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("classes")).unwrap();
+        let text = std::fs::read_to_string(COARSE).unwrap();
+        std::fs::write(dir.path().join("classes/two classes.toml"), &text).unwrap();
+        let g = grid_in(&dir, "methods = [\"alternating:shuffled+phase=5\", \"alternating:lookahead+keep_probe\"]\nseeds = 1\nsteps = 7\nlrs = [0.05]\n[regimes]\nclasses = [\"cluster\", \"classes/two classes.toml\"]\n").unwrap();
+        let slugs: Vec<String> = g.methods.iter().map(StudyMethod::slug).collect();
+        assert_eq!(
+            slugs,
+            [
+                "alternating-shuffled+phase-5",
+                "alternating-lookahead+keep_probe"
+            ]
+        );
+        assert_eq!(g.methods[0].phase_length(), Some(5));
+        assert!(g.methods[0].has("phase") && !g.methods[0].has("keep_probe"));
+        let labels: Vec<String> = g.regimes.iter().map(Regime::label).collect();
+        assert_eq!(
+            labels,
+            ["classes=cluster", "classes=classes/two classes.toml"]
+        );
+        let slugs: Vec<String> = g.regimes.iter().map(Regime::slug).collect();
+        assert_eq!(slugs, ["classes-cluster", "classes-two-classes"]);
+        // resolved against the grid's folder
+        let file = dir.path().join("classes/two classes.toml");
+        assert_eq!(g.regimes[1].classes_file(), Some(file.as_path()));
+        let cfg = g
+            .run_config(&g.regimes[1], &g.methods[0], 0.1, 0, Path::new("/tmp/x"))
+            .unwrap();
+        assert_eq!(cfg.data.classes.scheme, ClassScheme::Mapping(file));
+        assert_eq!(
+            (cfg.phases.length, cfg.phases.selector),
+            (5, SelectorKind::Shuffled)
+        );
+        // two mapping files of one stem would share a folder
+        std::fs::write(dir.path().join("two classes.toml"), &text).unwrap();
+        let err = grid_in(
+            &dir,
+            &format!(
+                "{OK}[regimes]\nclasses = [\"two classes.toml\", \"classes/two classes.toml\"]\n"
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("field `regimes.classes[1]`: its folder name `classes-two-classes` is that of `regimes.classes[0]`"), "{err}");
+    }
+
+    /// Run fingerprints of grids without the new variants or axis are the ones earlier code
+    /// wrote (its JSON, rebuilt here); the new settings change them, and so does a mapping
+    /// file's content.
+    #[test]
+    fn fingerprints_change_only_with_what_a_grid_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = "methods = [\"alternating:lookahead+guard\", \"gdpo\", \"alternating:lookahead+keep_probe\", \"alternating:lookahead+phase=4\"]\nseeds = 1\nsteps = 7\nlrs = [0.05]\n[regimes]\nnoise = [\"exact\"]\nconflict = [1]\n";
+        let g = grid_in(&dir, body).unwrap();
+        let key = |method| crate::study::RunKey {
+            regime: 0,
+            method,
+            lr: 0,
+            seed: 3,
+        };
+        for method in [0, 1] {
+            let m = &g.methods[method];
+            let old = serde_json::json!({
+                "regime": "noise=exact conflict=1",
+                "method": m.name,
+                "lr": 0.05,
+                "seed": 3,
+                "steps": 7,
+                "grade_active_class_only": m.alternating(),
+                "guard_drop": m.has("guard").then_some(0.05),
+                "paired_samples": None::<usize>,
+                "anchor": None::<f64>,
+            });
+            let mut h = <sha2::Sha256 as sha2::Digest>::new();
+            sha2::Digest::update(&mut h, std::fs::read(&g.base_path).unwrap());
+            sha2::Digest::update(&mut h, old.to_string().as_bytes());
+            let want = format!("{:x}", sha2::Digest::finalize(h));
+            assert_eq!(g.fingerprint(key(method)).unwrap(), want, "{}", m.name);
+        }
+        let prints: std::collections::BTreeSet<String> =
+            (0..4).map(|m| g.fingerprint(key(m)).unwrap()).collect();
+        assert_eq!(prints.len(), 4);
+        // a mapping file is fingerprinted by its bytes
+        let mapping = dir.path().join("m.toml");
+        std::fs::write(&mapping, std::fs::read(COARSE).unwrap()).unwrap();
+        let g = grid_in(&dir, &format!("{OK}[regimes]\nclasses = [\"m.toml\"]\n")).unwrap();
+        let before = g.fingerprint(key(0)).unwrap();
+        std::fs::write(
+            &mapping,
+            std::fs::read_to_string(COARSE)
+                .unwrap()
+                .replace("delivery", "form"),
+        )
+        .unwrap();
+        assert_ne!(g.fingerprint(key(0)).unwrap(), before);
     }
 
     #[test]
@@ -646,6 +916,50 @@ mod tests {
             (
                 &format!("{OK}[variants]\nsubsample = \"half\"\n"),
                 "field `variants.subsample`",
+            ),
+            (
+                "methods = [\"alternating:round_robin+keep_probe\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[0]`: method `alternating:round_robin+keep_probe`: `+keep_probe` needs the lookahead selector",
+            ),
+            (
+                "methods = [\"gdpo\", \"alternating:shuffled+phase=0\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[1]`: method `alternating:shuffled+phase=0`: `+phase=0`: the phase length must be a positive integer",
+            ),
+            (
+                "methods = [\"alternating:lookahead+phase=05\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[0]`: method `alternating:lookahead+phase=05`: `+phase=05`: the phase length must be a positive integer",
+            ),
+            (
+                "methods = [\"alternating:lookahead+phase\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[0]`: method `alternating:lookahead+phase`: `+phase`: give the phase length",
+            ),
+            (
+                "methods = [\"alternating:lookahead+guard=1\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "`+guard=1`: `+guard` takes no value",
+            ),
+            (
+                "methods = [\"alternating:lookahead+phase=3+phase=5\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[0]`: method `alternating:lookahead+phase=3+phase=5`: `+phase` is given twice",
+            ),
+            (
+                "methods = [\"scalarized+phase=5\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[0]`: method `scalarized+phase=5`: `+phase=5` needs `alternating:<selector>`",
+            ),
+            (
+                "methods = [\"alternating:shuffle\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[0]`: unknown selector `shuffle`",
+            ),
+            (
+                &format!("{OK}[regimes]\nclasses = [\"axis\", \"no-such-mapping.toml\"]\n"),
+                "field `regimes.classes[1]`: `no-such-mapping.toml` is neither axis, cluster nor theme, nor a class mapping file",
+            ),
+            (
+                "methods = [\"gdpo\", \"alternating:lookahead+keep_probe+phase=1\"]\nseeds = 2\nsteps = 10\nlrs = [0.05]\n",
+                "field `study.methods[1]`: method `alternating:lookahead+keep_probe+phase=1` in regime `base`: field `phases.keep_probe`",
+            ),
+            (
+                &format!("{OK}[regimes]\nclasses = [2]\n"),
+                "field `regimes.classes[0]`: `2` is not a string",
             ),
         ];
         for (body, want) in cases {

@@ -137,12 +137,28 @@ impl Grid {
             "paired_samples": m.has("paired").then_some(self.variants.paired_samples),
             "anchor": m.has("anchored").then_some(self.variants.anchor),
         });
+        // keys added since: present only when set, so earlier runs keep their fingerprints
+        let extra = what.as_object_mut().expect("an object");
         if self.budget > 0 {
-            what["budget"] = self.budget.into(); // absent otherwise: older runs keep theirs
+            extra.insert("budget".into(), self.budget.into());
         }
-        // only where the method has it: the other runs' fingerprints stay what they were
         if m.has("subsample") {
-            what["subsample"] = serde_json::to_value(self.variants.subsample)?;
+            extra.insert(
+                "subsample".into(),
+                serde_json::to_value(self.variants.subsample)?,
+            );
+        }
+        if m.has("keep_probe") {
+            extra.insert("keep_probe".into(), true.into());
+        }
+        if let Some(n) = m.phase_length() {
+            extra.insert("phase_length".into(), n.into());
+        }
+        if let Some(file) = self.regimes[k.regime].classes_file() {
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("cannot read class mapping {}", file.display()))?;
+            let digest = format!("{:x}", Sha256::digest(&bytes));
+            extra.insert("classes_mapping_sha256".into(), digest.into());
         }
         h.update(what.to_string().as_bytes());
         Ok(format!("{:x}", h.finalize()))
