@@ -38,8 +38,13 @@ impl View<'_> {
             .collect()
     }
 
+    /// The first method of `kind` without variants (else with).
     fn method_index(&self, kind: ObjectiveKind) -> Option<usize> {
-        self.grid.methods.iter().position(|m| m.objective == kind)
+        let ms = &self.grid.methods;
+        let plain = ms
+            .iter()
+            .position(|m| m.objective == kind && m.variants.is_empty());
+        plain.or_else(|| ms.iter().position(|m| m.objective == kind))
     }
 
     /// Mean validation curve over seeds (steps every run evaluated at).
@@ -86,6 +91,15 @@ fn per_run(grid: &Grid) -> String {
     }
 }
 
+/// The smallest p a test allows, readable however small.
+fn p_floor(p: f64) -> String {
+    if p < 1e-3 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
 fn p_text(p: f64) -> String {
     if p.is_nan() {
         "n/a".into()
@@ -124,10 +138,19 @@ pub fn write_report(out: &Path, grid: &Grid, outcome: &StudyOutcome) -> Result<S
     let alternating: Vec<usize> = (0..v.methods.len())
         .filter(|&m| grid.methods[m].alternating())
         .collect();
-    let headline = match scal {
-        Some(s) if !alternating.is_empty() => against_scalarization(&mut r, &v, s, &alternating)?,
-        _ => String::new(),
-    };
+    let mut headline = String::new();
+    if let Some(s) = scal.filter(|_| !alternating.is_empty()) {
+        let title = "Alternation against scalarization";
+        headline += &against(&mut r, &v, s, &alternating, title)?;
+    }
+    let control = grid.methods.iter().position(|m| m.has("subsample"));
+    if let Some(c) = control.filter(|_| !alternating.is_empty()) {
+        let title = format!(
+            "Alternation against the cost-matched control (`{}`)",
+            v.methods[c]
+        );
+        headline += &against(&mut r, &v, c, &alternating, &title)?;
+    }
     if let Some(s) = scal {
         efficiency(&mut r, &v, s)?;
     }
@@ -254,24 +277,27 @@ fn regime_map(r: &mut String, v: &View) -> Result<()> {
     Ok(())
 }
 
-/// Each alternating method against `scalarized` (method `s`), regime by regime; returns the
-/// headline (wins, ties and losses per method).
-fn against_scalarization(
+/// Each alternating method against the reference method `s` (`scalarized`, or its
+/// cost-matched control), regime by regime, under `title`; returns the headline (wins, ties
+/// and losses per method).
+fn against(
     r: &mut String,
     v: &View,
     s: usize,
     alternating: &[usize],
+    title: &str,
 ) -> Result<String> {
     let (grid, methods) = (v.grid, &v.methods[..]);
     let mut headline = String::new();
-    writeln!(r, "### Alternation against scalarization\n")?;
+    writeln!(r, "### {title}\n")?;
     writeln!(
         r,
-        "Each alternating method minus `scalarized` on test: difference [95% CI], exact \
+        "Each alternating method minus `{}` on test: difference [95% CI], exact \
          permutation p; **win** or **loss** when p < {ALPHA}, tie otherwise (the smallest \
-         p {} seeds per side allow is {:.4}).\n",
+         p {} seeds per side allow is {}).\n",
+        methods[s],
         grid.seeds,
-        min_permutation_p(grid.seeds as usize, grid.seeds as usize)
+        p_floor(min_permutation_p(grid.seeds as usize, grid.seeds as usize))
     )?;
     let names: Vec<&str> = alternating.iter().map(|&m| methods[m]).collect();
     writeln!(r, "| regime | {} |", names.join(" | "))?;
@@ -311,9 +337,10 @@ fn against_scalarization(
         let (w, t, l) = tally[i];
         writeln!(
             headline,
-            "{}: wins {w}, ties {t}, loses {l} of {} regimes against scalarized",
+            "{}: wins {w}, ties {t}, loses {l} of {} regimes against {}",
             methods[m],
-            grid.regimes.len()
+            grid.regimes.len(),
+            methods[s]
         )?;
     }
     for line in headline.lines() {
