@@ -68,17 +68,15 @@ pub fn grade(
             .then(|| noise.map(|n| n.apply(it.example, it.class_of, it.response, verdicts)))
             .flatten();
         let read = noisy.as_deref().unwrap_or(verdicts);
-        out.rewards.push((failed == 0).then(|| {
-            match criteria {
-                Criteria::Class(_) => {
-                    rubric::score::reward_vector(it.example, it.class_of, n_classes, read)
-                }
-                Criteria::Sample(_) => {
-                    let n = it.example.criteria.len();
-                    let inclusion = asked.len().max(1) as f64 / n.max(1) as f64;
-                    let (ex, class_of) = (it.example, it.class_of);
-                    rubric::score::estimated_reward_vector(ex, class_of, n_classes, read, inclusion)
-                }
+        out.rewards.push((failed == 0).then(|| match criteria {
+            Criteria::Class(_) => {
+                rubric::score::reward_vector(it.example, it.class_of, n_classes, read)
+            }
+            Criteria::Sample(_) => {
+                let n = it.example.criteria.len();
+                let inclusion = asked.len().max(1) as f64 / n.max(1) as f64;
+                let (ex, class_of) = (it.example, it.class_of);
+                rubric::score::estimated_reward_vector(ex, class_of, n_classes, read, inclusion)
             }
         }));
         out.verdicts.push(read.to_vec());

@@ -603,7 +603,9 @@ fn completions_are_logged_with_the_rewards_of_their_verdicts() {
     for step in 1..=5 {
         let at: Vec<_> = train.iter().filter(|l| l.step == step).collect();
         assert_eq!(at.len(), 2 * cfg.grpo.group_size, "step {step}");
-        assert!(at.iter().all(|l| l.group < 2 && l.sample < cfg.grpo.group_size));
+        assert!(at
+            .iter()
+            .all(|l| l.group < 2 && l.sample < cfg.grpo.group_size));
     }
     assert_eq!(train.len(), 5 * 2 * cfg.grpo.group_size);
     let mut graded = 0;
@@ -612,7 +614,11 @@ fn completions_are_logged_with_the_rewards_of_their_verdicts() {
             Split::Train => (&data.train, &data.train_classes),
             Split::Val => (&data.val, &data.val_classes),
         };
-        let i = set.examples.iter().position(|e| e.id == l.prompt_id).unwrap();
+        let i = set
+            .examples
+            .iter()
+            .position(|e| e.id == l.prompt_id)
+            .unwrap();
         assert!(l.prompt.contains("pregnant"), "{}", l.prompt);
         let verdicts: Vec<rubric::Verdict> = l
             .verdicts
@@ -634,14 +640,22 @@ fn completions_are_logged_with_the_rewards_of_their_verdicts() {
         graded += l.overall.is_some() as usize;
     }
     assert!(graded > 0);
-    assert!(train.iter().any(|l| l.advantage.is_some()), "some responses trained on");
+    assert!(
+        train.iter().any(|l| l.advantage.is_some()),
+        "some responses trained on"
+    );
     let val = |step| -> Vec<String> {
-        let at = lines.iter().filter(|l| l.split == Split::Val && l.step == step);
+        let at = lines
+            .iter()
+            .filter(|l| l.split == Split::Val && l.step == step);
         at.map(|l| l.prompt_id.clone()).collect()
     };
     assert_eq!(val(0), ["v0", "v1", "v2"]);
     assert_eq!(val(5), val(0), "the same prompts at the end");
-    assert!(val(2).is_empty() && val(4).is_empty(), "only the start and the end");
+    assert!(
+        val(2).is_empty() && val(4).is_empty(),
+        "only the start and the end"
+    );
     let vals = lines.iter().filter(|l| l.split == Split::Val).count();
     assert_eq!(vals, 6);
 }
