@@ -33,6 +33,9 @@ pub struct RunState {
     pub metrics_lines: u64,
     pub schedule_lines: u64,
     pub eval_lines: u64,
+    /// Lines of `completions.jsonl` (0 in checkpoints written before it existed).
+    #[serde(default)]
+    pub completions_lines: u64,
 }
 
 /// A ChaCha8 stream position: seed, stream and word position (as a decimal string, u128).

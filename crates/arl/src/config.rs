@@ -30,6 +30,9 @@ pub struct TrainConfig {
     pub phases: PhaseConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// `[log]`: what `completions.jsonl` records (left out of a saved config when default).
+    #[serde(default, skip_serializing_if = "LogConfig::is_default")]
+    pub log: LogConfig,
     /// `[warm_start]`: the tiny transformer built by supervised fine-tuning on the built-in
     /// task before RL (`[policy] model = "warm-start"` names it); see
     /// [`crate::sft::WarmStartConfig`].
@@ -231,6 +234,34 @@ impl Default for EvalConfig {
             bootstrap: rubric::score::BOOTSTRAP_RESAMPLES,
             test_size: 0,
         }
+    }
+}
+
+/// `[log]`: the completions a run logs to `completions.jsonl`. Logging draws from no stream
+/// and changes nothing in training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Groups of each training step logged (every response of the step's first groups);
+    /// 0 = none.
+    pub completions_per_step: usize,
+    /// Validation prompts (the first ones) whose first sampled response is logged at step 0
+    /// and at the last step; 0 = none.
+    pub val_completions: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            completions_per_step: 2,
+            val_completions: 3,
+        }
+    }
+}
+
+impl LogConfig {
+    fn is_default(&self) -> bool {
+        *self == LogConfig::default()
     }
 }
 

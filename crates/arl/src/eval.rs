@@ -42,6 +42,18 @@ impl EvalReport {
     }
 }
 
+/// [`Evaluator::evaluate_examples`]'s answer: the report, and per example its responses
+/// with their rewards and verdicts.
+pub struct Scored {
+    pub report: EvalReport,
+    /// `[example][sample]`; `None` = excluded.
+    pub rewards: Vec<Vec<Option<RewardVector>>>,
+    /// `[example][sample]`: the decoded responses.
+    pub texts: Vec<Vec<String>>,
+    /// `[example][sample]`: the verdicts the rewards were read from.
+    pub verdicts: Vec<Vec<Vec<rubric::Verdict>>>,
+}
+
 /// What to evaluate on and how.
 pub struct EvalSet<'a> {
     pub examples: Vec<&'a Example>,
@@ -74,16 +86,12 @@ pub struct Evaluator<'a> {
 impl Evaluator<'_> {
     /// Samples responses of `policy` on `set`, grades every criterion and summarizes them.
     pub fn evaluate(&self, policy: &mut dyn Policy, set: &EvalSet<'_>) -> Result<EvalReport> {
-        Ok(self.evaluate_examples(policy, set)?.0)
+        Ok(self.evaluate_examples(policy, set)?.report)
     }
 
-    /// [`Evaluator::evaluate`], and per example the rewards of its responses (`None` =
-    /// excluded).
-    pub fn evaluate_examples(
-        &self,
-        policy: &mut dyn Policy,
-        set: &EvalSet<'_>,
-    ) -> Result<(EvalReport, Vec<Vec<Option<RewardVector>>>)> {
+    /// [`Evaluator::evaluate`], and per example its responses, their rewards (`None` =
+    /// excluded) and verdicts.
+    pub fn evaluate_examples(&self, policy: &mut dyn Policy, set: &EvalSet<'_>) -> Result<Scored> {
         let Evaluator {
             judge,
             rt,
@@ -127,6 +135,15 @@ impl Evaluator<'_> {
             .iter()
             .map(|group| rewards.by_ref().take(group.len()).cloned().collect())
             .collect();
+        let mut verdicts = graded.verdicts.iter();
+        let verdicts = completions
+            .iter()
+            .map(|group| verdicts.by_ref().take(group.len()).cloned().collect())
+            .collect();
+        let texts = completions
+            .iter()
+            .map(|group| group.iter().map(|c| c.text.clone()).collect())
+            .collect();
         let mut overall = Vec::new();
         let mut per_class = vec![Vec::new(); k];
         let mut excluded = 0;
@@ -154,7 +171,12 @@ impl Evaluator<'_> {
             excluded,
             failed_verdicts: graded.failed_verdicts,
         };
-        Ok((report, per_example))
+        Ok(Scored {
+            report,
+            rewards: per_example,
+            texts,
+            verdicts,
+        })
     }
 }
 

@@ -16,6 +16,9 @@ pub struct GradeOutcome {
     pub failed_verdicts: usize,
     /// Verdicts asked for again.
     pub retried_verdicts: usize,
+    /// One per response: the verdicts its rewards were read from (after `noise`), or for an
+    /// excluded response the judge's, failures included.
+    pub verdicts: Vec<Vec<rubric::Verdict>>,
 }
 
 /// Which criteria of each response are graded, and how its rewards read them.
@@ -61,21 +64,22 @@ pub fn grade(
     for ((it, verdicts), asked) in items.iter().zip(&graded.verdicts).zip(wanted) {
         let failed = verdicts.iter().filter(|v| v.failure().is_some()).count();
         out.failed_verdicts += failed;
-        out.rewards.push((failed == 0).then(|| {
-            let noisy = noise.map(|n| n.apply(it.example, it.class_of, it.response, verdicts));
-            let read = noisy.as_deref().unwrap_or(verdicts);
-            match criteria {
-                Criteria::Class(_) => {
-                    rubric::score::reward_vector(it.example, it.class_of, n_classes, read)
-                }
-                Criteria::Sample(_) => {
-                    let n = it.example.criteria.len();
-                    let inclusion = asked.len().max(1) as f64 / n.max(1) as f64;
-                    let (ex, class_of) = (it.example, it.class_of);
-                    rubric::score::estimated_reward_vector(ex, class_of, n_classes, read, inclusion)
-                }
+        let noisy = (failed == 0)
+            .then(|| noise.map(|n| n.apply(it.example, it.class_of, it.response, verdicts)))
+            .flatten();
+        let read = noisy.as_deref().unwrap_or(verdicts);
+        out.rewards.push((failed == 0).then(|| match criteria {
+            Criteria::Class(_) => {
+                rubric::score::reward_vector(it.example, it.class_of, n_classes, read)
+            }
+            Criteria::Sample(_) => {
+                let n = it.example.criteria.len();
+                let inclusion = asked.len().max(1) as f64 / n.max(1) as f64;
+                let (ex, class_of) = (it.example, it.class_of);
+                rubric::score::estimated_reward_vector(ex, class_of, n_classes, read, inclusion)
             }
         }));
+        out.verdicts.push(read.to_vec());
     }
     Ok(out)
 }

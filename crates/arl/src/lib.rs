@@ -8,6 +8,7 @@
 pub mod actor;
 pub mod categorical;
 pub mod checkpoint;
+pub mod completions;
 pub mod config;
 pub mod eval;
 pub mod grading;

@@ -2,6 +2,7 @@
 //! files, with the config and classes they belong to. The trainer returns [`RunData`] from
 //! `Trainer::run`; the `lab` crate writes `report.md` and the plots from it.
 
+use crate::completions::CompletionLine;
 use crate::config::TrainConfig;
 use crate::eval::EvalLine;
 use crate::metrics::StepMetrics;
@@ -16,6 +17,8 @@ pub struct RunRecords {
     pub schedule: Vec<DecisionRecord>,
     pub evals: Vec<EvalLine>,
     pub tests: Vec<EvalLine>,
+    /// `completions.jsonl`: logged responses of training steps and validations.
+    pub completions: Vec<CompletionLine>,
 }
 
 impl RunRecords {
@@ -26,6 +29,7 @@ impl RunRecords {
             schedule: read_jsonl_if_exists(&run_dir.join("schedule.jsonl"))?,
             evals: read_jsonl_if_exists(&run_dir.join("eval.jsonl"))?,
             tests: read_jsonl_if_exists(&run_dir.join("test.jsonl"))?,
+            completions: read_jsonl_if_exists(&run_dir.join("completions.jsonl"))?,
         })
     }
 }

@@ -4,8 +4,9 @@
 
 use crate::actor::{Completion, ParamSnapshot, Policy};
 use crate::checkpoint::{self, RunState};
+use crate::completions::{self, CompletionLine, Split};
 use crate::config::TrainConfig;
-use crate::eval::{EvalLine, EvalReport, EvalSet, Evaluator};
+use crate::eval::{EvalLine, EvalReport, EvalSet, Evaluator, Scored};
 use crate::grading::{grade, sample_criteria, Criteria, ToGrade};
 use crate::grpo::{grpo_loss, scalar};
 use crate::metrics::{
@@ -74,9 +75,10 @@ fn no_checkpoint(run_dir: &Path, config: &TrainConfig) -> anyhow::Error {
 }
 
 /// The files a run writes into its folder besides `checkpoints/` and `data/`.
-const RUN_FILES: [&str; 10] = [
+const RUN_FILES: [&str; 11] = [
     "config.toml",
     "metrics.jsonl",
+    "completions.jsonl",
     "schedule.jsonl",
     "eval.jsonl",
     "test.jsonl",
@@ -170,6 +172,8 @@ pub(crate) struct Rollout {
     pub completions: Vec<Vec<Completion>>,
     /// `[prompt][sample]`; `None` = excluded (judge failure).
     pub rewards: Vec<Vec<Option<RewardVector>>>,
+    /// `[prompt][sample]`: the verdicts each response's rewards were read from.
+    pub verdicts: Vec<Vec<Vec<rubric::Verdict>>>,
     pub failed_verdicts: usize,
     pub retried_verdicts: usize,
 }
@@ -180,6 +184,7 @@ impl Rollout {
         self.prompts.extend(more.prompts);
         self.completions.extend(more.completions);
         self.rewards.extend(more.rewards);
+        self.verdicts.extend(more.verdicts);
         self.failed_verdicts += more.failed_verdicts;
         self.retried_verdicts += more.retried_verdicts;
     }
@@ -192,6 +197,8 @@ pub(crate) struct Stepped {
     pub lr: f64,
     pub rollout: Rollout,
     pub adv: schedule::BatchAdvantages,
+    /// `[prompt][sample]`: the advantage each response was trained with (`None` = left out).
+    pub trained: Vec<Vec<Option<f64>>>,
     pub update: UpdateStats,
     pub resample: Option<Resampled>,
 }
@@ -231,6 +238,7 @@ pub struct Trainer {
     schedule: Jsonl,
     evals: Jsonl,
     tests: Jsonl,
+    completions: Jsonl,
 }
 
 impl Trainer {
@@ -298,6 +306,7 @@ impl Trainer {
         t.spent = written.iter().map(|m| m.train_verdicts).sum();
         t.schedule.truncate(t.state.schedule_lines)?;
         t.evals.truncate(t.state.eval_lines)?;
+        t.completions.truncate(t.state.completions_lines)?;
         Ok(t)
     }
 
@@ -329,6 +338,7 @@ impl Trainer {
             schedule: Jsonl::open(&run_dir.join("schedule.jsonl"))?,
             evals: Jsonl::open(&run_dir.join("eval.jsonl"))?,
             tests: Jsonl::open(&run_dir.join("test.jsonl"))?,
+            completions: Jsonl::open(&run_dir.join("completions.jsonl"))?,
             rng: ChaCha8Rng::seed_from_u64(config.run.seed),
             subsample_rng: ChaCha8Rng::seed_from_u64(config.run.seed ^ SUBSAMPLE_STREAM),
             config,
@@ -353,7 +363,7 @@ impl Trainer {
     pub fn evaluate_on(&mut self, data: &Dataset, samples: usize, seed: u64) -> Result<EvalReport> {
         let resamples = self.config.eval.bootstrap;
         let scored = self.evaluate_split(Some(data), usize::MAX, samples, seed, resamples, false);
-        Ok(scored?.0)
+        Ok(scored?.report)
     }
 
     pub fn class_names(&self) -> &[String] {
@@ -365,12 +375,17 @@ impl Trainer {
     /// records (the `lab` crate writes `report.md` from them).
     pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> Result<RunData> {
         if self.state.step == 0 && self.evals.lines == 0 {
-            let v = self.validate()?; // the starting policy, for the report's comparison
+            let v = self.validate_scored()?; // the starting policy, for the report's comparison
+            let lines = self.val_lines(0, &v);
             append_eval(
                 &mut self.evals,
                 "eval.jsonl",
-                &EvalLine { step: 0, report: v },
+                &EvalLine {
+                    step: 0,
+                    report: v.report,
+                },
             )?;
+            self.log_completions(&lines)?;
             self.test_split(0)?;
         }
         while !self.finished() {
@@ -420,11 +435,12 @@ impl Trainer {
             // 4. validation, metrics, checkpoint
             let val = self.validate_if_due(&mut time)?;
             let judge = JudgeDelta::between(&judge_before, &self.judge.stats());
+            let lines = self.train_lines(&stepped);
             let mut m = self.metrics_line(stepped, judge, train_verdicts);
             m.val = val;
             m.judge_noise = self.noise_stats();
             m.time_s = time;
-            self.write_step(&m, true, &mut on_step)?;
+            self.write_step(&m, &lines, true, &mut on_step)?;
         }
         self.test_split(self.state.step)?;
         Ok(RunData {
@@ -468,14 +484,18 @@ impl Trainer {
             return Ok(None);
         }
         let t = Instant::now();
-        let v = self.validate()?;
+        let scored = self.validate_scored()?;
         time.eval = t.elapsed().as_secs_f64();
         let line = EvalLine {
             step,
-            report: v.clone(),
+            report: scored.report.clone(),
         };
         append_eval(&mut self.evals, "eval.jsonl", &line)?;
-        Ok(Some(v))
+        if self.finished() {
+            let lines = self.val_lines(step, &scored);
+            self.log_completions(&lines)?;
+        }
+        Ok(Some(scored.report))
     }
 
     /// The metrics line of the step just completed (`val`, `judge_noise` and `time_s` left
@@ -492,6 +512,7 @@ impl Trainer {
             adv,
             update,
             resample,
+            ..
         } = stepped;
         let (overall, classes) = reward_stats(&rollout.rewards, &self.data.classes.names);
         StepMetrics {
@@ -530,15 +551,17 @@ impl Trainer {
         }
     }
 
-    /// Appends a step's metrics line, then checkpoints when one is due (and `checkpoint`).
+    /// Appends a step's metrics line and its `completions.jsonl` lines, then checkpoints when one is due (and `checkpoint`).
     fn write_step(
         &mut self,
         m: &StepMetrics,
+        lines: &[CompletionLine],
         checkpoint: bool,
         on_step: &mut impl FnMut(&StepMetrics),
     ) -> Result<()> {
         append_checked(&mut self.metrics, "metrics.jsonl", m)?;
         self.state.metrics_lines += 1;
+        self.log_completions(lines)?;
         on_step(m);
         let (step, every) = (self.state.step, self.config.run.checkpoint_every);
         let due = (every > 0 && step.is_multiple_of(every)) || self.finished();
@@ -573,6 +596,11 @@ impl Trainer {
             self.spent += m.train_verdicts;
             (m.step, m.phase) = (self.state.step, self.state.phase.index);
             m.active_class = self.active_class_name();
+            let mut lines = k.completions;
+            for l in &mut lines {
+                (l.step, l.phase) = (m.step, m.phase);
+                l.active_class.clone_from(&m.active_class);
+            }
             if i == 0 {
                 m.time_s.select = (select_s - kept.secs).max(0.0);
             }
@@ -596,7 +624,7 @@ impl Trainer {
                 let phases = &self.config.phases;
                 self.state.phase.note_flat(phases, m.zero_spread_share);
             }
-            self.write_step(&m, last, on_step)?;
+            self.write_step(&m, &lines, last, on_step)?;
         }
         Ok(())
     }
@@ -633,8 +661,8 @@ impl Trainer {
         let want = self.config.grpo.prompts_per_step;
         let mut rollout = self.rollout(want, only_class, time)?;
         let mut adv = self.advantages(target, &rollout.rewards);
-        let (rows, resample) = match self.config.grpo.resample_flat {
-            None => (rows(&rollout, &adv.advantages), None),
+        let (trained, resample) = match self.config.grpo.resample_flat {
+            None => (adv.advantages.clone(), None),
             Some(r) => {
                 // DAPO's dynamic sampling: more prompts for the groups without spread (a
                 // group's spread does not depend on the others, so each round adds to it)
@@ -670,9 +698,10 @@ impl Trainer {
                     trained_groups: keep.len(),
                     trained_zero_spread_share: zero_spread_share(&trained),
                 };
-                (rows(&rollout, &advantages), Some(stats))
+                (advantages, Some(stats))
             }
         };
+        let rows = rows(&rollout, &trained);
         let (t, optimizer) = (Instant::now(), time.optimizer);
         let update = self.update(&rows, &lrs, time)?;
         // the optimizer's steps are timed apart, so `train` is the forward and backward passes
@@ -681,6 +710,7 @@ impl Trainer {
             lr: lrs[0],
             rollout,
             adv,
+            trained,
             update,
             resample,
         })
@@ -751,10 +781,16 @@ impl Trainer {
             .chunks(g.group_size)
             .map(<[_]>::to_vec)
             .collect();
+        let verdicts = graded
+            .verdicts
+            .chunks(g.group_size)
+            .map(<[_]>::to_vec)
+            .collect();
         Ok(Rollout {
             prompts,
             completions,
             rewards,
+            verdicts,
             failed_verdicts: graded.failed_verdicts,
             retried_verdicts: graded.retried_verdicts,
         })
@@ -947,6 +983,11 @@ impl Trainer {
 
     /// Full validation (`[eval]`): overall and per-class scores with bootstrap std.
     pub fn validate(&mut self) -> Result<EvalReport> {
+        Ok(self.validate_scored()?.report)
+    }
+
+    /// [`Trainer::validate`], with the responses it sampled, their rewards and verdicts.
+    fn validate_scored(&mut self) -> Result<Scored> {
         let e = self.config.eval.clone();
         let n = if e.size == 0 {
             self.data.val.len()
@@ -954,9 +995,74 @@ impl Trainer {
             e.size.min(self.data.val.len())
         };
         let seed = self.config.run.seed ^ 0x5eed_e7a1;
-        Ok(self
-            .evaluate_split(None, n, e.samples, seed, e.bootstrap, false)?
-            .0)
+        self.evaluate_split(None, n, e.samples, seed, e.bootstrap, false)
+    }
+
+    /// The `completions.jsonl` lines of a validation after `step` steps: the first response
+    /// on each of the first `log.val_completions` prompts.
+    fn val_lines(&self, step: u64, scored: &Scored) -> Vec<CompletionLine> {
+        let n = self.config.log.val_completions.min(scored.texts.len());
+        let active = self.active_class_name();
+        (0..n)
+            .filter_map(|i| {
+                let text = scored.texts[i].first()?;
+                let at = completions::At {
+                    step,
+                    split: Split::Val,
+                    phase: self.state.phase.index,
+                    active_class: active.as_deref(),
+                    group: i,
+                    sample: 0,
+                };
+                let graded = completions::Graded {
+                    example: &self.data.val.examples[i],
+                    completion: text,
+                    rewards: scored.rewards[i][0].as_ref(),
+                    verdicts: &scored.verdicts[i][0],
+                    advantage: None,
+                };
+                Some(completions::line(at, graded, &self.data.classes.names))
+            })
+            .collect()
+    }
+
+    /// The `completions.jsonl` lines of the step just made: every response of its rollout's
+    /// first `log.completions_per_step` groups.
+    fn train_lines(&self, stepped: &Stepped) -> Vec<CompletionLine> {
+        let r = &stepped.rollout;
+        let n = self.config.log.completions_per_step.min(r.prompts.len());
+        let active = self.active_class_name();
+        let mut out = Vec::new();
+        for g in 0..n {
+            let example = &self.data.train.examples[r.prompts[g]];
+            for (s, c) in r.completions[g].iter().enumerate() {
+                let at = completions::At {
+                    step: self.state.step,
+                    split: Split::Train,
+                    phase: self.state.phase.index,
+                    active_class: active.as_deref(),
+                    group: g,
+                    sample: s,
+                };
+                let graded = completions::Graded {
+                    example,
+                    completion: &c.text,
+                    rewards: r.rewards[g][s].as_ref(),
+                    verdicts: &r.verdicts[g][s],
+                    advantage: stepped.trained[g][s],
+                };
+                out.push(completions::line(at, graded, &self.data.classes.names));
+            }
+        }
+        out
+    }
+
+    /// Appends lines to `completions.jsonl`.
+    fn log_completions(&mut self, lines: &[CompletionLine]) -> Result<()> {
+        for l in lines {
+            append_checked(&mut self.completions, "completions.jsonl", l)?;
+        }
+        Ok(())
     }
 
     /// The selectors' fixed batch: examples, and responses per example
@@ -977,7 +1083,9 @@ impl Trainer {
         let seed = self.config.run.seed ^ 0x5e1e_c7ed;
         let r = self.evaluate_split(None, n, samples, seed, 0, true);
         time.eval += t.elapsed().as_secs_f64();
-        let (report, rewards) = r?;
+        let Scored {
+            report, rewards, ..
+        } = r?;
         let finite = |x: f64| x.is_finite().then_some(x);
         let classes = report.class_scores(&self.data.classes.names);
         let measured = Measured {
@@ -999,7 +1107,7 @@ impl Trainer {
         seed: u64,
         resamples: usize,
         selection: bool,
-    ) -> Result<(EvalReport, Vec<Vec<Option<RewardVector>>>)> {
+    ) -> Result<Scored> {
         let assigned;
         let (examples, class_of) = match split {
             None => (&self.data.val.examples, &self.data.val_classes),
@@ -1060,6 +1168,7 @@ impl Trainer {
             .map(|_| checkpoint::RngState::of(&self.subsample_rng));
         self.state.schedule_lines = self.schedule.lines;
         self.state.eval_lines = self.evals.lines;
+        self.state.completions_lines = self.completions.lines;
         let dir = checkpoint::write(&self.run_dir, &*self.policy, &self.optimizer, &self.state)?;
         checkpoint::prune(&self.run_dir, self.config.run.keep_checkpoints)?;
         Ok(dir)

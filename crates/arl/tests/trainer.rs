@@ -3,6 +3,7 @@
 mod common;
 
 use anyhow::Result;
+use arl::completions::{CompletionLine, Split};
 use arl::{EvalReport, Parts, StepMetrics, Trainer};
 use async_trait::async_trait;
 use common::*;
@@ -560,6 +561,7 @@ fn resume_reproduces_with(
     for f in [
         "schedule.jsonl",
         "eval.jsonl",
+        "completions.jsonl",
         "checkpoints/step-00000010/policy.safetensors",
         "checkpoints/step-00000010/optimizer.safetensors",
     ] {
@@ -571,6 +573,99 @@ fn resume_reproduces_with(
         assert!(s_full.contains("\"guard\""), "the guard trips: {s_full}");
     }
     (b, run)
+}
+
+/// A short run's `completions.jsonl` lines, with the config's data.
+fn completions_run(log: &str, steps: u64) -> (Vec<CompletionLine>, arl::TrainConfig, Parts) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), RUBRIC, VOCAB, log);
+    cfg.run.steps = steps;
+    cfg.eval.every = 2;
+    Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap())
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let path = dir.path().join("run/completions.jsonl");
+    let parts = Parts::from_config(&cfg).unwrap();
+    (rubric::runfile::read_jsonl(&path).unwrap(), cfg, parts)
+}
+
+/// `completions.jsonl` holds every response of the first `log.completions_per_step` groups of
+/// each step, each with the rewards its logged verdicts give, and validation's first response
+/// on the first `log.val_completions` prompts at step 0 and at the last step only.
+#[test]
+fn completions_are_logged_with_the_rewards_of_their_verdicts() {
+    let log = "[log]\ncompletions_per_step = 2\nval_completions = 3";
+    let (lines, cfg, parts) = completions_run(log, 5);
+    let data = parts.data;
+    let k = data.classes.len();
+    let train: Vec<&CompletionLine> = lines.iter().filter(|l| l.split == Split::Train).collect();
+    for step in 1..=5 {
+        let at: Vec<_> = train.iter().filter(|l| l.step == step).collect();
+        assert_eq!(at.len(), 2 * cfg.grpo.group_size, "step {step}");
+        assert!(at
+            .iter()
+            .all(|l| l.group < 2 && l.sample < cfg.grpo.group_size));
+    }
+    assert_eq!(train.len(), 5 * 2 * cfg.grpo.group_size);
+    let mut graded = 0;
+    for l in &lines {
+        let (set, classes) = match l.split {
+            Split::Train => (&data.train, &data.train_classes),
+            Split::Val => (&data.val, &data.val_classes),
+        };
+        let i = set
+            .examples
+            .iter()
+            .position(|e| e.id == l.prompt_id)
+            .unwrap();
+        assert!(l.prompt.contains("pregnant"), "{}", l.prompt);
+        let verdicts: Vec<rubric::Verdict> = l
+            .verdicts
+            .iter()
+            .map(|v| rubric::Verdict {
+                criterion: v.criterion,
+                outcome: Ok(v.met.unwrap()),
+                explanation: String::new(),
+                judge: String::new(),
+                cached: false,
+                attempts: 0,
+            })
+            .collect();
+        let want = rubric::score::reward_vector(&set.examples[i], &classes[i], k, &verdicts);
+        assert_eq!(l.overall, want.overall, "{l:?}");
+        let got: Vec<Option<f64>> = data.classes.names.iter().map(|n| l.classes[n]).collect();
+        assert_eq!(got, want.classes);
+        assert_eq!(l.verdicts.len(), set.examples[i].criteria.len());
+        graded += l.overall.is_some() as usize;
+    }
+    assert!(graded > 0);
+    assert!(
+        train.iter().any(|l| l.advantage.is_some()),
+        "some responses trained on"
+    );
+    let val = |step| -> Vec<String> {
+        let at = lines
+            .iter()
+            .filter(|l| l.split == Split::Val && l.step == step);
+        at.map(|l| l.prompt_id.clone()).collect()
+    };
+    assert_eq!(val(0), ["v0", "v1", "v2"]);
+    assert_eq!(val(5), val(0), "the same prompts at the end");
+    assert!(
+        val(2).is_empty() && val(4).is_empty(),
+        "only the start and the end"
+    );
+    let vals = lines.iter().filter(|l| l.split == Split::Val).count();
+    assert_eq!(vals, 6);
+}
+
+/// `log.completions_per_step = 0` logs no training responses.
+#[test]
+fn no_training_completions_are_logged_when_switched_off() {
+    let (lines, _, _) = completions_run("[log]\ncompletions_per_step = 0", 3);
+    assert!(lines.iter().all(|l| l.split == Split::Val), "{lines:?}");
+    assert_eq!(lines.len(), 6);
 }
 
 /// Makes every log-prob NaN on the chosen calls.

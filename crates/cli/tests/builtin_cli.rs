@@ -103,6 +103,7 @@ fn categorical_builtin_runs_end_to_end_and_improves() {
         "report.md",
         "metrics.jsonl",
         "schedule.jsonl",
+        "completions.jsonl",
         "validation.svg",
         "schedule.svg",
         "variance.svg",

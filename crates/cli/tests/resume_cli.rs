@@ -176,7 +176,12 @@ fn sigkilled_run_resumes_exactly(lora: bool) {
         ma[2..].iter().any(|m| m["update"]["applied"] == 2),
         "the weights were updated after the checkpoint the run resumed from: {ma:?}"
     );
-    for f in ["schedule.jsonl", "eval.jsonl", "test.jsonl"] {
+    for f in [
+        "schedule.jsonl",
+        "eval.jsonl",
+        "test.jsonl",
+        "completions.jsonl",
+    ] {
         assert_eq!(
             std::fs::read_to_string(a.join(f)).unwrap(),
             std::fs::read_to_string(b.join(f)).unwrap(),

@@ -1,6 +1,7 @@
 //! `report.md`: what the run did, read back from its own `metrics.jsonl` and `schedule.jsonl`.
 
 use anyhow::Result;
+use arl::completions::{CompletionLine, Split};
 use arl::config::TrainConfig;
 use arl::eval::{EvalLine, EvalReport};
 use arl::metrics::{Resampled, StepMetrics};
@@ -49,12 +50,14 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
         schedule,
         evals,
         tests,
+        completions,
     } = run;
     let mut r = String::new();
     header(&mut r, c)?;
     let vals: Vec<(u64, &EvalReport)> = evals.iter().map(|e| (e.step, &e.report)).collect();
     validation(&mut r, &vals, classes)?;
     test_split(&mut r, c, tests, classes)?;
+    what_the_model_writes(&mut r, completions)?;
     judge_noise(&mut r, c, metrics)?;
     schedule_section(&mut r, c, schedule, metrics)?;
     diagnostics(&mut r, c, metrics, classes)?;
@@ -67,6 +70,57 @@ pub fn write(run_dir: &Path, c: &TrainConfig, classes: &[String], run: &RunRecor
         }
     }
     Ok(write_atomic(&run_dir.join("report.md"), r.as_bytes())?)
+}
+
+/// "What the model writes": the response logged on each validation prompt at step 0 beside the
+/// one at the last validation that logged responses, with their overall scores.
+fn what_the_model_writes(r: &mut String, lines: &[CompletionLine]) -> Result<()> {
+    let val: Vec<&CompletionLine> = lines.iter().filter(|l| l.split == Split::Val).collect();
+    let start: Vec<&&CompletionLine> = val.iter().filter(|l| l.step == 0).collect();
+    let last = val.iter().map(|l| l.step).max().unwrap_or(0);
+    if start.is_empty() || last == 0 {
+        return Ok(());
+    }
+    writeln!(r, "\n## What the model writes\n")?;
+    writeln!(
+        r,
+        "One sampled response on each of the first validation prompts, at step 0 and at step \
+         {last}, with its overall score (— where not scored). All logged responses are in \
+         `completions.jsonl`.\n"
+    )?;
+    writeln!(r, "| prompt | step 0 | score | step {last} | score |")?;
+    writeln!(r, "|---|---|---:|---|---:|")?;
+    let score = |l: Option<&CompletionLine>| match l.and_then(|l| l.overall) {
+        Some(x) => format!("{x:.3}"),
+        None => "—".to_string(),
+    };
+    for a in start {
+        let b = val
+            .iter()
+            .find(|l| l.step == last && l.prompt_id == a.prompt_id)
+            .copied();
+        writeln!(
+            r,
+            "| {} | {} | {} | {} | {} |",
+            cell(&a.prompt),
+            cell(&a.completion),
+            score(Some(a)),
+            b.map_or(String::new(), |b| cell(&b.completion)),
+            score(b),
+        )?;
+    }
+    Ok(())
+}
+
+/// `s` as the text of one markdown table cell: HTML and `|` escaped, line breaks as `<br>`.
+pub fn cell(s: &str) -> String {
+    let s = s
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('|', "\\|")
+        .replace("\r\n", "\n");
+    s.trim().replace('\n', "<br>")
 }
 
 /// The title line (objective, selector, sizes, seed, variants) and the embedding judge's

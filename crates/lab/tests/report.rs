@@ -81,3 +81,44 @@ fn a_report_of_an_embedding_judged_run_says_it_is_approximate() {
     cfg.judge.kind = judge::JudgeKind::Embedding;
     assert!(report(&cfg).contains("`embedding` (MiniLM sentence similarity): approximate"));
 }
+
+/// "What the model writes": each logged validation prompt with its step-0 response and the
+/// last step's, side by side in a table whose cells keep `|` and line breaks from breaking it.
+#[test]
+fn the_report_sets_the_first_and_last_responses_side_by_side() {
+    use arl::completions::Split;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), RUBRIC, VOCAB, "");
+    cfg.run.steps = 6;
+    let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+    let mut finished = t.run(|_| {}).unwrap();
+    lab::report::write_run(&finished).unwrap();
+    let report = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    let section = report
+        .split("## What the model writes")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no section: {report}"));
+    assert!(section.contains("| prompt | step 0 | score | step 6 | score |"));
+    let val = finished.records.completions.iter();
+    let val: Vec<_> = val.filter(|l| l.split == Split::Val).collect();
+    assert_eq!(val.len(), 6, "3 prompts at the start and the end");
+    for (a, b) in val[..3].iter().zip(&val[3..]) {
+        assert_eq!((a.step, b.step, &a.prompt_id), (0, 6, &b.prompt_id));
+        let row = format!(
+            "| {} | {} | {:.3} | {} | {:.3} |",
+            lab::report::cell(&a.prompt),
+            lab::report::cell(&a.completion),
+            a.overall.unwrap(),
+            lab::report::cell(&b.completion),
+            b.overall.unwrap()
+        );
+        assert!(section.contains(&row), "{row}\n{section}");
+    }
+    // a response with a `|` and a line break stays in its cell
+    let lines = &mut finished.records.completions;
+    let last = lines.iter().rposition(|l| l.split == Split::Val).unwrap();
+    lines[last].completion = "a | b\nc".into();
+    lab::report::write_run(&finished).unwrap();
+    let report = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(report.contains(r"| a \| b<br>c |"), "{report}");
+}

@@ -23,6 +23,8 @@ pub(crate) struct KeptStep {
     pub val: Option<EvalReport>,
     /// Its judge-noise tally.
     pub noise: Option<Confusion>,
+    /// Its `completions.jsonl` lines (step, phase and class set when it is written).
+    pub completions: Vec<crate::completions::CompletionLine>,
 }
 
 /// The chosen probe's steps, and their wall seconds (part of the selection's).
@@ -113,6 +115,7 @@ impl Trainer {
         let stepped = self.grpo_step(target, only, &mut time)?;
         let verdicts = self.judge.stats().verdicts - judge_before.verdicts;
         let judge = JudgeDelta::default(); // set below, the validation's included
+        let completions = self.train_lines(&stepped);
         let mut metrics = self.metrics_line(stepped, judge, verdicts);
         let noise = self.noise.as_ref().map(|n| n.take());
         let (step, every) = (self.state.step + j + 1, self.config.eval.every);
@@ -131,6 +134,7 @@ impl Trainer {
             metrics,
             val,
             noise,
+            completions,
         })
     }
 }
