@@ -109,6 +109,7 @@ fn what_the_model_writes(r: &mut String, lines: &[CompletionLine]) -> Result<()>
             score(b),
         )?;
     }
+    writeln!(r)?;
     Ok(())
 }
 
