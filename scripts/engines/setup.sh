@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the RL engines' own code from PyPI into virtual environments outside the
 # repository, for scripts/engines/check_*.py (see docs/service.md,
-# "Engines"). CPU only; torch comes from PyPI. Usage: scripts/engines/setup.sh [trl|verl|openrlhf|all]
+# "Engines"), and Hugging Face's own readers for the files a run writes (`hf`: transformers'
+# apply_chat_template, peft, tensorboard's event reader; docs/training.md, "Files a user's
+# tools read"). CPU only; torch comes from PyPI.
+# Usage: scripts/engines/setup.sh [trl|verl|openrlhf|hf|all]
 set -euo pipefail
 ROOT="${ARLRR_ENGINES_DIR:-$HOME/.cache/arlrr/engines}"
 PY="${PYTHON:-python3}"
@@ -30,7 +33,9 @@ case "$want" in
     # openrlhf pins flash-attn (built against CUDA) and deepspeed, which do not install on a
     # CPU machine; its reward path (SingleTurnAgentExecutor) needs only aiohttp
     openrlhf|all) make_venv openrlhf "aiohttp==3.14.5" \
-        && "$ROOT/openrlhf/bin/pip" install --quiet --no-deps "openrlhf==0.11.2" ;;
-    trl|verl) ;;
-    *) echo "usage: $0 [trl|verl|openrlhf|all]" >&2; exit 2 ;;
+        && "$ROOT/openrlhf/bin/pip" install --quiet --no-deps "openrlhf==0.11.2" ;;&
+    hf|all) make_venv hf "transformers==5.25.0" "peft==0.22.0" "tensorboard==2.21.0" \
+        "torch==2.15.0" "safetensors==0.8.0" ;;&
+    trl|verl|openrlhf|hf|all) ;;
+    *) echo "usage: $0 [trl|verl|openrlhf|hf|all]" >&2; exit 2 ;;
 esac
