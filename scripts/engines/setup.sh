@@ -35,7 +35,7 @@ case "$want" in
     openrlhf|all) make_venv openrlhf "aiohttp==3.14.5" \
         && "$ROOT/openrlhf/bin/pip" install --quiet --no-deps "openrlhf==0.11.2" ;;&
     hf|all) make_venv hf "transformers==5.25.0" "peft==0.22.0" "tensorboard==2.21.0" \
-        "torch==2.15.0" "safetensors==0.8.0" ;;&
+        "torch==2.15.0" "safetensors==0.8.0" "gguf==0.19.0" ;;&
     trl|verl|openrlhf|hf|all) ;;
     *) echo "usage: $0 [trl|verl|openrlhf|hf|all]" >&2; exit 2 ;;
 esac

@@ -1,4 +1,5 @@
-//! The transformer of the `policy` crate behind the trainer's [`Policy`] trait: ChatML prompts,
+//! The transformer of the `policy` crate behind the trainer's [`Policy`] trait: prompts in the
+//! model's chat template,
 //! batched sampling, teacher-forced log-probs with gradients, full or LoRA fine-tuning.
 
 use crate::actor::{Completion, Groups, Policy, TokenLogProbs};

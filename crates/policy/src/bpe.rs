@@ -4,8 +4,9 @@
 //! (`use_regex = false`), so merges may cross word boundaries: frequent phrases of a narrow
 //! task ("contact your doctor") become single tokens, and a response is a few dozen tokens
 //! instead of a few hundred characters. Every byte stays in the alphabet, so any text still
-//! encodes. The ChatML markers are special tokens, which keeps `Tokenizer::chat_prompt`,
-//! `Model::save` and `Model::load` working exactly as for a downloaded model.
+//! encodes. The ChatML markers are special tokens and ChatML is the tokenizer's own chat
+//! template, which keeps `Tokenizer::chat_prompt`, `Model::save` and `Model::load` working
+//! exactly as for a downloaded model.
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -54,7 +55,11 @@ pub fn train_bpe<S: AsRef<str> + Send>(
     inner
         .train(&mut trainer, texts)
         .map_err(|e| Error::Tokenizer(format!("training BPE: {e}")))?;
-    Tokenizer::from_hf(inner, Some("<|im_end|>"), None)
+    Tokenizer::from_hf(
+        inner,
+        Some("<|im_end|>"),
+        Some(crate::chat_template::CHATML),
+    )
 }
 
 #[cfg(test)]

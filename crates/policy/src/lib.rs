@@ -1,5 +1,5 @@
 //! The policy: a trainable decoder-only transformer (Llama/SmolLM2, Qwen2, Qwen3) in candle,
-//! with GGUF and HF safetensors loading, HF saving, tokenizer and ChatML template, batched
+//! with GGUF and HF safetensors loading, HF saving, tokenizer and the model's own chat template, batched
 //! KV-cached generation, differentiable teacher-forced log-probs and LoRA adapters.
 //!
 //! ```no_run
@@ -14,6 +14,7 @@ mod attention;
 pub mod bench;
 pub mod bf16;
 pub mod bpe;
+pub mod chat_template;
 pub mod config;
 mod cpu;
 mod cpu_op;
@@ -32,6 +33,7 @@ pub mod weights;
 
 pub use bf16::Precision;
 pub use bpe::train_bpe;
+pub use chat_template::ChatTemplate;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
 pub use generate::{

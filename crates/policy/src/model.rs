@@ -28,8 +28,22 @@ impl Model {
         Self::load_with(path, DType::F32, &Device::Cpu)
     }
 
+    /// A model without a chat template of its own gets ChatML, and the load says so.
     pub fn load_with(path: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
         let path = path.as_ref();
+        let model = Self::read(path, dtype, device)?;
+        if model.tokenizer.chat_template.is_fallback() {
+            eprintln!(
+                "note: {} has no chat template (tokenizer_config.json `chat_template`, \
+                 chat_template.jinja or GGUF `tokenizer.chat_template`): prompts are written as \
+                 ChatML",
+                path.display()
+            );
+        }
+        Ok(model)
+    }
+
+    fn read(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         if path.is_dir() {
             let (config, tensors) = read_hf_weights(path, device)?;
             let tokenizer = Tokenizer::from_hf_dir(path)?;
@@ -76,8 +90,8 @@ impl Model {
         }
     }
 
-    /// Answers a conversation: ChatML prompt, sample up to `max_tokens`, decode without special
-    /// tokens. `seed` makes sampling reproducible.
+    /// Answers a conversation: the chat template's prompt, sample up to `max_tokens`, decode
+    /// without special tokens. `seed` makes sampling reproducible.
     pub fn chat(
         &self,
         messages: &[Message],

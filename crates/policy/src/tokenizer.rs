@@ -1,6 +1,8 @@
 //! Tokenizer: HF `tokenizer.json` through the `tokenizers` crate, or the same object rebuilt
-//! from GGUF metadata (GPT-2 style byte-level BPE), plus the ChatML chat template.
+//! from GGUF metadata (GPT-2 style byte-level BPE), plus the model's own chat template
+//! (`chat_template`).
 
+use crate::chat_template::{ChatTemplate, SpecialTokens};
 use crate::error::{Error, Result};
 use crate::gguf::md;
 use candle_core::quantized::gguf_file::Value;
@@ -27,9 +29,10 @@ pub struct Tokenizer {
     pub bos_id: Option<u32>,
     /// Every token at which generation should stop (eos, `<|im_end|>`, `<|endoftext|>`).
     pub stop_ids: Vec<u32>,
-    /// System message the chat template inserts when the conversation has none (SmolLM2's
-    /// template does this).
-    pub default_system: Option<String>,
+    /// The model's own chat template (ChatML where it has none: `is_fallback`).
+    pub chat_template: ChatTemplate,
+    /// The special tokens the template sees (`bos_token`, `eos_token`, ...).
+    specials: SpecialTokens,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -38,13 +41,16 @@ impl std::fmt::Debug for Tokenizer {
             .field("vocab", &self.inner.get_vocab_size(true))
             .field("eos_id", &self.eos_id)
             .field("stop_ids", &self.stop_ids)
+            .field("chat_template", &self.chat_template)
             .finish()
     }
 }
 
 impl Tokenizer {
     /// Wraps an HF tokenizer; `eos` names the end token (else `<|im_end|>`, `<|endoftext|>`,
-    /// `</s>` are tried in that order).
+    /// `</s>` are tried in that order); `chat_template` is the model's Jinja template (ChatML
+    /// when `None`, marked as the fallback). A template that does not compile is an error
+    /// naming its line.
     pub fn from_hf(
         inner: tokenizers::Tokenizer,
         eos: Option<&str>,
@@ -65,38 +71,49 @@ impl Tokenizer {
                 }
             }
         }
+        let chat_template = match chat_template {
+            Some(t) => ChatTemplate::new(t)?,
+            None => ChatTemplate::chatml(),
+        };
+        let mut specials = SpecialTokens::new();
+        if let Some(t) = inner.id_to_token(eos_id) {
+            specials.insert("eos_token", t);
+        }
         Ok(Tokenizer {
             eos_id,
             bos_id: None,
             stop_ids,
-            default_system: chat_template.and_then(default_system_from_template),
+            chat_template,
+            specials,
             inner,
         })
     }
 
-    /// Reads `tokenizer.json` (and, if present, `tokenizer_config.json` for the eos token and
-    /// chat template) from an HF model folder.
+    /// Reads `tokenizer.json` (and, if present, `tokenizer_config.json` for the special
+    /// tokens and the chat template, or `chat_template.jinja`) from an HF model folder.
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let tj = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&tj)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", tj.display())))?;
         let tc = dir.join("tokenizer_config.json");
-        let (eos, template) = match std::fs::read_to_string(&tc) {
-            Ok(text) => {
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                let eos = match &v["eos_token"] {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Object(o) => {
-                        o.get("content").and_then(|c| c.as_str()).map(String::from)
-                    }
-                    _ => None,
-                };
-                (eos, v["chat_template"].as_str().map(String::from))
-            }
-            Err(_) => (None, None),
+        let config: serde_json::Value = match std::fs::read_to_string(&tc) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::Tokenizer(format!("{}: {e}", tc.display())))?,
+            Err(_) => serde_json::Value::Null,
         };
-        Self::from_hf(inner, eos.as_deref(), template.as_deref())
+        let template = hf_chat_template(dir, &config)?;
+        let eos = token_text(&config["eos_token"]);
+        let mut t = Self::from_hf(inner, eos.as_deref(), template.as_deref())
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", dir.display())))?;
+        for name in SPECIAL_NAMES {
+            if let Some(tok) = token_text(&config[name]) {
+                if t.inner.token_to_id(&tok).is_some() {
+                    t.set_special_token(name, &tok)?;
+                }
+            }
+        }
+        Ok(t)
     }
 
     /// Rebuilds the tokenizer from GGUF metadata (`tokenizer.ggml.*`): vocabulary, merges,
@@ -190,8 +207,17 @@ impl Tokenizer {
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok().cloned());
         let eos_tok = id("tokenizer.ggml.eos_token_id").and_then(|i| tokens.get(i as usize));
-        let mut t = Self::from_hf(inner, eos_tok.map(|s| s.as_str()), template.as_deref())?;
-        t.bos_id = id("tokenizer.ggml.bos_token_id");
+        let mut t = Self::from_hf(inner, eos_tok.map(|s| s.as_str()), template.as_deref())
+            .map_err(|e| Error::Tokenizer(format!("GGUF `tokenizer.chat_template`: {e}")))?;
+        for (name, key) in [
+            ("bos_token", "tokenizer.ggml.bos_token_id"),
+            ("unk_token", "tokenizer.ggml.unknown_token_id"),
+            ("pad_token", "tokenizer.ggml.padding_token_id"),
+        ] {
+            if let Some(tok) = id(key).and_then(|i| tokens.get(i as usize)) {
+                t.set_special_token(name, tok)?;
+            }
+        }
         Ok(t)
     }
 
@@ -217,79 +243,100 @@ impl Tokenizer {
         Ok(self.inner.decode(ids, skip_special)?)
     }
 
-    /// The ChatML text of a conversation (SmolLM2's / Qwen's template):
-    /// `<|im_start|>{role}\n{content}<|im_end|>\n` per message, the template's default system
-    /// message first when the conversation has none, and `<|im_start|>assistant\n` when
-    /// `add_generation_prompt`.
-    pub fn chat_text(&self, messages: &[Message], add_generation_prompt: bool) -> String {
-        let mut s = String::new();
-        if let Some(sys) = &self.default_system {
-            if messages.first().map(|m| m.role != "system").unwrap_or(true) {
-                s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
-            }
-        }
-        for m in messages {
-            s.push_str(&format!(
-                "<|im_start|>{}\n{}<|im_end|>\n",
-                m.role, m.content
-            ));
-        }
-        if add_generation_prompt {
-            s.push_str("<|im_start|>assistant\n");
-        }
-        s
+    /// The conversation's text through the model's chat template, as HF transformers'
+    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)` writes it.
+    pub fn chat_text(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.chat_template
+            .render(messages, add_generation_prompt, &self.specials)
     }
 
-    /// Token ids of `chat_text(messages, true)`: the prompt a chat model continues.
+    /// Token ids of `chat_text(messages, true)`: the prompt a chat model continues (as
+    /// `apply_chat_template(..., tokenize=True)`, which adds no further special tokens).
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        self.encode(&self.chat_text(messages, true))
+        self.encode(&self.chat_text(messages, true)?)
     }
 
-    /// Saves as HF `tokenizer.json` + `tokenizer_config.json` (eos token, ChatML template).
+    /// The tokenizer with another chat template.
+    pub fn with_chat_template(mut self, template: ChatTemplate) -> Self {
+        self.chat_template = template;
+        self
+    }
+
+    /// Adds tokens that are always matched whole and never split (HF `add_special_tokens`).
+    pub fn add_special_tokens(&mut self, tokens: &[&str]) {
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .map(|t| AddedToken::from(t.to_string(), true))
+            .collect();
+        self.inner.add_special_tokens(&added);
+    }
+
+    /// Names the token a template sees as `name` (`bos_token`, `eos_token`, `unk_token`,
+    /// `pad_token`); `bos_token` also sets `bos_id`. The token must be in the vocabulary.
+    pub fn set_special_token(&mut self, name: &str, token: &str) -> Result<()> {
+        let key = SPECIAL_NAMES
+            .iter()
+            .find(|k| **k == name)
+            .ok_or_else(|| Error::Tokenizer(format!("`{name}` is not one of {SPECIAL_NAMES:?}")))?;
+        let id = self.inner.token_to_id(token).ok_or_else(|| {
+            Error::Tokenizer(format!("{name} `{token}` is not in the vocabulary"))
+        })?;
+        if *key == "bos_token" {
+            self.bos_id = Some(id);
+        }
+        self.specials.insert(key, token.to_string());
+        Ok(())
+    }
+
+    /// Saves as HF `tokenizer.json` + `tokenizer_config.json` (special tokens and the chat
+    /// template).
     pub fn save_hf(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         let tj = dir.join("tokenizer.json");
         self.inner
             .save(&tj, false)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", tj.display())))?;
-        let eos = self.inner.id_to_token(self.eos_id).unwrap_or_default();
-        let cfg = serde_json::json!({
-            "eos_token": eos,
-            "chat_template": self.jinja_template(),
-        });
+        let mut cfg = serde_json::Map::new();
+        for (k, v) in &self.specials {
+            cfg.insert(k.to_string(), v.clone().into());
+        }
+        cfg.insert(
+            "chat_template".into(),
+            self.chat_template.source().to_string().into(),
+        );
         let p = dir.join("tokenizer_config.json");
         std::fs::write(&p, serde_json::to_string_pretty(&cfg)?).map_err(|e| Error::io(&p, e))
     }
+}
 
-    /// The Jinja form of `chat_text`, for HF tools.
-    fn jinja_template(&self) -> String {
-        let sys = match &self.default_system {
-            Some(s) => format!(
-                "{{% if loop.first and messages[0]['role'] != 'system' %}}{{{{ '<|im_start|>system\\n{}<|im_end|>\\n' }}}}{{% endif %}}",
-                s.replace('\'', "\\'")
-            ),
-            None => String::new(),
-        };
-        format!(
-            "{{% for message in messages %}}{sys}{{{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}}}{{% endfor %}}{{% if add_generation_prompt %}}{{{{ '<|im_start|>assistant\\n' }}}}{{% endif %}}"
-        )
+/// The special tokens a chat template may name, as in transformers' `special_tokens_map`.
+const SPECIAL_NAMES: [&str; 4] = ["bos_token", "eos_token", "unk_token", "pad_token"];
+
+/// A token named in `tokenizer_config.json`: a string, or an object with `content`.
+fn token_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
     }
 }
 
-/// Finds the default system message in a ChatML Jinja template such as SmolLM2's
-/// `'<|im_start|>system\nYou are a helpful AI assistant ...<|im_end|>\n'`.
-fn default_system_from_template(t: &str) -> Option<String> {
-    for marker in ["<|im_start|>system\\n", "<|im_start|>system\n"] {
-        if let Some(i) = t.find(marker) {
-            let rest = &t[i + marker.len()..];
-            let end = rest.find("<|im_end|>")?;
-            let sys = &rest[..end];
-            // A template that splices the user's system message in is not a default.
-            if sys.contains("{{") || sys.contains('\'') || sys.contains('+') || sys.is_empty() {
-                return None;
-            }
-            return Some(sys.replace("\\n", "\n"));
-        }
+/// The chat template of an HF folder: `chat_template.jinja` (where transformers saves it),
+/// else `tokenizer_config.json`'s `chat_template`, a string or a list of named templates (the
+/// one named `default`).
+fn hf_chat_template(dir: &Path, config: &serde_json::Value) -> Result<Option<String>> {
+    let file = dir.join("chat_template.jinja");
+    if file.exists() {
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        return Ok(Some(text));
     }
-    None
+    Ok(match &config["chat_template"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(named) => named
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(String::from),
+        _ => None,
+    })
 }

@@ -98,7 +98,7 @@ fn gguf_tokenizer_and_chat_template() {
     let im_start = tok.token_to_id("<|im_start|>").unwrap();
     let im_end = tok.token_to_id("<|im_end|>").unwrap();
     assert!(tok.stop_ids.contains(&im_end));
-    let text = tok.chat_text(&msgs(), true);
+    let text = tok.chat_text(&msgs(), true).unwrap();
     assert!(text.starts_with("<|im_start|>system\n"), "{text}");
     assert!(text.ends_with(
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
