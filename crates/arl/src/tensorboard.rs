@@ -231,8 +231,8 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The machine's name for the file name (TensorBoard's convention), as letters, digits,
-/// `-` and `_`; `localhost` when none is found.
+/// The machine's name for the file name (TensorBoard's convention): its letters, digits,
+/// `-` and `.`, anything else as `_`; `localhost` when none is found.
 fn hostname() -> String {
     let name = ["/proc/sys/kernel/hostname", "/etc/hostname"]
         .iter()
