@@ -30,7 +30,8 @@ pub struct TrainConfig {
     pub phases: PhaseConfig,
     #[serde(default)]
     pub eval: EvalConfig,
-    /// `[log]`: what `completions.jsonl` records (left out of a saved config when default).
+    /// `[log]`: what `completions.jsonl` records, and the TensorBoard scalars (left out of a
+    /// saved config when default).
     #[serde(default, skip_serializing_if = "LogConfig::is_default")]
     pub log: LogConfig,
     /// `[warm_start]`: the tiny transformer built by supervised fine-tuning on the built-in
@@ -237,8 +238,8 @@ impl Default for EvalConfig {
     }
 }
 
-/// `[log]`: the completions a run logs to `completions.jsonl`. Logging draws from no stream
-/// and changes nothing in training.
+/// `[log]`: the completions a run logs to `completions.jsonl`, and its TensorBoard scalars.
+/// Logging draws from no stream and changes nothing in training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -248,6 +249,9 @@ pub struct LogConfig {
     /// Validation prompts (the first ones) whose first sampled response is logged at step 0
     /// and at the last step; 0 = none.
     pub val_completions: usize,
+    /// Every `metrics.jsonl` line also as TensorBoard scalars in `tensorboard/`
+    /// ([`crate::tensorboard`]).
+    pub tensorboard: bool,
 }
 
 impl Default for LogConfig {
@@ -255,6 +259,7 @@ impl Default for LogConfig {
         LogConfig {
             completions_per_step: 2,
             val_completions: 3,
+            tensorboard: true,
         }
     }
 }

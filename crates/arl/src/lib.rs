@@ -23,6 +23,7 @@ pub mod records;
 pub mod setup;
 #[cfg(feature = "transformer")]
 pub mod sft;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use actor::{Completion, Groups, Policy, TokenLogProbs};

@@ -16,6 +16,7 @@ use crate::noise::{Confusion, Noise, NoiseStats};
 use crate::optim::{add_grad, clip_grads, global_norm, AdamW};
 use crate::records::{RunData, RunRecords};
 use crate::setup::Parts;
+use crate::tensorboard::{self, EventLog};
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 use judge::{Judge, JudgeStats};
@@ -74,7 +75,7 @@ fn no_checkpoint(run_dir: &Path, config: &TrainConfig) -> anyhow::Error {
     )
 }
 
-/// The files a run writes into its folder besides `checkpoints/` and `data/`.
+/// The files a run writes into its folder besides `checkpoints/`, `tensorboard/` and `data/`.
 const RUN_FILES: [&str; 11] = [
     "config.toml",
     "metrics.jsonl",
@@ -118,6 +119,7 @@ pub fn discard_unstarted_run(run_dir: &Path) -> Result<()> {
     for name in RUN_FILES {
         remove(run_dir.join(name), false)?;
     }
+    remove(run_dir.join(tensorboard::DIR), true)?;
     remove(run_dir.join("checkpoints"), true)
 }
 
@@ -239,6 +241,8 @@ pub struct Trainer {
     evals: Jsonl,
     tests: Jsonl,
     completions: Jsonl,
+    /// `log.tensorboard`: `metrics.jsonl`'s lines as TensorBoard scalars.
+    tensorboard: Option<EventLog>,
 }
 
 impl Trainer {
@@ -255,6 +259,9 @@ impl Trainer {
         runfile::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
         let mut t = Trainer::assemble(config, run_dir, parts, RunState::default())?;
         t.rng = ChaCha8Rng::seed_from_u64(t.config.run.seed);
+        if t.config.log.tensorboard {
+            t.tensorboard = Some(EventLog::start(&t.run_dir, &[])?);
+        }
         if let Some(r) = &t.reference {
             checkpoint::save_snapshot(&t.vars, r, &t.run_dir.join("reference.safetensors"))?;
         }
@@ -304,6 +311,11 @@ impl Trainer {
             t.noise_total = t.noise_total.plus(m.step);
         }
         t.spent = written.iter().map(|m| m.train_verdicts).sum();
+        if t.config.log.tensorboard {
+            // the event log holds the lines kept, each once
+            let kept = runfile::read_jsonl_if_exists(&run_dir.join("metrics.jsonl"))?;
+            t.tensorboard = Some(EventLog::start(run_dir, &kept)?);
+        }
         t.schedule.truncate(t.state.schedule_lines)?;
         t.evals.truncate(t.state.eval_lines)?;
         t.completions.truncate(t.state.completions_lines)?;
@@ -339,6 +351,7 @@ impl Trainer {
             evals: Jsonl::open(&run_dir.join("eval.jsonl"))?,
             tests: Jsonl::open(&run_dir.join("test.jsonl"))?,
             completions: Jsonl::open(&run_dir.join("completions.jsonl"))?,
+            tensorboard: None,
             rng: ChaCha8Rng::seed_from_u64(config.run.seed),
             subsample_rng: ChaCha8Rng::seed_from_u64(config.run.seed ^ SUBSAMPLE_STREAM),
             config,
@@ -561,6 +574,9 @@ impl Trainer {
     ) -> Result<()> {
         append_checked(&mut self.metrics, "metrics.jsonl", m)?;
         self.state.metrics_lines += 1;
+        if let Some(log) = &mut self.tensorboard {
+            log.append(&serde_json::to_value(m)?)?;
+        }
         self.log_completions(lines)?;
         on_step(m);
         let (step, every) = (self.state.step, self.config.run.checkpoint_every);

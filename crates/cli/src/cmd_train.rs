@@ -33,6 +33,10 @@ pub struct Args {
     /// Override `warm_start.steps`, the supervised fine-tuning steps of the warm start.
     #[arg(long, conflicts_with = "resume")]
     pub sft_steps: Option<u64>,
+    /// Write no TensorBoard scalars (`log.tensorboard = false`; by default every run writes
+    /// its metrics.jsonl lines to RUN_DIR/tensorboard/ as well).
+    #[arg(long, conflicts_with = "resume")]
+    pub no_tensorboard: bool,
     /// Override `[judge]`: a kind (`rules`, `embedding`) or a judge config file (e.g.
     /// configs/judges/embedding.toml; its paths are relative to it).
     #[arg(long, conflicts_with = "resume")]
@@ -148,6 +152,9 @@ pub fn run(a: Args) -> Result<()> {
             }
             if let (Some(s), Some(w)) = (a.sft_steps, &mut cfg.warm_start) {
                 w.steps = s;
+            }
+            if a.no_tensorboard {
+                cfg.log.tensorboard = false;
             }
             if let Some(j) = &a.judge {
                 cfg.judge = arl::config::JudgeSection::parse_arg(j)?;

@@ -110,6 +110,10 @@ fn categorical_builtin_runs_end_to_end_and_improves() {
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
+    let events: Vec<_> = std::fs::read_dir(run.join("tensorboard"))
+        .unwrap()
+        .collect();
+    assert_eq!(events.len(), 1, "one TensorBoard event file");
     let evals = lines(run.join("eval.jsonl"));
     let first = evals.first().unwrap()["overall"]["score"].as_f64().unwrap();
     let last = evals.last().unwrap()["overall"]["score"].as_f64().unwrap();
