@@ -11,6 +11,8 @@ pub mod checkpoint;
 pub mod completions;
 pub mod config;
 pub mod eval;
+#[cfg(feature = "transformer")]
+pub mod export;
 pub mod grading;
 pub mod grpo;
 #[cfg(feature = "transformer")]
