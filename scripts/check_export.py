@@ -18,11 +18,18 @@ PLAN.json:
 A case with `model` loads an HF folder with `AutoModelForCausalLM`; with `adapter` alone,
 `AutoPeftModelForCausalLM` (the base is the adapter's `base_model_name_or_path`); with
 `adapter` and `base`, `PeftModel.from_pretrained` over `AutoModelForCausalLM` of `base`. Every
-model is loaded in float32 (`dtype=torch.float32`: bf16 weights are widened exactly, so the
-comparison is with arlrr's logits of the same bf16 weights). `ref` is a safetensors file of
-arlrr's with `ids` (int64 [T], the prompt's token ids) and `logits` (float32 [T, V]); an
-optional `text` case field is the prompt as text, which the folder's tokenizer must encode to
-`ids` (`tokenizer_ids_match` in the report).
+model computes in the case's `dtype`, `float32` (default) or `float64` (the whole model, the
+adapters too, cast after loading; bf16 or f32 weights are widened exactly, so the comparison is
+with arlrr's logits of the same weights in that dtype). In float64 the accumulation-order
+noise of the two implementations' float32 matmuls is gone and any other difference shows.
+transformers computes two parts in float32 whatever the model's dtype: the rotary tables
+(`*RotaryEmbedding`) and the RMSNorm statistics (`*RMSNorm`). For a float64 case the script
+gives those modules the same formulas in float64 (`f64_forwards` in the report counts them;
+only the default RoPE type, the one arlrr implements), so no float32 step is left on either
+side; the eager attention's float32 softmax is avoided by loading with `sdpa` attention.
+`ref` is a safetensors file of arlrr's with `ids` (int64 [T], the prompt's token ids) and
+`logits` ([T, V]); an optional `text` case field is the prompt as text, which the folder's
+tokenizer must encode to `ids` (`tokenizer_ids_match` in the report).
 
 `make_adapter` goes the other way: peft builds a LoRA with random A and B over `base`, saves it
 with `save_pretrained` into `out`, and writes its logits on the `ids` of a reference file, for
@@ -35,46 +42,91 @@ The report (stdout, and REPORT.json with --out) gives per case `max_abs_diff`, t
 import argparse
 import json
 import sys
+import types
 
 import torch
 from safetensors.torch import load_file, save_file
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def rope_f64(self, x, position_ids):
+    """The default RoPE of transformers' `*RotaryEmbedding.forward`, in float64."""
+    base = self.config.rope_parameters["rope_theta"]
+    dim = self.inv_freq.numel() * 2
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    freqs = position_ids[..., None].double() * inv.to(x.device)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(
+        x.dtype
+    )
+
+
+def rms_norm_f64(self, hidden_states):
+    """transformers' `*RMSNorm.forward` without its cast to float32."""
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def f64_forwards(model):
+    """Gives the rotary and RMSNorm modules float64 forwards; how many it changed."""
+    n = 0
+    for m in model.modules():
+        kind = type(m).__name__
+        if kind.endswith("RotaryEmbedding"):
+            if getattr(m, "rope_type", "default") != "default":
+                raise SystemExit(f"{kind}: RoPE type {m.rope_type} has no float64 forward here")
+            m.forward = types.MethodType(rope_f64, m)
+            n += 1
+        elif kind.endswith("RMSNorm") and hasattr(m, "variance_epsilon"):
+            m.forward = types.MethodType(rms_norm_f64, m)
+            n += 1
+    return n
+
+
 def load_case(case):
     from transformers import AutoModelForCausalLM
 
-    f32 = torch.float32
+    dtype = DTYPES[case.get("dtype", "float32")]
+    kw = {"dtype": dtype, "attn_implementation": "sdpa"}
     if "model" in case:
-        return AutoModelForCausalLM.from_pretrained(case["model"], dtype=f32), case["model"]
+        model = AutoModelForCausalLM.from_pretrained(case["model"], **kw)
+        return model.to(dtype), case["model"]
     from peft import AutoPeftModelForCausalLM, PeftModel
 
     if "base" in case:
-        base = AutoModelForCausalLM.from_pretrained(case["base"], dtype=f32)
-        return PeftModel.from_pretrained(base, case["adapter"]), case["base"]
-    model = AutoPeftModelForCausalLM.from_pretrained(case["adapter"], dtype=f32)
-    return model, model.peft_config["default"].base_model_name_or_path
+        base = AutoModelForCausalLM.from_pretrained(case["base"], **kw)
+        return PeftModel.from_pretrained(base, case["adapter"]).to(dtype), case["base"]
+    model = AutoPeftModelForCausalLM.from_pretrained(case["adapter"], **kw)
+    # peft keeps the adapters in the dtype they were saved in (f32): cast them too
+    return model.to(dtype), model.peft_config["default"].base_model_name_or_path
 
 
 @torch.no_grad()
 def logits_of(model, ids):
     model.eval()
-    return model(input_ids=ids.unsqueeze(0)).logits[0].float()
+    return model(input_ids=ids.unsqueeze(0)).logits[0]
 
 
 def check(case):
     ref = load_file(case["ref"])
-    ids, want = ref["ids"].long(), ref["logits"].float()
+    ids, want = ref["ids"].long(), ref["logits"].double()
     model, folder = load_case(case)
-    got = logits_of(model, ids)
+    patched = f64_forwards(model) if case.get("dtype") == "float64" else 0
+    got = logits_of(model, ids).double()
     if got.shape != want.shape:
         raise SystemExit(f"{case['name']}: logits {tuple(got.shape)}, arlrr's {tuple(want.shape)}")
     out = {
         "name": case["name"],
+        "dtype": case.get("dtype", "float32"),
         "tokens": int(ids.numel()),
         "max_abs_diff": float((got - want).abs().max()),
         "max_abs_logit": float(want.abs().max()),
         "argmax_agree": bool((got.argmax(-1) == want.argmax(-1)).all()),
     }
+    if patched:
+        out["f64_forwards"] = patched
     if "text" in case:
         from transformers import AutoTokenizer
 
@@ -101,7 +153,8 @@ def make_adapter(spec):
     model = get_peft_model(base, cfg)
     model.save_pretrained(spec["out"])
     ids = load_file(spec["ids"])["ids"].long()
-    save_file({"ids": ids, "logits": logits_of(model, ids).contiguous()}, spec["logits"])
+    logits = logits_of(model, ids).float().contiguous()
+    save_file({"ids": ids, "logits": logits}, spec["logits"])
     return {"dir": spec["out"], "logits": spec["logits"]}
 
 
