@@ -6,6 +6,8 @@
 //! the tiny [`CategoricalPolicy`] and the rule judge exercise every path in milliseconds.
 
 pub mod actor;
+#[cfg(feature = "transformer")]
+pub mod cache;
 pub mod categorical;
 pub mod checkpoint;
 pub mod completions;

@@ -177,7 +177,8 @@ impl TransformerPolicy {
     /// The HF folder a PEFT adapter of this policy names as `base_model_name_or_path`: the
     /// model folder itself, or for a `.gguf` file its weights as dequantized at load (what
     /// the adapters were trained on; the GGUF names no hub model, and the hub's weights are
-    /// not these) written once as an f32 HF folder under the cache ([`gguf_base_dir`]).
+    /// not these) written once as an f32 HF folder under the cache
+    /// ([`crate::cache::gguf_base_dir`]).
     pub fn peft_base(&self) -> Result<PathBuf> {
         if let Some(p) = self.peft_base.get() {
             return Ok(p.clone());
@@ -185,63 +186,10 @@ impl TransformerPolicy {
         let base = if self.base_path.is_dir() {
             self.base_path.clone()
         } else {
-            gguf_base_dir(&self.model, &self.base_path)?
+            crate::cache::gguf_base_dir(&self.model, &self.base_path)?
         };
         Ok(self.peft_base.get_or_init(|| base).clone())
     }
-}
-
-/// The folder under the cache (`$ARLRR_CACHE` or `~/.cache/arlrr`, `gguf-base/<file
-/// stem>-<sha256 prefix>/`) that holds the base weights of `model`, loaded from the GGUF file
-/// `gguf`, as an f32 HF folder with its tokenizer: written on first use (to a temporary
-/// folder, then renamed), reused after. Keyed by the file's bytes, so a changed file gets a
-/// new folder.
-pub fn gguf_base_dir(model: &policy::Model, gguf: &std::path::Path) -> Result<PathBuf> {
-    use sha2::Digest;
-    let mut file =
-        std::fs::File::open(gguf).with_context(|| format!("reading {}", gguf.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", gguf.display()))?;
-    let hash: String = hasher.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let stem = gguf
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let root = crate::sft::default_cache_root().join("gguf-base");
-    let dir = root.join(format!("{stem}-{hash}"));
-    if dir.join("config.json").exists() {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".writing-")
-        .tempdir_in(&root)?;
-    // the base weights: adapters are not among them, and a LoRA run never changes the base
-    model
-        .save(tmp.path())
-        .with_context(|| format!("writing the base of {} as an HF folder", gguf.display()))?;
-    let source = serde_json::json!({
-        "what": "the weights of this GGUF file as arlrr loads them (dequantized to f32): the \
-                 base of the PEFT adapters arlrr writes for runs on it",
-        "gguf": gguf,
-        "sha256_prefix": hash,
-    });
-    std::fs::write(
-        tmp.path().join("arlrr-base.json"),
-        serde_json::to_string_pretty(&source)?,
-    )?;
-    let written = tmp.keep();
-    if let Err(e) = std::fs::rename(&written, &dir) {
-        // another process wrote the same base first: use its copy
-        let _ = std::fs::remove_dir_all(&written);
-        if !dir.join("config.json").exists() {
-            return Err(e).with_context(|| format!("moving the base to {}", dir.display()));
-        }
-    }
-    Ok(dir)
 }
 
 impl TransformerPolicy {
