@@ -65,12 +65,16 @@ fn adapter_folder(lora: &std::path::Path) -> Result<PathBuf> {
 pub fn run(a: Args) -> Result<()> {
     let adapter = a.lora.as_deref().map(adapter_folder).transpose()?;
     // the adapter's own base, when it names a local folder
-    let adapter_base = match &adapter {
-        Some(dir) => policy::adapter_base_model(dir)?
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir()),
+    let named = match &adapter {
+        Some(dir) => policy::adapter_base_model(dir)?,
         None => None,
     };
+    let adapter_base = named.as_deref().map(PathBuf::from).filter(|p| p.is_dir());
+    if let (Some(name), None, None) = (&named, &adapter_base, &a.model) {
+        eprintln!(
+            "note: the adapter's base_model_name_or_path `{name}` is not a local folder;              applying it to the default model (name the base with --model)"
+        );
+    }
     let path = match (a.model, adapter_base) {
         (Some(p), _) => p,
         (None, Some(base)) => {
