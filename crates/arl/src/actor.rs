@@ -103,6 +103,13 @@ pub trait Policy {
             .with_context(|| format!("writing policy weights {}", path.display()))
     }
 
+    /// Writes into a checkpoint folder, next to `policy.safetensors` (which alone resumes a
+    /// run), what makes the folder usable outside arlrr: a LoRA transformer policy writes a
+    /// PEFT adapter. Nothing by default.
+    fn save_extras(&self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Reads parameters written by [`Policy::save`]; every var must be present with its shape.
     fn load(&mut self, path: &Path) -> Result<()> {
         let tensors = candle_core::safetensors::load(path, &self.device())

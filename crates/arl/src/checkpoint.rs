@@ -70,7 +70,8 @@ fn step_dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
-/// Writes `run_dir/checkpoints/step-N/{policy,optimizer}.safetensors + state.json`.
+/// Writes `run_dir/checkpoints/step-N/{policy,optimizer}.safetensors + state.json`, plus what
+/// [`Policy::save_extras`] adds (a LoRA policy's PEFT adapter files).
 pub fn write(
     run_dir: &Path,
     policy: &dyn Policy,
@@ -86,6 +87,7 @@ pub fn write(
     }
     std::fs::create_dir_all(&tmp)?;
     policy.save(&tmp.join("policy.safetensors"))?;
+    policy.save_extras(&tmp)?;
     optimizer.save(&tmp.join("optimizer.safetensors"))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     for f in std::fs::read_dir(&tmp)? {

@@ -6,11 +6,15 @@
 //! the tiny [`CategoricalPolicy`] and the rule judge exercise every path in milliseconds.
 
 pub mod actor;
+#[cfg(feature = "transformer")]
+pub mod cache;
 pub mod categorical;
 pub mod checkpoint;
 pub mod completions;
 pub mod config;
 pub mod eval;
+#[cfg(feature = "transformer")]
+pub mod export;
 pub mod grading;
 pub mod grpo;
 #[cfg(feature = "transformer")]

@@ -103,6 +103,13 @@ pub struct LoraSection {
 pub struct TransformerPolicy {
     pub config: TransformerConfig,
     pub model: policy::Model,
+    /// The model file or folder the weights were loaded from (absolute; `smollm2` resolved).
+    base_path: PathBuf,
+    /// The adapters' config of a LoRA policy.
+    lora: Option<policy::LoraConfig>,
+    /// What a PEFT adapter of this policy names as its base ([`TransformerPolicy::peft_base`]),
+    /// once known.
+    peft_base: std::sync::OnceLock<PathBuf>,
     /// `Policy::prefill_secs` of the last `generate`.
     prefill_secs: f64,
 }
@@ -128,6 +135,9 @@ impl TransformerPolicy {
             config.model.clone()
         };
         let mut model = load_model(&path, "[policy] model")?;
+        let base_path = std::path::absolute(&path)
+            .with_context(|| format!("[policy] model: {}", path.display()))?;
+        let mut lora = None;
         if let Some(l) = &config.lora {
             let targets = l
                 .targets
@@ -142,14 +152,47 @@ impl TransformerPolicy {
             };
             lcfg.validate().context("[policy] lora")?;
             model.transformer.add_lora(&lcfg, config.init_seed)?;
+            lora = Some(lcfg);
         }
         Ok(TransformerPolicy {
             config,
             model,
+            base_path,
+            lora,
+            peft_base: std::sync::OnceLock::new(),
             prefill_secs: 0.0,
         })
     }
 
+    /// The model file or folder the policy was loaded from (absolute).
+    pub fn base_path(&self) -> &std::path::Path {
+        &self.base_path
+    }
+
+    /// The adapters' config of a LoRA policy; `None` for full fine-tuning.
+    pub fn lora_config(&self) -> Option<&policy::LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// The HF folder a PEFT adapter of this policy names as `base_model_name_or_path`: the
+    /// model folder itself, or for a `.gguf` file its weights as dequantized at load (what
+    /// the adapters were trained on; the GGUF names no hub model, and the hub's weights are
+    /// not these) written once as an f32 HF folder under the cache
+    /// ([`crate::cache::gguf_base_dir`]).
+    pub fn peft_base(&self) -> Result<PathBuf> {
+        if let Some(p) = self.peft_base.get() {
+            return Ok(p.clone());
+        }
+        let base = if self.base_path.is_dir() {
+            self.base_path.clone()
+        } else {
+            crate::cache::gguf_base_dir(&self.model, &self.base_path)?
+        };
+        Ok(self.peft_base.get_or_init(|| base).clone())
+    }
+}
+
+impl TransformerPolicy {
     fn prompt_ids(&self, ex: &Example) -> Result<Vec<u32>> {
         self.model
             .tokenizer
@@ -263,6 +306,18 @@ impl Policy for TransformerPolicy {
 
     fn device(&self) -> Device {
         self.model.transformer.device().clone()
+    }
+
+    /// A LoRA policy's checkpoint is also a PEFT adapter folder: `adapter_config.json`
+    /// (`base_model_name_or_path` = [`TransformerPolicy::peft_base`]) and
+    /// `adapter_model.safetensors` (the tensors of `policy.safetensors`).
+    fn save_extras(&self, dir: &std::path::Path) -> Result<()> {
+        let Some(lcfg) = &self.lora else {
+            return Ok(());
+        };
+        let base = self.peft_base()?;
+        policy::save_lora(&self.model.transformer, lcfg, &base.to_string_lossy(), dir)
+            .with_context(|| format!("writing the PEFT adapter into {}", dir.display()))
     }
 }
 

@@ -236,17 +236,7 @@ fn lora_config(l: &crate::lm_actor::LoraSection) -> Result<policy::LoraConfig> {
     Ok(cfg)
 }
 
-/// `$ARLRR_CACHE` if set, else `$XDG_CACHE_HOME/arlrr`, else `~/.cache/arlrr`.
-pub fn default_cache_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("ARLRR_CACHE") {
-        return PathBuf::from(d);
-    }
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"))
-        .join("arlrr")
-}
+pub use crate::cache::default_cache_root;
 
 /// The (prompt, response) texts of the corpus: `responses_per_prompt` mixed-quality responses
 /// to each built-in training prompt (never validation or test).

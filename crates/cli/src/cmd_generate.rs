@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct Args {
     /// A `.gguf` file or an HF folder (config.json, *.safetensors, tokenizer.json); default:
-    /// the fetched SmolLM2-135M-Instruct GGUF.
+    /// the `--lora` adapter's base (`base_model_name_or_path`, when it is a local folder),
+    /// else the fetched SmolLM2-135M-Instruct GGUF.
     #[arg(long)]
     model: Option<PathBuf>,
     /// The user message (or the raw text with `--raw`).
@@ -32,23 +33,64 @@ pub struct Args {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Optional LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`, as
-    /// `policy::save_lora` writes it) applied on top of the model. A training run's checkpoint
-    /// is not such a folder: evaluate a run with `arlrr eval --model <run>`.
+    /// A PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`)
+    /// applied on top of the model: a LoRA run's checkpoint folder, a run directory (its
+    /// latest checkpoint), the `adapter/` of an unmerged `arlrr export`, or a plain LoRA
+    /// that peft saved.
     #[arg(long)]
     lora: Option<PathBuf>,
 }
 
+/// The adapter folder behind `--lora`: the folder itself, or a run directory's latest
+/// checkpoint.
+fn adapter_folder(lora: &std::path::Path) -> Result<PathBuf> {
+    if lora.join("adapter_config.json").exists() {
+        return Ok(lora.to_path_buf());
+    }
+    if let Some((ckpt, _)) = arl::checkpoint::latest(lora)? {
+        anyhow::ensure!(
+            ckpt.join("adapter_config.json").exists(),
+            "--lora {}: its latest checkpoint {} has no adapter_config.json (a full              fine-tune, or a LoRA run checkpointed before arlrr wrote PEFT adapters: use              `arlrr eval --model` or `arlrr export`)",
+            lora.display(),
+            ckpt.display()
+        );
+        return Ok(ckpt);
+    }
+    anyhow::bail!(
+        "--lora {}: no adapter_config.json (a PEFT adapter folder, a LoRA checkpoint folder or          a run directory with checkpoints)",
+        lora.display()
+    )
+}
+
 pub fn run(a: Args) -> Result<()> {
-    let path = match a.model {
-        Some(p) => p,
-        None => rubric::assets::smollm2_gguf()
+    let adapter = a.lora.as_deref().map(adapter_folder).transpose()?;
+    // the adapter's own base, when it names a local folder
+    let named = match &adapter {
+        Some(dir) => policy::adapter_base_model(dir)?,
+        None => None,
+    };
+    let adapter_base = named.as_deref().map(PathBuf::from).filter(|p| p.is_dir());
+    if let (Some(name), None, None) = (&named, &adapter_base, &a.model) {
+        eprintln!(
+            "note: the adapter's base_model_name_or_path `{name}` is not a local folder;              applying it to the default model (name the base with --model)"
+        );
+    }
+    let path = match (a.model, adapter_base) {
+        (Some(p), _) => p,
+        (None, Some(base)) => {
+            eprintln!(
+                "base model: {} (the adapter's base_model_name_or_path)",
+                base.display()
+            );
+            base
+        }
+        (None, None) => rubric::assets::smollm2_gguf()
             .map_err(anyhow::Error::msg)
             .context("no --model given and the default SmolLM2 asset could not be fetched")?,
     };
     let mut model =
         policy::Model::load(&path).with_context(|| format!("loading model {}", path.display()))?;
-    if let Some(dir) = &a.lora {
+    if let Some(dir) = &adapter {
         policy::load_lora(&mut model.transformer, dir)
             .with_context(|| format!("loading LoRA adapters from {}", dir.display()))?;
     }

@@ -21,6 +21,7 @@ mod cmd_bench;
 mod cmd_compare;
 mod cmd_data;
 mod cmd_eval;
+mod cmd_export;
 mod cmd_fetch;
 mod cmd_generate;
 mod cmd_grade;
@@ -68,6 +69,8 @@ enum Command {
     Eval(cmd_eval::Args),
     /// Time whole GRPO steps of a run config (`arlrr bench grpo`).
     Bench(cmd_bench::Args),
+    /// Write a trained run's model as a Hugging Face folder (LoRA merged, or base + PEFT adapter).
+    Export(cmd_export::Args),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Study(a) => cmd_study::run(a),
         Command::Eval(a) => cmd_eval::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Export(a) => cmd_export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -148,8 +148,14 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The HF `config.json` text for this config, loadable by `transformers`.
+    /// The HF `config.json` text for this config, loadable by `transformers`, for f32 weights.
     pub fn to_hf_json(&self) -> String {
+        self.to_hf_json_as("float32")
+    }
+
+    /// The HF `config.json` text for weights stored as `dtype` (`float32`, `bfloat16`, ...):
+    /// written as `dtype` (transformers 5) and `torch_dtype` (earlier versions).
+    pub fn to_hf_json_as(&self, dtype: &str) -> String {
         let (model_type, class) = match self.arch {
             Arch::Llama => ("llama", "LlamaForCausalLM"),
             Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
@@ -173,7 +179,8 @@ impl Config {
             "hidden_act": "silu",
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
-            "torch_dtype": "float32",
+            "dtype": dtype,
+            "torch_dtype": dtype,
         });
         serde_json::to_string_pretty(&v).expect("json value serializes")
     }

@@ -40,8 +40,12 @@ pub use generate::{
     generate, generate_groups, generate_groups_timed, generate_with, Generation, GenerationConfig,
 };
 pub use logprobs::{completion_log_probs, completion_log_probs_shared, LogProbs};
+pub use lora::adapter_base_model;
 pub use lora::{LoraConfig, LoraTarget};
-pub use model::{load_hf, load_lora, save_hf, save_lora, Model};
+pub use model::{
+    load_hf, load_lora, parse_dtype, parse_size, save_hf, save_hf_with, save_lora, stored_dtype,
+    Model, SaveOptions,
+};
 pub use tokenizer::Tokenizer;
 pub use transformer::{KvCache, Transformer};
 pub use weights::WeightSource;

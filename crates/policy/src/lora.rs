@@ -247,34 +247,154 @@ pub(crate) fn set_adapter_vars(
     Ok(())
 }
 
-/// Writes adapter `vars` to `dir/adapter_model.safetensors` and `cfg` to
-/// `dir/adapter_config.json` (PEFT layout and names).
-pub(crate) fn write_adapters(vars: Vec<(String, Var)>, cfg: &LoraConfig, dir: &Path) -> Result<()> {
+/// Writes adapter `vars` to `dir/adapter_model.safetensors` and a PEFT `adapter_config.json`
+/// naming `base_model` as `base_model_name_or_path`: a folder `peft` loads over that base
+/// (`PeftModel.from_pretrained`, `AutoPeftModelForCausalLM`). The adapter is stored in f32.
+pub(crate) fn write_adapters(
+    vars: Vec<(String, Var)>,
+    cfg: &LoraConfig,
+    base_model: &str,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     if vars.is_empty() {
         return Err(Error::Invalid("model has no LoRA adapters to save".into()));
     }
-    let map: HashMap<String, Tensor> = vars
+    let map = vars
         .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
+        .map(|(n, v)| Ok((n, v.as_tensor().to_dtype(candle_core::DType::F32)?)))
+        .collect::<Result<HashMap<String, Tensor>>>()?;
     candle_core::safetensors::save(&map, dir.join("adapter_model.safetensors"))?;
-    let mut j = serde_json::to_value(cfg)?;
-    j["peft_type"] = "LORA".into();
-    j["task_type"] = "CAUSAL_LM".into();
     let p = dir.join("adapter_config.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&j)?).map_err(|e| Error::io(&p, e))?;
+    let text = serde_json::to_string_pretty(&peft_config(cfg, base_model))?;
+    std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
     Ok(())
 }
 
-/// Reads an adapter folder written by `write_adapters`: the config and the named tensors.
+/// `adapter_config.json` as peft's `LoraConfig` writes it, limited to the fields that say what
+/// arlrr's adapters are (fields later peft versions added are left to their defaults, so older
+/// versions read the file without warnings about unknown keys).
+pub(crate) fn peft_config(cfg: &LoraConfig, base_model: &str) -> serde_json::Value {
+    // an integral alpha is written as an integer, as peft writes it
+    let alpha: serde_json::Value = if cfg.alpha.fract() == 0.0 && cfg.alpha.abs() < 1e15 {
+        (cfg.alpha as i64).into()
+    } else {
+        cfg.alpha.into()
+    };
+    serde_json::json!({
+        "base_model_name_or_path": base_model,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "modules_to_save": null,
+        "peft_type": "LORA",
+        "r": cfg.rank,
+        "target_modules": cfg.targets,
+        "task_type": "CAUSAL_LM",
+        "use_dora": false,
+        "use_rslora": false,
+    })
+}
+
+/// Parses a PEFT `adapter_config.json` (arlrr's or one peft wrote): a plain LoRA on the
+/// projections arlrr models. Settings that would change what the adapter computes and that
+/// arlrr does not implement (rsLoRA, DoRA, trained biases, per-layer ranks, extra trained
+/// modules) are refused, naming the file and the field.
+pub(crate) fn parse_peft_config(text: &str, path: &Path) -> Result<LoraConfig> {
+    let bad = |field: &str, why: String| {
+        Error::Invalid(format!("{}: field `{field}`: {why}", path.display()))
+    };
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", path.display())))?;
+    if !v.is_object() {
+        return Err(Error::Invalid(format!(
+            "{}: not a JSON object",
+            path.display()
+        )));
+    }
+    if let Some(t) = v.get("peft_type").filter(|t| !t.is_null()) {
+        if t != "LORA" {
+            return Err(bad(
+                "peft_type",
+                format!("{t}: only LORA adapters are supported"),
+            ));
+        }
+    }
+    let rank =
+        v.get("r")
+            .and_then(|r| r.as_u64())
+            .ok_or_else(|| bad("r", "missing or not a positive integer".into()))? as usize;
+    let alpha = v
+        .get("lora_alpha")
+        .and_then(|a| a.as_f64())
+        .ok_or_else(|| bad("lora_alpha", "missing or not a number".into()))?;
+    let targets = match v.get("target_modules") {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|t| {
+                let name = t
+                    .as_str()
+                    .ok_or_else(|| bad("target_modules", format!("{t} is not a string")))?;
+                LoraTarget::parse(name).map_err(|e| bad("target_modules", e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Some(serde_json::Value::String(s)) => {
+            return Err(bad(
+                "target_modules",
+                format!("the pattern {s:?} is not supported; list the projections"),
+            ))
+        }
+        _ => return Err(bad("target_modules", "missing".into())),
+    };
+    let on = |field: &str| v.get(field).and_then(|x| x.as_bool()).unwrap_or(false);
+    for field in ["use_rslora", "use_dora", "fan_in_fan_out", "lora_bias"] {
+        if on(field) {
+            return Err(bad(field, "true is not supported".into()));
+        }
+    }
+    if let Some(b) = v.get("bias").filter(|b| !b.is_null() && *b != "none") {
+        return Err(bad("bias", format!("{b} is not supported (only \"none\")")));
+    }
+    let set = |x: &serde_json::Value| match x {
+        serde_json::Value::Null => false,
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+        _ => true,
+    };
+    for field in [
+        "modules_to_save",
+        "rank_pattern",
+        "alpha_pattern",
+        "layers_to_transform",
+        "layer_replication",
+        "trainable_token_indices",
+    ] {
+        if let Some(x) = v.get(field).filter(|x| set(x)) {
+            return Err(bad(field, format!("{x} is not supported")));
+        }
+    }
+    let cfg = LoraConfig {
+        rank,
+        alpha,
+        targets,
+    };
+    cfg.validate()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(cfg)
+}
+
+/// Reads a PEFT adapter folder (`write_adapters`', a checkpoint's, or one peft wrote): the
+/// config and the named tensors.
 pub(crate) fn read_adapters(
     dir: &Path,
     device: &candle_core::Device,
 ) -> Result<(LoraConfig, HashMap<String, Tensor>)> {
     let p = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let cfg: LoraConfig = serde_json::from_str(&text)?;
+    let cfg = parse_peft_config(&text, &p)?;
     let w = dir.join("adapter_model.safetensors");
     if !w.exists() {
         return Err(Error::io(
@@ -282,5 +402,19 @@ pub(crate) fn read_adapters(
             std::io::Error::new(std::io::ErrorKind::NotFound, "adapter weights not found"),
         ));
     }
-    Ok((cfg, candle_core::safetensors::load(&w, device)?))
+    let tensors = candle_core::safetensors::load(&w, device)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", w.display())))?;
+    Ok((cfg, tensors))
+}
+
+/// `base_model_name_or_path` of a PEFT adapter folder, when it names one.
+pub fn adapter_base_model(dir: &Path) -> Result<Option<String>> {
+    let p = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", p.display())))?;
+    Ok(v.get("base_model_name_or_path")
+        .and_then(|b| b.as_str())
+        .filter(|b| !b.is_empty())
+        .map(String::from))
 }

@@ -227,12 +227,149 @@ fn lora_save_load_round_trip() {
     }
     let adapted = logits_of(&m, &ids);
     assert!(max_abs_diff(&base, &adapted) > 1e-3);
-    policy::save_lora(&m, &lcfg, dir.path()).unwrap();
+    policy::save_lora(&m, &lcfg, "/models/base", dir.path()).unwrap();
     let mut fresh = model(Arch::Qwen2, 6);
     let cfg_back = policy::load_lora(&mut fresh, dir.path()).unwrap();
     assert_eq!(cfg_back, lcfg);
     assert_eq!(max_abs_diff(&adapted, &logits_of(&fresh, &ids)), 0.0);
     assert!(fresh.base_frozen());
+    // a PEFT adapter folder: the fields peft needs to find the base and rebuild the adapters
+    let text = std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(j["base_model_name_or_path"], "/models/base");
+    assert_eq!(j["peft_type"], "LORA");
+    assert_eq!(j["task_type"], "CAUSAL_LM");
+    assert_eq!(j["r"], 3);
+    assert_eq!(j["lora_alpha"], 6);
+    assert_eq!(
+        j["target_modules"],
+        serde_json::json!(["q_proj", "v_proj", "down_proj"])
+    );
+    assert_eq!(j["lora_dropout"], 0.0);
+    assert_eq!(j["bias"], "none");
+    assert_eq!(
+        policy::adapter_base_model(dir.path()).unwrap().as_deref(),
+        Some("/models/base")
+    );
+}
+
+/// Settings of a peft-written adapter_config.json that arlrr's adapters cannot compute are
+/// refused with the file and the field; peft's other fields are read over.
+#[test]
+fn peft_adapter_configs_arlrr_cannot_compute_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model(Arch::Llama, 6);
+    let lcfg = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec![LoraTarget::Q, LoraTarget::V],
+    };
+    m.add_lora(&lcfg, 1).unwrap();
+    policy::save_lora(&m, &lcfg, "base", dir.path()).unwrap();
+    let path = dir.path().join("adapter_config.json");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let with = |field: &str, value: serde_json::Value| {
+        let mut j = saved.clone();
+        j[field] = value;
+        std::fs::write(&path, j.to_string()).unwrap();
+        let mut fresh = model(Arch::Llama, 6);
+        policy::load_lora(&mut fresh, dir.path()).map(|_| ())
+    };
+    // fields peft 0.22 writes with their defaults load
+    with("peft_version", "0.22.0".into()).unwrap();
+    with("rank_pattern", serde_json::json!({})).unwrap();
+    with("target_modules", serde_json::json!(["v_proj", "q_proj"])).unwrap();
+    for (field, value) in [
+        ("use_rslora", serde_json::json!(true)),
+        ("use_dora", serde_json::json!(true)),
+        ("bias", serde_json::json!("all")),
+        ("modules_to_save", serde_json::json!(["lm_head"])),
+        ("rank_pattern", serde_json::json!({"q_proj": 4})),
+        ("target_modules", serde_json::json!(".*proj")),
+        ("target_modules", serde_json::json!(["q_proj", "lm_head"])),
+        ("peft_type", serde_json::json!("IA3")),
+    ] {
+        let e = with(field, value.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("field `{field}`")),
+            "{field} = {value}: {e}"
+        );
+        assert!(e.contains("adapter_config.json"), "{e}");
+    }
+    // adapters of projections the config does not name: refused, not ignored
+    with("target_modules", serde_json::json!(["q_proj"])).unwrap_err();
+}
+
+/// `save_hf_with`: bf16 or f16 weights, sharded as transformers shards above a size, with an
+/// index `read_hf_weights` follows; the model read back is the saved one rounded to the dtype.
+#[test]
+fn sharded_reduced_precision_saves_load_back() {
+    let m = model(Arch::Llama, 7);
+    let ids = [1u32, 5, 9, 13, 20];
+    let dir = tempfile::tempdir().unwrap();
+    for (dtype, name) in [
+        (DType::F32, "float32"),
+        (DType::BF16, "bfloat16"),
+        (DType::F16, "float16"),
+    ] {
+        let path = dir.path().join(name);
+        // a shard limit of 1 KB: every matrix of the tiny model passes it alone
+        let opts = policy::SaveOptions {
+            dtype,
+            max_shard_bytes: 1000,
+        };
+        policy::save_hf_with(&m, &path, &opts).unwrap();
+        assert!(!path.join("model.safetensors").exists());
+        let index: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(path.join("model.safetensors.index.json")).unwrap(),
+        )
+        .unwrap();
+        let map = index["weight_map"].as_object().unwrap();
+        assert_eq!(map.len(), m.named_vars().len());
+        let mut files: Vec<&str> = map.values().map(|f| f.as_str().unwrap()).collect();
+        files.sort();
+        files.dedup();
+        let k = files.len();
+        assert!(k > 2, "{k} shards");
+        assert_eq!(files[0], format!("model-00001-of-{k:05}.safetensors"));
+        let bytes: u64 = m
+            .named_vars()
+            .iter()
+            .map(|(_, v)| (v.elem_count() * dtype.size_in_bytes()) as u64)
+            .sum();
+        assert_eq!(index["metadata"]["total_size"], bytes);
+        let (cfg, tensors) = policy::model::read_hf_weights(&path, &Device::Cpu).unwrap();
+        assert!(tensors.values().all(|t| t.dtype() == dtype));
+        assert_eq!(policy::stored_dtype(&path).unwrap(), Some(dtype));
+        let back = Transformer::from_tensors(&cfg, tensors, DType::F32, &Device::Cpu).unwrap();
+        // the reference: the same weights rounded to `dtype` and back
+        let rounded = model(Arch::Llama, 7);
+        for (_, v) in rounded.named_vars() {
+            let r = v.as_tensor().to_dtype(dtype).unwrap().to_dtype(DType::F32);
+            v.set(&r.unwrap().copy().unwrap()).unwrap();
+        }
+        let gap = max_abs_diff(&logits_of(&rounded, &ids), &logits_of(&back, &ids));
+        assert_eq!(gap, 0.0, "{name}");
+        if dtype != DType::F32 {
+            assert!(max_abs_diff(&logits_of(&m, &ids), &logits_of(&back, &ids)) > 0.0);
+        }
+        // saved again unsharded into the same folder: the shards and the index go
+        policy::save_hf_with(&m, &path, &policy::SaveOptions::default()).unwrap();
+        let left: Vec<String> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors") || n.ends_with(".json"))
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(policy::stored_dtype(&path).unwrap(), Some(DType::F32));
+    }
+    assert_eq!(policy::parse_size("5GB").unwrap(), 5_000_000_000);
+    assert_eq!(policy::parse_size("20KB").unwrap(), 20_000);
+    assert_eq!(policy::parse_size("2MiB").unwrap(), 2 << 20);
+    assert_eq!(policy::parse_size("1234").unwrap(), 1234);
+    assert!(policy::parse_size("5 parsecs").is_err());
+    assert!(policy::parse_size("0").is_err());
 }
 
 #[test]
