@@ -201,19 +201,7 @@ fn train(cfg: &arl::TrainConfig) {
 
 /// The Python of the hf environment (`scripts/engines/setup.sh hf`), if it has tensorboard.
 fn hf_python() -> Option<String> {
-    let candidate = std::env::var("ARLRR_HF_PYTHON").ok().or_else(|| {
-        let home = std::env::var("HOME").ok()?;
-        let p = Path::new(&home).join(".cache/arlrr/engines/hf/bin/python");
-        p.exists().then(|| p.to_string_lossy().into_owned())
-    })?;
-    let ok = Command::new(&candidate)
-        .args([
-            "-c",
-            "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorboard') is None)",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(candidate)
+    rubric::assets::engine_python("hf", "ARLRR_HF_PYTHON", &["tensorboard"])
 }
 
 /// `scripts/check_tensorboard.py` on `run` with TensorBoard's reader, when installed.

@@ -100,19 +100,7 @@ async fn step(client: &reqwest::Client, serve: &Serve) -> u64 {
 
 /// The Python of an openrlhf install, if there is one.
 fn openrlhf_python() -> Option<String> {
-    let candidate = std::env::var("ARLRR_OPENRLHF_PYTHON").ok().or_else(|| {
-        let home = std::env::var("HOME").ok()?;
-        let p = Path::new(&home).join(".cache/arlrr/engines/openrlhf/bin/python");
-        p.exists().then(|| p.to_string_lossy().into_owned())
-    })?;
-    let ok = Command::new(&candidate)
-        .args([
-            "-c",
-            "import importlib.util, sys; sys.exit(importlib.util.find_spec('openrlhf') is None)",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(candidate)
+    rubric::assets::engine_python("openrlhf", "ARLRR_OPENRLHF_PYTHON", &["openrlhf"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

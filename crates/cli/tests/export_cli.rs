@@ -211,16 +211,11 @@ fn base_with_adapter_as(base: &Path, adapter: &Path, dtype: DType) -> policy::Mo
 
 /// The Python with transformers and peft, if installed.
 fn hf_python() -> Option<String> {
-    let candidate = std::env::var("ARLRR_HF_PYTHON").ok().or_else(|| {
-        let home = std::env::var("HOME").ok()?;
-        let p = Path::new(&home).join(".cache/arlrr/engines/hf/bin/python");
-        p.exists().then(|| p.to_string_lossy().into_owned())
-    })?;
-    let ok = Command::new(&candidate)
-        .args(["-c", "import transformers, peft, safetensors, torch"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(candidate)
+    rubric::assets::engine_python(
+        "hf",
+        "ARLRR_HF_PYTHON",
+        &["transformers", "peft", "safetensors", "torch"],
+    )
 }
 
 /// Runs `scripts/check_export.py` on `plan`; its report.

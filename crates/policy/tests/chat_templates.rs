@@ -162,16 +162,7 @@ fn an_hf_folder_keeps_its_template_through_save_and_load() {
 
 /// The Python with HF transformers and gguf, if installed.
 fn hf_python() -> Option<String> {
-    let candidate = std::env::var("ARLRR_HF_PYTHON").ok().or_else(|| {
-        let home = std::env::var("HOME").ok()?;
-        let p = Path::new(&home).join(".cache/arlrr/engines/hf/bin/python");
-        p.exists().then(|| p.to_string_lossy().into_owned())
-    })?;
-    let ok = Command::new(&candidate)
-        .args(["-c", "import transformers, gguf"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(candidate)
+    rubric::assets::engine_python("hf", "ARLRR_HF_PYTHON", &["transformers", "gguf"])
 }
 
 #[test]

@@ -101,6 +101,30 @@ pub fn dir() -> PathBuf {
     cache.join("arlrr").join("assets")
 }
 
+/// The Python of the virtual environment `scripts/engines/setup.sh <name>` installs
+/// (`$ARLRR_ENGINES_DIR/<name>`, by default `~/.cache/arlrr/engines/<name>`), or the Python
+/// the environment variable `override_var` names, if it finds every module of `modules`. The
+/// checks that run an engine's or Hugging Face's own code use it where that code is installed.
+pub fn engine_python(name: &str, override_var: &str, modules: &[&str]) -> Option<String> {
+    let candidate = std::env::var(override_var).ok().or_else(|| {
+        let root = std::env::var_os("ARLRR_ENGINES_DIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/arlrr/engines"))
+            })?;
+        let p = root.join(name).join("bin/python");
+        p.exists().then(|| p.to_string_lossy().into_owned())
+    })?;
+    let probe = format!(
+        "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in {modules:?}))"
+    );
+    let found = std::process::Command::new(&candidate)
+        .args(["-c", &probe])
+        .status()
+        .is_ok_and(|s| s.success());
+    found.then_some(candidate)
+}
+
 /// The 500-item HealthBench sample.
 pub fn healthbench_sample() -> Result<PathBuf, String> {
     get(&EVAL, HEALTHBENCH_FILE)
