@@ -46,7 +46,8 @@ impl std::fmt::Debug for ChatTemplate {
 pub type SpecialTokens = BTreeMap<&'static str, String>;
 
 impl ChatTemplate {
-    /// Compiles a model's template; a syntax error names the template's line.
+    /// Compiles a model's template; a syntax error names the template's line (minijinja's
+    /// `(in chat_template:LINE)`).
     pub fn new(source: &str) -> Result<Self> {
         Self::compile(source, false)
     }
@@ -64,7 +65,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat_template", source.to_string())
-            .map_err(|e| Error::Tokenizer(format!("chat template: {}", describe(&e))))?;
+            .map_err(|e| Error::Tokenizer(format!("chat template: {e}")))?;
         Ok(ChatTemplate {
             source: source.into(),
             fallback,
@@ -103,19 +104,8 @@ impl ChatTemplate {
             .get_template("chat_template")
             .expect("added at compile");
         t.render(ctx)
-            .map_err(|e| Error::Tokenizer(format!("chat template: {}", describe(&e))))
+            .map_err(|e| Error::Tokenizer(format!("chat template: {e}")))
     }
-}
-
-/// A minijinja error with its line and the template's own message.
-fn describe(e: &minijinja::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(line) = e.line() {
-        if !s.contains("line") {
-            s.push_str(&format!(" (line {line})"));
-        }
-    }
-    s
 }
 
 /// `raise_exception(message)`: the template refuses the conversation (as HF's
@@ -159,11 +149,7 @@ impl serde_json::ser::Formatter for PythonSpaced {
         w: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
+        item_separator(w, first)
     }
 
     fn begin_object_key<W: ?Sized + std::io::Write>(
@@ -171,15 +157,20 @@ impl serde_json::ser::Formatter for PythonSpaced {
         w: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
+        item_separator(w, first)
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         w.write_all(b": ")
+    }
+}
+
+/// `", "` before every item but the first, as `json.dumps` writes lists and dicts.
+fn item_separator<W: ?Sized + std::io::Write>(w: &mut W, first: bool) -> std::io::Result<()> {
+    if first {
+        Ok(())
+    } else {
+        w.write_all(b", ")
     }
 }
 
