@@ -119,6 +119,7 @@ fn bench(config: &Path, steps: u64, out: Option<&Path>) -> Result<GrpoBench> {
         "benching {origin}: {steps} GRPO steps in {}",
         cfg.run.dir.display()
     );
+    eprintln!("cpu paths: {}", policy::cpu_paths());
     let mut figures = Vec::new();
     let finished = trainer.run(|m| {
         let f = StepFigures::of(m);

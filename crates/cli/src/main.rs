@@ -76,6 +76,10 @@ enum Command {
 fn main() -> ExitCode {
     policy::keep_freed_memory();
     let cli = Cli::parse();
+    if let Err(e) = policy::check_isa_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Fetch(a) => cmd_fetch::run(a),
         Command::Data(a) => cmd_data::run_data(a),

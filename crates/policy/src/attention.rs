@@ -8,7 +8,7 @@
 //! probabilities are kept for the backward, and `v`, `y` and their gradients stay in the
 //! projections' [B, T, heads, D] layout, so no transposed copies are made.
 
-use crate::cpu::{n_threads, wide_simd, Float, Mat};
+use crate::cpu::{n_threads, wide, Float, Mat};
 use crate::cpu_op::{Arg, Cpu, FloatOp, Grads};
 use crate::linear::{for_gemm, gemm_seq};
 use crate::ops::exp_normalize;
@@ -106,18 +106,9 @@ pub(crate) fn cached_attention(
         scale: scale as f32,
     };
     let mut y = vec![0f32; b * t * h * d];
-    let wide = wide_simd();
     y.par_chunks_mut(t * h * d)
         .enumerate()
-        .for_each(|(bi, yb)| {
-            #[cfg(target_arch = "x86_64")]
-            if wide {
-                // SAFETY: `wide_simd` checked that the CPU has these features.
-                return unsafe { attend_row_avx512(&args, bi, yb) };
-            }
-            let _ = wide;
-            attend_row(&args, bi, yb)
-        });
+        .for_each(|(bi, yb)| wide(|| attend_row(&args, bi, yb)));
     Tensor::from_vec(y, (b, t, h * d), q.device())
 }
 
@@ -131,12 +122,6 @@ struct CachedArgs<'a> {
     /// H, KVH, T, S, D.
     dims: [usize; 5],
     scale: f32,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_row_avx512(a: &CachedArgs, bi: usize, yb: &mut [f32]) {
-    attend_row(a, bi, yb)
 }
 
 /// Sequence `bi` of `cached_attention` into `yb` [T, H·D]: per kv head, the scores of its g

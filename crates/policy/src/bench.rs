@@ -254,6 +254,7 @@ pub fn run(model: &Transformer, opts: &BenchOptions) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!("machine: {threads} CPU threads (candle CPU backend, f32)");
+    println!("cpu paths: {}", crate::cpu_paths());
     // Neighbours on a shared machine make one peak reading swing widely, so the peak is
     // measured again after every training step and each fraction is taken against the
     // highest reading so far: a lucky slow peak cannot flatter the result.

@@ -1,6 +1,7 @@
 //! bf16 matmuls with f32 accumulation, on the CPU's own bf16 instructions: AMX tiles where
-//! the CPU has `amx_bf16`, else AVX512-BF16 dot products, else a portable loop computing the
-//! same products (picked once, at run time).
+//! the CPU has `amx_bf16`, else AVX512-BF16 dot products, else AVX2+FMA (bf16 weights widened
+//! to f32 in registers, 8 lanes of FMA), else a portable loop computing the same products
+//! (picked once, at run time, under `ARLRR_MAX_CPU_ISA`: `cpu::Isa`).
 //!
 //! Two users. Sampling: `Transformer::sampling_copy` rounds each projection weight to bf16
 //! once per rollout and packs it here. The log-probs GRPO differentiates still come from the
@@ -12,7 +13,7 @@
 //! multiplies whole 16x32 tiles per instruction.
 
 pub use crate::cpu::{matmul_precision, with_matmul_precision, Precision};
-use crate::cpu::{wide_simd, Mat};
+use crate::cpu::{wide, Isa, Mat};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -111,17 +112,9 @@ impl PackedBf16 {
         let pairs = inp.div_ceil(2).next_multiple_of(TILE_PAIRS);
         let panels = out.div_ceil(LANES).next_multiple_of(PANELS_PER_BLOCK);
         let mut data = vec![0u32; panels * pairs * LANES];
-        let wide = wide_simd();
         data.par_chunks_mut(pairs * LANES)
             .enumerate()
-            .for_each(|(p, panel)| {
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    // SAFETY: `wide_simd` checked that the CPU has AVX-512.
-                    return unsafe { pack_panel_avx512(b, p, panel) };
-                }
-                pack_panel(b, p, panel)
-            });
+            .for_each(|(p, panel)| wide(|| pack_panel(b, p, panel)));
         PackedBf16 {
             out,
             inp,
@@ -161,20 +154,20 @@ impl PackedBf16 {
         if rows == 0 || self.out == 0 {
             return;
         }
-        // a as bf16 pairs, rows padded with zeros to whole row blocks.
+        // a as bf16 pairs (or, for the AVX2 kernel, as f32 values rounded to bf16, two words
+        // per pair), rows padded with zeros to whole row blocks.
         let block_rows = kernel.block_rows();
-        let mut xp = vec![0u32; rows.next_multiple_of(block_rows) * self.pairs];
-        let wide = wide_simd();
-        xp.par_chunks_mut(self.pairs * LANES)
+        let widened = kernel == Kernel::Avx2;
+        let xs = if widened { 2 * self.pairs } else { self.pairs };
+        let mut xp = vec![0u32; rows.next_multiple_of(block_rows) * xs];
+        xp.par_chunks_mut(xs * LANES)
             .take(rows.div_ceil(LANES))
             .enumerate()
             .for_each(|(blk, dst)| {
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    // SAFETY: `wide_simd` checked that the CPU has AVX-512.
-                    return unsafe { pack_rows_avx512(a, blk * LANES, self.pairs, dst) };
-                }
-                pack_rows(a, blk * LANES, self.pairs, dst)
+                wide(|| match widened {
+                    true => pack_rows_widened(a, blk * LANES, xs, dst),
+                    false => pack_rows(a, blk * LANES, self.pairs, dst),
+                })
             });
         // Tasks own runs of panel pairs (columns of y) and write only those columns.
         let blocks = self.data.len() / (self.pairs * LANES * PANELS_PER_BLOCK);
@@ -185,8 +178,9 @@ impl PackedBf16 {
             let cols = task * per..blocks.min((task + 1) * per);
             let blk = |b: usize, r0: usize| Block {
                 w: &self.data[b * PANELS_PER_BLOCK * self.pairs * LANES..],
-                x: &xp[r0 * self.pairs..],
+                x: &xp[r0 * xs..],
                 pairs: self.pairs,
+                xs,
                 y: y_ptr.0,
                 row0: r0,
                 rows: block_rows.min(rows - r0),
@@ -200,10 +194,17 @@ impl PackedBf16 {
                 match kernel {
                     #[cfg(amx)]
                     Kernel::Amx => amx::run(cols, rows, block_rows, blk),
-                    Kernel::Avx512 => {
+                    Kernel::Avx512Bf16 => {
                         for b in cols {
                             for r0 in (0..rows).step_by(block_rows) {
                                 block_avx512(&blk(b, r0));
+                            }
+                        }
+                    }
+                    Kernel::Avx2 => {
+                        for b in cols {
+                            for r0 in (0..rows).step_by(block_rows) {
+                                block_avx2(&blk(b, r0));
                             }
                         }
                     }
@@ -220,29 +221,62 @@ impl PackedBf16 {
     }
 }
 
-/// The kernels, best first: AMX tiles (`amx_bf16`), AVX512-BF16 dot products, plain loops.
+/// The kernels, best first: AMX tiles (`amx_bf16`), AVX512-BF16 dot products, AVX2+FMA on
+/// the weights widened to f32, plain loops. A CPU with AVX-512F but not its bf16 dot product
+/// (Skylake-X, Ice Lake) runs the AVX2 kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kernel {
+pub enum Kernel {
     #[cfg(amx)]
     Amx,
-    Avx512,
+    Avx512Bf16,
+    Avx2,
     Portable,
 }
 
 impl Kernel {
-    pub(crate) fn best() -> Kernel {
+    /// The best kernel this CPU has, under the cap `ARLRR_MAX_CPU_ISA` sets (`cpu::Isa`).
+    pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
             #[cfg(amx)]
-            if amx::available() {
+            if Isa::Amx.enabled() && amx::available() {
                 return Kernel::Amx;
             }
-            if has_bf16_dot() {
-                Kernel::Avx512
-            } else {
-                Kernel::Portable
-            }
+            Kernel::available()
+                .into_iter()
+                .find(|k| k.isa().enabled())
+                .unwrap_or(Kernel::Portable)
         })
+    }
+
+    /// Every kernel but AMX whose instructions this CPU has (the cap aside), best first: the
+    /// tests run each of them.
+    pub(crate) fn available() -> Vec<Kernel> {
+        [Kernel::Avx512Bf16, Kernel::Avx2, Kernel::Portable]
+            .into_iter()
+            .filter(|k| k.isa().detected())
+            .collect()
+    }
+
+    /// The instruction set the kernel needs.
+    pub fn isa(self) -> Isa {
+        match self {
+            #[cfg(amx)]
+            Kernel::Amx => Isa::Amx,
+            Kernel::Avx512Bf16 => Isa::Avx512Bf16,
+            Kernel::Avx2 => Isa::Avx2,
+            Kernel::Portable => Isa::Portable,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(amx)]
+            Kernel::Amx => "AMX tiles",
+            Kernel::Avx512Bf16 => "AVX512-BF16 dot products",
+            Kernel::Avx2 => "AVX2+FMA on widened bf16",
+            Kernel::Portable => "portable loop",
+        }
     }
 
     /// Rows each kernel call covers.
@@ -250,9 +284,37 @@ impl Kernel {
         match self {
             #[cfg(amx)]
             Kernel::Amx => 2 * TILE_ROWS,
-            Kernel::Avx512 | Kernel::Portable => ROWS_PER_BLOCK,
+            Kernel::Avx512Bf16 | Kernel::Avx2 | Kernel::Portable => ROWS_PER_BLOCK,
         }
     }
+}
+
+
+
+/// The paths this process runs on this CPU, in one line for benches and logs: the bf16
+/// matmul kernel, the vector level of arlrr's own loops, and the f32 gemm (the `gemm`
+/// crate picks its own kernels from the CPU's features; the cap does not reach it).
+pub fn cpu_paths() -> String {
+    #[cfg(target_arch = "x86_64")]
+    let gemm = if std::is_x86_feature_detected!("avx512f") {
+        "avx512"
+    } else if Isa::Avx2.detected() {
+        "avx2+fma"
+    } else {
+        "sse2"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let gemm = "portable";
+    let cap = match Isa::cap_from_env() {
+        Ok(Some(c)) => format!(", capped at {} by {}", c.name(), Isa::ENV),
+        _ => String::new(),
+    };
+    format!(
+        "bf16 matmuls: {} ({}); own loops: {}; f32 gemm: gemm crate, {gemm}{cap}",
+        Kernel::best().isa().name(),
+        Kernel::best().name(),
+        crate::cpu::simd_level().name(),
+    )
 }
 
 impl std::fmt::Debug for PackedBf16 {
@@ -292,12 +354,6 @@ fn pack_panel(b: Mat<f32>, p: usize, panel: &mut [u32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_panel_avx512(b: Mat<f32>, p: usize, panel: &mut [u32]) {
-    pack_panel(b, p, panel)
-}
-
 /// Packs rows m0..m0+16 of the left operand `a` [M, K] into `dst` (`pairs` words per row):
 /// word (m, k) = (a[m, 2k], a[m, 2k+1]). Row by row when rows are contiguous, else 16 rows
 /// at a time along the contiguous columns (the transposed gradient of a weight's backward).
@@ -332,10 +388,26 @@ fn pack_rows(a: Mat<f32>, m0: usize, pairs: usize, dst: &mut [u32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_rows_avx512(a: Mat<f32>, m0: usize, pairs: usize, dst: &mut [u32]) {
-    pack_rows(a, m0, pairs, dst)
+/// `pack_rows` for the AVX2 kernel: rows m0..m0+16 of `a` as f32 values rounded to bf16
+/// (`xs` words per row, zero beyond `a.cols`), so the kernel broadcasts each from memory.
+#[inline(always)]
+fn pack_rows_widened(a: Mat<f32>, m0: usize, xs: usize, dst: &mut [u32]) {
+    let rows = LANES.min(a.rows.saturating_sub(m0));
+    let round = |v: f32| (to_bf16(v) as u32) << 16;
+    if a.cs == 1 {
+        for i in 0..rows {
+            let row = &a.data[(m0 + i) * a.rs..][..a.cols];
+            for (d, &v) in dst[i * xs..][..a.cols].iter_mut().zip(row) {
+                *d = round(v);
+            }
+        }
+    } else {
+        for k in 0..a.cols {
+            for i in 0..rows {
+                dst[i * xs + k] = round(a.data[(m0 + i) * a.rs + k * a.cs]);
+            }
+        }
+    }
 }
 
 /// Panels per kernel call (2 x 16 outputs) and rows per AVX512 kernel call: 2 x 12
@@ -354,6 +426,8 @@ struct Block<'a> {
     w: &'a [u32],
     x: &'a [u32],
     pairs: usize,
+    /// Words per row of `x`: `pairs`, or `2 * pairs` for the AVX2 kernel's f32 rows.
+    xs: usize,
     y: *mut f32,
     row0: usize,
     rows: usize,
@@ -373,17 +447,6 @@ impl Block<'_> {
                 n,
             );
         }
-    }
-}
-
-fn has_bf16_dot() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -408,6 +471,72 @@ unsafe fn block_portable(b: &Block) {
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block_avx512(b: &Block) {
     block_portable(b)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn block_avx2(b: &Block) {
+    block_portable(b)
+}
+
+/// The AVX2 kernel on one block: each panel in runs of up to 6 rows (12 accumulator
+/// registers of the 16).
+#[cfg(target_arch = "x86_64")]
+unsafe fn block_avx2(b: &Block) {
+    for p in 0..PANELS_PER_BLOCK {
+        let mut r0 = 0;
+        while r0 < b.rows {
+            match b.rows - r0 {
+                6.. => avx2_rows::<6>(b, p, r0),
+                5 => avx2_rows::<5>(b, p, r0),
+                4 => avx2_rows::<4>(b, p, r0),
+                3 => avx2_rows::<3>(b, p, r0),
+                2 => avx2_rows::<2>(b, p, r0),
+                _ => avx2_rows::<1>(b, p, r0),
+            }
+            r0 += 6;
+        }
+    }
+}
+
+/// Panel `p` x rows r0..r0+R: for each input pair, the panel's 16 words are widened to two
+/// f32 vectors of 8 (the even input: word << 16; the odd one: word & 0xffff0000), and each
+/// meets the row's value, broadcast from the widened x, in one FMA per 8 outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_rows<const R: usize>(b: &Block, p: usize, r0: usize) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let w = b.w.as_ptr().add(p * b.pairs * LANES);
+    let x = (b.x.as_ptr() as *const f32).add(r0 * b.xs);
+    let hi = _mm256_set1_epi32(0xffff_0000u32 as i32);
+    for k in 0..b.pairs {
+        let wk = w.add(k * LANES) as *const __m256i;
+        let (w0, w1) = (_mm256_loadu_si256(wk), _mm256_loadu_si256(wk.add(1)));
+        let even = [
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w0)),
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w1)),
+        ];
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm256_broadcast_ss(&*x.add(r * b.xs + 2 * k));
+            acc_r[0] = _mm256_fmadd_ps(even[0], xv, acc_r[0]);
+            acc_r[1] = _mm256_fmadd_ps(even[1], xv, acc_r[1]);
+        }
+        let odd = [
+            _mm256_castsi256_ps(_mm256_and_si256(w0, hi)),
+            _mm256_castsi256_ps(_mm256_and_si256(w1, hi)),
+        ];
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm256_broadcast_ss(&*x.add(r * b.xs + 2 * k + 1));
+            acc_r[0] = _mm256_fmadd_ps(odd[0], xv, acc_r[0]);
+            acc_r[1] = _mm256_fmadd_ps(odd[1], xv, acc_r[1]);
+        }
+    }
+    let mut lanes = [0f32; LANES];
+    for (r, acc_r) in acc.iter().enumerate() {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc_r[0]);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc_r[1]);
+        b.store(r0 + r, p, &lanes);
+    }
 }
 
 /// Dispatches to the kernel monomorphized for this block's row count.
@@ -494,14 +623,9 @@ mod amx {
         rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
     };
 
-    /// The CPU has AMX-BF16 and the kernel lets this process use the tile state (Linux asks
-    /// each process to request it once).
+    /// The kernel lets this process use the tile state (Linux asks each process to request
+    /// it once); call only where the CPU has AMX (`Isa::Amx.enabled()`).
     pub(super) fn available() -> bool {
-        // CPUID.(7,0).EDX: bit 22 AMX-BF16, bit 24 AMX-TILE.
-        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
-            return false;
-        }
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: arch_prctl with this request only asks for permission; it has no pointers.
@@ -615,10 +739,8 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_rounded_reference_on_ragged_shapes() {
         // Odd widths, a partial last panel and row counts around the block sizes.
-        let mut kernels = vec![Kernel::Portable, Kernel::best()];
-        if has_bf16_dot() {
-            kernels.push(Kernel::Avx512);
-        }
+        let mut kernels = Kernel::available();
+        kernels.push(Kernel::best());
         for &(rows, out, inp) in &[(1, 5, 3), (13, 33, 17), (32, 48, 64), (45, 17, 576)] {
             let dev = Device::Cpu;
             let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
@@ -654,16 +776,18 @@ mod tests {
         let bs = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let a_view = Mat::rows(&at, m).t();
         let packed = PackedBf16::pack_b(Mat::rows(&bs, n));
-        let mut y = vec![0f32; m * n];
-        packed.matmul_into(&mut y, a_view, Kernel::best());
         let av = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let bt = b.t().unwrap().contiguous().unwrap().flatten_all().unwrap();
         let want = reference(&av, &bt.to_vec1::<f32>().unwrap(), m, n, k);
-        for (got, want) in y.iter().zip(&want) {
-            assert!(
-                (*got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                "{got} vs {want}"
-            );
+        for kernel in Kernel::available() {
+            let mut y = vec![0f32; m * n];
+            packed.matmul_into(&mut y, a_view, kernel);
+            for (got, want) in y.iter().zip(&want) {
+                assert!(
+                    (*got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{kernel:?}: {got} vs {want}"
+                );
+            }
         }
     }
 
@@ -675,6 +799,26 @@ mod tests {
         assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
         assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn the_kernels_of_the_cpus_instructions_are_all_tested() {
+        let kernels = Kernel::available();
+        assert_eq!(kernels.last(), Some(&Kernel::Portable));
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            assert!(kernels.contains(&Kernel::Avx2), "{kernels:?}");
+        }
+        assert!(cpu_paths().contains(Kernel::best().name()));
+    }
+
+    #[test]
+    fn instruction_set_names_are_checked() {
+        assert_eq!(Isa::parse("AVX2").unwrap(), Isa::Avx2);
+        assert_eq!(Isa::parse("avx512bf16").unwrap(), Isa::Avx512Bf16);
+        assert!(Isa::Portable < Isa::Avx2 && Isa::Avx512Bf16 < Isa::Amx);
+        let e = Isa::parse("sse9").unwrap_err().to_string();
+        assert!(e.contains("ARLRR_MAX_CPU_ISA") && e.contains("sse9") && e.contains("avx2"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The low-level CPU pieces the kernels build on, importing nothing from the crate but
 //! `error`: the float trait the kernels are written against (`Float`), the matrix view
-//! (`Mat`), the run-time SIMD choice (`wide_simd`, `wide`), the vectorizable `exp_approx`,
+//! (`Mat`), the run-time SIMD choice (`Isa`, `wide`), the vectorizable `exp_approx`,
 //! the worker thread count and row splitting (`n_threads`, `par_out`, `par_rows`), and this
 //! thread's training matmul precision with `fast_training`, which an op reads when it is
 //! built. `cpu_op`, `grad_sink`, `bf16`, `ops`, `linear` and `attention` sit above it.
@@ -69,36 +69,144 @@ pub(crate) fn fast_training() -> bool {
     matmul_precision() == Precision::Bf16
 }
 
-/// Whether the CPU runs 512-bit vectors: the build targets baseline x86-64 (128-bit), so hot
-/// loops of our own are compiled a second time for AVX-512 and picked at run time.
-pub(crate) fn wide_simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *WIDE.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
+/// The instruction-set levels arlrr's own kernels are written for, lowest first. The build
+/// targets baseline x86-64 (SSE2), so hot loops of our own are compiled again for AVX2+FMA
+/// and for AVX-512 (`wide`), and the bf16 matmuls have a kernel per level
+/// (`bf16::Kernel`); the best level the CPU has is picked at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Baseline x86-64, or any other architecture: portable loops.
+    Portable,
+    /// AVX2 and FMA (Haswell, Zen and later): 256-bit vectors.
+    Avx2,
+    /// AVX-512F: 512-bit vectors.
+    Avx512,
+    /// AVX-512 with the bf16 dot product (`vdpbf16ps`: Cooper Lake, Sapphire Rapids, Zen 4).
+    Avx512Bf16,
+    /// AMX tiles (`amx_bf16`: Sapphire Rapids and later).
+    Amx,
+}
+
+impl Isa {
+    pub const NAMES: &'static str = "amx, avx512bf16, avx512, avx2, portable";
+    /// The variable that caps the level, as oneDNN's `ONEDNN_MAX_CPU_ISA` does: a CPU with
+    /// AMX can then measure the paths of CPUs without it. A level above the CPU's own has
+    /// no effect.
+    pub const ENV: &'static str = "ARLRR_MAX_CPU_ISA";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "amx" => Ok(Isa::Amx),
+            "avx512bf16" | "avx512_bf16" => Ok(Isa::Avx512Bf16),
+            "avx512" | "avx512f" => Ok(Isa::Avx512),
+            "avx2" => Ok(Isa::Avx2),
+            "portable" | "baseline" => Ok(Isa::Portable),
+            other => Err(Error::Invalid(format!(
+                "{}: unknown instruction set `{other}` (choose one of: {})",
+                Self::ENV,
+                Self::NAMES
+            ))),
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Amx => "amx",
+            Isa::Avx512Bf16 => "avx512bf16",
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// The cap `ARLRR_MAX_CPU_ISA` sets, `None` when it is unset or empty; an unknown name is
+    /// an error (binaries check it at startup: `check_isa_env`).
+    pub fn cap_from_env() -> Result<Option<Isa>> {
+        match std::env::var(Self::ENV) {
+            Ok(v) if !v.trim().is_empty() => Isa::parse(&v).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether kernels of this level may run: the CPU has the instructions and the cap allows
+    /// them. (AMX also needs the kernel's permission, which `bf16::Kernel::best` asks for.)
+    pub fn enabled(self) -> bool {
+        self <= isa_cap() && self.detected()
+    }
+
+    /// Whether the CPU has the instructions, whatever the cap.
+    pub(crate) fn detected(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Isa::Portable => true,
+                Isa::Avx2 => has!("avx2") && has!("fma"),
+                Isa::Avx512 => has!("avx512f") && Isa::Avx2.detected(),
+                Isa::Avx512Bf16 => has!("avx512bf16") && Isa::Avx512.detected(),
+                // CPUID.(7,0).EDX: bit 22 AMX-BF16, bit 24 AMX-TILE.
+                Isa::Amx => {
+                    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+                    edx & (1 << 22) != 0 && edx & (1 << 24) != 0 && Isa::Avx512Bf16.detected()
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
     }
 }
 
-/// Runs `f` compiled for AVX-512 when the CPU has it: the closure is inlined into the
-/// wrapper, so its loops vectorize 16 wide and `exp_approx`'s `floor` is one instruction
-/// (the baseline x86-64 target has no SSE4.1 rounding, and calls libm for it).
+/// Checks `ARLRR_MAX_CPU_ISA` (binaries call it at startup, so a typo is an error, not a
+/// silently ignored setting).
+pub fn check_isa_env() -> Result<()> {
+    Isa::cap_from_env().map(|_| ())
+}
+
+/// The level `ARLRR_MAX_CPU_ISA` allows (read once); unset, or unreadable, allows all.
+fn isa_cap() -> Isa {
+    static CAP: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| Isa::cap_from_env().ok().flatten().unwrap_or(Isa::Amx))
+}
+
+/// The vector level `wide` compiles for on this CPU: AVX-512, AVX2+FMA, or portable.
+pub(crate) fn simd_level() -> Isa {
+    static LEVEL: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|l| l.enabled())
+            .unwrap_or(Isa::Portable)
+    })
+}
+
+/// Runs `f` compiled for the best vector level this CPU has (`simd_level`): the closure is
+/// inlined into the wrapper, so its loops vectorize 16 or 8 wide and `exp_approx`'s `floor`
+/// is one instruction (the baseline x86-64 target has no SSE4.1 rounding, and calls libm for
+/// it). Only the vector width changes: Rust never contracts a multiply and an add into an FMA
+/// or reorders a float sum on its own, so every level computes the same bits.
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if wide_simd() {
-        // SAFETY: `wide_simd` checked that the CPU has AVX-512F.
-        return unsafe { wide_avx512(f) };
+    match simd_level() {
+        // SAFETY: `simd_level` checked that the CPU has these features.
+        Isa::Avx512 => return unsafe { wide_avx512(f) },
+        Isa::Avx2 => return unsafe { wide_avx2(f) },
+        _ => {}
     }
     f()
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wide_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 

@@ -417,22 +417,10 @@ fn sample_rows_approx(
     out.par_iter_mut().enumerate().for_each(|(i, o)| {
         if active[i] {
             let row = &rows[i * vocab..][..vocab];
-            #[cfg(target_arch = "x86_64")]
-            if crate::cpu::wide_simd() {
-                // SAFETY: `wide_simd` checked that the CPU has AVX-512F.
-                *o = Some(unsafe { sample_approx_avx512(row, t as f32, draws[i]) });
-                return;
-            }
-            *o = Some(sample_approx(row, t as f32, draws[i]));
+            *o = Some(crate::cpu::wide(|| sample_approx(row, t as f32, draws[i])));
         }
     });
     out
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn sample_approx_avx512(row: &[f32], t: f32, u: f64) -> (u32, f32) {
-    sample_approx(row, t, u)
 }
 
 /// Inverse-CDF draw from softmax(row / t) with `u` in [0, 1): weights by

@@ -31,7 +31,8 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
-pub use bf16::Precision;
+pub use bf16::{cpu_paths, Precision};
+pub use cpu::{check_isa_env, Isa};
 pub use bpe::train_bpe;
 pub use chat_template::ChatTemplate;
 pub use config::{Arch, Config};

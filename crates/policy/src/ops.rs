@@ -177,20 +177,9 @@ pub(crate) fn swiglu_approx(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor>
     let work = out.len() / 8;
     par_out(&mut out, d, work, |r0, o| {
         let u = &ud[r0 * d..][..o.len()];
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::wide_simd() {
-            // SAFETY: `wide_simd` checked that the CPU has AVX-512F.
-            return unsafe { silu_mul_avx512(o, u) };
-        }
-        silu_mul(o, u)
+        wide(|| silu_mul(o, u))
     });
     Ok(Tensor::from_vec(out, gate.shape(), gate.device())?)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn silu_mul_avx512(g: &mut [f32], u: &[f32]) {
-    silu_mul(g, u)
 }
 
 #[inline(always)]
