@@ -17,6 +17,7 @@ use crate::cpu::{wide, Isa, Mat};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Outputs per packed panel: one 512-bit register of f32 accumulators.
 const LANES: usize = 16;
@@ -26,15 +27,20 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Packed weights by (address, rows, cols, row stride, column stride) of the view packed.
-type WeightPacks = std::collections::HashMap<[usize; 5], std::sync::Arc<PackedBf16>>;
+/// Packed weights by (address, rows, cols, row stride, column stride) of the view packed, and
+/// rounded copies (`rounded_weight`) by the same key.
+#[derive(Default)]
+struct WeightPacks {
+    packed: std::collections::HashMap<[usize; 5], Arc<PackedBf16>>,
+    rounded: std::collections::HashMap<[usize; 5], Arc<Vec<f32>>>,
+}
 
 /// While the returned guard lives, bf16 training matmuls on this thread pack each weight once
 /// (per orientation) instead of once per micro-batch. Hold it only while no weight changes:
 /// the trainer holds it for one gradient computation (every micro-batch's forward and
 /// backward) and drops it before the optimizer step.
 pub fn cache_weight_packs() -> WeightPackScope {
-    WEIGHT_PACKS.with(|c| *c.borrow_mut() = Some(WeightPacks::new()));
+    WEIGHT_PACKS.with(|c| *c.borrow_mut() = Some(WeightPacks::default()));
     WeightPackScope(())
 }
 
@@ -47,15 +53,45 @@ impl Drop for WeightPackScope {
 }
 
 /// `w` (a weight, read as the right operand) packed, from the scope's cache when there is one.
-pub(crate) fn packed_weight(w: Mat<f32>) -> std::sync::Arc<PackedBf16> {
+pub(crate) fn packed_weight(w: Mat<f32>) -> Arc<PackedBf16> {
     let key = [w.data.as_ptr() as usize, w.rows, w.cols, w.rs, w.cs];
     WEIGHT_PACKS.with(|c| match c.borrow_mut().as_mut() {
         Some(cache) => cache
+            .packed
             .entry(key)
-            .or_insert_with(|| std::sync::Arc::new(PackedBf16::pack_b(w)))
+            .or_insert_with(|| Arc::new(PackedBf16::pack_b(w)))
             .clone(),
-        None => std::sync::Arc::new(PackedBf16::pack_b(w)),
+        None => Arc::new(PackedBf16::pack_b(w)),
     })
+}
+
+/// The storage of the weight view `w` rounded to bf16 (`round_to_bf16`), from the scope's
+/// cache when there is one: the view's strides still apply to it.
+pub(crate) fn rounded_weight(w: Mat<f32>) -> Arc<Vec<f32>> {
+    let key = [w.data.as_ptr() as usize, w.rows, w.cols, w.rs, w.cs];
+    WEIGHT_PACKS.with(|c| match c.borrow_mut().as_mut() {
+        Some(cache) => cache
+            .rounded
+            .entry(key)
+            .or_insert_with(|| Arc::new(round_to_bf16(w.data)))
+            .clone(),
+        None => Arc::new(round_to_bf16(w.data)),
+    })
+}
+
+/// Each value rounded to the nearest bf16 (ties to even) and widened back to f32: a product
+/// of two such values is exact in f32, so f32 gemm over them computes what the bf16
+/// instructions compute, up to the order of the f32 sums.
+pub(crate) fn round_to_bf16(v: &[f32]) -> Vec<f32> {
+    let mut out = crate::linear::for_gemm::<f32>(v.len());
+    crate::cpu::par_rows(v, &mut out, 4096, |src, dst| {
+        wide(|| {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = f32::from_bits((to_bf16(*s) as u32) << 16);
+            }
+        })
+    });
+    out
 }
 
 /// `f` rounded to the nearest bf16 (ties to even), as its bit pattern; NaN stays NaN.
@@ -279,6 +315,14 @@ impl Kernel {
         }
     }
 
+    /// Whether the training matmuls (`linear.rs`, both operands packed per call) run as f32
+    /// gemm over operands rounded to bf16 instead: without bf16 instructions the `gemm`
+    /// crate's cache-blocked f32 kernels are faster than this one, measured on an AVX2 EPYC
+    /// (docs/benchmarks.md, "Reduced precision"). The products are the same.
+    pub(crate) fn trains_via_gemm(self) -> bool {
+        matches!(self, Kernel::Avx2 | Kernel::Portable)
+    }
+
     /// Rows each kernel call covers.
     fn block_rows(self) -> usize {
         match self {
@@ -288,8 +332,6 @@ impl Kernel {
         }
     }
 }
-
-
 
 /// The paths this process runs on this CPU, in one line for benches and logs: the bf16
 /// matmul kernel, the vector level of arlrr's own loops, and the f32 gemm (the `gemm`
@@ -309,10 +351,17 @@ pub fn cpu_paths() -> String {
         Ok(Some(c)) => format!(", capped at {} by {}", c.name(), Isa::ENV),
         _ => String::new(),
     };
+    let k = Kernel::best();
+    let train = if k.trains_via_gemm() {
+        "f32 gemm over bf16-rounded operands"
+    } else {
+        k.name()
+    };
     format!(
-        "bf16 matmuls: {} ({}); own loops: {}; f32 gemm: gemm crate, {gemm}{cap}",
-        Kernel::best().isa().name(),
-        Kernel::best().name(),
+        "bf16 matmuls: {} (sampling: {}; training: {train}); own loops: {}; \
+         f32 gemm: gemm crate, {gemm}{cap}",
+        k.isa().name(),
+        k.name(),
         crate::cpu::simd_level().name(),
     )
 }

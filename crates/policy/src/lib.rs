@@ -32,10 +32,10 @@ pub mod transformer;
 pub mod weights;
 
 pub use bf16::{cpu_paths, Precision};
-pub use cpu::{check_isa_env, Isa};
 pub use bpe::train_bpe;
 pub use chat_template::ChatTemplate;
 pub use config::{Arch, Config};
+pub use cpu::{check_isa_env, Isa};
 pub use error::{Error, Result};
 pub use generate::{
     generate, generate_groups, generate_groups_timed, generate_with, Generation, GenerationConfig,

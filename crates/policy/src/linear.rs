@@ -9,7 +9,7 @@
 //! its forward writes the logits once and keeps them for the backward, which turns them into
 //! their own gradient in place, so no other [tokens, vocab] buffer is ever allocated.
 
-use crate::bf16::{packed_weight, Kernel, PackedBf16};
+use crate::bf16::{packed_weight, round_to_bf16, rounded_weight, Kernel, PackedBf16};
 use crate::cpu::{
     fast_training, matmul_precision, par_out, wide, with_matmul_precision, Float, Mat, Precision,
 };
@@ -101,21 +101,36 @@ pub(crate) fn gemm_into_weight<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: 
 fn gemm_packing<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, weight: bool) {
     if a.rows * a.cols * b.cols >= BF16_MIN_WORK && matmul_precision() == Precision::Bf16 {
         if let (Some(dst), Some(a), Some(b)) = (T::f32_mut(dst), a.f32(), b.f32()) {
+            let kernel = Kernel::best();
+            if kernel.trains_via_gemm() {
+                // No bf16 instructions: the same products (exact in f32) through f32 gemm.
+                let a_r = round_to_bf16(a.data);
+                let b_r = if weight {
+                    rounded_weight(b)
+                } else {
+                    Arc::new(round_to_bf16(b.data))
+                };
+                let (a, b) = (Mat { data: &a_r, ..a }, Mat { data: &b_r, ..b });
+                return gemm_with(dst, a, b, all_threads());
+            }
             if weight {
-                packed_weight(b).matmul_into(dst, a, Kernel::best());
+                packed_weight(b).matmul_into(dst, a, kernel);
             } else {
-                PackedBf16::pack_b(b).matmul_into(dst, a, Kernel::best());
+                PackedBf16::pack_b(b).matmul_into(dst, a, kernel);
             }
             return;
         }
     }
+    gemm_with(dst, a, b, all_threads())
+}
+
+fn all_threads() -> Parallelism {
     let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 {
+    if threads > 1 {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
-    };
-    gemm_with(dst, a, b, par)
+    }
 }
 
 /// Multiply-adds below which a product stays f32: packing both operands costs about as much.
@@ -581,6 +596,51 @@ pub(crate) mod tests {
             .unwrap()
             .to_scalar::<f64>()
             .unwrap()
+    }
+
+    #[test]
+    fn bf16_training_matmuls_compute_the_rounded_products_on_every_path() {
+        // Above BF16_MIN_WORK, so bf16 applies: whichever path this CPU takes (f32 gemm over
+        // rounded operands without bf16 instructions, the packed kernels with them), with the
+        // weight as a transposed view (x · Wᵀ), cached or not.
+        let (m, k, n) = (64, 130, 161);
+        assert!(m * k * n >= BF16_MIN_WORK);
+        let to_vec = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let a64 = to_vec(uniform(&[m, k], 7));
+        let w64 = to_vec(uniform(&[n, k], 8));
+        let (a, w): (Vec<f32>, Vec<f32>) = (
+            a64.iter().map(|&v| v as f32).collect(),
+            w64.iter().map(|&v| v as f32).collect(),
+        );
+        let r = |v: f32| f32::from_bits((crate::bf16::to_bf16(v) as u32) << 16) as f64;
+        let run = |weight: bool| {
+            let mut y = vec![0f32; m * n];
+            let (av, wv) = (Mat::rows(&a, k), Mat::rows(&w, k).t());
+            with_matmul_precision(Precision::Bf16, || match weight {
+                true => gemm_into_weight(&mut y, av, wv),
+                false => gemm_into(&mut y, av, wv),
+            });
+            y
+        };
+        let plain = run(false);
+        let cached = {
+            let _scope = crate::bf16::cache_weight_packs();
+            run(true);
+            run(true) // the second call reads the cache
+        };
+        assert_eq!(plain, cached);
+        let mut worst = 0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|t| r(a[i * k + t]) * r(w[j * k + t])).sum();
+                let exact: f64 = (0..k).map(|t| a64[i * k + t] * w64[j * k + t]).sum();
+                let got = plain[i * n + j] as f64;
+                assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+                worst = worst.max((want - exact).abs());
+            }
+        }
+        // and the rounding did happen: bf16 operands are off the f64 product by far more
+        assert!(worst > 1e-3, "{worst}");
     }
 
     #[test]
