@@ -28,7 +28,7 @@ make_venv() {
 
 # The versions the docs' results were measured with.
 case "$want" in
-    trl|all) make_venv trl "trl==1.16.0" "accelerate==1.16.0" "torch==2.15.0" ;;&
+    trl|all) make_venv trl "trl==1.16.0" "accelerate==1.16.0" "torch==2.15.0" "gguf==0.19.0" ;;&
     verl|all) make_venv verl "verl[verl-core]==0.9.1" "torch==2.15.0" ;;&
     # openrlhf pins flash-attn (built against CUDA) and deepspeed, which do not install on a
     # CPU machine; its reward path (SingleTurnAgentExecutor) needs only aiohttp
