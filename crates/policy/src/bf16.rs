@@ -27,20 +27,15 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Packed weights by (address, rows, cols, row stride, column stride) of the view packed, and
-/// rounded copies (`rounded_weight`) by the same key.
-#[derive(Default)]
-struct WeightPacks {
-    packed: std::collections::HashMap<[usize; 5], Arc<PackedBf16>>,
-    rounded: std::collections::HashMap<[usize; 5], Arc<Vec<f32>>>,
-}
+/// Packed weights by (address, rows, cols, row stride, column stride) of the view packed.
+type WeightPacks = std::collections::HashMap<[usize; 5], Arc<PackedBf16>>;
 
 /// While the returned guard lives, bf16 training matmuls on this thread pack each weight once
 /// (per orientation) instead of once per micro-batch. Hold it only while no weight changes:
 /// the trainer holds it for one gradient computation (every micro-batch's forward and
 /// backward) and drops it before the optimizer step.
 pub fn cache_weight_packs() -> WeightPackScope {
-    WEIGHT_PACKS.with(|c| *c.borrow_mut() = Some(WeightPacks::default()));
+    WEIGHT_PACKS.with(|c| *c.borrow_mut() = Some(WeightPacks::new()));
     WeightPackScope(())
 }
 
@@ -57,25 +52,10 @@ pub(crate) fn packed_weight(w: Mat<f32>) -> Arc<PackedBf16> {
     let key = [w.data.as_ptr() as usize, w.rows, w.cols, w.rs, w.cs];
     WEIGHT_PACKS.with(|c| match c.borrow_mut().as_mut() {
         Some(cache) => cache
-            .packed
             .entry(key)
             .or_insert_with(|| Arc::new(PackedBf16::pack_b(w)))
             .clone(),
         None => Arc::new(PackedBf16::pack_b(w)),
-    })
-}
-
-/// The storage of the weight view `w` rounded to bf16 (`round_to_bf16`), from the scope's
-/// cache when there is one: the view's strides still apply to it.
-pub(crate) fn rounded_weight(w: Mat<f32>) -> Arc<Vec<f32>> {
-    let key = [w.data.as_ptr() as usize, w.rows, w.cols, w.rs, w.cs];
-    WEIGHT_PACKS.with(|c| match c.borrow_mut().as_mut() {
-        Some(cache) => cache
-            .rounded
-            .entry(key)
-            .or_insert_with(|| Arc::new(round_to_bf16(w.data)))
-            .clone(),
-        None => Arc::new(round_to_bf16(w.data)),
     })
 }
 
