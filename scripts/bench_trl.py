@@ -32,6 +32,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "examples"))
+sys.path.insert(0, os.path.join(HERE, "engines"))
+import check_trl  # noqa: E402  (its `serve`: a fresh `arlrr serve` on a free port)
 
 
 def gguf_path():
@@ -41,23 +43,6 @@ def gguf_path():
     if not os.path.exists(path):
         sys.exit(f"{path} is missing: run `arlrr fetch` first")
     return path
-
-
-def serve(arlrr, data, work):
-    judge = os.path.join(work, "rules.toml")
-    with open(judge, "w") as f:
-        f.write('kind = "rules"\n')
-    log = open(os.path.join(work, "serve.log"), "w")
-    p = subprocess.Popen(
-        [arlrr, "serve", "--data", data, "--judge", judge, "--state-dir",
-         os.path.join(work, "state"), "--port", "0", "--objective", "scalarized"],
-        stdout=subprocess.PIPE, stderr=log, text=True,
-    )
-    line = p.stdout.readline()
-    if "http://" not in line:
-        p.kill()
-        sys.exit(f"arlrr serve did not start: {line}\n{open(log.name).read()}")
-    return p, line.strip().split(" ")[-1]
 
 
 def main():
@@ -77,7 +62,11 @@ def main():
         subprocess.run([a.arlrr, "data", "builtin", "--out", data], check=True,
                        stdout=subprocess.DEVNULL)
         train = os.path.join(data, "train.jsonl")
-        proc, url = serve(a.arlrr, train, work)
+        judge = os.path.join(work, "rules.toml")
+        with open(judge, "w") as f:
+            f.write('kind = "rules"\n')
+        proc, url = check_trl.serve(argparse.Namespace(arlrr=a.arlrr, data=train), work,
+                                    "serve", ["--objective", "scalarized"], judge)
         os.environ["ARLRR_URL"] = url
 
         import torch
