@@ -15,6 +15,12 @@ come from a fresh `arlrr serve --objective scalarized` with the rule judge, thro
 docs/benchmarks.md), and without gradient checkpointing, which GRPOConfig turns on by default
 (`--gradient-checkpointing`: less memory, a second forward). torch uses every core, like arlrr.
 
+`--healthbench`: the work of `configs/bench-grpo-healthbench.toml` instead: real HealthBench
+prompts (the training part of `arlrr data split` of the fetched 500-item sample, 50/50, seed 0,
+as the bench writes it), 2 prompts x 4 samples x <= 128 new tokens, rewards from the local
+MiniLM embedding judge (`kind = "embedding"`). TRL 1.16 no longer truncates prompts, nor does
+arlrr.
+
 Prints one line per step, then the median and the process's peak RSS, and with `--json FILE`
 writes them as JSON.
 """
@@ -52,6 +58,8 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="torch CPU autocast (slower on CPUs)")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="GRPOConfig's default (recomputes activations: less memory, slower)")
+    ap.add_argument("--healthbench", action="store_true",
+                    help="the work of configs/bench-grpo-healthbench.toml")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
 
@@ -59,12 +67,20 @@ def main():
     proc = None
     try:
         data = os.path.join(work, "data")
-        subprocess.run([a.arlrr, "data", "builtin", "--out", data], check=True,
-                       stdout=subprocess.DEVNULL)
+        if a.healthbench:
+            sample = os.path.join(os.path.dirname(gguf_path()), "healthbench_eval.jsonl")
+            subprocess.run([a.arlrr, "data", "split", sample, "--out", data, "--val", "50",
+                            "--test", "50", "--seed", "0"], check=True,
+                           stdout=subprocess.DEVNULL)
+            judge_kind, prompts, group, new_tokens = "embedding", 2, 4, 128
+        else:
+            subprocess.run([a.arlrr, "data", "builtin", "--out", data], check=True,
+                           stdout=subprocess.DEVNULL)
+            judge_kind, prompts, group, new_tokens = "rules", 4, 8, 64
         train = os.path.join(data, "train.jsonl")
-        judge = os.path.join(work, "rules.toml")
+        judge = os.path.join(work, "judge.toml")
         with open(judge, "w") as f:
-            f.write('kind = "rules"\n')
+            f.write(f'kind = "{judge_kind}"\n')
         proc, url = check_trl.serve(argparse.Namespace(arlrr=a.arlrr, data=train), work,
                                     "serve", ["--objective", "scalarized"], judge)
         os.environ["ARLRR_URL"] = url
@@ -105,8 +121,8 @@ def main():
                 print(f"step {state.global_step}/{a.steps}: {times[-1]:.1f} s", flush=True)
 
         cfg = GRPOConfig(
-            output_dir=os.path.join(work, "out"), per_device_train_batch_size=32,
-            num_generations=8, max_completion_length=64, temperature=1.0, beta=0.0,
+            output_dir=os.path.join(work, "out"), per_device_train_batch_size=prompts * group,
+            num_generations=group, max_completion_length=new_tokens, temperature=1.0, beta=0.0,
             num_iterations=1, learning_rate=1e-5, max_steps=a.steps, logging_steps=1,
             report_to=[], save_strategy="no", use_cpu=True, bf16=a.bf16, seed=0,
             gradient_checkpointing=a.gradient_checkpointing,
@@ -117,7 +133,9 @@ def main():
         trainer.train()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         med = statistics.median(times)
-        print(f"TRL {trl.__version__} GRPOTrainer (torch {torch.__version__}, transformers "
+        work_name = "healthbench" if a.healthbench else "built-in task"
+        print(f"{work_name}, {prompts} x {group} x <= {new_tokens} tokens: "
+              f"TRL {trl.__version__} GRPOTrainer (torch {torch.__version__}, transformers "
               f"{transformers.__version__}, {'bf16 autocast' if a.bf16 else 'f32'}, "
               f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'}, "
               f"{torch.get_num_threads()} threads): median step {med:.1f} s "
@@ -125,7 +143,7 @@ def main():
         if a.json:
             with open(a.json, "w") as f:
                 json.dump({"trl": trl.__version__, "torch": torch.__version__,
-                           "bf16": a.bf16,
+                           "work": work_name, "bf16": a.bf16,
                            "gradient_checkpointing": a.gradient_checkpointing, "steps_s": times, "median_s": med,
                            "peak_rss_mib": peak}, f, indent=1)
     finally:

@@ -119,7 +119,6 @@ fn bench(config: &Path, steps: u64, out: Option<&Path>) -> Result<GrpoBench> {
         "benching {origin}: {steps} GRPO steps in {}",
         cfg.run.dir.display()
     );
-    eprintln!("cpu paths: {}", policy::cpu_paths());
     let mut figures = Vec::new();
     let finished = trainer.run(|m| {
         let f = StepFigures::of(m);
@@ -130,7 +129,12 @@ fn bench(config: &Path, steps: u64, out: Option<&Path>) -> Result<GrpoBench> {
         figures.push(f);
     })?;
     lab::report::write_run(&finished)?;
-    let bench = GrpoBench::new(origin, figures, policy::bench::peak_rss_mib());
+    let bench = GrpoBench::new(
+        origin,
+        policy::cpu_paths(),
+        figures,
+        policy::bench::peak_rss_mib(),
+    );
     outln!("{}", bench.table())?;
     Ok(bench)
 }

@@ -121,6 +121,10 @@ pub struct GrpoBench {
     pub config: String,
     /// CPU model and the number of CPUs the process may use.
     pub machine: String,
+    /// The CPU's instruction sets and the kernels that ran (`policy::cpu_paths`); empty in
+    /// figures written before it was recorded.
+    #[serde(default)]
+    pub cpu: String,
     pub steps: Vec<StepFigures>,
     pub median: StepFigures,
     /// Peak resident memory of the process (VmHWM), MiB; `None` off Linux.
@@ -128,10 +132,16 @@ pub struct GrpoBench {
 }
 
 impl GrpoBench {
-    pub fn new(config: String, steps: Vec<StepFigures>, peak_rss_mib: Option<f64>) -> GrpoBench {
+    pub fn new(
+        config: String,
+        cpu: String,
+        steps: Vec<StepFigures>,
+        peak_rss_mib: Option<f64>,
+    ) -> GrpoBench {
         GrpoBench {
             config,
             machine: machine(),
+            cpu,
             median: StepFigures::median(&steps),
             steps,
             peak_rss_mib,
@@ -146,6 +156,9 @@ impl GrpoBench {
             self.steps.len(),
             self.machine
         );
+        if !self.cpu.is_empty() {
+            let _ = writeln!(s, "{}", self.cpu);
+        }
         s.push_str(
             "step     total s  generate  prefix   judge   train  optimizer  select  gen tokens  gen tok/s  trn tokens  trn tok/s\n",
         );

@@ -313,8 +313,8 @@ impl Kernel {
     }
 }
 
-/// The paths this process runs on this CPU, in one line for benches and logs: the bf16
-/// matmul kernel, the vector level of arlrr's own loops, and the f32 gemm (the `gemm`
+/// The paths this process runs on this CPU, in one line for benches and logs: the CPU's
+/// instruction sets, the bf16 matmul kernel, the vector level of arlrr's own loops, and the f32 gemm (the `gemm`
 /// crate picks its own kernels from the CPU's features; the cap does not reach it).
 pub fn cpu_paths() -> String {
     #[cfg(target_arch = "x86_64")]
@@ -337,8 +337,13 @@ pub fn cpu_paths() -> String {
     } else {
         k.name()
     };
+    let has = [Isa::Amx, Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2]
+        .iter()
+        .map(|i| format!("{} {}", i.name(), if i.detected() { "yes" } else { "no" }))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
-        "bf16 matmuls: {} (sampling: {}; training: {train}); own loops: {}; \
+        "cpu has {has}; bf16 matmuls: {} (sampling: {}; training: {train}); own loops: {}; \
          f32 gemm: gemm crate, {gemm}{cap}",
         k.isa().name(),
         k.name(),
