@@ -73,15 +73,25 @@ fn sample_precision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<policy::Pr
 }
 
 fn train_precision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<policy::Precision, D::Error> {
-    precision_field(d, "train_precision")
+    training_precision_field(d, "train_precision")
 }
 
-pub(crate) fn precision_field<'de, D: serde::Deserializer<'de>>(
+fn precision_field<'de, D: serde::Deserializer<'de>>(
     d: D,
     field: &str,
 ) -> Result<policy::Precision, D::Error> {
     let name = String::deserialize(d)?;
     policy::Precision::parse(&name).map_err(|e| serde::de::Error::custom(format!("`{field}`: {e}")))
+}
+
+/// `precision_field` for training matmuls (no int8).
+pub(crate) fn training_precision_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    field: &str,
+) -> Result<policy::Precision, D::Error> {
+    let name = String::deserialize(d)?;
+    policy::Precision::parse_training(&name)
+        .map_err(|e| serde::de::Error::custom(format!("`{field}`: {e}")))
 }
 
 fn default_max_new_tokens() -> usize {

@@ -193,7 +193,7 @@ impl WarmStartConfig {
 }
 
 fn train_precision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<policy::Precision, D::Error> {
-    crate::lm_actor::precision_field(d, "train_precision")
+    crate::lm_actor::training_precision_field(d, "train_precision")
 }
 
 /// The file or folder `warm_start.base` names, checked to exist.

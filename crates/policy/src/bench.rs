@@ -2,10 +2,11 @@
 //! forward+backward throughput on SmolLM2-135M as a fraction of that peak, batched generation
 //! throughput and the peak memory of a training step. Run `cargo bench -p arlrr-policy`.
 
-use crate::bf16::{PackedBf16, Precision};
+use crate::bf16::Precision;
 use crate::config::Config;
 use crate::error::Result;
 use crate::generate::{generate, GenerationConfig};
+use crate::int8::SamplerWeight;
 use crate::logprobs::completion_log_probs;
 use crate::transformer::Transformer;
 use candle_core::{DType, Device, Tensor};
@@ -46,7 +47,7 @@ impl Default for BenchOptions {
             gen_small_batch: 1,
             gen_prompt_len: 32,
             gen_new_tokens: 64,
-            gen_precisions: vec![Precision::F32, Precision::Bf16],
+            gen_precisions: vec![Precision::F32, Precision::Bf16, Precision::Int8],
             train_precisions: vec![Precision::F32, Precision::Bf16],
         }
     }
@@ -227,9 +228,9 @@ pub fn decode_matmul_secs(
         .sum();
     let packed = match precision {
         Precision::F32 => Vec::new(),
-        Precision::Bf16 => weights
+        p => weights
             .iter()
-            .map(PackedBf16::pack)
+            .map(|w| SamplerWeight::pack(w, p))
             .collect::<Result<Vec<_>>>()?,
     };
     let mut best = f64::MAX;

@@ -18,19 +18,36 @@ pub enum Precision {
     F32,
     /// Weights rounded to bf16, activations rounded to bf16 at each matmul, f32 accumulation.
     Bf16,
+    /// Sampling only: weights as int8 in blocks of 32 with an f32 scale each (`int8.rs`),
+    /// activations f32, f32 accumulation.
+    Int8,
 }
 
 impl Precision {
-    pub const NAMES: &'static str = "f32, bf16";
+    pub const NAMES: &'static str = "f32, bf16, int8";
+    /// The precisions training matmuls take.
+    pub const TRAINING_NAMES: &'static str = "f32, bf16";
 
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
+            "int8" => Ok(Precision::Int8),
             other => Err(Error::Invalid(format!(
                 "unknown precision `{other}` (choose one of: {})",
                 Self::NAMES
             ))),
+        }
+    }
+
+    /// `parse` for training matmuls, which have no int8 form.
+    pub fn parse_training(s: &str) -> Result<Self> {
+        match Self::parse(s)? {
+            Precision::Int8 => Err(Error::Invalid(format!(
+                "`int8` is a sampling precision; training matmuls take one of: {}",
+                Self::TRAINING_NAMES
+            ))),
+            p => Ok(p),
         }
     }
 }

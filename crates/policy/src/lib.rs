@@ -22,6 +22,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod grad_sink;
+pub mod int8;
 mod linear;
 pub mod logprobs;
 pub mod lora;

@@ -1,8 +1,8 @@
 //! LoRA adapters: `W x + (alpha/r) · B A x` on chosen projections, so the base can stay frozen
 //! and only the small A/B matrices are trained and saved.
 
-use crate::bf16::PackedBf16;
 use crate::error::{Error, Result};
+use crate::int8::SamplerWeight;
 use crate::weights::{normal, Init, Pass, WeightSource};
 use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -117,7 +117,7 @@ pub struct LoraLinear {
     pub lora: Option<LoraAdapter>,
     /// A reduced-precision copy of the weight (adapter merged) that generation uses instead
     /// of the f32 one; only sampling copies made by `Transformer::sampling_copy` carry it.
-    pub(crate) sampler: Option<Arc<PackedBf16>>,
+    pub(crate) sampler: Option<Arc<SamplerWeight>>,
 }
 
 impl LoraLinear {

@@ -16,10 +16,11 @@
 //! `trainable_vars()` to an optimizer and `save_hf` writes HF-compatible safetensors.
 
 use crate::attention::{attention, cached_attention};
-use crate::bf16::{PackedBf16, Precision};
+use crate::bf16::Precision;
 use crate::config::Config;
 use crate::cpu_op::fused_ok;
 use crate::error::{Error, Result};
+use crate::int8::SamplerWeight;
 use crate::lora::{self, LoraConfig, LoraLinear};
 use crate::ops::{attention_probs, rms_norm, rope_to_heads, swiglu, swiglu_approx};
 use crate::weights::{Init, Pass, WeightSource};
@@ -423,7 +424,7 @@ pub struct Transformer {
     device: Device,
     base_frozen: bool,
     /// The output projection's reduced-precision copy, in sampling copies only.
-    sampler_head: Option<Arc<PackedBf16>>,
+    sampler_head: Option<Arc<SamplerWeight>>,
 }
 
 impl Transformer {
@@ -656,9 +657,13 @@ impl Transformer {
         }
         let mut copy = self.clone();
         for l in copy.linears_mut() {
-            l.sampler = Some(Arc::new(PackedBf16::pack(&l.merged_weight()?)?));
+            l.sampler = Some(Arc::new(SamplerWeight::pack(
+                &l.merged_weight()?,
+                precision,
+            )?));
         }
-        copy.sampler_head = Some(Arc::new(PackedBf16::pack(self.output_var().as_tensor())?));
+        let head = self.output_var().as_tensor();
+        copy.sampler_head = Some(Arc::new(SamplerWeight::pack(head, precision)?));
         Ok(Cow::Owned(copy))
     }
 

@@ -87,6 +87,13 @@ fn parity_with_candle_quantized_llama_and_greedy_tokens() {
         model.tokenizer.decode(&gens[0].tokens, false).unwrap()
     );
     assert_eq!(gens[0].tokens, ref_tokens);
+    // The int8 sampler's blocks keep the GGUF's Q4_1 levels: the same greedy tokens.
+    let int8 = GenerationConfig {
+        precision: Precision::Int8,
+        ..cfg
+    };
+    let gens = generate(tr, std::slice::from_ref(&prompt), &int8, &mut rng).unwrap();
+    assert_eq!(gens[0].tokens, ref_tokens, "int8 greedy tokens");
 }
 
 #[test]
@@ -192,6 +199,19 @@ fn real_model_bf16_sampler_logprobs_stay_near_f32_teacher_forced() {
     assert!(
         mean < 0.05 && worst < 0.5,
         "bf16 gap mean {mean} max {worst}"
+    );
+}
+
+#[test]
+fn real_model_int8_sampler_logprobs_stay_near_f32_teacher_forced() {
+    let (worst, mean) = logprob_gap(&Model::load(gguf_path()).unwrap(), Precision::Int8);
+    println!(
+        "int8 sampler: max |sampler - f32 teacher-forced| log-prob {worst:.3e} (mean {mean:.3e})"
+    );
+    assert!(worst > 1e-7, "int8 sampling should not be bit-equal to f32");
+    assert!(
+        mean < 0.05 && worst < 0.5,
+        "int8 gap mean {mean} max {worst}"
     );
 }
 

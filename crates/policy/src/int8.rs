@@ -1,0 +1,395 @@
+//! 8-bit weights for sampling (`sample_precision = "int8"`): each weight row quantized in
+//! blocks of 32 inputs, affine as GGUF's Q4_1 but with 8 bits: `w ≈ m + d · q`, `q` in
+//! 0..=255, `m` the block's minimum and `d = (max - min) / 255` (f32 each), multiplied by f32
+//! activations with f32 accumulation. Affine rather than symmetric (Q8_0's `d · q`): its step
+//! is never larger, and a block that came from GGUF's Q4_1 (16 evenly spaced levels, its
+//! minimum and maximum always levels 0 and 15) keeps its levels to within an ulp (the step is
+//! the 4-bit one / 17), so the fetched SmolLM2 (Q4_1) samples as from its own weights. Decoding a token at batch 1 reads every
+//! weight once, so it is bound by memory: this reads 1.25 bytes per weight (scales included)
+//! against bf16's 2 and f32's 4. The activations stay
+//! f32 (llama.cpp rounds them to int8 too; we keep them exact, so the only error is the
+//! weights'). Like the bf16 sampler, it only changes which tokens are sampled: the log-probs
+//! GRPO differentiates come from the f32 teacher-forced pass.
+//!
+//! candle's own quantized matmul (`QMatMul` with Q8_0, 0.9.2) was measured 3-4x slower than
+//! the bf16 sampler at batch 1 and 25x slower at batch 32 on SmolLM2's shapes (AVX2 EPYC), so
+//! the kernel is our own: AVX2+FMA where the CPU has it, else a portable loop.
+
+use crate::bf16::PackedBf16;
+use crate::cpu::{Isa, Mat, Precision};
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+/// Outputs per panel (two AVX2 vectors of 8).
+const LANES: usize = 16;
+/// Inputs per quantization block.
+pub const BLOCK: usize = 32;
+/// Rows of x per kernel call (4 x 2 accumulators and 4 x 2 block sums in 16 registers).
+const ROWS: usize = 4;
+
+/// A weight [out, in] as 8-bit blocks: panels of 16 outputs; within a panel, for each input
+/// k the 16 outputs' codes, and for each block of 32 inputs the 16 outputs' steps and minima.
+/// Inputs are zero-padded to whole blocks (padding codes meet zero inputs).
+#[derive(Clone)]
+pub struct PackedInt8 {
+    out: usize,
+    inp: usize,
+    blocks: usize,
+    /// `[panel][k][lane]`.
+    q: Vec<u8>,
+    /// `[panel][block][lane]`: the step `d`.
+    d: Vec<f32>,
+    /// `[panel][block][lane]`: the minimum `m`.
+    m: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedInt8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedInt8({}x{})", self.out, self.inp)
+    }
+}
+
+impl PackedInt8 {
+    /// Quantizes a rank-2 weight [out, in] of any float dtype.
+    pub fn pack(w: &Tensor) -> Result<Self> {
+        let (out, inp) = w.dims2()?;
+        let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let blocks = inp.div_ceil(BLOCK);
+        let kp = blocks * BLOCK;
+        let panels = out.div_ceil(LANES);
+        let mut q = vec![0u8; panels * kp * LANES];
+        let mut d = vec![0f32; panels * blocks * LANES];
+        let mut m = vec![0f32; panels * blocks * LANES];
+        q.par_chunks_mut(kp * LANES)
+            .zip(d.par_chunks_mut(blocks * LANES))
+            .zip(m.par_chunks_mut(blocks * LANES))
+            .enumerate()
+            .for_each(|(p, ((qp, dp), mp))| {
+                for lane in 0..LANES.min(out - p * LANES) {
+                    let row = &w[(p * LANES + lane) * inp..][..inp];
+                    for (b, chunk) in row.chunks(BLOCK).enumerate() {
+                        let (step, min) = block_range(chunk);
+                        dp[b * LANES + lane] = step;
+                        mp[b * LANES + lane] = min;
+                        for (i, &v) in chunk.iter().enumerate() {
+                            qp[(b * BLOCK + i) * LANES + lane] = code(v, step, min);
+                        }
+                    }
+                }
+            });
+        Ok(PackedInt8 {
+            out,
+            inp,
+            blocks,
+            q,
+            d,
+            m,
+        })
+    }
+
+    /// The weight this packing stands for, [out, in] row-major: `m + d · q`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.out * self.inp];
+        let kp = self.blocks * BLOCK;
+        for o in 0..self.out {
+            let (p, lane) = (o / LANES, o % LANES);
+            for k in 0..self.inp {
+                let q = self.q[(p * kp + k) * LANES + lane] as f32;
+                let s = (p * self.blocks + k / BLOCK) * LANES + lane;
+                w[o * self.inp + k] = self.m[s] + self.d[s] * q;
+            }
+        }
+        w
+    }
+
+    /// `x · Wᵀ` for `x` [..., in] (f32), as f32 [..., out].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().unwrap_or(&0);
+        if inp != self.inp {
+            return Err(Error::Invalid(format!(
+                "int8 linear: input width {inp} but weight {}x{}",
+                self.out, self.inp
+            )));
+        }
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut y = vec![0f32; xs.len() / inp.max(1) * self.out];
+        self.matmul_into(&mut y, Mat::rows(&xs, inp), Isa::Avx2.enabled());
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.out;
+        Ok(Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())?)
+    }
+
+    /// `y` (row-major [x.rows, out]) `= x · Wᵀ`, with the AVX2 kernel when `avx2` (the caller
+    /// checked the CPU has it).
+    fn matmul_into(&self, y: &mut [f32], x: Mat<f32>, avx2: bool) {
+        let rows = x.rows;
+        assert!(x.cols == self.inp && x.cs == 1 && y.len() == rows * self.out);
+        if rows == 0 || self.out == 0 {
+            return;
+        }
+        // x rows padded with zeros to whole blocks (and to whole kernel calls), and each
+        // block's sum (what the minima multiply)
+        let kp = self.blocks * BLOCK;
+        let padded = rows.next_multiple_of(ROWS);
+        let mut xp = vec![0f32; padded * kp];
+        let mut xsum = vec![0f32; padded * self.blocks];
+        for (r, (dst, sums)) in xp
+            .chunks_mut(kp)
+            .zip(xsum.chunks_mut(self.blocks))
+            .take(rows)
+            .enumerate()
+        {
+            dst[..self.inp].copy_from_slice(&x.data[r * x.rs..][..self.inp]);
+            for (s, blk) in sums.iter_mut().zip(dst.chunks(BLOCK)) {
+                *s = blk.iter().sum();
+            }
+        }
+        let panels = self.out.div_ceil(LANES);
+        let per = panels.div_ceil(rayon::current_num_threads() * 4).max(1);
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        (0..panels.div_ceil(per)).into_par_iter().for_each(|task| {
+            let y_ptr = &y_ptr;
+            for p in task * per..panels.min((task + 1) * per) {
+                for r0 in (0..rows).step_by(ROWS) {
+                    let scales = p * self.blocks * LANES..(p + 1) * self.blocks * LANES;
+                    let call = Call {
+                        q: &self.q[p * kp * LANES..][..kp * LANES],
+                        d: &self.d[scales.clone()],
+                        m: &self.m[scales],
+                        x: &xp[r0 * kp..][..ROWS * kp],
+                        xsum: &xsum[r0 * self.blocks..][..ROWS * self.blocks],
+                        kp,
+                    };
+                    let mut acc = [[0f32; LANES]; ROWS];
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: the caller checked the CPU has AVX2 and FMA; `call` holds
+                        // whole blocks of one panel and ROWS whole rows of x.
+                        unsafe { kernel_avx2(&call, &mut acc) };
+                    } else {
+                        kernel_portable(&call, &mut acc);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        let _ = avx2;
+                        kernel_portable(&call, &mut acc);
+                    }
+                    let n = LANES.min(self.out - p * LANES);
+                    for (r, a) in acc.iter().enumerate().take(rows - r0) {
+                        // SAFETY: row r0 + r < rows and columns p·16 .. p·16 + n < out lie
+                        // inside `y`, and only this task writes panel p's columns.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                a.as_ptr(),
+                                y_ptr.0.add((r0 + r) * self.out + p * LANES),
+                                n,
+                            )
+                        };
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A block's step `(max - min) / 255` and minimum (step 0 for a constant block).
+fn block_range(block: &[f32]) -> (f32, f32) {
+    let (lo, hi) = block
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !(hi - lo).is_finite() || hi <= lo {
+        return (0.0, if lo.is_finite() { lo } else { 0.0 });
+    }
+    ((hi - lo) / 255.0, lo)
+}
+
+/// The code of `v` in a block of this step and minimum: the nearest level.
+fn code(v: f32, step: f32, min: f32) -> u8 {
+    if step == 0.0 {
+        return 0;
+    }
+    ((v - min) / step).round().clamp(0.0, 255.0) as u8
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint columns of the buffer the pointer points into.
+unsafe impl Sync for SendPtr {}
+
+/// One kernel call: one panel's codes, steps and minima, and ROWS rows of x (`kp` each) with
+/// their block sums.
+struct Call<'a> {
+    q: &'a [u8],
+    d: &'a [f32],
+    m: &'a [f32],
+    x: &'a [f32],
+    xsum: &'a [f32],
+    kp: usize,
+}
+
+/// Per block: Σ (m + d·q)·x = d · Σ q·x + m · Σ x, the first sum in f32 per output.
+fn kernel_portable(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
+    let blocks = c.kp / BLOCK;
+    for b in 0..blocks {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let mut sum = [0f32; LANES];
+            for k in b * BLOCK..(b + 1) * BLOCK {
+                let xv = c.x[r * c.kp + k];
+                for (s, &q) in sum.iter_mut().zip(&c.q[k * LANES..][..LANES]) {
+                    *s += q as f32 * xv;
+                }
+            }
+            let xs = c.xsum[r * blocks + b];
+            let (d, m) = (&c.d[b * LANES..][..LANES], &c.m[b * LANES..][..LANES]);
+            for (l, a) in acc_r.iter_mut().enumerate() {
+                *a += sum[l] * d[l] + m[l] * xs;
+            }
+        }
+    }
+}
+
+/// `kernel_portable` with 8 lanes per instruction: each input's 16 codes are widened to two
+/// f32 vectors (zero-extending loads, then conversions), which meet the rows' value in FMAs;
+/// each block's sums then go into the accumulators by two FMAs per 8 (step, minimum).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
+    use std::arch::x86_64::*;
+    let mut total = [[_mm256_setzero_ps(); 2]; ROWS];
+    let q = c.q.as_ptr();
+    let x = c.x.as_ptr();
+    for b in 0..c.kp / BLOCK {
+        let mut sum = [[_mm256_setzero_ps(); 2]; ROWS];
+        for k in b * BLOCK..(b + 1) * BLOCK {
+            let qk = q.add(k * LANES);
+            let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(qk as *const _)));
+            let hi =
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(qk.add(8) as *const _)));
+            for (r, s) in sum.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*x.add(r * c.kp + k));
+                s[0] = _mm256_fmadd_ps(lo, xv, s[0]);
+                s[1] = _mm256_fmadd_ps(hi, xv, s[1]);
+            }
+        }
+        let (d, m) = (c.d.as_ptr().add(b * LANES), c.m.as_ptr().add(b * LANES));
+        let (d0, d1) = (_mm256_loadu_ps(d), _mm256_loadu_ps(d.add(8)));
+        let (m0, m1) = (_mm256_loadu_ps(m), _mm256_loadu_ps(m.add(8)));
+        for (r, (t, s)) in total.iter_mut().zip(&sum).enumerate() {
+            let xs = _mm256_broadcast_ss(&*c.xsum.as_ptr().add(r * (c.kp / BLOCK) + b));
+            t[0] = _mm256_fmadd_ps(s[0], d0, _mm256_fmadd_ps(m0, xs, t[0]));
+            t[1] = _mm256_fmadd_ps(s[1], d1, _mm256_fmadd_ps(m1, xs, t[1]));
+        }
+    }
+    for (a, t) in acc.iter_mut().zip(&total) {
+        _mm256_storeu_ps(a.as_mut_ptr(), t[0]);
+        _mm256_storeu_ps(a.as_mut_ptr().add(8), t[1]);
+    }
+}
+
+/// A projection weight as a sampling copy holds it (`Transformer::sampling_copy`): bf16
+/// pairs or int8 blocks.
+#[derive(Debug, Clone)]
+pub enum SamplerWeight {
+    Bf16(PackedBf16),
+    Int8(PackedInt8),
+}
+
+impl SamplerWeight {
+    /// `w` [out, in] packed for sampling at `precision` (bf16 or int8; f32 samples with the
+    /// model's own weights and has no packed copy).
+    pub fn pack(w: &Tensor, precision: Precision) -> Result<Self> {
+        match precision {
+            Precision::Bf16 => Ok(SamplerWeight::Bf16(PackedBf16::pack(w)?)),
+            Precision::Int8 => Ok(SamplerWeight::Int8(PackedInt8::pack(w)?)),
+            Precision::F32 => Err(Error::Invalid(
+                "an f32 sampler uses the model's own weights".into(),
+            )),
+        }
+    }
+
+    /// `x · Wᵀ` for `x` [..., in].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            SamplerWeight::Bf16(p) => p.forward(x),
+            SamplerWeight::Int8(p) => p.forward(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn quantization_error_is_within_half_a_step_per_block() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (19, 70), &dev).unwrap();
+        let packed = PackedInt8::pack(&w).unwrap();
+        let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let dq = packed.dequantize();
+        for o in 0..19 {
+            for (b, chunk) in ws[o * 70..][..70].chunks(BLOCK).enumerate() {
+                let (d, _) = block_range(chunk);
+                for (i, &v) in chunk.iter().enumerate() {
+                    let got = dq[o * 70 + b * BLOCK + i];
+                    assert!((got - v).abs() <= d * 0.5 + 1e-6, "{got} vs {v} (step {d})");
+                }
+            }
+        }
+        // a constant row stays itself
+        let c = PackedInt8::pack(&Tensor::full(0.25f32, (3, 40), &dev).unwrap()).unwrap();
+        assert!(c.dequantize().iter().all(|&v| v == 0.25));
+    }
+
+    #[test]
+    fn four_bit_gguf_blocks_keep_their_levels() {
+        // Q4_1 as candle dequantizes it: w = q·d + m, q in 0..16, d and m f16 values.
+        let (d, m) = (3.0f32 / 256.0, -0.09375f32);
+        let w: Vec<f32> = (0..64).map(|i| ((i * 7) % 16) as f32 * d + m).collect();
+        let t = Tensor::from_vec(w.clone(), (1, 64), &Device::Cpu).unwrap();
+        let dq = PackedInt8::pack(&t).unwrap().dequantize();
+        for (a, b) in dq.iter().zip(&w) {
+            assert!(
+                (a - b).abs() <= 2.0 * f32::EPSILON * b.abs().max(1e-3),
+                "{a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_kernel_multiplies_by_the_dequantized_weight() {
+        let dev = Device::Cpu;
+        let mut kernels = vec![false];
+        if Isa::Avx2.enabled() {
+            kernels.push(true);
+        }
+        // odd widths, a partial last panel, row counts around the kernel's 4
+        for &(rows, out, inp) in &[(1, 5, 3), (3, 33, 17), (4, 48, 64), (9, 17, 576)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap();
+            let packed = PackedInt8::pack(&w).unwrap();
+            let dq = packed.dequantize();
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for &avx2 in &kernels {
+                let mut y = vec![0f32; rows * out];
+                packed.matmul_into(&mut y, Mat::rows(&xs, inp), avx2);
+                for i in 0..rows {
+                    for o in 0..out {
+                        let want: f64 = (0..inp)
+                            .map(|k| xs[i * inp + k] as f64 * dq[o * inp + k] as f64)
+                            .sum();
+                        let got = y[i * out + o] as f64;
+                        let tol = 1e-5 * (inp as f64).sqrt() * (1.0 + want.abs());
+                        assert!((got - want).abs() <= tol, "avx2={avx2}: {got} vs {want}");
+                    }
+                }
+            }
+            let via = packed.forward(&x).unwrap();
+            assert_eq!(via.dims(), &[rows, out]);
+        }
+    }
+}
