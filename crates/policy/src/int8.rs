@@ -167,7 +167,14 @@ impl PackedInt8 {
                     if avx2 {
                         // SAFETY: the caller checked the CPU has AVX2 and FMA; `call` holds
                         // whole blocks of one panel and ROWS whole rows of x.
-                        unsafe { kernel_avx2(&call, &mut acc) };
+                        unsafe {
+                            match rows - r0 {
+                                4.. => kernel_avx2::<4>(&call, &mut acc),
+                                3 => kernel_avx2::<3>(&call, &mut acc),
+                                2 => kernel_avx2::<2>(&call, &mut acc),
+                                _ => kernel_avx2::<1>(&call, &mut acc),
+                            }
+                        };
                     } else {
                         kernel_portable(&call, &mut acc);
                     }
@@ -254,15 +261,16 @@ fn kernel_portable(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
 /// `kernel_portable` with 8 lanes per instruction: each input's 16 codes are widened to two
 /// f32 vectors (zero-extending loads, then conversions), which meet the rows' value in FMAs;
 /// each block's sums then go into the accumulators by two FMAs per 8 (step, minimum).
+/// `R` (at most ROWS) rows of x: the rest of `acc` is left alone.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
+unsafe fn kernel_avx2<const R: usize>(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
     use std::arch::x86_64::*;
-    let mut total = [[_mm256_setzero_ps(); 2]; ROWS];
+    let mut total = [[_mm256_setzero_ps(); 2]; R];
     let q = c.q.as_ptr();
     let x = c.x.as_ptr();
     for b in 0..c.kp / BLOCK {
-        let mut sum = [[_mm256_setzero_ps(); 2]; ROWS];
+        let mut sum = [[_mm256_setzero_ps(); 2]; R];
         for k in b * BLOCK..(b + 1) * BLOCK {
             let qk = q.add(k * LANES);
             let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(qk as *const _)));
