@@ -266,12 +266,26 @@ fn sampling_precision_and_truncated_is_are_checked() {
         e.contains("train_precision") && e.contains("half") && e.contains("f32, bf16"),
         "{e}"
     );
-    let ok = transformer.replace("\"fp8\"", "\"bf16\"\ntrain_precision = \"bf16\"");
-    let cfg = TrainConfig::from_toml(&ok).unwrap();
-    assert_eq!(
-        cfg,
-        TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap()
+    // int8 samples but does not train
+    let e = TrainConfig::from_toml(
+        &transformer.replace("sample_precision = \"fp8\"", "train_precision = \"int8\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("train_precision") && e.contains("int8") && e.contains("sampling precision"),
+        "{e}"
     );
+    for ok in [
+        transformer.replace("\"fp8\"", "\"bf16\"\ntrain_precision = \"bf16\""),
+        transformer.replace("\"fp8\"", "\"int8\""),
+    ] {
+        let cfg = TrainConfig::from_toml(&ok).unwrap();
+        assert_eq!(
+            cfg,
+            TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap()
+        );
+    }
     for bad in ["0.0", "-1.0"] {
         let cfg = TrainConfig::from_toml(&base.replace(
             "group_size = 8",
