@@ -45,7 +45,7 @@ pub struct Args {
     lora: Option<PathBuf>,
 }
 
-fn parse_precision(s: &str) -> Result<policy::Precision, String> {
+pub(crate) fn parse_precision(s: &str) -> Result<policy::Precision, String> {
     policy::Precision::parse(s).map_err(|e| e.to_string())
 }
 

@@ -28,11 +28,17 @@ pub struct ServeJudgeArgs {
     /// Base seed of sampling; request n uses seed + n.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The matmul weights decoding reads: `f32` (the model's own), `bf16` or `int8` (see
+    /// `arlrr generate --precision`); packed once at startup.
+    #[arg(long, default_value = "f32", value_parser = crate::cmd_generate::parse_precision)]
+    precision: policy::Precision,
 }
 
 /// The policy crate's model behind the server's [`ChatModel`] trait.
 struct PolicyChat {
+    /// Its transformer is the sampling copy at `precision`.
     model: policy::Model,
+    precision: policy::Precision,
     name: String,
     seed: u64,
     requests: AtomicU64,
@@ -67,7 +73,10 @@ impl ChatModel for PolicyChat {
         let generation = policy::generate::generate_cancellable(
             &self.model.transformer,
             std::slice::from_ref(&prompt),
-            &self.model.generation_config(max_tokens, temperature),
+            &policy::GenerationConfig {
+                precision: self.precision,
+                ..self.model.generation_config(max_tokens, temperature)
+            },
             &mut policy::seeded_rng(seed),
             || cancelled.load(Ordering::Relaxed),
         )
@@ -103,14 +112,19 @@ pub fn run(args: ServeJudgeArgs) -> Result<()> {
         None => rubric::assets::smollm2_gguf().map_err(anyhow::Error::msg)?,
     };
     // policy's error names the file and the cause; as context it would say both twice
-    let model =
+    let mut model =
         policy::Model::load(&path).map_err(|e| anyhow::anyhow!("cannot load the model: {e}"))?;
+    model.transformer = model
+        .transformer
+        .sampling_copy(args.precision)?
+        .into_owned();
     let name = args.name.unwrap_or_else(|| {
         path.file_stem()
             .map_or_else(|| "local".into(), |s| s.to_string_lossy().into_owned())
     });
     let chat = Arc::new(PolicyChat {
         model,
+        precision: args.precision,
         name: name.clone(),
         seed: args.seed,
         requests: AtomicU64::new(0),

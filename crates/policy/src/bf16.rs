@@ -13,7 +13,7 @@
 //! multiplies whole 16x32 tiles per instruction.
 
 pub use crate::cpu::{matmul_precision, with_matmul_precision, Precision};
-use crate::cpu::{wide, Isa, Mat};
+use crate::cpu::{wide, Isa, Mat, SendPtr};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -448,10 +448,6 @@ fn pack_rows_widened(a: Mat<f32>, m0: usize, xs: usize, dst: &mut [u32]) {
 /// accumulator registers, 2 weight registers and a broadcast fit the 32 vector registers.
 const PANELS_PER_BLOCK: usize = 2;
 const ROWS_PER_BLOCK: usize = 12;
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint columns of the buffer the pointer points into.
-unsafe impl Sync for SendPtr {}
 
 /// One kernel call's operands: two panels from `w`, rows from `x`, results to `y` at
 /// (`row0`, `col0`) with row stride `out`; only `rows` rows and the columns below `out` are

@@ -405,6 +405,11 @@ macro_rules! impl_float {
 impl_float!(f32, F32, yes);
 impl_float!(f64, F64, no);
 
+/// The output buffer of a matmul whose parallel tasks each write their own columns.
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: users give each task a disjoint set of the buffer's elements to write.
+unsafe impl Sync for SendPtr {}
+
 /// A matrix view: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a, T> {

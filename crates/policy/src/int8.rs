@@ -16,7 +16,7 @@
 //! the kernel is our own: AVX2+FMA where the CPU has it, else a portable loop.
 
 use crate::bf16::PackedBf16;
-use crate::cpu::{Isa, Mat, Precision};
+use crate::cpu::{Isa, Mat, Precision, SendPtr};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -221,10 +221,6 @@ fn code(v: f32, step: f32, min: f32) -> u8 {
     }
     ((v - min) / step).round().clamp(0.0, 255.0) as u8
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint columns of the buffer the pointer points into.
-unsafe impl Sync for SendPtr {}
 
 /// One kernel call: one panel's codes, steps and minima, and ROWS rows of x (`kp` each) with
 /// their block sums.

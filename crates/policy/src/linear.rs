@@ -104,8 +104,9 @@ fn gemm_packing<T: Float + 'static>(dst: &mut [T], a: Mat<T>, b: Mat<T>, weight:
             let kernel = Kernel::best();
             if kernel.trains_via_gemm() {
                 // No bf16 instructions: the same products (exact in f32) through f32 gemm.
-                // Weights are rounded again per call, not cached: a cached f32 copy of every
-                // weight cost 0.5 GiB of peak memory on SmolLM2 for ~0.1 s of rounding a step.
+                // Weights are rounded again per call, not cached: caching f32 copies raised
+                // the SmolLM2 bench step's peak from 3.4 to 4.5 GiB, and rounding per call
+                // measured within the step's noise (docs/benchmarks.md, "GRPO step").
                 let (a_r, b_r) = (round_to_bf16(a.data), round_to_bf16(b.data));
                 let (a, b) = (Mat { data: &a_r, ..a }, Mat { data: &b_r, ..b });
                 return gemm_with(dst, a, b, all_threads());

@@ -425,6 +425,8 @@ pub struct Transformer {
     base_frozen: bool,
     /// The output projection's reduced-precision copy, in sampling copies only.
     sampler_head: Option<Arc<SamplerWeight>>,
+    /// The precision of a sampling copy's packed weights (F32: none, the model itself).
+    sampling: Precision,
 }
 
 impl Transformer {
@@ -461,6 +463,7 @@ impl Transformer {
             device,
             base_frozen: false,
             sampler_head: None,
+            sampling: Precision::F32,
         })
     }
 
@@ -651,11 +654,20 @@ impl Transformer {
     /// projections (LoRA adapters merged) and output projection are rounded and packed for
     /// the reduced-precision kernel. Norms, embeddings, attention and sampling stay f32. The
     /// copy shares every `Var` with `self` and is a snapshot: make a new one after an update.
+    /// A sampling copy at `precision` is its own sampling copy (a server makes one at startup
+    /// instead of one per request).
     pub fn sampling_copy(&self, precision: Precision) -> Result<Cow<'_, Transformer>> {
-        if precision == Precision::F32 {
+        if precision == self.sampling {
             return Ok(Cow::Borrowed(self));
         }
+        if precision == Precision::F32 {
+            return Err(Error::Invalid(format!(
+                "an f32 sampling copy of a {:?} sampling copy: sample from the model itself",
+                self.sampling
+            )));
+        }
         let mut copy = self.clone();
+        copy.sampling = precision;
         for l in copy.linears_mut() {
             l.sampler = Some(Arc::new(SamplerWeight::pack(
                 &l.merged_weight()?,

@@ -190,6 +190,33 @@ fn seeded_sampling_is_reproducible_and_seed_dependent() {
 }
 
 #[test]
+fn a_sampling_copy_made_once_samples_what_one_made_per_call_does() {
+    // `arlrr serve-judge` packs its copy at startup; `generate` packs one per call.
+    let m = model(Arch::Llama, 4);
+    let prompts = vec![vec![3u32, 4, 5]; 3];
+    for precision in [policy::Precision::Bf16, policy::Precision::Int8] {
+        let cfg = GenerationConfig {
+            max_new_tokens: 12,
+            temperature: 1.0,
+            precision,
+            ..Default::default()
+        };
+        let copy = m.sampling_copy(precision).unwrap().into_owned();
+        assert!(matches!(
+            copy.sampling_copy(precision).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let run = |t: &Transformer| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            generate(t, &prompts, &cfg, &mut rng).unwrap()
+        };
+        assert_eq!(run(&m), run(&copy), "{precision:?}");
+        // an f32 sampler of a packed copy would silently sample the packed weights: refused
+        assert!(copy.sampling_copy(policy::Precision::F32).is_err());
+    }
+}
+
+#[test]
 fn save_load_round_trip_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
     for arch in [Arch::Llama, Arch::Qwen3] {
