@@ -63,7 +63,7 @@ pub(crate) fn packed_weight(w: Mat<f32>) -> Arc<PackedBf16> {
 /// of two such values is exact in f32, so f32 gemm over them computes what the bf16
 /// instructions compute, up to the order of the f32 sums.
 pub(crate) fn round_to_bf16(v: &[f32]) -> Vec<f32> {
-    let mut out = crate::linear::for_gemm::<f32>(v.len());
+    let mut out = vec![0f32; v.len()];
     crate::cpu::par_rows(v, &mut out, 4096, |src, dst| {
         wide(|| {
             for (d, s) in dst.iter_mut().zip(src) {
