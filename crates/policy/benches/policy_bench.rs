@@ -3,8 +3,9 @@
 //! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (one training shape, e.g.
 //! `8x32+480`; `0` skips training), POLICY_BENCH_ITERS=N, POLICY_BENCH_GEN=B,SMALL,NEW (e.g.
 //! `32,1,64`; `0,0,0` skips generation), POLICY_BENCH_PRECISION=f32|bf16|int8 (one sampling
-//! and training-matmul precision; int8 samples only; all by default). ARLRR_MAX_CPU_ISA=avx2 (or portable,
-//! avx512, avx512bf16) runs arlrr's own kernels as a CPU without the higher levels would.
+//! and training-matmul precision; int8 samples only; all by default).
+//! ARLRR_MAX_CPU_ISA=avx2 (or portable, avx512, avx512bf16) runs arlrr's own kernels as a CPU
+//! without the higher levels would.
 
 fn main() -> anyhow::Result<()> {
     policy::keep_freed_memory();

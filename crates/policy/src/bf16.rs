@@ -295,9 +295,9 @@ impl Kernel {
         }
     }
 
-    /// Whether the training matmuls (`linear.rs`, both operands packed per call) run as f32
-    /// gemm over operands rounded to bf16 instead: without bf16 instructions the `gemm`
-    /// crate's cache-blocked f32 kernels are faster than this one, measured on an AVX2 EPYC
+    /// Whether the bf16 training matmuls (`linear.rs`) run as f32 gemm over operands rounded
+    /// to bf16 instead of packing them for this kernel: without bf16 instructions the `gemm`
+    /// crate's cache-blocked f32 kernels are faster than ours, measured on an AVX2 EPYC
     /// (docs/benchmarks.md, "Reduced precision"). The products are the same.
     pub(crate) fn trains_via_gemm(self) -> bool {
         matches!(self, Kernel::Avx2 | Kernel::Portable)
@@ -314,8 +314,9 @@ impl Kernel {
 }
 
 /// The paths this process runs on this CPU, in one line for benches and logs: the CPU's
-/// instruction sets, the bf16 matmul kernel, the vector level of arlrr's own loops, and the f32 gemm (the `gemm`
-/// crate picks its own kernels from the CPU's features; the cap does not reach it).
+/// instruction sets, the bf16 matmul kernel, the vector level of arlrr's own loops, and the
+/// f32 gemm (the `gemm` crate picks its own kernels from the CPU's features; the cap does not
+/// reach it).
 pub fn cpu_paths() -> String {
     #[cfg(target_arch = "x86_64")]
     let gemm = if std::is_x86_feature_detected!("avx512f") {

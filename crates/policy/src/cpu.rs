@@ -18,8 +18,8 @@ pub enum Precision {
     F32,
     /// Weights rounded to bf16, activations rounded to bf16 at each matmul, f32 accumulation.
     Bf16,
-    /// Sampling only: weights as int8 in blocks of 32 with an f32 scale each (`int8.rs`),
-    /// activations f32, f32 accumulation.
+    /// Sampling only: weights as 8-bit affine blocks of 32 (a step and a minimum each,
+    /// `int8.rs`), activations f32, f32 accumulation.
     Int8,
 }
 

@@ -4,16 +4,17 @@
 //! activations with f32 accumulation. Affine rather than symmetric (Q8_0's `d · q`): its step
 //! is never larger, and a block that came from GGUF's Q4_1 (16 evenly spaced levels, its
 //! minimum and maximum always levels 0 and 15) keeps its levels to within an ulp (the step is
-//! the 4-bit one / 17), so the fetched SmolLM2 (Q4_1) samples as from its own weights. Decoding a token at batch 1 reads every
-//! weight once, so it is bound by memory: this reads 1.25 bytes per weight (scales included)
-//! against bf16's 2 and f32's 4. The activations stay
-//! f32 (llama.cpp rounds them to int8 too; we keep them exact, so the only error is the
-//! weights'). Like the bf16 sampler, it only changes which tokens are sampled: the log-probs
-//! GRPO differentiates come from the f32 teacher-forced pass.
+//! the 4-bit one / 17), so the fetched SmolLM2 (Q4_1) samples as from its own weights.
+//! Decoding a token at batch 1 reads every weight once, so it is bound by memory: this reads
+//! 1.25 bytes per weight (steps and minima included) against bf16's 2 and f32's 4. The
+//! activations stay f32 (llama.cpp rounds them to 8 bits too; we keep them exact, so the
+//! only error is the weights'). Like the bf16 sampler, it only changes which tokens are
+//! sampled: the log-probs GRPO differentiates come from the f32 teacher-forced pass.
 //!
 //! candle's own quantized matmul (`QMatMul` with Q8_0, 0.9.2) was measured 3-4x slower than
-//! the bf16 sampler at batch 1 and 25x slower at batch 32 on SmolLM2's shapes (AVX2 EPYC), so
-//! the kernel is our own: AVX2+FMA where the CPU has it, else a portable loop.
+//! the bf16 sampler at batch 1 and 15-30x slower at batch 32 on SmolLM2's shapes (AVX2 EPYC),
+//! so the kernel is our own: AVX2+FMA where the CPU has it, else a portable loop (which
+//! computes all 4 rows of a call whatever the batch: a fallback, not a fast path).
 
 use crate::bf16::PackedBf16;
 use crate::cpu::{Isa, Mat, Precision, SendPtr};
