@@ -61,8 +61,8 @@ pub fn generate_with(
     model: &Transformer,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
-    rng: &mut impl Rng,
-    on_token: impl FnMut(usize, u32),
+    rng: &mut (impl Rng + Send),
+    on_token: impl FnMut(usize, u32) + Send,
 ) -> Result<Vec<Generation>> {
     Ok(generate_groups_timed(model, prompts, 1, cfg, rng, on_token)?.0)
 }
@@ -78,8 +78,8 @@ pub fn generate_groups_timed(
     prompts: &[Vec<u32>],
     group: usize,
     cfg: &GenerationConfig,
-    rng: &mut impl Rng,
-    on_token: impl FnMut(usize, u32),
+    rng: &mut (impl Rng + Send),
+    on_token: impl FnMut(usize, u32) + Send,
 ) -> Result<(Vec<Generation>, f64)> {
     generate_core(model, prompts, group, cfg, rng, on_token, || false)
 }
@@ -91,21 +91,34 @@ pub fn generate_cancellable(
     model: &Transformer,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
-    rng: &mut impl Rng,
-    cancelled: impl Fn() -> bool,
+    rng: &mut (impl Rng + Send),
+    cancelled: impl Fn() -> bool + Sync,
 ) -> Result<Vec<Generation>> {
     Ok(generate_core(model, prompts, 1, cfg, rng, |_, _| {}, cancelled)?.0)
 }
 
-/// The one sampling loop behind every `generate*` function.
+/// The one sampling loop behind every `generate*` function. It runs on a thread of the
+/// pool (`cpu::in_pool`): each token's forward runs hundreds of small parallel loops.
 fn generate_core(
     model: &Transformer,
     prompts: &[Vec<u32>],
     group: usize,
     cfg: &GenerationConfig,
-    rng: &mut impl Rng,
+    rng: &mut (impl Rng + Send),
+    on_token: impl FnMut(usize, u32) + Send,
+    cancelled: impl Fn() -> bool + Sync,
+) -> Result<(Vec<Generation>, f64)> {
+    crate::cpu::in_pool(|| sampling_loop(model, prompts, group, cfg, rng, on_token, &cancelled))
+}
+
+fn sampling_loop(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &GenerationConfig,
+    rng: &mut (impl Rng + Send),
     mut on_token: impl FnMut(usize, u32),
-    cancelled: impl Fn() -> bool,
+    cancelled: &(impl Fn() -> bool + Sync),
 ) -> Result<(Vec<Generation>, f64)> {
     let start = std::time::Instant::now();
     if prompts.is_empty() || group == 0 {
@@ -270,7 +283,7 @@ pub fn generate_groups(
     prompts: &[Vec<u32>],
     group: usize,
     cfg: &GenerationConfig,
-    rng: &mut impl Rng,
+    rng: &mut (impl Rng + Send),
 ) -> Result<Vec<Generation>> {
     Ok(generate_groups_timed(model, prompts, group, cfg, rng, |_, _| {})?.0)
 }
@@ -280,7 +293,7 @@ pub fn generate(
     model: &Transformer,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
-    rng: &mut impl Rng,
+    rng: &mut (impl Rng + Send),
 ) -> Result<Vec<Generation>> {
     generate_with(model, prompts, cfg, rng, |_, _| {})
 }
@@ -372,7 +385,7 @@ fn sample_rows(
     rows: &[Vec<f64>],
     active: &[bool],
     cfg: &GenerationConfig,
-    rng: &mut impl Rng,
+    rng: &mut (impl Rng + Send),
 ) -> Vec<Option<(u32, f32)>> {
     let draws: Vec<f64> = active
         .iter()
@@ -406,7 +419,7 @@ fn sample_rows_approx(
     rows: &[f32],
     active: &[bool],
     t: f64,
-    rng: &mut impl Rng,
+    rng: &mut (impl Rng + Send),
 ) -> Vec<Option<(u32, f32)>> {
     let draws: Vec<f64> = active
         .iter()
@@ -525,11 +538,9 @@ mod tests {
         let prompt = [vec![1u32, 2, 3]];
         let full = generate(&model, &prompt, &gen, &mut crate::seeded_rng(5)).unwrap();
         for (checks_allowed, tokens) in [(0, 0), (1, 0), (4, 3)] {
-            let asked = std::cell::Cell::new(0);
-            let cancelled = || {
-                asked.set(asked.get() + 1);
-                asked.get() > checks_allowed
-            };
+            let asked = std::sync::atomic::AtomicUsize::new(0);
+            let cancelled =
+                || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= checks_allowed;
             let got =
                 generate_cancellable(&model, &prompt, &gen, &mut crate::seeded_rng(5), cancelled)
                     .unwrap();

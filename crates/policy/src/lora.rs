@@ -1,6 +1,7 @@
 //! LoRA adapters: `W x + (alpha/r) · B A x` on chosen projections, so the base can stay frozen
 //! and only the small A/B matrices are trained and saved.
 
+use crate::cpu::Precision;
 use crate::error::{Error, Result};
 use crate::int8::SamplerWeight;
 use crate::weights::{normal, Init, Pass, WeightSource};
@@ -186,6 +187,52 @@ impl LoraLinear {
             scale: cfg.scale(),
         });
         Ok(())
+    }
+}
+
+/// Projections of one input packed as one weight for sampling (a sampling copy's q/k/v and
+/// gate/up): their merged weights stacked along the outputs, so a decoding step runs one
+/// parallel matmul for them instead of one each. Every output is computed as its own
+/// projection's sampler would (the kernels treat each output alone), so the bits are the same.
+#[derive(Debug, Clone)]
+pub(crate) struct FusedSampler {
+    weight: Arc<SamplerWeight>,
+    widths: Vec<usize>,
+}
+
+impl FusedSampler {
+    pub(crate) fn pack(linears: &[&LoraLinear], precision: Precision) -> Result<Self> {
+        let weights = linears
+            .iter()
+            .map(|l| l.merged_weight())
+            .collect::<Result<Vec<_>>>()?;
+        let widths = weights
+            .iter()
+            .map(|w| w.dim(0))
+            .collect::<std::result::Result<_, _>>()?;
+        let stacked = Tensor::cat(&weights, 0)?;
+        Ok(FusedSampler {
+            weight: Arc::new(SamplerWeight::pack(&stacked, precision)?),
+            widths,
+        })
+    }
+
+    /// Each of `linears`' outputs for `x` [..., in] (contiguous, biases added): the ones
+    /// this was packed from, in the same order.
+    pub(crate) fn forward(&self, x: &Tensor, linears: &[&LoraLinear]) -> Result<Vec<Tensor>> {
+        let y = self.weight.forward(x)?;
+        let last = y.rank() - 1;
+        let mut start = 0;
+        let mut outs = Vec::with_capacity(linears.len());
+        for (l, &w) in linears.iter().zip(&self.widths) {
+            let part = y.narrow(last, start, w)?.contiguous()?;
+            start += w;
+            outs.push(match &l.bias {
+                Some(b) => part.broadcast_add(&Pass::Infer.base(b))?,
+                None => part,
+            });
+        }
+        Ok(outs)
     }
 }
 

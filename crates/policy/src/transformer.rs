@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::cpu_op::fused_ok;
 use crate::error::{Error, Result};
 use crate::int8::SamplerWeight;
-use crate::lora::{self, LoraConfig, LoraLinear};
+use crate::lora::{self, FusedSampler, LoraConfig, LoraLinear};
 use crate::ops::{attention_probs, rms_norm, rope_to_heads, swiglu, swiglu_approx};
 use crate::weights::{Init, Pass, WeightSource};
 use candle_core::{DType, Device, Tensor, Var};
@@ -148,6 +148,8 @@ pub struct Attention {
     pub o_proj: LoraLinear,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
+    /// q/k/v packed as one weight, in sampling copies only.
+    qkv: Option<FusedSampler>,
     n_head: usize,
     n_kv: usize,
     head_dim: usize,
@@ -165,6 +167,7 @@ impl Attention {
             o_proj: LoraLinear::load(&vb.pp("o_proj"), hs, nh * hd, cfg.o_proj_bias())?,
             q_norm: None,
             k_norm: None,
+            qkv: None,
             n_head: nh,
             n_kv: nkv,
             head_dim: hd,
@@ -192,9 +195,21 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv, self.head_dim);
-        let q = self.q_proj.forward(x, pass)?.reshape((b, t, h, d))?;
-        let k = self.k_proj.forward(x, pass)?.reshape((b, t, kvh, d))?;
-        let v = self.v_proj.forward(x, pass)?.reshape((b, t, kvh, d))?;
+        let (q, k, v) = match (&self.qkv, pass) {
+            (Some(fused), Pass::Infer) => {
+                let qkv = [&self.q_proj, &self.k_proj, &self.v_proj];
+                let [q, k, v]: [Tensor; 3] = fused.forward(x, &qkv)?.try_into().expect("3");
+                (q, k, v)
+            }
+            _ => (
+                self.q_proj.forward(x, pass)?,
+                self.k_proj.forward(x, pass)?,
+                self.v_proj.forward(x, pass)?,
+            ),
+        };
+        let q = q.reshape((b, t, h, d))?;
+        let k = k.reshape((b, t, kvh, d))?;
+        let v = v.reshape((b, t, kvh, d))?;
         let q = match &self.q_norm {
             Some(n) => n.forward(&q, pass)?,
             None => q,
@@ -267,6 +282,8 @@ pub struct Mlp {
     pub gate_proj: LoraLinear,
     pub up_proj: LoraLinear,
     pub down_proj: LoraLinear,
+    /// gate/up packed as one weight, in sampling copies only.
+    gate_up: Option<FusedSampler>,
 }
 
 impl Mlp {
@@ -276,17 +293,21 @@ impl Mlp {
             gate_proj: LoraLinear::load(&vb.pp("gate_proj"), is, hs, false)?,
             up_proj: LoraLinear::load(&vb.pp("up_proj"), is, hs, false)?,
             down_proj: LoraLinear::load(&vb.pp("down_proj"), hs, is, false)?,
+            gate_up: None,
         })
     }
 
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x, pass)?;
-        let u = self.up_proj.forward(x, pass)?;
         // A reduced-precision sampling copy may approximate `exp` too.
-        let h = if self.gate_proj.sampler.is_some() && pass == Pass::Infer {
-            swiglu_approx(&g, &u)?
-        } else {
-            swiglu(&g, &u)?
+        let h = match (&self.gate_up, pass) {
+            (Some(fused), Pass::Infer) => {
+                let gu = fused.forward(x, &[&self.gate_proj, &self.up_proj])?;
+                swiglu_approx(&gu[0], &gu[1])?
+            }
+            _ => swiglu(
+                &self.gate_proj.forward(x, pass)?,
+                &self.up_proj.forward(x, pass)?,
+            )?,
         };
         self.down_proj.forward(&h, pass)
     }
@@ -668,11 +689,21 @@ impl Transformer {
         }
         let mut copy = self.clone();
         copy.sampling = precision;
-        for l in copy.linears_mut() {
-            l.sampler = Some(Arc::new(SamplerWeight::pack(
+        let pack = |l: &LoraLinear| -> Result<_> {
+            Ok(Some(Arc::new(SamplerWeight::pack(
                 &l.merged_weight()?,
                 precision,
-            )?));
+            )?)))
+        };
+        for layer in &mut copy.layers {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            a.qkv = Some(FusedSampler::pack(
+                &[&a.q_proj, &a.k_proj, &a.v_proj],
+                precision,
+            )?);
+            a.o_proj.sampler = pack(&a.o_proj)?;
+            m.gate_up = Some(FusedSampler::pack(&[&m.gate_proj, &m.up_proj], precision)?);
+            m.down_proj.sampler = pack(&m.down_proj)?;
         }
         let head = self.output_var().as_tensor();
         copy.sampler_head = Some(Arc::new(SamplerWeight::pack(head, precision)?));
@@ -821,4 +852,47 @@ pub(crate) fn positions_from_mask(mask: &[Vec<u8>]) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Arch;
+
+    #[test]
+    fn fused_sampling_projections_give_the_bits_separate_ones_do() {
+        let dev = Device::Cpu;
+        // Qwen2: q/k/v carry biases; the tiny widths put k's and v's 8 outputs each in one
+        // panel of 16
+        for arch in [Arch::Llama, Arch::Qwen2] {
+            let m = Transformer::random(&Config::tiny(arch), DType::F32, &dev, 3).unwrap();
+            let (a, mlp) = (&m.layers[0].self_attn, &m.layers[0].mlp);
+            for precision in [Precision::Bf16, Precision::Int8] {
+                for rows in [1, 5] {
+                    let x = Tensor::randn(0f32, 1.0, (rows, 1, m.cfg.hidden_size), &dev).unwrap();
+                    for group in [
+                        vec![&a.q_proj, &a.k_proj, &a.v_proj],
+                        vec![&mlp.gate_proj, &mlp.up_proj],
+                    ] {
+                        let fused = FusedSampler::pack(&group, precision).unwrap();
+                        let outs = fused.forward(&x, &group).unwrap();
+                        for (l, got) in group.iter().zip(outs) {
+                            let alone = SamplerWeight::pack(&l.merged_weight().unwrap(), precision)
+                                .unwrap();
+                            let mut want = alone.forward(&x).unwrap();
+                            if let Some(b) = &l.bias {
+                                want = want.broadcast_add(b.as_tensor()).unwrap();
+                            }
+                            let bits = |t: &Tensor| -> Vec<u32> {
+                                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                                v.iter().map(|f| f.to_bits()).collect()
+                            };
+                            assert_eq!(got.dims(), want.dims(), "{}", l.name);
+                            assert_eq!(bits(&got), bits(&want), "{} {precision:?}", l.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
