@@ -2,7 +2,8 @@
 //! when present, else random weights of the same shape). Set POLICY_BENCH_QUICK=1 for a
 //! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (one training shape, e.g.
 //! `8x32+480`; `0` skips training), POLICY_BENCH_ITERS=N, POLICY_BENCH_GEN=B,SMALL,NEW (e.g.
-//! `32,1,64`; `0,0,0` skips generation), POLICY_BENCH_PRECISION=f32|bf16|int8 (one sampling
+//! `32,1,64`; `0,0,0` skips generation; a fourth number sets the prompt length, e.g. `2,0,1,500`
+//! times a HealthBench-length prefill), POLICY_BENCH_PRECISION=f32|bf16|int8 (one sampling
 //! and training-matmul precision; int8 samples only; all by default).
 //! ARLRR_MAX_CPU_ISA=avx2 (or portable, avx512, avx512bf16) runs arlrr's own kernels as a CPU
 //! without the higher levels would.
@@ -64,8 +65,14 @@ fn main() -> anyhow::Result<()> {
             .split(',')
             .map(|x| x.trim().parse())
             .collect::<Result<_, _>>()?;
-        anyhow::ensure!(v.len() == 3, "want B,SMALL,NEW");
+        anyhow::ensure!(
+            matches!(v.len(), 3 | 4),
+            "want B,SMALL,NEW or B,SMALL,NEW,PROMPT"
+        );
         (opts.gen_batch, opts.gen_small_batch, opts.gen_new_tokens) = (v[0], v[1], v[2]);
+        if let Some(&p) = v.get(3) {
+            opts.gen_prompt_len = p;
+        }
     }
     policy::bench::run(&model, &opts)?;
     Ok(())

@@ -145,7 +145,7 @@ impl LoraLinear {
 
     pub(crate) fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| pass.base(b));
-        if let (Pass::Infer, Some(packed)) = (pass, &self.sampler) {
+        if let (Pass::Infer, Some(packed), true) = (pass, &self.sampler, packed_rows(x)) {
             let y = packed.forward(x)?;
             return Ok(match b {
                 Some(b) => y.broadcast_add(&b)?,
@@ -188,6 +188,19 @@ impl LoraLinear {
         });
         Ok(())
     }
+}
+
+/// Below this many rows of input a sampling copy multiplies by its packed weights; from it
+/// on, by the f32 ones (the model's own, adapter unmerged: what the copy shares with it).
+/// Packed weights cut the bytes read per weight, which bounds decoding at a few rows; a
+/// prompt's prefill of hundreds of rows is bound by arithmetic instead, where the blocked f32
+/// gemm beats the packed kernels (which widen every weight again for each 4 or 6 rows).
+pub(crate) const PACKED_MAX_ROWS: usize = 64;
+
+/// Whether `x` [..., in] is few enough rows for the packed weights (`PACKED_MAX_ROWS`).
+pub(crate) fn packed_rows(x: &Tensor) -> bool {
+    let inp = x.dims().last().copied().unwrap_or(1).max(1);
+    x.elem_count() / inp < PACKED_MAX_ROWS
 }
 
 /// Projections of one input packed as one weight for sampling (a sampling copy's q/k/v and

@@ -196,7 +196,7 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv, self.head_dim);
         let (q, k, v) = match (&self.qkv, pass) {
-            (Some(fused), Pass::Infer) => {
+            (Some(fused), Pass::Infer) if lora::packed_rows(x) => {
                 let qkv = [&self.q_proj, &self.k_proj, &self.v_proj];
                 let [q, k, v]: [Tensor; 3] = fused.forward(x, &qkv)?.try_into().expect("3");
                 (q, k, v)
@@ -300,7 +300,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         // A reduced-precision sampling copy may approximate `exp` too.
         let h = match (&self.gate_up, pass) {
-            (Some(fused), Pass::Infer) => {
+            (Some(fused), Pass::Infer) if lora::packed_rows(x) => {
                 let gu = fused.forward(x, &[&self.gate_proj, &self.up_proj])?;
                 swiglu_approx(&gu[0], &gu[1])?
             }
@@ -858,6 +858,30 @@ pub(crate) fn positions_from_mask(mask: &[Vec<u8>]) -> Vec<Vec<u32>> {
 mod tests {
     use super::*;
     use crate::config::Arch;
+
+    #[test]
+    fn a_sampling_copy_prefills_many_rows_with_the_f32_weights() {
+        let dev = Device::Cpu;
+        let mut cfg = Config::tiny(Arch::Qwen2);
+        cfg.max_position_embeddings = 2 * lora::PACKED_MAX_ROWS;
+        let m = Transformer::random(&cfg, DType::F32, &dev, 4).unwrap();
+        let hidden = |t: &Transformer, rows: usize| -> Vec<f32> {
+            let ids: Vec<u32> = (0..rows as u32).map(|i| 3 + i % 20).collect();
+            let ids = Tensor::from_vec(ids, (1, rows), &dev).unwrap();
+            let pos = vec![(0..rows as u32).collect::<Vec<_>>()];
+            let keys = vec![vec![1u8; rows]];
+            let h = t.forward_infer(&ids, &pos, &keys, None).unwrap();
+            h.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let n = lora::PACKED_MAX_ROWS;
+        for precision in [Precision::Bf16, Precision::Int8] {
+            let copy = m.sampling_copy(precision).unwrap();
+            // a prompt of PACKED_MAX_ROWS tokens: the model's own arithmetic, bit for bit
+            assert_eq!(hidden(&copy, n), hidden(&m, n), "{precision:?}");
+            // fewer rows: the packed weights, which round
+            assert_ne!(hidden(&copy, n - 1), hidden(&m, n - 1), "{precision:?}");
+        }
+    }
 
     #[test]
     fn fused_sampling_projections_give_the_bits_separate_ones_do() {
