@@ -9,6 +9,9 @@
 //!    Targets: ≥ 5,000 verdicts/s, p99 added latency < 5 ms.
 //! 2. Rule judge: criterion checks/s over realistic responses. Target ≥ 1,000,000/s.
 //! 3. Verdict cache: hits/s served from SQLite.
+//! 4. Embedding judge (MiniLM on this CPU) at HealthBench length: 8 examples of the fetched
+//!    sample x 4 responses of ~10 rubric-style sentences each, every criterion graded, best of
+//!    3 (skipped when the assets are not fetched). `JUDGE_BENCH_ONLY=embedding` runs this alone.
 
 use axum::routing::post;
 use axum::Router;
@@ -270,7 +273,68 @@ fn main() {
         "cores available: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    rt.block_on(http_bench());
-    rules_bench();
-    rt.block_on(cache_bench());
+    if std::env::var("JUDGE_BENCH_ONLY").as_deref() != Ok("embedding") {
+        rt.block_on(http_bench());
+        rules_bench();
+        rt.block_on(cache_bench());
+    }
+    #[cfg(feature = "embedding")]
+    rt.block_on(embedding_bench());
+}
+
+#[cfg(feature = "embedding")]
+async fn embedding_bench() {
+    let (data, judge) = match (
+        rubric::assets::healthbench_sample(),
+        judge::EmbeddingJudge::from_config(&Default::default()),
+    ) {
+        (Ok(path), Ok(judge)) => (rubric::load(path).expect("the fetched sample"), judge),
+        (Err(e), _) | (_, Err(e)) => {
+            println!("Embedding judge: skipped ({e})");
+            return;
+        }
+    };
+    let examples = &data.examples[..8];
+    // Responses of criterion-like sentences (other examples' criteria): HealthBench's mix of
+    // short and long sentences, in the order a response has them.
+    let pool: Vec<&str> = data.examples[8..]
+        .iter()
+        .flat_map(|e| e.criteria.iter().map(|c| c.text.as_str()))
+        .collect();
+    let responses: Vec<String> = (0..examples.len() * 4)
+        .map(|r| {
+            (0..10)
+                .map(|k| pool[(r * 37 + k * 11) % pool.len()].trim_end_matches('.'))
+                .collect::<Vec<_>>()
+                .join(". ")
+        })
+        .collect();
+    let tasks: Vec<GradeTask<'_>> = responses
+        .iter()
+        .enumerate()
+        .map(|(r, text)| GradeTask {
+            example: &examples[r / 4],
+            response: text,
+            criteria: None,
+        })
+        .collect();
+    let verdicts: usize = tasks.iter().map(|t| t.example.criteria.len()).sum();
+    let mut best = f64::MAX;
+    let mut met = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let grades = judge.grade(&tasks).await;
+        best = best.min(t.elapsed().as_secs_f64());
+        assert_eq!(grades.iter().map(Vec::len).sum::<usize>(), verdicts);
+        met = grades
+            .iter()
+            .flatten()
+            .filter(|v| v.outcome == Ok(1.0))
+            .count();
+    }
+    println!(
+        "Embedding judge: {} responses, {verdicts} verdicts ({met} met) in {best:.2} s (best of 3) = {:.0} verdicts/s",
+        tasks.len(),
+        verdicts as f64 / best
+    );
 }

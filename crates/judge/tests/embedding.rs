@@ -93,7 +93,18 @@ fn example() -> Example {
 
 #[tokio::test]
 async fn judge_matches_the_best_sentence_against_the_threshold() {
-    let judge = EmbeddingJudge::new(embedder().clone(), &EmbeddingJudgeConfig::default()).unwrap();
+    // batches of 2 texts: the texts are embedded sorted by length, in several batches, and
+    // each vector must still come back to its own sentence or criterion
+    for batch_size in [32, 2] {
+        let config = EmbeddingJudgeConfig {
+            batch_size,
+            ..EmbeddingJudgeConfig::default()
+        };
+        judge_grades_sentences(&EmbeddingJudge::new(embedder().clone(), &config).unwrap()).await;
+    }
+}
+
+async fn judge_grades_sentences(judge: &EmbeddingJudge) {
     let ex = example();
     let response = "Rest and keep the ankle raised.\n- Put ice on it.\n- If the swelling lasts a week, get it checked.\nYou should see a doctor.";
     let grades = judge

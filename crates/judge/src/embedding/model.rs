@@ -190,18 +190,24 @@ struct Job {
     text: Option<String>,
 }
 
-/// Embeds every distinct text once, in batches.
+/// Embeds every distinct text once, in batches of texts of similar length (by characters):
+/// a batch is padded to its longest text, so batching in arrival order padded a response's
+/// short sentences to the longest criterion among them.
 fn embed_unique(
     embedder: &SentenceEmbedder,
     texts: &[String],
     batch: usize,
     calls: &AtomicU64,
 ) -> Result<Vec<Vec<f32>>, EmbeddingError> {
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(batch) {
-        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
+    let mut out = vec![Vec::new(); texts.len()];
+    for chunk in order.chunks(batch) {
+        let refs: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
         calls.fetch_add(1, Ordering::Relaxed);
-        out.extend(embedder.embed(&refs)?);
+        for (&i, v) in chunk.iter().zip(embedder.embed(&refs)?) {
+            out[i] = v;
+        }
     }
     Ok(out)
 }
