@@ -84,7 +84,7 @@ fn precision_field<'de, D: serde::Deserializer<'de>>(
     policy::Precision::parse(&name).map_err(|e| serde::de::Error::custom(format!("`{field}`: {e}")))
 }
 
-/// `precision_field` for training matmuls (no int8).
+/// `precision_field` for training matmuls (no int8 or int4).
 pub(crate) fn training_precision_field<'de, D: serde::Deserializer<'de>>(
     d: D,
     field: &str,

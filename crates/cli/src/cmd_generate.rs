@@ -33,9 +33,10 @@ pub struct Args {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The matmul weights decoding reads: `f32` (the model's own), `bf16` (rounded) or `int8`
+    /// The matmul weights decoding reads: `f32` (the model's own), `bf16` (rounded), `int8`
     /// (8-bit blocks of 32 with a step and a minimum each: 1.25 bytes per weight against
-    /// f32's 4; the fastest matmuls at small batches).
+    /// f32's 4) or `int4` (4-bit blocks, 0.75 bytes: GGUF Q4_1's own grid, exact for a Q4_1
+    /// model, coarser than int8 for any other; the fastest at small batches).
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     precision: policy::Precision,
     /// A PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`)

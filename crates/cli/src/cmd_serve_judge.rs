@@ -28,8 +28,8 @@ pub struct ServeJudgeArgs {
     /// Base seed of sampling; request n uses seed + n.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The matmul weights decoding reads: `f32` (the model's own), `bf16` or `int8` (see
-    /// `arlrr generate --precision`); packed once at startup.
+    /// The matmul weights decoding reads: `f32` (the model's own), `bf16`, `int8` or `int4`
+    /// (see `arlrr generate --precision`); packed once at startup.
     #[arg(long, default_value = "f32", value_parser = crate::cmd_generate::parse_precision)]
     precision: policy::Precision,
 }

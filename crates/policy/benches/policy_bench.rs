@@ -3,8 +3,8 @@
 //! smaller run. For profiling one part: POLICY_BENCH_TRAIN=BxP+C (one training shape, e.g.
 //! `8x32+480`; `0` skips training), POLICY_BENCH_ITERS=N, POLICY_BENCH_GEN=B,SMALL,NEW (e.g.
 //! `32,1,64`; `0,0,0` skips generation; a fourth number sets the prompt length, e.g. `2,0,1,500`
-//! times a HealthBench-length prefill), POLICY_BENCH_PRECISION=f32|bf16|int8 (one sampling
-//! and training-matmul precision; int8 samples only; all by default).
+//! times a HealthBench-length prefill), POLICY_BENCH_PRECISION=f32|bf16|int8|int4 (one
+//! sampling and training-matmul precision; int8 and int4 sample only; all by default).
 //! ARLRR_MAX_CPU_ISA=avx2 (or portable, avx512, avx512bf16) runs arlrr's own kernels as a CPU
 //! without the higher levels would.
 
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Ok(s) = std::env::var("POLICY_BENCH_PRECISION") {
         opts.gen_precisions = vec![policy::bf16::Precision::parse(s.trim())?];
-        // int8 is a sampling precision: that run times generation only
+        // int8 and int4 are sampling precisions: that run times generation only
         opts.train_precisions = policy::bf16::Precision::parse_training(s.trim())
             .map(|p| vec![p])
             .unwrap_or_default();

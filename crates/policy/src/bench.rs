@@ -47,7 +47,12 @@ impl Default for BenchOptions {
             gen_small_batch: 1,
             gen_prompt_len: 32,
             gen_new_tokens: 64,
-            gen_precisions: vec![Precision::F32, Precision::Bf16, Precision::Int8],
+            gen_precisions: vec![
+                Precision::F32,
+                Precision::Bf16,
+                Precision::Int8,
+                Precision::Int4,
+            ],
             train_precisions: vec![Precision::F32, Precision::Bf16],
         }
     }

@@ -21,10 +21,12 @@ pub enum Precision {
     /// Sampling only: weights as 8-bit affine blocks of 32 (a step and a minimum each,
     /// `int8.rs`), activations f32, f32 accumulation.
     Int8,
+    /// Sampling only: as `Int8` with 4-bit codes (GGUF's Q4_1 grid).
+    Int4,
 }
 
 impl Precision {
-    pub const NAMES: &'static str = "f32, bf16, int8";
+    pub const NAMES: &'static str = "f32, bf16, int8, int4";
     /// The precisions training matmuls take.
     pub const TRAINING_NAMES: &'static str = "f32, bf16";
 
@@ -33,6 +35,7 @@ impl Precision {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             "int8" => Ok(Precision::Int8),
+            "int4" => Ok(Precision::Int4),
             other => Err(Error::Invalid(format!(
                 "unknown precision `{other}` (choose one of: {})",
                 Self::NAMES
@@ -40,11 +43,11 @@ impl Precision {
         }
     }
 
-    /// `parse` for training matmuls, which have no int8 form.
+    /// `parse` for training matmuls, which have no int8 or int4 form.
     pub fn parse_training(s: &str) -> Result<Self> {
         match Self::parse(s)? {
-            Precision::Int8 => Err(Error::Invalid(format!(
-                "`int8` is a sampling precision; training matmuls take one of: {}",
+            Precision::Int8 | Precision::Int4 => Err(Error::Invalid(format!(
+                "`{s}` is a sampling precision; training matmuls take one of: {}",
                 Self::TRAINING_NAMES
             ))),
             p => Ok(p),

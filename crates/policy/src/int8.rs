@@ -1,12 +1,14 @@
-//! 8-bit weights for sampling (`sample_precision = "int8"`): each weight row quantized in
-//! blocks of 32 inputs, affine as GGUF's Q4_1 but with 8 bits: `w ≈ m + d · q`, `q` in
-//! 0..=255, `m` the block's minimum and `d = (max - min) / 255` (f32 each), multiplied by f32
-//! activations with f32 accumulation. Affine rather than symmetric (Q8_0's `d · q`): its step
+//! 8- and 4-bit weights for sampling (`sample_precision = "int8"` or `"int4"`): each weight row
+//! quantized in blocks of 32 inputs, affine as GGUF's Q4_1: `w ≈ m + d · q`, `q` in 0..=255
+//! (int8) or 0..=15 (int4), `m` the block's minimum and `d = (max - min) / 255` (or `/ 15`),
+//! f32 each, multiplied by f32 activations with f32 accumulation. int4 is Q4_1's own grid (with
+//! f32 rather than f16 steps and minima): a model fetched as Q4_1 keeps its weights exactly, in
+//! 0.75 bytes per weight; any other model loses more than with int8. Affine rather than symmetric (Q8_0's `d · q`): its step
 //! is never larger, and a block that came from GGUF's Q4_1 (16 evenly spaced levels, its
 //! minimum and maximum always levels 0 and 15) keeps its levels to within an ulp (the step is
 //! the 4-bit one / 17), so the fetched SmolLM2 (Q4_1) samples as from its own weights.
-//! Decoding a token at batch 1 reads every weight once, so it is bound by memory: this reads
-//! 1.25 bytes per weight (steps and minima included) against bf16's 2 and f32's 4. The
+//! Decoding a token at batch 1 reads every weight once, so it is bound by memory: int8 reads
+//! 1.25 bytes per weight (steps and minima included), int4 0.75, against bf16's 2 and f32's 4. The
 //! activations stay f32 (llama.cpp rounds them to 8 bits too; we keep them exact, so the
 //! only error is the weights'). Like the bf16 sampler, it only changes which tokens are
 //! sampled: the log-probs GRPO differentiates come from the f32 teacher-forced pass.
@@ -29,15 +31,19 @@ pub const BLOCK: usize = 32;
 /// Rows of x per kernel call (4 x 2 accumulators and 4 x 2 block sums in 16 registers).
 const ROWS: usize = 4;
 
-/// A weight [out, in] as 8-bit blocks: panels of 16 outputs; within a panel, for each input
-/// k the 16 outputs' codes, and for each block of 32 inputs the 16 outputs' steps and minima.
-/// Inputs are zero-padded to whole blocks (padding codes meet zero inputs).
+/// A weight [out, in] as 8- or 4-bit blocks: panels of 16 outputs; within a panel, for each
+/// input k the 16 outputs' codes (8 bits: one byte per lane; 4 bits: byte j holds lane j in
+/// its low half and lane j + 8 in its high half), and for each block of 32 inputs the 16
+/// outputs' steps and minima. Inputs are zero-padded to whole blocks (padding codes meet zero
+/// inputs).
 #[derive(Clone)]
 pub struct PackedInt8 {
     out: usize,
     inp: usize,
     blocks: usize,
-    /// `[panel][k][lane]`.
+    /// 8 or 4.
+    bits: u32,
+    /// `[panel][k][bytes per k]`.
     q: Vec<u8>,
     /// `[panel][block][lane]`: the step `d`.
     d: Vec<f32>,
@@ -47,22 +53,25 @@ pub struct PackedInt8 {
 
 impl std::fmt::Debug for PackedInt8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedInt8({}x{})", self.out, self.inp)
+        write!(f, "PackedInt{}({}x{})", self.bits, self.out, self.inp)
     }
 }
 
 impl PackedInt8 {
-    /// Quantizes a rank-2 weight [out, in] of any float dtype.
-    pub fn pack(w: &Tensor) -> Result<Self> {
+    /// Quantizes a rank-2 weight [out, in] of any float dtype to `bits` (8 or 4) per weight.
+    pub fn pack(w: &Tensor, bits: u32) -> Result<Self> {
+        assert!(bits == 8 || bits == 4, "8- or 4-bit codes");
         let (out, inp) = w.dims2()?;
         let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let blocks = inp.div_ceil(BLOCK);
         let kp = blocks * BLOCK;
+        let per_k = LANES * bits as usize / 8;
+        let levels = (1u32 << bits) - 1;
         let panels = out.div_ceil(LANES);
-        let mut q = vec![0u8; panels * kp * LANES];
+        let mut q = vec![0u8; panels * kp * per_k];
         let mut d = vec![0f32; panels * blocks * LANES];
         let mut m = vec![0f32; panels * blocks * LANES];
-        q.par_chunks_mut(kp * LANES)
+        q.par_chunks_mut(kp * per_k)
             .zip(d.par_chunks_mut(blocks * LANES))
             .zip(m.par_chunks_mut(blocks * LANES))
             .enumerate()
@@ -70,11 +79,17 @@ impl PackedInt8 {
                 for lane in 0..LANES.min(out - p * LANES) {
                     let row = &w[(p * LANES + lane) * inp..][..inp];
                     for (b, chunk) in row.chunks(BLOCK).enumerate() {
-                        let (step, min) = block_range(chunk);
+                        let (step, min) = block_range(chunk, levels);
                         dp[b * LANES + lane] = step;
                         mp[b * LANES + lane] = min;
                         for (i, &v) in chunk.iter().enumerate() {
-                            qp[(b * BLOCK + i) * LANES + lane] = code(v, step, min);
+                            let c = code(v, step, min, levels);
+                            let k = b * BLOCK + i;
+                            if bits == 8 {
+                                qp[k * LANES + lane] = c;
+                            } else {
+                                qp[k * 8 + lane % 8] |= c << (4 * (lane / 8));
+                            }
                         }
                     }
                 }
@@ -83,20 +98,30 @@ impl PackedInt8 {
             out,
             inp,
             blocks,
+            bits,
             q,
             d,
             m,
         })
     }
 
+    /// The code of output `o` (panel `p`, lane) at input `k`.
+    fn code_at(&self, p: usize, k: usize, lane: usize) -> u8 {
+        let kp = self.blocks * BLOCK;
+        if self.bits == 8 {
+            self.q[(p * kp + k) * LANES + lane]
+        } else {
+            (self.q[(p * kp + k) * 8 + lane % 8] >> (4 * (lane / 8))) & 0x0F
+        }
+    }
+
     /// The weight this packing stands for, [out, in] row-major: `m + d · q`.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.out * self.inp];
-        let kp = self.blocks * BLOCK;
         for o in 0..self.out {
             let (p, lane) = (o / LANES, o % LANES);
             for k in 0..self.inp {
-                let q = self.q[(p * kp + k) * LANES + lane] as f32;
+                let q = self.code_at(p, k, lane) as f32;
                 let s = (p * self.blocks + k / BLOCK) * LANES + lane;
                 w[o * self.inp + k] = self.m[s] + self.d[s] * q;
             }
@@ -110,8 +135,8 @@ impl PackedInt8 {
         let inp = *dims.last().unwrap_or(&0);
         if inp != self.inp {
             return Err(Error::Invalid(format!(
-                "int8 linear: input width {inp} but weight {}x{}",
-                self.out, self.inp
+                "int{} linear: input width {inp} but weight {}x{}",
+                self.bits, self.out, self.inp
             )));
         }
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -155,8 +180,10 @@ impl PackedInt8 {
             for p in task * per..panels.min((task + 1) * per) {
                 for r0 in (0..rows).step_by(ROWS) {
                     let scales = p * self.blocks * LANES..(p + 1) * self.blocks * LANES;
+                    let per_k = LANES * self.bits as usize / 8;
                     let call = Call {
-                        q: &self.q[p * kp * LANES..][..kp * LANES],
+                        q: &self.q[p * kp * per_k..][..kp * per_k],
+                        four: self.bits == 4,
                         d: &self.d[scales.clone()],
                         m: &self.m[scales],
                         x: &xp[r0 * kp..][..ROWS * kp],
@@ -169,11 +196,15 @@ impl PackedInt8 {
                         // SAFETY: the caller checked the CPU has AVX2 and FMA; `call` holds
                         // whole blocks of one panel and ROWS whole rows of x.
                         unsafe {
-                            match rows - r0 {
-                                4.. => kernel_avx2::<4>(&call, &mut acc),
-                                3 => kernel_avx2::<3>(&call, &mut acc),
-                                2 => kernel_avx2::<2>(&call, &mut acc),
-                                _ => kernel_avx2::<1>(&call, &mut acc),
+                            match (rows - r0, call.four) {
+                                (4.., false) => kernel_avx2::<4, false>(&call, &mut acc),
+                                (3, false) => kernel_avx2::<3, false>(&call, &mut acc),
+                                (2, false) => kernel_avx2::<2, false>(&call, &mut acc),
+                                (_, false) => kernel_avx2::<1, false>(&call, &mut acc),
+                                (4.., true) => kernel_avx2::<4, true>(&call, &mut acc),
+                                (3, true) => kernel_avx2::<3, true>(&call, &mut acc),
+                                (2, true) => kernel_avx2::<2, true>(&call, &mut acc),
+                                (_, true) => kernel_avx2::<1, true>(&call, &mut acc),
                             }
                         };
                     } else {
@@ -202,8 +233,8 @@ impl PackedInt8 {
     }
 }
 
-/// A block's step `(max - min) / 255` and minimum (step 0 for a constant block).
-fn block_range(block: &[f32]) -> (f32, f32) {
+/// A block's step `(max - min) / levels` and minimum (step 0 for a constant block).
+fn block_range(block: &[f32], levels: u32) -> (f32, f32) {
     let (lo, hi) = block
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
@@ -212,21 +243,23 @@ fn block_range(block: &[f32]) -> (f32, f32) {
     if !(hi - lo).is_finite() || hi <= lo {
         return (0.0, if lo.is_finite() { lo } else { 0.0 });
     }
-    ((hi - lo) / 255.0, lo)
+    ((hi - lo) / levels as f32, lo)
 }
 
-/// The code of `v` in a block of this step and minimum: the nearest level.
-fn code(v: f32, step: f32, min: f32) -> u8 {
+/// The code of `v` in a block of this step and minimum: the nearest of `levels + 1` levels.
+fn code(v: f32, step: f32, min: f32, levels: u32) -> u8 {
     if step == 0.0 {
         return 0;
     }
-    ((v - min) / step).round().clamp(0.0, 255.0) as u8
+    ((v - min) / step).round().clamp(0.0, levels as f32) as u8
 }
 
 /// One kernel call: one panel's codes, steps and minima, and ROWS rows of x (`kp` each) with
 /// their block sums.
 struct Call<'a> {
     q: &'a [u8],
+    /// 4-bit codes (two lanes per byte), else 8-bit.
+    four: bool,
     d: &'a [f32],
     m: &'a [f32],
     x: &'a [f32],
@@ -242,7 +275,12 @@ fn kernel_portable(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
             let mut sum = [0f32; LANES];
             for k in b * BLOCK..(b + 1) * BLOCK {
                 let xv = c.x[r * c.kp + k];
-                for (s, &q) in sum.iter_mut().zip(&c.q[k * LANES..][..LANES]) {
+                for (lane, s) in sum.iter_mut().enumerate() {
+                    let q = if c.four {
+                        (c.q[k * 8 + lane % 8] >> (4 * (lane / 8))) & 0x0F
+                    } else {
+                        c.q[k * LANES + lane]
+                    };
                     *s += q as f32 * xv;
                 }
             }
@@ -258,21 +296,34 @@ fn kernel_portable(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
 /// `kernel_portable` with 8 lanes per instruction: each input's 16 codes are widened to two
 /// f32 vectors (zero-extending loads, then conversions), which meet the rows' value in FMAs;
 /// each block's sums then go into the accumulators by two FMAs per 8 (step, minimum).
-/// `R` (at most ROWS) rows of x: the rest of `acc` is left alone.
+/// `R` (at most ROWS) rows of x: the rest of `acc` is left alone. `FOUR`: 4-bit codes, the 8
+/// bytes of an input split into low halves (lanes 0-7) and high halves (lanes 8-15).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2<const R: usize>(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
+unsafe fn kernel_avx2<const R: usize, const FOUR: bool>(c: &Call, acc: &mut [[f32; LANES]; ROWS]) {
     use std::arch::x86_64::*;
     let mut total = [[_mm256_setzero_ps(); 2]; R];
     let q = c.q.as_ptr();
     let x = c.x.as_ptr();
+    let nibble = _mm_set1_epi8(0x0F);
     for b in 0..c.kp / BLOCK {
         let mut sum = [[_mm256_setzero_ps(); 2]; R];
         for k in b * BLOCK..(b + 1) * BLOCK {
-            let qk = q.add(k * LANES);
-            let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(qk as *const _)));
-            let hi =
-                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(qk.add(8) as *const _)));
+            let (lo, hi) = if FOUR {
+                let bytes = _mm_loadl_epi64(q.add(k * 8) as *const _);
+                (
+                    _mm_and_si128(bytes, nibble),
+                    _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble),
+                )
+            } else {
+                let qk = q.add(k * LANES);
+                (
+                    _mm_loadl_epi64(qk as *const _),
+                    _mm_loadl_epi64(qk.add(8) as *const _),
+                )
+            };
+            let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            let hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
             for (r, s) in sum.iter_mut().enumerate() {
                 let xv = _mm256_broadcast_ss(&*x.add(r * c.kp + k));
                 s[0] = _mm256_fmadd_ps(lo, xv, s[0]);
@@ -295,20 +346,21 @@ unsafe fn kernel_avx2<const R: usize>(c: &Call, acc: &mut [[f32; LANES]; ROWS]) 
 }
 
 /// A projection weight as a sampling copy holds it (`Transformer::sampling_copy`): bf16
-/// pairs or int8 blocks.
+/// pairs or int8/int4 blocks.
 #[derive(Debug, Clone)]
 pub enum SamplerWeight {
     Bf16(PackedBf16),
-    Int8(PackedInt8),
+    Int(PackedInt8),
 }
 
 impl SamplerWeight {
-    /// `w` [out, in] packed for sampling at `precision` (bf16 or int8; f32 samples with the
-    /// model's own weights and has no packed copy).
+    /// `w` [out, in] packed for sampling at `precision` (bf16, int8 or int4; f32 samples with
+    /// the model's own weights and has no packed copy).
     pub fn pack(w: &Tensor, precision: Precision) -> Result<Self> {
         match precision {
             Precision::Bf16 => Ok(SamplerWeight::Bf16(PackedBf16::pack(w)?)),
-            Precision::Int8 => Ok(SamplerWeight::Int8(PackedInt8::pack(w)?)),
+            Precision::Int8 => Ok(SamplerWeight::Int(PackedInt8::pack(w, 8)?)),
+            Precision::Int4 => Ok(SamplerWeight::Int(PackedInt8::pack(w, 4)?)),
             Precision::F32 => Err(Error::Invalid(
                 "an f32 sampler uses the model's own weights".into(),
             )),
@@ -319,7 +371,7 @@ impl SamplerWeight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             SamplerWeight::Bf16(p) => p.forward(x),
-            SamplerWeight::Int8(p) => p.forward(x),
+            SamplerWeight::Int(p) => p.forward(x),
         }
     }
 }
@@ -333,21 +385,23 @@ mod tests {
     fn quantization_error_is_within_half_a_step_per_block() {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (19, 70), &dev).unwrap();
-        let packed = PackedInt8::pack(&w).unwrap();
         let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let dq = packed.dequantize();
-        for o in 0..19 {
-            for (b, chunk) in ws[o * 70..][..70].chunks(BLOCK).enumerate() {
-                let (d, _) = block_range(chunk);
-                for (i, &v) in chunk.iter().enumerate() {
-                    let got = dq[o * 70 + b * BLOCK + i];
-                    assert!((got - v).abs() <= d * 0.5 + 1e-6, "{got} vs {v} (step {d})");
+        for bits in [8, 4] {
+            let dq = PackedInt8::pack(&w, bits).unwrap().dequantize();
+            for o in 0..19 {
+                for (b, chunk) in ws[o * 70..][..70].chunks(BLOCK).enumerate() {
+                    let (d, _) = block_range(chunk, (1 << bits) - 1);
+                    for (i, &v) in chunk.iter().enumerate() {
+                        let got = dq[o * 70 + b * BLOCK + i];
+                        assert!((got - v).abs() <= d * 0.5 + 1e-6, "{got} vs {v} (step {d})");
+                    }
                 }
             }
+            // a constant row stays itself
+            let c = Tensor::full(0.25f32, (3, 40), &dev).unwrap();
+            let c = PackedInt8::pack(&c, bits).unwrap();
+            assert!(c.dequantize().iter().all(|&v| v == 0.25));
         }
-        // a constant row stays itself
-        let c = PackedInt8::pack(&Tensor::full(0.25f32, (3, 40), &dev).unwrap()).unwrap();
-        assert!(c.dequantize().iter().all(|&v| v == 0.25));
     }
 
     #[test]
@@ -356,12 +410,15 @@ mod tests {
         let (d, m) = (3.0f32 / 256.0, -0.09375f32);
         let w: Vec<f32> = (0..64).map(|i| ((i * 7) % 16) as f32 * d + m).collect();
         let t = Tensor::from_vec(w.clone(), (1, 64), &Device::Cpu).unwrap();
-        let dq = PackedInt8::pack(&t).unwrap().dequantize();
-        for (a, b) in dq.iter().zip(&w) {
-            assert!(
-                (a - b).abs() <= 2.0 * f32::EPSILON * b.abs().max(1e-3),
-                "{a} vs {b}"
-            );
+        // int8: the 4-bit step / 17; int4: the step itself
+        for bits in [8, 4] {
+            let dq = PackedInt8::pack(&t, bits).unwrap().dequantize();
+            for (a, b) in dq.iter().zip(&w) {
+                assert!(
+                    (a - b).abs() <= 2.0 * f32::EPSILON * b.abs().max(1e-3),
+                    "{bits} bits: {a} vs {b}"
+                );
+            }
         }
     }
 
@@ -376,10 +433,10 @@ mod tests {
         for &(rows, out, inp) in &[(1, 5, 3), (3, 33, 17), (4, 48, 64), (9, 17, 576)] {
             let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap();
-            let packed = PackedInt8::pack(&w).unwrap();
-            let dq = packed.dequantize();
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for &avx2 in &kernels {
+            for (&avx2, bits) in kernels.iter().flat_map(|k| [(k, 8), (k, 4)]) {
+                let packed = PackedInt8::pack(&w, bits).unwrap();
+                let dq = packed.dequantize();
                 let mut y = vec![0f32; rows * out];
                 packed.matmul_into(&mut y, Mat::rows(&xs, inp), avx2);
                 for i in 0..rows {
@@ -389,12 +446,15 @@ mod tests {
                             .sum();
                         let got = y[i * out + o] as f64;
                         let tol = 1e-5 * (inp as f64).sqrt() * (1.0 + want.abs());
-                        assert!((got - want).abs() <= tol, "avx2={avx2}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "avx2={avx2} {bits} bits: {got} vs {want}"
+                        );
                     }
                 }
+                let via = packed.forward(&x).unwrap();
+                assert_eq!(via.dims(), &[rows, out]);
             }
-            let via = packed.forward(&x).unwrap();
-            assert_eq!(via.dims(), &[rows, out]);
         }
     }
 }

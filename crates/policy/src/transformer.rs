@@ -705,8 +705,15 @@ impl Transformer {
             m.gate_up = Some(FusedSampler::pack(&[&m.gate_proj, &m.up_proj], precision)?);
             m.down_proj.sampler = pack(&m.down_proj)?;
         }
+        // int4 keeps the output projection in 8 bits, as llama.cpp's 4-bit files keep it
+        // (SmolLM2's Q4_1 GGUF stores its embeddings, the tied head, as Q8_0): one wide matrix
+        // whose error every logit carries.
+        let head_precision = match precision {
+            Precision::Int4 => Precision::Int8,
+            p => p,
+        };
         let head = self.output_var().as_tensor();
-        copy.sampler_head = Some(Arc::new(SamplerWeight::pack(head, precision)?));
+        copy.sampler_head = Some(Arc::new(SamplerWeight::pack(head, head_precision)?));
         Ok(Cow::Owned(copy))
     }
 
@@ -874,7 +881,7 @@ mod tests {
             h.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
         let n = lora::PACKED_MAX_ROWS;
-        for precision in [Precision::Bf16, Precision::Int8] {
+        for precision in [Precision::Bf16, Precision::Int8, Precision::Int4] {
             let copy = m.sampling_copy(precision).unwrap();
             // a prompt of PACKED_MAX_ROWS tokens: the model's own arithmetic, bit for bit
             assert_eq!(hidden(&copy, n), hidden(&m, n), "{precision:?}");
@@ -891,7 +898,7 @@ mod tests {
         for arch in [Arch::Llama, Arch::Qwen2] {
             let m = Transformer::random(&Config::tiny(arch), DType::F32, &dev, 3).unwrap();
             let (a, mlp) = (&m.layers[0].self_attn, &m.layers[0].mlp);
-            for precision in [Precision::Bf16, Precision::Int8] {
+            for precision in [Precision::Bf16, Precision::Int8, Precision::Int4] {
                 for rows in [1, 5] {
                     let x = Tensor::randn(0f32, 1.0, (rows, 1, m.cfg.hidden_size), &dev).unwrap();
                     for group in [

@@ -194,7 +194,11 @@ fn a_sampling_copy_made_once_samples_what_one_made_per_call_does() {
     // `arlrr serve-judge` packs its copy at startup; `generate` packs one per call.
     let m = model(Arch::Llama, 4);
     let prompts = vec![vec![3u32, 4, 5]; 3];
-    for precision in [policy::Precision::Bf16, policy::Precision::Int8] {
+    for precision in [
+        policy::Precision::Bf16,
+        policy::Precision::Int8,
+        policy::Precision::Int4,
+    ] {
         let cfg = GenerationConfig {
             max_new_tokens: 12,
             temperature: 1.0,

@@ -87,13 +87,15 @@ fn parity_with_candle_quantized_llama_and_greedy_tokens() {
         model.tokenizer.decode(&gens[0].tokens, false).unwrap()
     );
     assert_eq!(gens[0].tokens, ref_tokens);
-    // The int8 sampler's blocks keep the GGUF's Q4_1 levels: the same greedy tokens.
-    let int8 = GenerationConfig {
-        precision: Precision::Int8,
-        ..cfg
-    };
-    let gens = generate(tr, std::slice::from_ref(&prompt), &int8, &mut rng).unwrap();
-    assert_eq!(gens[0].tokens, ref_tokens, "int8 greedy tokens");
+    // The int8 and int4 samplers' blocks keep the GGUF's Q4_1 levels: the same greedy tokens.
+    for precision in [Precision::Int8, Precision::Int4] {
+        let quantized = GenerationConfig {
+            precision,
+            ..cfg.clone()
+        };
+        let gens = generate(tr, std::slice::from_ref(&prompt), &quantized, &mut rng).unwrap();
+        assert_eq!(gens[0].tokens, ref_tokens, "{precision:?} greedy tokens");
+    }
 }
 
 #[test]
@@ -212,6 +214,20 @@ fn real_model_int8_sampler_logprobs_stay_near_f32_teacher_forced() {
     assert!(
         mean < 0.05 && worst < 0.5,
         "int8 gap mean {mean} max {worst}"
+    );
+}
+
+/// int4 on a Q4_1 model: the GGUF's own grid, so no further from f32 than int8.
+#[test]
+fn real_model_int4_sampler_logprobs_stay_near_f32_teacher_forced() {
+    let (worst, mean) = logprob_gap(&Model::load(gguf_path()).unwrap(), Precision::Int4);
+    println!(
+        "int4 sampler: max |sampler - f32 teacher-forced| log-prob {worst:.3e} (mean {mean:.3e})"
+    );
+    assert!(worst > 1e-7, "int4 sampling should not be bit-equal to f32");
+    assert!(
+        mean < 0.05 && worst < 0.5,
+        "int4 gap mean {mean} max {worst}"
     );
 }
 
