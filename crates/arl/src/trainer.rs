@@ -205,6 +205,15 @@ pub(crate) struct Stepped {
     pub resample: Option<Resampled>,
 }
 
+/// Responses sampled at the lookahead probes' shared starting point (see
+/// [`Trainer::probe_samples`]), with the sampling stream's state before and after.
+pub(crate) struct ProbeSample {
+    rng_before: ChaCha8Rng,
+    prompts: Vec<usize>,
+    completions: Vec<Vec<Completion>>,
+    rng_after: ChaCha8Rng,
+}
+
 /// One completion in an update.
 struct Row {
     example: usize,
@@ -243,6 +252,15 @@ pub struct Trainer {
     completions: Jsonl,
     /// `log.tensorboard`: `metrics.jsonl`'s lines as TensorBoard scalars.
     tensorboard: Option<EventLog>,
+    /// `Some` while the lookahead's probes take their first step: every candidate starts
+    /// from the same parameters and sampling stream, so each rollout is sampled once, kept
+    /// here by the stream's state it started from, and replayed for the next candidates
+    /// (only their grading differs). Exact: the same tokens a fresh sample would draw.
+    pub(crate) probe_samples: Option<Vec<ProbeSample>>,
+    /// The last reference log-probs computed, by the micro-batches' rows (example and
+    /// tokens) they were computed for: the probes of one selection usually train on the
+    /// same rows, and the reference is frozen.
+    reference_memo: Option<(Vec<Vec<(usize, Vec<u32>)>>, Vec<Option<Tensor>>)>,
 }
 
 impl Trainer {
@@ -364,6 +382,8 @@ impl Trainer {
             rt,
             data: parts.data,
             reference,
+            probe_samples: None,
+            reference_memo: None,
         })
     }
 
@@ -742,14 +762,17 @@ impl Trainer {
         target.scaled_advantages(rewards, self.data.classes.len(), g.adv_eps, g.scale_rewards)
     }
 
-    /// Samples `n` prompts, generates `G` completions each, grades them.
-    pub(crate) fn rollout(
-        &mut self,
-        n: usize,
-        only_class: Option<usize>,
-        time: &mut Timing,
-    ) -> Result<Rollout> {
-        let g = &self.config.grpo;
+    /// Samples `n` prompts and generates `G` completions each, or replays them from
+    /// [`Trainer::probe_samples`] when this stream state was sampled there already.
+    fn sample(&mut self, n: usize, time: &mut Timing) -> Result<(Vec<usize>, Vec<Vec<Completion>>)> {
+        if let Some(s) = self.probe_samples.as_ref().and_then(|all| {
+            all.iter()
+                .find(|s| s.rng_before == self.rng && s.prompts.len() == n)
+        }) {
+            self.rng = s.rng_after.clone();
+            return Ok((s.prompts.clone(), s.completions.clone()));
+        }
+        let rng_before = self.probe_samples.is_some().then(|| self.rng.clone());
         let prompts: Vec<usize> = (0..n)
             .map(|_| self.rng.gen_range(0..self.data.train.len()))
             .collect();
@@ -760,10 +783,30 @@ impl Trainer {
         let t = Instant::now();
         let completions = self
             .policy
-            .generate(&examples, g.group_size, &mut self.rng)?;
+            .generate(&examples, self.config.grpo.group_size, &mut self.rng)?;
         let prefill = self.policy.prefill_secs();
         time.prefix += prefill;
         time.generate += t.elapsed().as_secs_f64() - prefill;
+        if let (Some(all), Some(rng_before)) = (&mut self.probe_samples, rng_before) {
+            all.push(ProbeSample {
+                rng_before,
+                prompts: prompts.clone(),
+                completions: completions.clone(),
+                rng_after: self.rng.clone(),
+            });
+        }
+        Ok((prompts, completions))
+    }
+
+    /// Samples `n` prompts, generates `G` completions each, grades them.
+    pub(crate) fn rollout(
+        &mut self,
+        n: usize,
+        only_class: Option<usize>,
+        time: &mut Timing,
+    ) -> Result<Rollout> {
+        let (prompts, completions) = self.sample(n, time)?;
+        let g = &self.config.grpo;
         let t = Instant::now();
         let items: Vec<ToGrade<'_>> = prompts
             .iter()
@@ -971,10 +1014,19 @@ impl Trainer {
     }
 
     /// Log-probs of the rows under the frozen reference, per micro-batch (`None` without KL).
-    fn reference_log_probs(&self, chunks: &[&[Row]]) -> Result<Vec<Option<Tensor>>> {
+    fn reference_log_probs(&mut self, chunks: &[&[Row]]) -> Result<Vec<Option<Tensor>>> {
         let Some(reference) = &self.reference else {
             return Ok(vec![None; chunks.len()]);
         };
+        let key: Vec<Vec<(usize, Vec<u32>)>> = chunks
+            .iter()
+            .map(|c| c.iter().map(|r| (r.example, r.tokens.clone())).collect())
+            .collect();
+        if let Some((k, lp)) = &self.reference_memo {
+            if *k == key {
+                return Ok(lp.clone());
+            }
+        }
         let current = ParamSnapshot::take(&self.vars)?;
         reference.restore(&self.vars)?;
         let out = chunks
@@ -994,7 +1046,9 @@ impl Trainer {
             })
             .collect::<Result<Vec<_>>>();
         current.restore(&self.vars)?;
-        out
+        let out = out?;
+        self.reference_memo = Some((key, out.clone()));
+        Ok(out)
     }
 
     /// Full validation (`[eval]`): overall and per-class scores with bootstrap std.

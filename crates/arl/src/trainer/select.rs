@@ -168,6 +168,8 @@ impl Measure for Selection<'_> {
         let probe_seed: u64 = t.rng.gen();
         let main_rng = t.rng.clone();
         let mut scores = Vec::new();
+        // the first probe step's rollouts, sampled by the first candidate, replayed to the rest
+        let mut shared = Some(Vec::new());
         for &k in classes {
             t.rng = ChaCha8Rng::seed_from_u64(probe_seed);
             let target = t.phase_target(k)?;
@@ -175,13 +177,21 @@ impl Measure for Selection<'_> {
             let (mut steps, start) = (Vec::new(), Instant::now());
             let mut rows = 0;
             for j in 0..t.config.phases.probe_steps {
-                if self.keep {
-                    let step = t.keepable_step(&target, only, j)?;
-                    rows += step.metrics.update.rows;
-                    steps.push(step);
+                // later steps start from each candidate's own parameters
+                t.probe_samples = if j == 0 { shared.take() } else { None };
+                let step = if self.keep {
+                    t.keepable_step(&target, only, j).map(|step| {
+                        rows += step.metrics.update.rows;
+                        steps.push(step);
+                    })
                 } else {
-                    rows += t.grpo_step(&target, only, self.time)?.update.rows;
+                    let stepped = t.grpo_step(&target, only, self.time);
+                    stepped.map(|s| rows += s.update.rows)
+                };
+                if j == 0 {
+                    shared = t.probe_samples.take();
                 }
+                step?;
                 self.probe_steps += 1;
             }
             let secs = start.elapsed().as_secs_f64();
