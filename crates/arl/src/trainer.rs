@@ -214,6 +214,9 @@ pub(crate) struct ProbeSample {
     rng_after: ChaCha8Rng,
 }
 
+/// Each micro-batch's rows by example and tokens: what the reference log-probs depend on.
+type RowsKey = Vec<Vec<(usize, Vec<u32>)>>;
+
 /// One completion in an update.
 struct Row {
     example: usize,
@@ -257,10 +260,13 @@ pub struct Trainer {
     /// here by the stream's state it started from, and replayed for the next candidates
     /// (only their grading differs). Exact: the same tokens a fresh sample would draw.
     pub(crate) probe_samples: Option<Vec<ProbeSample>>,
+    /// Replay the first probe step's rollouts to every candidate (on by default). Off, each
+    /// candidate samples afresh: the same bits, slower (what the tests compare against).
+    pub share_probe_rollouts: bool,
     /// The last reference log-probs computed, by the micro-batches' rows (example and
     /// tokens) they were computed for: the probes of one selection usually train on the
     /// same rows, and the reference is frozen.
-    reference_memo: Option<(Vec<Vec<(usize, Vec<u32>)>>, Vec<Option<Tensor>>)>,
+    reference_memo: Option<(RowsKey, Vec<Option<Tensor>>)>,
 }
 
 impl Trainer {
@@ -383,6 +389,7 @@ impl Trainer {
             data: parts.data,
             reference,
             probe_samples: None,
+            share_probe_rollouts: true,
             reference_memo: None,
         })
     }
@@ -764,7 +771,11 @@ impl Trainer {
 
     /// Samples `n` prompts and generates `G` completions each, or replays them from
     /// [`Trainer::probe_samples`] when this stream state was sampled there already.
-    fn sample(&mut self, n: usize, time: &mut Timing) -> Result<(Vec<usize>, Vec<Vec<Completion>>)> {
+    fn sample(
+        &mut self,
+        n: usize,
+        time: &mut Timing,
+    ) -> Result<(Vec<usize>, Vec<Vec<Completion>>)> {
         if let Some(s) = self.probe_samples.as_ref().and_then(|all| {
             all.iter()
                 .find(|s| s.rng_before == self.rng && s.prompts.len() == n)
@@ -781,9 +792,9 @@ impl Trainer {
             .map(|&i| &self.data.train.examples[i])
             .collect();
         let t = Instant::now();
-        let completions = self
-            .policy
-            .generate(&examples, self.config.grpo.group_size, &mut self.rng)?;
+        let completions =
+            self.policy
+                .generate(&examples, self.config.grpo.group_size, &mut self.rng)?;
         let prefill = self.policy.prefill_secs();
         time.prefix += prefill;
         time.generate += t.elapsed().as_secs_f64() - prefill;
@@ -1018,7 +1029,7 @@ impl Trainer {
         let Some(reference) = &self.reference else {
             return Ok(vec![None; chunks.len()]);
         };
-        let key: Vec<Vec<(usize, Vec<u32>)>> = chunks
+        let key: RowsKey = chunks
             .iter()
             .map(|c| c.iter().map(|r| (r.example, r.tokens.clone())).collect())
             .collect();

@@ -490,6 +490,56 @@ fn keep_probe_resumes_bit_for_bit_across_a_boundary() {
     assert_eq!(eval_steps, [0, 4, 8, 10]);
 }
 
+/// The lookahead's candidates share their first probe step's rollouts (sampled once,
+/// replayed): the run is bit for bit the one whose every probe samples afresh. Kept probe
+/// steps, a second probe step (from each candidate's own weights: not shared), grading only
+/// the active class (each candidate grades the shared responses its own way), dynamic
+/// sampling's further rounds and the KL reference (memoized by rows) all take part.
+#[test]
+fn shared_probe_rollouts_give_the_bits_of_fresh_ones() {
+    let extra = "[phases]\nselector = \"lookahead\"\nlength = 3\nselect_samples = 2\n\
+                 probe_steps = 2\nkeep_probe = true\n\
+                 [objective]\nkind = \"alternating\"\ngrade_active_class_only = true";
+    let run = |share: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), RUBRIC, VOCAB, extra);
+        cfg.grpo.kl_beta = 0.05;
+        cfg.grpo.micro_batch = 5;
+        cfg.grpo.resample_flat = Some(arl::grpo::ResampleFlat { max_rounds: 2 });
+        cfg.run.steps = 10;
+        cfg.eval.every = 4;
+        let mut t = Trainer::new(cfg.clone(), Parts::from_config(&cfg).unwrap()).unwrap();
+        t.share_probe_rollouts = share;
+        t.run(|_| {}).unwrap();
+        let run = dir.path().join("run");
+        let read = |f: &str| std::fs::read(run.join(f)).unwrap();
+        let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("time_s");
+                v
+            })
+            .collect();
+        let last = arl::checkpoint::latest(&run).unwrap().unwrap().0;
+        let weights = std::fs::read(last.join("policy.safetensors")).unwrap();
+        (metrics, read("schedule.jsonl"), read("eval.jsonl"), weights)
+    };
+    let (shared, fresh) = (run(true), run(false));
+    let candidates = String::from_utf8_lossy(&shared.1)
+        .matches("\"class\"")
+        .count();
+    assert!(
+        candidates >= 8,
+        "several candidates per boundary: {candidates}"
+    );
+    assert!(shared.0 == fresh.0, "metrics differ");
+    assert!(shared.1 == fresh.1, "schedule.jsonl differs");
+    assert!(shared.2 == fresh.2, "eval.jsonl differs");
+    assert!(shared.3 == fresh.3, "weights differ");
+}
+
 /// Runs 10 steps, then 7 with checkpoints every `every` (the last one's removed) resumed to
 /// 10 from step `every`; both must agree bit for bit (metrics without times, schedule,
 /// final weights and optimizer). Returns the resumed run (its folder, and the folder's owner).

@@ -169,7 +169,7 @@ impl Measure for Selection<'_> {
         let main_rng = t.rng.clone();
         let mut scores = Vec::new();
         // the first probe step's rollouts, sampled by the first candidate, replayed to the rest
-        let mut shared = Some(Vec::new());
+        let mut shared = t.share_probe_rollouts.then(Vec::new);
         for &k in classes {
             t.rng = ChaCha8Rng::seed_from_u64(probe_seed);
             let target = t.phase_target(k)?;
