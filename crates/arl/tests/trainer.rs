@@ -513,18 +513,21 @@ fn shared_probe_rollouts_give_the_bits_of_fresh_ones() {
         t.run(|_| {}).unwrap();
         let run = dir.path().join("run");
         let read = |f: &str| std::fs::read(run.join(f)).unwrap();
+        let mut generate = Vec::new();
         let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
             .unwrap()
             .lines()
             .map(|l| {
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("time_s");
+                let time = v.as_object_mut().unwrap().remove("time_s").unwrap();
+                generate.push(time["generate"].as_f64().unwrap());
                 v
             })
             .collect();
         let last = arl::checkpoint::latest(&run).unwrap().unwrap().0;
         let weights = std::fs::read(last.join("policy.safetensors")).unwrap();
-        (metrics, read("schedule.jsonl"), read("eval.jsonl"), weights)
+        let files = (read("schedule.jsonl"), read("eval.jsonl"));
+        (metrics, files.0, files.1, weights, generate)
     };
     let (shared, fresh) = (run(true), run(false));
     let candidates = String::from_utf8_lossy(&shared.1)
@@ -534,6 +537,11 @@ fn shared_probe_rollouts_give_the_bits_of_fresh_ones() {
         candidates >= 8,
         "several candidates per boundary: {candidates}"
     );
+    // a kept step whose rollout was replayed did not sample (its chosen class was not the
+    // first probed): the sharing took place
+    let replayed = |generate: &[f64]| generate.iter().filter(|g| **g == 0.0).count();
+    assert!(replayed(&shared.4) > 0, "no replayed step: {:?}", shared.4);
+    assert_eq!(replayed(&fresh.4), 0, "{:?}", fresh.4);
     assert!(shared.0 == fresh.0, "metrics differ");
     assert!(shared.1 == fresh.1, "schedule.jsonl differs");
     assert!(shared.2 == fresh.2, "eval.jsonl differs");
